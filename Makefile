@@ -1,0 +1,53 @@
+# One entry point for every task: README and CI call these targets, nothing else.
+# `make demo` and `make test` do all set-up themselves on a fresh machine.
+
+CARGO ?= cargo
+HARNESS := e2e/harness
+# Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
+ARGS ?=
+
+.PHONY: all build fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo test clean
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	@$(CARGO) fmt --all -- --check || { echo "cargo fmt --check failed: run 'make fmt' and commit" >&2; exit 1; }
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Pure and in-process tests: no cluster, registry or Prometheus needed.
+unit:
+	$(CARGO) test --workspace --exclude freshen-e2e
+
+# Builds (or takes from the cache) the Go-built control-plane tools.
+tools:
+	$(HARNESS)/build-tools.sh
+
+# Starts the real control plane, registry and Prometheus (idempotent).
+e2e-up:
+	$(HARNESS)/up.sh
+
+e2e-down:
+	$(HARNESS)/down.sh
+
+# End-to-end tests on the harness. They share one operator address (the one
+# Prometheus scrapes), so they run one at a time.
+e2e: e2e-up
+	$(CARGO) build -p freshen
+	$(CARGO) test -p freshen-e2e -- --test-threads=1
+
+demo: e2e-up
+	$(CARGO) build -p freshen -p freshen-e2e
+	./target/debug/freshen-e2e demo $(ARGS)
+
+test: fmt-check clippy unit e2e
+
+clean: e2e-down
+	$(CARGO) clean

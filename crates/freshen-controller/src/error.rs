@@ -1,0 +1,26 @@
+//! Errors of the controllers: one variant per step, each with a bounded
+//! category used as metric label and Event reason.
+
+use freshen_registry::RegistryError;
+
+/// A reconcile that failed at one of its steps.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The object lacks a field every object of its kind has (name, namespace).
+    #[error("object is missing {0}")]
+    MissingField(&'static str),
+    /// Looking up an image in its registry failed; retried with backoff.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+impl Error {
+    /// A bounded label for metrics and Event reasons: never object names,
+    /// digests or error text.
+    pub fn category(&self) -> &'static str {
+        match self {
+            Self::MissingField(_) => "missing_field",
+            Self::Registry(e) => e.category(),
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The HTTP endpoints: `/metrics`, `/healthz` and `/readyz`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+
+use crate::Readiness;
+use crate::metrics::Metrics;
+
+/// State the endpoints read.
+#[derive(Clone)]
+pub struct ServerState {
+    /// Metrics to render.
+    pub metrics: Arc<Metrics>,
+    /// Until the watches have listed everything the operator would report
+    /// partial metrics, so it is not ready.
+    pub readiness: Readiness,
+}
+
+/// The router of the operator's endpoints.
+pub fn router(state: ServerState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Serves the endpoints on `addr` until the future is dropped.
+pub async fn serve(addr: SocketAddr, state: ServerState) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+    axum::serve(listener, router(state)).await
+}
+
+async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
+    match state.metrics.render() {
+        Ok(text) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
+    if state.readiness.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "caches are syncing")
+    }
+}

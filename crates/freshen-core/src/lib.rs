@@ -1,0 +1,14 @@
+//! Pure decisions of freshen.
+//!
+//! Nothing here talks to Kubernetes, a registry, a socket or the clock:
+//! callers gather facts, pass `now`, and get values back. Everything that can
+//! be decided without I/O is decided here and unit-tested here.
+
+pub mod age;
+pub mod duration;
+pub mod image;
+pub mod observe;
+
+pub use age::{ImageAge, UnknownAge, container_age, image_age};
+pub use duration::{DurationError, HumanDuration, parse_duration, short_age};
+pub use image::{Digest, ImageRefError, ImageReference};

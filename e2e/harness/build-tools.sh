@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Builds the Go control-plane tools the e2e harness runs, from their Go modules
+# at pinned versions, into a cache outside the clone keyed by version:
+#   ${FRESHEN_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/freshen-e2e}/bin/<tool>-<version>
+# A tool already in the cache is not rebuilt, so a warm run takes no time.
+# Usage: build-tools.sh [tool ...]   (default: all of them)
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=versions.env
+source "$here/versions.env"
+
+cache=${FRESHEN_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/freshen-e2e}
+bin="$cache/bin"
+mkdir -p "$bin"
+
+export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
+export GOPATH=${GOPATH:-$HOME/go}
+
+log() { printf '[build-tools] %s\n' "$*" >&2; }
+
+# have TOOL VERSION: true when the cached binary exists.
+have() { [ -x "$bin/$1-$2" ]; }
+
+build_kubernetes() {
+  local tools=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
+  local missing=()
+  for t in "${tools[@]}"; do have "$t" "$KUBE_VERSION" || missing+=("$t"); done
+  [ ${#missing[@]} -gt 0 ] || return 0
+  log "building ${missing[*]} $KUBE_VERSION (cold: tens of minutes on 2 cores)"
+  local work="$cache/src/kubernetes-$KUBE_VERSION"
+  mkdir -p "$work"
+  # k8s.io/kubernetes replaces its staging modules with local paths, so it
+  # cannot be `go install`ed; a wrapper module replaces each with its release.
+  local gomod
+  gomod=$(cd "$work" && go mod download -json "k8s.io/kubernetes@$KUBE_VERSION" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  {
+    echo "module freshen.dev/e2e/kubernetes"
+    echo
+    sed -n 's/^go \(.*\)/go \1/p' "$gomod" | head -n1
+    grep '^godebug' "$gomod" || true
+    sed -n '/^godebug (/,/^)/p' "$gomod"
+    echo
+    echo "require k8s.io/kubernetes $KUBE_VERSION"
+    echo
+    echo "replace ("
+    sed -n 's#^[[:space:]]*\(k8s.io/[a-z0-9-]*\) => ./staging/.*#\t\1 => \1 '"$KUBE_STAGING_VERSION"'#p' "$gomod"
+    echo ")"
+  } >"$work/go.mod"
+  # Every package main we build must be importable from the wrapper module.
+  cat >"$work/tools.go" <<'GO'
+//go:build tools
+
+package tools
+
+import (
+	_ "k8s.io/kubernetes/cmd/kube-apiserver"
+	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
+	_ "k8s.io/kubernetes/cmd/kubectl"
+)
+GO
+  (cd "$work" && go mod tidy -e >/dev/null 2>&1 || true; cd "$work" && go get "k8s.io/kubernetes@$KUBE_VERSION" >/dev/null)
+  local minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
+  local ld=""
+  for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    ld+=" -X $p.gitVersion=$KUBE_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
+  done
+  for t in "${missing[@]}"; do
+    log "go build $t"
+    (cd "$work" && go build -trimpath -ldflags "-s -w $ld" -o "$bin/$t-$KUBE_VERSION.tmp" "k8s.io/kubernetes/cmd/$t")
+    mv "$bin/$t-$KUBE_VERSION.tmp" "$bin/$t-$KUBE_VERSION"
+  done
+}
+
+build_etcd() {
+  have etcd "$ETCD_VERSION" && return 0
+  log "building etcd $ETCD_VERSION"
+  local work="$cache/src/etcd-$ETCD_VERSION"
+  mkdir -p "$work"
+  (cd "$work" && { [ -f go.mod ] || go mod init freshen.dev/e2e/etcd >/dev/null 2>&1; } \
+    && go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1 \
+    && go build -trimpath -ldflags "-s -w" -o "$bin/etcd-$ETCD_VERSION.tmp" go.etcd.io/etcd/server/v3)
+  mv "$bin/etcd-$ETCD_VERSION.tmp" "$bin/etcd-$ETCD_VERSION"
+}
+
+# go_install TOOL MODULE_PATH VERSION: `go install` into a private GOBIN.
+go_install() {
+  local tool=$1 pkg=$2 version=$3
+  have "$tool" "$version" && return 0
+  log "building $tool $version"
+  local gobin="$cache/src/gobin-$tool-$version"
+  mkdir -p "$gobin"
+  GOBIN="$gobin" go install -trimpath -ldflags "-s -w" "$pkg@$version"
+  mv "$gobin/$tool" "$bin/$tool-$version"
+}
+
+build_kwok() {
+  go_install kwok sigs.k8s.io/kwok/cmd/kwok "$KWOK_VERSION"
+  go_install kwokctl sigs.k8s.io/kwok/cmd/kwokctl "$KWOK_VERSION"
+}
+
+build_helm() { go_install helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"; }
+
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(etcd kwok kubernetes helm)
+start=$(date +%s)
+for t in "${targets[@]}"; do "build_$t"; done
+log "tools ready in $bin ($(($(date +%s) - start))s)"

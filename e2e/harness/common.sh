@@ -1,0 +1,42 @@
+# Shared settings of the e2e harness scripts; sourced, not run.
+# Every address is on loopback. Override a port by exporting its variable.
+harness_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(cd "$harness_dir/../.." && pwd)
+# shellcheck source=versions.env
+source "$harness_dir/versions.env"
+
+E2E_CACHE=${FRESHEN_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/freshen-e2e}
+E2E_BIN="$E2E_CACHE/bin"
+E2E_STATE=${FRESHEN_E2E_STATE:-$repo_root/.e2e}
+E2E_ENV_FILE="$E2E_STATE/env"
+E2E_CLUSTER=freshen-e2e
+
+E2E_APISERVER_PORT=${FRESHEN_E2E_APISERVER_PORT:-16443}
+E2E_REGISTRY_ADDR=${FRESHEN_E2E_REGISTRY_ADDR:-127.0.0.1:15000}
+E2E_PROMETHEUS_ADDR=${FRESHEN_E2E_PROMETHEUS_ADDR:-127.0.0.1:19090}
+# Where the operator under test serves /metrics; Prometheus scrapes it.
+E2E_OPERATOR_METRICS_ADDR=${FRESHEN_E2E_OPERATOR_METRICS_ADDR:-127.0.0.1:18080}
+# Seconds between Prometheus scrapes of the operator.
+E2E_SCRAPE_INTERVAL=${FRESHEN_E2E_SCRAPE_INTERVAL:-2s}
+
+kwokctl() { KWOK_WORKDIR="$E2E_STATE/kwok" "$E2E_BIN/kwokctl-$KWOK_VERSION" --name "$E2E_CLUSTER" "$@"; }
+kubectl() { "$E2E_BIN/kubectl-$KUBE_VERSION" --kubeconfig "$E2E_STATE/kubeconfig" "$@"; }
+
+log() { printf '[e2e] %s\n' "$*" >&2; }
+
+# wait_until DESCRIPTION SECONDS COMMAND...: poll COMMAND every 0.2s until it
+# succeeds; after SECONDS, fail and say what was awaited.
+wait_until() {
+  local what=$1 limit=$2; shift 2
+  local deadline=$((SECONDS + limit))
+  until "$@" >/dev/null 2>&1; do
+    if [ "$SECONDS" -ge "$deadline" ]; then
+      log "timed out after ${limit}s waiting for $what"
+      return 1
+    fi
+    sleep 0.2
+  done
+}
+
+# alive PIDFILE: the process recorded in PIDFILE is running.
+alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs what the e2e harness needs from Debian's packages, when missing:
+# the OCI registry (docker-registry), Prometheus (with promtool), htpasswd and
+# openssl for registry auth/TLS tests, and curl.
+set -euo pipefail
+need=()
+command -v docker-registry >/dev/null || need+=(docker-registry)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+command -v htpasswd >/dev/null || need+=(apache2-utils)
+command -v openssl >/dev/null || need+=(openssl)
+command -v curl >/dev/null || need+=(curl)
+[ ${#need[@]} -gt 0 ] || exit 0
+sudo=""
+[ "$(id -u)" -eq 0 ] || sudo=sudo
+echo "[e2e] installing ${need[*]} from Debian's packages" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

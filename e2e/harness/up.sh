@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Starts the e2e harness on loopback, idempotently: a Kubernetes control plane
+# (etcd, kube-apiserver, kube-controller-manager, kube-scheduler) with kwok
+# simulating nodes and kubelets, an OCI registry and Prometheus. Writes the env
+# file the tests and the demo read. Running it again restarts only what is down.
+set -euo pipefail
+source "$(dirname "$0")/common.sh"
+
+start=$SECONDS
+"$harness_dir/install-deps.sh"
+"$harness_dir/build-tools.sh" etcd kwok kubernetes
+mkdir -p "$E2E_STATE"
+
+# Up means: our kubeconfig exists and the API server it names answers. Another
+# cluster on the same port, without our kubeconfig, does not count.
+cluster_up() {
+  [ -f "$E2E_STATE/kubeconfig" ] && kubectl get --raw /readyz >/dev/null 2>&1
+}
+
+start_cluster() {
+  if cluster_up; then
+    log "control plane already up"
+    return
+  fi
+  if [ -d "$E2E_STATE/kwok/clusters/$E2E_CLUSTER" ]; then
+    log "starting stopped control plane"
+    kwokctl start cluster --wait 2m >&2 || {
+      log "restart failed; recreating the cluster"
+      kwokctl delete cluster >&2 || true
+      rm -rf "$E2E_STATE/kwok/clusters/$E2E_CLUSTER"
+    }
+  fi
+  if ! cluster_up; then
+    log "creating control plane (Kubernetes $KUBE_VERSION, etcd $ETCD_VERSION, kwok $KWOK_VERSION)"
+    {
+      cat <<YAML
+apiVersion: config.kwok.x-k8s.io/v1alpha1
+kind: KwokctlConfiguration
+options:
+  runtime: binary
+  bindAddress: 127.0.0.1
+  kubeApiserverPort: $E2E_APISERVER_PORT
+  kubeVersion: $KUBE_VERSION
+  kubeApiserverBinary: $E2E_BIN/kube-apiserver-$KUBE_VERSION
+  kubeControllerManagerBinary: $E2E_BIN/kube-controller-manager-$KUBE_VERSION
+  kubeSchedulerBinary: $E2E_BIN/kube-scheduler-$KUBE_VERSION
+  kubectlBinary: $E2E_BIN/kubectl-$KUBE_VERSION
+  etcdBinary: $E2E_BIN/etcd-$ETCD_VERSION
+  kwokControllerBinary: $E2E_BIN/kwok-$KWOK_VERSION
+---
+YAML
+      cat "$harness_dir/kwok-stages.yaml"
+    } >"$E2E_STATE/kwokctl.yaml"
+    kwokctl --config "$E2E_STATE/kwokctl.yaml" create cluster \
+      --kubeconfig "$E2E_STATE/kubeconfig" --wait 2m >&2
+  fi
+  wait_until "the API server" 60 cluster_up
+  # Two simulated nodes so that replicas spread as they would for real.
+  if [ "$(kubectl get nodes -o name 2>/dev/null | wc -l)" -lt 2 ]; then
+    kwokctl scale node --replicas 2 >&2
+  fi
+  wait_until "2 Ready nodes" 60 bash -c \
+    "[ \$('$E2E_BIN/kubectl-$KUBE_VERSION' --kubeconfig '$E2E_STATE/kubeconfig' get nodes --no-headers | grep -c ' Ready') -ge 2 ]"
+  # The default ServiceAccount is what test pods run as; its creation is
+  # asynchronous in a new cluster.
+  wait_until "the default ServiceAccount" 60 kubectl -n default get serviceaccount default
+}
+
+start_registry() {
+  local dir="$E2E_STATE/registry"
+  if alive "$dir/pid" && curl -fs "http://$E2E_REGISTRY_ADDR/v2/" >/dev/null; then
+    log "registry already up at $E2E_REGISTRY_ADDR"
+    return
+  fi
+  mkdir -p "$dir/data"
+  cat >"$dir/config.yml" <<YAML
+version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: $E2E_REGISTRY_ADDR
+YAML
+  log "starting registry at $E2E_REGISTRY_ADDR"
+  setsid nohup docker-registry serve "$dir/config.yml" >>"$dir/registry.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+  wait_until "the registry at $E2E_REGISTRY_ADDR" 30 curl -fs "http://$E2E_REGISTRY_ADDR/v2/"
+}
+
+start_prometheus() {
+  local dir="$E2E_STATE/prometheus"
+  if alive "$dir/pid" && curl -fs "http://$E2E_PROMETHEUS_ADDR/-/ready" >/dev/null; then
+    log "Prometheus already up at $E2E_PROMETHEUS_ADDR"
+    return
+  fi
+  mkdir -p "$dir/data"
+  cat >"$dir/prometheus.yml" <<YAML
+global:
+  scrape_interval: $E2E_SCRAPE_INTERVAL
+  evaluation_interval: $E2E_SCRAPE_INTERVAL
+scrape_configs:
+  - job_name: freshen
+    static_configs:
+      - targets: ["$E2E_OPERATOR_METRICS_ADDR"]
+YAML
+  log "starting Prometheus at $E2E_PROMETHEUS_ADDR"
+  setsid nohup prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
+    --web.listen-address="$E2E_PROMETHEUS_ADDR" --web.enable-lifecycle \
+    >>"$dir/prometheus.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+  wait_until "Prometheus at $E2E_PROMETHEUS_ADDR" 60 curl -fs "http://$E2E_PROMETHEUS_ADDR/-/ready"
+}
+
+start_cluster
+start_registry
+start_prometheus
+
+cat >"$E2E_ENV_FILE" <<ENV
+# Written by e2e/harness/up.sh; read by the e2e tests and the demo.
+KUBECONFIG=$E2E_STATE/kubeconfig
+FRESHEN_E2E_KUBECTL=$E2E_BIN/kubectl-$KUBE_VERSION
+FRESHEN_E2E_REGISTRY=$E2E_REGISTRY_ADDR
+FRESHEN_E2E_REGISTRY_LOG=$E2E_STATE/registry/registry.log
+FRESHEN_E2E_PROMETHEUS_URL=http://$E2E_PROMETHEUS_ADDR
+FRESHEN_E2E_OPERATOR_METRICS_ADDR=$E2E_OPERATOR_METRICS_ADDR
+FRESHEN_E2E_SCRAPE_INTERVAL=$E2E_SCRAPE_INTERVAL
+ENV
+log "harness up in $((SECONDS - start))s; env file: $E2E_ENV_FILE"

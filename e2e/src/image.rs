@@ -1,0 +1,154 @@
+//! Builds small, real OCI images and pushes them to the harness registry.
+//!
+//! There is no Docker engine here, and none is needed: an image is a tar
+//! layer, a config (with the `created` time a test wants) and a manifest
+//! (with optional base-image annotations), pushed with oci-client.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context as _;
+use chrono::{DateTime, SecondsFormat, Utc};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest as _, Sha256};
+
+const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// An image to build: what its config and manifest say.
+#[derive(Debug, Clone)]
+pub struct ImageSpec {
+    /// Build time written to the config's `created`; `None` leaves it out.
+    pub created: Option<DateTime<Utc>>,
+    /// `org.opencontainers.image.base.name` / `.base.digest` annotations.
+    pub base: Option<(String, String)>,
+    /// Content of the single file in its layer; distinct content gives a
+    /// distinct digest.
+    pub content: String,
+}
+
+impl ImageSpec {
+    /// An image built at `created`.
+    pub fn built_at(created: DateTime<Utc>) -> Self {
+        Self {
+            created: Some(created),
+            base: None,
+            content: created.to_rfc3339(),
+        }
+    }
+}
+
+/// What a push produced.
+#[derive(Debug, Clone)]
+pub struct Pushed {
+    /// `registry/repository:tag`.
+    pub tagged: String,
+    /// The manifest digest, `sha256:…`.
+    pub digest: String,
+}
+
+impl Pushed {
+    /// `registry/repository:tag@digest`, as a pinned pod spec would say.
+    pub fn pinned(&self) -> String {
+        format!("{}@{}", self.tagged, self.digest)
+    }
+}
+
+/// A client for a plain-HTTP registry at `registry` (`host:port`).
+pub fn client(registry: &str) -> Client {
+    Client::new(ClientConfig {
+        protocol: ClientProtocol::HttpsExcept(vec![registry.to_owned()]),
+        ..ClientConfig::default()
+    })
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn sha256(data: &[u8]) -> String {
+    let hash = Sha256::digest(data);
+    let mut hex = String::with_capacity(71);
+    hex.push_str("sha256:");
+    for b in hash.iter() {
+        hex.push_str(&format!("{b:02x}"));
+    }
+    hex
+}
+
+/// Builds `spec` and pushes it as `registry/repository:tag`.
+pub async fn push(
+    registry: &str,
+    repository: &str,
+    tag: &str,
+    spec: &ImageSpec,
+) -> anyhow::Result<Pushed> {
+    let client = client(registry);
+    let tagged = format!("{registry}/{repository}:{tag}");
+    let reference: Reference = tagged
+        .parse()
+        .with_context(|| format!("reference {tagged}"))?;
+    client
+        .store_auth_if_needed(registry, &RegistryAuth::Anonymous)
+        .await;
+
+    let layer = layer_tar(&spec.content)?;
+    let layer_digest = sha256(&layer);
+    let mut config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
+    });
+    if let Some(created) = spec.created {
+        config["created"] = created.to_rfc3339_opts(SecondsFormat::Secs, true).into();
+    }
+    let config = serde_json::to_vec(&config)?;
+    let config_digest = sha256(&config);
+
+    let mut annotations = BTreeMap::new();
+    if let Some((name, digest)) = &spec.base {
+        annotations.insert("org.opencontainers.image.base.name", name.clone());
+        annotations.insert("org.opencontainers.image.base.digest", digest.clone());
+    }
+    let mut manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_MANIFEST,
+        "config": { "mediaType": OCI_CONFIG, "digest": config_digest, "size": config.len() },
+        "layers": [ { "mediaType": OCI_LAYER, "digest": layer_digest, "size": layer.len() } ],
+    });
+    if !annotations.is_empty() {
+        manifest["annotations"] = serde_json::to_value(&annotations)?;
+    }
+    let manifest = serde_json::to_vec(&manifest)?;
+    let digest = sha256(&manifest);
+
+    client
+        .push_blob(&reference, layer, &layer_digest)
+        .await
+        .context("pushing layer")?;
+    client
+        .push_blob(&reference, config, &config_digest)
+        .await
+        .context("pushing config")?;
+    client
+        .push_manifest_raw(
+            &reference,
+            manifest,
+            reqwest::header::HeaderValue::from_static(OCI_MANIFEST),
+        )
+        .await
+        .context("pushing manifest")?;
+    Ok(Pushed { tagged, digest })
+}
+
+/// An uncompressed tar with one file, `/freshen-e2e.txt`.
+fn layer_tar(content: &str) -> anyhow::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(0);
+    header.set_cksum();
+    builder.append_data(&mut header, "freshen-e2e.txt", content.as_bytes())?;
+    Ok(builder.into_inner()?)
+}

@@ -1,0 +1,268 @@
+//! The e2e harness as the tests and the demo see it.
+//!
+//! `make e2e-up` starts a real control plane (kwok), registry and Prometheus
+//! and writes an env file; [`Harness::load`] reads it. The helpers here push
+//! real OCI images, run the real operator binary, and wait on conditions
+//! with a bound, saying what they last saw when the bound runs out.
+
+pub mod image;
+pub mod operator;
+pub mod prometheus;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::{ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client};
+
+/// Addresses of the running harness, from its env file.
+#[derive(Debug, Clone)]
+pub struct Harness {
+    /// Path of the kubeconfig of the control plane.
+    pub kubeconfig: PathBuf,
+    /// The kubectl binary built for the harness.
+    pub kubectl: PathBuf,
+    /// Registry `host:port` (plain HTTP, loopback).
+    pub registry: String,
+    /// The registry's log, which includes its access log.
+    pub registry_log: PathBuf,
+    /// Base URL of Prometheus.
+    pub prometheus_url: String,
+    /// Address Prometheus scrapes the operator at.
+    pub operator_metrics_addr: String,
+    /// Prometheus' scrape interval, e.g. `2s`.
+    pub scrape_interval: Duration,
+}
+
+impl Harness {
+    /// The env file: `$FRESHEN_E2E_ENV`, else `.e2e/env` at the repository root.
+    pub fn env_file() -> PathBuf {
+        std::env::var_os("FRESHEN_E2E_ENV")
+            .map_or_else(|| repo_root().join(".e2e/env"), PathBuf::from)
+    }
+
+    /// Reads the env file written by `make e2e-up`.
+    pub fn load() -> anyhow::Result<Self> {
+        let path = Self::env_file();
+        let text = std::fs::read_to_string(&path).with_context(|| {
+            format!(
+                "reading {}: is the harness up? Run `make e2e-up` first",
+                path.display()
+            )
+        })?;
+        let vars: BTreeMap<&str, &str> = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .filter_map(|l| l.split_once('='))
+            .collect();
+        let get = |k: &str| {
+            vars.get(k)
+                .map(|v| (*v).to_owned())
+                .with_context(|| format!("{} lacks {k}; re-run `make e2e-up`", path.display()))
+        };
+        Ok(Self {
+            kubeconfig: get("KUBECONFIG")?.into(),
+            kubectl: get("FRESHEN_E2E_KUBECTL")?.into(),
+            registry: get("FRESHEN_E2E_REGISTRY")?,
+            registry_log: get("FRESHEN_E2E_REGISTRY_LOG")?.into(),
+            prometheus_url: get("FRESHEN_E2E_PROMETHEUS_URL")?,
+            operator_metrics_addr: get("FRESHEN_E2E_OPERATOR_METRICS_ADDR")?,
+            scrape_interval: freshen_core::parse_duration(&get("FRESHEN_E2E_SCRAPE_INTERVAL")?)?,
+        })
+    }
+
+    /// A client for the harness' control plane.
+    pub async fn client(&self) -> anyhow::Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+        Ok(Client::try_from(config)?)
+    }
+}
+
+/// The repository root (this crate lives in `e2e/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Installs rustls' ring provider once per process; kube and oci-client
+/// both use it.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// Polls `check` every `every` until it returns `Ok(Some(value))`, for at most
+/// `limit`. `Ok(None)` means "not yet" and errors are remembered as "not yet"
+/// too; on time-out the error says what was awaited and what was last seen.
+pub async fn wait_for<T, F, Fut>(
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let last = match check().await {
+            Ok(Some(value)) => return Ok(value),
+            Ok(None) => "condition not met".to_owned(),
+            Err(e) => format!("{e:#}"),
+        };
+        if tokio::time::Instant::now() >= deadline {
+            bail!("timed out after {limit:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// A namespace created for one test, deleted when dropped (also when the
+/// test fails), so that runs do not pile up workloads.
+pub struct TestNamespace {
+    /// Its name.
+    pub name: String,
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl TestNamespace {
+    /// Creates `<prefix>-<random suffix>`.
+    pub async fn create(harness: &Harness, client: &Client, prefix: &str) -> anyhow::Result<Self> {
+        let name = format!("{prefix}-{:08x}", rand_suffix());
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await?;
+        let created = Self {
+            name: name.clone(),
+            kubectl: harness.kubectl.clone(),
+            kubeconfig: harness.kubeconfig.clone(),
+        };
+        // The namespace's default ServiceAccount appears asynchronously and
+        // pods cannot be created before it exists.
+        let sa: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        wait_for(
+            "the default ServiceAccount",
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let sa = sa.clone();
+                async move { Ok(sa.get_opt("default").await?.map(|_| ())) }
+            },
+        )
+        .await?;
+        Ok(created)
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Synchronous on purpose: the test's runtime may already be shutting
+        // down, so a spawned task would never run.
+        let _ = std::process::Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "delete",
+                "namespace",
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn rand_suffix() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish() as u32
+}
+
+/// A Deployment of `replicas` pods running `image`, labelled `app=<name>`,
+/// with the given annotations on the Deployment itself.
+pub fn deployment(
+    name: &str,
+    image: &str,
+    replicas: i32,
+    annotations: &[(&str, &str)],
+) -> anyhow::Result<Deployment> {
+    let annotations: BTreeMap<String, String> = annotations
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": { "name": name, "annotations": annotations },
+        "spec": {
+            "replicas": replicas,
+            "selector": { "matchLabels": { "app": name } },
+            "template": {
+                "metadata": { "labels": { "app": name } },
+                "spec": { "containers": [ { "name": "app", "image": image } ] }
+            }
+        }
+    }))?)
+}
+
+/// Waits until `replicas` pods of Deployment `name` (label `app=<name>`) are
+/// Ready; returns them.
+pub async fn wait_ready_pods(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    replicas: usize,
+    limit: Duration,
+) -> anyhow::Result<Vec<Pod>> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = format!("app={name}");
+    wait_for(
+        &format!("{replicas} Ready pods of {namespace}/{name}"),
+        limit,
+        Duration::from_millis(250),
+        || {
+            let (pods, selector) = (pods.clone(), selector.clone());
+            async move {
+                let list = pods.list(&ListParams::default().labels(&selector)).await?;
+                let ready: Vec<Pod> = list.items.into_iter().filter(is_ready).collect();
+                if ready.len() >= replicas {
+                    Ok(Some(ready))
+                } else {
+                    anyhow::bail!("{} of {replicas} pods Ready", ready.len())
+                }
+            }
+        },
+    )
+    .await
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}

@@ -1,0 +1,104 @@
+//! Runs the real `freshen` binary against the harness, as a child process.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+
+use crate::{Harness, repo_root, wait_for};
+
+/// A running operator; stopped (SIGTERM, then SIGKILL) when dropped.
+pub struct Operator {
+    child: Child,
+    /// Where its logs go.
+    pub log: PathBuf,
+    /// Base URL of its HTTP endpoints.
+    pub url: String,
+}
+
+/// The operator binary: `$FRESHEN_BIN`, else `target/debug/freshen`.
+pub fn binary() -> PathBuf {
+    std::env::var_os("FRESHEN_BIN")
+        .map_or_else(|| repo_root().join("target/debug/freshen"), PathBuf::from)
+}
+
+impl Operator {
+    /// Starts `freshen run` on the harness' operator address (the one its
+    /// Prometheus scrapes) with `extra` arguments, and waits until /readyz
+    /// says its caches are synced.
+    pub async fn start(harness: &Harness, extra: &[&str]) -> anyhow::Result<Self> {
+        let bin = binary();
+        if !bin.exists() {
+            bail!(
+                "{} does not exist: build it with `cargo build -p freshen` (make e2e does)",
+                bin.display()
+            );
+        }
+        let logs = repo_root().join("target/e2e-logs");
+        std::fs::create_dir_all(&logs)?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f");
+        let log = logs.join(format!("operator-{stamp}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(&bin)
+            .args(["run", "--metrics-addr", &harness.operator_metrics_addr])
+            .args(["--plain-http-registry", &harness.registry])
+            .args(extra)
+            .env("KUBECONFIG", &harness.kubeconfig)
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG")
+                    .unwrap_or_else(|_| "info,freshen_controller=debug".into()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let operator = Self {
+            child,
+            log,
+            url: format!("http://{}", harness.operator_metrics_addr),
+        };
+        let readyz = format!("{}/readyz", operator.url);
+        wait_for(
+            "the operator's /readyz",
+            Duration::from_secs(60),
+            Duration::from_millis(200),
+            || {
+                let readyz = readyz.clone();
+                async move {
+                    let status = reqwest::get(&readyz).await?.status();
+                    Ok(status.is_success().then_some(()))
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("operator log: {}", operator.log.display()))?;
+        Ok(operator)
+    }
+
+    /// The operator's own `/metrics` text.
+    pub async fn scrape(&self) -> anyhow::Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.url))
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        for _ in 0..50 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,78 @@
+//! Instant queries against the harness' real Prometheus HTTP API.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// One sample of an instant-vector result.
+#[derive(Debug, Clone)]
+pub struct Sample {
+    /// The series' labels.
+    pub labels: BTreeMap<String, String>,
+    /// Its value.
+    pub value: f64,
+}
+
+#[derive(Deserialize)]
+struct Response {
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    data: Option<Data>,
+}
+
+#[derive(Deserialize)]
+struct Data {
+    #[serde(rename = "resultType")]
+    result_type: String,
+    result: Vec<RawSample>,
+}
+
+#[derive(Deserialize)]
+struct RawSample {
+    metric: BTreeMap<String, String>,
+    value: (f64, String),
+}
+
+/// Runs `promql` at the current time; the result must be an instant vector.
+pub async fn query(base_url: &str, promql: &str) -> anyhow::Result<Vec<Sample>> {
+    let url = format!("{base_url}/api/v1/query");
+    let response: Response = reqwest::Client::new()
+        .get(&url)
+        .query(&[("query", promql)])
+        .send()
+        .await
+        .with_context(|| format!("querying {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("decoding the answer of {url}"))?;
+    if response.status != "success" {
+        bail!(
+            "Prometheus rejected {promql:?}: {}",
+            response.error.unwrap_or_default()
+        );
+    }
+    let data = response.data.context("Prometheus answered without data")?;
+    if data.result_type != "vector" {
+        bail!(
+            "{promql:?} gave a {} result, not a vector",
+            data.result_type
+        );
+    }
+    data.result
+        .into_iter()
+        .map(|s| {
+            let value = s
+                .value
+                .1
+                .parse()
+                .with_context(|| format!("sample value {:?}", s.value.1))?;
+            Ok(Sample {
+                labels: s.metric,
+                value,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,192 @@
+//! The walking skeleton, end to end on real parts: an image pushed to a real
+//! registry, Deployments running it on a real control plane, the real operator
+//! binary measuring them, and a real Prometheus scraping the result.
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use freshen_e2e::image::{ImageSpec, push};
+use freshen_e2e::operator::Operator;
+use freshen_e2e::prometheus::{Sample, query};
+use freshen_e2e::{Harness, TestNamespace, deployment, init_tls, wait_for, wait_ready_pods};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+
+const POD_READY_LIMIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn image_and_container_age_reach_prometheus() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "skeleton").await?;
+
+    // An image whose config says it was built 10 days ago.
+    let built = Utc::now() - TimeDelta::days(10);
+    let repository = format!("e2e/{}/app", ns.name);
+    let image = push(
+        &harness.registry,
+        &repository,
+        "v1",
+        &ImageSpec::built_at(built),
+    )
+    .await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let opted_in = deployment(
+        "measured",
+        &image.pinned(),
+        2,
+        &[("freshen.dev/refresh", "enabled")],
+    )?;
+    let not_opted_in = deployment("ignored", &image.pinned(), 1, &[])?;
+    deployments
+        .create(&PostParams::default(), &opted_in)
+        .await?;
+    deployments
+        .create(&PostParams::default(), &not_opted_in)
+        .await?;
+    wait_ready_pods(&client, &ns.name, "measured", 2, POD_READY_LIMIT).await?;
+    wait_ready_pods(&client, &ns.name, "ignored", 1, POD_READY_LIMIT).await?;
+
+    let operator = Operator::start(&harness, &["--poll-interval", "30s"]).await?;
+
+    // Prometheus scrapes the operator; wait for the image age to arrive there.
+    let image_age = format!(
+        r#"freshen_image_age_seconds{{namespace="{}",workload="measured"}}"#,
+        ns.name
+    );
+    let samples = await_series(&harness, &image_age).await?;
+    assert_eq!(samples.len(), 1, "one container, one series: {samples:?}");
+    let sample = &samples[0];
+    let expected = (Utc::now() - built).num_seconds() as f64;
+    assert!(
+        (sample.value - expected).abs() < 60.0,
+        "image age {}s should be 10 days ({expected}s) within a minute",
+        sample.value
+    );
+    assert_eq!(
+        sample.labels.get("container").map(String::as_str),
+        Some("app")
+    );
+    assert_eq!(
+        sample.labels.get("image"),
+        Some(&format!("{}/{repository}", harness.registry)),
+        "the image label is the repository, without tag or digest"
+    );
+
+    let container_age = format!(
+        r#"freshen_container_age_seconds{{namespace="{}",workload="measured"}}"#,
+        ns.name
+    );
+    let samples = await_series(&harness, &container_age).await?;
+    assert_eq!(samples.len(), 1, "{samples:?}");
+    assert!(
+        (0.0..300.0).contains(&samples[0].value),
+        "the pods started during this test, so container age {}s must be small",
+        samples[0].value
+    );
+
+    // The exposition passes Prometheus' own linter.
+    let exposition = operator.scrape().await?;
+    let lint = promtool_check_metrics(&exposition)?;
+    assert!(
+        lint.is_empty(),
+        "promtool check metrics found problems:\n{lint}"
+    );
+
+    // The Deployment without the annotation never had a series, at any scrape
+    // since the operator started.
+    for metric in ["freshen_image_age_seconds", "freshen_container_age_seconds"] {
+        let ever = format!(
+            r#"count_over_time({metric}{{namespace="{}",workload="ignored"}}[10m])"#,
+            ns.name
+        );
+        let seen = query(&harness.prometheus_url, &ever).await?;
+        assert!(
+            seen.is_empty(),
+            "{metric} of a workload that did not opt in: {seen:?}"
+        );
+    }
+
+    // Deleting the Deployment removes its series from the operator at once,
+    // and so from Prometheus (as stale) at the next scrape.
+    deployments
+        .delete("measured", &DeleteParams::default())
+        .await?;
+    // Labels are rendered sorted by name, so these two are adjacent.
+    let series_of_measured = format!(r#"namespace="{}",workload="measured""#, ns.name);
+    wait_for(
+        "the deleted workload's series to leave /metrics",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let (operator, needle) = (&operator, &series_of_measured);
+            async move {
+                let text = operator.scrape().await?;
+                Ok((!text.contains(needle.as_str())).then_some(()))
+            }
+        },
+    )
+    .await?;
+    wait_for(
+        "Prometheus to mark the deleted workload's series stale",
+        Duration::from_secs(30),
+        harness.scrape_interval,
+        || {
+            let image_age = image_age.clone();
+            let url = harness.prometheus_url.clone();
+            async move { Ok(query(&url, &image_age).await?.is_empty().then_some(())) }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
+/// Waits until Prometheus returns at least one sample for `promql`.
+async fn await_series(harness: &Harness, promql: &str) -> anyhow::Result<Vec<Sample>> {
+    wait_for(
+        &format!("Prometheus to have {promql}"),
+        Duration::from_secs(90),
+        harness.scrape_interval,
+        || {
+            let url = harness.prometheus_url.clone();
+            let promql = promql.to_owned();
+            async move {
+                let samples = query(&url, &promql).await?;
+                Ok((!samples.is_empty()).then_some(samples))
+            }
+        },
+    )
+    .await
+}
+
+/// Runs `promtool check metrics` on an exposition; returns its complaints
+/// (empty when it has none).
+fn promtool_check_metrics(exposition: &str) -> anyhow::Result<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("running promtool (Debian's prometheus package): {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("promtool has no stdin"))?
+        .write_all(exposition.as_bytes())?;
+    let out = child.wait_with_output()?;
+    let complaints = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(complaints.trim().to_owned())
+    } else {
+        Ok(format!("exit {}: {complaints}", out.status))
+    }
+}
