@@ -41,7 +41,7 @@ e2e-down:
 # Prometheus scrapes), so they run one at a time.
 e2e: e2e-up
 	$(CARGO) build -p freshen
-	$(CARGO) test -p freshen-e2e -- --test-threads=1
+	$(CARGO) test -p freshen-e2e --tests -- --test-threads=1
 
 demo: e2e-up
 	$(CARGO) build -p freshen -p freshen-e2e

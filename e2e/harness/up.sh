@@ -66,12 +66,29 @@ YAML
   wait_until "the default ServiceAccount" 60 kubectl -n default get serviceaccount default
 }
 
+# service_up NAME HEALTH_URL: the service we started as NAME runs and is healthy.
+service_up() {
+  if alive "$E2E_STATE/$1/pid" && curl -fsk "$2" >/dev/null 2>&1; then
+    log "$1 already up"
+    return 0
+  fi
+  return 1
+}
+
+# launch NAME HEALTH_URL COMMAND...: starts COMMAND detached, logging to
+# $E2E_STATE/NAME/NAME.log, and waits until HEALTH_URL answers.
+launch() {
+  local name=$1 health=$2; shift 2
+  local dir="$E2E_STATE/$name"
+  log "starting $name"
+  setsid nohup "$@" >>"$dir/$name.log" 2>&1 </dev/null &
+  echo $! >"$dir/pid"
+  wait_until "$name at $health" 60 curl -fsk "$health"
+}
+
 start_registry() {
   local dir="$E2E_STATE/registry"
-  if alive "$dir/pid" && curl -fs "http://$E2E_REGISTRY_ADDR/v2/" >/dev/null; then
-    log "registry already up at $E2E_REGISTRY_ADDR"
-    return
-  fi
+  service_up registry "http://$E2E_REGISTRY_ADDR/v2/" && return
   mkdir -p "$dir/data"
   cat >"$dir/config.yml" <<YAML
 version: 0.1
@@ -88,18 +105,12 @@ storage:
 http:
   addr: $E2E_REGISTRY_ADDR
 YAML
-  log "starting registry at $E2E_REGISTRY_ADDR"
-  setsid nohup docker-registry serve "$dir/config.yml" >>"$dir/registry.log" 2>&1 </dev/null &
-  echo $! >"$dir/pid"
-  wait_until "the registry at $E2E_REGISTRY_ADDR" 30 curl -fs "http://$E2E_REGISTRY_ADDR/v2/"
+  launch registry "http://$E2E_REGISTRY_ADDR/v2/" docker-registry serve "$dir/config.yml"
 }
 
 start_prometheus() {
   local dir="$E2E_STATE/prometheus"
-  if alive "$dir/pid" && curl -fs "http://$E2E_PROMETHEUS_ADDR/-/ready" >/dev/null; then
-    log "Prometheus already up at $E2E_PROMETHEUS_ADDR"
-    return
-  fi
+  service_up prometheus "http://$E2E_PROMETHEUS_ADDR/-/ready" && return
   mkdir -p "$dir/data"
   cat >"$dir/prometheus.yml" <<YAML
 global:
@@ -110,12 +121,8 @@ scrape_configs:
     static_configs:
       - targets: ["$E2E_OPERATOR_METRICS_ADDR"]
 YAML
-  log "starting Prometheus at $E2E_PROMETHEUS_ADDR"
-  setsid nohup prometheus --config.file="$dir/prometheus.yml" --storage.tsdb.path="$dir/data" \
-    --web.listen-address="$E2E_PROMETHEUS_ADDR" --web.enable-lifecycle \
-    >>"$dir/prometheus.log" 2>&1 </dev/null &
-  echo $! >"$dir/pid"
-  wait_until "Prometheus at $E2E_PROMETHEUS_ADDR" 60 curl -fs "http://$E2E_PROMETHEUS_ADDR/-/ready"
+  launch prometheus "http://$E2E_PROMETHEUS_ADDR/-/ready" prometheus --config.file="$dir/prometheus.yml" \
+    --storage.tsdb.path="$dir/data" --web.listen-address="$E2E_PROMETHEUS_ADDR" --web.enable-lifecycle
 }
 
 start_cluster
