@@ -27,6 +27,8 @@ pub struct ImageSpec {
     /// Content of the single file in its layer; distinct content gives a
     /// distinct digest.
     pub content: String,
+    /// Architecture written to the config, e.g. `amd64`.
+    pub architecture: String,
 }
 
 impl ImageSpec {
@@ -36,6 +38,7 @@ impl ImageSpec {
             created: Some(created),
             base: None,
             content: created.to_rfc3339(),
+            architecture: "amd64".into(),
         }
     }
 }
@@ -47,6 +50,8 @@ pub struct Pushed {
     pub tagged: String,
     /// The manifest digest, `sha256:…`.
     pub digest: String,
+    /// The manifest's size in bytes.
+    pub size: usize,
 }
 
 impl Pushed {
@@ -94,7 +99,7 @@ pub async fn push(
     let layer = layer_tar(&spec.content)?;
     let layer_digest = sha256(&layer);
     let mut config = serde_json::json!({
-        "architecture": "amd64",
+        "architecture": spec.architecture,
         "os": "linux",
         "config": {},
         "rootfs": { "type": "layers", "diff_ids": [layer_digest] },
@@ -121,6 +126,7 @@ pub async fn push(
     }
     let manifest = serde_json::to_vec(&manifest)?;
     let digest = sha256(&manifest);
+    let size = manifest.len();
 
     client
         .push_blob(&reference, layer, &layer_digest)
@@ -138,7 +144,61 @@ pub async fn push(
         )
         .await
         .context("pushing manifest")?;
-    Ok(Pushed { tagged, digest })
+    Ok(Pushed {
+        tagged,
+        digest,
+        size,
+    })
+}
+
+/// Pushes a multi-arch index over already pushed platform images as
+/// `registry/repository:tag`; `platforms` pairs each with its `os/arch`.
+pub async fn push_index(
+    registry: &str,
+    repository: &str,
+    tag: &str,
+    platforms: &[(&Pushed, &str, &str)],
+) -> anyhow::Result<Pushed> {
+    const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    let client = client(registry);
+    let tagged = format!("{registry}/{repository}:{tag}");
+    let reference: Reference = tagged
+        .parse()
+        .with_context(|| format!("reference {tagged}"))?;
+    client
+        .store_auth_if_needed(registry, &RegistryAuth::Anonymous)
+        .await;
+    let manifests: Vec<serde_json::Value> = platforms
+        .iter()
+        .map(|(image, os, architecture)| {
+            serde_json::json!({
+                "mediaType": OCI_MANIFEST,
+                "digest": image.digest,
+                "size": image.size,
+                "platform": { "os": os, "architecture": architecture },
+            })
+        })
+        .collect();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": manifests,
+    }))?;
+    let digest = sha256(&index);
+    let size = index.len();
+    client
+        .push_manifest_raw(
+            &reference,
+            index,
+            reqwest::header::HeaderValue::from_static(OCI_INDEX),
+        )
+        .await
+        .context("pushing index")?;
+    Ok(Pushed {
+        tagged,
+        digest,
+        size,
+    })
 }
 
 /// An uncompressed tar with one file, `/freshen-e2e.txt`.

@@ -126,6 +126,36 @@ where
     }
 }
 
+/// Lines of the registry's access log that contain `needle`, e.g.
+/// `"HEAD /v2/e2e/app/manifests/`.
+pub fn registry_log_lines(harness: &Harness, needle: &str) -> anyhow::Result<usize> {
+    let log = std::fs::read_to_string(&harness.registry_log)
+        .with_context(|| format!("reading {}", harness.registry_log.display()))?;
+    Ok(log.lines().filter(|l| l.contains(needle)).count())
+}
+
+/// Waits until the registry has logged every request sent before this call:
+/// sends a marker request after them and waits for its access-log line.
+pub async fn registry_log_barrier(harness: &Harness) -> anyhow::Result<()> {
+    let marker = format!("/v2/freshen-e2e-barrier/manifests/b{:08x}", rand_suffix());
+    let status = reqwest::Client::new()
+        .head(format!("http://{}{marker}", harness.registry))
+        .send()
+        .await?
+        .status();
+    anyhow::ensure!(
+        status == reqwest::StatusCode::NOT_FOUND,
+        "barrier request answered {status}"
+    );
+    wait_for(
+        "the registry to log the barrier request",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || async { Ok((registry_log_lines(harness, &marker)? > 0).then_some(())) },
+    )
+    .await
+}
+
 /// A namespace created for one test, deleted when dropped (also when the
 /// test fails), so that runs do not pile up workloads.
 pub struct TestNamespace {
@@ -191,7 +221,8 @@ impl Drop for TestNamespace {
     }
 }
 
-fn rand_suffix() -> u32 {
+/// A random 32-bit value for unique names.
+pub fn rand_suffix() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(

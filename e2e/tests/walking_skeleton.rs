@@ -50,7 +50,9 @@ async fn image_and_container_age_reach_prometheus() -> anyhow::Result<()> {
     wait_ready_pods(&client, &ns.name, "measured", 2, POD_READY_LIMIT).await?;
     wait_ready_pods(&client, &ns.name, "ignored", 1, POD_READY_LIMIT).await?;
 
-    let operator = Operator::start(&harness, &["--poll-interval", "30s"]).await?;
+    // A short poll interval: a moved tag is noticed by polling (no watch
+    // event exists for a registry push).
+    let operator = Operator::start(&harness, &["--poll-interval", "3s"]).await?;
 
     // Prometheus scrapes the operator; wait for the image age to arrive there.
     let image_age = format!(
@@ -87,6 +89,38 @@ async fn image_and_container_age_reach_prometheus() -> anyhow::Result<()> {
         "the pods started during this test, so container age {}s must be small",
         samples[0].value
     );
+
+    // The tag names the digest the pods run: no update. Pushing a new build to
+    // the tag makes one available, seen at the next poll.
+    let update = format!(
+        r#"freshen_image_update_available{{namespace="{}",workload="measured"}}"#,
+        ns.name
+    );
+    let samples = await_series(&harness, &update).await?;
+    assert_eq!(samples[0].value, 0.0, "{samples:?}");
+    push(
+        &harness.registry,
+        &repository,
+        "v1",
+        &ImageSpec::built_at(Utc::now()),
+    )
+    .await?;
+    wait_for(
+        "freshen_image_update_available to become 1",
+        Duration::from_secs(60),
+        harness.scrape_interval,
+        || {
+            let (url, update) = (harness.prometheus_url.clone(), update.clone());
+            async move {
+                Ok(query(&url, &update)
+                    .await?
+                    .first()
+                    .is_some_and(|s| s.value == 1.0)
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
 
     // The exposition passes Prometheus' own linter.
     let exposition = operator.scrape().await?;
@@ -189,4 +223,80 @@ fn promtool_check_metrics(exposition: &str) -> anyhow::Result<String> {
     } else {
         Ok(format!("exit {}: {complaints}", out.status))
     }
+}
+
+#[tokio::test]
+async fn a_malformed_annotation_is_a_warning_event_not_a_crash() -> anyhow::Result<()> {
+    use k8s_openapi::api::events::v1::Event;
+    use kube::api::ListParams;
+
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "badannotation").await?;
+    let image = push(
+        &harness.registry,
+        &format!("e2e/{}/app", ns.name),
+        "v1",
+        &ImageSpec::built_at(Utc::now() - TimeDelta::days(1)),
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let typo = deployment(
+        "typo",
+        &image.pinned(),
+        1,
+        &[("freshen.dev/refresh", "yes")],
+    )?;
+    let good = deployment(
+        "good",
+        &image.pinned(),
+        1,
+        &[("freshen.dev/refresh", "enabled")],
+    )?;
+    deployments.create(&PostParams::default(), &typo).await?;
+    deployments.create(&PostParams::default(), &good).await?;
+    wait_ready_pods(&client, &ns.name, "typo", 1, POD_READY_LIMIT).await?;
+    wait_ready_pods(&client, &ns.name, "good", 1, POD_READY_LIMIT).await?;
+
+    let operator = Operator::start(&harness, &["--poll-interval", "30s"]).await?;
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let event = wait_for(
+        "a Warning Event on the Deployment with the typo",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await?;
+                Ok(list.items.into_iter().find(|e| {
+                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("typo")
+                        && e.reason.as_deref() == Some("InvalidAnnotation")
+                }))
+            }
+        },
+    )
+    .await?;
+    assert_eq!(event.type_.as_deref(), Some("Warning"));
+    let note = event.note.unwrap_or_default();
+    assert!(
+        note.contains("freshen.dev/refresh")
+            && note.contains("\"yes\"")
+            && note.contains("\"enabled\" or \"disabled\""),
+        "the Event names the annotation, the value and the expected form: {note}"
+    );
+
+    // The operator carries on: the well-formed workload next to it is measured.
+    let good_age = format!(
+        r#"freshen_image_age_seconds{{namespace="{}",workload="good"}}"#,
+        ns.name
+    );
+    await_series(&harness, &good_age).await?;
+    let text = operator.scrape().await?;
+    assert!(
+        !text.contains(&format!(r#"namespace="{}",workload="typo""#, ns.name)),
+        "the typo workload is not measured"
+    );
+    Ok(())
 }

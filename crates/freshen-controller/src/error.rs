@@ -1,6 +1,8 @@
 //! Errors of the controllers: one variant per step, each with a bounded
 //! category used as metric label and Event reason.
 
+use std::sync::Arc;
+
 use freshen_registry::RegistryError;
 
 /// A reconcile that failed at one of its steps.
@@ -9,9 +11,10 @@ pub enum Error {
     /// The object lacks a field every object of its kind has (name, namespace).
     #[error("object is missing {0}")]
     MissingField(&'static str),
-    /// Looking up an image in its registry failed; retried with backoff.
+    /// Looking up an image in its registry failed; retried later. Shared
+    /// (`Arc`) because one failed request answers every workload that asked.
     #[error(transparent)]
-    Registry(#[from] RegistryError),
+    Registry(#[from] Arc<RegistryError>),
 }
 
 impl Error {

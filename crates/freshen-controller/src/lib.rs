@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use freshen_registry::{RegistryClient, RegistryConfig};
+use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -70,7 +70,8 @@ pub enum RunError {
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let records = Arc::new(WorkloadRecords::default());
-    let metrics = Arc::new(Metrics::new(Arc::clone(&records))?);
+    let registry_metrics = RegistryMetrics::new()?;
+    let metrics = Arc::new(Metrics::new(Arc::clone(&records), &registry_metrics)?);
     // Ready once both watches have listed everything. Taken from the streams'
     // own InitDone events: `Store::wait_until_ready` wakes only its latest
     // waiter (kube-runtime 5's DelayedInit keeps one oneshot receiver), and
@@ -140,7 +141,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             },
         ),
         client,
-        registry: Arc::new(RegistryClient::new(config.registry)),
+        registry: RegistryClient::new(config.registry, registry_metrics),
         metrics: Arc::clone(&metrics),
         records,
         pods: pod_store,

@@ -43,6 +43,8 @@ pub struct ContainerRecord {
     pub build_times: Vec<Option<DateTime<Utc>>>,
     /// Start of its oldest running instance.
     pub oldest_start: Option<DateTime<Utc>>,
+    /// Whether its tag names a digest no pod runs; `None` when unknown.
+    pub update_available: Option<bool>,
 }
 
 /// The per-container records of all measured workloads, shared between the
@@ -92,12 +94,14 @@ impl WorkloadRecords {
 
 const CONTAINER_LABELS: [&str; 4] = ["namespace", "workload", "container", "image"];
 
-/// Exports `freshen_image_age_seconds` and `freshen_container_age_seconds`,
+/// Exports the per-container series (`freshen_image_age_seconds`,
+/// `freshen_container_age_seconds`, `freshen_image_update_available`),
 /// computed at scrape time from [`WorkloadRecords`].
 pub struct AgeCollector {
     records: Arc<WorkloadRecords>,
     image_age: GaugeVec,
     container_age: GaugeVec,
+    update_available: GaugeVec,
     descs: Vec<Desc>,
 }
 
@@ -118,16 +122,26 @@ impl AgeCollector {
             ),
             &CONTAINER_LABELS,
         )?;
+        let update_available = GaugeVec::new(
+            Opts::new(
+                "freshen_image_update_available",
+                "1 when the container's tag now names a digest none of its pods runs, else 0. \
+                 Absent when unknown.",
+            ),
+            &CONTAINER_LABELS,
+        )?;
         let descs = image_age
             .desc()
             .into_iter()
             .chain(container_age.desc())
+            .chain(update_available.desc())
             .cloned()
             .collect();
         Ok(Self {
             records,
             image_age,
             container_age,
+            update_available,
             descs,
         })
     }
@@ -142,6 +156,7 @@ impl Collector for AgeCollector {
         let now = Utc::now();
         self.image_age.reset();
         self.container_age.reset();
+        self.update_available.reset();
         if let Ok(map) = self.records.inner.read() {
             for (key, containers) in map.iter() {
                 for c in containers {
@@ -161,11 +176,17 @@ impl Collector for AgeCollector {
                             .with_label_values(&labels)
                             .set(age.as_secs_f64());
                     }
+                    if let Some(available) = c.update_available {
+                        self.update_available
+                            .with_label_values(&labels)
+                            .set(f64::from(u8::from(available)));
+                    }
                 }
             }
         }
         let mut families = self.image_age.collect();
         families.extend(self.container_age.collect());
+        families.extend(self.update_available.collect());
         families
     }
 }
@@ -180,9 +201,14 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric, including the age collector over `records`.
-    pub fn new(records: Arc<WorkloadRecords>) -> prometheus::Result<Self> {
+    /// Registers every metric: the per-container collector over `records`,
+    /// the registry client's `registry_metrics`, and the reconcile metrics.
+    pub fn new(
+        records: Arc<WorkloadRecords>,
+        registry_metrics: &freshen_registry::RegistryMetrics,
+    ) -> prometheus::Result<Self> {
         let registry = Registry::new();
+        registry_metrics.register(&registry)?;
         let reconcile_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "freshen_reconcile_duration_seconds",
@@ -221,6 +247,10 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn registry_metrics() -> freshen_registry::RegistryMetrics {
+        freshen_registry::RegistryMetrics::new().unwrap()
+    }
+
     fn key(name: &str) -> WorkloadKey {
         WorkloadKey {
             namespace: "shop".into(),
@@ -229,8 +259,8 @@ mod tests {
     }
 
     fn render(records: &Arc<WorkloadRecords>) -> String {
-        let metrics = Metrics::new(Arc::clone(records)).unwrap_or_else(|e| panic!("{e}"));
-        metrics.render().unwrap_or_else(|e| panic!("{e}"))
+        let metrics = Metrics::new(Arc::clone(records), &registry_metrics()).unwrap();
+        metrics.render().unwrap()
     }
 
     #[test]
@@ -248,12 +278,14 @@ mod tests {
                         Some(now - chrono::TimeDelta::days(2)),
                     ],
                     oldest_start: Some(now - chrono::TimeDelta::hours(1)),
+                    update_available: Some(true),
                 },
                 ContainerRecord {
                     container: "reproducible".into(),
                     image: "reg.io/shop/sidecar".into(),
                     build_times: vec![Some(DateTime::UNIX_EPOCH)],
                     oldest_start: None,
+                    update_available: None,
                 },
             ],
         );
@@ -283,12 +315,23 @@ mod tests {
             text.lines()
                 .any(|l| l.starts_with("freshen_container_age_seconds{") && l.contains("app"))
         );
+        let update = |container: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("freshen_image_update_available{")
+                        && l.contains(&format!("container=\"{container}\""))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
+        };
+        assert_eq!(update("app").as_deref(), Some("1"));
+        // Unknown is absent, not 0.
+        assert_eq!(update("reproducible"), None);
     }
 
     #[test]
     fn removed_workloads_lose_their_series() {
         let records = Arc::new(WorkloadRecords::default());
-        let metrics = Metrics::new(Arc::clone(&records)).unwrap_or_else(|e| panic!("{e}"));
+        let metrics = Metrics::new(Arc::clone(&records), &registry_metrics()).unwrap();
         records.set(
             key("web"),
             vec![ContainerRecord {
@@ -296,6 +339,7 @@ mod tests {
                 image: "reg.io/web".into(),
                 build_times: vec![Some(Utc::now())],
                 oldest_start: Some(Utc::now()),
+                update_available: Some(false),
             }],
         );
         assert!(

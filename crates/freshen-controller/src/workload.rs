@@ -2,8 +2,9 @@
 //!
 //! One reconcile reads top to bottom:
 //! validate (opt-in annotation) -> gather (pods from the shared store) ->
-//! observe (pure, `freshen_core::observe`) -> look up image facts (registry,
-//! cached by digest) -> record (timestamps for the metrics) -> requeue.
+//! observe (pure, `freshen_core::observe`) -> look up the tag's digest and
+//! the running digests' facts (registry, one shared cache) -> record
+//! (timestamps and signals for the metrics) -> requeue.
 
 use std::sync::Arc;
 
@@ -71,6 +72,22 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
                 continue;
             }
         };
+        let update_available = if image.effective_tag().is_some() {
+            match ctx
+                .registry
+                .resolve_tag(image, tokio::time::Instant::now())
+                .await
+            {
+                Ok(tag_digest) => observation.update_available(&tag_digest),
+                Err(e) => {
+                    warn!(error = %e, container = %observation.name, "tag not resolved");
+                    first_error.get_or_insert(e);
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let mut build_times = Vec::new();
         for digest in observation.digests() {
             match ctx.registry.image_facts(image, digest).await {
@@ -86,6 +103,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             image: image.name(),
             build_times,
             oldest_start: observation.oldest_start,
+            update_available,
         });
     }
 

@@ -75,6 +75,20 @@ impl ContainerObservation {
     pub fn digests(&self) -> BTreeSet<&Digest> {
         self.running.iter().map(|(d, _)| d).collect()
     }
+
+    /// Whether the tag now names a digest none of the pods runs: `None` when
+    /// no pod's digest is known (nothing to compare with), or while some pods'
+    /// digests are unknown and the known ones differ (they may run it).
+    pub fn update_available(&self, tag_digest: &Digest) -> Option<bool> {
+        let running = self.digests();
+        if running.contains(tag_digest) {
+            return Some(false);
+        }
+        if running.is_empty() || self.pods_without_digest > 0 {
+            return None;
+        }
+        Some(true)
+    }
 }
 
 /// Observes each template container across the workload's live pods.
@@ -272,6 +286,37 @@ mod tests {
         let obs = observe(&[spec("app", "reg.io/app:v2")], &pods);
         assert_eq!(obs[0].digests(), BTreeSet::from([&d(A), &d(B)]));
         assert_eq!(obs[0].oldest_start, Some(t("2026-11-01T00:00:00Z")));
+    }
+
+    #[test]
+    fn update_available_only_when_no_pod_runs_the_tags_digest() {
+        let running = |pods: &[PodFacts]| observe(&[spec("app", "reg.io/app:v1")], pods).remove(0);
+        let on = |digest: &str| {
+            PodBuilder::new("p")
+                .container(
+                    "app",
+                    "reg.io/app:v1",
+                    Some(&format!("reg.io/app@{digest}")),
+                    None,
+                )
+                .build()
+        };
+        let unknown = PodBuilder::new("u")
+            .container("app", "reg.io/app:v1", None, None)
+            .build();
+        assert_eq!(running(&[on(A)]).update_available(&d(A)), Some(false));
+        assert_eq!(running(&[on(A)]).update_available(&d(B)), Some(true));
+        // Mid-rollout to the tag's digest: not an update any more.
+        assert_eq!(
+            running(&[on(A), on(B)]).update_available(&d(B)),
+            Some(false)
+        );
+        // Nothing known, or a pod that may run it: unknown, not a guess.
+        assert_eq!(
+            running(std::slice::from_ref(&unknown)).update_available(&d(B)),
+            None
+        );
+        assert_eq!(running(&[on(A), unknown]).update_available(&d(B)), None);
     }
 
     #[test]

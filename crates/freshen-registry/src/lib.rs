@@ -1,34 +1,51 @@
 //! OCI registry access for freshen, on oci-client.
 //!
-//! [`RegistryClient::image_facts`] answers "when was this digest built, and on
-//! what base?" for an image the pods run. A digest names immutable content,
-//! so its facts are fetched once and cached; manifests fetched by digest and
+//! - [`RegistryClient::resolve_tag`]: which digest does a tag name now? One
+//!   HEAD request (GET only when a registry will not answer HEAD with a
+//!   digest), cached for the tag TTL (the poll interval), so for W workloads
+//!   over U distinct references an interval costs U requests, never W.
+//! - [`RegistryClient::image_facts`]: when was a digest built, and on what
+//!   base? A digest names immutable content, so its facts are fetched once
+//!   and kept until the byte budget evicts them.
+//!
+//! Concurrent look-ups of one key share one request ([`cache`]); requests to
+//! one registry are limited in concurrency; manifests fetched by digest and
 //! blobs are verified against their digest by oci-client.
 
+pub mod cache;
 pub mod facts;
+pub mod metrics;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshen_core::{Digest, ImageReference};
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
+use cache::{CoalescingCache, Lookup};
 pub use facts::{FormatError, ImageFacts, Platform};
 use facts::{Manifest, select_platform};
+pub use metrics::RegistryMetrics;
 
 /// Largest manifest body accepted; larger is an error, not a download.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 /// Largest config blob accepted.
 pub const MAX_CONFIG_BYTES: i64 = 8 * 1024 * 1024;
-/// How many images' facts the cache keeps (a few hundred bytes each).
-const FACTS_CACHE_ENTRIES: usize = 16_384;
+/// Default memory budget of cached image facts.
+pub const DEFAULT_FACTS_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Default number of concurrent requests to one registry.
+pub const DEFAULT_MAX_CONCURRENT_PER_REGISTRY: usize = 8;
 
 /// How freshen reaches registries.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RegistryConfig {
     /// Registries (`host[:port]`) spoken to over plain HTTP. Only those listed:
     /// every other registry is HTTPS.
@@ -37,6 +54,26 @@ pub struct RegistryConfig {
     pub platform: Platform,
     /// Timeout of one request.
     pub timeout: Option<Duration>,
+    /// How long a resolved tag is trusted: the poll interval.
+    pub tag_ttl: Duration,
+    /// Requests in flight to one registry at most.
+    pub max_concurrent_per_registry: usize,
+    /// Memory budget of cached image facts, in bytes.
+    pub facts_cache_bytes: usize,
+}
+
+impl RegistryConfig {
+    /// Defaults with the given tag TTL.
+    pub fn with_tag_ttl(tag_ttl: Duration) -> Self {
+        Self {
+            plain_http: Vec::new(),
+            platform: Platform::default(),
+            timeout: Some(Duration::from_secs(30)),
+            tag_ttl,
+            max_concurrent_per_registry: DEFAULT_MAX_CONCURRENT_PER_REGISTRY,
+            facts_cache_bytes: DEFAULT_FACTS_CACHE_BYTES,
+        }
+    }
 }
 
 /// A failed registry look-up. Each variant is one step of the look-up and
@@ -51,13 +88,31 @@ pub enum RegistryError {
         /// Why.
         source: oci_client::ParseError,
     },
+    /// Resolving a tag to a digest failed.
+    #[error("{image}: resolving the tag failed: {source}")]
+    Resolve {
+        /// The image (with tag).
+        image: String,
+        /// The client's error.
+        source: OciDistributionError,
+    },
+    /// The registry answered a tag with something that is not a digest.
+    #[error(
+        "{image}: the registry answered digest {digest:?}, which is not sha256:<hex> or sha512:<hex>"
+    )]
+    BadDigest {
+        /// The image.
+        image: String,
+        /// What it answered.
+        digest: String,
+    },
     /// Fetching the manifest failed.
     #[error("{image}: fetching manifest failed: {source}")]
     Manifest {
         /// The image (with digest).
         image: String,
         /// The client's error.
-        source: oci_client::errors::OciDistributionError,
+        source: OciDistributionError,
     },
     /// The manifest body is over [`MAX_MANIFEST_BYTES`].
     #[error("{image}: manifest is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")]
@@ -97,15 +152,30 @@ pub enum RegistryError {
         /// The image.
         image: String,
         /// The client's error.
-        source: oci_client::errors::OciDistributionError,
+        source: OciDistributionError,
     },
 }
 
 impl RegistryError {
     /// A bounded label for metrics and Event reasons.
     pub fn category(&self) -> &'static str {
+        let upstream = match self {
+            Self::Resolve { source, .. }
+            | Self::Manifest { source, .. }
+            | Self::Config { source, .. } => Some(source),
+            _ => None,
+        };
+        match upstream.and_then(status_code) {
+            Some(404) => return "registry_not_found",
+            Some(401 | 403) => return "registry_unauthorized",
+            Some(429) => return "registry_rate_limited",
+            Some(500..=599) => return "registry_unavailable",
+            _ => {}
+        }
         match self {
             Self::Reference { .. } => "registry_reference",
+            Self::Resolve { .. } => "registry_resolve",
+            Self::BadDigest { .. } => "registry_bad_digest",
             Self::Manifest { .. } => "registry_manifest",
             Self::ManifestTooLarge { .. } | Self::ConfigTooLarge { .. } => "registry_too_large",
             Self::Format { .. } => "registry_format",
@@ -115,17 +185,51 @@ impl RegistryError {
     }
 }
 
-/// Reads image facts from registries, caching them by digest.
+/// The HTTP status behind a client error, when there is one.
+pub fn status_code(error: &OciDistributionError) -> Option<u16> {
+    use oci_client::errors::OciErrorCode;
+    match error {
+        OciDistributionError::ServerError { code, .. } => Some(*code),
+        OciDistributionError::UnauthorizedError { .. }
+        | OciDistributionError::AuthenticationFailure(_) => Some(401),
+        OciDistributionError::ImageManifestNotFoundError(_) => Some(404),
+        OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
+        OciDistributionError::RegistryError { envelope, .. } => {
+            envelope.errors.first().map(|e| match e.code {
+                OciErrorCode::ManifestUnknown
+                | OciErrorCode::BlobUnknown
+                | OciErrorCode::NameUnknown
+                | OciErrorCode::NotFound => 404,
+                OciErrorCode::Unauthorized => 401,
+                OciErrorCode::Denied => 403,
+                OciErrorCode::Toomanyrequests => 429,
+                OciErrorCode::Unsupported => 405,
+                _ => 400,
+            })
+        }
+        _ => None,
+    }
+}
+
+type TagKey = (String, String, String);
+type Shared<T> = Result<T, Arc<RegistryError>>;
+
+/// Reads tags and image facts from registries, through one shared cache.
 pub struct RegistryClient {
     client: Client,
     platform: Platform,
-    cache: Mutex<FactsCache>,
+    tags: CoalescingCache<TagKey, Digest, Arc<RegistryError>>,
+    facts: CoalescingCache<Digest, Arc<ImageFacts>, Arc<RegistryError>>,
+    limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    max_concurrent: usize,
+    metrics: RegistryMetrics,
 }
 
 impl RegistryClient {
-    /// A client with the given settings. Requires a rustls crypto provider to
-    /// be installed process-wide (the binary installs `ring`).
-    pub fn new(config: RegistryConfig) -> Self {
+    /// A client with the given settings, counting into `metrics`. Requires a
+    /// rustls crypto provider installed process-wide (the binary installs
+    /// `ring`).
+    pub fn new(config: RegistryConfig, metrics: RegistryMetrics) -> Arc<Self> {
         let protocol = if config.plain_http.is_empty() {
             ClientProtocol::Https
         } else {
@@ -137,32 +241,143 @@ impl RegistryClient {
             connect_timeout: config.timeout,
             ..ClientConfig::default()
         });
-        Self {
+        Arc::new(Self {
             client,
             platform: config.platform,
-            cache: Mutex::new(FactsCache::default()),
-        }
+            tags: CoalescingCache::new(Some(config.tag_ttl), usize::MAX, |_, _| 0),
+            facts: CoalescingCache::new(None, config.facts_cache_bytes, |_, f| facts_weight(f)),
+            limits: Mutex::new(HashMap::new()),
+            max_concurrent: config.max_concurrent_per_registry.max(1),
+            metrics,
+        })
     }
 
-    /// Facts of `image` at `digest` (the digest the pods run). Cached: a
-    /// digest's content never changes.
+    /// The digest `image`'s tag names, as of `now`: cached for the tag TTL,
+    /// one request per tag however many callers ask at once. `image` must
+    /// name a tag (or none, meaning `latest`).
+    pub async fn resolve_tag(
+        self: &Arc<Self>,
+        image: &ImageReference,
+        now: Instant,
+    ) -> Shared<Digest> {
+        let tag = image
+            .effective_tag()
+            .unwrap_or(freshen_core::image::DEFAULT_TAG)
+            .to_owned();
+        let key = (
+            image.registry.clone(),
+            image.repository.clone(),
+            tag.clone(),
+        );
+        let this = Arc::clone(self);
+        let image = image.clone();
+        let (result, how) = self
+            .tags
+            .get(&key, now, move || async move {
+                this.fetch_tag_digest(&image, &tag).await.map_err(Arc::new)
+            })
+            .await;
+        self.count_lookup(metrics::kind::RESOLVE, how);
+        result
+    }
+
+    /// Facts of `image` at `digest` (the digest the pods run). A digest's
+    /// content never changes, so this costs requests once per digest.
     pub async fn image_facts(
-        &self,
+        self: &Arc<Self>,
         image: &ImageReference,
         digest: &Digest,
-    ) -> Result<Arc<ImageFacts>, RegistryError> {
-        if let Some(hit) = self.cached(digest) {
-            return Ok(hit);
-        }
-        let facts = Arc::new(self.fetch_facts(image, digest).await?);
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.insert(digest.clone(), Arc::clone(&facts));
-        }
-        Ok(facts)
+    ) -> Shared<Arc<ImageFacts>> {
+        let this = Arc::clone(self);
+        let (image, owned) = (image.clone(), digest.clone());
+        let (result, how) = self
+            .facts
+            .get(digest, Instant::now(), move || async move {
+                this.fetch_facts(&image, &owned)
+                    .await
+                    .map(Arc::new)
+                    .map_err(Arc::new)
+            })
+            .await;
+        self.count_lookup(metrics::kind::MANIFEST, how);
+        result
     }
 
-    fn cached(&self, digest: &Digest) -> Option<Arc<ImageFacts>> {
-        self.cache.lock().ok().and_then(|c| c.get(digest))
+    fn count_lookup(&self, kind: &str, how: Lookup) {
+        if how != Lookup::Fetched {
+            self.metrics.cache_hits.with_label_values(&[kind]).inc();
+        }
+    }
+
+    /// Runs one request to `registry` within its concurrency limit, timing
+    /// and counting it.
+    async fn request<T, Fut>(
+        &self,
+        registry: &str,
+        kind: &str,
+        request: Fut,
+    ) -> Result<T, OciDistributionError>
+    where
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        let limit = self.limit(registry);
+        let _permit = limit.acquire().await;
+        let start = Instant::now();
+        let result = request.await;
+        self.metrics
+            .duration
+            .with_label_values(&[registry, kind])
+            .observe(start.elapsed().as_secs_f64());
+        let code = match &result {
+            Ok(_) => "200".to_owned(),
+            Err(e) => status_code(e).map_or_else(|| "error".to_owned(), |c| c.to_string()),
+        };
+        self.metrics
+            .requests
+            .with_label_values(&[registry, kind, &code])
+            .inc();
+        result
+    }
+
+    fn limit(&self, registry: &str) -> Arc<Semaphore> {
+        match self.limits.lock() {
+            Ok(mut limits) => Arc::clone(
+                limits
+                    .entry(registry.to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.max_concurrent))),
+            ),
+            Err(_) => Arc::new(Semaphore::new(self.max_concurrent)),
+        }
+    }
+
+    #[tracing::instrument(skip(self), fields(image = %image.name()))]
+    async fn fetch_tag_digest(
+        &self,
+        image: &ImageReference,
+        tag: &str,
+    ) -> Result<Digest, RegistryError> {
+        let name = format!("{}:{tag}", image.name());
+        let reference =
+            Reference::try_from(name.as_str()).map_err(|source| RegistryError::Reference {
+                image: name.clone(),
+                source,
+            })?;
+        let digest = self
+            .request(
+                &image.registry,
+                metrics::kind::RESOLVE,
+                self.client
+                    .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous),
+            )
+            .await
+            .map_err(|source| RegistryError::Resolve {
+                image: name.clone(),
+                source,
+            })?;
+        digest.parse().map_err(|_| RegistryError::BadDigest {
+            image: name,
+            digest,
+        })
     }
 
     #[tracing::instrument(skip(self), fields(image = %image.name(), digest = %digest.short()))]
@@ -177,7 +392,7 @@ impl RegistryClient {
                 image: name.clone(),
                 source,
             })?;
-        let mut manifest = self.manifest(&reference, &name).await?;
+        let mut manifest = self.manifest(&image.registry, &reference, &name).await?;
         let mut platform_digest = None;
         if let Manifest::Index(entries) = &manifest {
             let entry = select_platform(entries, &self.platform).ok_or_else(|| {
@@ -195,7 +410,7 @@ impl RegistryClient {
                         source: FormatError::Manifest(e.to_string()),
                     })?;
             let platform_ref = reference.clone_with_digest(chosen.to_string());
-            manifest = self.manifest(&platform_ref, &name).await?;
+            manifest = self.manifest(&image.registry, &platform_ref, &name).await?;
             platform_digest = Some(chosen);
         }
         let Manifest::Image(image_manifest) = manifest else {
@@ -218,13 +433,16 @@ impl RegistryClient {
             ..OciDescriptor::default()
         };
         let mut body = Vec::with_capacity(usize::try_from(config.size).unwrap_or(0));
-        self.client
-            .pull_blob(&reference, &descriptor, &mut body)
-            .await
-            .map_err(|source| RegistryError::Config {
-                image: name.clone(),
-                source,
-            })?;
+        self.request(
+            &image.registry,
+            metrics::kind::CONFIG,
+            self.client.pull_blob(&reference, &descriptor, &mut body),
+        )
+        .await
+        .map_err(|source| RegistryError::Config {
+            image: name.clone(),
+            source,
+        })?;
         facts::image_facts(
             digest.clone(),
             platform_digest,
@@ -237,13 +455,21 @@ impl RegistryClient {
         })
     }
 
-    async fn manifest(&self, reference: &Reference, name: &str) -> Result<Manifest, RegistryError> {
+    async fn manifest(
+        &self,
+        registry: &str,
+        reference: &Reference,
+        name: &str,
+    ) -> Result<Manifest, RegistryError> {
         let (body, _digest) = self
-            .client
-            .pull_manifest_raw(
-                reference,
-                &RegistryAuth::Anonymous,
-                &facts::MANIFEST_MEDIA_TYPES,
+            .request(
+                registry,
+                metrics::kind::MANIFEST,
+                self.client.pull_manifest_raw(
+                    reference,
+                    &RegistryAuth::Anonymous,
+                    &facts::MANIFEST_MEDIA_TYPES,
+                ),
             )
             .await
             .map_err(|source| RegistryError::Manifest {
@@ -263,26 +489,14 @@ impl RegistryClient {
     }
 }
 
-/// Facts by digest, bounded in entries; the oldest entry goes first.
-#[derive(Default)]
-struct FactsCache {
-    entries: HashMap<Digest, Arc<ImageFacts>>,
-    order: VecDeque<Digest>,
-}
-
-impl FactsCache {
-    fn get(&self, digest: &Digest) -> Option<Arc<ImageFacts>> {
-        self.entries.get(digest).cloned()
-    }
-
-    fn insert(&mut self, digest: Digest, facts: Arc<ImageFacts>) {
-        if self.entries.insert(digest.clone(), facts).is_none() {
-            self.order.push_back(digest);
-        }
-        while self.order.len() > FACTS_CACHE_ENTRIES {
-            if let Some(old) = self.order.pop_front() {
-                self.entries.remove(&old);
-            }
-        }
-    }
+/// Approximate bytes one cached facts entry holds.
+fn facts_weight(facts: &ImageFacts) -> usize {
+    std::mem::size_of::<ImageFacts>()
+        + facts.digest.as_str().len() * 2
+        + facts
+            .platform_digest
+            .as_ref()
+            .map_or(0, |d| d.as_str().len())
+        + facts.base_name.as_ref().map_or(0, String::len)
+        + facts.base_digest.as_ref().map_or(0, |d| d.as_str().len())
 }

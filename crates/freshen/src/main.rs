@@ -64,6 +64,9 @@ struct RunArgs {
     /// Timeout of one registry request.
     #[arg(long, default_value = "30s", value_parser = duration_arg)]
     registry_timeout: Duration,
+    /// Requests in flight to one registry at most.
+    #[arg(long, default_value_t = freshen_registry::DEFAULT_MAX_CONCURRENT_PER_REGISTRY)]
+    registry_concurrency: usize,
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -113,6 +116,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             plain_http: args.plain_http_registries,
             platform: args.platform,
             timeout: Some(args.registry_timeout),
+            // A tag is resolved once per poll interval, however many
+            // workloads follow it.
+            tag_ttl: args.poll_interval,
+            max_concurrent_per_registry: args.registry_concurrency,
+            ..RegistryConfig::with_tag_ttl(args.poll_interval)
         },
     };
     freshen_controller::run(client, config).await?;

@@ -1,0 +1,248 @@
+//! freshen-registry against the real registry of the harness: tags, missing
+//! tags, multi-arch indexes, and what the shared cache saves, counted in the
+//! registry's own access log rather than in our code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use freshen_core::{Digest, ImageReference};
+use freshen_e2e::image::{ImageSpec, push, push_index};
+use freshen_e2e::{Harness, init_tls, rand_suffix, registry_log_barrier, registry_log_lines};
+use freshen_registry::{Platform, RegistryClient, RegistryConfig, RegistryMetrics};
+use tokio::time::Instant;
+
+const TAG_TTL: Duration = Duration::from_secs(300);
+
+fn client(harness: &Harness, platform: &str) -> anyhow::Result<Arc<RegistryClient>> {
+    let mut config = RegistryConfig::with_tag_ttl(TAG_TTL);
+    config.plain_http = vec![harness.registry.clone()];
+    config.platform = platform.parse().map_err(anyhow::Error::msg)?;
+    Ok(RegistryClient::new(config, RegistryMetrics::new()?))
+}
+
+fn reference(harness: &Harness, repository: &str, tag: &str) -> anyhow::Result<ImageReference> {
+    Ok(ImageReference::parse(&format!(
+        "{}/{repository}:{tag}",
+        harness.registry
+    ))?)
+}
+
+fn unique(prefix: &str) -> String {
+    format!("e2e/{prefix}-{:08x}", rand_suffix())
+}
+
+#[tokio::test]
+async fn tags_resolve_to_their_digest_and_a_missing_tag_says_not_found() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let repository = unique("resolve");
+    let v1 = push(
+        &harness.registry,
+        &repository,
+        "v1",
+        &ImageSpec::built_at(Utc::now()),
+    )
+    .await?;
+    let registry = client(&harness, "linux/amd64")?;
+
+    let digest = registry
+        .resolve_tag(&reference(&harness, &repository, "v1")?, Instant::now())
+        .await;
+    assert_eq!(
+        digest.map(|d| d.to_string()).map_err(|e| e.to_string()),
+        Ok(v1.digest.clone())
+    );
+
+    let missing = registry
+        .resolve_tag(&reference(&harness, &repository, "nope")?, Instant::now())
+        .await
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("a missing tag resolved"))?;
+    assert_eq!(missing.category(), "registry_not_found", "{missing}");
+    assert!(
+        missing.to_string().contains(&format!("{repository}:nope")),
+        "the error names the image: {missing}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn fifty_lookups_over_three_tags_cost_three_head_requests() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let repositories: Vec<String> = (0..3).map(|i| unique(&format!("heads{i}"))).collect();
+    for repository in &repositories {
+        push(
+            &harness.registry,
+            repository,
+            "v1",
+            &ImageSpec::built_at(Utc::now()),
+        )
+        .await?;
+    }
+    let registry = client(&harness, "linux/amd64")?;
+    let now = Instant::now();
+    let lookups = (0..50).map(|i| {
+        let registry = Arc::clone(&registry);
+        let image = reference(&harness, &repositories[i % 3], "v1");
+        tokio::spawn(async move {
+            registry
+                .resolve_tag(&image?, now)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+    });
+    for lookup in futures::future::join_all(lookups).await {
+        lookup??;
+    }
+    let heads = || -> anyhow::Result<usize> {
+        repositories
+            .iter()
+            .map(|r| registry_log_lines(&harness, &format!("\"HEAD /v2/{r}/manifests/v1 ")))
+            .sum()
+    };
+    registry_log_barrier(&harness).await?;
+    assert_eq!(
+        heads()?,
+        3,
+        "50 concurrent look-ups of 3 tags are 3 requests"
+    );
+
+    // Within the tag TTL, later look-ups cost nothing; after it, one each.
+    for repository in &repositories {
+        registry
+            .resolve_tag(&reference(&harness, repository, "v1")?, now + TAG_TTL / 2)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    registry_log_barrier(&harness).await?;
+    assert_eq!(heads()?, 3, "cached within the TTL");
+    for repository in &repositories {
+        registry
+            .resolve_tag(&reference(&harness, repository, "v1")?, now + TAG_TTL)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    registry_log_barrier(&harness).await?;
+    assert_eq!(heads()?, 6, "one request per tag per interval");
+    let gets: usize = repositories
+        .iter()
+        .map(|r| registry_log_lines(&harness, &format!("\"GET /v2/{r}/manifests/")))
+        .sum::<anyhow::Result<usize>>()?;
+    assert_eq!(
+        gets, 0,
+        "resolving a tag never downloads a manifest when HEAD answers"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_multi_arch_index_is_read_for_the_configured_platform() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let repository = unique("multiarch");
+    let amd64_built = Utc::now() - TimeDelta::days(3);
+    let arm64_built = Utc::now() - TimeDelta::days(9);
+    let amd64 = push(
+        &harness.registry,
+        &repository,
+        "amd64",
+        &ImageSpec::built_at(amd64_built),
+    )
+    .await?;
+    let mut arm = ImageSpec::built_at(arm64_built);
+    arm.architecture = "arm64".into();
+    let arm64 = push(&harness.registry, &repository, "arm64", &arm).await?;
+    let index = push_index(
+        &harness.registry,
+        &repository,
+        "v1",
+        &[(&amd64, "linux", "amd64"), (&arm64, "linux", "arm64")],
+    )
+    .await?;
+    let image = reference(&harness, &repository, "v1")?;
+    let index_digest: Digest = index.digest.parse()?;
+
+    for (platform, built, manifest) in [
+        ("linux/amd64", amd64_built, &amd64),
+        ("linux/arm64", arm64_built, &arm64),
+    ] {
+        let facts = client(&harness, platform)?
+            .image_facts(&image, &index_digest)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        assert_eq!(
+            facts.digest, index_digest,
+            "the digest the pods run is the index's"
+        );
+        assert_eq!(
+            facts.platform_digest.as_ref().map(Digest::as_str),
+            Some(manifest.digest.as_str()),
+            "{platform}"
+        );
+        assert_eq!(
+            facts.created.map(|t| t.timestamp()),
+            Some(built.timestamp()),
+            "{platform}"
+        );
+    }
+
+    let s390x = client(&harness, "linux/s390x")?
+        .image_facts(&image, &index_digest)
+        .await;
+    let err = s390x
+        .err()
+        .ok_or_else(|| anyhow::anyhow!("an absent platform was found"))?;
+    assert_eq!(err.category(), "registry_no_platform");
+    assert!(err.to_string().contains("linux/s390x"), "{err}");
+    let _: Platform = "linux/amd64".parse().map_err(anyhow::Error::msg)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn image_facts_are_fetched_once_per_digest() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let repository = unique("facts");
+    let mut spec = ImageSpec::built_at(Utc::now() - TimeDelta::days(10));
+    let base_digest = format!("sha256:{}", "b".repeat(64));
+    spec.base = Some(("docker.io/library/debian:12".into(), base_digest.clone()));
+    let pushed = push(&harness.registry, &repository, "v1", &spec).await?;
+    let image = reference(&harness, &repository, "v1")?;
+    let digest: Digest = pushed.digest.parse()?;
+    let registry = client(&harness, "linux/amd64")?;
+
+    let lookups = (0..20).map(|_| {
+        let (registry, image, digest) = (Arc::clone(&registry), image.clone(), digest.clone());
+        tokio::spawn(async move {
+            registry
+                .image_facts(&image, &digest)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+    });
+    for facts in futures::future::join_all(lookups).await {
+        let facts = facts??;
+        assert_eq!(
+            facts.base_name.as_deref(),
+            Some("docker.io/library/debian:12")
+        );
+        assert_eq!(
+            facts.base_digest.as_ref().map(Digest::as_str),
+            Some(base_digest.as_str())
+        );
+    }
+    registry_log_barrier(&harness).await?;
+    let manifest_gets = registry_log_lines(
+        &harness,
+        &format!("\"GET /v2/{repository}/manifests/{} ", pushed.digest),
+    )?;
+    let blob_gets = registry_log_lines(&harness, &format!("\"GET /v2/{repository}/blobs/"))?;
+    assert_eq!(
+        (manifest_gets, blob_gets),
+        (1, 1),
+        "20 look-ups of one digest: one manifest and one config download"
+    );
+    Ok(())
+}
