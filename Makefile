@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo test clean
+.PHONY: all build fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo bench-registry test clean
 
 all: build
 
@@ -46,6 +46,13 @@ e2e: e2e-up
 demo: e2e-up
 	$(CARGO) build -p freshen -p freshen-e2e
 	./target/debug/freshen-e2e demo $(ARGS)
+
+# Registry cost at scale (not a test: it prints figures). BENCH_ARGS, e.g.
+# `--workloads 500 --images 5 --intervals 3 --poll-interval 10s`.
+BENCH_ARGS ?=
+bench-registry: e2e-up
+	$(CARGO) build --release -p freshen -p freshen-e2e
+	FRESHEN_BIN=target/release/freshen ./target/release/freshen-e2e bench-registry $(BENCH_ARGS)
 
 test: fmt-check clippy unit e2e
 

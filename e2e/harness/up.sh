@@ -47,6 +47,9 @@ options:
   kubectlBinary: $E2E_BIN/kubectl-$KUBE_VERSION
   etcdBinary: $E2E_BIN/etcd-$ETCD_VERSION
   kwokControllerBinary: $E2E_BIN/kwok-$KWOK_VERSION
+  # Scale tests create hundreds of ReplicaSets and pods at once; the
+  # components' default client QPS would make that take minutes.
+  disableQPSLimits: true
 ---
 YAML
       cat "$harness_dir/kwok-stages.yaml"
@@ -55,12 +58,14 @@ YAML
       --kubeconfig "$E2E_STATE/kubeconfig" --wait 2m >&2
   fi
   wait_until "the API server" 60 cluster_up
-  # Two simulated nodes so that replicas spread as they would for real.
-  if [ "$(kubectl get nodes -o name 2>/dev/null | wc -l)" -lt 2 ]; then
-    kwokctl scale node --replicas 2 >&2
+  # Simulated nodes, so that replicas spread as they would for real. kwok's
+  # default node holds 110 pods (a kubelet's default); 250 each gives the
+  # scale benchmark room for 1000 pods within each node's /24 pod CIDR.
+  if [ "$(kubectl get nodes -o name 2>/dev/null | wc -l)" -lt "$E2E_NODES" ]; then
+    kwokctl scale node --replicas "$E2E_NODES" --param '.allocatable.pods=250' >&2
   fi
-  wait_until "2 Ready nodes" 60 bash -c \
-    "[ \$('$E2E_BIN/kubectl-$KUBE_VERSION' --kubeconfig '$E2E_STATE/kubeconfig' get nodes --no-headers | grep -c ' Ready') -ge 2 ]"
+  wait_until "$E2E_NODES Ready nodes" 60 bash -c \
+    "[ \$('$E2E_BIN/kubectl-$KUBE_VERSION' --kubeconfig '$E2E_STATE/kubeconfig' get nodes --no-headers | grep -c ' Ready') -ge $E2E_NODES ]"
   # The default ServiceAccount is what test pods run as; its creation is
   # asynchronous in a new cluster.
   wait_until "the default ServiceAccount" 60 kubectl -n default get serviceaccount default

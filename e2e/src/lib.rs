@@ -5,6 +5,7 @@
 //! real OCI images, run the real operator binary, and wait on conditions
 //! with a bound, saying what they last saw when the bound runs out.
 
+pub mod bench;
 pub mod image;
 pub mod operator;
 pub mod prometheus;

@@ -39,6 +39,22 @@ enum Command {
         #[arg(long)]
         keep_running: bool,
     },
+    /// Measure registry requests for W Deployments over U images
+    /// (`make bench-registry`).
+    BenchRegistry {
+        /// Deployments (W), one replica each.
+        #[arg(long, default_value_t = 500)]
+        workloads: usize,
+        /// Distinct images (U).
+        #[arg(long, default_value_t = 5)]
+        images: usize,
+        /// Warm poll intervals to measure.
+        #[arg(long, default_value_t = 3)]
+        intervals: usize,
+        /// The operator's poll interval, e.g. 10s.
+        #[arg(long, default_value = "10s")]
+        poll_interval: String,
+    },
     /// Build a small OCI image and push it to the harness registry.
     PushImage {
         /// Repository, e.g. `demo/app`.
@@ -64,6 +80,22 @@ async fn main() -> anyhow::Result<()> {
     let harness = Harness::load()?;
     match cli.command {
         Command::Demo { keep_running } => demo(&harness, keep_running).await,
+        Command::BenchRegistry {
+            workloads,
+            images,
+            intervals,
+            poll_interval,
+        } => {
+            let config = freshen_e2e::bench::BenchConfig {
+                workloads,
+                images,
+                intervals,
+                poll_interval: freshen_core::parse_duration(&poll_interval)?,
+            };
+            let report = freshen_e2e::bench::run(&harness, config).await?;
+            println!("{report}");
+            Ok(())
+        }
         Command::PushImage {
             repository,
             tag,

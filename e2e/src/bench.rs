@@ -1,0 +1,273 @@
+//! `make bench-registry`: what the registry pays for W workloads over U
+//! images, counted in the registry's own access log and the operator's
+//! counter, on the real harness.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ListParams, PostParams};
+
+use crate::image::{ImageSpec, push};
+use crate::operator::Operator;
+use crate::{
+    Harness, TestNamespace, deployment, rand_suffix, registry_log_barrier, registry_log_lines,
+    wait_for,
+};
+
+/// Benchmark settings.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Deployments (W), one replica each.
+    pub workloads: usize,
+    /// Distinct images (U) they share.
+    pub images: usize,
+    /// Poll intervals measured after the first full measurement.
+    pub intervals: usize,
+    /// The operator's poll interval (= tag TTL).
+    pub poll_interval: Duration,
+}
+
+/// What one run measured.
+#[derive(Debug, Clone)]
+pub struct BenchReport {
+    /// The settings.
+    pub config: BenchConfig,
+    /// From operator start until every workload had an image-age series.
+    pub first_measurement: Duration,
+    /// Requests in the first interval (cold cache): tag HEADs, manifest GETs, blob GETs.
+    pub first_interval: (usize, usize, usize),
+    /// Requests per later interval (warm cache), same order, averaged.
+    pub per_interval: (f64, f64, f64),
+    /// The operator's own count of its requests to the harness registry over the run.
+    pub operator_requests: f64,
+    /// The operator's resident memory at the end.
+    pub rss_bytes: u64,
+    /// Mean reconcile duration, from the operator's histogram.
+    pub mean_reconcile: Duration,
+}
+
+/// Runs the benchmark once.
+pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<BenchReport> {
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(harness, &client, "bench").await?;
+    let prefix = format!("bench-{:08x}", rand_suffix());
+    let mut images = Vec::new();
+    for i in 0..config.images {
+        let repository = format!("{prefix}/img{i}");
+        let pushed = push(
+            &harness.registry,
+            &repository,
+            "v1",
+            &ImageSpec::built_at(Utc::now()),
+        )
+        .await?;
+        images.push((repository, pushed));
+    }
+
+    eprintln!(
+        "creating {} Deployments over {} images ...",
+        config.workloads, config.images
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    futures::stream::iter(0..config.workloads)
+        .map(|i| {
+            let deployments = deployments.clone();
+            let image = images[i % images.len()].1.pinned();
+            async move {
+                let d = deployment(
+                    &format!("w{i:04}"),
+                    &image,
+                    1,
+                    &[("freshen.dev/refresh", "enabled")],
+                )?;
+                deployments.create(&PostParams::default(), &d).await?;
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let want = config.workloads;
+    wait_for(
+        &format!("{want} Ready pods"),
+        Duration::from_secs(600),
+        Duration::from_secs(1),
+        || {
+            let pods = pods.clone();
+            async move {
+                let ready = pods
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter(|p| {
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.container_statuses.as_ref())
+                            .is_some_and(|cs| cs.iter().all(|c| c.ready))
+                    })
+                    .count();
+                if ready >= want {
+                    Ok(Some(()))
+                } else {
+                    anyhow::bail!("{ready} of {want} Ready")
+                }
+            }
+        },
+    )
+    .await?;
+
+    let count = |pattern: &str| -> anyhow::Result<usize> {
+        images
+            .iter()
+            .map(|(repository, _)| {
+                registry_log_lines(harness, &pattern.replace("{repo}", repository))
+            })
+            .sum()
+    };
+    let counts = || -> anyhow::Result<(usize, usize, usize)> {
+        Ok((
+            count("\"HEAD /v2/{repo}/manifests/")?,
+            count("\"GET /v2/{repo}/manifests/")?,
+            count("\"GET /v2/{repo}/blobs/")?,
+        ))
+    };
+    registry_log_barrier(harness).await?;
+    let before = counts()?;
+
+    eprintln!(
+        "starting the operator; measuring {} poll intervals of {:?} ...",
+        config.intervals, config.poll_interval
+    );
+    let poll = freshen_core::HumanDuration(config.poll_interval).to_string();
+    let started = tokio::time::Instant::now();
+    // Scoped to the benchmark's namespace, so that the operator's own request
+    // counter covers the benchmark's workloads only.
+    let operator = Operator::start(
+        harness,
+        &["--poll-interval", &poll, "--namespace", &ns.name],
+    )
+    .await?;
+    let series = r#"freshen_image_age_seconds{container="app","#;
+    let namespace = format!(r#"namespace="{}""#, ns.name);
+    wait_for(
+        "every workload to be measured",
+        Duration::from_secs(300),
+        Duration::from_millis(200),
+        || async {
+            let text = operator.scrape().await?;
+            let measured = text
+                .lines()
+                .filter(|l| l.starts_with(series) && l.contains(&namespace))
+                .count();
+            Ok((measured >= want).then_some(()))
+        },
+    )
+    .await?;
+    let first_measurement = started.elapsed();
+    registry_log_barrier(harness).await?;
+    let first = sub(counts()?, before);
+
+    // Each later interval re-resolves every tag once: await exactly that.
+    let heads_target = first.0 + config.images * config.intervals;
+    let limit = config.poll_interval * u32::try_from(config.intervals + 2)?;
+    wait_for(
+        "the measured intervals' tag look-ups",
+        limit,
+        Duration::from_millis(200),
+        || async {
+            let (heads, _, _) = sub(counts()?, before);
+            Ok((heads >= heads_target).then_some(()))
+        },
+    )
+    .await?;
+    registry_log_barrier(harness).await?;
+    let total = sub(counts()?, before);
+    let later = sub(total, first);
+    let n = config.intervals as f64;
+
+    let text = operator.scrape().await?;
+    let registry_label = format!(r#"registry="{}""#, harness.registry);
+    let operator_requests = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("freshen_registry_requests_total{") && l.contains(&registry_label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    let metric = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let reconciles = metric("freshen_reconcile_duration_seconds_count");
+    let mean_reconcile = if reconciles > 0.0 {
+        Duration::from_secs_f64(metric("freshen_reconcile_duration_seconds_sum") / reconciles)
+    } else {
+        Duration::ZERO
+    };
+    let rss_bytes = operator
+        .rss_bytes()
+        .context("reading the operator's memory")?;
+    Ok(BenchReport {
+        config,
+        first_measurement,
+        first_interval: first,
+        per_interval: (later.0 as f64 / n, later.1 as f64 / n, later.2 as f64 / n),
+        operator_requests,
+        rss_bytes,
+        mean_reconcile,
+    })
+}
+
+fn sub(a: (usize, usize, usize), b: (usize, usize, usize)) -> (usize, usize, usize) {
+    (
+        a.0.saturating_sub(b.0),
+        a.1.saturating_sub(b.1),
+        a.2.saturating_sub(b.2),
+    )
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.config;
+        writeln!(
+            f,
+            "W={} Deployments over U={} images, poll interval {:?}, {} warm intervals",
+            c.workloads, c.images, c.poll_interval, c.intervals
+        )?;
+        writeln!(f, "| what | tag HEADs | manifest GETs | blob GETs |")?;
+        writeln!(f, "|---|---|---|---|")?;
+        let (h, m, b) = self.first_interval;
+        writeln!(f, "| first interval (cold cache) | {h} | {m} | {b} |")?;
+        let (h, m, b) = self.per_interval;
+        writeln!(
+            f,
+            "| each later interval (registry access log) | {h:.1} | {m:.1} | {b:.1} |"
+        )?;
+        writeln!(
+            f,
+            "operator's freshen_registry_requests_total for the registry, whole run: {}",
+            self.operator_requests
+        )?;
+        writeln!(
+            f,
+            "time from operator start to all {} workloads measured: {:.2}s",
+            c.workloads,
+            self.first_measurement.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "mean reconcile: {:.2}ms; operator RSS at the end: {:.1} MiB",
+            self.mean_reconcile.as_secs_f64() * 1e3,
+            self.rss_bytes as f64 / 1048576.0
+        )
+    }
+}
