@@ -300,3 +300,86 @@ async fn a_malformed_annotation_is_a_warning_event_not_a_crash() -> anyhow::Resu
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "base").await?;
+
+    // A base image, and an app built on it that records which base digest.
+    let base_repository = format!("e2e/{}/base", ns.name);
+    let base_v1 = push(
+        &harness.registry,
+        &base_repository,
+        "12",
+        &ImageSpec::built_at(Utc::now() - TimeDelta::days(30)),
+    )
+    .await?;
+    let mut app = ImageSpec::built_at(Utc::now() - TimeDelta::days(20));
+    app.base = Some((base_v1.tagged.clone(), base_v1.digest.clone()));
+    let app = push(
+        &harness.registry,
+        &format!("e2e/{}/app", ns.name),
+        "v1",
+        &app,
+    )
+    .await?;
+
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
+    let on_base = deployment(
+        "on-base",
+        &app.pinned(),
+        1,
+        &[("freshen.dev/refresh", "enabled")],
+    )?;
+    deployments.create(&PostParams::default(), &on_base).await?;
+    wait_ready_pods(&client, &ns.name, "on-base", 1, POD_READY_LIMIT).await?;
+    let _operator = Operator::start(&harness, &["--poll-interval", "3s"]).await?;
+
+    let stale = format!(
+        r#"freshen_base_image_stale{{namespace="{}",workload="on-base"}}"#,
+        ns.name
+    );
+    let samples = await_series(&harness, &stale).await?;
+    assert_eq!(
+        samples[0].value, 0.0,
+        "the base tag still names the digest built on: {samples:?}"
+    );
+
+    // The upstream base is patched: its tag moves to a new digest.
+    push(
+        &harness.registry,
+        &base_repository,
+        "12",
+        &ImageSpec::built_at(Utc::now()),
+    )
+    .await?;
+    wait_for(
+        "freshen_base_image_stale to become 1",
+        Duration::from_secs(60),
+        harness.scrape_interval,
+        || {
+            let (url, stale) = (harness.prometheus_url.clone(), stale.clone());
+            async move {
+                Ok(query(&url, &stale)
+                    .await?
+                    .first()
+                    .is_some_and(|s| s.value == 1.0)
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    let stale_seconds = format!(
+        r#"freshen_base_image_stale_seconds{{namespace="{}",workload="on-base"}}"#,
+        ns.name
+    );
+    let samples = await_series(&harness, &stale_seconds).await?;
+    assert!(
+        (0.0..300.0).contains(&samples[0].value),
+        "stale since the new base was built, moments ago: {samples:?}"
+    );
+    Ok(())
+}

@@ -3,4 +3,4 @@
 
 pub mod annotations;
 
-pub use annotations::{AnnotationError, RefreshMode};
+pub use annotations::{AnnotationError, RefreshMode, base_image};

@@ -45,6 +45,11 @@ pub struct ContainerRecord {
     pub oldest_start: Option<DateTime<Utc>>,
     /// Whether its tag names a digest no pod runs; `None` when unknown.
     pub update_available: Option<bool>,
+    /// Whether the base of a running digest moved on; `None` when unknown
+    /// (no base known, or nothing to compare).
+    pub base_stale: Option<bool>,
+    /// Since when the base has been stale (see `freshen_core::base`).
+    pub base_stale_since: Option<DateTime<Utc>>,
 }
 
 /// The per-container records of all measured workloads, shared between the
@@ -102,6 +107,8 @@ pub struct AgeCollector {
     image_age: GaugeVec,
     container_age: GaugeVec,
     update_available: GaugeVec,
+    base_stale: GaugeVec,
+    base_stale_seconds: GaugeVec,
     descs: Vec<Desc>,
 }
 
@@ -130,18 +137,40 @@ impl AgeCollector {
             ),
             &CONTAINER_LABELS,
         )?;
-        let descs = image_age
-            .desc()
-            .into_iter()
-            .chain(container_age.desc())
-            .chain(update_available.desc())
-            .cloned()
-            .collect();
+        let base_stale = GaugeVec::new(
+            Opts::new(
+                "freshen_base_image_stale",
+                "1 when the base image of a running digest has moved on (its tag names another \
+                 digest, or a newer build), else 0. Absent when unknown.",
+            ),
+            &CONTAINER_LABELS,
+        )?;
+        let base_stale_seconds = GaugeVec::new(
+            Opts::new(
+                "freshen_base_image_stale_seconds",
+                "Seconds since the base image moved on: since the newer base was built, else \
+                 since freshen first saw it. Present only while stale.",
+            ),
+            &CONTAINER_LABELS,
+        )?;
+        let descs = [
+            &image_age,
+            &container_age,
+            &update_available,
+            &base_stale,
+            &base_stale_seconds,
+        ]
+        .into_iter()
+        .flat_map(|g| g.desc())
+        .cloned()
+        .collect();
         Ok(Self {
             records,
             image_age,
             container_age,
             update_available,
+            base_stale,
+            base_stale_seconds,
             descs,
         })
     }
@@ -157,6 +186,8 @@ impl Collector for AgeCollector {
         self.image_age.reset();
         self.container_age.reset();
         self.update_available.reset();
+        self.base_stale.reset();
+        self.base_stale_seconds.reset();
         if let Ok(map) = self.records.inner.read() {
             for (key, containers) in map.iter() {
                 for c in containers {
@@ -181,12 +212,25 @@ impl Collector for AgeCollector {
                             .with_label_values(&labels)
                             .set(f64::from(u8::from(available)));
                     }
+                    if let Some(stale) = c.base_stale {
+                        self.base_stale
+                            .with_label_values(&labels)
+                            .set(f64::from(u8::from(stale)));
+                    }
+                    if let Some(since) = c.base_stale_since {
+                        let seconds = freshen_core::age::elapsed(since, now).as_secs_f64();
+                        self.base_stale_seconds
+                            .with_label_values(&labels)
+                            .set(seconds);
+                    }
                 }
             }
         }
         let mut families = self.image_age.collect();
         families.extend(self.container_age.collect());
         families.extend(self.update_available.collect());
+        families.extend(self.base_stale.collect());
+        families.extend(self.base_stale_seconds.collect());
         families
     }
 }
@@ -279,6 +323,8 @@ mod tests {
                     ],
                     oldest_start: Some(now - chrono::TimeDelta::hours(1)),
                     update_available: Some(true),
+                    base_stale: Some(true),
+                    base_stale_since: Some(now - chrono::TimeDelta::days(3)),
                 },
                 ContainerRecord {
                     container: "reproducible".into(),
@@ -286,6 +332,8 @@ mod tests {
                     build_times: vec![Some(DateTime::UNIX_EPOCH)],
                     oldest_start: None,
                     update_available: None,
+                    base_stale: None,
+                    base_stale_since: None,
                 },
             ],
         );
@@ -324,6 +372,18 @@ mod tests {
                 .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
         };
         assert_eq!(update("app").as_deref(), Some("1"));
+        let value = |metric: &str, container: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with(&format!("{metric}{{"))
+                        && l.contains(&format!("container=\"{container}\""))
+                })
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        };
+        assert_eq!(value("freshen_base_image_stale", "app"), Some(1.0));
+        let stale_for = value("freshen_base_image_stale_seconds", "app").unwrap_or_default();
+        assert!((stale_for - 3.0 * 86_400.0).abs() < 5.0, "{stale_for}");
+        assert_eq!(value("freshen_base_image_stale", "reproducible"), None);
         // Unknown is absent, not 0.
         assert_eq!(update("reproducible"), None);
     }
@@ -340,6 +400,8 @@ mod tests {
                 build_times: vec![Some(Utc::now())],
                 oldest_start: Some(Utc::now()),
                 update_available: Some(false),
+                base_stale: Some(false),
+                base_stale_since: None,
             }],
         );
         assert!(

@@ -2,20 +2,28 @@
 //!
 //! One reconcile reads top to bottom:
 //! validate (opt-in annotation) -> gather (pods from the shared store) ->
-//! observe (pure, `freshen_core::observe`) -> look up the tag's digest and
-//! the running digests' facts (registry, one shared cache) -> record
-//! (timestamps and signals for the metrics) -> requeue.
+//! observe (pure, `freshen_core::observe`) -> measure each container (the
+//! tag's digest, the running digests' facts, their base now; registry, one
+//! shared cache; verdicts from `freshen_core`) -> record (timestamps and
+//! signals for the metrics) -> requeue.
 
 use std::sync::Arc;
 
-use freshen_api::RefreshMode;
-use freshen_core::observe::{ContainerFacts, ContainerSpec, PodFacts, observe};
+use chrono::Utc;
+use freshen_api::{RefreshMode, base_image};
+use freshen_core::ImageReference;
+use freshen_core::base;
+use freshen_core::observe::{
+    ContainerFacts, ContainerObservation, ContainerSpec, PodFacts, observe,
+};
+use freshen_registry::RegistryError;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
+use tokio::time::Instant;
 use tracing::{instrument, warn};
 
 use crate::context::Context;
@@ -59,12 +67,13 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         .map(|p| pod_facts(p))
         .collect();
 
-    // observe, then look up what each running digest is
+    // observe (pure), then look up what the registry says of each container
+    let previous = ctx.records.get(&key).unwrap_or_default();
     let mut records = Vec::new();
     let mut first_error = None;
     for observation in observe(&template, &pods) {
         let image = match &observation.image {
-            Ok(image) => image,
+            Ok(image) => image.clone(),
             Err(invalid) => {
                 let note = format!("container {}: {invalid}", observation.name);
                 warn!(%note, "container not measured");
@@ -72,39 +81,25 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
                 continue;
             }
         };
-        let update_available = if image.effective_tag().is_some() {
-            match ctx
-                .registry
-                .resolve_tag(image, tokio::time::Instant::now())
-                .await
-            {
-                Ok(tag_digest) => observation.update_available(&tag_digest),
-                Err(e) => {
-                    warn!(error = %e, container = %observation.name, "tag not resolved");
-                    first_error.get_or_insert(e);
+        // A bad base-image annotation costs only the base signal: the
+        // container is still measured.
+        let base_override =
+            match base_image(deploy.metadata.annotations.as_ref(), &observation.name) {
+                Ok(base) => base,
+                Err(invalid) => {
+                    warn!(%invalid, "base image annotation ignored");
+                    ctx.warn(&deploy, "InvalidAnnotation", invalid.to_string())
+                        .await;
                     None
                 }
-            }
-        } else {
-            None
-        };
-        let mut build_times = Vec::new();
-        for digest in observation.digests() {
-            match ctx.registry.image_facts(image, digest).await {
-                Ok(facts) => build_times.push(facts.created),
-                Err(e) => {
-                    warn!(error = %e, container = %observation.name, "image facts unavailable");
-                    first_error.get_or_insert(e);
-                }
-            }
+            };
+        let before = previous.iter().find(|r| r.container == observation.name);
+        let (record, error) =
+            measure_container(&ctx, &image, &observation, base_override.as_ref(), before).await;
+        records.push(record);
+        if let Some(e) = error {
+            first_error.get_or_insert(e);
         }
-        records.push(ContainerRecord {
-            container: observation.name,
-            image: image.name(),
-            build_times,
-            oldest_start: observation.oldest_start,
-            update_available,
-        });
     }
 
     // record what is known even when a look-up failed, then retry that one
@@ -113,6 +108,106 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         Some(e) => Err(e.into()),
         None => Ok(Action::requeue(ctx.config.poll_interval)),
     }
+}
+
+/// Looks up one container's signals in the registry: whether its tag moved,
+/// when its running digests were built, and whether their base moved on.
+/// Returns what it could learn and the first look-up that failed.
+async fn measure_container(
+    ctx: &Context,
+    image: &ImageReference,
+    observation: &ContainerObservation,
+    base_override: Option<&ImageReference>,
+    previous: Option<&ContainerRecord>,
+) -> (ContainerRecord, Option<Arc<RegistryError>>) {
+    let now = Utc::now();
+    let mut first_error = None;
+    let mut failed = |e: Arc<RegistryError>, what: &str| {
+        warn!(error = %e, container = %observation.name, "{what} unavailable");
+        first_error.get_or_insert(e);
+    };
+
+    let mut update_available = None;
+    if image.effective_tag().is_some() {
+        match ctx.registry.resolve_tag(image, Instant::now()).await {
+            Ok(tag_digest) => update_available = observation.update_available(&tag_digest),
+            Err(e) => failed(e, "tag digest"),
+        }
+    }
+
+    let mut build_times = Vec::new();
+    let mut base_verdicts = Vec::new();
+    for digest in observation.digests() {
+        let facts = match ctx.registry.image_facts(image, digest).await {
+            Ok(facts) => facts,
+            Err(e) => {
+                failed(e, "image facts");
+                continue;
+            }
+        };
+        build_times.push(facts.created);
+        // The image's own base annotation, unless the workload names another.
+        let own_base = facts
+            .base_name
+            .as_deref()
+            .and_then(|b| ImageReference::parse(b).ok());
+        let Some(base) = base_override
+            .or(own_base.as_ref())
+            .filter(|b| b.effective_tag().is_some())
+        else {
+            continue;
+        };
+        let built_on = match (base_override, &own_base) {
+            // The recorded digest is of the image's own base; it says nothing
+            // of another base the workload names.
+            (Some(named), Some(own)) if named.name() != own.name() => None,
+            _ => facts.base_digest.as_ref(),
+        };
+        let base_now = match ctx.registry.resolve_tag(base, Instant::now()).await {
+            Ok(d) => d,
+            Err(e) => {
+                failed(e, "base tag digest");
+                continue;
+            }
+        };
+        let base_now_created = match ctx.registry.image_facts(base, &base_now).await {
+            Ok(base_facts) => base_facts.created,
+            Err(e) => {
+                failed(e, "base image facts");
+                None
+            }
+        };
+        let stale = base::is_stale(
+            &base::BaseFacts {
+                image_created: facts.created,
+                built_on,
+                base_now: &base_now,
+                base_now_created,
+            },
+            now,
+        );
+        base_verdicts.push((stale, base_now_created));
+    }
+    // Stale when any running digest's base moved (some pods still run it).
+    let stale_base = base_verdicts.iter().find(|(stale, _)| *stale == Some(true));
+    let base_stale = match stale_base {
+        Some(_) => Some(true),
+        None => base_verdicts.iter().find_map(|(stale, _)| *stale),
+    };
+    let base_stale_since = stale_base.map(|(_, created)| {
+        base::stale_since(*created, previous.and_then(|p| p.base_stale_since), now)
+    });
+
+    let record = ContainerRecord {
+        container: observation.name.clone(),
+        image: image.name(),
+        build_times,
+        oldest_start: observation.oldest_start,
+        update_available,
+        base_stale,
+        base_stale_since,
+    };
+    (record, first_error)
 }
 
 /// What to do after a failed reconcile: count it and retry later.

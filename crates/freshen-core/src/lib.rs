@@ -5,6 +5,7 @@
 //! be decided without I/O is decided here and unit-tested here.
 
 pub mod age;
+pub mod base;
 pub mod duration;
 pub mod image;
 pub mod observe;
