@@ -87,14 +87,7 @@ pub async fn push(
     tag: &str,
     spec: &ImageSpec,
 ) -> anyhow::Result<Pushed> {
-    let client = client(registry);
-    let tagged = format!("{registry}/{repository}:{tag}");
-    let reference: Reference = tagged
-        .parse()
-        .with_context(|| format!("reference {tagged}"))?;
-    client
-        .store_auth_if_needed(registry, &RegistryAuth::Anonymous)
-        .await;
+    let (client, tagged, reference) = connect(registry, repository, tag).await?;
 
     let layer = layer_tar(&spec.content)?;
     let layer_digest = sha256(&layer);
@@ -125,8 +118,6 @@ pub async fn push(
         manifest["annotations"] = serde_json::to_value(&annotations)?;
     }
     let manifest = serde_json::to_vec(&manifest)?;
-    let digest = sha256(&manifest);
-    let size = manifest.len();
 
     client
         .push_blob(&reference, layer, &layer_digest)
@@ -136,14 +127,45 @@ pub async fn push(
         .push_blob(&reference, config, &config_digest)
         .await
         .context("pushing config")?;
+    put_manifest(&client, &reference, tagged, manifest, OCI_MANIFEST).await
+}
+
+/// A client for `registry` and the reference `registry/repository:tag`.
+async fn connect(
+    registry: &str,
+    repository: &str,
+    tag: &str,
+) -> anyhow::Result<(Client, String, Reference)> {
+    let client = client(registry);
+    let tagged = format!("{registry}/{repository}:{tag}");
+    let reference: Reference = tagged
+        .parse()
+        .with_context(|| format!("reference {tagged}"))?;
+    client
+        .store_auth_if_needed(registry, &RegistryAuth::Anonymous)
+        .await;
+    Ok((client, tagged, reference))
+}
+
+/// Pushes a manifest or index body under `reference`; its digest is that of
+/// the exact bytes sent.
+async fn put_manifest(
+    client: &Client,
+    reference: &Reference,
+    tagged: String,
+    body: Vec<u8>,
+    media_type: &'static str,
+) -> anyhow::Result<Pushed> {
+    let digest = sha256(&body);
+    let size = body.len();
     client
         .push_manifest_raw(
-            &reference,
-            manifest,
-            reqwest::header::HeaderValue::from_static(OCI_MANIFEST),
+            reference,
+            body,
+            reqwest::header::HeaderValue::from_static(media_type),
         )
         .await
-        .context("pushing manifest")?;
+        .with_context(|| format!("pushing {media_type} {tagged}"))?;
     Ok(Pushed {
         tagged,
         digest,
@@ -160,14 +182,7 @@ pub async fn push_index(
     platforms: &[(&Pushed, &str, &str)],
 ) -> anyhow::Result<Pushed> {
     const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    let client = client(registry);
-    let tagged = format!("{registry}/{repository}:{tag}");
-    let reference: Reference = tagged
-        .parse()
-        .with_context(|| format!("reference {tagged}"))?;
-    client
-        .store_auth_if_needed(registry, &RegistryAuth::Anonymous)
-        .await;
+    let (client, tagged, reference) = connect(registry, repository, tag).await?;
     let manifests: Vec<serde_json::Value> = platforms
         .iter()
         .map(|(image, os, architecture)| {
@@ -184,21 +199,7 @@ pub async fn push_index(
         "mediaType": OCI_INDEX,
         "manifests": manifests,
     }))?;
-    let digest = sha256(&index);
-    let size = index.len();
-    client
-        .push_manifest_raw(
-            &reference,
-            index,
-            reqwest::header::HeaderValue::from_static(OCI_INDEX),
-        )
-        .await
-        .context("pushing index")?;
-    Ok(Pushed {
-        tagged,
-        digest,
-        size,
-    })
+    put_manifest(&client, &reference, tagged, index, OCI_INDEX).await
 }
 
 /// An uncompressed tar with one file, `/freshen-e2e.txt`.

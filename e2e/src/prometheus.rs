@@ -2,6 +2,8 @@
 
 use std::collections::BTreeMap;
 
+use std::time::Duration;
+
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
@@ -75,4 +77,45 @@ pub async fn query(base_url: &str, promql: &str) -> anyhow::Result<Vec<Sample>> 
             })
         })
         .collect()
+}
+
+/// Waits until `promql` returns at least one sample; returns them.
+pub async fn await_series(
+    base_url: &str,
+    promql: &str,
+    every: Duration,
+) -> anyhow::Result<Vec<Sample>> {
+    crate::wait_for(
+        &format!("Prometheus to have {promql}"),
+        Duration::from_secs(90),
+        every,
+        || async {
+            let samples = query(base_url, promql).await?;
+            Ok((!samples.is_empty()).then_some(samples))
+        },
+    )
+    .await
+}
+
+/// Waits until the first sample of `promql` equals `want`.
+pub async fn await_value(
+    base_url: &str,
+    promql: &str,
+    want: f64,
+    every: Duration,
+) -> anyhow::Result<()> {
+    crate::wait_for(
+        &format!("{promql} to be {want}"),
+        Duration::from_secs(60),
+        every,
+        || async {
+            let samples = query(base_url, promql).await?;
+            match samples.first() {
+                Some(s) if s.value == want => Ok(Some(())),
+                Some(s) => bail!("it is {}", s.value),
+                None => bail!("no sample"),
+            }
+        },
+    )
+    .await
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{TimeDelta, Utc};
 use freshen_e2e::image::{ImageSpec, push};
 use freshen_e2e::operator::Operator;
-use freshen_e2e::prometheus::{Sample, query};
+use freshen_e2e::prometheus::{Sample, await_value, query};
 use freshen_e2e::{Harness, TestNamespace, deployment, init_tls, wait_for, wait_ready_pods};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
@@ -105,20 +105,11 @@ async fn image_and_container_age_reach_prometheus() -> anyhow::Result<()> {
         &ImageSpec::built_at(Utc::now()),
     )
     .await?;
-    wait_for(
-        "freshen_image_update_available to become 1",
-        Duration::from_secs(60),
+    await_value(
+        &harness.prometheus_url,
+        &update,
+        1.0,
         harness.scrape_interval,
-        || {
-            let (url, update) = (harness.prometheus_url.clone(), update.clone());
-            async move {
-                Ok(query(&url, &update)
-                    .await?
-                    .first()
-                    .is_some_and(|s| s.value == 1.0)
-                    .then_some(()))
-            }
-        },
     )
     .await?;
 
@@ -180,20 +171,8 @@ async fn image_and_container_age_reach_prometheus() -> anyhow::Result<()> {
 
 /// Waits until Prometheus returns at least one sample for `promql`.
 async fn await_series(harness: &Harness, promql: &str) -> anyhow::Result<Vec<Sample>> {
-    wait_for(
-        &format!("Prometheus to have {promql}"),
-        Duration::from_secs(90),
-        harness.scrape_interval,
-        || {
-            let url = harness.prometheus_url.clone();
-            let promql = promql.to_owned();
-            async move {
-                let samples = query(&url, &promql).await?;
-                Ok((!samples.is_empty()).then_some(samples))
-            }
-        },
-    )
-    .await
+    freshen_e2e::prometheus::await_series(&harness.prometheus_url, promql, harness.scrape_interval)
+        .await
 }
 
 /// Runs `promtool check metrics` on an exposition; returns its complaints
@@ -356,20 +335,11 @@ async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> 
         &ImageSpec::built_at(Utc::now()),
     )
     .await?;
-    wait_for(
-        "freshen_base_image_stale to become 1",
-        Duration::from_secs(60),
+    await_value(
+        &harness.prometheus_url,
+        &stale,
+        1.0,
         harness.scrape_interval,
-        || {
-            let (url, stale) = (harness.prometheus_url.clone(), stale.clone());
-            async move {
-                Ok(query(&url, &stale)
-                    .await?
-                    .first()
-                    .is_some_and(|s| s.value == 1.0)
-                    .then_some(()))
-            }
-        },
     )
     .await?;
     let stale_seconds = format!(

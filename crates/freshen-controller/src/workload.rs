@@ -157,12 +157,8 @@ async fn measure_container(
         else {
             continue;
         };
-        let built_on = match (base_override, &own_base) {
-            // The recorded digest is of the image's own base; it says nothing
-            // of another base the workload names.
-            (Some(named), Some(own)) if named.name() != own.name() => None,
-            _ => facts.base_digest.as_ref(),
-        };
+        let built_on =
+            base::recorded_digest(base_override, own_base.as_ref(), facts.base_digest.as_ref());
         let base_now = match ctx.registry.resolve_tag(base, Instant::now()).await {
             Ok(d) => d,
             Err(e) => {
@@ -188,14 +184,13 @@ async fn measure_container(
         );
         base_verdicts.push((stale, base_now_created));
     }
-    // Stale when any running digest's base moved (some pods still run it).
-    let stale_base = base_verdicts.iter().find(|(stale, _)| *stale == Some(true));
-    let base_stale = match stale_base {
-        Some(_) => Some(true),
-        None => base_verdicts.iter().find_map(|(stale, _)| *stale),
-    };
-    let base_stale_since = stale_base.map(|(_, created)| {
-        base::stale_since(*created, previous.and_then(|p| p.base_stale_since), now)
+    let (base_stale, stale_base_created) = base::combine(&base_verdicts);
+    let base_stale_since = (base_stale == Some(true)).then(|| {
+        base::stale_since(
+            stale_base_created,
+            previous.and_then(|p| p.base_stale_since),
+            now,
+        )
     });
 
     let record = ContainerRecord {

@@ -11,7 +11,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::age::check_build_time;
-use crate::image::Digest;
+use crate::image::{Digest, ImageReference};
 
 /// What is known of the base an image was built on, and of that base now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,6 +35,33 @@ pub fn is_stale(facts: &BaseFacts<'_>, now: DateTime<Utc>) -> Option<bool> {
     let image = check_build_time(facts.image_created, now).ok()?;
     let base = check_build_time(facts.base_now_created, now).ok()?;
     Some(base > image)
+}
+
+/// The base digest an image recorded, if it is a digest of the base being
+/// judged: when the workload names another base (`named`) than the image's
+/// own (`own`), the image's record says nothing about it.
+pub fn recorded_digest<'a>(
+    named: Option<&ImageReference>,
+    own: Option<&ImageReference>,
+    recorded: Option<&'a Digest>,
+) -> Option<&'a Digest> {
+    match (named, own) {
+        (Some(named), Some(own)) if named.name() != own.name() => None,
+        (Some(_), None) => None,
+        _ => recorded,
+    }
+}
+
+/// One container's verdict from those of its running digests (several while
+/// a rollout runs): stale when any is (some pods still run it), with that
+/// one's base build time; else fresh when any is known fresh; else unknown.
+pub fn combine(
+    verdicts: &[(Option<bool>, Option<DateTime<Utc>>)],
+) -> (Option<bool>, Option<DateTime<Utc>>) {
+    if let Some((_, created)) = verdicts.iter().find(|(stale, _)| *stale == Some(true)) {
+        return (Some(true), *created);
+    }
+    (verdicts.iter().find_map(|(stale, _)| *stale), None)
 }
 
 /// Since when the base has been stale: the current base's build time when it
@@ -118,6 +145,41 @@ mod tests {
             is_stale(&facts(Some("2026-11-01T00:00:00Z"), None), now),
             None
         );
+    }
+
+    #[test]
+    fn a_recorded_digest_counts_only_for_its_own_base() {
+        let debian = ImageReference::parse("debian:12").unwrap();
+        let alpine = ImageReference::parse("alpine:3.20").unwrap();
+        let digest = d(OLD);
+        assert_eq!(
+            recorded_digest(None, Some(&debian), Some(&digest)),
+            Some(&digest)
+        );
+        assert_eq!(
+            recorded_digest(Some(&debian), Some(&debian), Some(&digest)),
+            Some(&digest)
+        );
+        assert_eq!(
+            recorded_digest(Some(&alpine), Some(&debian), Some(&digest)),
+            None
+        );
+        assert_eq!(recorded_digest(Some(&alpine), None, Some(&digest)), None);
+    }
+
+    #[test]
+    fn any_stale_running_digest_makes_the_container_stale() {
+        let at = Some(t("2026-11-20T00:00:00Z"));
+        assert_eq!(
+            combine(&[(Some(false), None), (Some(true), at)]),
+            (Some(true), at)
+        );
+        assert_eq!(
+            combine(&[(None, None), (Some(false), None)]),
+            (Some(false), None)
+        );
+        assert_eq!(combine(&[(None, None)]), (None, None));
+        assert_eq!(combine(&[]), (None, None));
     }
 
     #[test]
