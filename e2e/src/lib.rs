@@ -203,6 +203,30 @@ impl TestNamespace {
     }
 }
 
+impl TestNamespace {
+    /// Creates Deployment `name` here (see [`deployment`]) and waits until
+    /// its `replicas` pods are Ready.
+    pub async fn deploy_ready(
+        &self,
+        client: &Client,
+        name: &str,
+        image: &str,
+        replicas: i32,
+        annotations: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
+        let api: Api<Deployment> = Api::namespaced(client.clone(), &self.name);
+        api.create(
+            &PostParams::default(),
+            &deployment(name, image, replicas, annotations)?,
+        )
+        .await
+        .with_context(|| format!("creating Deployment {}/{name}", self.name))?;
+        let ready = usize::try_from(replicas)?;
+        wait_ready_pods(client, &self.name, name, ready, Duration::from_secs(60)).await?;
+        Ok(())
+    }
+}
+
 impl Drop for TestNamespace {
     fn drop(&mut self) {
         // Synchronous on purpose: the test's runtime may already be shutting

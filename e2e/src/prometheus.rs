@@ -79,19 +79,42 @@ pub async fn query(base_url: &str, promql: &str) -> anyhow::Result<Vec<Sample>> 
         .collect()
 }
 
+/// Waits until the samples of `promql` satisfy `accept` (which says what it
+/// saw when they do not); returns them.
+pub async fn await_samples(
+    base_url: &str,
+    promql: &str,
+    what: &str,
+    limit: Duration,
+    every: Duration,
+    accept: impl Fn(&[Sample]) -> Result<(), String>,
+) -> anyhow::Result<Vec<Sample>> {
+    crate::wait_for(&format!("{promql} {what}"), limit, every, || async {
+        let samples = query(base_url, promql).await?;
+        accept(&samples).map_err(anyhow::Error::msg)?;
+        Ok(Some(samples))
+    })
+    .await
+}
+
 /// Waits until `promql` returns at least one sample; returns them.
 pub async fn await_series(
     base_url: &str,
     promql: &str,
     every: Duration,
 ) -> anyhow::Result<Vec<Sample>> {
-    crate::wait_for(
-        &format!("Prometheus to have {promql}"),
+    await_samples(
+        base_url,
+        promql,
+        "to have a sample",
         Duration::from_secs(90),
         every,
-        || async {
-            let samples = query(base_url, promql).await?;
-            Ok((!samples.is_empty()).then_some(samples))
+        |s| {
+            if s.is_empty() {
+                Err("no sample".into())
+            } else {
+                Ok(())
+            }
         },
     )
     .await
@@ -104,18 +127,18 @@ pub async fn await_value(
     want: f64,
     every: Duration,
 ) -> anyhow::Result<()> {
-    crate::wait_for(
-        &format!("{promql} to be {want}"),
+    await_samples(
+        base_url,
+        promql,
+        &format!("to be {want}"),
         Duration::from_secs(60),
         every,
-        || async {
-            let samples = query(base_url, promql).await?;
-            match samples.first() {
-                Some(s) if s.value == want => Ok(Some(())),
-                Some(s) => bail!("it is {}", s.value),
-                None => bail!("no sample"),
-            }
+        |s| match s.first() {
+            Some(first) if first.value == want => Ok(()),
+            Some(first) => Err(format!("it is {}", first.value)),
+            None => Err("no sample".into()),
         },
     )
     .await
+    .map(drop)
 }

@@ -8,12 +8,10 @@ use chrono::{TimeDelta, Utc};
 use freshen_e2e::image::{ImageSpec, push};
 use freshen_e2e::operator::Operator;
 use freshen_e2e::prometheus::{Sample, await_value, query};
-use freshen_e2e::{Harness, TestNamespace, deployment, init_tls, wait_for, wait_ready_pods};
+use freshen_e2e::{Harness, TestNamespace, init_tls, wait_for};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
-use kube::api::{DeleteParams, PostParams};
-
-const POD_READY_LIMIT: Duration = Duration::from_secs(60);
+use kube::api::DeleteParams;
 
 #[tokio::test]
 async fn image_and_container_age_reach_prometheus() -> anyhow::Result<()> {
@@ -34,21 +32,16 @@ async fn image_and_container_age_reach_prometheus() -> anyhow::Result<()> {
     .await?;
 
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let opted_in = deployment(
+    ns.deploy_ready(
+        &client,
         "measured",
         &image.pinned(),
         2,
         &[("freshen.dev/refresh", "enabled")],
-    )?;
-    let not_opted_in = deployment("ignored", &image.pinned(), 1, &[])?;
-    deployments
-        .create(&PostParams::default(), &opted_in)
+    )
+    .await?;
+    ns.deploy_ready(&client, "ignored", &image.pinned(), 1, &[])
         .await?;
-    deployments
-        .create(&PostParams::default(), &not_opted_in)
-        .await?;
-    wait_ready_pods(&client, &ns.name, "measured", 2, POD_READY_LIMIT).await?;
-    wait_ready_pods(&client, &ns.name, "ignored", 1, POD_READY_LIMIT).await?;
 
     // A short poll interval: a moved tag is noticed by polling (no watch
     // event exists for a registry push).
@@ -220,23 +213,22 @@ async fn a_malformed_annotation_is_a_warning_event_not_a_crash() -> anyhow::Resu
         &ImageSpec::built_at(Utc::now() - TimeDelta::days(1)),
     )
     .await?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let typo = deployment(
+    ns.deploy_ready(
+        &client,
         "typo",
         &image.pinned(),
         1,
         &[("freshen.dev/refresh", "yes")],
-    )?;
-    let good = deployment(
+    )
+    .await?;
+    ns.deploy_ready(
+        &client,
         "good",
         &image.pinned(),
         1,
         &[("freshen.dev/refresh", "enabled")],
-    )?;
-    deployments.create(&PostParams::default(), &typo).await?;
-    deployments.create(&PostParams::default(), &good).await?;
-    wait_ready_pods(&client, &ns.name, "typo", 1, POD_READY_LIMIT).await?;
-    wait_ready_pods(&client, &ns.name, "good", 1, POD_READY_LIMIT).await?;
+    )
+    .await?;
 
     let operator = Operator::start(&harness, &["--poll-interval", "30s"]).await?;
 
@@ -306,15 +298,14 @@ async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> 
     )
     .await?;
 
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns.name);
-    let on_base = deployment(
+    ns.deploy_ready(
+        &client,
         "on-base",
         &app.pinned(),
         1,
         &[("freshen.dev/refresh", "enabled")],
-    )?;
-    deployments.create(&PostParams::default(), &on_base).await?;
-    wait_ready_pods(&client, &ns.name, "on-base", 1, POD_READY_LIMIT).await?;
+    )
+    .await?;
     let _operator = Operator::start(&harness, &["--poll-interval", "3s"]).await?;
 
     let stale = format!(

@@ -146,15 +146,11 @@ async fn measure_container(
             }
         };
         build_times.push(facts.created);
-        // The image's own base annotation, unless the workload names another.
         let own_base = facts
             .base_name
             .as_deref()
             .and_then(|b| ImageReference::parse(b).ok());
-        let Some(base) = base_override
-            .or(own_base.as_ref())
-            .filter(|b| b.effective_tag().is_some())
-        else {
+        let Some(base) = base::to_follow(base_override, own_base.as_ref()) else {
             continue;
         };
         let built_on =

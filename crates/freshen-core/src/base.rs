@@ -37,6 +37,15 @@ pub fn is_stale(facts: &BaseFacts<'_>, now: DateTime<Utc>) -> Option<bool> {
     Some(base > image)
 }
 
+/// The base to judge: the one the workload names, else the image's own;
+/// only a base with a tag to follow can move, so a digest-only base is none.
+pub fn to_follow<'a>(
+    named: Option<&'a ImageReference>,
+    own: Option<&'a ImageReference>,
+) -> Option<&'a ImageReference> {
+    named.or(own).filter(|b| b.effective_tag().is_some())
+}
+
 /// The base digest an image recorded, if it is a digest of the base being
 /// judged: when the workload names another base (`named`) than the image's
 /// own (`own`), the image's record says nothing about it.
@@ -145,6 +154,17 @@ mod tests {
             is_stale(&facts(Some("2026-11-01T00:00:00Z"), None), now),
             None
         );
+    }
+
+    #[test]
+    fn the_named_base_wins_and_a_pinned_base_is_not_followed() {
+        let debian = ImageReference::parse("debian:12").unwrap();
+        let alpine = ImageReference::parse("alpine:3.20").unwrap();
+        let pinned = ImageReference::parse(&format!("debian@{OLD}")).unwrap();
+        assert_eq!(to_follow(Some(&alpine), Some(&debian)), Some(&alpine));
+        assert_eq!(to_follow(None, Some(&debian)), Some(&debian));
+        assert_eq!(to_follow(None, Some(&pinned)), None);
+        assert_eq!(to_follow(None, None), None);
     }
 
     #[test]

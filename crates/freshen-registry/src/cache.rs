@@ -204,19 +204,30 @@ mod tests {
 
     type Cache = CoalescingCache<String, u32, String>;
 
+    /// A fetch that counts its calls and then waits for a permit of `gate`
+    /// (permits are kept, so a release before the wait is never lost).
     fn counting_fetch(
         calls: &Arc<AtomicUsize>,
-        gate: &Arc<tokio::sync::Notify>,
+        gate: &Arc<tokio::sync::Semaphore>,
         value: Result<u32, String>,
     ) -> impl FnOnce() -> BoxFuture<'static, Result<u32, String>> {
         let (calls, gate) = (Arc::clone(calls), Arc::clone(gate));
         move || {
             calls.fetch_add(1, Ordering::SeqCst);
             async move {
-                gate.notified().await;
+                let _permit = gate.acquire().await;
                 value
             }
             .boxed()
+        }
+    }
+
+    /// Yields until `counter` reaches `want`. On the current-thread test
+    /// runtime a task that counted itself has also run its look-up up to its
+    /// first await, i.e. it holds or has joined the pending fetch.
+    async fn until(counter: &AtomicUsize, want: usize) {
+        while counter.load(Ordering::SeqCst) < want {
+            tokio::task::yield_now().await;
         }
     }
 
@@ -224,37 +235,41 @@ mod tests {
     async fn concurrent_lookups_of_one_key_make_one_fetch() {
         let cache = Arc::new(Cache::new(Some(Duration::from_secs(60)), 1_000, |_, _| 1));
         let calls = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(tokio::sync::Notify::new());
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let now = Instant::now();
         let mut tasks = Vec::new();
         for i in 0..50 {
-            let (cache, calls, gate) = (Arc::clone(&cache), Arc::clone(&calls), Arc::clone(&gate));
+            let (cache, calls, gate, arrived) = (
+                Arc::clone(&cache),
+                Arc::clone(&calls),
+                Arc::clone(&gate),
+                Arc::clone(&arrived),
+            );
             let key = format!("tag-{}", i % 3);
             tasks.push(tokio::spawn(async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
                 cache
                     .get(&key, now, counting_fetch(&calls, &gate, Ok(7)))
                     .await
             }));
         }
-        // Let every task reach the cache, then release the three fetches.
-        while cache.len() < 3 {
-            tokio::task::yield_now().await;
-        }
-        for _ in 0..50 {
-            tokio::task::yield_now().await;
-        }
-        gate.notify_waiters();
-        let mut fetched = 0;
+        // Every caller is waiting on one of three pending fetches before any
+        // fetch may finish: all 47 others must join, none may be a hit.
+        until(&arrived, 50).await;
+        gate.add_permits(3);
+        let mut how = Vec::new();
         for t in tasks {
-            let (value, how) = t.await.unwrap();
+            let (value, lookup) = t.await.unwrap();
             assert_eq!(value, Ok(7));
-            fetched += usize::from(how == Lookup::Fetched);
+            how.push(lookup);
         }
         assert_eq!(calls.load(Ordering::SeqCst), 3);
-        assert_eq!(fetched, 3);
+        assert_eq!(how.iter().filter(|h| **h == Lookup::Fetched).count(), 3);
+        assert_eq!(how.iter().filter(|h| **h == Lookup::Coalesced).count(), 47);
         // Now cached: no fetch at all.
-        let (v, how) = cache.get(&"tag-0".into(), now, || async { Ok(0) }).await;
-        assert_eq!((v, how), (Ok(7), Lookup::Hit));
+        let (v, lookup) = cache.get(&"tag-0".into(), now, || async { Ok(0) }).await;
+        assert_eq!((v, lookup), (Ok(7), Lookup::Hit));
     }
 
     #[tokio::test]
@@ -326,7 +341,8 @@ mod tests {
     async fn a_cancelled_first_caller_does_not_strand_the_others() {
         let cache = Arc::new(Cache::new(None, 1_000, |_, _| 1));
         let calls = Arc::new(AtomicUsize::new(0));
-        let gate = Arc::new(tokio::sync::Notify::new());
+        let arrived = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let now = Instant::now();
         let key = "k".to_owned();
         let first = {
@@ -342,18 +358,17 @@ mod tests {
                     .await
             })
         };
-        while cache.is_empty() {
-            tokio::task::yield_now().await;
-        }
+        until(&calls, 1).await;
         first.abort();
         let second = {
-            let (cache, key) = (Arc::clone(&cache), key.clone());
-            tokio::spawn(async move { cache.get(&key, now, || async { Ok(0) }).await })
+            let (cache, key, arrived) = (Arc::clone(&cache), key.clone(), Arc::clone(&arrived));
+            tokio::spawn(async move {
+                arrived.fetch_add(1, Ordering::SeqCst);
+                cache.get(&key, now, || async { Ok(0) }).await
+            })
         };
-        for _ in 0..20 {
-            tokio::task::yield_now().await;
-        }
-        gate.notify_waiters();
+        until(&arrived, 1).await;
+        gate.add_permits(1);
         assert_eq!(second.await.unwrap(), (Ok(9), Lookup::Coalesced));
         assert_eq!(calls.load(Ordering::SeqCst), 1);
         assert_eq!(

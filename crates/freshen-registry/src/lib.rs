@@ -299,7 +299,7 @@ impl RegistryClient {
                     .map_err(Arc::new)
             })
             .await;
-        self.count_lookup(metrics::kind::MANIFEST, how);
+        self.count_lookup(metrics::kind::FACTS, how);
         result
     }
 

@@ -12,6 +12,9 @@ pub mod kind {
     pub const MANIFEST: &str = "manifest";
     /// A config blob fetched by digest.
     pub const CONFIG: &str = "config";
+    /// An image's facts (manifest and config), as a cache-hit kind: a hit
+    /// saves both requests.
+    pub const FACTS: &str = "facts";
 }
 
 /// Counters and histograms of registry traffic.
@@ -22,7 +25,8 @@ pub struct RegistryMetrics {
     /// `freshen_registry_request_duration_seconds{registry,kind}`.
     pub duration: HistogramVec,
     /// `freshen_registry_cache_hits_total{kind}`: look-ups answered without
-    /// a request (cached, or joined to another caller's request).
+    /// a request (cached, or joined to another caller's request); kind is
+    /// `resolve` or `facts`.
     pub cache_hits: IntCounterVec,
 }
 
