@@ -6,12 +6,16 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo bench-registry test clean
+.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo bench-registry test clean
 
 all: build
 
 build:
 	$(CARGO) build --workspace --all-targets
+
+# Regenerates config/crd/ from the Rust types (a unit test fails when stale).
+crds:
+	$(CARGO) run -q -p freshen -- crd --output-dir config/crd
 
 fmt:
 	$(CARGO) fmt --all

@@ -130,7 +130,16 @@ YAML
     --storage.tsdb.path="$dir/data" --web.listen-address="$E2E_PROMETHEUS_ADDR" --web.enable-lifecycle
 }
 
+# The CRDs are applied on every run: the generated files may have changed
+# since the cluster was created.
+apply_crds() {
+  kubectl apply --server-side --force-conflicts -f "$repo_root/config/crd" >/dev/null
+  kubectl wait --for condition=established --timeout=60s -f "$repo_root/config/crd" >/dev/null
+  log "CRDs applied from config/crd"
+}
+
 start_cluster
+apply_crds
 start_registry
 start_prometheus
 

@@ -258,8 +258,8 @@ pub fn rand_suffix() -> u32 {
     h.finish() as u32
 }
 
-/// A Deployment of `replicas` pods running `image`, labelled `app=<name>`,
-/// with the given annotations on the Deployment itself.
+/// A Deployment of `replicas` pods running `image`, it and its pods
+/// labelled `app=<name>`, with the given annotations on the Deployment.
 pub fn deployment(
     name: &str,
     image: &str,
@@ -273,7 +273,7 @@ pub fn deployment(
     Ok(serde_json::from_value(serde_json::json!({
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": { "name": name, "annotations": annotations },
+        "metadata": { "name": name, "labels": { "app": name }, "annotations": annotations },
         "spec": {
             "replicas": replicas,
             "selector": { "matchLabels": { "app": name } },

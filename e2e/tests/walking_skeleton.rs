@@ -218,7 +218,10 @@ async fn a_malformed_annotation_is_a_warning_event_not_a_crash() -> anyhow::Resu
         "typo",
         &image.pinned(),
         1,
-        &[("freshen.dev/refresh", "yes")],
+        &[
+            ("freshen.dev/refresh", "yes"),
+            ("freshen.dev/max-image-age", "5 days"),
+        ],
     )
     .await?;
     ns.deploy_ready(
@@ -232,42 +235,88 @@ async fn a_malformed_annotation_is_a_warning_event_not_a_crash() -> anyhow::Resu
 
     let operator = Operator::start(&harness, &["--poll-interval", "30s"]).await?;
 
+    // A Warning Event naming each bad annotation, its value and the
+    // expected form.
     let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    let event = wait_for(
-        "a Warning Event on the Deployment with the typo",
+    let notes = wait_for(
+        "a Warning Event naming both bad annotations of the Deployment",
         Duration::from_secs(30),
         Duration::from_millis(250),
         || {
             let events = events.clone();
             async move {
                 let list = events.list(&ListParams::default()).await?;
-                Ok(list.items.into_iter().find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("typo")
-                        && e.reason.as_deref() == Some("InvalidAnnotation")
-                }))
+                let notes: Vec<String> = list
+                    .items
+                    .into_iter()
+                    .filter(|e| {
+                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("typo")
+                            && e.reason.as_deref() == Some("InvalidAnnotation")
+                            && e.type_.as_deref() == Some("Warning")
+                    })
+                    .filter_map(|e| e.note)
+                    .collect();
+                Ok((!notes.is_empty()).then_some(notes))
             }
         },
     )
     .await?;
-    assert_eq!(event.type_.as_deref(), Some("Warning"));
-    let note = event.note.unwrap_or_default();
     assert!(
-        note.contains("freshen.dev/refresh")
-            && note.contains("\"yes\"")
-            && note.contains("\"enabled\" or \"disabled\""),
-        "the Event names the annotation, the value and the expected form: {note}"
+        notes.iter().any(|n| n.contains("freshen.dev/refresh")
+            && n.contains("\"yes\"")
+            && n.contains("\"enabled\" or \"disabled\"")),
+        "{notes:?}"
+    );
+    assert!(
+        notes.iter().any(|n| n.contains("freshen.dev/max-image-age")
+            && n.contains("\"5 days\"")
+            && n.contains("e.g. 90s, 36h, 7d")),
+        "{notes:?}"
     );
 
-    // The operator carries on: the well-formed workload next to it is measured.
-    let good_age = format!(
-        r#"freshen_image_age_seconds{{namespace="{}",workload="good"}}"#,
-        ns.name
-    );
-    await_series(&harness, &good_age).await?;
+    // Nothing crashes and nothing is lost: both workloads are measured (a
+    // bad opt-in value is shown, not hidden), and the bad one's errors are
+    // counted where SREs look.
+    for workload in ["good", "typo"] {
+        let age = format!(
+            r#"freshen_image_age_seconds{{namespace="{}",workload="{workload}"}}"#,
+            ns.name
+        );
+        await_series(&harness, &age).await?;
+    }
+    let errors = |workload: &str| {
+        format!(
+            r#"freshen_workload_config_errors{{namespace="{}",workload="{workload}"}}"#,
+            ns.name
+        )
+    };
+    await_value(
+        &harness.prometheus_url,
+        &errors("typo"),
+        2.0,
+        harness.scrape_interval,
+    )
+    .await?;
+    await_value(
+        &harness.prometheus_url,
+        &errors("good"),
+        0.0,
+        harness.scrape_interval,
+    )
+    .await?;
+    // The bad limit is ignored, not guessed at: no limit is in force.
     let text = operator.scrape().await?;
+    let typo = format!(r#"namespace="{}",workload="typo""#, ns.name);
     assert!(
-        !text.contains(&format!(r#"namespace="{}",workload="typo""#, ns.name)),
-        "the typo workload is not measured"
+        text.lines()
+            .any(|l| l.starts_with("freshen_image_age_seconds{") && l.contains(&typo)),
+        "{text}"
+    );
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("freshen_policy_max_image_age_seconds{") && l.contains(&typo)),
+        "{text}"
     );
     Ok(())
 }

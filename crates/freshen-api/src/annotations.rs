@@ -8,6 +8,11 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use chrono::{DateTime, Utc};
+use freshen_core::duration::DURATION_FORM;
+use freshen_core::parse_duration;
+use freshen_core::policy::Limits;
+
 /// The annotation prefix of every freshen key.
 pub const PREFIX: &str = "freshen.dev/";
 /// Opts a workload in or out: `enabled` or `disabled`.
@@ -30,27 +35,48 @@ pub struct AnnotationError {
     pub expected: &'static str,
 }
 
+/// Longest an image may have been built ago, e.g. `30d`.
+pub const MAX_IMAGE_AGE: &str = "freshen.dev/max-image-age";
+/// Longest a container may have been running, e.g. `7d`.
+pub const MAX_CONTAINER_AGE: &str = "freshen.dev/max-container-age";
+/// The name of the `RefreshPolicy` (this namespace) or `ClusterRefreshPolicy`
+/// that governs the workload, whatever the selectors say.
+pub const POLICY: &str = "freshen.dev/policy";
+/// Until when (RFC 3339) the workload's violations are snoozed.
+pub const SNOOZE_UNTIL: &str = "freshen.dev/snooze-until";
+/// Keys DESIGN.md reserves for the refresh and pipeline steps; accepted so
+/// that a documented key is never reported as a typo.
+const RESERVED: [&str; 3] = [
+    "freshen.dev/strategy",
+    "freshen.dev/pipeline",
+    "freshen.dev/window",
+];
+const POLICY_FORM: &str = "the name of a RefreshPolicy in the workload's namespace or of a \
+                           ClusterRefreshPolicy (lowercase letters, digits, '-' and '.')";
+const SNOOZE_FORM: &str = "an RFC 3339 time, e.g. 2026-12-01T00:00:00Z";
+const KNOWN_FORM: &str = "one of freshen.dev/refresh, max-image-age, max-container-age, \
+                          base-image, base-image.<container>, policy, snooze-until";
+
 /// Whether freshen manages a workload, from `freshen.dev/refresh`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshMode {
     /// Measured (and, later, refreshed) by freshen.
     Enabled,
-    /// Explicitly or implicitly left alone. The default: freshen is opt-in.
-    #[default]
+    /// Left alone, even when a policy matches.
     Disabled,
 }
 
 impl RefreshMode {
-    /// Reads `freshen.dev/refresh` from a workload's annotations. Absent means
-    /// [`RefreshMode::Disabled`]; the match is exact (lowercase), so a typo is
-    /// an error rather than a silent opt-out.
+    /// Reads `freshen.dev/refresh` from a workload's annotations: `None` when
+    /// absent (a matching policy then opts the workload in). The match is
+    /// exact (lowercase), so a typo is an error rather than a silent opt-out.
     pub fn from_annotations(
         annotations: Option<&BTreeMap<String, String>>,
-    ) -> Result<Self, AnnotationError> {
+    ) -> Result<Option<Self>, AnnotationError> {
         match annotations.and_then(|a| a.get(REFRESH)).map(String::as_str) {
-            None => Ok(Self::Disabled),
-            Some("enabled") => Ok(Self::Enabled),
-            Some("disabled") => Ok(Self::Disabled),
+            None => Ok(None),
+            Some("enabled") => Ok(Some(Self::Enabled)),
+            Some("disabled") => Ok(Some(Self::Disabled)),
             Some(other) => Err(AnnotationError {
                 key: REFRESH.to_owned(),
                 value: other.to_owned(),
@@ -58,6 +84,114 @@ impl RefreshMode {
             }),
         }
     }
+}
+
+/// Everything a workload's `freshen.dev/*` annotations configure. A value
+/// that does not parse is left out (the rest still applies) and reported.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadSettings {
+    /// `freshen.dev/refresh`, when set to a valid value.
+    pub refresh: Option<RefreshMode>,
+    /// `freshen.dev/refresh` is set but invalid.
+    pub refresh_invalid: bool,
+    /// `max-image-age` and `max-container-age`.
+    pub limits: Limits,
+    /// `freshen.dev/policy`.
+    pub policy: Option<String>,
+    /// `freshen.dev/snooze-until`.
+    pub snooze_until: Option<DateTime<Utc>>,
+}
+
+impl WorkloadSettings {
+    /// Parses every `freshen.dev/*` annotation, collecting one error per bad
+    /// value (and per unknown key, which is most likely a typo).
+    pub fn from_annotations(
+        annotations: Option<&BTreeMap<String, String>>,
+    ) -> (Self, Vec<AnnotationError>) {
+        let mut settings = Self::default();
+        let mut errors = Vec::new();
+        match RefreshMode::from_annotations(annotations) {
+            Ok(mode) => settings.refresh = mode,
+            Err(e) => {
+                settings.refresh_invalid = true;
+                errors.push(e);
+            }
+        }
+        let Some(annotations) = annotations else {
+            return (settings, errors);
+        };
+        let invalid = |key: &str, value: &str, expected| AnnotationError {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            expected,
+        };
+        for (key, value) in annotations.range(PREFIX.to_owned()..) {
+            if !key.starts_with(PREFIX) {
+                break;
+            }
+            let duration = || {
+                parse_duration(value)
+                    .map(Some)
+                    .map_err(|_| invalid(key, value, DURATION_FORM))
+            };
+            let parsed = match key.as_str() {
+                REFRESH => Ok(()),
+                MAX_IMAGE_AGE => duration().map(|d| settings.limits.max_image_age = d),
+                MAX_CONTAINER_AGE => duration().map(|d| settings.limits.max_container_age = d),
+                POLICY => {
+                    if is_object_name(value) {
+                        settings.policy = Some(value.clone());
+                        Ok(())
+                    } else {
+                        Err(invalid(key, value, POLICY_FORM))
+                    }
+                }
+                SNOOZE_UNTIL => DateTime::parse_from_rfc3339(value)
+                    .map(|t| settings.snooze_until = Some(t.with_timezone(&Utc)))
+                    .map_err(|_| invalid(key, value, SNOOZE_FORM)),
+                k if k == BASE_IMAGE || k.starts_with(&format!("{BASE_IMAGE}.")) => {
+                    let container = k.strip_prefix(&format!("{BASE_IMAGE}.")).unwrap_or("");
+                    base_image(
+                        Some(&BTreeMap::from([(key.clone(), value.clone())])),
+                        container,
+                    )
+                    .map(|_| ())
+                }
+                k if RESERVED.contains(&k) => Ok(()),
+                _ => Err(AnnotationError {
+                    key: key.clone(),
+                    value: value.clone(),
+                    expected: KNOWN_FORM,
+                }),
+            };
+            if let Err(e) = parsed {
+                errors.push(e);
+            }
+        }
+        (settings, errors)
+    }
+
+    /// Whether freshen measures the workload: `refresh: enabled` always,
+    /// `refresh: disabled` never, and otherwise when a policy governs it
+    /// (or it names one). An invalid `refresh` value is measured, read-only,
+    /// so that the error shows up where its owner looks.
+    pub fn measured(&self, governed: bool) -> bool {
+        match self.refresh {
+            Some(RefreshMode::Enabled) => true,
+            Some(RefreshMode::Disabled) => false,
+            None => governed || self.refresh_invalid || self.policy.is_some(),
+        }
+    }
+}
+
+/// A Kubernetes object name (DNS-1123 subdomain).
+fn is_object_name(s: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !s.is_empty()
+        && s.len() <= 253
+        && s.starts_with(alnum)
+        && s.ends_with(alnum)
+        && s.chars().all(|c| alnum(c) || c == '-' || c == '.')
 }
 
 /// The base image of `container`: `freshen.dev/base-image.<container>`, else
@@ -108,21 +242,18 @@ mod tests {
 
     #[test]
     fn opt_in_is_explicit() {
-        assert_eq!(
-            RefreshMode::from_annotations(None),
-            Ok(RefreshMode::Disabled)
-        );
+        assert_eq!(RefreshMode::from_annotations(None), Ok(None));
         assert_eq!(
             RefreshMode::from_annotations(Some(&BTreeMap::new())),
-            Ok(RefreshMode::Disabled)
+            Ok(None)
         );
         assert_eq!(
             RefreshMode::from_annotations(Some(&annotations("enabled"))),
-            Ok(RefreshMode::Enabled)
+            Ok(Some(RefreshMode::Enabled))
         );
         assert_eq!(
             RefreshMode::from_annotations(Some(&annotations("disabled"))),
-            Ok(RefreshMode::Disabled)
+            Ok(Some(RefreshMode::Disabled))
         );
     }
 
@@ -164,5 +295,98 @@ mod tests {
             msg,
             "annotation freshen.dev/refresh=\"Enabled\" is invalid: expected \"enabled\" or \"disabled\""
         );
+    }
+
+    fn settings(pairs: &[(&str, &str)]) -> (WorkloadSettings, Vec<AnnotationError>) {
+        let a: BTreeMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        WorkloadSettings::from_annotations(Some(&a))
+    }
+
+    #[test]
+    fn every_setting_parses() {
+        let (s, errors) = settings(&[
+            (REFRESH, "enabled"),
+            (MAX_IMAGE_AGE, "30d"),
+            (MAX_CONTAINER_AGE, "1d12h"),
+            (POLICY, "team-default"),
+            (SNOOZE_UNTIL, "2026-12-01T10:00:00+01:00"),
+            (BASE_IMAGE, "debian:12"),
+            ("freshen.dev/strategy", "canary"),
+            ("app.kubernetes.io/name", "web"),
+        ]);
+        assert_eq!(errors, []);
+        assert_eq!(s.refresh, Some(RefreshMode::Enabled));
+        assert_eq!(
+            s.limits.max_image_age.map(|d| d.as_secs()),
+            Some(30 * 86_400)
+        );
+        assert_eq!(
+            s.limits.max_container_age.map(|d| d.as_secs()),
+            Some(129_600)
+        );
+        assert_eq!(s.policy.as_deref(), Some("team-default"));
+        assert_eq!(
+            s.snooze_until.map(|t| t.to_rfc3339()),
+            Some("2026-12-01T09:00:00+00:00".to_owned())
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_and_the_rest_still_applies() {
+        let (s, errors) = settings(&[
+            (MAX_IMAGE_AGE, "30 days"),
+            (MAX_CONTAINER_AGE, "7d"),
+            (POLICY, "Team_Default"),
+            (SNOOZE_UNTIL, "tomorrow"),
+            ("freshen.dev/max-image-ag", "30d"),
+            (&format!("{BASE_IMAGE}.app"), "Not An Image"),
+        ]);
+        let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "freshen.dev/base-image.app",
+                "freshen.dev/max-image-ag",
+                MAX_IMAGE_AGE,
+                POLICY,
+                SNOOZE_UNTIL
+            ]
+        );
+        assert!(
+            errors[1]
+                .to_string()
+                .contains("expected one of freshen.dev/refresh")
+        );
+        assert!(errors[2].to_string().contains("\"30 days\""));
+        assert!(errors[2].to_string().contains("e.g. 90s"));
+        assert!(errors[4].to_string().contains("RFC 3339"));
+        assert_eq!(s.limits.max_image_age, None);
+        assert_eq!(
+            s.limits.max_container_age.map(|d| d.as_secs()),
+            Some(7 * 86_400)
+        );
+        assert_eq!((s.policy, s.snooze_until), (None, None));
+    }
+
+    #[test]
+    fn a_policy_opts_in_unless_the_workload_opts_out() {
+        let (unset, _) = settings(&[]);
+        assert!(!unset.measured(false));
+        assert!(unset.measured(true));
+        let (disabled, _) = settings(&[(REFRESH, "disabled")]);
+        assert!(!disabled.measured(true));
+        let (enabled, _) = settings(&[(REFRESH, "enabled")]);
+        assert!(enabled.measured(false));
+        let (typo, errors) = settings(&[(REFRESH, "yes")]);
+        assert_eq!(errors.len(), 1);
+        assert!(
+            typo.measured(false),
+            "an invalid value is shown, not hidden"
+        );
+        let (pinned, _) = settings(&[(POLICY, "strict")]);
+        assert!(pinned.measured(false));
     }
 }

@@ -1,6 +1,13 @@
-//! freshen's Kubernetes surface: the `freshen.dev/*` annotation keys and their
-//! strict, typed parsing. (The CRD types join this crate with the policies.)
+//! freshen's Kubernetes surface: the `freshen.dev/*` annotation keys and
+//! their strict, typed parsing, and the policy CRDs.
 
 pub mod annotations;
+pub mod crd;
+pub mod policy;
+pub mod time;
 
-pub use annotations::{AnnotationError, RefreshMode, base_image};
+pub use annotations::{AnnotationError, RefreshMode, WorkloadSettings, base_image};
+pub use policy::{
+    ClusterRefreshPolicy, ClusterRefreshPolicySpec, PolicyLimits, PolicyStatus, RefreshPolicy,
+    RefreshPolicySpec, SpecError,
+};

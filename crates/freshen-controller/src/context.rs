@@ -3,21 +3,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use freshen_api::{ClusterRefreshPolicy, RefreshPolicy};
+use freshen_core::policy::Limits;
 use freshen_registry::RegistryClient;
-use k8s_openapi::api::core::v1::Pod;
+use futures::channel::mpsc::UnboundedSender;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::Client;
 use kube::runtime::events::Recorder;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::metrics::{Metrics, WorkloadRecords};
+use crate::metrics::Metrics;
+use crate::records::WorkloadRecords;
 
 /// Settings of the controllers.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
-    /// How often an unchanged workload is measured again.
+    /// How often an unchanged workload is measured again (at the latest).
     pub poll_interval: Duration,
     /// How long after a failed reconcile it is retried.
     pub error_requeue: Duration,
+    /// The operator's defaults, the last level of policy precedence.
+    pub defaults: Limits,
 }
 
 /// Shared by every reconcile.
@@ -28,10 +35,20 @@ pub struct Context {
     pub registry: Arc<RegistryClient>,
     /// The operator's metrics.
     pub metrics: Arc<Metrics>,
-    /// Per-container records the age metrics are computed from.
+    /// What was last measured of each workload.
     pub records: Arc<WorkloadRecords>,
+    /// Every Deployment, from the workload controller's watch.
+    pub deployments: Store<Deployment>,
     /// Every pod, from one shared watch.
     pub pods: Store<Pod>,
+    /// Every namespace (for ClusterRefreshPolicy namespace selectors).
+    pub namespaces: Store<Namespace>,
+    /// Every RefreshPolicy.
+    pub policies: Store<RefreshPolicy>,
+    /// Every ClusterRefreshPolicy.
+    pub cluster_policies: Store<ClusterRefreshPolicy>,
+    /// Asks the workload controller to measure a Deployment again.
+    pub workload_trigger: UnboundedSender<ObjectRef<Deployment>>,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// Settings.

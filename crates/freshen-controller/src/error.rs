@@ -15,6 +15,9 @@ pub enum Error {
     /// (`Arc`) because one failed request answers every workload that asked.
     #[error(transparent)]
     Registry(#[from] Arc<RegistryError>),
+    /// Writing a policy's status failed; retried later.
+    #[error("writing policy status failed: {0}")]
+    PolicyStatus(#[source] kube::Error),
 }
 
 impl Error {
@@ -24,6 +27,7 @@ impl Error {
         match self {
             Self::MissingField(_) => "missing_field",
             Self::Registry(e) => e.category(),
+            Self::PolicyStatus(_) => "policy_status",
         }
     }
 }

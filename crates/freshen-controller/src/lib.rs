@@ -1,31 +1,42 @@
 //! freshen's controllers, metrics and HTTP endpoints.
 //!
-//! [`run`] wires them: one watch of Deployments and one of Pods (both cached in
-//! reflector stores), the workload controller, and the HTTP server.
+//! [`run`] wires them: watches of Deployments, Pods, Namespaces and both
+//! policy kinds (each cached in a reflector store), the workload controller,
+//! the two policy status controllers, and the HTTP server.
 
+pub mod assess;
 pub mod context;
 pub mod error;
 pub mod metrics;
+pub mod policy_status;
+pub mod records;
+pub mod report;
 pub mod server;
 pub mod workload;
 
+use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use freshen_api::{ClusterRefreshPolicy, RefreshPolicy};
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
-use futures::{StreamExt, TryStreamExt};
+use futures::channel::mpsc;
+use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 pub use context::{Context, ControllerConfig};
 pub use error::Error;
-use metrics::{Metrics, WorkloadKey, WorkloadRecords};
+use metrics::Metrics;
+use policy_status::Policy;
+use records::{PolicyNotifier, WorkloadKey, WorkloadRecords};
 
 /// Everything `freshen run` is configured with.
 #[derive(Debug, Clone)]
@@ -40,20 +51,92 @@ pub struct Config {
     pub registry: RegistryConfig,
 }
 
+/// A watch's name and whether it has completed its first list.
+type WatchFlag = (&'static str, Arc<AtomicBool>);
+
 /// Whether each watch has completed its first list.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    /// The Deployment watch has listed everything.
-    pub deployments: Arc<AtomicBool>,
-    /// The Pod watch has listed everything.
-    pub pods: Arc<AtomicBool>,
+    watches: Arc<std::sync::Mutex<Vec<WatchFlag>>>,
 }
 
 impl Readiness {
+    /// A flag for the watch `name`, set once it has listed everything.
+    pub fn watch(&self, name: &'static str) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut watches) = self.watches.lock() {
+            watches.push((name, Arc::clone(&flag)));
+        }
+        flag
+    }
+
+    /// The watches still listing; empty when metrics are complete.
+    pub fn pending(&self) -> Vec<&'static str> {
+        self.watches
+            .lock()
+            .map(|w| {
+                w.iter()
+                    .filter(|(_, f)| !f.load(Ordering::Relaxed))
+                    .map(|(n, _)| *n)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Every watch has listed everything: metrics are complete.
     pub fn is_ready(&self) -> bool {
-        self.deployments.load(Ordering::Relaxed) && self.pods.load(Ordering::Relaxed)
+        self.pending().is_empty()
     }
+}
+
+/// A watch of `api` cached into `writer`, with managed fields dropped to
+/// save memory, that sets `synced` after its first complete list.
+fn reflected<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    synced: Arc<AtomicBool>,
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
+    watcher(api, config)
+        .default_backoff()
+        .modify(|o| o.managed_fields_mut().clear())
+        .reflect(writer)
+        .inspect_ok(move |event| {
+            if matches!(event, watcher::Event::InitDone) {
+                synced.store(true, Ordering::Relaxed);
+            }
+        })
+}
+
+/// Logs a failed reconcile (errors are also counted by the error policies).
+async fn log_failure<T, E: std::fmt::Display>(result: Result<T, E>) {
+    if let Err(e) = result {
+        warn!(error = %e, "reconcile failed");
+    }
+}
+
+/// A policy watch: reflected, and on deletion the workloads the policy
+/// could have governed are measured again (a deleted object is never
+/// reconciled, so nobody else would tell them).
+fn policy_watch<P: Policy>(
+    api: Api<P>,
+    writer: reflector::store::Writer<P>,
+    synced: Arc<AtomicBool>,
+    deployments: Store<Deployment>,
+    workload_trigger: mpsc::UnboundedSender<ObjectRef<Deployment>>,
+) -> impl Stream<Item = Result<P, watcher::Error>> + Send + 'static {
+    reflected(api, watcher::Config::default(), writer, synced)
+        .inspect_ok(move |event| {
+            if let watcher::Event::Delete(policy) = event {
+                for workload in policy.scope(&deployments) {
+                    let _ = workload_trigger.unbounded_send(workload);
+                }
+            }
+        })
+        .applied_objects()
 }
 
 /// Why the operator stopped.
@@ -69,39 +152,49 @@ pub enum RunError {
 
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
-    let records = Arc::new(WorkloadRecords::default());
+    let (policy_tx, policy_rx) = mpsc::unbounded();
+    let (cluster_policy_tx, cluster_policy_rx) = mpsc::unbounded();
+    let (workload_tx, workload_rx) = mpsc::unbounded();
+    let records = Arc::new(WorkloadRecords::with_notifier(PolicyNotifier {
+        policies: policy_tx,
+        cluster_policies: cluster_policy_tx,
+    }));
     let registry_metrics = RegistryMetrics::new()?;
     let metrics = Arc::new(Metrics::new(Arc::clone(&records), &registry_metrics)?);
-    // Ready once both watches have listed everything. Taken from the streams'
+    // Ready once every watch has listed everything. Taken from the streams'
     // own InitDone events: `Store::wait_until_ready` wakes only its latest
     // waiter (kube-runtime 5's DelayedInit keeps one oneshot receiver), and
-    // the Controller is already waiting on the Deployment store.
+    // the Controllers are already waiting on their stores.
     let readiness = Readiness::default();
 
-    let (deployments, pods): (Api<Deployment>, Api<Pod>) = match &config.namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client.clone(), ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client.clone())),
+    let (deployments, pods, policies): (Api<Deployment>, Api<Pod>, Api<RefreshPolicy>) =
+        match &config.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let namespace_watch = match &config.namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
     };
 
     // One watch of all pods serves both as reconcile trigger and as the cache
-    // reconciles read from. Managed fields are dropped to save memory.
+    // reconciles read from.
     let (pod_store, pod_writer) = reflector::store();
-    let pod_trigger = watcher(pods, watcher::Config::default())
-        .default_backoff()
-        .modify(|pod| pod.managed_fields_mut().clear())
-        .reflect(pod_writer)
-        .inspect_ok({
-            let synced = Arc::clone(&readiness.pods);
-            move |event| {
-                if matches!(event, watcher::Event::InitDone) {
-                    synced.store(true, Ordering::Relaxed);
-                }
-            }
-        })
-        .touched_objects();
+    let pod_trigger = reflected(
+        pods,
+        watcher::Config::default(),
+        pod_writer,
+        readiness.watch("pods"),
+    )
+    .touched_objects();
 
     // A deleted Deployment is never reconciled, so its series are dropped
     // here: on its Delete event, and after a re-list for any deletion a
@@ -109,7 +202,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let (deploy_store, deploy_writer) = reflector::store();
     let sweep_store = deploy_store.clone();
     let sweep_records = Arc::clone(&records);
-    let deployments_synced = Arc::clone(&readiness.deployments);
+    let deployments_synced = readiness.watch("deployments");
     let deploy_trigger = watcher(deployments, watcher::Config::default())
         .default_backoff()
         .modify(|d| d.managed_fields_mut().clear())
@@ -132,6 +225,46 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         })
         .applied_objects();
 
+    // Namespace labels decide which ClusterRefreshPolicies apply; a change
+    // re-measures the namespace's workloads.
+    let (namespace_store, namespace_writer) = reflector::store();
+    let namespace_trigger = reflected(
+        Api::<Namespace>::all(client.clone()),
+        namespace_watch,
+        namespace_writer,
+        readiness.watch("namespaces"),
+    )
+    .applied_objects();
+    let in_namespace = {
+        let deployments = deploy_store.clone();
+        move |ns: Namespace| {
+            let name = ns.name_any();
+            deployments
+                .state()
+                .iter()
+                .filter(|d| d.namespace().as_deref() == Some(name.as_str()))
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect::<Vec<_>>()
+        }
+    };
+
+    let (policy_store, policy_writer) = reflector::store();
+    let policy_trigger = policy_watch(
+        policies,
+        policy_writer,
+        readiness.watch("refreshpolicies"),
+        deploy_store.clone(),
+        workload_tx.clone(),
+    );
+    let (cluster_policy_store, cluster_policy_writer) = reflector::store();
+    let cluster_policy_trigger = policy_watch(
+        Api::<ClusterRefreshPolicy>::all(client.clone()),
+        cluster_policy_writer,
+        readiness.watch("clusterrefreshpolicies"),
+        deploy_store.clone(),
+        workload_tx.clone(),
+    );
+
     let ctx = Arc::new(Context {
         recorder: Recorder::new(
             client.clone(),
@@ -144,27 +277,54 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         registry: RegistryClient::new(config.registry, registry_metrics),
         metrics: Arc::clone(&metrics),
         records,
+        deployments: deploy_store.clone(),
         pods: pod_store,
+        namespaces: namespace_store,
+        policies: policy_store.clone(),
+        cluster_policies: cluster_policy_store.clone(),
+        workload_trigger: workload_tx,
         config: config.controller,
     });
 
-    let controller = Controller::for_stream(deploy_trigger, deploy_store)
+    let workloads = Controller::for_stream(deploy_trigger, deploy_store)
         .watches_stream(pod_trigger, |pod| workload::owning_deployment(&pod))
+        .watches_stream(namespace_trigger, in_namespace)
+        .reconcile_on(workload_rx)
         .shutdown_on_signal()
-        .run(workload::reconcile, workload::error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                warn!(error = %e, "reconcile failed");
-            }
-        });
+        .run(
+            workload::reconcile,
+            workload::error_policy,
+            Arc::clone(&ctx),
+        )
+        .for_each(log_failure);
+    let policies = Controller::for_stream(policy_trigger, policy_store)
+        .reconcile_on(policy_rx)
+        .shutdown_on_signal()
+        .run(
+            policy_status::reconcile::<RefreshPolicy>,
+            policy_status::error_policy::<RefreshPolicy>,
+            Arc::clone(&ctx),
+        )
+        .for_each(log_failure);
+    let cluster_policies = Controller::for_stream(cluster_policy_trigger, cluster_policy_store)
+        .reconcile_on(cluster_policy_rx)
+        .shutdown_on_signal()
+        .run(
+            policy_status::reconcile::<ClusterRefreshPolicy>,
+            policy_status::error_policy::<ClusterRefreshPolicy>,
+            ctx,
+        )
+        .for_each(log_failure);
 
     let server = server::serve(
         config.metrics_addr,
         server::ServerState { metrics, readiness },
     );
-    info!("freshen controller started");
+    info!("freshen controllers started");
     tokio::select! {
-        () = controller => info!("controller stopped"),
+        _ = futures::future::join3(workloads, policies, cluster_policies) => {
+            info!("controllers stopped");
+        }
         served = server => served?,
     }
     Ok(())

@@ -6,101 +6,22 @@
 //! at scrape time with `freshen_core`'s rules. A workload's series vanish as
 //! soon as its entry is removed (deleted, or opted out).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
-/// Identifies a workload: namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct WorkloadKey {
-    /// Namespace.
-    pub namespace: String,
-    /// Deployment name.
-    pub name: String,
-}
-
-impl std::fmt::Display for WorkloadKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
-
-/// What was last observed of one container of a workload.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ContainerRecord {
-    /// Container name.
-    pub container: String,
-    /// Image repository (`registry/repository`, no tag or digest).
-    pub image: String,
-    /// Build times of the digests its pods run, as the registry reports them
-    /// (judged at scrape time: implausible ones are unknown and not exported).
-    pub build_times: Vec<Option<DateTime<Utc>>>,
-    /// Start of its oldest running instance.
-    pub oldest_start: Option<DateTime<Utc>>,
-    /// Whether its tag names a digest no pod runs; `None` when unknown.
-    pub update_available: Option<bool>,
-    /// Whether the base of a running digest moved on; `None` when unknown
-    /// (no base known, or nothing to compare).
-    pub base_stale: Option<bool>,
-    /// Since when the base has been stale (see `freshen_core::base`).
-    pub base_stale_since: Option<DateTime<Utc>>,
-}
-
-/// The per-container records of all measured workloads, shared between the
-/// reconciler (writer) and the collector (reader).
-#[derive(Debug, Default)]
-pub struct WorkloadRecords {
-    inner: RwLock<BTreeMap<WorkloadKey, Vec<ContainerRecord>>>,
-}
-
-impl WorkloadRecords {
-    /// Replaces a workload's records.
-    pub fn set(&self, key: WorkloadKey, records: Vec<ContainerRecord>) {
-        if let Ok(mut map) = self.inner.write() {
-            map.insert(key, records);
-        }
-    }
-
-    /// Forgets a workload; its series disappear from the next scrape.
-    pub fn remove(&self, key: &WorkloadKey) {
-        if let Ok(mut map) = self.inner.write() {
-            map.remove(key);
-        }
-    }
-
-    /// Keeps only the workloads for which `keep` holds.
-    pub fn retain(&self, mut keep: impl FnMut(&WorkloadKey) -> bool) {
-        if let Ok(mut map) = self.inner.write() {
-            map.retain(|k, _| keep(k));
-        }
-    }
-
-    /// A copy of one workload's records.
-    pub fn get(&self, key: &WorkloadKey) -> Option<Vec<ContainerRecord>> {
-        self.inner.read().ok().and_then(|m| m.get(key).cloned())
-    }
-
-    /// How many workloads are recorded.
-    pub fn len(&self) -> usize {
-        self.inner.read().map(|m| m.len()).unwrap_or(0)
-    }
-
-    /// Whether no workload is recorded.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+use crate::records::WorkloadRecords;
 
 const CONTAINER_LABELS: [&str; 4] = ["namespace", "workload", "container", "image"];
 
-/// Exports the per-container series (`freshen_image_age_seconds`,
-/// `freshen_container_age_seconds`, `freshen_image_update_available`),
+/// Exports the per-container series (ages, base staleness, update
+/// available, the limits in force) and per-workload configuration errors,
 /// computed at scrape time from [`WorkloadRecords`].
 pub struct AgeCollector {
     records: Arc<WorkloadRecords>,
@@ -109,6 +30,9 @@ pub struct AgeCollector {
     update_available: GaugeVec,
     base_stale: GaugeVec,
     base_stale_seconds: GaugeVec,
+    max_image_age: GaugeVec,
+    max_container_age: GaugeVec,
+    config_errors: IntGaugeVec,
     descs: Vec<Desc>,
 }
 
@@ -153,17 +77,44 @@ impl AgeCollector {
             ),
             &CONTAINER_LABELS,
         )?;
-        let descs = [
+        let max_image_age = GaugeVec::new(
+            Opts::new(
+                "freshen_policy_max_image_age_seconds",
+                "The image age limit in force for the container (annotation, policy or \
+                 default). Absent when no limit applies.",
+            ),
+            &CONTAINER_LABELS,
+        )?;
+        let max_container_age = GaugeVec::new(
+            Opts::new(
+                "freshen_policy_max_container_age_seconds",
+                "The container age limit in force for the container. Absent when no limit \
+                 applies.",
+            ),
+            &CONTAINER_LABELS,
+        )?;
+        let config_errors = IntGaugeVec::new(
+            Opts::new(
+                "freshen_workload_config_errors",
+                "Invalid freshen.dev/* annotations (and unknown policy names) on the workload; \
+                 the Warning Events name them.",
+            ),
+            &["namespace", "workload"],
+        )?;
+        let mut descs: Vec<Desc> = [
             &image_age,
             &container_age,
             &update_available,
             &base_stale,
             &base_stale_seconds,
+            &max_image_age,
+            &max_container_age,
         ]
         .into_iter()
         .flat_map(|g| g.desc())
         .cloned()
         .collect();
+        descs.extend(config_errors.desc().into_iter().cloned());
         Ok(Self {
             records,
             image_age,
@@ -171,6 +122,9 @@ impl AgeCollector {
             update_available,
             base_stale,
             base_stale_seconds,
+            max_image_age,
+            max_container_age,
+            config_errors,
             descs,
         })
     }
@@ -183,58 +137,64 @@ impl Collector for AgeCollector {
 
     fn collect(&self) -> Vec<MetricFamily> {
         let now = Utc::now();
-        self.image_age.reset();
-        self.container_age.reset();
-        self.update_available.reset();
-        self.base_stale.reset();
-        self.base_stale_seconds.reset();
-        if let Ok(map) = self.records.inner.read() {
-            for (key, containers) in map.iter() {
-                for c in containers {
-                    let labels = [&*key.namespace, &*key.name, &*c.container, &*c.image];
-                    let oldest_build = c
-                        .build_times
-                        .iter()
-                        .filter_map(|t| freshen_core::image_age(*t, now).known())
-                        .max();
-                    if let Some(age) = oldest_build {
-                        self.image_age
-                            .with_label_values(&labels)
-                            .set(age.as_secs_f64());
-                    }
-                    if let Some(age) = freshen_core::container_age(c.oldest_start, now) {
-                        self.container_age
-                            .with_label_values(&labels)
-                            .set(age.as_secs_f64());
-                    }
-                    if let Some(available) = c.update_available {
-                        self.update_available
-                            .with_label_values(&labels)
-                            .set(f64::from(u8::from(available)));
-                    }
-                    if let Some(stale) = c.base_stale {
-                        self.base_stale
-                            .with_label_values(&labels)
-                            .set(f64::from(u8::from(stale)));
-                    }
-                    if let Some(since) = c.base_stale_since {
-                        let seconds = freshen_core::age::elapsed(since, now).as_secs_f64();
-                        self.base_stale_seconds
-                            .with_label_values(&labels)
-                            .set(seconds);
-                    }
-                }
+        let gauges = [
+            &self.image_age,
+            &self.container_age,
+            &self.update_available,
+            &self.base_stale,
+            &self.base_stale_seconds,
+            &self.max_image_age,
+            &self.max_container_age,
+        ];
+        gauges.iter().for_each(|g| g.reset());
+        self.config_errors.reset();
+        let set = |gauge: &GaugeVec, labels: &[&str], value: Option<f64>| {
+            if let Some(value) = value {
+                gauge.with_label_values(labels).set(value);
             }
-        }
-        let mut families = self.image_age.collect();
-        families.extend(self.container_age.collect());
-        families.extend(self.update_available.collect());
-        families.extend(self.base_stale.collect());
-        families.extend(self.base_stale_seconds.collect());
-        families
+        };
+        let flag = |b: Option<bool>| b.map(|b| f64::from(u8::from(b)));
+        self.records.for_each(|key, workload| {
+            let count = i64::try_from(workload.config_errors.len()).unwrap_or(i64::MAX);
+            self.config_errors
+                .with_label_values(&[&*key.namespace, &*key.name])
+                .set(count);
+            let max_image = workload.limits.max_image_age.as_ref();
+            let max_container = workload.limits.max_container_age.as_ref();
+            for c in &workload.containers {
+                let labels = [&*key.namespace, &*key.name, &*c.container, &*c.image];
+                let seconds = |d: std::time::Duration| d.as_secs_f64();
+                set(&self.image_age, &labels, c.image_age(now).map(seconds));
+                set(
+                    &self.container_age,
+                    &labels,
+                    c.container_age(now).map(seconds),
+                );
+                set(&self.update_available, &labels, flag(c.update_available));
+                set(&self.base_stale, &labels, flag(c.base_stale));
+                let stale_for = c
+                    .base_stale_since
+                    .map(|since| freshen_core::age::elapsed(since, now));
+                set(&self.base_stale_seconds, &labels, stale_for.map(seconds));
+                set(
+                    &self.max_image_age,
+                    &labels,
+                    max_image.map(|l| seconds(l.value)),
+                );
+                set(
+                    &self.max_container_age,
+                    &labels,
+                    max_container.map(|l| seconds(l.value)),
+                );
+            }
+        });
+        gauges
+            .iter()
+            .flat_map(|g| g.collect())
+            .chain(self.config_errors.collect())
+            .collect()
     }
 }
-
 /// The operator's metrics registry and its own instruments.
 pub struct Metrics {
     registry: Registry,
@@ -290,6 +250,10 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::records::{ContainerRecord, PolicyBinding, WorkloadKey, WorkloadRecord};
+    use chrono::{DateTime, TimeDelta};
+    use freshen_core::policy::{EffectiveLimits, Source, Sourced};
+    use std::time::Duration;
 
     fn registry_metrics() -> freshen_registry::RegistryMetrics {
         freshen_registry::RegistryMetrics::new().unwrap()
@@ -302,113 +266,131 @@ mod tests {
         }
     }
 
-    fn render(records: &Arc<WorkloadRecords>) -> String {
-        let metrics = Metrics::new(Arc::clone(records), &registry_metrics()).unwrap();
-        metrics.render().unwrap()
+    fn workload(containers: Vec<ContainerRecord>, config_errors: usize) -> WorkloadRecord {
+        WorkloadRecord {
+            containers,
+            limits: EffectiveLimits {
+                max_image_age: Some(Sourced {
+                    value: Duration::from_secs(5 * 86_400),
+                    source: Source::Default,
+                }),
+                max_container_age: None,
+                track_base_image: Sourced {
+                    value: true,
+                    source: Source::Default,
+                },
+            },
+            binding: PolicyBinding::default(),
+            config_errors: vec!["bad".into(); config_errors],
+            snoozed: false,
+            violating: Default::default(),
+        }
+    }
+
+    fn container(name: &str) -> ContainerRecord {
+        ContainerRecord {
+            container: name.into(),
+            image: format!("reg.io/shop/{name}"),
+            build_times: vec![Some(Utc::now())],
+            oldest_start: Some(Utc::now()),
+            update_available: None,
+            update_available_since: None,
+            base_stale: None,
+            base_stale_since: None,
+        }
+    }
+
+    /// The value of `metric` for `container`, from a rendered scrape.
+    fn value(text: &str, metric: &str, container: &str) -> Option<f64> {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("{metric}{{"))
+                    && l.contains(&format!("container=\"{container}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
     }
 
     #[test]
     fn ages_are_computed_at_scrape_and_unknown_builds_are_absent() {
         let records = Arc::new(WorkloadRecords::default());
         let now = Utc::now();
-        records.set(
-            key("web"),
-            vec![
-                ContainerRecord {
-                    container: "app".into(),
-                    image: "reg.io/shop/web".into(),
-                    build_times: vec![
-                        Some(now - chrono::TimeDelta::days(10)),
-                        Some(now - chrono::TimeDelta::days(2)),
-                    ],
-                    oldest_start: Some(now - chrono::TimeDelta::hours(1)),
-                    update_available: Some(true),
-                    base_stale: Some(true),
-                    base_stale_since: Some(now - chrono::TimeDelta::days(3)),
-                },
-                ContainerRecord {
-                    container: "reproducible".into(),
-                    image: "reg.io/shop/sidecar".into(),
-                    build_times: vec![Some(DateTime::UNIX_EPOCH)],
-                    oldest_start: None,
-                    update_available: None,
-                    base_stale: None,
-                    base_stale_since: None,
-                },
+        let app = ContainerRecord {
+            build_times: vec![
+                Some(now - TimeDelta::days(10)),
+                Some(now - TimeDelta::days(2)),
             ],
-        );
-        let text = render(&records);
+            oldest_start: Some(now - TimeDelta::hours(1)),
+            update_available: Some(true),
+            base_stale: Some(true),
+            base_stale_since: Some(now - TimeDelta::days(3)),
+            ..container("app")
+        };
+        let reproducible = ContainerRecord {
+            build_times: vec![Some(DateTime::UNIX_EPOCH)],
+            oldest_start: None,
+            ..container("reproducible")
+        };
+        records.set(key("web"), workload(vec![app, reproducible], 2));
+        let metrics = Metrics::new(Arc::clone(&records), &registry_metrics()).unwrap();
+        let text = metrics.render().unwrap();
+
+        // The oldest of the two running builds, measured now.
+        let image_age = value(&text, "freshen_image_age_seconds", "app").unwrap_or_default();
+        assert!((image_age - 864_000.0).abs() < 5.0, "{image_age}");
         let line = text
             .lines()
-            .find(|l| {
-                l.starts_with("freshen_image_age_seconds{") && l.contains("container=\"app\"")
-            })
-            .unwrap_or_else(|| panic!("no image age for app in:\n{text}"));
-        let value: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(-1.0);
-        // The oldest of the two running builds, measured now.
-        assert!((value - 864_000.0).abs() < 5.0, "{line}");
+            .find(|l| l.starts_with("freshen_image_age_seconds{"))
+            .unwrap_or_default();
         assert!(line.contains("namespace=\"shop\"") && line.contains("workload=\"web\""));
-        assert!(line.contains("image=\"reg.io/shop/web\""));
+        assert!(line.contains("image=\"reg.io/shop/app\""));
         // An epoch build time is unknown: no image age series, not a huge one.
-        assert!(
-            !text
-                .lines()
-                .any(|l| l.starts_with("freshen_image_age_seconds{") && l.contains("reproducible"))
+        assert_eq!(
+            value(&text, "freshen_image_age_seconds", "reproducible"),
+            None
         );
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with("freshen_container_age_seconds{") && l.contains("app"))
+        assert!(value(&text, "freshen_container_age_seconds", "app").is_some());
+        assert_eq!(
+            value(&text, "freshen_image_update_available", "app"),
+            Some(1.0)
         );
-        let update = |container: &str| {
-            text.lines()
-                .find(|l| {
-                    l.starts_with("freshen_image_update_available{")
-                        && l.contains(&format!("container=\"{container}\""))
-                })
-                .map(|l| l.rsplit(' ').next().unwrap_or_default().to_owned())
-        };
-        assert_eq!(update("app").as_deref(), Some("1"));
-        let value = |metric: &str, container: &str| {
-            text.lines()
-                .find(|l| {
-                    l.starts_with(&format!("{metric}{{"))
-                        && l.contains(&format!("container=\"{container}\""))
-                })
-                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        };
-        assert_eq!(value("freshen_base_image_stale", "app"), Some(1.0));
-        let stale_for = value("freshen_base_image_stale_seconds", "app").unwrap_or_default();
+        assert_eq!(value(&text, "freshen_base_image_stale", "app"), Some(1.0));
+        let stale_for = value(&text, "freshen_base_image_stale_seconds", "app").unwrap_or_default();
         assert!((stale_for - 3.0 * 86_400.0).abs() < 5.0, "{stale_for}");
-        assert_eq!(value("freshen_base_image_stale", "reproducible"), None);
         // Unknown is absent, not 0.
-        assert_eq!(update("reproducible"), None);
+        assert_eq!(
+            value(&text, "freshen_base_image_stale", "reproducible"),
+            None
+        );
+        assert_eq!(
+            value(&text, "freshen_image_update_available", "reproducible"),
+            None
+        );
+        // The limit in force, per container so alerts can compare series.
+        assert_eq!(
+            value(&text, "freshen_policy_max_image_age_seconds", "app"),
+            Some(432_000.0)
+        );
+        assert_eq!(
+            value(&text, "freshen_policy_max_container_age_seconds", "app"),
+            None
+        );
+        assert!(
+            text.lines()
+                .any(|l| l
+                    == "freshen_workload_config_errors{namespace=\"shop\",workload=\"web\"} 2"),
+            "{text}"
+        );
     }
 
     #[test]
     fn removed_workloads_lose_their_series() {
         let records = Arc::new(WorkloadRecords::default());
         let metrics = Metrics::new(Arc::clone(&records), &registry_metrics()).unwrap();
-        records.set(
-            key("web"),
-            vec![ContainerRecord {
-                container: "app".into(),
-                image: "reg.io/web".into(),
-                build_times: vec![Some(Utc::now())],
-                oldest_start: Some(Utc::now()),
-                update_available: Some(false),
-                base_stale: Some(false),
-                base_stale_since: None,
-            }],
-        );
+        records.set(key("web"), workload(vec![container("app")], 0));
+        let text = metrics.render().unwrap_or_default();
+        assert!(text.contains("workload=\"web\""));
         assert!(
-            metrics
-                .render()
-                .unwrap_or_default()
-                .contains("workload=\"web\"")
+            text.contains("freshen_workload_config_errors{namespace=\"shop\",workload=\"web\"} 0")
         );
         records.remove(&key("web"));
         assert!(

@@ -54,9 +54,13 @@ async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
-    if state.readiness.is_ready() {
-        (StatusCode::OK, "ready")
+    let pending = state.readiness.pending();
+    if pending.is_empty() {
+        (StatusCode::OK, "ready".to_owned())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "caches are syncing")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("caches are syncing: {}", pending.join(", ")),
+        )
     }
 }

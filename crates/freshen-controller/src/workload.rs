@@ -1,34 +1,31 @@
-//! The workload controller: measures every opted-in Deployment.
+//! The workload controller: measures every Deployment freshen governs.
 //!
 //! One reconcile reads top to bottom:
-//! validate (opt-in annotation) -> gather (pods from the shared store) ->
-//! observe (pure, `freshen_core::observe`) -> measure each container (the
-//! tag's digest, the running digests' facts, their base now; registry, one
-//! shared cache; verdicts from `freshen_core`) -> record (timestamps and
-//! signals for the metrics) -> requeue.
+//! configure (annotations and matching policies -> limits in force, pure) ->
+//! gather (pods from the shared store) -> measure (registry, one shared
+//! cache; verdicts from `freshen_core`) -> judge (violations, pure) ->
+//! record (for metrics and policy status) -> requeue at the next moment a
+//! limit will be crossed, or the poll interval.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::Utc;
-use freshen_api::{RefreshMode, base_image};
-use freshen_core::ImageReference;
-use freshen_core::base;
-use freshen_core::observe::{
-    ContainerFacts, ContainerObservation, ContainerSpec, PodFacts, observe,
-};
-use freshen_registry::RegistryError;
+use freshen_core::observe::{ContainerFacts, PodFacts};
+use freshen_core::policy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use tokio::time::Instant;
 use tracing::{instrument, warn};
 
+use crate::assess::{Problem, configure, measure};
 use crate::context::Context;
 use crate::error::Error;
-use crate::metrics::{ContainerRecord, WorkloadKey};
+use crate::records::{WorkloadKey, WorkloadRecord};
 
 /// The label the Deployment controller puts on a ReplicaSet's pods; a
 /// ReplicaSet of Deployment `d` is named `d-<pod-template-hash>`.
@@ -39,25 +36,35 @@ const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let _timer = ctx.metrics.reconcile_duration.start_timer();
     let key = workload_key(&deploy)?;
+    let now = Utc::now();
 
-    // validate
-    match RefreshMode::from_annotations(deploy.metadata.annotations.as_ref()) {
-        Ok(RefreshMode::Enabled) => {}
-        Ok(RefreshMode::Disabled) => {
-            ctx.records.remove(&key);
-            return Ok(Action::await_change());
-        }
-        Err(invalid) => {
-            ctx.records.remove(&key);
-            warn!(%invalid, "workload skipped");
-            ctx.warn(&deploy, "InvalidAnnotation", invalid.to_string())
-                .await;
-            return Ok(Action::await_change());
-        }
+    // configure
+    let namespace_labels = ctx
+        .namespaces
+        .get(&ObjectRef::new(&key.namespace))
+        .map(|ns| ns.labels().clone())
+        .unwrap_or_default();
+    let config = configure(
+        &deploy,
+        &namespace_labels,
+        &ctx.policies.state(),
+        &ctx.cluster_policies.state(),
+        &ctx.config.defaults,
+    );
+    if !config.measured() {
+        ctx.records.remove(&key);
+        return Ok(Action::await_change());
+    }
+    if !config.errors.is_empty() {
+        // One Event for all of them: the recorder folds Events of the same
+        // reason on one object into one series, keeping only the first note.
+        let notes: Vec<String> = config.errors.iter().map(ToString::to_string).collect();
+        warn!(errors = ?notes, "annotations ignored");
+        ctx.warn(&deploy, "InvalidAnnotation", notes.join("; "))
+            .await;
     }
 
-    // gather
-    let template = template_containers(&deploy);
+    // gather, measure
     let pods: Vec<PodFacts> = ctx
         .pods
         .state()
@@ -66,139 +73,82 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         .filter(|p| owning_deployment(p).is_some_and(|d| d.name == key.name))
         .map(|p| pod_facts(p))
         .collect();
-
-    // observe (pure), then look up what the registry says of each container
-    let previous = ctx.records.get(&key).unwrap_or_default();
-    let mut records = Vec::new();
-    let mut first_error = None;
-    for observation in observe(&template, &pods) {
-        let image = match &observation.image {
-            Ok(image) => image.clone(),
-            Err(invalid) => {
-                let note = format!("container {}: {invalid}", observation.name);
+    let previous = ctx.records.get(&key);
+    let limits = config.resolution.limits.clone();
+    let measurement = measure(
+        &ctx.registry,
+        &deploy,
+        &pods,
+        limits.track_base_image.value,
+        previous.as_ref(),
+        now,
+    )
+    .await;
+    let mut registry_error = None;
+    for (container, problem) in &measurement.problems {
+        match problem {
+            Problem::InvalidImage(_) => {
+                let note = format!("container {container}: {problem}");
                 warn!(%note, "container not measured");
                 ctx.warn(&deploy, "InvalidImage", note).await;
-                continue;
             }
-        };
-        // A bad base-image annotation costs only the base signal: the
-        // container is still measured.
-        let base_override =
-            match base_image(deploy.metadata.annotations.as_ref(), &observation.name) {
-                Ok(base) => base,
-                Err(invalid) => {
-                    warn!(%invalid, "base image annotation ignored");
-                    ctx.warn(&deploy, "InvalidAnnotation", invalid.to_string())
-                        .await;
-                    None
-                }
-            };
-        let before = previous.iter().find(|r| r.container == observation.name);
-        let (record, error) =
-            measure_container(&ctx, &image, &observation, base_override.as_ref(), before).await;
-        records.push(record);
-        if let Some(e) = error {
-            first_error.get_or_insert(e);
+            Problem::Registry(e) => {
+                warn!(error = %e, %container, "registry look-up failed");
+                registry_error.get_or_insert_with(|| Arc::clone(e));
+            }
         }
     }
 
-    // record what is known even when a look-up failed, then retry that one
-    ctx.records.set(key, records);
-    match first_error {
-        Some(e) => Err(e.into()),
-        None => Ok(Action::requeue(ctx.config.poll_interval)),
-    }
-}
-
-/// Looks up one container's signals in the registry: whether its tag moved,
-/// when its running digests were built, and whether their base moved on.
-/// Returns what it could learn and the first look-up that failed.
-async fn measure_container(
-    ctx: &Context,
-    image: &ImageReference,
-    observation: &ContainerObservation,
-    base_override: Option<&ImageReference>,
-    previous: Option<&ContainerRecord>,
-) -> (ContainerRecord, Option<Arc<RegistryError>>) {
-    let now = Utc::now();
-    let mut first_error = None;
-    let mut failed = |e: Arc<RegistryError>, what: &str| {
-        warn!(error = %e, container = %observation.name, "{what} unavailable");
-        first_error.get_or_insert(e);
-    };
-
-    let mut update_available = None;
-    if image.effective_tag().is_some() {
-        match ctx.registry.resolve_tag(image, Instant::now()).await {
-            Ok(tag_digest) => update_available = observation.update_available(&tag_digest),
-            Err(e) => failed(e, "tag digest"),
+    // judge
+    let snoozed = policy::snoozed(config.settings.snooze_until, now);
+    let mut violating = BTreeSet::new();
+    let mut notes = Vec::new();
+    for c in &measurement.containers {
+        for v in c.violations(&limits, now) {
+            notes.push(format!("container {}: {v}", c.container));
+            violating.insert(v.limit.source);
         }
     }
-
-    let mut build_times = Vec::new();
-    let mut base_verdicts = Vec::new();
-    for digest in observation.digests() {
-        let facts = match ctx.registry.image_facts(image, digest).await {
-            Ok(facts) => facts,
-            Err(e) => {
-                failed(e, "image facts");
-                continue;
-            }
-        };
-        build_times.push(facts.created);
-        let own_base = facts
-            .base_name
-            .as_deref()
-            .and_then(|b| ImageReference::parse(b).ok());
-        let Some(base) = base::to_follow(base_override, own_base.as_ref()) else {
-            continue;
-        };
-        let built_on =
-            base::recorded_digest(base_override, own_base.as_ref(), facts.base_digest.as_ref());
-        let base_now = match ctx.registry.resolve_tag(base, Instant::now()).await {
-            Ok(d) => d,
-            Err(e) => {
-                failed(e, "base tag digest");
-                continue;
-            }
-        };
-        let base_now_created = match ctx.registry.image_facts(base, &base_now).await {
-            Ok(base_facts) => base_facts.created,
-            Err(e) => {
-                failed(e, "base image facts");
-                None
-            }
-        };
-        let stale = base::is_stale(
-            &base::BaseFacts {
-                image_created: facts.created,
-                built_on,
-                base_now: &base_now,
-                base_now_created,
-            },
-            now,
-        );
-        base_verdicts.push((stale, base_now_created));
+    if snoozed {
+        violating.clear();
     }
-    let (base_stale, stale_base_created) = base::combine(&base_verdicts);
-    let base_stale_since = (base_stale == Some(true)).then(|| {
-        base::stale_since(
-            stale_base_created,
-            previous.and_then(|p| p.base_stale_since),
-            now,
-        )
+    let before = previous.map(|p| p.violating).unwrap_or_default();
+    if !violating.is_subset(&before) {
+        ctx.warn(&deploy, "MaxAgeExceeded", notes.join("; ")).await;
+    }
+
+    // requeue when the next limit will be crossed, or a snooze ends
+    let snooze_ends = config
+        .settings
+        .snooze_until
+        .filter(|_| snoozed)
+        .and_then(|until| (until - now).to_std().ok());
+    let next = measurement
+        .containers
+        .iter()
+        .filter_map(|c| c.next_crossing(&limits, now))
+        .chain(snooze_ends)
+        .min();
+    let requeue = next.map_or(ctx.config.poll_interval, |n| {
+        n.min(ctx.config.poll_interval)
     });
 
-    let record = ContainerRecord {
-        container: observation.name.clone(),
-        image: image.name(),
-        build_times,
-        oldest_start: observation.oldest_start,
-        update_available,
-        base_stale,
-        base_stale_since,
-    };
-    (record, first_error)
+    // record what is known even when a look-up failed, then retry that one
+    ctx.records.set(
+        key,
+        WorkloadRecord {
+            containers: measurement.containers,
+            limits,
+            binding: config.binding,
+            config_errors: config.errors.iter().map(ToString::to_string).collect(),
+            snoozed,
+            violating,
+        },
+    );
+    match registry_error {
+        Some(e) => Err(e.into()),
+        None => Ok(Action::requeue(requeue.max(Duration::from_secs(1)))),
+    }
 }
 
 /// What to do after a failed reconcile: count it and retry later.
@@ -221,23 +171,6 @@ fn workload_key(deploy: &Deployment) -> Result<WorkloadKey, Error> {
             .clone()
             .ok_or(Error::MissingField("metadata.name"))?,
     })
-}
-
-fn template_containers(deploy: &Deployment) -> Vec<ContainerSpec> {
-    deploy
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|s| {
-            s.containers
-                .iter()
-                .map(|c| ContainerSpec {
-                    name: c.name.clone(),
-                    image: c.image.clone().unwrap_or_default(),
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// The Deployment a pod belongs to: its controlling ReplicaSet is named
@@ -282,7 +215,7 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
                     .and_then(|s| s.state.as_ref())
                     .and_then(|s| s.running.as_ref())
                     .and_then(|r| r.started_at.as_ref())
-                    .and_then(|t| to_chrono(&t.0)),
+                    .and_then(|t| freshen_api::time::to_chrono(&t.0)),
             }
         })
         .collect();
@@ -293,16 +226,19 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
     }
 }
 
-/// k8s-openapi's timestamps (jiff) as chrono's, which freshen-core uses.
-fn to_chrono(t: &k8s_openapi::jiff::Timestamp) -> Option<chrono::DateTime<chrono::Utc>> {
-    let nanos = u32::try_from(t.subsec_nanosecond()).ok()?;
-    chrono::DateTime::from_timestamp(t.as_second(), nanos)
-}
-
 impl Context {
     /// Publishes a Warning Event on a workload; a failure to publish is
     /// logged, never fatal.
-    async fn warn(&self, deploy: &Deployment, reason: &str, note: String) {
+    pub(crate) async fn warn(&self, deploy: &Deployment, reason: &str, mut note: String) {
+        // The API server rejects notes over 1 KiB.
+        if note.len() > 1024 {
+            let mut end = 1021;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+            note.push_str("...");
+        }
         let event = Event {
             type_: EventType::Warning,
             reason: reason.into(),

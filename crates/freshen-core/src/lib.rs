@@ -9,6 +9,7 @@ pub mod base;
 pub mod duration;
 pub mod image;
 pub mod observe;
+pub mod policy;
 
 pub use age::{ImageAge, UnknownAge, container_age, image_age};
 pub use duration::{DurationError, HumanDuration, parse_duration, short_age};

@@ -1,10 +1,13 @@
 //! The freshen binary.
 //!
-//! `freshen run` runs the operator: it measures the image age and container
-//! age of every Deployment annotated `freshen.dev/refresh: enabled` and
-//! exports them on `/metrics`.
+//! `freshen run` runs the operator: it measures every Deployment a policy
+//! governs or `freshen.dev/refresh: enabled` opts in, exports the signals on
+//! `/metrics` and keeps policy status true. `freshen report` makes the same
+//! judgement once, from a kubeconfig. `freshen crd` prints the CRDs.
 
+use std::io::Write as _;
 use std::net::SocketAddr;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -37,7 +40,24 @@ enum LogFormat {
 enum Command {
     /// Run the operator against the cluster of the current kubeconfig (or
     /// the in-cluster service account).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Scan the Deployments of the current kubeconfig's cluster and show,
+    /// per container, image and running age, base and update status, the
+    /// limits in force and their source, worst first. Installs nothing.
+    ///
+    /// Exit status: 0 done, 1 violations found (with --fail-on-violation),
+    /// 2 the scan could not be made.
+    Report(Box<ReportArgs>),
+    /// Print the CustomResourceDefinitions (YAML) to apply before `run`, or
+    /// write one file per CRD into a directory.
+    Crd(CrdArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CrdArgs {
+    /// Write `<plural>.yaml` files into this directory instead of printing.
+    #[arg(long, value_name = "DIR")]
+    output_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +74,46 @@ struct RunArgs {
     /// How long after a failed measurement (e.g. registry unreachable) it is retried.
     #[arg(long, default_value = "30s", value_parser = duration_arg)]
     retry_interval: Duration,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    defaults: DefaultLimits,
+}
+
+#[derive(Debug, clap::Args)]
+struct ReportArgs {
+    /// Scan only this namespace (default: all namespaces).
+    #[arg(long, short = 'n')]
+    namespace: Option<String>,
+    /// Scan only Deployments with these labels, e.g. `tier=web,team!=ops`.
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    selector: Option<String>,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// Exit with status 1 when a container is past a limit (snoozed ones
+    /// excepted), for CI.
+    #[arg(long)]
+    fail_on_violation: bool,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
+    defaults: DefaultLimits,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    /// An aligned table with details below.
+    Table,
+    /// JSON, one document.
+    Json,
+    /// YAML, one document.
+    Yaml,
+}
+
+/// How registries are reached.
+#[derive(Debug, Clone, clap::Args)]
+struct RegistryArgs {
     /// A registry (host[:port]) to reach over plain HTTP instead of HTTPS.
     /// Repeat for several; no registry is plain HTTP unless listed.
     #[arg(long = "plain-http-registry", value_name = "HOST[:PORT]")]
@@ -67,6 +127,44 @@ struct RunArgs {
     /// Requests in flight to one registry at most.
     #[arg(long, default_value_t = freshen_registry::DEFAULT_MAX_CONCURRENT_PER_REGISTRY)]
     registry_concurrency: usize,
+}
+
+impl RegistryArgs {
+    /// The registry client's settings; a tag is resolved at most once per
+    /// `tag_ttl`, however many workloads follow it.
+    fn config(&self, tag_ttl: Duration) -> RegistryConfig {
+        RegistryConfig {
+            plain_http: self.plain_http_registries.clone(),
+            platform: self.platform.clone(),
+            timeout: Some(self.registry_timeout),
+            max_concurrent_per_registry: self.registry_concurrency,
+            ..RegistryConfig::with_tag_ttl(tag_ttl)
+        }
+    }
+}
+
+/// The last level of policy precedence, below workload annotations,
+/// RefreshPolicies and ClusterRefreshPolicies.
+#[derive(Debug, Clone, clap::Args)]
+struct DefaultLimits {
+    /// Image age limit for workloads no annotation or policy sets one for,
+    /// e.g. 30d. None by default.
+    #[arg(long, value_parser = duration_arg, env = "FRESHEN_DEFAULT_MAX_IMAGE_AGE")]
+    default_max_image_age: Option<Duration>,
+    /// Container age limit for workloads no annotation or policy sets one
+    /// for, e.g. 7d. None by default.
+    #[arg(long, value_parser = duration_arg, env = "FRESHEN_DEFAULT_MAX_CONTAINER_AGE")]
+    default_max_container_age: Option<Duration>,
+}
+
+impl DefaultLimits {
+    fn limits(&self) -> freshen_core::policy::Limits {
+        freshen_core::policy::Limits {
+            max_image_age: self.default_max_image_age,
+            max_container_age: self.default_max_container_age,
+            track_base_image: None,
+        }
+    }
 }
 
 fn duration_arg(s: &str) -> Result<Duration, String> {
@@ -85,8 +183,11 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
+/// Exit status of a scan that could not be made (1 means violations).
+const EXIT_ERROR: u8 = 2;
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     // kube and the registry client share one TLS stack: rustls with ring.
@@ -96,33 +197,77 @@ async fn main() -> anyhow::Result<()> {
     {
         tracing::debug!("a rustls crypto provider was already installed");
     }
-    match cli.command {
-        Command::Run(args) => run(args).await,
-    }
+    let outcome = match cli.command {
+        Command::Run(args) => run(*args).await.map(|()| ExitCode::SUCCESS),
+        Command::Report(args) => report(*args).await,
+        Command::Crd(args) => crd(&args).map(|()| ExitCode::SUCCESS),
+    };
+    outcome.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::from(EXIT_ERROR)
+    })
+}
+
+async fn client() -> anyhow::Result<kube::Client> {
+    kube::Client::try_default().await.context(
+        "no Kubernetes cluster: set KUBECONFIG (or ~/.kube/config), or run inside a cluster",
+    )
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await.context(
-        "no Kubernetes cluster: set KUBECONFIG (or ~/.kube/config), or run inside a cluster",
-    )?;
     let config = Config {
         metrics_addr: args.metrics_addr,
         namespace: args.namespace,
         controller: ControllerConfig {
             poll_interval: args.poll_interval,
             error_requeue: args.retry_interval,
+            defaults: args.defaults.limits(),
         },
-        registry: RegistryConfig {
-            plain_http: args.plain_http_registries,
-            platform: args.platform,
-            timeout: Some(args.registry_timeout),
-            // A tag is resolved once per poll interval, however many
-            // workloads follow it.
-            tag_ttl: args.poll_interval,
-            max_concurrent_per_registry: args.registry_concurrency,
-            ..RegistryConfig::with_tag_ttl(args.poll_interval)
-        },
+        registry: args.registry.config(args.poll_interval),
     };
-    freshen_controller::run(client, config).await?;
+    freshen_controller::run(client().await?, config).await?;
+    Ok(())
+}
+
+async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    use freshen_controller::report;
+    let client = client().await?;
+    let registry = freshen_registry::RegistryClient::new(
+        // One scan: a tag resolved once is resolved for the whole scan.
+        args.registry.config(Duration::from_secs(3600)),
+        freshen_registry::RegistryMetrics::new()?,
+    );
+    let options = report::ReportOptions {
+        namespace: args.namespace,
+        selector: args.selector,
+        defaults: args.defaults.limits(),
+    };
+    let report = report::build(client, &registry, &options).await?;
+    let text = match args.output {
+        Output::Table => report::render_table(&report),
+        Output::Json => serde_json::to_string_pretty(&report)? + "\n",
+        Output::Yaml => serde_yaml::to_string(&report)?,
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(text.as_bytes())?;
+    if args.fail_on_violation && report.violating() > 0 {
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn crd(args: &CrdArgs) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    for (file, crd) in freshen_api::crd::crds() {
+        let yaml = freshen_api::crd::to_yaml(&crd)?;
+        match &args.output_dir {
+            Some(dir) => {
+                let path = dir.join(file);
+                std::fs::write(&path, yaml)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            None => write!(stdout, "---\n{yaml}")?,
+        }
+    }
     Ok(())
 }

@@ -1,0 +1,417 @@
+//! `RefreshPolicy` and `ClusterRefreshPolicy`: the max ages platform
+//! operators set for the workloads their selectors match.
+//!
+//! The API server validates what it can (duration form, non-empty selectors)
+//! from the OpenAPI schema and CEL rules generated here; what it cannot
+//! (a duration too large to represent, a selector operator typo in an old
+//! object) is caught by [`PolicyLimits::parse`] and the selector conversion,
+//! and reported in the policy's `Ready` condition.
+
+use std::collections::BTreeMap;
+
+use freshen_core::policy::{Candidate, Limits};
+use freshen_core::{DurationError, parse_duration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
+use kube::core::{Selector, SelectorExt};
+use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
+use serde::{Deserialize, Serialize};
+
+use crate::time::to_chrono;
+
+/// The CEL rule every duration field carries: the form `parse_duration`
+/// reads, and not zero.
+const DURATION_RULE: &str = "self.matches('^([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$') \
+                             && self.matches('[1-9]')";
+const DURATION_MESSAGE: &str = "must be a positive duration of whole w, d, h, m or s, largest \
+                                unit first, e.g. 90s, 36h, 7d, 2w or 1d12h";
+/// A label selector that selects something specific (not everything).
+const SELECTOR_RULE: &str = "(has(self.matchLabels) && size(self.matchLabels) > 0) || \
+                             (has(self.matchExpressions) && size(self.matchExpressions) > 0)";
+
+/// The limits a policy sets; any may be left unset to fall through to the
+/// next level (ClusterRefreshPolicy, then the operator's defaults).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyLimits {
+    /// Longest an image may have been built ago, e.g. `30d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub max_image_age: Option<String>,
+    /// Longest a container may have been running, e.g. `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub max_container_age: Option<String>,
+    /// Whether freshen checks if the images' base moved on (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub track_base_image: Option<bool>,
+}
+
+/// A spec field that does not hold what it must.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// A duration field does not parse.
+    #[error("spec.{field}: {source}")]
+    Duration {
+        /// The field, e.g. `maxImageAge`.
+        field: &'static str,
+        /// Why.
+        source: DurationError,
+    },
+    /// A label selector uses an unknown operator or lacks values.
+    #[error("spec.{field}: {message}")]
+    Selector {
+        /// The field, e.g. `selector`.
+        field: &'static str,
+        /// Why.
+        message: String,
+    },
+}
+
+impl PolicyLimits {
+    /// The limits as durations; the first bad field is an error naming it.
+    pub fn parse(&self) -> Result<Limits, SpecError> {
+        let duration = |field, value: &Option<String>| {
+            value
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|source| SpecError::Duration { field, source })
+        };
+        Ok(Limits {
+            max_image_age: duration("maxImageAge", &self.max_image_age)?,
+            max_container_age: duration("maxContainerAge", &self.max_container_age)?,
+            track_base_image: self.track_base_image,
+        })
+    }
+}
+
+/// Sets max ages for the Deployments of its namespace that its selector
+/// matches. Workload annotations override it; it overrides
+/// ClusterRefreshPolicies.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "freshen.dev",
+    version = "v1alpha1",
+    kind = "RefreshPolicy",
+    doc = "Max image and container ages for the Deployments of a namespace that its selector matches.",
+    namespaced,
+    status = "PolicyStatus",
+    shortname = "rp",
+    category = "freshen",
+    printcolumn = r#"{"name":"Max Image Age","type":"string","jsonPath":".spec.maxImageAge"}"#,
+    printcolumn = r#"{"name":"Max Container Age","type":"string","jsonPath":".spec.maxContainerAge"}"#,
+    printcolumn = r#"{"name":"Matched","type":"integer","jsonPath":".status.matchedWorkloads"}"#,
+    printcolumn = r#"{"name":"Violating","type":"integer","jsonPath":".status.violatingWorkloads"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshPolicySpec {
+    /// Which Deployments of this namespace the policy governs, by label.
+    /// Must not be empty: a policy for everything is a ClusterRefreshPolicy.
+    #[x_kube(validation = Rule::new(SELECTOR_RULE).message(
+        "must name at least one matchLabels entry or matchExpressions requirement"
+    ))]
+    pub selector: LabelSelector,
+    /// The limits.
+    #[serde(flatten)]
+    pub limits: PolicyLimits,
+}
+
+/// Sets max ages for Deployments across namespaces: those in namespaces
+/// `namespaceSelector` matches whose labels `selector` matches. An absent
+/// selector matches everything on its side, but not both may be absent or
+/// empty.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "freshen.dev",
+    version = "v1alpha1",
+    kind = "ClusterRefreshPolicy",
+    doc = "Max image and container ages for Deployments across the namespaces it selects.",
+    status = "PolicyStatus",
+    shortname = "crp",
+    category = "freshen",
+    printcolumn = r#"{"name":"Max Image Age","type":"string","jsonPath":".spec.maxImageAge"}"#,
+    printcolumn = r#"{"name":"Max Container Age","type":"string","jsonPath":".spec.maxContainerAge"}"#,
+    printcolumn = r#"{"name":"Matched","type":"integer","jsonPath":".status.matchedWorkloads"}"#,
+    printcolumn = r#"{"name":"Violating","type":"integer","jsonPath":".status.violatingWorkloads"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new(
+    "(has(self.namespaceSelector) && ((has(self.namespaceSelector.matchLabels) && size(self.namespaceSelector.matchLabels) > 0) || (has(self.namespaceSelector.matchExpressions) && size(self.namespaceSelector.matchExpressions) > 0))) || (has(self.selector) && ((has(self.selector.matchLabels) && size(self.selector.matchLabels) > 0) || (has(self.selector.matchExpressions) && size(self.selector.matchExpressions) > 0)))"
+).message(
+    "set a non-empty namespaceSelector or selector (or both): a policy must not match every workload by accident"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRefreshPolicySpec {
+    /// Which namespaces, by label; absent means every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<LabelSelector>,
+    /// Which Deployments, by label; absent means every Deployment of the
+    /// selected namespaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<LabelSelector>,
+    /// The limits.
+    #[serde(flatten)]
+    pub limits: PolicyLimits,
+}
+
+/// What freshen reports on a policy.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Deployments the policy matches (governing them or not).
+    #[serde(default)]
+    pub matched_workloads: i64,
+    /// Deployments past a limit this policy sets (snoozed ones excluded).
+    #[serde(default)]
+    pub violating_workloads: i64,
+    /// `Ready` (the spec is valid and in force) and `Overlapping` (another
+    /// policy of the same level matches some of the same workloads).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Condition type: the spec is valid and the policy is in force.
+pub const READY: &str = "Ready";
+/// Condition type: another policy of the same level matches some of the same
+/// workloads; the oldest governs.
+pub const OVERLAPPING: &str = "Overlapping";
+
+fn selector(field: &'static str, s: &LabelSelector) -> Result<Selector, SpecError> {
+    Selector::try_from(s.clone()).map_err(|e| SpecError::Selector {
+        field,
+        message: e.to_string(),
+    })
+}
+
+fn candidate<K: Resource>(policy: &K, limits: &PolicyLimits) -> Result<Candidate, SpecError> {
+    Ok(Candidate {
+        name: policy.name_any(),
+        created: policy
+            .meta()
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| to_chrono(&t.0)),
+        limits: limits.parse()?,
+    })
+}
+
+impl RefreshPolicy {
+    /// The policy as precedence sees it, or why its spec is invalid.
+    pub fn candidate(&self) -> Result<Candidate, SpecError> {
+        selector("selector", &self.spec.selector)?;
+        candidate(self, &self.spec.limits)
+    }
+
+    /// Whether it matches a Deployment in `namespace` labelled `labels`.
+    /// An invalid selector matches nothing.
+    pub fn matches(&self, namespace: &str, labels: &BTreeMap<String, String>) -> bool {
+        self.namespace().as_deref() == Some(namespace)
+            && selector("selector", &self.spec.selector).is_ok_and(|s| s.matches(labels))
+    }
+}
+
+impl ClusterRefreshPolicy {
+    /// The policy as precedence sees it, or why its spec is invalid.
+    pub fn candidate(&self) -> Result<Candidate, SpecError> {
+        if let Some(s) = &self.spec.namespace_selector {
+            selector("namespaceSelector", s)?;
+        }
+        if let Some(s) = &self.spec.selector {
+            selector("selector", s)?;
+        }
+        candidate(self, &self.spec.limits)
+    }
+
+    /// Whether it matches a Deployment labelled `labels` in a namespace
+    /// labelled `namespace_labels`. An invalid selector matches nothing.
+    pub fn matches(
+        &self,
+        namespace_labels: &BTreeMap<String, String>,
+        labels: &BTreeMap<String, String>,
+    ) -> bool {
+        let side = |field, s: &Option<LabelSelector>, l| match s {
+            None => true,
+            Some(s) => selector(field, s).is_ok_and(|s| s.matches(l)),
+        };
+        side(
+            "namespaceSelector",
+            &self.spec.namespace_selector,
+            namespace_labels,
+        ) && side("selector", &self.spec.selector, labels)
+    }
+}
+
+/// Sets condition `new` in `conditions`, replacing one of the same type;
+/// the transition time moves only when the status changes.
+pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
+    match conditions.iter_mut().find(|c| c.type_ == new.type_) {
+        Some(old) => {
+            if old.status == new.status {
+                new.last_transition_time = old.last_transition_time.clone();
+            }
+            *old = new;
+        }
+        None => conditions.push(new),
+    }
+}
+
+/// A condition observed at `generation` at time `now`.
+pub fn condition(
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Time,
+) -> Condition {
+    Condition {
+        type_: type_.to_owned(),
+        status: if status { "True" } else { "False" }.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time: now,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn by_labels(pairs: &[(&str, &str)]) -> LabelSelector {
+        LabelSelector {
+            match_labels: Some(labels(pairs)),
+            match_expressions: None,
+        }
+    }
+
+    fn policy(image: Option<&str>) -> RefreshPolicy {
+        let mut p = RefreshPolicy::new(
+            "team",
+            RefreshPolicySpec {
+                selector: by_labels(&[("tier", "web")]),
+                limits: PolicyLimits {
+                    max_image_age: image.map(str::to_owned),
+                    ..PolicyLimits::default()
+                },
+            },
+        );
+        p.metadata.namespace = Some("shop".into());
+        p
+    }
+
+    #[test]
+    fn a_policy_matches_its_namespace_and_labels_only() {
+        let p = policy(Some("5d"));
+        assert!(p.matches("shop", &labels(&[("tier", "web"), ("x", "y")])));
+        assert!(!p.matches("shop", &labels(&[("tier", "db")])));
+        assert!(!p.matches("other", &labels(&[("tier", "web")])));
+        assert_eq!(
+            p.candidate()
+                .map(|c| c.limits.max_image_age.map(|d| d.as_secs())),
+            Ok(Some(5 * 86_400))
+        );
+    }
+
+    #[test]
+    fn a_bad_spec_names_its_field() {
+        let err = policy(Some("99999999999999999999w"))
+            .candidate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.starts_with("spec.maxImageAge: invalid duration"),
+            "{err}"
+        );
+
+        let mut p = policy(None);
+        p.spec.selector.match_expressions = Some(vec![LabelSelectorRequirement {
+            key: "tier".into(),
+            operator: "Exist".into(),
+            values: None,
+        }]);
+        let err = p
+            .candidate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.starts_with("spec.selector: "), "{err}");
+        assert!(!p.matches("shop", &labels(&[("tier", "web")])));
+    }
+
+    #[test]
+    fn cluster_policies_match_by_namespace_and_workload_labels() {
+        let p = ClusterRefreshPolicy::new(
+            "baseline",
+            ClusterRefreshPolicySpec {
+                namespace_selector: Some(by_labels(&[("env", "prod")])),
+                selector: None,
+                limits: PolicyLimits::default(),
+            },
+        );
+        assert!(p.matches(&labels(&[("env", "prod")]), &labels(&[])));
+        assert!(!p.matches(&labels(&[("env", "dev")]), &labels(&[("a", "b")])));
+        let q = ClusterRefreshPolicy::new(
+            "web",
+            ClusterRefreshPolicySpec {
+                namespace_selector: None,
+                selector: Some(by_labels(&[("tier", "web")])),
+                limits: PolicyLimits::default(),
+            },
+        );
+        assert!(q.matches(&labels(&[]), &labels(&[("tier", "web")])));
+        assert!(!q.matches(&labels(&[]), &labels(&[])));
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_while_unchanged() {
+        let t = |s| Time(k8s_openapi::jiff::Timestamp::from_second(s).unwrap_or_default());
+        let mut conditions = Vec::new();
+        set_condition(
+            &mut conditions,
+            condition(READY, true, "Active", "ok".into(), Some(1), t(100)),
+        );
+        set_condition(
+            &mut conditions,
+            condition(READY, true, "Active", "still ok".into(), Some(2), t(200)),
+        );
+        assert_eq!(conditions.len(), 1);
+        assert_eq!(conditions[0].last_transition_time, t(100));
+        assert_eq!(conditions[0].message, "still ok");
+        set_condition(
+            &mut conditions,
+            condition(READY, false, "InvalidSpec", "bad".into(), Some(3), t(300)),
+        );
+        assert_eq!(conditions[0].last_transition_time, t(300));
+        set_condition(
+            &mut conditions,
+            condition(
+                OVERLAPPING,
+                false,
+                "NoOverlap",
+                String::new(),
+                Some(3),
+                t(300),
+            ),
+        );
+        assert_eq!(conditions.len(), 2);
+    }
+}

@@ -1,0 +1,326 @@
+//! What governs a workload and what its containers run: shared by the
+//! workload controller and `freshen report`, so both judge alike.
+//!
+//! [`configure`] reads the workload's annotations and the policies that match
+//! it (no I/O: the caller passes what it listed or cached); [`measure`] asks
+//! the registry about each container, through the one shared cache.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use freshen_api::annotations::POLICY;
+use freshen_api::{AnnotationError, ClusterRefreshPolicy, RefreshPolicy, WorkloadSettings};
+use freshen_core::ImageReference;
+use freshen_core::base;
+use freshen_core::observe::{ContainerObservation, ContainerSpec, PodFacts, observe};
+use freshen_core::policy::{Candidate, Limits, Resolution, resolve};
+use freshen_registry::{RegistryClient, RegistryError};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
+use tokio::time::Instant;
+use tracing::debug;
+
+use crate::records::{ContainerRecord, PolicyBinding, WorkloadRecord};
+
+const PINNED_POLICY_FORM: &str = "the name of an existing, valid RefreshPolicy in the \
+                                  workload's namespace or ClusterRefreshPolicy";
+
+/// How a workload is configured: its settings, the policies that match it
+/// and the limits in force.
+#[derive(Debug, Clone)]
+pub struct Configuration {
+    /// Its annotations, parsed.
+    pub settings: WorkloadSettings,
+    /// Its bad annotations, including a `freshen.dev/policy` naming no
+    /// usable policy.
+    pub errors: Vec<AnnotationError>,
+    /// The policies that match it.
+    pub binding: PolicyBinding,
+    /// The limits in force and where each comes from.
+    pub resolution: Resolution,
+}
+
+impl Configuration {
+    /// Whether freshen measures it (see [`WorkloadSettings::measured`]).
+    pub fn measured(&self) -> bool {
+        let governed = self.resolution.policy.is_some() || self.resolution.cluster_policy.is_some();
+        self.settings.measured(governed)
+    }
+}
+
+/// Decides which policies match `deploy` (in a namespace labelled
+/// `namespace_labels`) and which limits are in force. Policies whose spec is
+/// invalid match nothing (their status says why).
+pub fn configure(
+    deploy: &Deployment,
+    namespace_labels: &BTreeMap<String, String>,
+    policies: &[Arc<RefreshPolicy>],
+    cluster_policies: &[Arc<ClusterRefreshPolicy>],
+    defaults: &Limits,
+) -> Configuration {
+    let (settings, mut errors) =
+        WorkloadSettings::from_annotations(deploy.metadata.annotations.as_ref());
+    let namespace = deploy.namespace().unwrap_or_default();
+    let labels = deploy.labels();
+
+    let valid_policies: Vec<(&RefreshPolicy, Candidate)> = policies
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+        .filter_map(|p| Some((p.as_ref(), p.candidate().ok()?)))
+        .collect();
+    let valid_cluster: Vec<(&ClusterRefreshPolicy, Candidate)> = cluster_policies
+        .iter()
+        .filter_map(|p| Some((p.as_ref(), p.candidate().ok()?)))
+        .collect();
+    let by_selector = || -> Vec<Candidate> {
+        valid_policies
+            .iter()
+            .filter(|(p, _)| p.matches(&namespace, labels))
+            .map(|(_, c)| c.clone())
+            .collect()
+    };
+    let cluster_by_selector = || -> Vec<Candidate> {
+        valid_cluster
+            .iter()
+            .filter(|(p, _)| p.matches(namespace_labels, labels))
+            .map(|(_, c)| c.clone())
+            .collect()
+    };
+    let named = |list: &[Candidate], name: &str| -> Option<Candidate> {
+        list.iter().find(|c| c.name == name).cloned()
+    };
+    let all_policies: Vec<Candidate> = valid_policies.iter().map(|(_, c)| c.clone()).collect();
+    let all_cluster: Vec<Candidate> = valid_cluster.iter().map(|(_, c)| c.clone()).collect();
+
+    // A pinned policy governs in place of selector matching at its level; a
+    // pin to a ClusterRefreshPolicy also sets RefreshPolicies aside.
+    let (matched, cluster_matched) = match settings.policy.as_deref() {
+        None => (by_selector(), cluster_by_selector()),
+        Some(pin) => match (named(&all_policies, pin), named(&all_cluster, pin)) {
+            (Some(p), _) => (vec![p], cluster_by_selector()),
+            (None, Some(c)) => (Vec::new(), vec![c]),
+            (None, None) => {
+                errors.push(AnnotationError {
+                    key: POLICY.to_owned(),
+                    value: pin.to_owned(),
+                    expected: PINNED_POLICY_FORM,
+                });
+                (by_selector(), cluster_by_selector())
+            }
+        },
+    };
+    let resolution = resolve(
+        &namespace,
+        &settings.limits,
+        &matched,
+        &cluster_matched,
+        defaults,
+    );
+    let binding = PolicyBinding {
+        policies: matched.into_iter().map(|c| c.name).collect(),
+        policy: resolution.policy.clone(),
+        cluster_policies: cluster_matched.into_iter().map(|c| c.name).collect(),
+        cluster_policy: resolution.cluster_policy.clone(),
+    };
+    Configuration {
+        settings,
+        errors,
+        binding,
+        resolution,
+    }
+}
+
+/// Why something of one container could not be measured.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Problem {
+    /// The template's image is not a valid reference; nothing is measured.
+    #[error("invalid image: {0}")]
+    InvalidImage(String),
+    /// A registry look-up failed; what could be learned is recorded.
+    #[error("{0}")]
+    Registry(Arc<RegistryError>),
+}
+
+/// What [`measure`] learned.
+#[derive(Debug, Clone, Default)]
+pub struct Measurement {
+    /// One record per measurable container.
+    pub containers: Vec<ContainerRecord>,
+    /// Per container name, what could not be learned.
+    pub problems: Vec<(String, Problem)>,
+}
+
+/// The template's containers of a Deployment.
+pub fn template_containers(deploy: &Deployment) -> Vec<ContainerSpec> {
+    deploy
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| ContainerSpec {
+                    name: c.name.clone(),
+                    image: c.image.clone().unwrap_or_default(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Measures every container of `deploy` whose pods are `pods`: the tag's
+/// digest, the running digests' build times, and (when `track_base`) whether
+/// their base moved on. `previous` carries first-observed times forward.
+pub async fn measure(
+    registry: &Arc<RegistryClient>,
+    deploy: &Deployment,
+    pods: &[PodFacts],
+    track_base: bool,
+    previous: Option<&WorkloadRecord>,
+    now: DateTime<Utc>,
+) -> Measurement {
+    let mut out = Measurement::default();
+    let annotations = deploy.metadata.annotations.as_ref();
+    for observation in observe(&template_containers(deploy), pods) {
+        let name = observation.name.clone();
+        let image = match &observation.image {
+            Ok(image) => image.clone(),
+            Err(invalid) => {
+                out.problems
+                    .push((name, Problem::InvalidImage(invalid.to_string())));
+                continue;
+            }
+        };
+        // A bad base-image annotation (reported with the other annotation
+        // errors) costs only the base signal.
+        let base_override = if track_base {
+            freshen_api::base_image(annotations, &name).ok().flatten()
+        } else {
+            None
+        };
+        let before = previous.and_then(|p| p.containers.iter().find(|r| r.container == name));
+        let (record, errors) = measure_container(
+            registry,
+            &image,
+            &observation,
+            track_base,
+            base_override.as_ref(),
+            before,
+            now,
+        )
+        .await;
+        out.containers.push(record);
+        out.problems.extend(
+            errors
+                .into_iter()
+                .map(|e| (name.clone(), Problem::Registry(e))),
+        );
+    }
+    out
+}
+
+/// Looks up one container's signals in the registry. Returns what it could
+/// learn and every look-up that failed.
+async fn measure_container(
+    registry: &Arc<RegistryClient>,
+    image: &ImageReference,
+    observation: &ContainerObservation,
+    track_base: bool,
+    base_override: Option<&ImageReference>,
+    previous: Option<&ContainerRecord>,
+    now: DateTime<Utc>,
+) -> (ContainerRecord, Vec<Arc<RegistryError>>) {
+    let mut errors = Vec::new();
+    let mut failed = |e: Arc<RegistryError>, what: &str| {
+        debug!(error = %e, container = %observation.name, "{what} unavailable");
+        if !errors
+            .iter()
+            .any(|seen: &Arc<RegistryError>| Arc::ptr_eq(seen, &e))
+        {
+            errors.push(e);
+        }
+    };
+
+    let mut update_available = None;
+    if image.effective_tag().is_some() {
+        match registry.resolve_tag(image, Instant::now()).await {
+            Ok(tag_digest) => update_available = observation.update_available(&tag_digest),
+            Err(e) => failed(e, "tag digest"),
+        }
+    }
+
+    let mut build_times = Vec::new();
+    let mut base_verdicts = Vec::new();
+    for digest in observation.digests() {
+        let facts = match registry.image_facts(image, digest).await {
+            Ok(facts) => facts,
+            Err(e) => {
+                failed(e, "image facts");
+                continue;
+            }
+        };
+        build_times.push(facts.created);
+        if !track_base {
+            continue;
+        }
+        let own_base = facts
+            .base_name
+            .as_deref()
+            .and_then(|b| ImageReference::parse(b).ok());
+        let Some(base) = base::to_follow(base_override, own_base.as_ref()) else {
+            continue;
+        };
+        let built_on =
+            base::recorded_digest(base_override, own_base.as_ref(), facts.base_digest.as_ref());
+        let base_now = match registry.resolve_tag(base, Instant::now()).await {
+            Ok(d) => d,
+            Err(e) => {
+                failed(e, "base tag digest");
+                continue;
+            }
+        };
+        let base_now_created = match registry.image_facts(base, &base_now).await {
+            Ok(base_facts) => base_facts.created,
+            Err(e) => {
+                failed(e, "base image facts");
+                None
+            }
+        };
+        let stale = base::is_stale(
+            &base::BaseFacts {
+                image_created: facts.created,
+                built_on,
+                base_now: &base_now,
+                base_now_created,
+            },
+            now,
+        );
+        base_verdicts.push((stale, base_now_created));
+    }
+    let (base_stale, stale_base_created) = base::combine(&base_verdicts);
+    let base_stale_since = (base_stale == Some(true)).then(|| {
+        base::stale_since(
+            stale_base_created,
+            previous.and_then(|p| p.base_stale_since),
+            now,
+        )
+    });
+    let update_available_since = (update_available == Some(true)).then(|| {
+        previous
+            .and_then(|p| p.update_available_since)
+            .unwrap_or(now)
+    });
+
+    let record = ContainerRecord {
+        container: observation.name.clone(),
+        image: image.name(),
+        build_times,
+        oldest_start: observation.oldest_start,
+        update_available,
+        update_available_since,
+        base_stale,
+        base_stale_since,
+    };
+    (record, errors)
+}

@@ -1,0 +1,279 @@
+//! The policy controllers: keep each `RefreshPolicy` and
+//! `ClusterRefreshPolicy` status true, and re-measure the workloads a policy
+//! may govern when its spec changes.
+//!
+//! A policy is reconciled when it changes (its own watch) and when a workload
+//! it matches changes what it reports (the records notify it). Status is
+//! computed from the records ([`status_for`], pure) and written only when it
+//! differs, so a status write does not start another round.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use freshen_api::policy::{OVERLAPPING, READY, condition, set_condition};
+use freshen_api::time::to_time;
+use freshen_api::{ClusterRefreshPolicy, PolicyStatus, RefreshPolicy, SpecError};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{debug, instrument};
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::records::{PolicyStats, WorkloadRecords};
+
+/// What the policy controllers need of either kind of policy.
+pub trait Policy:
+    Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static
+{
+    /// Its status, if written.
+    fn status(&self) -> Option<&PolicyStatus>;
+    /// Whether its spec is usable.
+    fn validate(&self) -> Result<(), SpecError>;
+    /// Its counts over the recorded workloads.
+    fn stats(&self, records: &WorkloadRecords) -> PolicyStats;
+    /// The API to write its status through.
+    fn api(&self, client: kube::Client) -> Api<Self>;
+    /// The Deployments it could match: re-measured when it changes.
+    fn scope(&self, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>>;
+}
+
+impl Policy for RefreshPolicy {
+    fn status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+    fn validate(&self) -> Result<(), SpecError> {
+        self.candidate().map(|_| ())
+    }
+    fn stats(&self, records: &WorkloadRecords) -> PolicyStats {
+        records.policy_stats(&self.namespace().unwrap_or_default(), &self.name_any())
+    }
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+    fn scope(&self, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
+        let namespace = self.namespace();
+        deployments
+            .state()
+            .iter()
+            .filter(|d| d.namespace() == namespace)
+            .map(|d| ObjectRef::from_obj(d.as_ref()))
+            .collect()
+    }
+}
+
+impl Policy for ClusterRefreshPolicy {
+    fn status(&self) -> Option<&PolicyStatus> {
+        self.status.as_ref()
+    }
+    fn validate(&self) -> Result<(), SpecError> {
+        self.candidate().map(|_| ())
+    }
+    fn stats(&self, records: &WorkloadRecords) -> PolicyStats {
+        records.cluster_policy_stats(&self.name_any())
+    }
+    fn api(&self, client: kube::Client) -> Api<Self> {
+        Api::all(client)
+    }
+    fn scope(&self, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
+        deployments
+            .state()
+            .iter()
+            .map(|d| ObjectRef::from_obj(d.as_ref()))
+            .collect()
+    }
+}
+
+/// Reconciles one policy: re-measures its scope after a spec change, then
+/// writes its status if it changed.
+#[instrument(skip_all, fields(policy = %policy.name_any()))]
+pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let generation = policy.meta().generation;
+    let old = policy.status().cloned().unwrap_or_default();
+    if old.observed_generation != generation {
+        // New or edited: every workload it could govern is measured again,
+        // and their records bring the counts back here.
+        for workload in policy.scope(&ctx.deployments) {
+            let _ = ctx.workload_trigger.unbounded_send(workload);
+        }
+    }
+    let new = status_for(
+        &old,
+        generation,
+        policy.validate(),
+        &policy.stats(&ctx.records),
+        Utc::now(),
+    );
+    if new != old {
+        debug!(
+            matched = new.matched_workloads,
+            violating = new.violating_workloads,
+            "status changed"
+        );
+        policy
+            .api(ctx.client.clone())
+            .patch_status(
+                &policy.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "status": new })),
+            )
+            .await
+            .map_err(Error::PolicyStatus)?;
+    }
+    Ok(Action::await_change())
+}
+
+/// What to do after a failed status write: count it and retry later.
+pub fn error_policy<P: Policy>(_policy: Arc<P>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[error.category()])
+        .inc();
+    Action::requeue(ctx.config.error_requeue)
+}
+
+/// The status a policy should have: its spec's validity, its counts, and
+/// whether other policies of its level match the same workloads. Condition
+/// transition times move only when a condition's status changes.
+pub fn status_for(
+    old: &PolicyStatus,
+    generation: Option<i64>,
+    valid: Result<(), SpecError>,
+    stats: &PolicyStats,
+    now: DateTime<Utc>,
+) -> PolicyStatus {
+    let now = to_time(now);
+    let mut conditions = old.conditions.clone();
+    let ready = match valid {
+        Ok(()) => condition(
+            READY,
+            true,
+            "Active",
+            format!(
+                "governs {} of the {} measured workload(s) it matches",
+                stats.governed, stats.matched
+            ),
+            generation,
+            now.clone(),
+        ),
+        Err(invalid) => condition(
+            READY,
+            false,
+            "InvalidSpec",
+            format!("{invalid}; the policy matches nothing until fixed"),
+            generation,
+            now.clone(),
+        ),
+    };
+    set_condition(&mut conditions, ready);
+    let overlapping = if stats.overlapping == 0 {
+        condition(
+            OVERLAPPING,
+            false,
+            "NoOverlap",
+            "no other policy of this level matches its workloads".into(),
+            generation,
+            now,
+        )
+    } else {
+        let others: Vec<&str> = stats.overlaps_with.iter().map(String::as_str).collect();
+        condition(
+            OVERLAPPING,
+            true,
+            "Overlaps",
+            format!(
+                "{} workload(s) are also matched by {}; the oldest policy governs each \
+                 (this one governs {} of its {})",
+                stats.overlapping,
+                others.join(", "),
+                stats.governed,
+                stats.matched
+            ),
+            generation,
+            now,
+        )
+    };
+    set_condition(&mut conditions, overlapping);
+    let count = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
+    PolicyStatus {
+        observed_generation: generation,
+        matched_workloads: count(stats.matched),
+        violating_workloads: count(stats.violating),
+        conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freshen_core::parse_duration;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(seconds, 0).unwrap_or_default()
+    }
+
+    fn find<'a>(status: &'a PolicyStatus, type_: &str) -> (&'a str, &'a str, &'a str) {
+        let c = status
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_)
+            .unwrap_or_else(|| panic!("no {type_} condition"));
+        (&c.status, &c.reason, &c.message)
+    }
+
+    #[test]
+    fn a_valid_policy_reports_counts_and_overlaps() {
+        let stats = PolicyStats {
+            matched: 3,
+            governed: 2,
+            violating: 1,
+            overlapping: 1,
+            overlaps_with: ["older".to_owned()].into(),
+        };
+        let s = status_for(&PolicyStatus::default(), Some(4), Ok(()), &stats, at(100));
+        assert_eq!(s.observed_generation, Some(4));
+        assert_eq!((s.matched_workloads, s.violating_workloads), (3, 1));
+        assert_eq!(
+            find(&s, READY),
+            (
+                "True",
+                "Active",
+                "governs 2 of the 3 measured workload(s) it matches"
+            )
+        );
+        let (status, reason, message) = find(&s, OVERLAPPING);
+        assert_eq!((status, reason), ("True", "Overlaps"));
+        assert!(message.contains("also matched by older"), "{message}");
+
+        // Unchanged inputs give an equal status: nothing is written again.
+        assert_eq!(status_for(&s, Some(4), Ok(()), &stats, at(999)), s);
+    }
+
+    #[test]
+    fn an_invalid_spec_is_not_ready_and_says_why() {
+        let invalid = SpecError::Duration {
+            field: "maxImageAge",
+            source: parse_duration("99999999999999999999w")
+                .err()
+                .unwrap_or_else(|| panic!("parses")),
+        };
+        let s = status_for(
+            &PolicyStatus::default(),
+            Some(1),
+            Err(invalid),
+            &PolicyStats::default(),
+            at(100),
+        );
+        let (status, reason, message) = find(&s, READY);
+        assert_eq!((status, reason), ("False", "InvalidSpec"));
+        assert!(
+            message.starts_with("spec.maxImageAge: invalid duration"),
+            "{message}"
+        );
+        assert_eq!(find(&s, OVERLAPPING).0, "False");
+    }
+}

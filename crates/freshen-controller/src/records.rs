@@ -1,0 +1,299 @@
+//! What was last measured of every workload, shared by the workload
+//! controller (writer), the metrics collector and the policy status
+//! controllers (readers).
+//!
+//! Records hold timestamps, not ages: ages grow every second and are computed
+//! when read. When a write changes which policies match a workload or which
+//! limits it violates, the policies concerned are told, so their status
+//! follows without polling.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::RwLock;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use freshen_api::{ClusterRefreshPolicy, RefreshPolicy};
+use freshen_core::policy::{EffectiveLimits, Source, Violation};
+use futures::channel::mpsc::UnboundedSender;
+use kube::runtime::reflector::ObjectRef;
+
+/// Identifies a workload: namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct WorkloadKey {
+    /// Namespace.
+    pub namespace: String,
+    /// Deployment name.
+    pub name: String,
+}
+
+impl std::fmt::Display for WorkloadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What was last observed of one container of a workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRecord {
+    /// Container name.
+    pub container: String,
+    /// Image repository (`registry/repository`, no tag or digest).
+    pub image: String,
+    /// Build times of the digests its pods run, as the registry reports them
+    /// (judged when read: implausible ones are unknown).
+    pub build_times: Vec<Option<DateTime<Utc>>>,
+    /// Start of its oldest running instance.
+    pub oldest_start: Option<DateTime<Utc>>,
+    /// Whether its tag names a digest no pod runs; `None` when unknown.
+    pub update_available: Option<bool>,
+    /// Since when an update has been available (first observed).
+    pub update_available_since: Option<DateTime<Utc>>,
+    /// Whether the base of a running digest moved on; `None` when unknown
+    /// (no base known, not tracked, or nothing to compare).
+    pub base_stale: Option<bool>,
+    /// Since when the base has been stale (see `freshen_core::base`).
+    pub base_stale_since: Option<DateTime<Utc>>,
+}
+
+impl ContainerRecord {
+    /// The image age at `now`: the oldest trustworthy build of the digests
+    /// its pods run; `None` when no build time can be trusted.
+    pub fn image_age(&self, now: DateTime<Utc>) -> Option<Duration> {
+        self.build_times
+            .iter()
+            .filter_map(|t| freshen_core::image_age(*t, now).known())
+            .max()
+    }
+
+    /// The container age at `now`.
+    pub fn container_age(&self, now: DateTime<Utc>) -> Option<Duration> {
+        freshen_core::container_age(self.oldest_start, now)
+    }
+
+    /// The limits it is past at `now`.
+    pub fn violations(&self, limits: &EffectiveLimits, now: DateTime<Utc>) -> Vec<Violation> {
+        freshen_core::policy::violations(limits, self.image_age(now), self.container_age(now))
+    }
+
+    /// How long from `now` until it crosses a limit it is not yet past.
+    pub fn next_crossing(&self, limits: &EffectiveLimits, now: DateTime<Utc>) -> Option<Duration> {
+        freshen_core::policy::next_crossing(limits, self.image_age(now), self.container_age(now))
+    }
+}
+
+/// The policies that match a workload, by level, and the one of each level
+/// that governs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyBinding {
+    /// Matching `RefreshPolicy`s of the workload's namespace.
+    pub policies: Vec<String>,
+    /// The one that governs.
+    pub policy: Option<String>,
+    /// Matching `ClusterRefreshPolicy`s.
+    pub cluster_policies: Vec<String>,
+    /// The one that governs.
+    pub cluster_policy: Option<String>,
+}
+
+/// Everything recorded of one measured workload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadRecord {
+    /// Its containers.
+    pub containers: Vec<ContainerRecord>,
+    /// The limits in force and their sources.
+    pub limits: EffectiveLimits,
+    /// The policies that match it.
+    pub binding: PolicyBinding,
+    /// Its configuration errors (bad annotations), as messages.
+    pub config_errors: Vec<String>,
+    /// Whether `freshen.dev/snooze-until` lies in the future.
+    pub snoozed: bool,
+    /// The sources of the limits it was past when measured (empty while
+    /// snoozed): what policy status counts.
+    pub violating: BTreeSet<Source>,
+}
+
+/// Which policies to tell when a workload's record changes.
+#[derive(Debug, Clone)]
+pub struct PolicyNotifier {
+    /// Wakes the `RefreshPolicy` status controller.
+    pub policies: UnboundedSender<ObjectRef<RefreshPolicy>>,
+    /// Wakes the `ClusterRefreshPolicy` status controller.
+    pub cluster_policies: UnboundedSender<ObjectRef<ClusterRefreshPolicy>>,
+}
+
+impl PolicyNotifier {
+    fn notify(&self, namespace: &str, binding: &PolicyBinding) {
+        for name in &binding.policies {
+            // A closed channel means the operator is stopping.
+            let _ = self
+                .policies
+                .unbounded_send(ObjectRef::new(name).within(namespace));
+        }
+        for name in &binding.cluster_policies {
+            let _ = self.cluster_policies.unbounded_send(ObjectRef::new(name));
+        }
+    }
+}
+
+/// What a policy's status reports, counted over the recorded workloads.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PolicyStats {
+    /// Workloads it matches.
+    pub matched: usize,
+    /// Of those, the ones it governs.
+    pub governed: usize,
+    /// Workloads past a limit it sets.
+    pub violating: usize,
+    /// Workloads it matches together with another policy of its level.
+    pub overlapping: usize,
+    /// Those other policies.
+    pub overlaps_with: BTreeSet<String>,
+}
+
+/// The records of all measured workloads.
+#[derive(Debug, Default)]
+pub struct WorkloadRecords {
+    inner: RwLock<BTreeMap<WorkloadKey, WorkloadRecord>>,
+    notifier: Option<PolicyNotifier>,
+}
+
+impl WorkloadRecords {
+    /// Records that tell the policies concerned about changes.
+    pub fn with_notifier(notifier: PolicyNotifier) -> Self {
+        Self {
+            inner: RwLock::default(),
+            notifier: Some(notifier),
+        }
+    }
+
+    /// Replaces a workload's record.
+    pub fn set(&self, key: WorkloadKey, record: WorkloadRecord) {
+        let Ok(mut map) = self.inner.write() else {
+            return;
+        };
+        let old = map
+            .get(&key)
+            .map(|r| (r.binding.clone(), r.violating.clone()));
+        let changed = old.as_ref() != Some(&(record.binding.clone(), record.violating.clone()));
+        if let (true, Some(notifier)) = (changed, &self.notifier) {
+            notifier.notify(&key.namespace, &record.binding);
+            if let Some((binding, _)) = &old {
+                notifier.notify(&key.namespace, binding);
+            }
+        }
+        map.insert(key, record);
+    }
+
+    /// Forgets a workload; its series disappear from the next scrape.
+    pub fn remove(&self, key: &WorkloadKey) {
+        let Ok(mut map) = self.inner.write() else {
+            return;
+        };
+        if let (Some(old), Some(notifier)) = (map.remove(key), &self.notifier) {
+            notifier.notify(&key.namespace, &old.binding);
+        }
+    }
+
+    /// Keeps only the workloads for which `keep` holds.
+    pub fn retain(&self, mut keep: impl FnMut(&WorkloadKey) -> bool) {
+        let Ok(mut map) = self.inner.write() else {
+            return;
+        };
+        map.retain(|k, record| {
+            let kept = keep(k);
+            if let (false, Some(notifier)) = (kept, &self.notifier) {
+                notifier.notify(&k.namespace, &record.binding);
+            }
+            kept
+        });
+    }
+
+    /// A copy of one workload's record.
+    pub fn get(&self, key: &WorkloadKey) -> Option<WorkloadRecord> {
+        self.inner.read().ok().and_then(|m| m.get(key).cloned())
+    }
+
+    /// Calls `f` on every record, under the read lock.
+    pub fn for_each(&self, mut f: impl FnMut(&WorkloadKey, &WorkloadRecord)) {
+        if let Ok(map) = self.inner.read() {
+            map.iter().for_each(|(k, r)| f(k, r));
+        }
+    }
+
+    /// How many workloads are recorded.
+    pub fn len(&self) -> usize {
+        self.inner.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// Whether no workload is recorded.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Counts for the status of `RefreshPolicy` `namespace/name`.
+    pub fn policy_stats(&self, namespace: &str, name: &str) -> PolicyStats {
+        let source = Source::Policy {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        };
+        self.stats(name, &source, |key, record| {
+            (key.namespace == namespace).then_some((
+                record.binding.policies.as_slice(),
+                record.binding.policy.as_deref(),
+            ))
+        })
+    }
+
+    /// Counts for the status of `ClusterRefreshPolicy` `name`.
+    pub fn cluster_policy_stats(&self, name: &str) -> PolicyStats {
+        let source = Source::ClusterPolicy {
+            name: name.to_owned(),
+        };
+        self.stats(name, &source, |_, record| {
+            Some((
+                record.binding.cluster_policies.as_slice(),
+                record.binding.cluster_policy.as_deref(),
+            ))
+        })
+    }
+
+    /// Counts over the workloads `level` gives the matching policies and the
+    /// governing one of (`None`: the level does not apply to the workload).
+    fn stats(
+        &self,
+        name: &str,
+        source: &Source,
+        level: impl for<'r> Fn(
+            &WorkloadKey,
+            &'r WorkloadRecord,
+        ) -> Option<(&'r [String], Option<&'r str>)>,
+    ) -> PolicyStats {
+        let mut stats = PolicyStats::default();
+        let Ok(map) = self.inner.read() else {
+            return stats;
+        };
+        for (key, record) in map.iter() {
+            let Some((matched, governing)) = level(key, record) else {
+                continue;
+            };
+            if !matched.iter().any(|m| m == name) {
+                continue;
+            }
+            stats.matched += 1;
+            if governing == Some(name) {
+                stats.governed += 1;
+            }
+            if record.violating.contains(source) {
+                stats.violating += 1;
+            }
+            if matched.len() > 1 {
+                stats.overlapping += 1;
+                stats
+                    .overlaps_with
+                    .extend(matched.iter().filter(|m| *m != name).cloned());
+            }
+        }
+        stats
+    }
+}

@@ -1,0 +1,631 @@
+//! `freshen report`: a one-shot scan of a cluster's Deployments with the
+//! operator's own judgement ([`crate::assess`]), for anyone with a
+//! kubeconfig. Nothing is installed and no CRD is required: without the
+//! policy CRDs, only annotations and the given defaults apply.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use freshen_api::{ClusterRefreshPolicy, RefreshMode, RefreshPolicy};
+use freshen_core::policy::{self, Limits, Sourced};
+use freshen_core::{HumanDuration, short_age};
+use freshen_registry::RegistryClient;
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::api::ListParams;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::Serialize;
+
+use crate::assess::{Problem, configure, measure};
+use crate::workload::{owning_deployment, pod_facts};
+
+/// What to scan.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// One namespace, or all when `None`.
+    pub namespace: Option<String>,
+    /// A label selector on Deployments, e.g. `tier=web`.
+    pub selector: Option<String>,
+    /// Limits for workloads no annotation or policy sets one for.
+    pub defaults: Limits,
+}
+
+/// A limit in force, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportLimit {
+    /// The limit, e.g. `30d`.
+    pub max: String,
+    /// The limit in seconds.
+    pub max_seconds: u64,
+    /// Who set it: `annotation`, `RefreshPolicy ns/name`,
+    /// `ClusterRefreshPolicy name` or `default`.
+    pub source: String,
+}
+
+/// One container of one Deployment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    /// Namespace.
+    pub namespace: String,
+    /// Deployment.
+    pub workload: String,
+    /// Container.
+    pub container: String,
+    /// Image repository, without tag or digest.
+    pub image: String,
+    /// How long ago the running image was built; `None` when unknown.
+    pub image_age_seconds: Option<u64>,
+    /// How long its oldest instance has been running.
+    pub container_age_seconds: Option<u64>,
+    /// Whether the base image moved on; `None` when unknown.
+    pub base_stale: Option<bool>,
+    /// Since when (seconds) the base has been stale.
+    pub base_stale_seconds: Option<u64>,
+    /// Whether the tag names a digest no pod runs.
+    pub update_available: Option<bool>,
+    /// The image age limit in force.
+    pub max_image_age: Option<ReportLimit>,
+    /// The container age limit in force.
+    pub max_container_age: Option<ReportLimit>,
+    /// The limits it is past.
+    pub violations: Vec<String>,
+    /// Its violations are snoozed (`freshen.dev/snooze-until`).
+    pub snoozed: bool,
+    /// The workload's configuration errors.
+    pub config_errors: Vec<String>,
+    /// What could not be measured, e.g. an unreachable registry.
+    pub problems: Vec<String>,
+}
+
+impl Row {
+    /// Past a limit and not snoozed.
+    pub fn violating(&self) -> bool {
+        !self.violations.is_empty() && !self.snoozed
+    }
+
+    /// The largest age-to-limit ratio: how close to (or far past) a limit.
+    fn pressure(&self) -> f64 {
+        let ratio = |age: Option<u64>, limit: &Option<ReportLimit>| match (age, limit) {
+            (Some(age), Some(limit)) if limit.max_seconds > 0 => {
+                age as f64 / limit.max_seconds as f64
+            }
+            _ => 0.0,
+        };
+        ratio(self.image_age_seconds, &self.max_image_age)
+            .max(ratio(self.container_age_seconds, &self.max_container_age))
+    }
+}
+
+/// The outcome of a scan.
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Report {
+    /// When it was taken.
+    pub generated_at: Option<DateTime<Utc>>,
+    /// One per container, worst first.
+    pub rows: Vec<Row>,
+    /// What limited the scan (e.g. policies not readable).
+    pub warnings: Vec<String>,
+}
+
+impl Report {
+    /// Rows past a limit and not snoozed.
+    pub fn violating(&self) -> usize {
+        self.rows.iter().filter(|r| r.violating()).count()
+    }
+}
+
+/// Why a scan could not be made at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// Listing Deployments or Pods failed.
+    #[error("cannot list {what}{scope}: {hint}")]
+    List {
+        /// `deployments` or `pods`.
+        what: &'static str,
+        /// ` in namespace x` or empty.
+        scope: String,
+        /// What went wrong and what to do.
+        hint: String,
+    },
+}
+
+fn list_hint(error: &kube::Error, what: &str) -> String {
+    match error {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "permission denied; check with `kubectl auth can-i list {what}` ({})",
+            status.message
+        ),
+        kube::Error::Api(status) => format!("{} ({})", status.message, status.code),
+        other => format!("the cluster is unreachable: {other}"),
+    }
+}
+
+/// Lists what is optional to the scan: a missing CRD or a forbidden list
+/// leaves it empty with a warning.
+async fn list_optional<K>(api: Api<K>, what: &str, warnings: &mut Vec<String>) -> Vec<Arc<K>>
+where
+    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    match api.list(&ListParams::default()).await {
+        Ok(list) => list.items.into_iter().map(Arc::new).collect(),
+        Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
+        Err(e) => {
+            warnings.push(format!(
+                "{what} not read, so not applied: {}",
+                list_hint(&e, what)
+            ));
+            Vec::new()
+        }
+    }
+}
+
+/// Scans the cluster: every Deployment in scope except those annotated
+/// `freshen.dev/refresh: disabled`, each container judged as the operator
+/// would judge it now.
+pub async fn build(
+    client: Client,
+    registry: &Arc<RegistryClient>,
+    options: &ReportOptions,
+) -> Result<Report, ReportError> {
+    let now = Utc::now();
+    let scope = options
+        .namespace
+        .as_ref()
+        .map(|n| format!(" in namespace {n}"))
+        .unwrap_or_default();
+    let (deployments, pods, policies): (Api<Deployment>, Api<Pod>, Api<RefreshPolicy>) =
+        match &options.namespace {
+            Some(ns) => (
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+                Api::namespaced(client.clone(), ns),
+            ),
+            None => (
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+                Api::all(client.clone()),
+            ),
+        };
+    let mut params = ListParams::default();
+    if let Some(selector) = &options.selector {
+        params = params.labels(selector);
+    }
+    let deployments = deployments
+        .list(&params)
+        .await
+        .map_err(|e| ReportError::List {
+            what: "deployments",
+            scope: scope.clone(),
+            hint: list_hint(&e, "deployments"),
+        })?
+        .items;
+    let pods = pods
+        .list(&ListParams::default())
+        .await
+        .map_err(|e| ReportError::List {
+            what: "pods",
+            scope,
+            hint: list_hint(&e, "pods"),
+        })?
+        .items;
+
+    let mut warnings = Vec::new();
+    let policies = list_optional(policies, "refreshpolicies", &mut warnings).await;
+    let cluster_policies = list_optional(
+        Api::<ClusterRefreshPolicy>::all(client.clone()),
+        "clusterrefreshpolicies",
+        &mut warnings,
+    )
+    .await;
+    let namespaces: BTreeMap<String, BTreeMap<String, String>> = if cluster_policies.is_empty() {
+        BTreeMap::new()
+    } else {
+        list_optional(Api::<Namespace>::all(client), "namespaces", &mut warnings)
+            .await
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect()
+    };
+
+    let mut pods_of: BTreeMap<(String, String), Vec<_>> = BTreeMap::new();
+    for pod in &pods {
+        if let Some(owner) = owning_deployment(pod) {
+            let key = (owner.namespace.unwrap_or_default(), owner.name);
+            pods_of.entry(key).or_default().push(pod_facts(pod));
+        }
+    }
+
+    let empty = BTreeMap::new();
+    let jobs = deployments.iter().filter_map(|deploy| {
+        let namespace = deploy.namespace().unwrap_or_default();
+        let config = configure(
+            deploy,
+            namespaces.get(&namespace).unwrap_or(&empty),
+            &policies,
+            &cluster_policies,
+            &options.defaults,
+        );
+        if config.settings.refresh == Some(RefreshMode::Disabled) {
+            return None;
+        }
+        let pods = pods_of
+            .get(&(namespace, deploy.name_any()))
+            .cloned()
+            .unwrap_or_default();
+        Some(async move {
+            let limits = config.resolution.limits.clone();
+            let measurement = measure(
+                registry,
+                deploy,
+                &pods,
+                limits.track_base_image.value,
+                None,
+                now,
+            )
+            .await;
+            rows_of(deploy, &config, measurement, now)
+        })
+    });
+    // Workloads are measured concurrently; the registry client bounds
+    // requests per registry and coalesces identical look-ups.
+    let mut rows: Vec<Row> = futures::stream::iter(jobs)
+        .buffer_unordered(16)
+        .flat_map(futures::stream::iter)
+        .collect()
+        .await;
+    sort_worst_first(&mut rows);
+    Ok(Report {
+        generated_at: Some(now),
+        rows,
+        warnings,
+    })
+}
+
+fn rows_of(
+    deploy: &Deployment,
+    config: &crate::assess::Configuration,
+    measurement: crate::assess::Measurement,
+    now: DateTime<Utc>,
+) -> Vec<Row> {
+    let limits = &config.resolution.limits;
+    let snoozed = policy::snoozed(config.settings.snooze_until, now);
+    let config_errors: Vec<String> = config.errors.iter().map(ToString::to_string).collect();
+    let secs = |d: Duration| d.as_secs();
+    let limit = |l: &Option<Sourced<Duration>>| {
+        l.as_ref().map(|l| ReportLimit {
+            max: HumanDuration(l.value).to_string(),
+            max_seconds: l.value.as_secs(),
+            source: l.source.to_string(),
+        })
+    };
+    let problems_of = |container: &str| -> Vec<String> {
+        measurement
+            .problems
+            .iter()
+            .filter(|(c, _)| c == container)
+            .map(|(_, p)| p.to_string())
+            .collect()
+    };
+    let mut rows: Vec<Row> = measurement
+        .containers
+        .iter()
+        .map(|c| Row {
+            namespace: deploy.namespace().unwrap_or_default(),
+            workload: deploy.name_any(),
+            container: c.container.clone(),
+            image: c.image.clone(),
+            image_age_seconds: c.image_age(now).map(secs),
+            container_age_seconds: c.container_age(now).map(secs),
+            base_stale: c.base_stale,
+            base_stale_seconds: c
+                .base_stale_since
+                .map(|since| freshen_core::age::elapsed(since, now).as_secs()),
+            update_available: c.update_available,
+            max_image_age: limit(&limits.max_image_age),
+            max_container_age: limit(&limits.max_container_age),
+            violations: c
+                .violations(limits, now)
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            snoozed,
+            config_errors: config_errors.clone(),
+            problems: problems_of(&c.container),
+        })
+        .collect();
+    // A container that could not be measured at all still gets its row.
+    for (container, problem) in &measurement.problems {
+        if matches!(problem, Problem::InvalidImage(_)) {
+            rows.push(Row {
+                namespace: deploy.namespace().unwrap_or_default(),
+                workload: deploy.name_any(),
+                container: container.clone(),
+                image: String::new(),
+                image_age_seconds: None,
+                container_age_seconds: None,
+                base_stale: None,
+                base_stale_seconds: None,
+                update_available: None,
+                max_image_age: limit(&limits.max_image_age),
+                max_container_age: limit(&limits.max_container_age),
+                violations: Vec::new(),
+                snoozed,
+                config_errors: config_errors.clone(),
+                problems: vec![problem.to_string()],
+            });
+        }
+    }
+    rows
+}
+
+/// Worst first: violating rows, then the closest to (or furthest past) a
+/// limit, then the oldest image; ties by name so output is stable.
+pub fn sort_worst_first(rows: &mut [Row]) {
+    rows.sort_by(|a, b| {
+        b.violating()
+            .cmp(&a.violating())
+            .then_with(|| b.pressure().total_cmp(&a.pressure()))
+            .then_with(|| b.image_age_seconds.cmp(&a.image_age_seconds))
+            .then_with(|| {
+                (&a.namespace, &a.workload, &a.container).cmp(&(
+                    &b.namespace,
+                    &b.workload,
+                    &b.container,
+                ))
+            })
+    });
+}
+
+/// A limit's source in a table cell: `annotation`, `rp/<name>`,
+/// `crp/<name>` or `default`.
+fn short_source(source: &str) -> String {
+    if let Some(rest) = source.strip_prefix("RefreshPolicy ") {
+        return format!("rp/{}", rest.rsplit('/').next().unwrap_or(rest));
+    }
+    if let Some(name) = source.strip_prefix("ClusterRefreshPolicy ") {
+        return format!("crp/{name}");
+    }
+    source.to_owned()
+}
+
+/// The report as an aligned table, then the details of every row that is
+/// not simply fine.
+pub fn render_table(report: &Report) -> String {
+    const HEADER: [&str; 11] = [
+        "NAMESPACE",
+        "WORKLOAD",
+        "CONTAINER",
+        "IMAGE",
+        "BUILT",
+        "RUNNING",
+        "BASE",
+        "UPDATE",
+        "MAX-IMAGE-AGE",
+        "MAX-CONTAINER-AGE",
+        "STATUS",
+    ];
+    let age =
+        |s: Option<u64>| s.map_or("unknown".to_owned(), |s| short_age(Duration::from_secs(s)));
+    let flag = |b: Option<bool>, yes: String| match b {
+        Some(true) => yes,
+        Some(false) => "no".to_owned(),
+        None => "-".to_owned(),
+    };
+    let limit = |l: &Option<ReportLimit>| {
+        l.as_ref().map_or("-".to_owned(), |l| {
+            format!("{} ({})", l.max, short_source(&l.source))
+        })
+    };
+    let status = |r: &Row| {
+        if r.violating() {
+            "VIOLATING"
+        } else if !r.violations.is_empty() {
+            "snoozed"
+        } else if !r.problems.is_empty() || !r.config_errors.is_empty() {
+            "error"
+        } else {
+            "ok"
+        }
+    };
+    let cells: Vec<[String; 11]> = report
+        .rows
+        .iter()
+        .map(|r| {
+            [
+                r.namespace.clone(),
+                r.workload.clone(),
+                r.container.clone(),
+                if r.image.is_empty() {
+                    "-".into()
+                } else {
+                    r.image.clone()
+                },
+                age(r.image_age_seconds),
+                r.container_age_seconds
+                    .map_or("-".to_owned(), |s| age(Some(s))),
+                flag(
+                    r.base_stale,
+                    format!(
+                        "moved {}",
+                        r.base_stale_seconds.map_or("?".into(), |s| age(Some(s)))
+                    ),
+                ),
+                flag(r.update_available, "yes".into()),
+                limit(&r.max_image_age),
+                limit(&r.max_container_age),
+                status(r).to_owned(),
+            ]
+        })
+        .collect();
+    let mut widths = HEADER.map(str::len);
+    for row in &cells {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let mut text = String::new();
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            if i + 1 == cells.len() {
+                text.push_str(cell);
+            } else {
+                let _ = write!(text, "{cell:<w$}   ");
+            }
+        }
+        out.push_str(text.trim_end());
+        out.push('\n');
+    };
+    line(&HEADER.map(str::to_owned));
+    for row in &cells {
+        line(row);
+    }
+    if report.rows.is_empty() {
+        out.push_str("(no Deployments in scope)\n");
+    }
+    let mut details = String::new();
+    for r in &report.rows {
+        let subject = format!("{}/{} {}", r.namespace, r.workload, r.container);
+        for v in &r.violations {
+            let snoozed = if r.snoozed { " (snoozed)" } else { "" };
+            let _ = writeln!(details, "  {subject}: {v}{snoozed}");
+        }
+        for p in &r.problems {
+            let _ = writeln!(details, "  {subject}: not measured: {p}");
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &report.rows {
+        for e in &r.config_errors {
+            if seen.insert((&r.namespace, &r.workload, e)) {
+                let _ = writeln!(details, "  {}/{}: {e}", r.namespace, r.workload);
+            }
+        }
+    }
+    if !details.is_empty() {
+        out.push_str("\nDetails:\n");
+        out.push_str(&details);
+    }
+    for w in &report.warnings {
+        let _ = writeln!(out, "\nwarning: {w}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{} container(s), {} violating",
+        report.rows.len(),
+        report.violating()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(workload: &str, image_age_days: Option<u64>, max_days: Option<u64>) -> Row {
+        let day = 86_400;
+        let max_image_age = max_days.map(|d| ReportLimit {
+            max: format!("{d}d"),
+            max_seconds: d * day,
+            source: "RefreshPolicy shop/strict".into(),
+        });
+        let violations = match (image_age_days, max_days) {
+            (Some(a), Some(m)) if a > m => vec![format!("image age {a}d exceeds {m}d")],
+            _ => Vec::new(),
+        };
+        Row {
+            namespace: "shop".into(),
+            workload: workload.into(),
+            container: "app".into(),
+            image: "reg.io/shop/app".into(),
+            image_age_seconds: image_age_days.map(|d| d * day),
+            container_age_seconds: Some(3_600),
+            base_stale: Some(false),
+            base_stale_seconds: None,
+            update_available: None,
+            max_image_age,
+            max_container_age: None,
+            violations,
+            snoozed: false,
+            config_errors: Vec::new(),
+            problems: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn violating_rows_come_first_then_the_closest_to_a_limit() {
+        let mut rows = vec![
+            row("fresh", Some(1), Some(30)),
+            row("unknown", None, Some(30)),
+            row("close", Some(25), Some(30)),
+            row("old-no-limit", Some(400), None),
+            row("violating", Some(10), Some(5)),
+        ];
+        let mut snoozed = row("snoozed", Some(90), Some(5));
+        snoozed.snoozed = true;
+        rows.push(snoozed);
+        sort_worst_first(&mut rows);
+        let order: Vec<&str> = rows.iter().map(|r| r.workload.as_str()).collect();
+        assert_eq!(
+            order,
+            [
+                "violating",
+                "snoozed",
+                "close",
+                "fresh",
+                "old-no-limit",
+                "unknown"
+            ]
+        );
+    }
+
+    #[test]
+    fn the_table_shows_ages_sources_and_details() {
+        let mut broken = row("broken", None, None);
+        broken.problems = vec!["registry reg.io unreachable".into()];
+        broken.config_errors =
+            vec!["annotation freshen.dev/max-image-age=\"5 days\" is invalid".into()];
+        let report = Report {
+            generated_at: None,
+            rows: vec![row("web", Some(10), Some(5)), broken],
+            warnings: vec!["refreshpolicies not read".into()],
+        };
+        let table = render_table(&report);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(
+            lines[0].starts_with("NAMESPACE   WORKLOAD   CONTAINER"),
+            "{table}"
+        );
+        assert!(lines[1].contains("10d"), "{table}");
+        assert!(lines[1].contains("5d (rp/strict)"), "{table}");
+        assert!(lines[1].ends_with("VIOLATING"), "{table}");
+        assert!(
+            lines[2].contains("unknown") && lines[2].ends_with("error"),
+            "{table}"
+        );
+        assert!(
+            table.contains("shop/web app: image age 10d exceeds 5d"),
+            "{table}"
+        );
+        assert!(
+            table.contains("not measured: registry reg.io unreachable"),
+            "{table}"
+        );
+        assert!(
+            table.contains("shop/broken: annotation freshen.dev/max-image-age"),
+            "{table}"
+        );
+        assert!(
+            table.contains("warning: refreshpolicies not read"),
+            "{table}"
+        );
+        assert!(table.ends_with("2 container(s), 1 violating\n"), "{table}");
+    }
+}
