@@ -113,6 +113,46 @@ YAML
   launch registry "http://$E2E_REGISTRY_ADDR/v2/" docker-registry serve "$dir/config.yml"
 }
 
+# The private registry: htpasswd (bcrypt) basic auth, TLS with a server
+# certificate for 127.0.0.1 signed by a CA generated here, once.
+start_private_registry() {
+  local dir="$E2E_STATE/private-registry"
+  local health="https://$E2E_PRIVATE_USER:$E2E_PRIVATE_PASSWORD@$E2E_PRIVATE_REGISTRY_ADDR/v2/"
+  service_up private-registry "$health" && return
+  mkdir -p "$dir/data"
+  if [ ! -f "$dir/tls.crt" ]; then
+    log "generating the private registry's CA and certificate"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=freshen e2e CA" \
+      -keyout "$dir/ca.key" -out "$dir/ca.crt" 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+      -keyout "$dir/tls.key" -out "$dir/tls.csr" 2>/dev/null
+    printf '%s\n' "subjectAltName=IP:127.0.0.1" "basicConstraints=CA:FALSE" \
+      "keyUsage=digitalSignature,keyEncipherment" "extendedKeyUsage=serverAuth" >"$dir/ext.cnf"
+    openssl x509 -req -in "$dir/tls.csr" -CA "$dir/ca.crt" -CAkey "$dir/ca.key" \
+      -CAcreateserial -days 3650 -extfile "$dir/ext.cnf" -out "$dir/tls.crt" 2>/dev/null
+  fi
+  htpasswd -Bbn "$E2E_PRIVATE_USER" "$E2E_PRIVATE_PASSWORD" >"$dir/htpasswd"
+  cat >"$dir/config.yml" <<YAML
+version: 0.1
+log:
+  level: info
+  formatter: text
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+auth:
+  htpasswd:
+    realm: freshen-e2e
+    path: $dir/htpasswd
+http:
+  addr: $E2E_PRIVATE_REGISTRY_ADDR
+  tls:
+    certificate: $dir/tls.crt
+    key: $dir/tls.key
+YAML
+  launch private-registry "$health" docker-registry serve "$dir/config.yml"
+}
+
 start_prometheus() {
   local dir="$E2E_STATE/prometheus"
   service_up prometheus "http://$E2E_PROMETHEUS_ADDR/-/ready" && return
@@ -141,6 +181,7 @@ apply_crds() {
 start_cluster
 apply_crds
 start_registry
+start_private_registry
 start_prometheus
 
 cat >"$E2E_ENV_FILE" <<ENV
@@ -149,6 +190,10 @@ KUBECONFIG=$E2E_STATE/kubeconfig
 FRESHEN_E2E_KUBECTL=$E2E_BIN/kubectl-$KUBE_VERSION
 FRESHEN_E2E_REGISTRY=$E2E_REGISTRY_ADDR
 FRESHEN_E2E_REGISTRY_LOG=$E2E_STATE/registry/registry.log
+FRESHEN_E2E_PRIVATE_REGISTRY=$E2E_PRIVATE_REGISTRY_ADDR
+FRESHEN_E2E_PRIVATE_REGISTRY_USER=$E2E_PRIVATE_USER
+FRESHEN_E2E_PRIVATE_REGISTRY_PASSWORD=$E2E_PRIVATE_PASSWORD
+FRESHEN_E2E_PRIVATE_REGISTRY_CA=$E2E_STATE/private-registry/ca.crt
 FRESHEN_E2E_PROMETHEUS_URL=http://$E2E_PROMETHEUS_ADDR
 FRESHEN_E2E_OPERATOR_METRICS_ADDR=$E2E_OPERATOR_METRICS_ADDR
 FRESHEN_E2E_SCRAPE_INTERVAL=$E2E_SCRAPE_INTERVAL

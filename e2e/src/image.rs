@@ -80,7 +80,8 @@ pub fn sha256(data: &[u8]) -> String {
     hex
 }
 
-/// Builds `spec` and pushes it as `registry/repository:tag`.
+/// Builds `spec` and pushes it as `registry/repository:tag` to a plain-HTTP
+/// registry without auth.
 pub async fn push(
     registry: &str,
     repository: &str,
@@ -88,7 +89,46 @@ pub async fn push(
     spec: &ImageSpec,
 ) -> anyhow::Result<Pushed> {
     let (client, tagged, reference) = connect(registry, repository, tag).await?;
+    push_with(&client, tagged, reference, spec).await
+}
 
+/// Builds `spec` and pushes it as `<private>/repository:tag` to the private
+/// registry, over TLS with its CA and its basic-auth user.
+pub async fn push_private(
+    private: &crate::PrivateRegistry,
+    repository: &str,
+    tag: &str,
+    spec: &ImageSpec,
+) -> anyhow::Result<Pushed> {
+    let ca = std::fs::read(&private.ca_file)
+        .with_context(|| format!("reading {}", private.ca_file.display()))?;
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Https,
+        extra_root_certificates: vec![oci_client::client::Certificate {
+            encoding: oci_client::client::CertificateEncoding::Pem,
+            data: ca,
+        }],
+        ..ClientConfig::default()
+    });
+    let tagged = format!("{}/{repository}:{tag}", private.addr);
+    let reference: Reference = tagged
+        .parse()
+        .with_context(|| format!("reference {tagged}"))?;
+    client
+        .store_auth_if_needed(
+            &private.addr,
+            &RegistryAuth::Basic(private.username.clone(), private.password.clone()),
+        )
+        .await;
+    push_with(&client, tagged, reference, spec).await
+}
+
+async fn push_with(
+    client: &Client,
+    tagged: String,
+    reference: Reference,
+    spec: &ImageSpec,
+) -> anyhow::Result<Pushed> {
     let layer = layer_tar(&spec.content)?;
     let layer_digest = sha256(&layer);
     let mut config = serde_json::json!({
@@ -127,7 +167,7 @@ pub async fn push(
         .push_blob(&reference, config, &config_digest)
         .await
         .context("pushing config")?;
-    put_manifest(&client, &reference, tagged, manifest, OCI_MANIFEST).await
+    put_manifest(client, &reference, tagged, manifest, OCI_MANIFEST).await
 }
 
 /// A client for `registry` and the reference `registry/repository:tag`.

@@ -22,6 +22,19 @@ use kube::api::{ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client};
 
+/// The harness' private registry and how to get in.
+#[derive(Debug, Clone)]
+pub struct PrivateRegistry {
+    /// `host:port` (HTTPS, loopback).
+    pub addr: String,
+    /// htpasswd user.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+    /// The PEM file of the CA that signed its certificate.
+    pub ca_file: PathBuf,
+}
+
 /// Addresses of the running harness, from its env file.
 #[derive(Debug, Clone)]
 pub struct Harness {
@@ -33,6 +46,8 @@ pub struct Harness {
     pub registry: String,
     /// The registry's log, which includes its access log.
     pub registry_log: PathBuf,
+    /// The private registry: basic auth over TLS from a generated CA.
+    pub private: PrivateRegistry,
     /// Base URL of Prometheus.
     pub prometheus_url: String,
     /// Address Prometheus scrapes the operator at.
@@ -72,6 +87,12 @@ impl Harness {
             kubectl: get("FRESHEN_E2E_KUBECTL")?.into(),
             registry: get("FRESHEN_E2E_REGISTRY")?,
             registry_log: get("FRESHEN_E2E_REGISTRY_LOG")?.into(),
+            private: PrivateRegistry {
+                addr: get("FRESHEN_E2E_PRIVATE_REGISTRY")?,
+                username: get("FRESHEN_E2E_PRIVATE_REGISTRY_USER")?,
+                password: get("FRESHEN_E2E_PRIVATE_REGISTRY_PASSWORD")?,
+                ca_file: get("FRESHEN_E2E_PRIVATE_REGISTRY_CA")?.into(),
+            },
             prometheus_url: get("FRESHEN_E2E_PROMETHEUS_URL")?,
             operator_metrics_addr: get("FRESHEN_E2E_OPERATOR_METRICS_ADDR")?,
             scrape_interval: freshen_core::parse_duration(&get("FRESHEN_E2E_SCRAPE_INTERVAL")?)?,

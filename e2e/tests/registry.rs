@@ -47,7 +47,11 @@ async fn tags_resolve_to_their_digest_and_a_missing_tag_says_not_found() -> anyh
     let registry = client(&harness, "linux/amd64")?;
 
     let digest = registry
-        .resolve_tag(&reference(&harness, &repository, "v1")?, Instant::now())
+        .resolve_tag(
+            &reference(&harness, &repository, "v1")?,
+            None,
+            Instant::now(),
+        )
         .await;
     assert_eq!(
         digest.map(|d| d.to_string()).map_err(|e| e.to_string()),
@@ -55,7 +59,11 @@ async fn tags_resolve_to_their_digest_and_a_missing_tag_says_not_found() -> anyh
     );
 
     let missing = registry
-        .resolve_tag(&reference(&harness, &repository, "nope")?, Instant::now())
+        .resolve_tag(
+            &reference(&harness, &repository, "nope")?,
+            None,
+            Instant::now(),
+        )
         .await
         .err()
         .ok_or_else(|| anyhow::anyhow!("a missing tag resolved"))?;
@@ -88,7 +96,7 @@ async fn fifty_lookups_over_three_tags_cost_three_head_requests() -> anyhow::Res
         let image = reference(&harness, &repositories[i % 3], "v1");
         tokio::spawn(async move {
             registry
-                .resolve_tag(&image?, now)
+                .resolve_tag(&image?, None, now)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })
@@ -112,7 +120,11 @@ async fn fifty_lookups_over_three_tags_cost_three_head_requests() -> anyhow::Res
     // Within the tag TTL, later look-ups cost nothing; after it, one each.
     for repository in &repositories {
         registry
-            .resolve_tag(&reference(&harness, repository, "v1")?, now + TAG_TTL / 2)
+            .resolve_tag(
+                &reference(&harness, repository, "v1")?,
+                None,
+                now + TAG_TTL / 2,
+            )
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
@@ -120,7 +132,7 @@ async fn fifty_lookups_over_three_tags_cost_three_head_requests() -> anyhow::Res
     assert_eq!(heads()?, 3, "cached within the TTL");
     for repository in &repositories {
         registry
-            .resolve_tag(&reference(&harness, repository, "v1")?, now + TAG_TTL)
+            .resolve_tag(&reference(&harness, repository, "v1")?, None, now + TAG_TTL)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }
@@ -169,7 +181,7 @@ async fn a_multi_arch_index_is_read_for_the_configured_platform() -> anyhow::Res
         ("linux/arm64", arm64_built, &arm64),
     ] {
         let facts = client(&harness, platform)?
-            .image_facts(&image, &index_digest)
+            .image_facts(&image, &index_digest, None)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         assert_eq!(
@@ -189,7 +201,7 @@ async fn a_multi_arch_index_is_read_for_the_configured_platform() -> anyhow::Res
     }
 
     let s390x = client(&harness, "linux/s390x")?
-        .image_facts(&image, &index_digest)
+        .image_facts(&image, &index_digest, None)
         .await;
     let err = s390x
         .err()
@@ -216,7 +228,7 @@ async fn image_facts_are_fetched_once_per_digest() -> anyhow::Result<()> {
         let (registry, image, digest) = (Arc::clone(&registry), image.clone(), digest.clone());
         tokio::spawn(async move {
             registry
-                .image_facts(&image, &digest)
+                .image_facts(&image, &digest, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })

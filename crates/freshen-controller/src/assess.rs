@@ -15,9 +15,10 @@ use freshen_core::ImageReference;
 use freshen_core::base;
 use freshen_core::observe::{ContainerObservation, ContainerSpec, PodFacts, observe};
 use freshen_core::policy::{Candidate, Limits, Resolution, resolve};
-use freshen_registry::{RegistryClient, RegistryError};
+use freshen_registry::{Keychain, RegistryClient, RegistryError, auth};
 use k8s_openapi::api::apps::v1::Deployment;
-use kube::ResourceExt;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 use tracing::debug;
 
@@ -131,6 +132,78 @@ pub fn configure(
     }
 }
 
+/// The registry credentials a workload's pods pull with: the Secrets its
+/// pod template's `imagePullSecrets` name, then those of its
+/// ServiceAccount, as the kubelet merges them. A Secret that is missing or
+/// unreadable is skipped with a message saying why; look-ups then go
+/// anonymous.
+pub async fn pull_credentials(client: &Client, deploy: &Deployment) -> (Keychain, Vec<String>) {
+    let mut keychain = Keychain::default();
+    let mut problems = Vec::new();
+    let namespace = deploy.namespace().unwrap_or_default();
+    let Some(spec) = deploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+        return (keychain, problems);
+    };
+    let mut names: Vec<String> = spec
+        .image_pull_secrets
+        .iter()
+        .flatten()
+        .map(|r| r.name.clone())
+        .collect();
+    let account = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".to_owned());
+    match Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+        .get_opt(&account)
+        .await
+    {
+        Ok(Some(sa)) => names.extend(
+            sa.image_pull_secrets
+                .iter()
+                .flatten()
+                .map(|r| r.name.clone()),
+        ),
+        Ok(None) => {}
+        Err(e) => problems.push(format!(
+            "ServiceAccount {account} not read, its imagePullSecrets not used: {e}"
+        )),
+    }
+    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
+    for name in names {
+        let parsed = match secrets.get_opt(&name).await {
+            Ok(Some(secret)) => keychain_of(&secret),
+            Ok(None) => Err(format!("imagePullSecret {name} does not exist")),
+            Err(e) => Err(format!("imagePullSecret {name} not read: {e}")),
+        };
+        match parsed {
+            Ok(found) => keychain.merge(found),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    (keychain, problems)
+}
+
+/// The credentials in a `kubernetes.io/dockerconfigjson` (or legacy
+/// `kubernetes.io/dockercfg`) Secret.
+fn keychain_of(secret: &Secret) -> Result<Keychain, String> {
+    let name = secret.name_any();
+    let data = secret.data.as_ref();
+    let parsed = if let Some(json) = data.and_then(|d| d.get(".dockerconfigjson")) {
+        auth::parse_docker_config(&json.0)
+    } else if let Some(cfg) = data.and_then(|d| d.get(".dockercfg")) {
+        let mut wrapped = b"{\"auths\":".to_vec();
+        wrapped.extend_from_slice(&cfg.0);
+        wrapped.push(b'}');
+        auth::parse_docker_config(&wrapped)
+    } else {
+        return Err(format!(
+            "imagePullSecret {name} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
+        ));
+    };
+    parsed.map_err(|e| format!("imagePullSecret {name}: {e}"))
+}
+
 /// Why something of one container could not be measured.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Problem {
@@ -172,10 +245,12 @@ pub fn template_containers(deploy: &Deployment) -> Vec<ContainerSpec> {
 /// Measures every container of `deploy` whose pods are `pods`: the tag's
 /// digest, the running digests' build times, and (when `track_base`) whether
 /// their base moved on. `previous` carries first-observed times forward.
+#[allow(clippy::too_many_arguments)]
 pub async fn measure(
     registry: &Arc<RegistryClient>,
     deploy: &Deployment,
     pods: &[PodFacts],
+    keychain: &Keychain,
     track_base: bool,
     previous: Option<&WorkloadRecord>,
     now: DateTime<Utc>,
@@ -202,6 +277,7 @@ pub async fn measure(
         let before = previous.and_then(|p| p.containers.iter().find(|r| r.container == name));
         let (record, errors) = measure_container(
             registry,
+            keychain,
             &image,
             &observation,
             track_base,
@@ -222,8 +298,10 @@ pub async fn measure(
 
 /// Looks up one container's signals in the registry. Returns what it could
 /// learn and every look-up that failed.
+#[allow(clippy::too_many_arguments)]
 async fn measure_container(
     registry: &Arc<RegistryClient>,
+    keychain: &Keychain,
     image: &ImageReference,
     observation: &ContainerObservation,
     track_base: bool,
@@ -244,7 +322,10 @@ async fn measure_container(
 
     let mut update_available = None;
     if image.effective_tag().is_some() {
-        match registry.resolve_tag(image, Instant::now()).await {
+        match registry
+            .resolve_tag(image, keychain.get(&image.registry), Instant::now())
+            .await
+        {
             Ok(tag_digest) => update_available = observation.update_available(&tag_digest),
             Err(e) => failed(e, "tag digest"),
         }
@@ -253,7 +334,10 @@ async fn measure_container(
     let mut build_times = Vec::new();
     let mut base_verdicts = Vec::new();
     for digest in observation.digests() {
-        let facts = match registry.image_facts(image, digest).await {
+        let facts = match registry
+            .image_facts(image, digest, keychain.get(&image.registry))
+            .await
+        {
             Ok(facts) => facts,
             Err(e) => {
                 failed(e, "image facts");
@@ -273,14 +357,20 @@ async fn measure_container(
         };
         let built_on =
             base::recorded_digest(base_override, own_base.as_ref(), facts.base_digest.as_ref());
-        let base_now = match registry.resolve_tag(base, Instant::now()).await {
+        let base_now = match registry
+            .resolve_tag(base, keychain.get(&base.registry), Instant::now())
+            .await
+        {
             Ok(d) => d,
             Err(e) => {
                 failed(e, "base tag digest");
                 continue;
             }
         };
-        let base_now_created = match registry.image_facts(base, &base_now).await {
+        let base_now_created = match registry
+            .image_facts(base, &base_now, keychain.get(&base.registry))
+            .await
+        {
             Ok(base_facts) => base_facts.created,
             Err(e) => {
                 failed(e, "base image facts");

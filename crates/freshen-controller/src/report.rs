@@ -20,7 +20,7 @@ use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::assess::{Problem, configure, measure};
+use crate::assess::{Problem, configure, measure, pull_credentials};
 use crate::workload::{owning_deployment, pod_facts};
 
 /// What to scan.
@@ -227,11 +227,15 @@ pub async fn build(
     let namespaces: BTreeMap<String, BTreeMap<String, String>> = if cluster_policies.is_empty() {
         BTreeMap::new()
     } else {
-        list_optional(Api::<Namespace>::all(client), "namespaces", &mut warnings)
-            .await
-            .iter()
-            .map(|n| (n.name_any(), n.labels().clone()))
-            .collect()
+        list_optional(
+            Api::<Namespace>::all(client.clone()),
+            "namespaces",
+            &mut warnings,
+        )
+        .await
+        .iter()
+        .map(|n| (n.name_any(), n.labels().clone()))
+        .collect()
     };
 
     let mut pods_of: BTreeMap<(String, String), Vec<_>> = BTreeMap::new();
@@ -259,18 +263,21 @@ pub async fn build(
             .get(&(namespace, deploy.name_any()))
             .cloned()
             .unwrap_or_default();
+        let client = client.clone();
         Some(async move {
             let limits = config.resolution.limits.clone();
+            let (keychain, secret_problems) = pull_credentials(&client, deploy).await;
             let measurement = measure(
                 registry,
                 deploy,
                 &pods,
+                &keychain,
                 limits.track_base_image.value,
                 None,
                 now,
             )
             .await;
-            rows_of(deploy, &config, measurement, now)
+            rows_of(deploy, &config, measurement, &secret_problems, now)
         })
     });
     // Workloads are measured concurrently; the registry client bounds
@@ -292,6 +299,7 @@ fn rows_of(
     deploy: &Deployment,
     config: &crate::assess::Configuration,
     measurement: crate::assess::Measurement,
+    secret_problems: &[String],
     now: DateTime<Utc>,
 ) -> Vec<Row> {
     let limits = &config.resolution.limits;
@@ -306,12 +314,14 @@ fn rows_of(
         })
     };
     let problems_of = |container: &str| -> Vec<String> {
-        measurement
+        let registry = measurement
             .problems
             .iter()
             .filter(|(c, _)| c == container)
-            .map(|(_, p)| p.to_string())
-            .collect()
+            .map(|(_, p)| p.to_string());
+        // A pull secret that could not be used explains the look-ups that
+        // failed without it.
+        secret_problems.iter().cloned().chain(registry).collect()
     };
     let mut rows: Vec<Row> = measurement
         .containers

@@ -22,7 +22,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{instrument, warn};
 
-use crate::assess::{Problem, configure, measure};
+use crate::assess::{Problem, configure, measure, pull_credentials};
 use crate::context::Context;
 use crate::error::Error;
 use crate::records::{WorkloadKey, WorkloadRecord};
@@ -75,10 +75,17 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         .collect();
     let previous = ctx.records.get(&key);
     let limits = config.resolution.limits.clone();
+    let (keychain, secret_problems) = pull_credentials(&ctx.client, &deploy).await;
+    if !secret_problems.is_empty() {
+        let note = secret_problems.join("; ");
+        warn!(%note, "pull secrets not used");
+        ctx.warn(&deploy, "PullSecretUnusable", note).await;
+    }
     let measurement = measure(
         &ctx.registry,
         &deploy,
         &pods,
+        &keychain,
         limits.track_base_image.value,
         previous.as_ref(),
         now,

@@ -12,6 +12,7 @@
 //! one registry are limited in concurrency; manifests fetched by digest and
 //! blobs are verified against their digest by oci-client.
 
+pub mod auth;
 pub mod cache;
 pub mod facts;
 pub mod metrics;
@@ -22,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshen_core::{Digest, ImageReference};
-use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
@@ -30,6 +31,7 @@ use oci_client::{Client, Reference};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
+pub use auth::{AuthError, Credential, Keychain};
 use cache::{CoalescingCache, Lookup};
 pub use facts::{FormatError, ImageFacts, Platform};
 use facts::{Manifest, select_platform};
@@ -60,6 +62,9 @@ pub struct RegistryConfig {
     pub max_concurrent_per_registry: usize,
     /// Memory budget of cached image facts, in bytes.
     pub facts_cache_bytes: usize,
+    /// PEM certificates trusted in addition to the system's, for registries
+    /// behind a private CA.
+    pub extra_root_certificates: Vec<Vec<u8>>,
 }
 
 impl RegistryConfig {
@@ -72,6 +77,7 @@ impl RegistryConfig {
             tag_ttl,
             max_concurrent_per_registry: DEFAULT_MAX_CONCURRENT_PER_REGISTRY,
             facts_cache_bytes: DEFAULT_FACTS_CACHE_BYTES,
+            extra_root_certificates: Vec::new(),
         }
     }
 }
@@ -211,15 +217,33 @@ pub fn status_code(error: &OciDistributionError) -> Option<u16> {
     }
 }
 
-type TagKey = (String, String, String);
+/// Who asks: answers are cached per credential, so that a look-up without
+/// the right credential never shares the answer of one with it (or the
+/// other way round). `None` is anonymous.
+type Asker = Option<u64>;
+type TagKey = (String, String, String, Asker);
+
+fn asker(credential: Option<&Credential>) -> Asker {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    credential.map(|c| BuildHasherDefault::<DefaultHasher>::default().hash_one(c))
+}
 type Shared<T> = Result<T, Arc<RegistryError>>;
 
 /// Reads tags and image facts from registries, through one shared cache.
+///
+/// oci-client keeps the first credential it sees per registry (and tokens
+/// per scope), so each distinct credential gets its own client; anonymous
+/// look-ups share one. Cached answers are shared by everyone who asks: the
+/// operator may read every pull secret anyway, and a digest's content is the
+/// same whoever fetched it.
 pub struct RegistryClient {
-    client: Client,
+    clients: Mutex<HashMap<Option<Credential>, Client>>,
+    protocol: ClientProtocol,
+    timeout: Option<Duration>,
+    extra_root_certificates: Vec<Vec<u8>>,
     platform: Platform,
     tags: CoalescingCache<TagKey, Digest, Arc<RegistryError>>,
-    facts: CoalescingCache<Digest, Arc<ImageFacts>, Arc<RegistryError>>,
+    facts: CoalescingCache<(Digest, Asker), Arc<ImageFacts>, Arc<RegistryError>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     max_concurrent: usize,
     metrics: RegistryMetrics,
@@ -235,14 +259,11 @@ impl RegistryClient {
         } else {
             ClientProtocol::HttpsExcept(config.plain_http.clone())
         };
-        let client = Client::new(ClientConfig {
-            protocol,
-            read_timeout: config.timeout,
-            connect_timeout: config.timeout,
-            ..ClientConfig::default()
-        });
         Arc::new(Self {
-            client,
+            clients: Mutex::new(HashMap::new()),
+            protocol,
+            timeout: config.timeout,
+            extra_root_certificates: config.extra_root_certificates,
             platform: config.platform,
             tags: CoalescingCache::new(Some(config.tag_ttl), usize::MAX, |_, _| 0),
             facts: CoalescingCache::new(None, config.facts_cache_bytes, |_, f| facts_weight(f)),
@@ -258,6 +279,7 @@ impl RegistryClient {
     pub async fn resolve_tag(
         self: &Arc<Self>,
         image: &ImageReference,
+        credential: Option<&Credential>,
         now: Instant,
     ) -> Shared<Digest> {
         let tag = image
@@ -268,13 +290,16 @@ impl RegistryClient {
             image.registry.clone(),
             image.repository.clone(),
             tag.clone(),
+            asker(credential),
         );
         let this = Arc::clone(self);
-        let image = image.clone();
+        let (image, credential) = (image.clone(), credential.cloned());
         let (result, how) = self
             .tags
             .get(&key, now, move || async move {
-                this.fetch_tag_digest(&image, &tag).await.map_err(Arc::new)
+                this.fetch_tag_digest(&image, credential.as_ref(), &tag)
+                    .await
+                    .map_err(Arc::new)
             })
             .await;
         self.count_lookup(metrics::kind::RESOLVE, how);
@@ -287,13 +312,15 @@ impl RegistryClient {
         self: &Arc<Self>,
         image: &ImageReference,
         digest: &Digest,
+        credential: Option<&Credential>,
     ) -> Shared<Arc<ImageFacts>> {
+        let key = (digest.clone(), asker(credential));
         let this = Arc::clone(self);
-        let (image, owned) = (image.clone(), digest.clone());
+        let (image, owned, credential) = (image.clone(), digest.clone(), credential.cloned());
         let (result, how) = self
             .facts
-            .get(digest, Instant::now(), move || async move {
-                this.fetch_facts(&image, &owned)
+            .get(&key, Instant::now(), move || async move {
+                this.fetch_facts(&image, &owned, credential.as_ref())
                     .await
                     .map(Arc::new)
                     .map_err(Arc::new)
@@ -339,6 +366,37 @@ impl RegistryClient {
         result
     }
 
+    /// The oci-client to use with `credential`, and how to authenticate.
+    fn client(&self, credential: Option<&Credential>) -> (Client, RegistryAuth) {
+        let auth = credential.map_or(RegistryAuth::Anonymous, |c| {
+            RegistryAuth::Basic(c.username.clone(), c.password.clone())
+        });
+        let build = || {
+            Client::new(ClientConfig {
+                protocol: self.protocol.clone(),
+                read_timeout: self.timeout,
+                connect_timeout: self.timeout,
+                extra_root_certificates: self
+                    .extra_root_certificates
+                    .iter()
+                    .map(|pem| Certificate {
+                        encoding: CertificateEncoding::Pem,
+                        data: pem.clone(),
+                    })
+                    .collect(),
+                ..ClientConfig::default()
+            })
+        };
+        let client = match self.clients.lock() {
+            Ok(mut clients) => clients
+                .entry(credential.cloned())
+                .or_insert_with(build)
+                .clone(),
+            Err(_) => build(),
+        };
+        (client, auth)
+    }
+
     fn limit(&self, registry: &str) -> Arc<Semaphore> {
         match self.limits.lock() {
             Ok(mut limits) => Arc::clone(
@@ -354,8 +412,10 @@ impl RegistryClient {
     async fn fetch_tag_digest(
         &self,
         image: &ImageReference,
+        credential: Option<&Credential>,
         tag: &str,
     ) -> Result<Digest, RegistryError> {
+        let (client, auth) = self.client(credential);
         let name = format!("{}:{tag}", image.name());
         let reference =
             Reference::try_from(name.as_str()).map_err(|source| RegistryError::Reference {
@@ -366,8 +426,7 @@ impl RegistryClient {
             .request(
                 &image.registry,
                 metrics::kind::RESOLVE,
-                self.client
-                    .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous),
+                client.fetch_manifest_digest(&reference, &auth),
             )
             .await
             .map_err(|source| RegistryError::Resolve {
@@ -385,14 +444,18 @@ impl RegistryClient {
         &self,
         image: &ImageReference,
         digest: &Digest,
+        credential: Option<&Credential>,
     ) -> Result<ImageFacts, RegistryError> {
+        let (client, auth) = self.client(credential);
         let name = format!("{}@{}", image.name(), digest);
         let reference =
             Reference::try_from(name.as_str()).map_err(|source| RegistryError::Reference {
                 image: name.clone(),
                 source,
             })?;
-        let mut manifest = self.manifest(&image.registry, &reference, &name).await?;
+        let mut manifest = self
+            .manifest(&client, &auth, &image.registry, &reference, &name)
+            .await?;
         let mut platform_digest = None;
         if let Manifest::Index(entries) = &manifest {
             let entry = select_platform(entries, &self.platform).ok_or_else(|| {
@@ -410,7 +473,9 @@ impl RegistryClient {
                         source: FormatError::Manifest(e.to_string()),
                     })?;
             let platform_ref = reference.clone_with_digest(chosen.to_string());
-            manifest = self.manifest(&image.registry, &platform_ref, &name).await?;
+            manifest = self
+                .manifest(&client, &auth, &image.registry, &platform_ref, &name)
+                .await?;
             platform_digest = Some(chosen);
         }
         let Manifest::Image(image_manifest) = manifest else {
@@ -436,7 +501,7 @@ impl RegistryClient {
         self.request(
             &image.registry,
             metrics::kind::CONFIG,
-            self.client.pull_blob(&reference, &descriptor, &mut body),
+            client.pull_blob(&reference, &descriptor, &mut body),
         )
         .await
         .map_err(|source| RegistryError::Config {
@@ -457,6 +522,8 @@ impl RegistryClient {
 
     async fn manifest(
         &self,
+        client: &Client,
+        auth: &RegistryAuth,
         registry: &str,
         reference: &Reference,
         name: &str,
@@ -465,11 +532,7 @@ impl RegistryClient {
             .request(
                 registry,
                 metrics::kind::MANIFEST,
-                self.client.pull_manifest_raw(
-                    reference,
-                    &RegistryAuth::Anonymous,
-                    &facts::MANIFEST_MEDIA_TYPES,
-                ),
+                client.pull_manifest_raw(reference, auth, &facts::MANIFEST_MEDIA_TYPES),
             )
             .await
             .map_err(|source| RegistryError::Manifest {

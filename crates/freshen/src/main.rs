@@ -127,19 +127,38 @@ struct RegistryArgs {
     /// Requests in flight to one registry at most.
     #[arg(long, default_value_t = freshen_registry::DEFAULT_MAX_CONCURRENT_PER_REGISTRY)]
     registry_concurrency: usize,
+    /// A PEM file of CA certificates to trust for registries, in addition to
+    /// the system's (a private registry's CA). Repeat for several.
+    #[arg(long = "registry-ca-file", value_name = "PEM")]
+    registry_ca_files: Vec<std::path::PathBuf>,
 }
 
 impl RegistryArgs {
     /// The registry client's settings; a tag is resolved at most once per
     /// `tag_ttl`, however many workloads follow it.
-    fn config(&self, tag_ttl: Duration) -> RegistryConfig {
-        RegistryConfig {
+    fn config(&self, tag_ttl: Duration) -> anyhow::Result<RegistryConfig> {
+        let extra_root_certificates = self
+            .registry_ca_files
+            .iter()
+            .map(|path| {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("--registry-ca-file {}", path.display()))?;
+                anyhow::ensure!(
+                    pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"),
+                    "--registry-ca-file {}: no PEM certificate (-----BEGIN CERTIFICATE-----) in it",
+                    path.display()
+                );
+                Ok(pem)
+            })
+            .collect::<anyhow::Result<_>>()?;
+        Ok(RegistryConfig {
             plain_http: self.plain_http_registries.clone(),
             platform: self.platform.clone(),
             timeout: Some(self.registry_timeout),
             max_concurrent_per_registry: self.registry_concurrency,
+            extra_root_certificates,
             ..RegistryConfig::with_tag_ttl(tag_ttl)
-        }
+        })
     }
 }
 
@@ -223,7 +242,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             error_requeue: args.retry_interval,
             defaults: args.defaults.limits(),
         },
-        registry: args.registry.config(args.poll_interval),
+        registry: args.registry.config(args.poll_interval)?,
     };
     freshen_controller::run(client().await?, config).await?;
     Ok(())
@@ -234,7 +253,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let client = client().await?;
     let registry = freshen_registry::RegistryClient::new(
         // One scan: a tag resolved once is resolved for the whole scan.
-        args.registry.config(Duration::from_secs(3600)),
+        args.registry.config(Duration::from_secs(3600))?,
         freshen_registry::RegistryMetrics::new()?,
     );
     let options = report::ReportOptions {
