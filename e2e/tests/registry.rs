@@ -257,3 +257,34 @@ async fn image_facts_are_fetched_once_per_digest() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_registry_that_does_not_answer_is_backed_off_without_further_requests()
+-> anyhow::Result<()> {
+    init_tls();
+    // Nothing listens on port 1: every connection is refused, for real.
+    let dead = "127.0.0.1:1";
+    let mut config = RegistryConfig::with_tag_ttl(TAG_TTL);
+    config.plain_http = vec![dead.to_owned()];
+    let metrics = RegistryMetrics::new()?;
+    let client = RegistryClient::new(config, metrics.clone());
+    let image = |tag: &str| ImageReference::parse(&format!("{dead}/app:{tag}"));
+
+    let first = client.resolve_tag(&image("v1")?, None, Instant::now()).await;
+    assert_eq!(first.err().map(|e| e.category()), Some("registry_resolve"));
+    // Another tag of the same registry is refused at once, unsent.
+    let second = client.resolve_tag(&image("v2")?, None, Instant::now()).await;
+    let second = second.err();
+    assert_eq!(
+        second.as_ref().map(|e| e.category()),
+        Some("registry_backoff")
+    );
+    let message = second.map(|e| e.to_string()).unwrap_or_default();
+    assert!(message.contains("is backed off"), "{message}");
+    let sent = metrics
+        .requests
+        .with_label_values(&[dead, "resolve", "error"])
+        .get();
+    assert_eq!(sent, 1, "one request went out; the backed-off one did not");
+    Ok(())
+}

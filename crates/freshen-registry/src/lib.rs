@@ -13,6 +13,7 @@
 //! blobs are verified against their digest by oci-client.
 
 pub mod auth;
+pub mod budget;
 pub mod cache;
 pub mod facts;
 pub mod metrics;
@@ -32,6 +33,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 pub use auth::{AuthError, Credential, Keychain};
+use budget::Budget;
+pub use budget::BudgetConfig;
 use cache::{CoalescingCache, Lookup};
 pub use facts::{FormatError, ImageFacts, Platform};
 use facts::{Manifest, select_platform};
@@ -65,6 +68,8 @@ pub struct RegistryConfig {
     /// PEM certificates trusted in addition to the system's, for registries
     /// behind a private CA.
     pub extra_root_certificates: Vec<Vec<u8>>,
+    /// Each registry's request rate, burst and backoff.
+    pub budget: BudgetConfig,
 }
 
 impl RegistryConfig {
@@ -78,6 +83,7 @@ impl RegistryConfig {
             max_concurrent_per_registry: DEFAULT_MAX_CONCURRENT_PER_REGISTRY,
             facts_cache_bytes: DEFAULT_FACTS_CACHE_BYTES,
             extra_root_certificates: Vec::new(),
+            budget: BudgetConfig::default(),
         }
     }
 }
@@ -152,6 +158,17 @@ pub enum RegistryError {
         /// Its declared size.
         size: i64,
     },
+    /// The registry failed recently (429, 5xx or no answer) and is left
+    /// alone until its backoff passes; no request was sent.
+    #[error("{image}: registry {registry} is backed off after failing; next request in {}s", retry_in.as_secs().max(1))]
+    BackingOff {
+        /// The image.
+        image: String,
+        /// The registry.
+        registry: String,
+        /// How long until requests go again.
+        retry_in: Duration,
+    },
     /// Fetching the config blob failed.
     #[error("{image}: fetching image config failed: {source}")]
     Config {
@@ -187,6 +204,7 @@ impl RegistryError {
             Self::Format { .. } => "registry_format",
             Self::NoPlatform { .. } => "registry_no_platform",
             Self::Config { .. } => "registry_config",
+            Self::BackingOff { .. } => "registry_backoff",
         }
     }
 }
@@ -245,6 +263,8 @@ pub struct RegistryClient {
     tags: CoalescingCache<TagKey, Digest, Arc<RegistryError>>,
     facts: CoalescingCache<(Digest, Asker), Arc<ImageFacts>, Arc<RegistryError>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
+    budgets: Mutex<HashMap<String, Budget>>,
+    budget: BudgetConfig,
     max_concurrent: usize,
     metrics: RegistryMetrics,
 }
@@ -268,6 +288,8 @@ impl RegistryClient {
             tags: CoalescingCache::new(Some(config.tag_ttl), usize::MAX, |_, _| 0),
             facts: CoalescingCache::new(None, config.facts_cache_bytes, |_, f| facts_weight(f)),
             limits: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            budget: config.budget,
             max_concurrent: config.max_concurrent_per_registry.max(1),
             metrics,
         })
@@ -336,17 +358,41 @@ impl RegistryClient {
         }
     }
 
-    /// Runs one request to `registry` within its concurrency limit, timing
-    /// and counting it.
+    /// Admits one request to `registry` for `image` within its budget:
+    /// how long to wait for a token, or an error while it is backed off.
+    fn admit(&self, registry: &str, image: &str) -> Result<Duration, RegistryError> {
+        let now = Instant::now();
+        let Ok(mut budgets) = self.budgets.lock() else {
+            return Ok(Duration::ZERO);
+        };
+        budgets
+            .entry(registry.to_owned())
+            .or_insert_with(|| Budget::new(&self.budget, now))
+            .acquire(&self.budget, now)
+            .map_err(|until| RegistryError::BackingOff {
+                image: image.to_owned(),
+                registry: registry.to_owned(),
+                retry_in: until.saturating_duration_since(now),
+            })
+    }
+
+    /// Runs one admitted request to `registry` after its `wait`, within the
+    /// registry's concurrency limit, timing and counting it, and feeding its
+    /// outcome to the registry's backoff.
     async fn request<T, Fut>(
         &self,
         registry: &str,
         kind: &str,
+        wait: Duration,
         request: Fut,
     ) -> Result<T, OciDistributionError>
     where
         Fut: Future<Output = Result<T, OciDistributionError>>,
     {
+        if !wait.is_zero() {
+            // Paced by the token bucket: this is the rate limit, not a poll.
+            tokio::time::sleep(wait).await;
+        }
         let limit = self.limit(registry);
         let _permit = limit.acquire().await;
         let start = Instant::now();
@@ -355,14 +401,25 @@ impl RegistryClient {
             .duration
             .with_label_values(&[registry, kind])
             .observe(start.elapsed().as_secs_f64());
-        let code = match &result {
-            Ok(_) => "200".to_owned(),
-            Err(e) => status_code(e).map_or_else(|| "error".to_owned(), |c| c.to_string()),
+        let status = match &result {
+            Ok(_) => Some(200),
+            Err(e) => status_code(e),
         };
+        let code = status.map_or_else(|| "error".to_owned(), |c| c.to_string());
         self.metrics
             .requests
             .with_label_values(&[registry, kind, &code])
             .inc();
+        if let Ok(mut budgets) = self.budgets.lock()
+            && let Some(budget) = budgets.get_mut(registry)
+        {
+            if budget::backs_off(status) {
+                let until = budget.on_failure(&self.budget, Instant::now(), jitter());
+                tracing::warn!(%registry, status = %code, retry_in = ?until.saturating_duration_since(Instant::now()), "registry backed off");
+            } else {
+                budget.on_success();
+            }
+        }
         result
     }
 
@@ -417,6 +474,7 @@ impl RegistryClient {
     ) -> Result<Digest, RegistryError> {
         let (client, auth) = self.client(credential);
         let name = format!("{}:{tag}", image.name());
+        let wait = self.admit(&image.registry, &name)?;
         let reference =
             Reference::try_from(name.as_str()).map_err(|source| RegistryError::Reference {
                 image: name.clone(),
@@ -426,6 +484,7 @@ impl RegistryClient {
             .request(
                 &image.registry,
                 metrics::kind::RESOLVE,
+                wait,
                 client.fetch_manifest_digest(&reference, &auth),
             )
             .await
@@ -498,9 +557,11 @@ impl RegistryClient {
             ..OciDescriptor::default()
         };
         let mut body = Vec::with_capacity(usize::try_from(config.size).unwrap_or(0));
+        let wait = self.admit(&image.registry, &name)?;
         self.request(
             &image.registry,
             metrics::kind::CONFIG,
+            wait,
             client.pull_blob(&reference, &descriptor, &mut body),
         )
         .await
@@ -528,10 +589,12 @@ impl RegistryClient {
         reference: &Reference,
         name: &str,
     ) -> Result<Manifest, RegistryError> {
+        let wait = self.admit(registry, name)?;
         let (body, _digest) = self
             .request(
                 registry,
                 metrics::kind::MANIFEST,
+                wait,
                 client.pull_manifest_raw(reference, auth, &facts::MANIFEST_MEDIA_TYPES),
             )
             .await
@@ -550,6 +613,18 @@ impl RegistryClient {
             source,
         })
     }
+}
+
+/// A number in [0, 1) that differs between calls, for backoff jitter.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// Approximate bytes one cached facts entry holds.

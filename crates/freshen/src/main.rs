@@ -127,6 +127,12 @@ struct RegistryArgs {
     /// Requests in flight to one registry at most.
     #[arg(long, default_value_t = freshen_registry::DEFAULT_MAX_CONCURRENT_PER_REGISTRY)]
     registry_concurrency: usize,
+    /// Requests per second to one registry, sustained (a token bucket).
+    #[arg(long, default_value_t = freshen_registry::BudgetConfig::default().rate)]
+    registry_qps: f64,
+    /// Requests that may go to one registry at once after a quiet spell.
+    #[arg(long, default_value_t = freshen_registry::BudgetConfig::default().burst)]
+    registry_burst: u32,
     /// A PEM file of CA certificates to trust for registries, in addition to
     /// the system's (a private registry's CA). Repeat for several.
     #[arg(long = "registry-ca-file", value_name = "PEM")]
@@ -137,6 +143,15 @@ impl RegistryArgs {
     /// The registry client's settings; a tag is resolved at most once per
     /// `tag_ttl`, however many workloads follow it.
     fn config(&self, tag_ttl: Duration) -> anyhow::Result<RegistryConfig> {
+        anyhow::ensure!(
+            self.registry_qps > 0.0 && self.registry_qps.is_finite(),
+            "--registry-qps must be a positive number of requests per second, got {}",
+            self.registry_qps
+        );
+        anyhow::ensure!(
+            self.registry_burst > 0,
+            "--registry-burst must be at least 1"
+        );
         let extra_root_certificates = self
             .registry_ca_files
             .iter()
@@ -157,6 +172,11 @@ impl RegistryArgs {
             timeout: Some(self.registry_timeout),
             max_concurrent_per_registry: self.registry_concurrency,
             extra_root_certificates,
+            budget: freshen_registry::BudgetConfig {
+                rate: self.registry_qps,
+                burst: self.registry_burst,
+                ..freshen_registry::BudgetConfig::default()
+            },
             ..RegistryConfig::with_tag_ttl(tag_ttl)
         })
     }
