@@ -270,10 +270,14 @@ async fn a_registry_that_does_not_answer_is_backed_off_without_further_requests(
     let client = RegistryClient::new(config, metrics.clone());
     let image = |tag: &str| ImageReference::parse(&format!("{dead}/app:{tag}"));
 
-    let first = client.resolve_tag(&image("v1")?, None, Instant::now()).await;
+    let first = client
+        .resolve_tag(&image("v1")?, None, Instant::now())
+        .await;
     assert_eq!(first.err().map(|e| e.category()), Some("registry_resolve"));
     // Another tag of the same registry is refused at once, unsent.
-    let second = client.resolve_tag(&image("v2")?, None, Instant::now()).await;
+    let second = client
+        .resolve_tag(&image("v2")?, None, Instant::now())
+        .await;
     let second = second.err();
     assert_eq!(
         second.as_ref().map(|e| e.category()),

@@ -75,7 +75,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
 }
 
 /// A duration printed in the same form [`parse_duration`] reads, e.g.
-/// `1d12h`; whole seconds only.
+/// `1d12h` or `30d` (weeks only for whole weeks: `2w`); whole seconds only.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HumanDuration(pub Duration);
 
@@ -85,7 +85,13 @@ impl fmt::Display for HumanDuration {
         if left == 0 {
             return f.write_str("0s");
         }
-        for (unit, size) in UNITS {
+        // Weeks only for whole weeks: people write 30d, not 4w2d.
+        let units = if left.is_multiple_of(UNITS[0].1) {
+            &UNITS[..]
+        } else {
+            &UNITS[1..]
+        };
+        for &(unit, size) in units {
             if left >= size {
                 write!(f, "{}{unit}", left / size)?;
                 left %= size;
@@ -169,6 +175,10 @@ mod tests {
             "1d12h"
         );
         assert_eq!(HumanDuration(Duration::from_secs(0)).to_string(), "0s");
+        assert_eq!(
+            HumanDuration(Duration::from_secs(30 * 86_400)).to_string(),
+            "30d"
+        );
         assert_eq!(
             HumanDuration(Duration::from_secs(1_209_600)).to_string(),
             "2w"

@@ -210,9 +210,9 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
     freshen_core::parse_duration(s).map_err(|e| e.to_string())
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,kube_runtime=warn,kube_client=warn"));
+fn init_tracing(format: LogFormat, default_filter: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -228,7 +228,14 @@ const EXIT_ERROR: u8 = 2;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The operator logs its work; one-shot commands say what matters in
+    // their output and exit status, so only warnings (and no duplicate of
+    // the client's connection errors) reach stderr.
+    let default_filter = match cli.command {
+        Command::Run(_) => "info,kube_runtime=warn,kube_client=warn",
+        Command::Report(_) | Command::Crd(_) => "warn,kube_client=off",
+    };
+    init_tracing(cli.log_format, default_filter);
     // kube and the registry client share one TLS stack: rustls with ring.
     if rustls::crypto::ring::default_provider()
         .install_default()
@@ -242,9 +249,26 @@ async fn main() -> ExitCode {
         Command::Crd(args) => crd(&args).map(|()| ExitCode::SUCCESS),
     };
     outcome.unwrap_or_else(|e| {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", error_chain(&e));
         ExitCode::from(EXIT_ERROR)
     })
+}
+
+/// An error and its causes on one line, leaving out a cause whose text an
+/// earlier one already contains (kube's config errors repeat themselves).
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 async fn client() -> anyhow::Result<kube::Client> {
