@@ -56,7 +56,7 @@ async fn the_registry_client_needs_the_credential_and_the_ca() -> anyhow::Result
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(digest.to_string(), pushed.digest);
     let facts = client
-        .image_facts(&image, &digest, Some(&credential))
+        .image_facts(&image, &digest, None, Some(&credential))
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     assert_eq!(

@@ -181,7 +181,7 @@ async fn a_multi_arch_index_is_read_for_the_configured_platform() -> anyhow::Res
         ("linux/arm64", arm64_built, &arm64),
     ] {
         let facts = client(&harness, platform)?
-            .image_facts(&image, &index_digest, None)
+            .image_facts(&image, &index_digest, None, None)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         assert_eq!(
@@ -201,7 +201,7 @@ async fn a_multi_arch_index_is_read_for_the_configured_platform() -> anyhow::Res
     }
 
     let s390x = client(&harness, "linux/s390x")?
-        .image_facts(&image, &index_digest, None)
+        .image_facts(&image, &index_digest, None, None)
         .await;
     let err = s390x
         .err()
@@ -228,7 +228,7 @@ async fn image_facts_are_fetched_once_per_digest() -> anyhow::Result<()> {
         let (registry, image, digest) = (Arc::clone(&registry), image.clone(), digest.clone());
         tokio::spawn(async move {
             registry
-                .image_facts(&image, &digest, None)
+                .image_facts(&image, &digest, None, None)
                 .await
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })

@@ -15,9 +15,9 @@ use freshen_core::ImageReference;
 use freshen_core::base;
 use freshen_core::observe::{ContainerObservation, ContainerSpec, PodFacts, observe};
 use freshen_core::policy::{Candidate, Limits, Resolution, resolve};
-use freshen_registry::{Keychain, RegistryClient, RegistryError, auth};
+use freshen_registry::{Keychain, Platform, RegistryClient, RegistryError, auth};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 use tracing::debug;
@@ -204,6 +204,47 @@ fn keychain_of(secret: &Secret) -> Result<Keychain, String> {
     parsed.map_err(|e| format!("imagePullSecret {name}: {e}"))
 }
 
+/// The platform of a node, from what its kubelet reports
+/// (`status.nodeInfo`), else its `kubernetes.io/os` and `kubernetes.io/arch`
+/// labels.
+pub fn node_platform(node: &Node) -> Option<Platform> {
+    let info = node.status.as_ref().and_then(|s| s.node_info.as_ref());
+    let labels = node.labels();
+    let pick = |reported: Option<&String>, label: &str| {
+        reported
+            .filter(|v| !v.is_empty())
+            .or_else(|| labels.get(label))
+            .cloned()
+    };
+    Some(Platform {
+        os: pick(info.map(|i| &i.operating_system), "kubernetes.io/os")?,
+        architecture: pick(info.map(|i| &i.architecture), "kubernetes.io/arch")?,
+        variant: None,
+    })
+}
+
+/// The platform a workload runs on: that of the nodes most of its pods are
+/// scheduled on; `None` (the configured default) when no node is known.
+pub fn platform_of(
+    pods: &[PodFacts],
+    platform_of_node: impl Fn(&str) -> Option<Platform>,
+) -> Option<Platform> {
+    freshen_core::observe::most_common(
+        pods.iter()
+            .filter(|p| !p.terminating)
+            .filter_map(|p| p.node.as_deref())
+            .filter_map(|node| {
+                let p = platform_of_node(node)?;
+                Some((p.os, p.architecture))
+            }),
+    )
+    .map(|(os, architecture)| Platform {
+        os,
+        architecture,
+        variant: None,
+    })
+}
+
 /// Why something of one container could not be measured.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Problem {
@@ -243,14 +284,17 @@ pub fn template_containers(deploy: &Deployment) -> Vec<ContainerSpec> {
 }
 
 /// Measures every container of `deploy` whose pods are `pods`: the tag's
-/// digest, the running digests' build times, and (when `track_base`) whether
-/// their base moved on. `previous` carries first-observed times forward.
+/// digest, the running digests' build times (for `platform` when an image
+/// is multi-arch; the configured one when `None`), and (when `track_base`)
+/// whether their base moved on. `previous` carries first-observed times
+/// forward.
 #[allow(clippy::too_many_arguments)]
 pub async fn measure(
     registry: &Arc<RegistryClient>,
     deploy: &Deployment,
     pods: &[PodFacts],
     keychain: &Keychain,
+    platform: Option<&Platform>,
     track_base: bool,
     previous: Option<&WorkloadRecord>,
     now: DateTime<Utc>,
@@ -278,6 +322,7 @@ pub async fn measure(
         let (record, errors) = measure_container(
             registry,
             keychain,
+            platform,
             &image,
             &observation,
             track_base,
@@ -302,6 +347,7 @@ pub async fn measure(
 async fn measure_container(
     registry: &Arc<RegistryClient>,
     keychain: &Keychain,
+    platform: Option<&Platform>,
     image: &ImageReference,
     observation: &ContainerObservation,
     track_base: bool,
@@ -335,7 +381,7 @@ async fn measure_container(
     let mut base_verdicts = Vec::new();
     for digest in observation.digests() {
         let facts = match registry
-            .image_facts(image, digest, keychain.get(&image.registry))
+            .image_facts(image, digest, platform, keychain.get(&image.registry))
             .await
         {
             Ok(facts) => facts,
@@ -368,7 +414,7 @@ async fn measure_container(
             }
         };
         let base_now_created = match registry
-            .image_facts(base, &base_now, keychain.get(&base.registry))
+            .image_facts(base, &base_now, platform, keychain.get(&base.registry))
             .await
         {
             Ok(base_facts) => base_facts.created,
@@ -413,4 +459,224 @@ async fn measure_container(
         base_stale_since,
     };
     (record, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freshen_api::{ClusterRefreshPolicySpec, PolicyLimits, RefreshPolicySpec};
+    use freshen_core::policy::Source;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, Time};
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    fn deploy(annotations: &[(&str, &str)]) -> Deployment {
+        let mut d = Deployment::default();
+        d.metadata.name = Some("web".into());
+        d.metadata.namespace = Some("shop".into());
+        d.metadata.labels = Some(labels(&[("tier", "web")]));
+        d.metadata.annotations = Some(labels(annotations));
+        d
+    }
+
+    fn created(seconds: i64) -> Option<Time> {
+        k8s_openapi::jiff::Timestamp::from_second(seconds)
+            .ok()
+            .map(Time)
+    }
+
+    fn policy(name: &str, tier: &str, age: &str, at: i64) -> Arc<RefreshPolicy> {
+        let mut p = RefreshPolicy::new(
+            name,
+            RefreshPolicySpec {
+                selector: LabelSelector {
+                    match_labels: Some(labels(&[("tier", tier)])),
+                    match_expressions: None,
+                },
+                limits: PolicyLimits {
+                    max_image_age: Some(age.into()),
+                    ..PolicyLimits::default()
+                },
+            },
+        );
+        p.metadata.namespace = Some("shop".into());
+        p.metadata.creation_timestamp = created(at);
+        Arc::new(p)
+    }
+
+    fn cluster(name: &str, age: &str) -> Arc<ClusterRefreshPolicy> {
+        let mut p = ClusterRefreshPolicy::new(
+            name,
+            ClusterRefreshPolicySpec {
+                namespace_selector: Some(LabelSelector {
+                    match_labels: Some(labels(&[("env", "prod")])),
+                    match_expressions: None,
+                }),
+                selector: None,
+                limits: PolicyLimits {
+                    max_image_age: Some(age.into()),
+                    max_container_age: Some("7d".into()),
+                    ..PolicyLimits::default()
+                },
+            },
+        );
+        p.metadata.creation_timestamp = created(1);
+        Arc::new(p)
+    }
+
+    fn days(n: u64) -> std::time::Duration {
+        std::time::Duration::from_secs(n * 86_400)
+    }
+
+    #[test]
+    fn matching_policies_govern_and_overlaps_are_recorded() {
+        let policies = [
+            policy("newer", "web", "1d", 200),
+            policy("older", "web", "5d", 100),
+            policy("other", "db", "1d", 50),
+            policy("broken", "web", "99999999999999999999w", 10),
+        ];
+        let prod = labels(&[("env", "prod")]);
+        let c = configure(
+            &deploy(&[]),
+            &prod,
+            &policies,
+            &[cluster("base", "30d")],
+            &Limits::default(),
+        );
+        assert!(c.measured(), "a matching policy opts the workload in");
+        assert_eq!(
+            c.binding.policies,
+            ["newer", "older"],
+            "invalid and non-matching left out"
+        );
+        assert_eq!(c.binding.policy.as_deref(), Some("older"));
+        assert_eq!(c.binding.cluster_policies, ["base"]);
+        let limits = &c.resolution.limits;
+        assert_eq!(
+            limits.max_image_age.as_ref().map(|l| l.value),
+            Some(days(5))
+        );
+        assert_eq!(
+            limits.max_container_age.as_ref().map(|l| l.source.clone()),
+            Some(Source::ClusterPolicy {
+                name: "base".into()
+            })
+        );
+        assert!(c.errors.is_empty());
+
+        // Outside prod namespaces the cluster policy does not apply.
+        let dev = labels(&[("env", "dev")]);
+        let c = configure(
+            &deploy(&[]),
+            &dev,
+            &[],
+            &[cluster("base", "30d")],
+            &Limits::default(),
+        );
+        assert!(!c.measured());
+        assert!(c.binding.cluster_policies.is_empty());
+    }
+
+    #[test]
+    fn a_pinned_policy_governs_whatever_the_selectors_say() {
+        let policies = [
+            policy("web", "web", "5d", 100),
+            policy("db", "db", "1d", 50),
+        ];
+        let base = [cluster("base", "30d")];
+        let prod = labels(&[("env", "prod")]);
+
+        let pinned = configure(
+            &deploy(&[("freshen.dev/policy", "db")]),
+            &prod,
+            &policies,
+            &base,
+            &Limits::default(),
+        );
+        assert_eq!(pinned.binding.policies, ["db"]);
+        assert_eq!(
+            pinned.binding.cluster_policies,
+            ["base"],
+            "the level below still applies"
+        );
+
+        let to_cluster = configure(
+            &deploy(&[("freshen.dev/policy", "base")]),
+            &prod,
+            &policies,
+            &base,
+            &Limits::default(),
+        );
+        assert!(
+            to_cluster.binding.policies.is_empty(),
+            "RefreshPolicies are set aside"
+        );
+        assert_eq!(to_cluster.binding.cluster_policy.as_deref(), Some("base"));
+
+        let missing = configure(
+            &deploy(&[("freshen.dev/policy", "nope")]),
+            &prod,
+            &policies,
+            &base,
+            &Limits::default(),
+        );
+        assert_eq!(missing.errors.len(), 1);
+        assert!(
+            missing.errors[0]
+                .to_string()
+                .contains("freshen.dev/policy=\"nope\"")
+        );
+        assert_eq!(
+            missing.binding.policies,
+            ["web"],
+            "selectors decide instead"
+        );
+    }
+
+    #[test]
+    fn the_platform_is_that_of_most_pods_nodes() {
+        let pod = |name: &str, node: Option<&str>, terminating| PodFacts {
+            name: name.into(),
+            terminating,
+            node: node.map(Into::into),
+            containers: vec![],
+        };
+        let platform = |arch: &str| Platform {
+            os: "linux".into(),
+            architecture: arch.into(),
+            variant: None,
+        };
+        let nodes = |n: &str| match n {
+            "a1" | "a2" => Some(platform("arm64")),
+            "x1" => Some(platform("amd64")),
+            _ => None,
+        };
+        let pods = [
+            pod("p1", Some("a1"), false),
+            pod("p2", Some("a2"), false),
+            pod("p3", Some("x1"), false),
+            pod("p4", Some("x1"), true),
+            pod("p5", Some("x1"), true),
+            pod("p6", None, false),
+        ];
+        assert_eq!(platform_of(&pods, nodes), Some(platform("arm64")));
+        assert_eq!(platform_of(&pods[5..], nodes), None);
+
+        let mut node = Node::default();
+        node.metadata.labels = Some(labels(&[
+            ("kubernetes.io/os", "linux"),
+            ("kubernetes.io/arch", "s390x"),
+        ]));
+        assert_eq!(
+            node_platform(&node),
+            Some(platform("s390x")),
+            "labels when nodeInfo is absent"
+        );
+    }
 }

@@ -24,7 +24,7 @@ use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -248,6 +248,28 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         }
     };
 
+    // Nodes, for the platform a workload runs on. Only nodeInfo and labels
+    // are read: image lists (the bulk of a Node) are dropped before caching.
+    // The watch triggers nothing; a spawned task drives it.
+    let (node_store, node_writer) = reflector::store();
+    let nodes_synced = readiness.watch("nodes");
+    let node_watch = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .modify(|node| {
+            node.managed_fields_mut().clear();
+            if let Some(status) = node.status.as_mut() {
+                status.images = None;
+            }
+        })
+        .reflect(node_writer)
+        .for_each(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                nodes_synced.store(true, Ordering::Relaxed);
+            }
+            futures::future::ready(())
+        });
+    tokio::spawn(node_watch);
+
     let (policy_store, policy_writer) = reflector::store();
     let policy_trigger = policy_watch(
         policies,
@@ -279,6 +301,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         records,
         deployments: deploy_store.clone(),
         pods: pod_store,
+        nodes: node_store,
         namespaces: namespace_store,
         policies: policy_store.clone(),
         cluster_policies: cluster_policy_store.clone(),

@@ -12,15 +12,15 @@ use chrono::{DateTime, Utc};
 use freshen_api::{ClusterRefreshPolicy, RefreshMode, RefreshPolicy};
 use freshen_core::policy::{self, Limits, Sourced};
 use freshen_core::{HumanDuration, short_age};
-use freshen_registry::RegistryClient;
+use freshen_registry::{Platform, RegistryClient};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::assess::{Problem, configure, measure, pull_credentials};
+use crate::assess::{Problem, configure, measure, node_platform, platform_of, pull_credentials};
 use crate::workload::{owning_deployment, pod_facts};
 
 /// What to scan.
@@ -149,7 +149,12 @@ fn list_hint(error: &kube::Error, what: &str) -> String {
 
 /// Lists what is optional to the scan: a missing CRD or a forbidden list
 /// leaves it empty with a warning.
-async fn list_optional<K>(api: Api<K>, what: &str, warnings: &mut Vec<String>) -> Vec<Arc<K>>
+async fn list_optional<K>(
+    api: Api<K>,
+    what: &str,
+    without: &str,
+    warnings: &mut Vec<String>,
+) -> Vec<Arc<K>>
 where
     K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
@@ -158,7 +163,7 @@ where
         Err(kube::Error::Api(status)) if status.code == 404 => Vec::new(),
         Err(e) => {
             warnings.push(format!(
-                "{what} not read, so not applied: {}",
+                "{what} not read ({}); {without}",
                 list_hint(&e, what)
             ));
             Vec::new()
@@ -217,19 +222,32 @@ pub async fn build(
         .items;
 
     let mut warnings = Vec::new();
-    let policies = list_optional(policies, "refreshpolicies", &mut warnings).await;
+    let unapplied = "they are not applied";
+    let policies = list_optional(policies, "refreshpolicies", unapplied, &mut warnings).await;
     let cluster_policies = list_optional(
         Api::<ClusterRefreshPolicy>::all(client.clone()),
         "clusterrefreshpolicies",
+        unapplied,
         &mut warnings,
     )
     .await;
+    let nodes: BTreeMap<String, Platform> = list_optional(
+        Api::<Node>::all(client.clone()),
+        "nodes",
+        "multi-arch images are read for the --platform given",
+        &mut warnings,
+    )
+    .await
+    .iter()
+    .filter_map(|n| Some((n.name_any(), node_platform(n)?)))
+    .collect();
     let namespaces: BTreeMap<String, BTreeMap<String, String>> = if cluster_policies.is_empty() {
         BTreeMap::new()
     } else {
         list_optional(
             Api::<Namespace>::all(client.clone()),
             "namespaces",
+            "ClusterRefreshPolicies with a namespaceSelector match nothing",
             &mut warnings,
         )
         .await
@@ -264,6 +282,7 @@ pub async fn build(
             .cloned()
             .unwrap_or_default();
         let client = client.clone();
+        let platform = platform_of(&pods, |node| nodes.get(node).cloned());
         Some(async move {
             let limits = config.resolution.limits.clone();
             let (keychain, secret_problems) = pull_credentials(&client, deploy).await;
@@ -272,6 +291,7 @@ pub async fn build(
                 deploy,
                 &pods,
                 &keychain,
+                platform.as_ref(),
                 limits.track_base_image.value,
                 None,
                 now,

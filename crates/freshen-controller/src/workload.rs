@@ -22,7 +22,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{instrument, warn};
 
-use crate::assess::{Problem, configure, measure, pull_credentials};
+use crate::assess::{Problem, configure, measure, node_platform, platform_of, pull_credentials};
 use crate::context::Context;
 use crate::error::Error;
 use crate::records::{WorkloadKey, WorkloadRecord};
@@ -81,11 +81,17 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         warn!(%note, "pull secrets not used");
         ctx.warn(&deploy, "PullSecretUnusable", note).await;
     }
+    let platform = platform_of(&pods, |name| {
+        ctx.nodes
+            .get(&ObjectRef::new(name))
+            .and_then(|node| node_platform(&node))
+    });
     let measurement = measure(
         &ctx.registry,
         &deploy,
         &pods,
         &keychain,
+        platform.as_ref(),
         limits.track_base_image.value,
         previous.as_ref(),
         now,
@@ -229,6 +235,7 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
     PodFacts {
         name: pod.name_any(),
         terminating: pod.metadata.deletion_timestamp.is_some(),
+        node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
         containers,
     }
 }

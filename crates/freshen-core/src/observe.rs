@@ -41,6 +41,8 @@ pub struct PodFacts {
     pub name: String,
     /// The pod is being deleted; it no longer counts.
     pub terminating: bool,
+    /// The node it is scheduled on, if any.
+    pub node: Option<String>,
     /// Its containers (regular ones; init containers are not measured).
     pub containers: Vec<ContainerFacts>,
 }
@@ -133,6 +135,20 @@ fn running_digest(facts: &ContainerFacts) -> Option<(Digest, DigestSource)> {
         .map(|d| (d, DigestSource::PinnedInSpec))
 }
 
+/// The most common of `items` (ties: the smallest), e.g. the platform most
+/// of a workload's pods run on; `None` when there are none.
+pub fn most_common<T: Ord>(items: impl IntoIterator<Item = T>) -> Option<T> {
+    let mut counts = std::collections::BTreeMap::new();
+    for item in items {
+        *counts.entry(item).or_insert(0usize) += 1;
+    }
+    let best = counts.values().copied().max()?;
+    counts
+        .into_iter()
+        .find(|(_, n)| *n == best)
+        .map(|(item, _)| item)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +174,7 @@ mod tests {
             Self(PodFacts {
                 name: name.into(),
                 terminating: false,
+                node: None,
                 containers: vec![],
             })
         }
@@ -337,5 +354,12 @@ mod tests {
         assert_eq!(obs.len(), 2);
         assert!(obs[1].image.is_err());
         assert_eq!(obs[1].oldest_start, Some(t("2026-11-21T00:00:00Z")));
+    }
+
+    #[test]
+    fn the_most_common_item_wins_and_ties_go_to_the_smallest() {
+        assert_eq!(most_common(["arm64", "amd64", "arm64"]), Some("arm64"));
+        assert_eq!(most_common(["arm64", "amd64"]), Some("amd64"));
+        assert_eq!(most_common(Vec::<&str>::new()), None);
     }
 }

@@ -261,7 +261,7 @@ pub struct RegistryClient {
     extra_root_certificates: Vec<Vec<u8>>,
     platform: Platform,
     tags: CoalescingCache<TagKey, Digest, Arc<RegistryError>>,
-    facts: CoalescingCache<(Digest, Asker), Arc<ImageFacts>, Arc<RegistryError>>,
+    facts: CoalescingCache<(Digest, Platform, Asker), Arc<ImageFacts>, Arc<RegistryError>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     budgets: Mutex<HashMap<String, Budget>>,
     budget: BudgetConfig,
@@ -328,21 +328,25 @@ impl RegistryClient {
         result
     }
 
-    /// Facts of `image` at `digest` (the digest the pods run). A digest's
-    /// content never changes, so this costs requests once per digest.
+    /// Facts of `image` at `digest` (the digest the pods run), read for
+    /// `platform` when the digest is a multi-arch index (the configured
+    /// platform when `None`). A digest's content never changes, so this
+    /// costs requests once per digest and platform.
     pub async fn image_facts(
         self: &Arc<Self>,
         image: &ImageReference,
         digest: &Digest,
+        platform: Option<&Platform>,
         credential: Option<&Credential>,
     ) -> Shared<Arc<ImageFacts>> {
-        let key = (digest.clone(), asker(credential));
+        let platform = platform.unwrap_or(&self.platform).clone();
+        let key = (digest.clone(), platform.clone(), asker(credential));
         let this = Arc::clone(self);
         let (image, owned, credential) = (image.clone(), digest.clone(), credential.cloned());
         let (result, how) = self
             .facts
             .get(&key, Instant::now(), move || async move {
-                this.fetch_facts(&image, &owned, credential.as_ref())
+                this.fetch_facts(&image, &owned, &platform, credential.as_ref())
                     .await
                     .map(Arc::new)
                     .map_err(Arc::new)
@@ -503,6 +507,7 @@ impl RegistryClient {
         &self,
         image: &ImageReference,
         digest: &Digest,
+        platform: &Platform,
         credential: Option<&Credential>,
     ) -> Result<ImageFacts, RegistryError> {
         let (client, auth) = self.client(credential);
@@ -517,12 +522,11 @@ impl RegistryClient {
             .await?;
         let mut platform_digest = None;
         if let Manifest::Index(entries) = &manifest {
-            let entry = select_platform(entries, &self.platform).ok_or_else(|| {
-                RegistryError::NoPlatform {
+            let entry =
+                select_platform(entries, platform).ok_or_else(|| RegistryError::NoPlatform {
                     image: name.clone(),
-                    platform: self.platform.clone(),
-                }
-            })?;
+                    platform: platform.clone(),
+                })?;
             let chosen: Digest =
                 entry
                     .digest
