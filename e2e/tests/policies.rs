@@ -400,3 +400,60 @@ async fn a_limit_crossed_between_polls_is_seen_when_it_is_crossed() -> anyhow::R
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn the_report_says_what_permission_it_lacks() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use kube::config::Kubeconfig;
+
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "noperm").await?;
+    // A ServiceAccount with no role at all, and a kubeconfig that uses it.
+    let sa = ServiceAccount {
+        metadata: kube::api::ObjectMeta {
+            name: Some("nobody".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    Api::<ServiceAccount>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    let token = std::process::Command::new(&harness.kubectl)
+        .arg("--kubeconfig")
+        .arg(&harness.kubeconfig)
+        .args(["create", "token", "nobody", "-n", &ns.name])
+        .output()?;
+    anyhow::ensure!(token.status.success(), "kubectl create token failed");
+    let token = String::from_utf8(token.stdout)?.trim().to_owned();
+    let mut kubeconfig = Kubeconfig::read_from(&harness.kubeconfig)?;
+    for user in &mut kubeconfig.auth_infos {
+        if let Some(auth) = user.auth_info.as_mut() {
+            *auth = kube::config::AuthInfo {
+                token: Some(token.clone().into()),
+                ..Default::default()
+            };
+        }
+    }
+    let path = std::env::temp_dir().join(format!("freshen-noperm-{}.kubeconfig", ns.name));
+    // JSON is YAML: kubectl and kube read it as a kubeconfig.
+    std::fs::write(&path, serde_json::to_vec(&kubeconfig)?)?;
+
+    let out = std::process::Command::new(binary())
+        .args(["report", "-n", &ns.name])
+        .env("KUBECONFIG", &path)
+        .output()?;
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(out.status.code(), Some(2), "a scan that cannot be made exits 2");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("cannot list deployments in namespace {}", ns.name))
+            && stderr.contains("permission denied")
+            && stderr.contains("kubectl auth can-i list deployments"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
+    Ok(())
+}

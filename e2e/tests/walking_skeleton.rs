@@ -391,5 +391,21 @@ async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> 
         (0.0..300.0).contains(&samples[0].value),
         "stale since the new base was built, moments ago: {samples:?}"
     );
+
+    // `freshen report` names the base and says it moved.
+    let out = std::process::Command::new(freshen_e2e::operator::binary())
+        .args(["report", "-n", &ns.name, "-o", "json"])
+        .args(["--plain-http-registry", &harness.registry])
+        .env("KUBECONFIG", &harness.kubeconfig)
+        .output()?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let row = &json["rows"][0];
+    assert_eq!(row["baseImage"], base_v1.tagged, "{row}");
+    assert_eq!(row["baseStale"], true, "{row}");
     Ok(())
 }

@@ -379,6 +379,7 @@ async fn measure_container(
 
     let mut build_times = Vec::new();
     let mut base_verdicts = Vec::new();
+    let mut base_image = None;
     for digest in observation.digests() {
         let facts = match registry
             .image_facts(image, digest, platform, keychain.get(&image.registry))
@@ -401,6 +402,7 @@ async fn measure_container(
         let Some(base) = base::to_follow(base_override, own_base.as_ref()) else {
             continue;
         };
+        base_image.get_or_insert_with(|| base.to_string());
         let built_on =
             base::recorded_digest(base_override, own_base.as_ref(), facts.base_digest.as_ref());
         let base_now = match registry
@@ -457,6 +459,7 @@ async fn measure_container(
         update_available_since,
         base_stale,
         base_stale_since,
+        base_image,
     };
     (record, errors)
 }

@@ -297,6 +297,7 @@ mod tests {
             update_available_since: None,
             base_stale: None,
             base_stale_since: None,
+            base_image: None,
         }
     }
 

@@ -53,6 +53,8 @@ pub struct ContainerRecord {
     pub base_stale: Option<bool>,
     /// Since when the base has been stale (see `freshen_core::base`).
     pub base_stale_since: Option<DateTime<Utc>>,
+    /// The base image followed (with its tag), when one is known.
+    pub base_image: Option<String>,
 }
 
 impl ContainerRecord {

@@ -63,6 +63,8 @@ pub struct Row {
     pub image_age_seconds: Option<u64>,
     /// How long its oldest instance has been running.
     pub container_age_seconds: Option<u64>,
+    /// The base image followed, e.g. `docker.io/library/debian:12`.
+    pub base_image: Option<String>,
     /// Whether the base image moved on; `None` when unknown.
     pub base_stale: Option<bool>,
     /// Since when (seconds) the base has been stale.
@@ -353,6 +355,7 @@ fn rows_of(
             image: c.image.clone(),
             image_age_seconds: c.image_age(now).map(secs),
             container_age_seconds: c.container_age(now).map(secs),
+            base_image: c.base_image.clone(),
             base_stale: c.base_stale,
             base_stale_seconds: c
                 .base_stale_since
@@ -380,6 +383,7 @@ fn rows_of(
                 image: String::new(),
                 image_age_seconds: None,
                 container_age_seconds: None,
+                base_image: None,
                 base_stale: None,
                 base_stale_seconds: None,
                 update_available: None,
@@ -411,6 +415,24 @@ pub fn sort_worst_first(rows: &mut [Row]) {
                 ))
             })
     });
+}
+
+/// The base in a table cell: `<base> moved <age>`, `<base> current`, or
+/// `-` when no base is known.
+fn base_cell(r: &Row) -> String {
+    let Some(base) = r.base_image.as_deref() else {
+        return "-".to_owned();
+    };
+    let base = base.strip_prefix("docker.io/library/").unwrap_or(base);
+    match r.base_stale {
+        Some(true) => format!(
+            "{base} moved {}",
+            r.base_stale_seconds
+                .map_or("?".into(), |s| short_age(Duration::from_secs(s)))
+        ),
+        Some(false) => format!("{base} current"),
+        None => format!("{base} unknown"),
+    }
 }
 
 /// A limit's source in a table cell: `annotation`, `rp/<name>`,
@@ -480,13 +502,7 @@ pub fn render_table(report: &Report) -> String {
                 age(r.image_age_seconds),
                 r.container_age_seconds
                     .map_or("-".to_owned(), |s| age(Some(s))),
-                flag(
-                    r.base_stale,
-                    format!(
-                        "moved {}",
-                        r.base_stale_seconds.map_or("?".into(), |s| age(Some(s)))
-                    ),
-                ),
+                base_cell(r),
                 flag(r.update_available, "yes".into()),
                 limit(&r.max_image_age),
                 limit(&r.max_container_age),
@@ -577,6 +593,7 @@ mod tests {
             image: "reg.io/shop/app".into(),
             image_age_seconds: image_age_days.map(|d| d * day),
             container_age_seconds: Some(3_600),
+            base_image: Some("docker.io/library/debian:12".into()),
             base_stale: Some(false),
             base_stale_seconds: None,
             update_available: None,
@@ -634,6 +651,7 @@ mod tests {
             "{table}"
         );
         assert!(lines[1].contains("10d"), "{table}");
+        assert!(lines[1].contains("debian:12 current"), "{table}");
         assert!(lines[1].contains("5d (rp/strict)"), "{table}");
         assert!(lines[1].ends_with("VIOLATING"), "{table}");
         assert!(
