@@ -446,7 +446,11 @@ async fn the_report_says_what_permission_it_lacks() -> anyhow::Result<()> {
         .env("KUBECONFIG", &path)
         .output()?;
     let _ = std::fs::remove_file(&path);
-    assert_eq!(out.status.code(), Some(2), "a scan that cannot be made exits 2");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "a scan that cannot be made exits 2"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!("cannot list deployments in namespace {}", ns.name))

@@ -18,6 +18,7 @@ use freshen_core::policy::{Candidate, Limits, Resolution, resolve};
 use freshen_registry::{Keychain, Platform, RegistryClient, RegistryError, auth};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 use tracing::debug;
@@ -137,7 +138,11 @@ pub fn configure(
 /// ServiceAccount, as the kubelet merges them. A Secret that is missing or
 /// unreadable is skipped with a message saying why; look-ups then go
 /// anonymous.
-pub async fn pull_credentials(client: &Client, deploy: &Deployment) -> (Keychain, Vec<String>) {
+pub async fn pull_credentials(
+    client: &Client,
+    deploy: &Deployment,
+    accounts: Accounts<'_>,
+) -> (Keychain, Vec<String>) {
     let mut keychain = Keychain::default();
     let mut problems = Vec::new();
     let namespace = deploy.namespace().unwrap_or_default();
@@ -153,11 +158,16 @@ pub async fn pull_credentials(client: &Client, deploy: &Deployment) -> (Keychain
     let account = spec
         .service_account_name
         .clone()
+        .filter(|a| !a.is_empty())
         .unwrap_or_else(|| "default".to_owned());
-    match Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
-        .get_opt(&account)
-        .await
-    {
+    let found = match accounts {
+        Accounts::Cached(store) => Ok(store.get(&ObjectRef::new(&account).within(&namespace))),
+        Accounts::Fetch => Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+            .get_opt(&account)
+            .await
+            .map(|sa| sa.map(Arc::new)),
+    };
+    match found {
         Ok(Some(sa)) => names.extend(
             sa.image_pull_secrets
                 .iter()
@@ -182,6 +192,15 @@ pub async fn pull_credentials(client: &Client, deploy: &Deployment) -> (Keychain
         }
     }
     (keychain, problems)
+}
+
+/// Where [`pull_credentials`] finds ServiceAccounts.
+#[derive(Clone, Copy)]
+pub enum Accounts<'a> {
+    /// In the operator's ServiceAccount watch: no request per reconcile.
+    Cached(&'a Store<ServiceAccount>),
+    /// By a GET each (one-shot commands).
+    Fetch,
 }
 
 /// The credentials in a `kubernetes.io/dockerconfigjson` (or legacy

@@ -8,7 +8,7 @@ use freshen_core::policy::Limits;
 use freshen_registry::RegistryClient;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -41,6 +41,8 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     /// Every pod, from one shared watch.
     pub pods: Store<Pod>,
+    /// Every ServiceAccount, for the imagePullSecrets they add.
+    pub service_accounts: Store<ServiceAccount>,
     /// Every node, for the platform a workload's pods run on.
     pub nodes: Store<Node>,
     /// Every namespace (for ClusterRefreshPolicy namespace selectors).

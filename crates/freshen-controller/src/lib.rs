@@ -24,7 +24,7 @@ use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -270,6 +270,22 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         });
     tokio::spawn(node_watch);
 
+    // ServiceAccounts, for the imagePullSecrets they add to their pods;
+    // cached so that a reconcile costs no request for them.
+    let (account_store, account_writer) = reflector::store();
+    let accounts_api: Api<ServiceAccount> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let account_watch = reflected(
+        accounts_api,
+        watcher::Config::default(),
+        account_writer,
+        readiness.watch("serviceaccounts"),
+    )
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(account_watch);
+
     let (policy_store, policy_writer) = reflector::store();
     let policy_trigger = policy_watch(
         policies,
@@ -301,6 +317,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         records,
         deployments: deploy_store.clone(),
         pods: pod_store,
+        service_accounts: account_store,
         nodes: node_store,
         namespaces: namespace_store,
         policies: policy_store.clone(),

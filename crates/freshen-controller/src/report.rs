@@ -20,7 +20,9 @@ use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::assess::{Problem, configure, measure, node_platform, platform_of, pull_credentials};
+use crate::assess::{
+    Accounts, Problem, configure, measure, node_platform, platform_of, pull_credentials,
+};
 use crate::workload::{owning_deployment, pod_facts};
 
 /// What to scan.
@@ -287,7 +289,8 @@ pub async fn build(
         let platform = platform_of(&pods, |node| nodes.get(node).cloned());
         Some(async move {
             let limits = config.resolution.limits.clone();
-            let (keychain, secret_problems) = pull_credentials(&client, deploy).await;
+            let (keychain, secret_problems) =
+                pull_credentials(&client, deploy, Accounts::Fetch).await;
             let measurement = measure(
                 registry,
                 deploy,

@@ -22,7 +22,9 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{instrument, warn};
 
-use crate::assess::{Problem, configure, measure, node_platform, platform_of, pull_credentials};
+use crate::assess::{
+    Accounts, Problem, configure, measure, node_platform, platform_of, pull_credentials,
+};
 use crate::context::Context;
 use crate::error::Error;
 use crate::records::{WorkloadKey, WorkloadRecord};
@@ -75,7 +77,12 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         .collect();
     let previous = ctx.records.get(&key);
     let limits = config.resolution.limits.clone();
-    let (keychain, secret_problems) = pull_credentials(&ctx.client, &deploy).await;
+    let (keychain, secret_problems) = pull_credentials(
+        &ctx.client,
+        &deploy,
+        Accounts::Cached(&ctx.service_accounts),
+    )
+    .await;
     if !secret_problems.is_empty() {
         let note = secret_problems.join("; ");
         warn!(%note, "pull secrets not used");
