@@ -461,3 +461,54 @@ async fn the_report_says_what_permission_it_lacks() -> anyhow::Result<()> {
     assert_eq!(stderr.lines().count(), 1, "one clear line: {stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_policy_the_schema_cannot_reject_is_not_ready_and_says_why() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "notready").await?;
+    let policies: Api<RefreshPolicy> = Api::namespaced(client.clone(), &ns.name);
+    // Well-formed for the API server, too large for any clock.
+    policies
+        .create(
+            &PostParams::default(),
+            &refresh_policy("huge", selector_in("app", &["x"]), "99999999999999999999w"),
+        )
+        .await?;
+    let _operator = Operator::start(&harness, &["--poll-interval", "1m"]).await?;
+    let status = await_status(&policies, "huge", "Ready=False", |s| {
+        condition(s, "Ready").is_some_and(|(status, _, _)| status == "False")
+    })
+    .await?;
+    let (_, reason, message) = condition(&status, "Ready").unwrap_or_default();
+    assert_eq!(reason, "InvalidSpec");
+    assert!(
+        message.starts_with("spec.maxImageAge: invalid duration"),
+        "{message}"
+    );
+
+    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
+    let note = wait_for(
+        "a Warning Event on the policy",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await?;
+                Ok(list.items.into_iter().find_map(|e| {
+                    let on_policy = e.regarding.as_ref().is_some_and(|r| {
+                        r.kind.as_deref() == Some("RefreshPolicy")
+                            && r.name.as_deref() == Some("huge")
+                    });
+                    (on_policy && e.reason.as_deref() == Some("InvalidSpec")).then_some(e.note)
+                }))
+            }
+        },
+    )
+    .await?
+    .unwrap_or_default();
+    assert!(note.contains("spec.maxImageAge"), "{note}");
+    Ok(())
+}

@@ -292,3 +292,126 @@ async fn a_registry_that_does_not_answer_is_backed_off_without_further_requests(
     assert_eq!(sent, 1, "one request went out; the backed-off one did not");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_mirrored_registry_is_read_at_its_mirror() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let repository = unique("mirror");
+    let built = Utc::now() - TimeDelta::days(3);
+    let pushed = push(
+        &harness.registry,
+        &repository,
+        "v1",
+        &ImageSpec::built_at(built),
+    )
+    .await?;
+    // Images named after a registry that does not exist are read at the
+    // harness registry, its mirror.
+    let mut config = RegistryConfig::with_tag_ttl(TAG_TTL);
+    config.plain_http = vec![harness.registry.clone()];
+    config.mirrors = [("registry.invalid".to_owned(), harness.registry.clone())].into();
+    let metrics = RegistryMetrics::new()?;
+    let client = RegistryClient::new(config, metrics.clone());
+    let image = ImageReference::parse(&format!("registry.invalid/{repository}:v1"))?;
+    let digest = client
+        .resolve_tag(&image, None, Instant::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(digest.to_string(), pushed.digest);
+    let facts = client
+        .image_facts(&image, &digest, None, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(
+        facts.created.map(|c| c.timestamp()),
+        Some(built.timestamp())
+    );
+    // The requests are counted against the host contacted.
+    let to_mirror = metrics
+        .requests
+        .with_label_values(&[harness.registry.as_str(), "resolve", "200"])
+        .get();
+    assert_eq!(to_mirror, 1);
+    Ok(())
+}
+
+/// A front for the real registry that refuses HEAD (405), as some
+/// registries and proxies do, and passes every other request through, one
+/// request per connection. Returns its address; runs until the test ends.
+async fn head_refusing_front(registry: String) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut downstream, _)) = listener.accept().await {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match downstream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if head.starts_with(b"HEAD ") {
+                    let _ = downstream
+                        .write_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                // GETs carry no body: forward the head, asking the registry
+                // to close after answering, and copy the answer back.
+                let text =
+                    String::from_utf8_lossy(&head).replacen("\r\n", "\r\nConnection: close\r\n", 1);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(&registry).await else {
+                    return;
+                };
+                if upstream.write_all(text.as_bytes()).await.is_ok() {
+                    let _ = tokio::io::copy(&mut upstream, &mut downstream).await;
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+#[tokio::test]
+async fn a_registry_that_refuses_head_is_resolved_with_get() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let repository = unique("nohead");
+    let pushed = push(
+        &harness.registry,
+        &repository,
+        "v1",
+        &ImageSpec::built_at(Utc::now()),
+    )
+    .await?;
+    let front = head_refusing_front(harness.registry.clone()).await?;
+    let mut config = RegistryConfig::with_tag_ttl(TAG_TTL);
+    config.plain_http = vec![front.clone()];
+    let client = RegistryClient::new(config, RegistryMetrics::new()?);
+    let image = ImageReference::parse(&format!("{front}/{repository}:v1"))?;
+
+    registry_log_barrier(&harness).await?;
+    let digest = client
+        .resolve_tag(&image, None, Instant::now())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    assert_eq!(digest.to_string(), pushed.digest);
+    registry_log_barrier(&harness).await?;
+    // Behind the front, the registry saw a GET of the tag's manifest and no
+    // HEAD (the front refused it).
+    let manifest = format!("/v2/{repository}/manifests/v1");
+    assert_eq!(
+        registry_log_lines(&harness, &format!("\"GET {manifest}"))?,
+        1
+    );
+    assert_eq!(
+        registry_log_lines(&harness, &format!("\"HEAD {manifest}"))?,
+        0
+    );
+    Ok(())
+}

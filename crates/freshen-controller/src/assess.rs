@@ -385,6 +385,15 @@ async fn measure_container(
         }
     };
 
+    // Credentials of the host contacted (a mirror's), else of the image's
+    // own registry.
+    let credential = |image: &ImageReference| {
+        keychain
+            .get(registry.host_for(&image.registry))
+            .or_else(|| keychain.get(&image.registry))
+            .cloned()
+    };
+    let own_credential = credential(image);
     let mut update_available = None;
     if image.effective_tag().is_some() {
         match registry
@@ -401,7 +410,7 @@ async fn measure_container(
     let mut base_image = None;
     for digest in observation.digests() {
         let facts = match registry
-            .image_facts(image, digest, platform, keychain.get(&image.registry))
+            .image_facts(image, digest, platform, own_credential.as_ref())
             .await
         {
             Ok(facts) => facts,
@@ -435,7 +444,7 @@ async fn measure_container(
             }
         };
         let base_now_created = match registry
-            .image_facts(base, &base_now, platform, keychain.get(&base.registry))
+            .image_facts(base, &base_now, platform, credential(base).as_ref())
             .await
         {
             Ok(base_facts) => base_facts.created,

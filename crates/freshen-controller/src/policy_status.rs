@@ -17,10 +17,11 @@ use freshen_api::{ClusterRefreshPolicy, PolicyStatus, RefreshPolicy, SpecError};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, warn};
 
 use crate::context::Context;
 use crate::error::Error;
@@ -108,6 +109,28 @@ pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<Context>) -> Result<A
         &policy.stats(&ctx.records),
         Utc::now(),
     );
+    let ready = |s: &PolicyStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == READY)
+            .map(|c| (c.status.clone(), c.message.clone()))
+    };
+    if let Some((status, message)) = ready(&new)
+        && status == "False"
+        && ready(&old).map(|(s, _)| s).as_deref() != Some("False")
+    {
+        // Whoever applied it learns at once, in `kubectl describe`.
+        let event = Event {
+            type_: EventType::Warning,
+            reason: "InvalidSpec".into(),
+            note: Some(message),
+            action: "Validate".into(),
+            secondary: None,
+        };
+        if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
+            warn!(error = %e, "could not publish event");
+        }
+    }
     if new != old {
         debug!(
             matched = new.matched_workloads,

@@ -70,6 +70,9 @@ pub struct RegistryConfig {
     pub extra_root_certificates: Vec<Vec<u8>>,
     /// Each registry's request rate, burst and backoff.
     pub budget: BudgetConfig,
+    /// Registries read through a mirror: source host -> mirror host. An
+    /// image of the source is looked up at the mirror, same repository.
+    pub mirrors: HashMap<String, String>,
 }
 
 impl RegistryConfig {
@@ -84,6 +87,7 @@ impl RegistryConfig {
             facts_cache_bytes: DEFAULT_FACTS_CACHE_BYTES,
             extra_root_certificates: Vec::new(),
             budget: BudgetConfig::default(),
+            mirrors: HashMap::new(),
         }
     }
 }
@@ -265,6 +269,7 @@ pub struct RegistryClient {
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     budgets: Mutex<HashMap<String, Budget>>,
     budget: BudgetConfig,
+    mirrors: HashMap<String, String>,
     max_concurrent: usize,
     metrics: RegistryMetrics,
 }
@@ -290,6 +295,7 @@ impl RegistryClient {
             limits: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             budget: config.budget,
+            mirrors: config.mirrors,
             max_concurrent: config.max_concurrent_per_registry.max(1),
             metrics,
         })
@@ -427,6 +433,21 @@ impl RegistryClient {
         result
     }
 
+    /// The host look-ups of `registry`'s images go to: its mirror, if one is
+    /// configured, else itself.
+    pub fn host_for<'a>(&'a self, registry: &'a str) -> &'a str {
+        self.mirrors.get(registry).map_or(registry, String::as_str)
+    }
+
+    /// `image` as it is looked up: at its registry's mirror, if any.
+    fn mirrored(&self, image: &ImageReference) -> ImageReference {
+        let mut image = image.clone();
+        if let Some(mirror) = self.mirrors.get(&image.registry) {
+            image.registry = mirror.clone();
+        }
+        image
+    }
+
     /// The oci-client to use with `credential`, and how to authenticate.
     fn client(&self, credential: Option<&Credential>) -> (Client, RegistryAuth) {
         let auth = credential.map_or(RegistryAuth::Anonymous, |c| {
@@ -476,6 +497,7 @@ impl RegistryClient {
         credential: Option<&Credential>,
         tag: &str,
     ) -> Result<Digest, RegistryError> {
+        let image = &self.mirrored(image);
         let (client, auth) = self.client(credential);
         let name = format!("{}:{tag}", image.name());
         let wait = self.admit(&image.registry, &name)?;
@@ -510,6 +532,7 @@ impl RegistryClient {
         platform: &Platform,
         credential: Option<&Credential>,
     ) -> Result<ImageFacts, RegistryError> {
+        let image = &self.mirrored(image);
         let (client, auth) = self.client(credential);
         let name = format!("{}@{}", image.name(), digest);
         let reference =

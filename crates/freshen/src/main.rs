@@ -133,6 +133,10 @@ struct RegistryArgs {
     /// Requests that may go to one registry at once after a quiet spell.
     #[arg(long, default_value_t = freshen_registry::BudgetConfig::default().burst)]
     registry_burst: u32,
+    /// Read a registry's images from a mirror instead, as SOURCE=MIRROR
+    /// (hosts, e.g. docker.io=mirror.internal:5000). Repeat for several.
+    #[arg(long = "registry-mirror", value_name = "SOURCE=MIRROR", value_parser = mirror_arg)]
+    registry_mirrors: Vec<(String, String)>,
     /// A PEM file of CA certificates to trust for registries, in addition to
     /// the system's (a private registry's CA). Repeat for several.
     #[arg(long = "registry-ca-file", value_name = "PEM")]
@@ -177,6 +181,7 @@ impl RegistryArgs {
                 burst: self.registry_burst,
                 ..freshen_registry::BudgetConfig::default()
             },
+            mirrors: self.registry_mirrors.iter().cloned().collect(),
             ..RegistryConfig::with_tag_ttl(tag_ttl)
         })
     }
@@ -203,6 +208,19 @@ impl DefaultLimits {
             max_container_age: self.default_max_container_age,
             track_base_image: None,
         }
+    }
+}
+
+fn mirror_arg(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((source, mirror))
+            if !source.is_empty() && !mirror.is_empty() && !mirror.contains('/') =>
+        {
+            Ok((source.to_owned(), mirror.to_owned()))
+        }
+        _ => Err(format!(
+            "{s:?} is not SOURCE=MIRROR with two registry hosts, e.g. docker.io=mirror.internal:5000"
+        )),
     }
 }
 
