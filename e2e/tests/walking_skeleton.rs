@@ -105,6 +105,13 @@ async fn image_and_container_age_reach_prometheus() -> anyhow::Result<()> {
         harness.scrape_interval,
     )
     .await?;
+    // And since when: freshen saw it moments ago.
+    let waiting = format!(
+        r#"freshen_image_update_available_seconds{{namespace="{}",workload="measured"}}"#,
+        ns.name
+    );
+    let samples = await_series(&harness, &waiting).await?;
+    assert!((0.0..120.0).contains(&samples[0].value), "{samples:?}");
 
     // The exposition passes Prometheus' own linter.
     let exposition = operator.scrape().await?;

@@ -30,6 +30,7 @@ pub struct AgeCollector {
     update_available: GaugeVec,
     base_stale: GaugeVec,
     base_stale_seconds: GaugeVec,
+    update_available_seconds: GaugeVec,
     max_image_age: GaugeVec,
     max_container_age: GaugeVec,
     config_errors: IntGaugeVec,
@@ -77,6 +78,15 @@ impl AgeCollector {
             ),
             &CONTAINER_LABELS,
         )?;
+        let update_available_seconds = GaugeVec::new(
+            Opts::new(
+                "freshen_image_update_available_seconds",
+                "Seconds since freshen first saw the container's tag name a digest none of its \
+                 pods runs (since this operator process started, at the earliest). Present only \
+                 while an update is available.",
+            ),
+            &CONTAINER_LABELS,
+        )?;
         let max_image_age = GaugeVec::new(
             Opts::new(
                 "freshen_policy_max_image_age_seconds",
@@ -107,6 +117,7 @@ impl AgeCollector {
             &update_available,
             &base_stale,
             &base_stale_seconds,
+            &update_available_seconds,
             &max_image_age,
             &max_container_age,
         ]
@@ -122,6 +133,7 @@ impl AgeCollector {
             update_available,
             base_stale,
             base_stale_seconds,
+            update_available_seconds,
             max_image_age,
             max_container_age,
             config_errors,
@@ -143,6 +155,7 @@ impl Collector for AgeCollector {
             &self.update_available,
             &self.base_stale,
             &self.base_stale_seconds,
+            &self.update_available_seconds,
             &self.max_image_age,
             &self.max_container_age,
         ];
@@ -176,6 +189,14 @@ impl Collector for AgeCollector {
                     .base_stale_since
                     .map(|since| freshen_core::age::elapsed(since, now));
                 set(&self.base_stale_seconds, &labels, stale_for.map(seconds));
+                let waiting = c
+                    .update_available_since
+                    .map(|since| freshen_core::age::elapsed(since, now));
+                set(
+                    &self.update_available_seconds,
+                    &labels,
+                    waiting.map(seconds),
+                );
                 set(
                     &self.max_image_age,
                     &labels,
@@ -322,6 +343,7 @@ mod tests {
             ],
             oldest_start: Some(now - TimeDelta::hours(1)),
             update_available: Some(true),
+            update_available_since: Some(now - TimeDelta::hours(5)),
             base_stale: Some(true),
             base_stale_since: Some(now - TimeDelta::days(3)),
             ..container("app")
@@ -355,6 +377,17 @@ mod tests {
             Some(1.0)
         );
         assert_eq!(value(&text, "freshen_base_image_stale", "app"), Some(1.0));
+        let waiting =
+            value(&text, "freshen_image_update_available_seconds", "app").unwrap_or_default();
+        assert!((waiting - 5.0 * 3_600.0).abs() < 5.0, "{waiting}");
+        assert_eq!(
+            value(
+                &text,
+                "freshen_image_update_available_seconds",
+                "reproducible"
+            ),
+            None
+        );
         let stale_for = value(&text, "freshen_base_image_stale_seconds", "app").unwrap_or_default();
         assert!((stale_for - 3.0 * 86_400.0).abs() < 5.0, "{stale_for}");
         // Unknown is absent, not 0.

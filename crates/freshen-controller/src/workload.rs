@@ -105,18 +105,23 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     )
     .await;
     let mut registry_error = None;
+    let mut invalid_images = Vec::new();
     for (container, problem) in &measurement.problems {
         match problem {
             Problem::InvalidImage(_) => {
-                let note = format!("container {container}: {problem}");
-                warn!(%note, "container not measured");
-                ctx.warn(&deploy, "InvalidImage", note).await;
+                invalid_images.push(format!("container {container}: {problem}"));
             }
             Problem::Registry(e) => {
                 warn!(error = %e, %container, "registry look-up failed");
                 registry_error.get_or_insert_with(|| Arc::clone(e));
             }
         }
+    }
+    if !invalid_images.is_empty() {
+        // One Event for all containers, as for annotations.
+        let note = invalid_images.join("; ");
+        warn!(%note, "containers not measured");
+        ctx.warn(&deploy, "InvalidImage", note).await;
     }
 
     // judge
