@@ -144,7 +144,7 @@ async fn a_refresh_policy_makes_an_old_image_violate() -> anyhow::Result<()> {
         )
         .await?;
 
-    let _operator = Operator::start(&harness, &["--poll-interval", "3s"]).await?;
+    let operator = Operator::start(&harness, &["--poll-interval", "3s"]).await?;
 
     let strict = await_status(&policies, "a-strict", "2 matched, 1 violating", |s| {
         s.matched_workloads == 2 && s.violating_workloads == 1
@@ -259,6 +259,28 @@ async fn a_refresh_policy_makes_an_old_image_violate() -> anyhow::Result<()> {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(table.contains("5d (rp/a-strict)"), "{table}");
     assert!(table.contains("VIOLATING"), "{table}");
+
+    // A restarted operator finds the policies' status already current (no
+    // spec change to fan out) and must still judge the workloads by them.
+    drop(operator);
+    let operator = Operator::start(&harness, &["--poll-interval", "1h"]).await?;
+    let series = format!(
+        r#"freshen_policy_max_image_age_seconds{{container="app",image="{}/e2e/{}/old",namespace="{}",workload="old"}} 432000"#,
+        harness.registry, ns.name, ns.name
+    );
+    wait_for(
+        "the restarted operator to apply the policy to `old` again",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || {
+            let (operator, series) = (&operator, &series);
+            async move {
+                let text = operator.scrape().await?;
+                Ok(text.lines().any(|l| l == series.as_str()).then_some(()))
+            }
+        },
+    )
+    .await?;
     Ok(())
 }
 

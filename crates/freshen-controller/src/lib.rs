@@ -58,16 +58,35 @@ type WatchFlag = (&'static str, Arc<AtomicBool>);
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     watches: Arc<std::sync::Mutex<Vec<WatchFlag>>>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+/// Set once its watch has listed everything.
+#[derive(Debug, Clone)]
+pub struct Synced {
+    flag: Arc<AtomicBool>,
+    changed: Arc<tokio::sync::Notify>,
+}
+
+impl Synced {
+    /// The watch has listed everything.
+    pub fn done(&self) {
+        self.flag.store(true, Ordering::Relaxed);
+        self.changed.notify_waiters();
+    }
 }
 
 impl Readiness {
     /// A flag for the watch `name`, set once it has listed everything.
-    pub fn watch(&self, name: &'static str) -> Arc<AtomicBool> {
+    pub fn watch(&self, name: &'static str) -> Synced {
         let flag = Arc::new(AtomicBool::new(false));
         if let Ok(mut watches) = self.watches.lock() {
             watches.push((name, Arc::clone(&flag)));
         }
-        flag
+        Synced {
+            flag,
+            changed: Arc::clone(&self.changed),
+        }
     }
 
     /// The watches still listing; empty when metrics are complete.
@@ -87,6 +106,20 @@ impl Readiness {
     pub fn is_ready(&self) -> bool {
         self.pending().is_empty()
     }
+
+    /// Waits until none of the watches `names` is still listing.
+    pub async fn wait_for(&self, names: &[&str]) {
+        loop {
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            // Registered before the check, so a flag set in between wakes us.
+            changed.as_mut().enable();
+            if !self.pending().iter().any(|p| names.contains(p)) {
+                return;
+            }
+            changed.await;
+        }
+    }
 }
 
 /// A watch of `api` cached into `writer`, with managed fields dropped to
@@ -95,7 +128,7 @@ fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
-    synced: Arc<AtomicBool>,
+    synced: Synced,
 ) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
@@ -106,7 +139,7 @@ where
         .reflect(writer)
         .inspect_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {
-                synced.store(true, Ordering::Relaxed);
+                synced.done();
             }
         })
 }
@@ -124,7 +157,7 @@ async fn log_failure<T, E: std::fmt::Display>(result: Result<T, E>) {
 fn policy_watch<P: Policy>(
     api: Api<P>,
     writer: reflector::store::Writer<P>,
-    synced: Arc<AtomicBool>,
+    synced: Synced,
     deployments: Store<Deployment>,
     workload_trigger: mpsc::UnboundedSender<ObjectRef<Deployment>>,
 ) -> impl Stream<Item = Result<P, watcher::Error>> + Send + 'static {
@@ -219,7 +252,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
                         .get(&ObjectRef::new(&k.name).within(&k.namespace))
                         .is_some()
                 });
-                deployments_synced.store(true, Ordering::Relaxed);
+                deployments_synced.done();
             }
             _ => {}
         })
@@ -264,7 +297,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .reflect(node_writer)
         .for_each(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
-                nodes_synced.store(true, Ordering::Relaxed);
+                nodes_synced.done();
             }
             futures::future::ready(())
         });
@@ -337,6 +370,25 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             Arc::clone(&ctx),
         )
         .for_each(log_failure);
+    // A workload judged before the policies are listed would look ungoverned
+    // and be dropped until its next change; so workloads start once the
+    // caches a judgement reads have listed. (Namespaces and pods are the
+    // workload controller's own triggers: whatever lists later re-triggers
+    // the workloads it concerns.)
+    let workloads = {
+        let readiness = readiness.clone();
+        async move {
+            readiness
+                .wait_for(&[
+                    "refreshpolicies",
+                    "clusterrefreshpolicies",
+                    "serviceaccounts",
+                    "nodes",
+                ])
+                .await;
+            workloads.await;
+        }
+    };
     let policies = Controller::for_stream(policy_trigger, policy_store)
         .reconcile_on(policy_rx)
         .shutdown_on_signal()
