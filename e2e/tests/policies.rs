@@ -113,6 +113,16 @@ async fn a_refresh_policy_makes_an_old_image_violate() -> anyhow::Result<()> {
         .await?;
     ns.deploy_ready(&client, "fresh", &fresh.pinned(), 1, &[])
         .await?;
+    // Old too, but its owner snoozed it: shown, counted nowhere.
+    let until = (Utc::now() + TimeDelta::days(7)).to_rfc3339();
+    ns.deploy_ready(
+        &client,
+        "snoozed",
+        &old.pinned(),
+        1,
+        &[("freshen.dev/snooze-until", until.as_str())],
+    )
+    .await?;
     // Opted out explicitly: a matching policy does not bring it in.
     ns.deploy_ready(
         &client,
@@ -132,7 +142,7 @@ async fn a_refresh_policy_makes_an_old_image_violate() -> anyhow::Result<()> {
             &params,
             &refresh_policy(
                 "a-strict",
-                selector_in("app", &["old", "fresh", "opted-out"]),
+                selector_in("app", &["old", "fresh", "snoozed", "opted-out"]),
                 "5d",
             ),
         )
@@ -146,8 +156,8 @@ async fn a_refresh_policy_makes_an_old_image_violate() -> anyhow::Result<()> {
 
     let operator = Operator::start(&harness, &["--poll-interval", "3s"]).await?;
 
-    let strict = await_status(&policies, "a-strict", "2 matched, 1 violating", |s| {
-        s.matched_workloads == 2 && s.violating_workloads == 1
+    let strict = await_status(&policies, "a-strict", "3 matched, 1 violating", |s| {
+        s.matched_workloads == 3 && s.violating_workloads == 1
     })
     .await?;
     assert_eq!(strict.observed_generation, Some(1));
@@ -225,7 +235,7 @@ async fn a_refresh_policy_makes_an_old_image_violate() -> anyhow::Result<()> {
         .find(|l| l.starts_with("a-strict"))
         .unwrap_or_default();
     assert!(
-        strict_line.split_whitespace().collect::<Vec<_>>()[1..5] == ["5d", "2", "1", "True"],
+        strict_line.split_whitespace().collect::<Vec<_>>()[1..5] == ["5d", "3", "1", "True"],
         "{table}"
     );
 
@@ -245,7 +255,7 @@ async fn a_refresh_policy_makes_an_old_image_violate() -> anyhow::Result<()> {
     let workloads: Vec<&str> = rows.iter().filter_map(|r| r["workload"].as_str()).collect();
     assert_eq!(
         workloads,
-        ["old", "fresh"],
+        ["old", "snoozed", "fresh"],
         "worst first, opted-out left out"
     );
     assert_eq!(
@@ -253,7 +263,21 @@ async fn a_refresh_policy_makes_an_old_image_violate() -> anyhow::Result<()> {
         format!("RefreshPolicy {}/a-strict", ns.name)
     );
     assert_eq!(rows[0]["violations"].as_array().map(Vec::len), Some(1));
-    assert!(rows[1]["violations"].as_array().is_some_and(Vec::is_empty));
+    assert_eq!(rows[1]["snoozed"], true);
+    assert_eq!(rows[1]["violations"].as_array().map(Vec::len), Some(1));
+    assert!(rows[2]["violations"].as_array().is_some_and(Vec::is_empty));
+    // Snoozed violations alone do not fail a CI run.
+    let out = report(
+        &harness,
+        &["-n", &ns.name, "-l", "app=snoozed", "--fail-on-violation"],
+    )?;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("(snoozed)"));
     let out = report(&harness, &["-n", &ns.name])?;
     assert_eq!(out.status.code(), Some(0), "without --fail-on-violation");
     let table = String::from_utf8_lossy(&out.stdout);

@@ -389,4 +389,41 @@ mod tests {
         let (pinned, _) = settings(&[(POLICY, "strict")]);
         assert!(pinned.measured(false));
     }
+
+    proptest::proptest! {
+        /// Whatever the annotations hold, parsing never panics, every error
+        /// names a key that is there with its value, and a key that parsed
+        /// is not also reported.
+        #[test]
+        fn any_annotations_parse_without_panic(
+            pairs in proptest::collection::btree_map(
+                proptest::prop_oneof![
+                    proptest::sample::select(vec![
+                        REFRESH.to_owned(),
+                        MAX_IMAGE_AGE.to_owned(),
+                        MAX_CONTAINER_AGE.to_owned(),
+                        POLICY.to_owned(),
+                        SNOOZE_UNTIL.to_owned(),
+                        BASE_IMAGE.to_owned(),
+                    ]),
+                    "freshen\\.dev/[a-z.-]{0,20}",
+                    "[a-z./-]{0,20}",
+                ],
+                "\\PC{0,30}",
+                0..6,
+            )
+        ) {
+            let (settings, errors) = WorkloadSettings::from_annotations(Some(&pairs));
+            for e in &errors {
+                proptest::prop_assert_eq!(pairs.get(&e.key), Some(&e.value));
+                proptest::prop_assert!(e.key.starts_with(PREFIX));
+            }
+            if settings.limits.max_image_age.is_some() {
+                proptest::prop_assert!(!errors.iter().any(|e| e.key == MAX_IMAGE_AGE));
+            }
+            if settings.policy.is_some() {
+                proptest::prop_assert!(!errors.iter().any(|e| e.key == POLICY));
+            }
+        }
+    }
 }
