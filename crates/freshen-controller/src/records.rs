@@ -125,14 +125,21 @@ pub struct PolicyNotifier {
 }
 
 impl PolicyNotifier {
-    fn notify(&self, namespace: &str, binding: &PolicyBinding) {
-        for name in &binding.policies {
-            // A closed channel means the operator is stopping.
+    /// Wakes each policy of `bindings` once.
+    fn notify<'a>(&self, namespace: &str, bindings: impl IntoIterator<Item = &'a PolicyBinding>) {
+        let mut policies = BTreeSet::new();
+        let mut cluster_policies = BTreeSet::new();
+        for binding in bindings {
+            policies.extend(&binding.policies);
+            cluster_policies.extend(&binding.cluster_policies);
+        }
+        // A closed channel means the operator is stopping.
+        for name in policies {
             let _ = self
                 .policies
                 .unbounded_send(ObjectRef::new(name).within(namespace));
         }
-        for name in &binding.cluster_policies {
+        for name in cluster_policies {
             let _ = self.cluster_policies.unbounded_send(ObjectRef::new(name));
         }
     }
@@ -179,10 +186,8 @@ impl WorkloadRecords {
             .map(|r| (r.binding.clone(), r.violating.clone()));
         let changed = old.as_ref() != Some(&(record.binding.clone(), record.violating.clone()));
         if let (true, Some(notifier)) = (changed, &self.notifier) {
-            notifier.notify(&key.namespace, &record.binding);
-            if let Some((binding, _)) = &old {
-                notifier.notify(&key.namespace, binding);
-            }
+            let before = old.as_ref().map(|(binding, _)| binding);
+            notifier.notify(&key.namespace, before.into_iter().chain([&record.binding]));
         }
         map.insert(key, record);
     }
@@ -193,7 +198,7 @@ impl WorkloadRecords {
             return;
         };
         if let (Some(old), Some(notifier)) = (map.remove(key), &self.notifier) {
-            notifier.notify(&key.namespace, &old.binding);
+            notifier.notify(&key.namespace, [&old.binding]);
         }
     }
 
@@ -205,7 +210,7 @@ impl WorkloadRecords {
         map.retain(|k, record| {
             let kept = keep(k);
             if let (false, Some(notifier)) = (kept, &self.notifier) {
-                notifier.notify(&k.namespace, &record.binding);
+                notifier.notify(&k.namespace, [&record.binding]);
             }
             kept
         });
@@ -297,5 +302,98 @@ impl WorkloadRecords {
             }
         }
         stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freshen_core::policy::Sourced;
+    use futures::channel::mpsc;
+
+    fn key(name: &str) -> WorkloadKey {
+        WorkloadKey {
+            namespace: "shop".into(),
+            name: name.into(),
+        }
+    }
+
+    fn record(policies: &[&str], governing: &str, violating: bool) -> WorkloadRecord {
+        let source = Source::Policy {
+            namespace: "shop".into(),
+            name: governing.into(),
+        };
+        WorkloadRecord {
+            containers: Vec::new(),
+            limits: EffectiveLimits {
+                max_image_age: None,
+                max_container_age: None,
+                track_base_image: Sourced {
+                    value: true,
+                    source: Source::Default,
+                },
+            },
+            binding: PolicyBinding {
+                policies: policies.iter().map(|p| (*p).to_owned()).collect(),
+                policy: Some(governing.to_owned()),
+                ..PolicyBinding::default()
+            },
+            config_errors: Vec::new(),
+            snoozed: false,
+            violating: if violating {
+                BTreeSet::from([source])
+            } else {
+                BTreeSet::new()
+            },
+        }
+    }
+
+    fn drain<K: kube::Resource>(rx: &mut mpsc::UnboundedReceiver<ObjectRef<K>>) -> Vec<String> {
+        let mut names = Vec::new();
+        while let Ok(r) = rx.try_recv() {
+            names.push(r.name);
+        }
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn policies_hear_of_changes_that_concern_them_only() {
+        let (tx, mut rx) = mpsc::unbounded();
+        let (cluster_tx, _cluster_rx) = mpsc::unbounded();
+        let records = WorkloadRecords::with_notifier(PolicyNotifier {
+            policies: tx,
+            cluster_policies: cluster_tx,
+        });
+        records.set(key("web"), record(&["strict"], "strict", false));
+        assert_eq!(drain(&mut rx), ["strict"]);
+        // Same binding, same verdict: nobody is woken.
+        records.set(key("web"), record(&["strict"], "strict", false));
+        assert!(drain(&mut rx).is_empty());
+        // It starts violating: the policy's count changes.
+        records.set(key("web"), record(&["strict"], "strict", true));
+        assert_eq!(drain(&mut rx), ["strict"]);
+        // Matched by another policy instead: both hear of it.
+        records.set(key("web"), record(&["lenient"], "lenient", true));
+        assert_eq!(drain(&mut rx), ["lenient", "strict"]);
+        records.remove(&key("web"));
+        assert_eq!(drain(&mut rx), ["lenient"]);
+    }
+
+    #[test]
+    fn policy_stats_count_matched_governed_violating_and_overlaps() {
+        let records = WorkloadRecords::default();
+        records.set(key("a"), record(&["old", "new"], "old", true));
+        records.set(key("b"), record(&["new"], "new", true));
+        records.set(key("c"), record(&["new"], "new", false));
+        let new = records.policy_stats("shop", "new");
+        assert_eq!(
+            (new.matched, new.governed, new.violating, new.overlapping),
+            (3, 2, 1, 1)
+        );
+        assert_eq!(new.overlaps_with, BTreeSet::from(["old".to_owned()]));
+        let old = records.policy_stats("shop", "old");
+        assert_eq!((old.matched, old.governed, old.violating), (1, 1, 1));
+        assert_eq!(records.policy_stats("other", "new"), PolicyStats::default());
     }
 }
