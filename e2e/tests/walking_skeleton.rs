@@ -362,7 +362,27 @@ async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> 
         &[("freshen.dev/refresh", "enabled")],
     )
     .await?;
-    let _operator = Operator::start(&harness, &["--poll-interval", "3s"]).await?;
+    // The same image under a policy that does not track bases: measured,
+    // but no base look-ups and no base series.
+    ns.deploy_ready(&client, "untracked", &app.pinned(), 1, &[])
+        .await?;
+    let untracked = freshen_api::RefreshPolicy::new(
+        "no-base",
+        freshen_api::RefreshPolicySpec {
+            selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_labels: Some([("app".to_owned(), "untracked".to_owned())].into()),
+                match_expressions: None,
+            },
+            limits: freshen_api::PolicyLimits {
+                track_base_image: Some(false),
+                ..freshen_api::PolicyLimits::default()
+            },
+        },
+    );
+    Api::<freshen_api::RefreshPolicy>::namespaced(client.clone(), &ns.name)
+        .create(&kube::api::PostParams::default(), &untracked)
+        .await?;
+    let operator = Operator::start(&harness, &["--poll-interval", "3s"]).await?;
 
     let stale = format!(
         r#"freshen_base_image_stale{{namespace="{}",workload="on-base"}}"#,
@@ -411,8 +431,30 @@ async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> 
         String::from_utf8_lossy(&out.stderr)
     );
     let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let row = &json["rows"][0];
-    assert_eq!(row["baseImage"], base_v1.tagged, "{row}");
-    assert_eq!(row["baseStale"], true, "{row}");
+    let rows = json["rows"].as_array().cloned().unwrap_or_default();
+    let row = |workload: &str| {
+        rows.iter()
+            .find(|r| r["workload"] == workload)
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(row("on-base")["baseImage"], base_v1.tagged, "{rows:?}");
+    assert_eq!(row("on-base")["baseStale"], true, "{rows:?}");
+
+    // The untracked workload is measured, without base.
+    let untracked_age = format!(
+        r#"freshen_image_age_seconds{{namespace="{}",workload="untracked"}}"#,
+        ns.name
+    );
+    await_series(&harness, &untracked_age).await?;
+    let text = operator.scrape().await?;
+    let untracked = format!(r#"namespace="{}",workload="untracked""#, ns.name);
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("freshen_base_image_stale") && l.contains(&untracked)),
+        "{text}"
+    );
+    assert!(row("untracked")["baseImage"].is_null(), "{rows:?}");
     Ok(())
 }
