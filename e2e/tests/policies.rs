@@ -558,3 +558,131 @@ async fn a_policy_the_schema_cannot_reject_is_not_ready_and_says_why() -> anyhow
     assert!(note.contains("spec.maxImageAge"), "{note}");
     Ok(())
 }
+
+/// A cluster-scoped object deleted (by kubectl, synchronously) when dropped.
+struct ClusterScoped {
+    kind: &'static str,
+    name: String,
+    kubectl: std::path::PathBuf,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Drop for ClusterScoped {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "delete",
+                self.kind,
+                &self.name,
+                "--wait=false",
+                "--ignore-not-found",
+            ])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_cluster_policy_follows_namespace_labels() -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Patch, PatchParams};
+
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "clusterpolicy").await?;
+    let old = push(
+        &harness.registry,
+        &format!("e2e/{}/old", ns.name),
+        "v1",
+        &ImageSpec::built_at(Utc::now() - TimeDelta::days(10)),
+    )
+    .await?;
+    ns.deploy_ready(&client, "old", &old.pinned(), 1, &[])
+        .await?;
+
+    // Selects namespaces by a label only this test's namespace will carry.
+    let label = "e2e.freshen.dev/baseline";
+    let policy = ClusterRefreshPolicy::new(
+        &format!("{}-baseline", ns.name),
+        ClusterRefreshPolicySpec {
+            namespace_selector: Some(LabelSelector {
+                match_labels: Some([(label.to_owned(), ns.name.clone())].into()),
+                match_expressions: None,
+            }),
+            selector: None,
+            limits: PolicyLimits {
+                max_image_age: Some("5d".into()),
+                ..PolicyLimits::default()
+            },
+        },
+    );
+    let policies: Api<ClusterRefreshPolicy> = Api::all(client.clone());
+    policies.create(&PostParams::default(), &policy).await?;
+    let name = format!("{}-baseline", ns.name);
+    let _cleanup = ClusterScoped {
+        kind: "clusterrefreshpolicy",
+        name: name.clone(),
+        kubectl: harness.kubectl.clone(),
+        kubeconfig: harness.kubeconfig.clone(),
+    };
+    let _operator = Operator::start(&harness, &["--poll-interval", "1h"]).await?;
+
+    let status_of = |what: &'static str, done: fn(&PolicyStatus) -> bool| {
+        let (policies, name) = (policies.clone(), name.clone());
+        wait_for(
+            what,
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            move || {
+                let (policies, name) = (policies.clone(), name.clone());
+                async move {
+                    let status = policies.get(&name).await?.status.unwrap_or_default();
+                    Ok(done(&status).then_some(status))
+                }
+            },
+        )
+    };
+    // Not labelled yet: it matches nothing, and the workload is not measured.
+    status_of("the cluster policy to be Ready with no match", |s| {
+        s.conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+    .await?;
+
+    // Labelling the namespace brings its workload under the policy at once
+    // (a namespace change re-measures its workloads; the poll is 1h).
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let patch = |value: serde_json::Value| serde_json::json!({ "metadata": { "labels": { label: value } } });
+    namespaces
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(patch(ns.name.clone().into())),
+        )
+        .await?;
+    let status = status_of("1 matched, 1 violating", |s| {
+        s.matched_workloads == 1 && s.violating_workloads == 1
+    })
+    .await?;
+    assert_eq!(status.matched_workloads, 1);
+    let note = await_event(&client, &ns.name, "old", "MaxAgeExceeded").await?;
+    assert!(
+        note.contains(&format!("ClusterRefreshPolicy {name}")),
+        "{note}"
+    );
+
+    // Removing the label releases it again.
+    namespaces
+        .patch(
+            &ns.name,
+            &PatchParams::default(),
+            &Patch::Merge(patch(serde_json::Value::Null)),
+        )
+        .await?;
+    status_of("0 matched", |s| s.matched_workloads == 0).await?;
+    Ok(())
+}
