@@ -181,10 +181,49 @@ pub enum RunError {
     /// The HTTP endpoints could not be served.
     #[error("serving HTTP endpoints failed: {0}")]
     Serve(#[from] std::io::Error),
+    /// The policy CRDs are not installed in the cluster.
+    #[error(
+        "the freshen CRDs are not installed: apply them with `kubectl apply -f config/crd/` \
+         (or `freshen crd | kubectl apply -f -`)"
+    )]
+    CrdsMissing,
+    /// The cluster could not be asked whether the CRDs are installed.
+    #[error("checking for the freshen CRDs failed: {0}")]
+    CrdCheck(#[source] kube::Error),
+}
+
+/// Fails fast when the policy CRDs are missing: their watches would
+/// otherwise retry forever and the operator would never become ready.
+async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), RunError> {
+    let probe = kube::api::ListParams::default().limit(1);
+    let policies: Api<RefreshPolicy> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    for result in [
+        policies
+            .list_metadata(&probe)
+            .await
+            .map(|_| ()),
+        Api::<ClusterRefreshPolicy>::all(client.clone())
+            .list_metadata(&probe)
+            .await
+            .map(|_| ()),
+    ] {
+        match result {
+            Ok(()) => {}
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                return Err(RunError::CrdsMissing);
+            }
+            Err(e) => return Err(RunError::CrdCheck(e)),
+        }
+    }
+    Ok(())
 }
 
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
+    check_crds(&client, config.namespace.as_deref()).await?;
     let (policy_tx, policy_rx) = mpsc::unbounded();
     let (cluster_policy_tx, cluster_policy_rx) = mpsc::unbounded();
     let (workload_tx, workload_rx) = mpsc::unbounded();
