@@ -201,10 +201,7 @@ async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), RunE
         None => Api::all(client.clone()),
     };
     for result in [
-        policies
-            .list_metadata(&probe)
-            .await
-            .map(|_| ()),
+        policies.list_metadata(&probe).await.map(|_| ()),
         Api::<ClusterRefreshPolicy>::all(client.clone())
             .list_metadata(&probe)
             .await
