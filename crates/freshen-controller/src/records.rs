@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use freshen_api::{ClusterRefreshPolicy, RefreshPolicy};
-use freshen_core::policy::{EffectiveLimits, Source, Violation};
+use freshen_core::policy::{Ages, EffectiveLimits, Source};
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
 
@@ -72,14 +72,12 @@ impl ContainerRecord {
         freshen_core::container_age(self.oldest_start, now)
     }
 
-    /// The limits it is past at `now`.
-    pub fn violations(&self, limits: &EffectiveLimits, now: DateTime<Utc>) -> Vec<Violation> {
-        freshen_core::policy::violations(limits, self.image_age(now), self.container_age(now))
-    }
-
-    /// How long from `now` until it crosses a limit it is not yet past.
-    pub fn next_crossing(&self, limits: &EffectiveLimits, now: DateTime<Utc>) -> Option<Duration> {
-        freshen_core::policy::next_crossing(limits, self.image_age(now), self.container_age(now))
+    /// Its ages at `now`, as `freshen_core::policy::judge` reads them.
+    pub fn ages(&self, now: DateTime<Utc>) -> Ages {
+        Ages {
+            image: self.image_age(now),
+            container: self.container_age(now),
+        }
     }
 }
 

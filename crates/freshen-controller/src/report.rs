@@ -328,7 +328,16 @@ fn rows_of(
     now: DateTime<Utc>,
 ) -> Vec<Row> {
     let limits = &config.resolution.limits;
-    let snoozed = policy::snoozed(config.settings.snooze_until, now);
+    let ages: Vec<_> = measurement.containers.iter().map(|c| c.ages(now)).collect();
+    // The poll interval only decides a requeue, which a report has none of.
+    let judgement = policy::judge(
+        limits,
+        &ages,
+        config.settings.snooze_until,
+        now,
+        Duration::MAX,
+    );
+    let snoozed = judgement.snoozed;
     let config_errors: Vec<String> = config.errors.iter().map(ToString::to_string).collect();
     let secs = |d: Duration| d.as_secs();
     let limit = |l: &Option<Sourced<Duration>>| {
@@ -351,7 +360,8 @@ fn rows_of(
     let mut rows: Vec<Row> = measurement
         .containers
         .iter()
-        .map(|c| Row {
+        .zip(&judgement.violations)
+        .map(|(c, violations)| Row {
             namespace: deploy.namespace().unwrap_or_default(),
             workload: deploy.name_any(),
             container: c.container.clone(),
@@ -366,11 +376,7 @@ fn rows_of(
             update_available: c.update_available,
             max_image_age: limit(&limits.max_image_age),
             max_container_age: limit(&limits.max_container_age),
-            violations: c
-                .violations(limits, now)
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            violations: violations.iter().map(ToString::to_string).collect(),
             snoozed,
             config_errors: config_errors.clone(),
             problems: problems_of(&c.container),

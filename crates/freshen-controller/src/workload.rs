@@ -7,9 +7,7 @@
 //! record (for metrics and policy status) -> requeue at the next moment a
 //! limit will be crossed, or the poll interval.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use freshen_core::observe::{ContainerFacts, PodFacts};
@@ -124,39 +122,28 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         ctx.warn(&deploy, "InvalidImage", note).await;
     }
 
-    // judge
-    let snoozed = policy::snoozed(config.settings.snooze_until, now);
-    let mut violating = BTreeSet::new();
-    let mut notes = Vec::new();
-    for c in &measurement.containers {
-        for v in c.violations(&limits, now) {
-            notes.push(format!("container {}: {v}", c.container));
-            violating.insert(v.limit.source);
-        }
-    }
-    if snoozed {
-        violating.clear();
-    }
+    // judge (pure)
+    let ages: Vec<_> = measurement.containers.iter().map(|c| c.ages(now)).collect();
+    let judgement = policy::judge(
+        &limits,
+        &ages,
+        config.settings.snooze_until,
+        now,
+        ctx.config.poll_interval,
+    );
     let before = previous.map(|p| p.violating).unwrap_or_default();
-    if !violating.is_subset(&before) {
+    if judgement.newly_violating(&before) {
+        let notes: Vec<String> = measurement
+            .containers
+            .iter()
+            .zip(&judgement.violations)
+            .flat_map(|(c, vs)| {
+                vs.iter()
+                    .map(move |v| format!("container {}: {v}", c.container))
+            })
+            .collect();
         ctx.warn(&deploy, "MaxAgeExceeded", notes.join("; ")).await;
     }
-
-    // requeue when the next limit will be crossed, or a snooze ends
-    let snooze_ends = config
-        .settings
-        .snooze_until
-        .filter(|_| snoozed)
-        .and_then(|until| (until - now).to_std().ok());
-    let next = measurement
-        .containers
-        .iter()
-        .filter_map(|c| c.next_crossing(&limits, now))
-        .chain(snooze_ends)
-        .min();
-    let requeue = next.map_or(ctx.config.poll_interval, |n| {
-        n.min(ctx.config.poll_interval)
-    });
 
     // record what is known even when a look-up failed, then retry that one
     ctx.records.set(
@@ -166,13 +153,13 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             limits,
             binding: config.binding,
             config_errors: config.errors.iter().map(ToString::to_string).collect(),
-            snoozed,
-            violating,
+            snoozed: judgement.snoozed,
+            violating: judgement.violating,
         },
     );
     match registry_error {
         Some(e) => Err(e.into()),
-        None => Ok(Action::requeue(requeue.max(Duration::from_secs(1)))),
+        None => Ok(Action::requeue(judgement.requeue)),
     }
 }
 

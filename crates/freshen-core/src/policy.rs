@@ -10,6 +10,7 @@
 //! Ages are judged against limits here with a caller-given age, so the same
 //! functions serve the controller, the metrics and `freshen report`.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
@@ -278,6 +279,79 @@ pub fn snoozed(until: Option<DateTime<Utc>>, now: DateTime<Utc>) -> bool {
     until.is_some_and(|until| until > now)
 }
 
+/// The ages of one container at the time of judging; `None` when unknown.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Ages {
+    /// How long ago its running image was built.
+    pub image: Option<Duration>,
+    /// How long its oldest instance has run.
+    pub container: Option<Duration>,
+}
+
+/// A workload's verdict against its limits, from [`judge`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Judgement {
+    /// Per container, in the order given, the limits it is past.
+    pub violations: Vec<Vec<Violation>>,
+    /// Whether `snooze-until` is still in the future.
+    pub snoozed: bool,
+    /// The sources of the limits past; empty while snoozed. What a policy's
+    /// violating count and a new-violation Event are decided on.
+    pub violating: BTreeSet<Source>,
+    /// When to look at the workload again: the next limit crossing or the
+    /// end of the snooze, at most the poll interval, at least a second.
+    pub requeue: Duration,
+}
+
+impl Judgement {
+    /// Whether it now violates a limit of a source it did not violate
+    /// before (worth a new Event).
+    pub fn newly_violating(&self, before: &BTreeSet<Source>) -> bool {
+        !self.violating.is_subset(before)
+    }
+}
+
+/// Judges a workload's containers against `limits` at `now`.
+pub fn judge(
+    limits: &EffectiveLimits,
+    containers: &[Ages],
+    snooze_until: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+    poll_interval: Duration,
+) -> Judgement {
+    let snoozed = snoozed(snooze_until, now);
+    let violations: Vec<Vec<Violation>> = containers
+        .iter()
+        .map(|a| self::violations(limits, a.image, a.container))
+        .collect();
+    let violating = if snoozed {
+        BTreeSet::new()
+    } else {
+        violations
+            .iter()
+            .flatten()
+            .map(|v| v.limit.source.clone())
+            .collect()
+    };
+    let snooze_ends = snooze_until
+        .filter(|_| snoozed)
+        .and_then(|until| (until - now).to_std().ok());
+    let next = containers
+        .iter()
+        .filter_map(|a| next_crossing(limits, a.image, a.container))
+        .chain(snooze_ends)
+        .min();
+    let requeue = next
+        .map_or(poll_interval, |n| n.min(poll_interval))
+        .max(Duration::from_secs(1));
+    Judgement {
+        violations,
+        snoozed,
+        violating,
+        requeue,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -534,5 +608,55 @@ mod tests {
                 governing(&reversed).map(|c| c.name.clone())
             );
         }
+    }
+
+    #[test]
+    fn judging_a_workload_collects_violations_sources_and_the_next_look() {
+        let now = at(10).unwrap_or_default();
+        let l = limits(Some(5), Some(3));
+        let poll = Duration::from_secs(300);
+        let ages = [
+            Ages {
+                image: Some(days(10)),
+                container: Some(days(1)),
+            },
+            Ages {
+                image: Some(Duration::from_secs(5 * DAY - 60)),
+                container: None,
+            },
+        ];
+        let j = judge(&l, &ages, None, now, poll);
+        assert_eq!(j.violations[0].len(), 1);
+        assert!(j.violations[1].is_empty());
+        assert_eq!(j.violating, BTreeSet::from([policy("team")]));
+        // The second container crosses its limit in 61 s, before the poll.
+        assert_eq!(j.requeue, Duration::from_secs(61));
+        assert!(j.newly_violating(&BTreeSet::new()));
+        assert!(!j.newly_violating(&BTreeSet::from([policy("team")])));
+
+        // Nothing approaching: the poll interval.
+        let calm = [Ages {
+            image: Some(days(1)),
+            container: None,
+        }];
+        assert_eq!(judge(&l, &calm, None, now, poll).requeue, poll);
+    }
+
+    #[test]
+    fn a_snooze_hides_violations_from_counts_until_it_ends() {
+        let now = at(10).unwrap_or_default();
+        let l = limits(Some(5), None);
+        let old = [Ages {
+            image: Some(days(10)),
+            container: None,
+        }];
+        let until = now + chrono::TimeDelta::seconds(90);
+        let j = judge(&l, &old, Some(until), now, Duration::from_secs(3600));
+        assert!(j.snoozed);
+        assert_eq!(j.violations[0].len(), 1, "still shown");
+        assert!(j.violating.is_empty(), "but counted nowhere");
+        assert_eq!(j.requeue, Duration::from_secs(90), "looked at when it ends");
+        let ended = judge(&l, &old, Some(until), until, Duration::from_secs(3600));
+        assert!(!ended.snoozed && !ended.violating.is_empty());
     }
 }
