@@ -60,7 +60,10 @@ pub enum SpecError {
         source: DurationError,
     },
     /// A label selector uses an unknown operator or lacks values.
-    #[error("spec.{field}: {message}")]
+    #[error(
+        "spec.{field}: {message}; expected matchExpressions with operator In or NotIn (with \
+         values) or Exists or DoesNotExist (without)"
+    )]
     Selector {
         /// The field, e.g. `selector`.
         field: &'static str,

@@ -122,6 +122,19 @@ impl Readiness {
     }
 }
 
+/// An Api over one namespace, or over all of them when `namespace` is
+/// `None` (`--namespace` of `run` and `-n` of `report`).
+pub fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = kube::core::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 /// A watch of `api` cached into `writer`, with managed fields dropped to
 /// save memory, that sets `synced` after its first complete list.
 fn reflected<K>(
@@ -196,10 +209,7 @@ pub enum RunError {
 /// otherwise retry forever and the operator would never become ready.
 async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), RunError> {
     let probe = kube::api::ListParams::default().limit(1);
-    let policies: Api<RefreshPolicy> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let policies: Api<RefreshPolicy> = scoped(client, namespace);
     for result in [
         policies.list_metadata(&probe).await.map(|_| ()),
         Api::<ClusterRefreshPolicy>::all(client.clone())
@@ -236,19 +246,12 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     // the Controllers are already waiting on their stores.
     let readiness = Readiness::default();
 
-    let (deployments, pods, policies): (Api<Deployment>, Api<Pod>, Api<RefreshPolicy>) =
-        match &config.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    let namespace = config.namespace.as_deref();
+    let (deployments, pods, policies): (Api<Deployment>, Api<Pod>, Api<RefreshPolicy>) = (
+        scoped(&client, namespace),
+        scoped(&client, namespace),
+        scoped(&client, namespace),
+    );
     let namespace_watch = match &config.namespace {
         Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
         None => watcher::Config::default(),
@@ -342,10 +345,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     // ServiceAccounts, for the imagePullSecrets they add to their pods;
     // cached so that a reconcile costs no request for them.
     let (account_store, account_writer) = reflector::store();
-    let accounts_api: Api<ServiceAccount> = match &config.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
+    let accounts_api: Api<ServiceAccount> = scoped(&client, config.namespace.as_deref());
     let account_watch = reflected(
         accounts_api,
         watcher::Config::default(),

@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::assess::{
     Accounts, Problem, configure, measure, node_platform, platform_of, pull_credentials,
 };
+use crate::scoped;
 use crate::workload::{owning_deployment, pod_facts};
 
 /// What to scan.
@@ -189,19 +190,12 @@ pub async fn build(
         .as_ref()
         .map(|n| format!(" in namespace {n}"))
         .unwrap_or_default();
-    let (deployments, pods, policies): (Api<Deployment>, Api<Pod>, Api<RefreshPolicy>) =
-        match &options.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-                Api::all(client.clone()),
-            ),
-        };
+    let namespace = options.namespace.as_deref();
+    let (deployments, pods, policies): (Api<Deployment>, Api<Pod>, Api<RefreshPolicy>) = (
+        scoped(&client, namespace),
+        scoped(&client, namespace),
+        scoped(&client, namespace),
+    );
     let mut params = ListParams::default();
     if let Some(selector) = &options.selector {
         params = params.labels(selector);
