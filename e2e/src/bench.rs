@@ -227,12 +227,7 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
     registry_log_barrier(harness).await?;
     let before_report = counts()?;
     let started = std::time::Instant::now();
-    let out = std::process::Command::new(crate::operator::binary())
-        .args(["report", "-n", &ns.name, "-o", "json"])
-        .args(["--plain-http-registry", &harness.registry])
-        .env("KUBECONFIG", &harness.kubeconfig)
-        .output()
-        .context("running freshen report")?;
+    let out = crate::operator::report(harness, &["-n", &ns.name, "-o", "json"])?;
     let report_duration = started.elapsed();
     anyhow::ensure!(
         out.status.success(),

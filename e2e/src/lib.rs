@@ -178,13 +178,82 @@ pub async fn registry_log_barrier(harness: &Harness) -> anyhow::Result<()> {
     .await
 }
 
+/// Deletes a Kubernetes object with the harness' kubectl when dropped (also
+/// when the test fails). Synchronous on purpose: the test's runtime may
+/// already be shutting down, so a spawned task would never run.
+pub struct DeleteOnDrop {
+    /// `kubectl delete` arguments before `--wait=false`, e.g. `node n1`.
+    args: Vec<String>,
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Harness {
+    /// Deletes object `name` of `kind` (e.g. `node`, `namespace`) when the
+    /// returned guard is dropped.
+    pub fn delete_on_drop(&self, kind: &str, name: &str) -> DeleteOnDrop {
+        DeleteOnDrop {
+            args: vec![kind.to_owned(), name.to_owned()],
+            kubectl: self.kubectl.clone(),
+            kubeconfig: self.kubeconfig.clone(),
+        }
+    }
+}
+
+impl Drop for DeleteOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("delete")
+            .args(&self.args)
+            .args(["--wait=false", "--ignore-not-found"])
+            .stdout(std::process::Stdio::null())
+            .status();
+    }
+}
+
+/// Waits for a Warning Event with `reason` on object `name` of `kind` in
+/// `namespace`; returns its note.
+pub async fn await_warning(
+    client: &Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    reason: &str,
+) -> anyhow::Result<String> {
+    use k8s_openapi::api::events::v1::Event;
+    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let event = wait_for(
+        &format!("a {reason} Event on {kind} {namespace}/{name}"),
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || {
+            let events = events.clone();
+            async move {
+                let list = events.list(&ListParams::default()).await?;
+                Ok(list.items.into_iter().find(|e| {
+                    e.regarding.as_ref().is_some_and(|r| {
+                        r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name)
+                    }) && e.reason.as_deref() == Some(reason)
+                }))
+            }
+        },
+    )
+    .await?;
+    anyhow::ensure!(
+        event.type_.as_deref() == Some("Warning"),
+        "the {reason} Event is not a Warning: {event:?}"
+    );
+    Ok(event.note.unwrap_or_default())
+}
+
 /// A namespace created for one test, deleted when dropped (also when the
 /// test fails), so that runs do not pile up workloads.
 pub struct TestNamespace {
     /// Its name.
     pub name: String,
-    kubectl: PathBuf,
-    kubeconfig: PathBuf,
+    _delete: DeleteOnDrop,
 }
 
 impl TestNamespace {
@@ -203,8 +272,7 @@ impl TestNamespace {
             .await?;
         let created = Self {
             name: name.clone(),
-            kubectl: harness.kubectl.clone(),
-            kubeconfig: harness.kubeconfig.clone(),
+            _delete: harness.delete_on_drop("namespace", &name),
         };
         // The namespace's default ServiceAccount appears asynchronously and
         // pods cannot be created before it exists.
@@ -245,25 +313,6 @@ impl TestNamespace {
         let ready = usize::try_from(replicas)?;
         wait_ready_pods(client, &self.name, name, ready, Duration::from_secs(60)).await?;
         Ok(())
-    }
-}
-
-impl Drop for TestNamespace {
-    fn drop(&mut self) {
-        // Synchronous on purpose: the test's runtime may already be shutting
-        // down, so a spawned task would never run.
-        let _ = std::process::Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "delete",
-                "namespace",
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
-            .stdout(std::process::Stdio::null())
-            .status();
     }
 }
 

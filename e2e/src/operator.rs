@@ -23,6 +23,27 @@ pub fn binary() -> PathBuf {
         .map_or_else(|| repo_root().join("target/debug/freshen"), PathBuf::from)
 }
 
+/// Runs `freshen report` against the harness (its registry spoken to over
+/// plain HTTP) with `args`, and returns what it printed and its status.
+pub fn report(harness: &Harness, args: &[&str]) -> anyhow::Result<std::process::Output> {
+    report_as(harness, &harness.kubeconfig, args)
+}
+
+/// [`report`] with another kubeconfig, e.g. one of a user without rights.
+pub fn report_as(
+    harness: &Harness,
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    Command::new(binary())
+        .arg("report")
+        .args(["--plain-http-registry", &harness.registry])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .with_context(|| format!("running {} report", binary().display()))
+}
+
 impl Operator {
     /// Starts `freshen run` on the harness' operator address (the one its
     /// Prometheus scrapes) with `extra` arguments, and waits until /readyz

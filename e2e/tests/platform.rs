@@ -21,8 +21,7 @@ const TAINT: &str = "e2e.freshen.dev/arm64";
 /// it; deleted when dropped.
 struct ArmNode {
     name: String,
-    kubectl: std::path::PathBuf,
-    kubeconfig: std::path::PathBuf,
+    _delete: freshen_e2e::DeleteOnDrop,
 }
 
 impl ArmNode {
@@ -51,28 +50,9 @@ impl ArmNode {
         let api: Api<Node> = Api::all(client.clone());
         api.create(&PostParams::default(), &node).await?;
         Ok(Self {
+            _delete: harness.delete_on_drop("node", &name),
             name,
-            kubectl: harness.kubectl.clone(),
-            kubeconfig: harness.kubeconfig.clone(),
         })
-    }
-}
-
-impl Drop for ArmNode {
-    fn drop(&mut self) {
-        // Synchronous, like TestNamespace: the runtime may be shutting down.
-        let _ = std::process::Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "delete",
-                "node",
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
-            .stdout(std::process::Stdio::null())
-            .status();
     }
 }
 

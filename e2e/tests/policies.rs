@@ -2,7 +2,6 @@
 //! CRDs, the operator applies them to workloads and writes their status,
 //! Prometheus shows the limits, and `freshen report` agrees.
 
-use std::process::Output;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
@@ -11,12 +10,11 @@ use freshen_api::{
     RefreshPolicySpec,
 };
 use freshen_e2e::image::{ImageSpec, push};
-use freshen_e2e::operator::{Operator, binary};
+use freshen_e2e::operator::{Operator, report, report_as};
 use freshen_e2e::prometheus::await_value;
-use freshen_e2e::{Harness, TestNamespace, init_tls, wait_for};
-use k8s_openapi::api::events::v1::Event;
+use freshen_e2e::{Harness, TestNamespace, await_warning, init_tls, wait_for};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 use kube::{Api, Client};
 
 const DAY: f64 = 86_400.0;
@@ -74,17 +72,6 @@ fn condition<'a>(status: &'a PolicyStatus, type_: &str) -> Option<(&'a str, &'a 
         .iter()
         .find(|c| c.type_ == type_)
         .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
-}
-
-/// Runs `freshen report` against the harness.
-fn report(harness: &Harness, args: &[&str]) -> anyhow::Result<Output> {
-    Ok(std::process::Command::new(binary())
-        .arg("report")
-        .args(["--plain-http-registry", &harness.registry])
-        .args(["--registry-timeout", "5s"])
-        .args(args)
-        .env("KUBECONFIG", &harness.kubeconfig)
-        .output()?)
 }
 
 #[tokio::test]
@@ -314,25 +301,7 @@ async fn await_event(
     workload: &str,
     reason: &str,
 ) -> anyhow::Result<String> {
-    let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let event = wait_for(
-        &format!("a {reason} Event on {workload}"),
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await?;
-                Ok(list.items.into_iter().find(|e| {
-                    e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(workload)
-                        && e.reason.as_deref() == Some(reason)
-                }))
-            }
-        },
-    )
-    .await?;
-    assert_eq!(event.type_.as_deref(), Some("Warning"));
-    Ok(event.note.unwrap_or_default())
+    await_warning(client, namespace, "Deployment", workload, reason).await
 }
 
 #[tokio::test]
@@ -487,10 +456,7 @@ async fn the_report_says_what_permission_it_lacks() -> anyhow::Result<()> {
     // JSON is YAML: kubectl and kube read it as a kubeconfig.
     std::fs::write(&path, serde_json::to_vec(&kubeconfig)?)?;
 
-    let out = std::process::Command::new(binary())
-        .args(["report", "-n", &ns.name])
-        .env("KUBECONFIG", &path)
-        .output()?;
+    let out = report_as(&harness, &path, &["-n", &ns.name])?;
     let _ = std::fs::remove_file(&path);
     assert_eq!(
         out.status.code(),
@@ -534,54 +500,9 @@ async fn a_policy_the_schema_cannot_reject_is_not_ready_and_says_why() -> anyhow
         "{message}"
     );
 
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    let note = wait_for(
-        "a Warning Event on the policy",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await?;
-                Ok(list.items.into_iter().find_map(|e| {
-                    let on_policy = e.regarding.as_ref().is_some_and(|r| {
-                        r.kind.as_deref() == Some("RefreshPolicy")
-                            && r.name.as_deref() == Some("huge")
-                    });
-                    (on_policy && e.reason.as_deref() == Some("InvalidSpec")).then_some(e.note)
-                }))
-            }
-        },
-    )
-    .await?
-    .unwrap_or_default();
+    let note = await_warning(&client, &ns.name, "RefreshPolicy", "huge", "InvalidSpec").await?;
     assert!(note.contains("spec.maxImageAge"), "{note}");
     Ok(())
-}
-
-/// A cluster-scoped object deleted (by kubectl, synchronously) when dropped.
-struct ClusterScoped {
-    kind: &'static str,
-    name: String,
-    kubectl: std::path::PathBuf,
-    kubeconfig: std::path::PathBuf,
-}
-
-impl Drop for ClusterScoped {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args([
-                "delete",
-                self.kind,
-                &self.name,
-                "--wait=false",
-                "--ignore-not-found",
-            ])
-            .stdout(std::process::Stdio::null())
-            .status();
-    }
 }
 
 #[tokio::test]
@@ -622,12 +543,7 @@ async fn a_cluster_policy_follows_namespace_labels() -> anyhow::Result<()> {
     let policies: Api<ClusterRefreshPolicy> = Api::all(client.clone());
     policies.create(&PostParams::default(), &policy).await?;
     let name = format!("{}-baseline", ns.name);
-    let _cleanup = ClusterScoped {
-        kind: "clusterrefreshpolicy",
-        name: name.clone(),
-        kubectl: harness.kubectl.clone(),
-        kubeconfig: harness.kubeconfig.clone(),
-    };
+    let _cleanup = harness.delete_on_drop("clusterrefreshpolicy", &name);
     let _operator = Operator::start(&harness, &["--poll-interval", "1h"]).await?;
 
     let status_of = |what: &'static str, done: fn(&PolicyStatus) -> bool| {
@@ -647,9 +563,11 @@ async fn a_cluster_policy_follows_namespace_labels() -> anyhow::Result<()> {
     };
     // Not labelled yet: it matches nothing, and the workload is not measured.
     status_of("the cluster policy to be Ready with no match", |s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Ready" && c.status == "True")
+        s.observed_generation == Some(1)
+            && s.matched_workloads == 0
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
     })
     .await?;
 

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use chrono::{TimeDelta, Utc};
 use freshen_core::ImageReference;
 use freshen_e2e::image::{ImageSpec, push_private};
-use freshen_e2e::operator::{Operator, binary};
+use freshen_e2e::operator::{Operator, report};
 use freshen_e2e::prometheus::await_series;
 use freshen_e2e::{Harness, TestNamespace, deployment, init_tls, wait_ready_pods};
 use freshen_registry::{Credential, RegistryClient, RegistryConfig, RegistryMetrics};
@@ -64,12 +64,22 @@ async fn the_registry_client_needs_the_credential_and_the_ca() -> anyhow::Result
         Some(built.timestamp())
     );
 
-    // Without the CA, TLS fails: the certificate is not trusted.
+    // Without the CA, TLS fails before any HTTP answer (so not a 401): the
+    // certificate is not trusted.
     let untrusted = registry_client(None)?
         .resolve_tag(&image, Some(&credential), Instant::now())
-        .await;
-    let message = untrusted.err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(!message.is_empty(), "an untrusted certificate must fail");
+        .await
+        .err();
+    assert_eq!(
+        untrusted.as_ref().map(|e| e.category()),
+        Some("registry_resolve"),
+        "{untrusted:?}"
+    );
+    let chain = format!("{untrusted:?}").to_lowercase();
+    assert!(
+        chain.contains("certificate"),
+        "the cause names the certificate: {chain}"
+    );
     Ok(())
 }
 
@@ -175,11 +185,10 @@ async fn workloads_are_measured_with_their_pull_secrets() -> anyhow::Result<()> 
 
     // The report reads the same secrets; the workload without one gets a
     // row that says why, and the report still completes.
-    let out = std::process::Command::new(binary())
-        .args(["report", "-n", &ns.name, "-o", "json"])
-        .args(["--registry-ca-file", &ca])
-        .env("KUBECONFIG", &harness.kubeconfig)
-        .output()?;
+    let out = report(
+        &harness,
+        &["-n", &ns.name, "-o", "json", "--registry-ca-file", &ca],
+    )?;
     assert_eq!(
         out.status.code(),
         Some(0),

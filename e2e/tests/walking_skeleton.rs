@@ -206,9 +206,6 @@ fn promtool_check_metrics(exposition: &str) -> anyhow::Result<String> {
 
 #[tokio::test]
 async fn a_malformed_annotation_is_a_warning_event_not_a_crash() -> anyhow::Result<()> {
-    use k8s_openapi::api::events::v1::Event;
-    use kube::api::ListParams;
-
     init_tls();
     let harness = Harness::load()?;
     let client = harness.client().await?;
@@ -244,41 +241,20 @@ async fn a_malformed_annotation_is_a_warning_event_not_a_crash() -> anyhow::Resu
 
     // A Warning Event naming each bad annotation, its value and the
     // expected form.
-    let events: Api<Event> = Api::namespaced(client.clone(), &ns.name);
-    let notes = wait_for(
-        "a Warning Event naming both bad annotations of the Deployment",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || {
-            let events = events.clone();
-            async move {
-                let list = events.list(&ListParams::default()).await?;
-                let notes: Vec<String> = list
-                    .items
-                    .into_iter()
-                    .filter(|e| {
-                        e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("typo")
-                            && e.reason.as_deref() == Some("InvalidAnnotation")
-                            && e.type_.as_deref() == Some("Warning")
-                    })
-                    .filter_map(|e| e.note)
-                    .collect();
-                Ok((!notes.is_empty()).then_some(notes))
-            }
-        },
-    )
-    .await?;
+    let note =
+        freshen_e2e::await_warning(&client, &ns.name, "Deployment", "typo", "InvalidAnnotation")
+            .await?;
     assert!(
-        notes.iter().any(|n| n.contains("freshen.dev/refresh")
-            && n.contains("\"yes\"")
-            && n.contains("\"enabled\" or \"disabled\"")),
-        "{notes:?}"
+        note.contains("freshen.dev/refresh")
+            && note.contains("\"yes\"")
+            && note.contains("\"enabled\" or \"disabled\""),
+        "{note}"
     );
     assert!(
-        notes.iter().any(|n| n.contains("freshen.dev/max-image-age")
-            && n.contains("\"5 days\"")
-            && n.contains("e.g. 90s, 36h, 7d")),
-        "{notes:?}"
+        note.contains("freshen.dev/max-image-age")
+            && note.contains("\"5 days\"")
+            && note.contains("e.g. 90s, 36h, 7d"),
+        "{note}"
     );
 
     // Nothing crashes and nothing is lost: both workloads are measured (a
@@ -420,11 +396,7 @@ async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> 
     );
 
     // `freshen report` names the base and says it moved.
-    let out = std::process::Command::new(freshen_e2e::operator::binary())
-        .args(["report", "-n", &ns.name, "-o", "json"])
-        .args(["--plain-http-registry", &harness.registry])
-        .env("KUBECONFIG", &harness.kubeconfig)
-        .output()?;
+    let out = freshen_e2e::operator::report(&harness, &["-n", &ns.name, "-o", "json"])?;
     assert!(
         out.status.success(),
         "{}",
