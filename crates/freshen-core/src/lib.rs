@@ -9,7 +9,10 @@ pub mod base;
 pub mod duration;
 pub mod image;
 pub mod observe;
+pub mod plan;
 pub mod policy;
+pub mod rollout;
+pub mod window;
 
 pub use age::{ImageAge, UnknownAge, container_age, image_age};
 pub use duration::{DurationError, HumanDuration, parse_duration, short_age};

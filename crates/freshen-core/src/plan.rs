@@ -1,0 +1,642 @@
+//! Whether to start a refresh of a workload now, and which.
+//!
+//! [`decide`] first finds what a workload wants (a new digest of the tag it
+//! follows, else a restart of containers that ran too long), then checks the
+//! gates in a fixed order (GitOps, suspend, snooze, another refresh active,
+//! maintenance windows, concurrency limits) and says which one holds it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::age::elapsed;
+use crate::image::{Digest, ImageReference};
+use crate::rollout::Reason;
+use crate::window::{self, Window};
+
+/// What the planner knows about one container.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerView {
+    /// The container's name.
+    pub container: String,
+    /// Its image exactly as the template has it.
+    pub template_image: String,
+    /// The same, parsed.
+    pub image: ImageReference,
+    /// The digest every pod of it runs; `None` when they differ or are
+    /// unknown.
+    pub running: Option<Digest>,
+    /// The followed tag's digest now.
+    pub tag_digest: Option<Digest>,
+    /// When `tag_digest` was built, from its config.
+    pub tag_digest_created: Option<DateTime<Utc>>,
+    /// When its oldest container started.
+    pub oldest_start: Option<DateTime<Utc>>,
+}
+
+/// What the workload's settings ask for.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Wants {
+    /// Roll out new digests of the tags the containers name.
+    pub follow_tag: bool,
+    /// A new digest must have been built this long ago.
+    pub min_digest_age: Duration,
+    /// Restart containers older than this.
+    pub max_container_age: Option<Duration>,
+    /// Digests rejected for this workload, per container.
+    pub rejected: Vec<(String, Digest)>,
+}
+
+/// A well-known GitOps reconciler that manages a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitOps {
+    /// Argo CD.
+    ArgoCd,
+    /// Flux.
+    Flux,
+}
+
+impl fmt::Display for GitOps {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::ArgoCd => "Argo CD",
+            Self::Flux => "Flux",
+        })
+    }
+}
+
+/// Which GitOps reconciler manages an object with these labels and
+/// annotations, from their well-known tracking keys.
+pub fn gitops_manager(
+    labels: &BTreeMap<String, String>,
+    annotations: &BTreeMap<String, String>,
+) -> Option<GitOps> {
+    let argo = annotations.contains_key("argocd.argoproj.io/tracking-id")
+        || labels.contains_key("argocd.argoproj.io/instance");
+    let flux = [
+        "kustomize.toolkit.fluxcd.io/name",
+        "helm.toolkit.fluxcd.io/name",
+    ]
+    .iter()
+    .any(|k| labels.contains_key(*k));
+    match (argo, flux) {
+        (true, _) => Some(GitOps::ArgoCd),
+        (false, true) => Some(GitOps::Flux),
+        (false, false) => None,
+    }
+}
+
+/// What may stop a wanted refresh.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Gates {
+    /// A GitOps reconciler manages the workload and the policy does not
+    /// allow patching it.
+    pub gitops: Option<GitOps>,
+    /// The governing policy is suspended.
+    pub suspended: bool,
+    /// `freshen.dev/snooze-until`.
+    pub snooze_until: Option<DateTime<Utc>>,
+    /// A Refresh of this workload is active.
+    pub active: Option<String>,
+    /// Maintenance windows (none: always open).
+    pub windows: Vec<Window>,
+    /// Active refreshes under the governing policy, and its limit.
+    pub policy_active: (usize, Option<u32>),
+    /// Active refreshes operator-wide, and the limit.
+    pub operator_active: (usize, u32),
+}
+
+/// A refresh to start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    /// Why.
+    pub reason: Reason,
+    /// Which container.
+    pub container: String,
+    /// Its image as the template has it.
+    pub from_image: String,
+    /// The pinned image to roll out.
+    pub to_image: String,
+    /// The digest rolled out.
+    pub digest: Digest,
+}
+
+/// Why a wanted refresh waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Hold {
+    /// Managed by a GitOps reconciler.
+    GitOps(GitOps),
+    /// The policy is suspended.
+    Suspended,
+    /// Snoozed until then.
+    Snoozed(DateTime<Utc>),
+    /// This Refresh is active.
+    Active(String),
+    /// Outside every window; the next opens then.
+    OutsideWindow(Option<DateTime<Utc>>),
+    /// The policy's `maxConcurrent` is reached.
+    PolicyLimit(u32),
+    /// The operator-wide limit is reached.
+    OperatorLimit(u32),
+    /// The new digest is younger than `minDigestAge`; old enough then.
+    Soaking(DateTime<Utc>),
+}
+
+impl fmt::Display for Hold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::GitOps(g) => write!(
+                f,
+                "the workload is managed by {g}; freshen does not change it, so as not to fight \
+                 {g}'s reconciliation. Update the image in Git, or set `gitops: patch` in its \
+                 RefreshPolicy to let freshen patch it anyway"
+            ),
+            Self::Suspended => f.write_str("its policy is suspended"),
+            Self::Snoozed(t) => write!(f, "snoozed until {}", t.to_rfc3339()),
+            Self::Active(name) => write!(f, "Refresh {name} is active"),
+            Self::OutsideWindow(Some(t)) => {
+                write!(
+                    f,
+                    "outside its maintenance windows; the next opens at {}",
+                    t.to_rfc3339()
+                )
+            }
+            Self::OutsideWindow(None) => f.write_str("outside its maintenance windows"),
+            Self::PolicyLimit(n) => write!(f, "its policy's maxConcurrent ({n}) is reached"),
+            Self::OperatorLimit(n) => {
+                write!(
+                    f,
+                    "the operator's --max-concurrent-refreshes ({n}) is reached"
+                )
+            }
+            Self::Soaking(t) => write!(
+                f,
+                "the new digest soaks (minDigestAge) until {}",
+                t.to_rfc3339()
+            ),
+        }
+    }
+}
+
+/// The planner's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Nothing is wanted.
+    Nothing,
+    /// Start this refresh.
+    Start(Proposal),
+    /// This refresh is wanted but held.
+    Held(Proposal, Hold),
+}
+
+/// What the workload wants, ignoring the gates: a new digest of a followed
+/// tag (first container first), else a restart of the container that ran
+/// longest past the limit.
+pub fn wanted(
+    containers: &[ContainerView],
+    wants: &Wants,
+    now: DateTime<Utc>,
+) -> Option<(Proposal, Option<DateTime<Utc>>)> {
+    if wants.follow_tag {
+        for c in containers {
+            let (Some(running), Some(tag)) = (&c.running, &c.tag_digest) else {
+                continue;
+            };
+            if running == tag
+                || wants
+                    .rejected
+                    .iter()
+                    .any(|(n, d)| *n == c.container && d == tag)
+            {
+                continue;
+            }
+            // Soak: the digest's build time plus minDigestAge (unknown build
+            // time: no soak is possible, wait).
+            let ripe = if wants.min_digest_age.is_zero() {
+                None
+            } else {
+                let built = c.tag_digest_created?;
+                let ripe =
+                    built + chrono::Duration::from_std(wants.min_digest_age).unwrap_or_default();
+                (ripe > now).then_some(ripe)
+            };
+            let proposal = Proposal {
+                reason: Reason::NewDigest,
+                container: c.container.clone(),
+                from_image: c.template_image.clone(),
+                to_image: c.image.with_digest(tag.clone()).to_string(),
+                digest: tag.clone(),
+            };
+            return Some((proposal, ripe));
+        }
+    }
+    let limit = wants.max_container_age?;
+    containers
+        .iter()
+        .filter_map(|c| {
+            let started = c.oldest_start?;
+            let running = c.running.clone()?;
+            (elapsed(started, now) > limit).then_some((started, c, running))
+        })
+        .min_by_key(|(started, ..)| *started)
+        .map(|(_, c, running)| {
+            (
+                Proposal {
+                    reason: Reason::ContainerTooOld,
+                    container: c.container.clone(),
+                    from_image: c.template_image.clone(),
+                    to_image: c.image.with_digest(running.clone()).to_string(),
+                    digest: running,
+                },
+                None,
+            )
+        })
+}
+
+/// Whether to start a refresh now.
+pub fn decide(
+    containers: &[ContainerView],
+    wants: &Wants,
+    gates: &Gates,
+    now: DateTime<Utc>,
+) -> Decision {
+    let Some((proposal, soaking)) = wanted(containers, wants, now) else {
+        return Decision::Nothing;
+    };
+    let hold = if let Some(g) = gates.gitops {
+        Some(Hold::GitOps(g))
+    } else if gates.suspended {
+        Some(Hold::Suspended)
+    } else if let Some(until) = gates.snooze_until.filter(|u| *u > now) {
+        Some(Hold::Snoozed(until))
+    } else if let Some(name) = &gates.active {
+        Some(Hold::Active(name.clone()))
+    } else if let Some(ripe) = soaking {
+        Some(Hold::Soaking(ripe))
+    } else if !window::open(&gates.windows, now) {
+        Some(Hold::OutsideWindow(window::next_open(&gates.windows, now)))
+    } else if let (active, Some(max)) = gates.policy_active
+        && active >= max as usize
+    {
+        Some(Hold::PolicyLimit(max))
+    } else if gates.operator_active.0 >= gates.operator_active.1 as usize {
+        Some(Hold::OperatorLimit(gates.operator_active.1))
+    } else {
+        None
+    };
+    match hold {
+        Some(h) => Decision::Held(proposal, h),
+        None => Decision::Start(proposal),
+    }
+}
+
+/// When a held refresh should be looked at again, if a time is known.
+pub fn retry_at(hold: &Hold) -> Option<DateTime<Utc>> {
+    match hold {
+        Hold::Snoozed(t) | Hold::Soaking(t) | Hold::OutsideWindow(Some(t)) => Some(*t),
+        _ => None,
+    }
+}
+
+/// Most Kubernetes names here are also label values: at most 63 characters.
+const MAX_NAME: usize = 63;
+
+/// FNV-1a, for short stable suffixes of truncated names.
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// The deterministic name of the Refresh for a proposal: the same target
+/// always gets the same name, so a retried create cannot make a second one.
+/// At most 63 characters (it is also a label value).
+pub fn refresh_name(
+    workload: &str,
+    proposal: &Proposal,
+    oldest_start: Option<DateTime<Utc>>,
+) -> String {
+    let suffix = match proposal.reason {
+        Reason::ContainerTooOld => format!(
+            "restart-{}",
+            oldest_start.map(|t| t.timestamp()).unwrap_or_default()
+        ),
+        _ => proposal.digest.hex().chars().take(12).collect(),
+    };
+    let base = format!("{workload}-{}", proposal.container);
+    let room = MAX_NAME - suffix.len() - 1;
+    let base = if base.len() <= room {
+        base
+    } else {
+        let keep = room - 9;
+        let cut = base[..keep].trim_end_matches(['-', '.']);
+        format!("{cut}-{:08x}", fnv1a(&base))
+    };
+    format!("{base}-{suffix}")
+}
+
+/// The canary Deployment's name for a workload, at most 253 characters.
+pub fn canary_name(workload: &str) -> String {
+    let name = format!("{workload}-canary");
+    if name.len() <= 253 {
+        return name;
+    }
+    let cut = workload[..253 - 16].trim_end_matches(['-', '.']);
+    format!("{cut}-{:08x}-canary", fnv1a(workload))
+}
+
+/// How many rejected digests a workload's annotation keeps.
+pub const MAX_REJECTED: usize = 10;
+
+/// Parses the rejected-digests annotation: `container@sha256:...` entries,
+/// comma separated; malformed entries are skipped.
+pub fn parse_rejected(value: &str) -> Vec<(String, Digest)> {
+    value
+        .split(',')
+        .filter_map(|e| {
+            let (container, digest) = e.trim().split_once('@')?;
+            Some((container.to_owned(), digest.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The annotation with `digest` added for `container`, newest last, at most
+/// [`MAX_REJECTED`] entries; unchanged when already there.
+pub fn add_rejected(value: &str, container: &str, digest: &Digest) -> String {
+    let mut entries = parse_rejected(value);
+    if !entries.iter().any(|(c, d)| c == container && d == digest) {
+        entries.push((container.to_owned(), digest.clone()));
+    }
+    let skip = entries.len().saturating_sub(MAX_REJECTED);
+    entries
+        .iter()
+        .skip(skip)
+        .map(|(c, d)| format!("{c}@{d}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn digest(c: char) -> Digest {
+        format!("sha256:{}", c.to_string().repeat(64))
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn now() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn hours_ago(h: i64) -> Option<DateTime<Utc>> {
+        Some(now() - chrono::Duration::hours(h))
+    }
+
+    fn container(running: char, tag: char) -> ContainerView {
+        let image = "reg.example/shop/api:1.4";
+        ContainerView {
+            container: "app".into(),
+            template_image: image.into(),
+            image: ImageReference::parse(image).unwrap_or_else(|e| panic!("{e}")),
+            running: Some(digest(running)),
+            tag_digest: Some(digest(tag)),
+            tag_digest_created: hours_ago(2),
+            oldest_start: hours_ago(30),
+        }
+    }
+
+    fn follow() -> Wants {
+        Wants {
+            follow_tag: true,
+            ..Wants::default()
+        }
+    }
+
+    fn open_gates() -> Gates {
+        Gates {
+            operator_active: (0, 5),
+            ..Gates::default()
+        }
+    }
+
+    #[test]
+    fn a_new_digest_of_the_followed_tag_is_proposed_pinned() {
+        let d = decide(&[container('a', 'b')], &follow(), &open_gates(), now());
+        let Decision::Start(p) = d else {
+            panic!("{d:?}")
+        };
+        assert_eq!(p.reason, Reason::NewDigest);
+        assert_eq!(p.from_image, "reg.example/shop/api:1.4");
+        assert_eq!(
+            p.to_image,
+            format!("reg.example/shop/api:1.4@{}", digest('b'))
+        );
+        // Same digest, not following, or a rejected digest: nothing.
+        assert_eq!(
+            decide(&[container('a', 'a')], &follow(), &open_gates(), now()),
+            Decision::Nothing
+        );
+        assert_eq!(
+            decide(
+                &[container('a', 'b')],
+                &Wants::default(),
+                &open_gates(),
+                now()
+            ),
+            Decision::Nothing
+        );
+        let rejected = Wants {
+            rejected: vec![("app".into(), digest('b'))],
+            ..follow()
+        };
+        assert_eq!(
+            decide(&[container('a', 'b')], &rejected, &open_gates(), now()),
+            Decision::Nothing
+        );
+        // A newer digest than the rejected one is proposed again.
+        assert!(matches!(
+            decide(&[container('a', 'c')], &rejected, &open_gates(), now()),
+            Decision::Start(_)
+        ));
+        // Pods on mixed digests (a rollout under way): wait.
+        let mixed = ContainerView {
+            running: None,
+            ..container('a', 'b')
+        };
+        assert_eq!(
+            decide(&[mixed], &follow(), &open_gates(), now()),
+            Decision::Nothing
+        );
+    }
+
+    #[test]
+    fn a_young_digest_soaks_for_min_digest_age() {
+        let soak = Wants {
+            min_digest_age: Duration::from_secs(3 * 3600),
+            ..follow()
+        };
+        let d = decide(&[container('a', 'b')], &soak, &open_gates(), now());
+        assert!(
+            matches!(&d, Decision::Held(_, Hold::Soaking(t)) if Some(*t) == hours_ago(-1)),
+            "{d:?}"
+        );
+        let unknown_age = ContainerView {
+            tag_digest_created: None,
+            ..container('a', 'b')
+        };
+        assert_eq!(
+            decide(&[unknown_age], &soak, &open_gates(), now()),
+            Decision::Nothing
+        );
+    }
+
+    #[test]
+    fn containers_past_max_container_age_are_restarted_on_their_digest() {
+        let wants = Wants {
+            max_container_age: Some(Duration::from_secs(24 * 3600)),
+            ..Wants::default()
+        };
+        let young = ContainerView {
+            oldest_start: hours_ago(1),
+            ..container('a', 'a')
+        };
+        assert_eq!(
+            decide(&[young], &wants, &open_gates(), now()),
+            Decision::Nothing
+        );
+        let Decision::Start(p) = decide(&[container('a', 'b')], &wants, &open_gates(), now())
+        else {
+            panic!("expected a restart")
+        };
+        assert_eq!((p.reason, p.digest), (Reason::ContainerTooOld, digest('a')));
+        assert!(p.to_image.ends_with(&digest('a').to_string()));
+    }
+
+    #[test]
+    fn gates_hold_in_a_fixed_order() {
+        let c = [container('a', 'b')];
+        let hold = |g: Gates| match decide(&c, &follow(), &g, now()) {
+            Decision::Held(_, h) => Some(h),
+            _ => None,
+        };
+        let closed: Window = "Mon 00:00-00:01".parse().unwrap_or_else(|e| panic!("{e}"));
+        let all = Gates {
+            gitops: Some(GitOps::ArgoCd),
+            suspended: true,
+            snooze_until: hours_ago(-1),
+            active: Some("api-app-1".into()),
+            windows: vec![closed.clone()],
+            policy_active: (2, Some(2)),
+            operator_active: (5, 5),
+        };
+        assert_eq!(hold(all.clone()), Some(Hold::GitOps(GitOps::ArgoCd)));
+        let g = Gates {
+            gitops: None,
+            ..all
+        };
+        assert_eq!(hold(g.clone()), Some(Hold::Suspended));
+        let g = Gates {
+            suspended: false,
+            ..g
+        };
+        assert_eq!(hold(g.clone()), hours_ago(-1).map(Hold::Snoozed));
+        let g = Gates {
+            snooze_until: hours_ago(1),
+            ..g
+        };
+        assert_eq!(hold(g.clone()), Some(Hold::Active("api-app-1".into())));
+        let g = Gates { active: None, ..g };
+        assert!(matches!(
+            hold(g.clone()),
+            Some(Hold::OutsideWindow(Some(_)))
+        ));
+        let g = Gates {
+            windows: vec![],
+            ..g
+        };
+        assert_eq!(hold(g.clone()), Some(Hold::PolicyLimit(2)));
+        let g = Gates {
+            policy_active: (1, Some(2)),
+            ..g
+        };
+        assert_eq!(hold(g.clone()), Some(Hold::OperatorLimit(5)));
+        let g = Gates {
+            operator_active: (4, 5),
+            ..g
+        };
+        assert_eq!(hold(g), None);
+        assert!(
+            Hold::GitOps(GitOps::Flux)
+                .to_string()
+                .contains("gitops: patch")
+        );
+    }
+
+    #[test]
+    fn gitops_managers_are_known_by_their_tracking_keys() {
+        let map = |k: &str| BTreeMap::from([(k.to_owned(), "x".to_owned())]);
+        let none = BTreeMap::new();
+        assert_eq!(
+            gitops_manager(&none, &map("argocd.argoproj.io/tracking-id")),
+            Some(GitOps::ArgoCd)
+        );
+        assert_eq!(
+            gitops_manager(&map("argocd.argoproj.io/instance"), &none),
+            Some(GitOps::ArgoCd)
+        );
+        assert_eq!(
+            gitops_manager(&map("kustomize.toolkit.fluxcd.io/name"), &none),
+            Some(GitOps::Flux)
+        );
+        assert_eq!(
+            gitops_manager(&map("helm.toolkit.fluxcd.io/name"), &none),
+            Some(GitOps::Flux)
+        );
+        // Helm alone sets app.kubernetes.io/instance; that is no GitOps.
+        assert_eq!(
+            gitops_manager(&map("app.kubernetes.io/instance"), &none),
+            None
+        );
+    }
+
+    #[test]
+    fn refresh_names_are_deterministic_and_fit_a_label() {
+        let Decision::Start(p) = decide(&[container('a', 'b')], &follow(), &open_gates(), now())
+        else {
+            panic!("expected a proposal")
+        };
+        assert_eq!(refresh_name("api", &p, None), "api-app-bbbbbbbbbbbb");
+        let long = "a".repeat(250);
+        let name = refresh_name(&long, &p, None);
+        assert!(name.len() <= 63, "{name}");
+        assert_eq!(name, refresh_name(&long, &p, None));
+        assert_ne!(name, refresh_name(&format!("{long}b"), &p, None));
+        let restart = Proposal {
+            reason: Reason::ContainerTooOld,
+            ..p
+        };
+        assert_eq!(
+            refresh_name("api", &restart, hours_ago(0)),
+            "api-app-restart-1800000000"
+        );
+        assert_eq!(canary_name("api"), "api-canary");
+        assert!(canary_name(&"b".repeat(253)).len() <= 253);
+    }
+
+    #[test]
+    fn rejected_digests_are_a_bounded_list() {
+        let mut value = String::new();
+        for c in ['1', '2', '3', '4', '5', '6', '7', '8', '9', 'a', 'b', 'c'] {
+            value = add_rejected(&value, "app", &digest(c));
+        }
+        let list = parse_rejected(&value);
+        assert_eq!(list.len(), MAX_REJECTED);
+        assert_eq!(list.first().map(|(_, d)| d.clone()), Some(digest('3')));
+        assert_eq!(add_rejected(&value, "app", &digest('c')), value);
+        assert_eq!(parse_rejected("app@sha256:nope, web@"), vec![]);
+    }
+}

@@ -1,0 +1,1744 @@
+//! The rollout state machine of one Refresh.
+//!
+//! [`step`] is a pure function from (the frozen target, the stored progress,
+//! what was just observed, now) to (the next progress, the actions that bring
+//! the cluster to what that progress says). It is level-triggered: the
+//! actions follow from the phase and the observation, not from the edge that
+//! led there, so an operator that died between writing a phase and acting on
+//! it emits the same actions again on its next step. Every action is safe to
+//! repeat. The executor writes the new progress first (optimistically, on
+//! the Refresh's resourceVersion) and acts only when that write succeeded.
+//!
+//! Phases: `Pending -> Canary -> Promoting -> Succeeded`, with
+//! `RollingBack -> RolledBack` from either middle phase, and `Failed` when
+//! someone else changed the workload (freshen then stops without
+//! overwriting anything) or it was deleted. The `rolling` strategy goes
+//! from `Pending` straight to `Promoting`.
+
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::age::elapsed;
+
+/// Why a refresh was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Reason {
+    /// The followed tag resolves to a digest the workload does not run.
+    NewDigest,
+    /// The oldest container ran longer than `maxContainerAge`: a restart on
+    /// the same (pinned) digest.
+    ContainerTooOld,
+    /// The image is older than `maxImageAge`: needs a rebuild.
+    ImageTooOld,
+    /// The base image moved on: needs a rebuild.
+    BaseMoved,
+}
+
+impl Reason {
+    /// The metric label and CRD value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NewDigest => "new-digest",
+            Self::ContainerTooOld => "container-too-old",
+            Self::ImageTooOld => "image-too-old",
+            Self::BaseMoved => "base-moved",
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How a new digest reaches the workload.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// A `<name>-canary` Deployment takes a share of the traffic first.
+    #[default]
+    Canary,
+    /// The workload's own rolling update, watched the same way.
+    Rolling,
+}
+
+/// What an empty Prometheus answer means.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum OnNoData {
+    /// No data fails the check (the default: a silent canary is not healthy).
+    #[default]
+    Fail,
+    /// No data passes.
+    Pass,
+    /// No data neither passes nor fails; the check is repeated.
+    Inconclusive,
+}
+
+/// An optional Prometheus query whose value must stay at or below `max`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct MetricCheck {
+    /// A PromQL instant query returning one number (the first sample counts).
+    pub query: String,
+    /// The highest passing value.
+    pub max: f64,
+    /// What an empty result means.
+    #[serde(default)]
+    pub on_no_data: OnNoData,
+    /// How many query errors in a row fail the analysis.
+    pub max_consecutive_errors: u32,
+}
+
+/// Rollout settings, frozen into the Refresh when it is created: a policy
+/// edited later does not change a refresh under way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Settings {
+    /// canary or rolling.
+    pub strategy: Strategy,
+    /// Canary size as a percentage of the workload's replicas (rounded up,
+    /// at least one pod).
+    pub canary_weight_percent: u32,
+    /// Seconds between analysis checks.
+    pub interval_seconds: u64,
+    /// Passing checks needed to promote.
+    pub iterations: u32,
+    /// Container restarts tolerated across the new pods.
+    pub max_restarts: u32,
+    /// Seconds the new pods have to become Ready (canary), or the workload
+    /// to finish its rollout (promotion), from freshen's own start time.
+    pub readiness_timeout_seconds: u64,
+    /// Optional Prometheus check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<MetricCheck>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            strategy: Strategy::Canary,
+            canary_weight_percent: 10,
+            interval_seconds: 30,
+            iterations: 5,
+            max_restarts: 0,
+            readiness_timeout_seconds: 300,
+            metric: None,
+        }
+    }
+}
+
+impl Settings {
+    /// Canary replicas for a workload of `replicas`: `ceil(replicas *
+    /// weight)`, at least 1.
+    pub fn canary_replicas(&self, replicas: u32) -> u32 {
+        let weighted = (u64::from(replicas) * u64::from(self.canary_weight_percent)).div_ceil(100);
+        u32::try_from(weighted).unwrap_or(u32::MAX).max(1)
+    }
+
+    fn interval(&self) -> Duration {
+        Duration::from_secs(self.interval_seconds.max(1))
+    }
+
+    fn readiness_timeout(&self) -> Duration {
+        Duration::from_secs(self.readiness_timeout_seconds)
+    }
+}
+
+/// What one Refresh is to do; fixed at creation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    /// The Refresh's name; marks a restart in the pod template.
+    pub name: String,
+    /// The container to change.
+    pub container: String,
+    /// Why.
+    pub reason: Reason,
+    /// The container's image exactly as the workload had it.
+    pub from_image: String,
+    /// The image to roll out, pinned by digest.
+    pub to_image: String,
+    /// Frozen rollout settings.
+    pub settings: Settings,
+}
+
+impl Target {
+    /// Whether this refresh restarts pods (stamps the template) rather than
+    /// only changing the image.
+    pub fn restarts(&self) -> bool {
+        self.reason == Reason::ContainerTooOld
+    }
+
+    /// Whether the workload's template carries this refresh's change.
+    fn applied(&self, w: &WorkloadState) -> bool {
+        w.image == self.to_image
+            && (!self.restarts() || w.restart_token.as_deref() == Some(&self.name))
+    }
+
+    /// Whether the workload's template is as it was before this refresh.
+    fn original(&self, w: &WorkloadState) -> bool {
+        w.image == self.from_image
+            && (!self.restarts() || w.restart_token.as_deref() != Some(&self.name))
+    }
+}
+
+/// Where a refresh is.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Phase {
+    /// Created, nothing changed yet.
+    #[default]
+    Pending,
+    /// Waiting for a rebuild pipeline (reserved for the pipeline work).
+    Rebuilding,
+    /// The canary runs and is analysed.
+    Canary,
+    /// The workload's image is (being) patched and its rollout watched.
+    Promoting,
+    /// Undoing: canary deleted, image restored if it was patched.
+    RollingBack,
+    /// The workload runs the new image. Terminal.
+    Succeeded,
+    /// Undone; the digest is rejected for the workload. Terminal.
+    RolledBack,
+    /// Stopped without undoing, because the workload went away or someone
+    /// else changed it. Terminal.
+    Failed,
+}
+
+impl Phase {
+    /// Whether nothing more will happen.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::RolledBack | Self::Failed)
+    }
+
+    /// The phase's name, as stored and as a metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "Pending",
+            Self::Rebuilding => "Rebuilding",
+            Self::Canary => "Canary",
+            Self::Promoting => "Promoting",
+            Self::RollingBack => "RollingBack",
+            Self::Succeeded => "Succeeded",
+            Self::RolledBack => "RolledBack",
+            Self::Failed => "Failed",
+        }
+    }
+
+    /// Every phase, for metrics that report each.
+    pub const ALL: [Phase; 8] = [
+        Self::Pending,
+        Self::Rebuilding,
+        Self::Canary,
+        Self::Promoting,
+        Self::RollingBack,
+        Self::Succeeded,
+        Self::RolledBack,
+        Self::Failed,
+    ];
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which pods a check looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Stage {
+    /// The canary's pods.
+    Canary,
+    /// The workload's pods running the new image.
+    Promotion,
+}
+
+/// The outcome of one check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum Verdict {
+    /// Healthy; counts towards promotion.
+    Pass,
+    /// Not yet decidable (pods not Ready yet, inconclusive metric).
+    Wait,
+    /// Unhealthy: roll back.
+    Fail,
+}
+
+/// One analysis check, kept in the Refresh's status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Check {
+    /// When.
+    pub time: DateTime<Utc>,
+    /// Which pods.
+    pub stage: Stage,
+    /// Ready pods / pods wanted.
+    pub ready: u32,
+    /// Pods wanted.
+    pub desired: u32,
+    /// Container restarts across them.
+    pub restarts: u32,
+    /// The metric's value, when a query is configured and answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<f64>,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// Why, in a few words.
+    pub message: String,
+}
+
+/// How many checks a Refresh keeps.
+pub const MAX_CHECKS: usize = 20;
+
+/// A Refresh's progress: everything [`step`] needs to resume.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct Progress {
+    /// Where the refresh is.
+    #[serde(default)]
+    pub phase: Phase,
+    /// When the canary was (to be) created; canary deadlines count from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary_started_at: Option<DateTime<Utc>>,
+    /// When promotion was decided; the rollout deadline counts from here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promoted_at: Option<DateTime<Utc>>,
+    /// When the workload was first seen carrying the change; from then on,
+    /// a rollback must restore the previous image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patched_at: Option<DateTime<Utc>>,
+    /// When the rollback was decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_started_at: Option<DateTime<Utc>>,
+    /// When a terminal phase was reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Why the refresh rolled back or failed, in one phrase (bounded: a
+    /// metric label).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<Failure>,
+    /// Human-readable state.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// Canary checks made so far.
+    #[serde(default)]
+    pub checks: u32,
+    /// Canary checks passed so far.
+    #[serde(default)]
+    pub passes: u32,
+    /// Metric queries failed in a row.
+    #[serde(default)]
+    pub metric_errors: u32,
+    /// The last [`MAX_CHECKS`] checks, oldest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub analysis: Vec<Check>,
+}
+
+/// Why a refresh did not succeed; bounded, so it can label a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "kebab-case")]
+pub enum Failure {
+    /// A pod could not pull or start the image, crash-looped or was OOM-killed.
+    PodFailure,
+    /// More restarts than `maxRestarts`.
+    Restarts,
+    /// Pods not Ready (canary) or rollout not complete (promotion) in time.
+    Timeout,
+    /// The Prometheus check failed or kept erroring.
+    Metric,
+    /// The analysis stayed inconclusive.
+    Inconclusive,
+    /// Someone else changed the workload's image.
+    Conflict,
+    /// The workload was deleted.
+    WorkloadDeleted,
+}
+
+impl Failure {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::PodFailure => "pod-failure",
+            Self::Restarts => "restarts",
+            Self::Timeout => "timeout",
+            Self::Metric => "metric",
+            Self::Inconclusive => "inconclusive",
+            Self::Conflict => "conflict",
+            Self::WorkloadDeleted => "workload-deleted",
+        }
+    }
+}
+
+/// Pod states that fail a rollout at once.
+pub const FATAL_REASONS: [&str; 6] = [
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CrashLoopBackOff",
+    "OOMKilled",
+];
+
+/// One pod's health, read from its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodHealth {
+    /// The pod's name.
+    pub name: String,
+    /// Its Ready condition.
+    pub ready: bool,
+    /// Restarts summed over its containers.
+    pub restarts: u32,
+    /// Waiting or termination reasons of its containers (current and last).
+    pub reasons: Vec<String>,
+}
+
+impl PodHealth {
+    fn fatal(&self) -> Option<&str> {
+        self.reasons
+            .iter()
+            .find(|r| FATAL_REASONS.contains(&r.as_str()))
+            .map(String::as_str)
+    }
+}
+
+/// The workload as observed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WorkloadState {
+    /// The target container's image in the pod template.
+    pub image: String,
+    /// The template's restart stamp (`freshen.dev/restarted-by`).
+    pub restart_token: Option<String>,
+    /// `spec.replicas`.
+    pub replicas: u32,
+    /// Whether the Deployment controller has seen the latest spec and every
+    /// replica is updated, available, and no old one is left.
+    pub rolled_out: bool,
+}
+
+/// What a Prometheus query answered this time.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetricReading {
+    /// The first sample's value.
+    Value(f64),
+    /// An empty result.
+    NoData,
+    /// The query failed.
+    Error(String),
+}
+
+/// Everything observed for one step.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Observed {
+    /// The workload; `None` when it is gone.
+    pub workload: Option<WorkloadState>,
+    /// Whether the canary Deployment exists.
+    pub canary_exists: bool,
+    /// The canary's pods (not terminating).
+    pub canary_pods: Vec<PodHealth>,
+    /// The workload's pods that run the new template (not terminating).
+    pub new_pods: Vec<PodHealth>,
+    /// The metric, when a query is configured and a check is due.
+    pub metric: Option<MetricReading>,
+}
+
+/// The kind of an Event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventKind {
+    /// Progress.
+    Normal,
+    /// Something went wrong.
+    Warning,
+}
+
+/// A change to make to the cluster; each is safe to repeat.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create the canary Deployment (no-op when it exists).
+    CreateCanary {
+        /// Replicas.
+        replicas: u32,
+    },
+    /// Delete the canary Deployment (no-op when gone).
+    DeleteCanary,
+    /// Set the container's image in the workload's template, and the
+    /// restart stamp when the refresh restarts (idempotent patch).
+    SetImage {
+        /// The image.
+        image: String,
+        /// Stamp the template with the Refresh's name (forces new pods).
+        stamp: bool,
+    },
+    /// Record the target digest as rejected for the workload.
+    RejectDigest,
+    /// Publish an Event on the Refresh and the workload.
+    Event {
+        /// Normal or Warning.
+        kind: EventKind,
+        /// CamelCase reason.
+        reason: &'static str,
+        /// The message.
+        note: String,
+    },
+}
+
+/// The result of one [`step`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The progress to store (before acting).
+    pub progress: Progress,
+    /// What to do once it is stored.
+    pub actions: Vec<Action>,
+    /// When to look again at the latest; `None` when terminal.
+    pub requeue: Option<Duration>,
+}
+
+/// Longest wait between steps of an active refresh, whatever the timers say:
+/// the watches usually wake it sooner.
+const MAX_WAIT: Duration = Duration::from_secs(30);
+
+/// Computes the next progress and the actions that realise it.
+pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: DateTime<Utc>) -> Step {
+    let mut next = progress.clone();
+    let mut actions = Vec::new();
+    if progress.phase.is_terminal() {
+        // Only clean-up: the canary belongs to the Refresh and must not
+        // outlive it (a crash right after the terminal write).
+        if observed.canary_exists {
+            actions.push(Action::DeleteCanary);
+        }
+        return Step {
+            progress: next,
+            actions,
+            requeue: None,
+        };
+    }
+    let Some(workload) = &observed.workload else {
+        fail(
+            &mut next,
+            &mut actions,
+            observed,
+            Failure::WorkloadDeleted,
+            "the workload was deleted".into(),
+            now,
+        );
+        return done(next, actions);
+    };
+    let settings = &target.settings;
+    match progress.phase {
+        Phase::Pending | Phase::Rebuilding => {
+            if !target.original(workload) && !target.applied(workload) {
+                let note = format!(
+                    "the workload's image changed from {} to {} before the refresh started; nothing was changed",
+                    target.from_image, workload.image
+                );
+                fail(
+                    &mut next,
+                    &mut actions,
+                    observed,
+                    Failure::Conflict,
+                    note,
+                    now,
+                );
+                return done(next, actions);
+            }
+            match settings.strategy {
+                Strategy::Canary => {
+                    next.phase = Phase::Canary;
+                    next.canary_started_at = Some(now);
+                    let replicas = settings.canary_replicas(workload.replicas);
+                    next.message =
+                        format!("canary of {replicas} pod(s) running {}", target.to_image);
+                    actions.push(Action::CreateCanary { replicas });
+                    actions.push(event(
+                        EventKind::Normal,
+                        "CanaryStarted",
+                        next.message.clone(),
+                    ));
+                }
+                Strategy::Rolling => promote(target, &mut next, &mut actions, now),
+            }
+        }
+        Phase::Canary => canary(target, &mut next, &mut actions, workload, observed, now),
+        Phase::Promoting => promoting(target, &mut next, &mut actions, workload, observed, now),
+        Phase::RollingBack => {
+            rolling_back(target, &mut next, &mut actions, workload, observed, now)
+        }
+        Phase::Succeeded | Phase::RolledBack | Phase::Failed => {}
+    }
+    let requeue = requeue(target, &next, now);
+    Step {
+        progress: next,
+        actions,
+        requeue,
+    }
+}
+
+fn done(progress: Progress, actions: Vec<Action>) -> Step {
+    Step {
+        progress,
+        actions,
+        requeue: None,
+    }
+}
+
+fn event(kind: EventKind, reason: &'static str, note: String) -> Action {
+    Action::Event { kind, reason, note }
+}
+
+/// Stops without undoing anything on the workload.
+fn fail(
+    next: &mut Progress,
+    actions: &mut Vec<Action>,
+    observed: &Observed,
+    failure: Failure,
+    note: String,
+    now: DateTime<Utc>,
+) {
+    next.phase = Phase::Failed;
+    next.failure = Some(failure);
+    next.finished_at = Some(now);
+    next.message = note.clone();
+    if observed.canary_exists || next.canary_started_at.is_some() {
+        actions.push(Action::DeleteCanary);
+    }
+    actions.push(event(EventKind::Warning, "RefreshFailed", note));
+}
+
+fn promote(target: &Target, next: &mut Progress, actions: &mut Vec<Action>, now: DateTime<Utc>) {
+    next.phase = Phase::Promoting;
+    next.promoted_at = Some(now);
+    next.message = format!("rolling {} out to the workload", target.to_image);
+    actions.push(Action::SetImage {
+        image: target.to_image.clone(),
+        stamp: target.restarts(),
+    });
+    actions.push(event(EventKind::Normal, "Promoting", next.message.clone()));
+}
+
+fn roll_back(
+    target: &Target,
+    next: &mut Progress,
+    actions: &mut Vec<Action>,
+    failure: Failure,
+    why: String,
+    now: DateTime<Utc>,
+) {
+    next.phase = Phase::RollingBack;
+    next.failure = Some(failure);
+    next.rollback_started_at = Some(now);
+    next.message = format!("rolling back {}: {why}", target.to_image);
+    actions.push(event(
+        EventKind::Warning,
+        "RollingBack",
+        next.message.clone(),
+    ));
+}
+
+/// Health of a set of pods; `Err` fails at once.
+fn health(pods: &[PodHealth], max_restarts: u32) -> Result<(u32, u32), (Failure, String)> {
+    if let Some((pod, reason)) = pods.iter().find_map(|p| p.fatal().map(|r| (p, r))) {
+        return Err((
+            Failure::PodFailure,
+            format!("pod {} is in {reason}", pod.name),
+        ));
+    }
+    let restarts: u32 = pods.iter().map(|p| p.restarts).fold(0, u32::saturating_add);
+    if restarts > max_restarts {
+        return Err((
+            Failure::Restarts,
+            format!("{restarts} container restart(s), more than maxRestarts {max_restarts}"),
+        ));
+    }
+    let ready = u32::try_from(pods.iter().filter(|p| p.ready).count()).unwrap_or(u32::MAX);
+    Ok((ready, restarts))
+}
+
+fn record(next: &mut Progress, check: Check) {
+    next.analysis.push(check);
+    if next.analysis.len() > MAX_CHECKS {
+        let excess = next.analysis.len() - MAX_CHECKS;
+        next.analysis.drain(..excess);
+    }
+}
+
+/// When the next analysis check is due.
+fn next_check(settings: &Settings, progress: &Progress) -> Option<DateTime<Utc>> {
+    let last = progress
+        .analysis
+        .iter()
+        .rev()
+        .find(|c| c.stage == Stage::Canary)
+        .map(|c| c.time)
+        .or(progress.canary_started_at)?;
+    Some(last + chrono::Duration::from_std(settings.interval()).unwrap_or_default())
+}
+
+/// Whether the metric reading passes, waits or fails, given the errors in a
+/// row before it.
+fn judge_metric(
+    check: &MetricCheck,
+    reading: Option<&MetricReading>,
+    errors_before: u32,
+) -> (Verdict, Option<f64>, String) {
+    match reading {
+        None => (Verdict::Wait, None, "metric not read".into()),
+        Some(MetricReading::Value(v)) if v.is_nan() => {
+            (Verdict::Fail, None, "metric is NaN".into())
+        }
+        Some(MetricReading::Value(v)) if *v <= check.max => (
+            Verdict::Pass,
+            Some(*v),
+            format!("metric {v} <= {}", check.max),
+        ),
+        Some(MetricReading::Value(v)) => (
+            Verdict::Fail,
+            Some(*v),
+            format!("metric {v} above max {}", check.max),
+        ),
+        Some(MetricReading::NoData) => match check.on_no_data {
+            OnNoData::Fail => (
+                Verdict::Fail,
+                None,
+                "metric query returned no data (onNoData: fail)".into(),
+            ),
+            OnNoData::Pass => (Verdict::Pass, None, "no data (onNoData: pass)".into()),
+            OnNoData::Inconclusive => (
+                Verdict::Wait,
+                None,
+                "no data (onNoData: inconclusive)".into(),
+            ),
+        },
+        Some(MetricReading::Error(e)) => {
+            let errors = errors_before + 1;
+            if errors > check.max_consecutive_errors {
+                (
+                    Verdict::Fail,
+                    None,
+                    format!("metric query failed {errors} time(s) in a row: {e}"),
+                )
+            } else {
+                (Verdict::Wait, None, format!("metric query failed: {e}"))
+            }
+        }
+    }
+}
+
+fn canary(
+    target: &Target,
+    next: &mut Progress,
+    actions: &mut Vec<Action>,
+    workload: &WorkloadState,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) {
+    let settings = &target.settings;
+    if !target.original(workload) {
+        let note = format!(
+            "someone else changed the workload's image from {} to {} during the canary; canary removed, workload left as it is",
+            target.from_image, workload.image
+        );
+        fail(next, actions, observed, Failure::Conflict, note, now);
+        return;
+    }
+    let desired = settings.canary_replicas(workload.replicas);
+    if !observed.canary_exists {
+        // Intent stored, action lost (crash, failed create) or the canary was
+        // deleted by hand: create it (again).
+        actions.push(Action::CreateCanary { replicas: desired });
+    }
+    let started = next.canary_started_at.unwrap_or(now);
+    let (ready, restarts) = match health(&observed.canary_pods, settings.max_restarts) {
+        Ok(h) => h,
+        Err((failure, why)) => {
+            record(
+                next,
+                Check {
+                    time: now,
+                    stage: Stage::Canary,
+                    ready: 0,
+                    desired,
+                    restarts: 0,
+                    metric: None,
+                    verdict: Verdict::Fail,
+                    message: why.clone(),
+                },
+            );
+            roll_back(target, next, actions, failure, format!("canary {why}"), now);
+            actions.push(Action::DeleteCanary);
+            actions.push(Action::RejectDigest);
+            return;
+        }
+    };
+    let all_ready = ready >= desired;
+    if !all_ready && elapsed(started, now) >= settings.readiness_timeout() {
+        let why = format!(
+            "canary: {ready}/{desired} pods Ready after {}s",
+            settings.readiness_timeout_seconds
+        );
+        record(
+            next,
+            Check {
+                time: now,
+                stage: Stage::Canary,
+                ready,
+                desired,
+                restarts,
+                metric: None,
+                verdict: Verdict::Fail,
+                message: why.clone(),
+            },
+        );
+        roll_back(target, next, actions, Failure::Timeout, why, now);
+        actions.push(Action::DeleteCanary);
+        actions.push(Action::RejectDigest);
+        return;
+    }
+    let due = next_check(settings, next).is_some_and(|t| t <= now);
+    if !due {
+        return;
+    }
+    let (verdict, metric, message) = if !all_ready {
+        (Verdict::Wait, None, format!("{ready}/{desired} pods Ready"))
+    } else if let Some(check) = &settings.metric {
+        let judged = judge_metric(check, observed.metric.as_ref(), next.metric_errors);
+        next.metric_errors = match observed.metric {
+            Some(MetricReading::Error(_)) => next.metric_errors.saturating_add(1),
+            _ => 0,
+        };
+        judged
+    } else {
+        (
+            Verdict::Pass,
+            None,
+            format!("{ready}/{desired} pods Ready, {restarts} restarts"),
+        )
+    };
+    record(
+        next,
+        Check {
+            time: now,
+            stage: Stage::Canary,
+            ready,
+            desired,
+            restarts,
+            metric,
+            verdict,
+            message: message.clone(),
+        },
+    );
+    next.checks = next.checks.saturating_add(1);
+    if verdict == Verdict::Pass {
+        next.passes = next.passes.saturating_add(1);
+    }
+    match verdict {
+        Verdict::Fail => {
+            let failure = Failure::Metric;
+            roll_back(
+                target,
+                next,
+                actions,
+                failure,
+                format!("canary {message}"),
+                now,
+            );
+            actions.push(Action::DeleteCanary);
+            actions.push(Action::RejectDigest);
+        }
+        _ => {
+            let (passes, checks) = (next.passes, next.checks);
+            if passes >= settings.iterations {
+                promote(target, next, actions, now);
+            } else if checks >= settings.iterations.max(1).saturating_mul(2) {
+                let why = format!("only {passes} of {checks} checks passed");
+                roll_back(target, next, actions, Failure::Inconclusive, why, now);
+                actions.push(Action::DeleteCanary);
+                actions.push(Action::RejectDigest);
+            } else {
+                next.message = format!(
+                    "canary analysis: {passes}/{} checks passed ({message})",
+                    settings.iterations
+                );
+            }
+        }
+    }
+}
+
+fn promoting(
+    target: &Target,
+    next: &mut Progress,
+    actions: &mut Vec<Action>,
+    workload: &WorkloadState,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) {
+    let settings = &target.settings;
+    if target.applied(workload) {
+        if next.patched_at.is_none() {
+            next.patched_at = Some(now);
+        }
+    } else if target.original(workload) && next.patched_at.is_none() {
+        // Intent stored, patch not seen yet (lost to a crash, or failed):
+        // patch (again).
+        actions.push(Action::SetImage {
+            image: target.to_image.clone(),
+            stamp: target.restarts(),
+        });
+        return;
+    } else {
+        let note = format!(
+            "someone else set the workload's image to {} during promotion; left as it is",
+            workload.image
+        );
+        fail(next, actions, observed, Failure::Conflict, note, now);
+        return;
+    }
+    let desired = workload.replicas;
+    let fatal = health(&observed.new_pods, settings.max_restarts);
+    let started = next.promoted_at.unwrap_or(now);
+    let outcome = match fatal {
+        Err((failure, why)) => Err((failure, format!("workload {why}"))),
+        Ok(_) if workload.rolled_out => Ok(()),
+        Ok((ready, _)) if elapsed(started, now) >= settings.readiness_timeout() => Err((
+            Failure::Timeout,
+            format!(
+                "workload rollout not complete after {}s ({ready}/{desired} new pods Ready)",
+                settings.readiness_timeout_seconds
+            ),
+        )),
+        Ok(_) => return,
+    };
+    match outcome {
+        Ok(()) => {
+            next.phase = Phase::Succeeded;
+            next.finished_at = Some(now);
+            next.message = format!("the workload runs {}", target.to_image);
+            if observed.canary_exists || next.canary_started_at.is_some() {
+                actions.push(Action::DeleteCanary);
+            }
+            actions.push(event(
+                EventKind::Normal,
+                "RefreshSucceeded",
+                next.message.clone(),
+            ));
+        }
+        Err((failure, why)) => {
+            let ready = u32::try_from(observed.new_pods.iter().filter(|p| p.ready).count())
+                .unwrap_or(u32::MAX);
+            record(
+                next,
+                Check {
+                    time: now,
+                    stage: Stage::Promotion,
+                    ready,
+                    desired,
+                    restarts: 0,
+                    metric: None,
+                    verdict: Verdict::Fail,
+                    message: why.clone(),
+                },
+            );
+            roll_back(target, next, actions, failure, why, now);
+            actions.push(Action::DeleteCanary);
+            actions.push(Action::SetImage {
+                image: target.from_image.clone(),
+                stamp: false,
+            });
+            if target.reason != Reason::ContainerTooOld {
+                actions.push(Action::RejectDigest);
+            }
+        }
+    }
+}
+
+fn rolling_back(
+    target: &Target,
+    next: &mut Progress,
+    actions: &mut Vec<Action>,
+    workload: &WorkloadState,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) {
+    if observed.canary_exists {
+        actions.push(Action::DeleteCanary);
+    }
+    if target.reason != Reason::ContainerTooOld {
+        // Repeated until terminal: the first attempt may have been lost.
+        actions.push(Action::RejectDigest);
+    }
+    let restored = workload.image == target.from_image;
+    if !restored {
+        if workload.image == target.to_image {
+            actions.push(Action::SetImage {
+                image: target.from_image.clone(),
+                stamp: false,
+            });
+            return;
+        }
+        let note = format!(
+            "someone else set the workload's image to {} during the rollback; left as it is",
+            workload.image
+        );
+        next.phase = Phase::Failed;
+        next.finished_at = Some(now);
+        next.message = note.clone();
+        actions.push(event(EventKind::Warning, "RefreshFailed", note));
+        return;
+    }
+    if observed.canary_exists {
+        return;
+    }
+    next.phase = Phase::RolledBack;
+    next.finished_at = Some(now);
+    let restored_note = if next.patched_at.is_some() || next.promoted_at.is_some() {
+        format!("; the workload's image is {} again", target.from_image)
+    } else {
+        String::new()
+    };
+    let why = next.failure.map(Failure::as_str).unwrap_or("failure");
+    next.message = format!("rolled back {} ({why}){restored_note}", target.to_image);
+    actions.push(event(
+        EventKind::Warning,
+        "RolledBack",
+        next.message.clone(),
+    ));
+}
+
+fn requeue(target: &Target, progress: &Progress, now: DateTime<Utc>) -> Option<Duration> {
+    let settings = &target.settings;
+    let until = |t: DateTime<Utc>| (t - now).to_std().unwrap_or(Duration::ZERO);
+    let wait = match progress.phase {
+        p if p.is_terminal() => return None,
+        Phase::Canary => {
+            let check = next_check(settings, progress)
+                .map(until)
+                .unwrap_or(MAX_WAIT);
+            let deadline = progress
+                .canary_started_at
+                .map(|t| {
+                    until(
+                        t + chrono::Duration::from_std(settings.readiness_timeout())
+                            .unwrap_or_default(),
+                    )
+                })
+                .unwrap_or(MAX_WAIT);
+            check.min(deadline)
+        }
+        Phase::Promoting => progress
+            .promoted_at
+            .map(|t| {
+                until(
+                    t + chrono::Duration::from_std(settings.readiness_timeout())
+                        .unwrap_or_default(),
+                )
+            })
+            .unwrap_or(MAX_WAIT),
+        _ => Duration::ZERO,
+    };
+    Some(wait.clamp(Duration::from_millis(200), MAX_WAIT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FROM: &str = "reg.example/shop/api:1.4";
+    const TO: &str = "reg.example/shop/api:1.4@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+
+    fn t0() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000, 0).unwrap_or_default()
+    }
+
+    fn secs(s: i64) -> DateTime<Utc> {
+        t0() + chrono::Duration::seconds(s)
+    }
+
+    fn target(strategy: Strategy) -> Target {
+        Target {
+            name: "api-app-222222222222".into(),
+            container: "app".into(),
+            reason: Reason::NewDigest,
+            from_image: FROM.into(),
+            to_image: TO.into(),
+            settings: Settings {
+                strategy,
+                ..Settings::default()
+            },
+        }
+    }
+
+    fn workload(image: &str) -> WorkloadState {
+        WorkloadState {
+            image: image.into(),
+            restart_token: None,
+            replicas: 4,
+            rolled_out: true,
+        }
+    }
+
+    fn pod(ready: bool, restarts: u32, reasons: &[&str]) -> PodHealth {
+        PodHealth {
+            name: "p".into(),
+            ready,
+            restarts,
+            reasons: reasons.iter().map(|r| (*r).to_owned()).collect(),
+        }
+    }
+
+    fn observed(image: &str) -> Observed {
+        Observed {
+            workload: Some(workload(image)),
+            ..Observed::default()
+        }
+    }
+
+    fn in_canary() -> Progress {
+        Progress {
+            phase: Phase::Canary,
+            canary_started_at: Some(t0()),
+            ..Progress::default()
+        }
+    }
+
+    fn promoting(patched: bool) -> Progress {
+        Progress {
+            phase: Phase::Promoting,
+            canary_started_at: Some(t0()),
+            promoted_at: Some(secs(150)),
+            patched_at: patched.then(|| secs(151)),
+            ..Progress::default()
+        }
+    }
+
+    fn healthy_canary() -> Observed {
+        Observed {
+            canary_exists: true,
+            canary_pods: vec![pod(true, 0, &[])],
+            ..observed(FROM)
+        }
+    }
+
+    fn mutations(step: &Step) -> Vec<Action> {
+        step.actions
+            .iter()
+            .filter(|a| !matches!(a, Action::Event { .. }))
+            .cloned()
+            .collect()
+    }
+
+    fn events(step: &Step) -> Vec<(EventKind, &'static str)> {
+        step.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Event { kind, reason, .. } => Some((*kind, *reason)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn set(image: &str) -> Action {
+        Action::SetImage {
+            image: image.into(),
+            stamp: false,
+        }
+    }
+
+    struct Case {
+        name: &'static str,
+        target: Target,
+        progress: Progress,
+        observed: Observed,
+        now: DateTime<Utc>,
+        phase: Phase,
+        actions: Vec<Action>,
+        failure: Option<Failure>,
+    }
+
+    fn case(
+        name: &'static str,
+        progress: Progress,
+        observed: Observed,
+        now: DateTime<Utc>,
+    ) -> Case {
+        Case {
+            name,
+            target: target(Strategy::Canary),
+            progress,
+            observed,
+            now,
+            phase: Phase::Pending,
+            actions: vec![],
+            failure: None,
+        }
+    }
+
+    impl Case {
+        fn expect(mut self, phase: Phase, actions: Vec<Action>) -> Self {
+            self.phase = phase;
+            self.actions = actions;
+            self
+        }
+        fn failing(mut self, failure: Failure) -> Self {
+            self.failure = Some(failure);
+            self
+        }
+        fn with(mut self, target: Target) -> Self {
+            self.target = target;
+            self
+        }
+    }
+
+    #[test]
+    fn transitions() {
+        let crash = |pods| Observed {
+            canary_exists: true,
+            canary_pods: pods,
+            ..observed(FROM)
+        };
+        let rolled = |rolled_out, pods| Observed {
+            workload: Some(WorkloadState {
+                rolled_out,
+                ..workload(TO)
+            }),
+            canary_exists: true,
+            new_pods: pods,
+            ..Observed::default()
+        };
+        let rolling_back = |patched| Progress {
+            phase: Phase::RollingBack,
+            rollback_started_at: Some(secs(200)),
+            failure: Some(Failure::PodFailure),
+            ..promoting(patched)
+        };
+        let cases = vec![
+            case(
+                "pending canary creates the canary",
+                Progress::default(),
+                observed(FROM),
+                t0(),
+            )
+            .expect(Phase::Canary, vec![Action::CreateCanary { replicas: 1 }]),
+            case(
+                "pending rolling patches at once",
+                Progress::default(),
+                observed(FROM),
+                t0(),
+            )
+            .with(target(Strategy::Rolling))
+            .expect(
+                Phase::Promoting,
+                vec![Action::SetImage {
+                    image: TO.into(),
+                    stamp: false,
+                }],
+            ),
+            case(
+                "pending, image changed meanwhile: fail, touch nothing",
+                Progress::default(),
+                observed("other:2"),
+                t0(),
+            )
+            .expect(Phase::Failed, vec![])
+            .failing(Failure::Conflict),
+            case(
+                "crash between intent and create: create again",
+                in_canary(),
+                observed(FROM),
+                secs(5),
+            )
+            .expect(Phase::Canary, vec![Action::CreateCanary { replicas: 1 }]),
+            case(
+                "canary crash-loops: roll back at once",
+                in_canary(),
+                crash(vec![pod(false, 3, &["CrashLoopBackOff"])]),
+                secs(5),
+            )
+            .expect(
+                Phase::RollingBack,
+                vec![Action::DeleteCanary, Action::RejectDigest],
+            )
+            .failing(Failure::PodFailure),
+            case(
+                "canary image cannot be pulled",
+                in_canary(),
+                crash(vec![pod(false, 0, &["ImagePullBackOff"])]),
+                secs(5),
+            )
+            .expect(
+                Phase::RollingBack,
+                vec![Action::DeleteCanary, Action::RejectDigest],
+            )
+            .failing(Failure::PodFailure),
+            case(
+                "canary OOMKilled in its last state",
+                in_canary(),
+                crash(vec![pod(true, 1, &["OOMKilled"])]),
+                secs(5),
+            )
+            .expect(
+                Phase::RollingBack,
+                vec![Action::DeleteCanary, Action::RejectDigest],
+            )
+            .failing(Failure::PodFailure),
+            case(
+                "restarts above maxRestarts",
+                in_canary(),
+                crash(vec![pod(true, 1, &[])]),
+                secs(5),
+            )
+            .expect(
+                Phase::RollingBack,
+                vec![Action::DeleteCanary, Action::RejectDigest],
+            )
+            .failing(Failure::Restarts),
+            case(
+                "canary not Ready within the timeout",
+                in_canary(),
+                crash(vec![pod(false, 0, &[])]),
+                secs(300),
+            )
+            .expect(
+                Phase::RollingBack,
+                vec![Action::DeleteCanary, Action::RejectDigest],
+            )
+            .failing(Failure::Timeout),
+            case(
+                "canary not Ready yet: wait",
+                in_canary(),
+                crash(vec![pod(false, 0, &[])]),
+                secs(30),
+            )
+            .expect(Phase::Canary, vec![]),
+            case(
+                "canary healthy, check not due: nothing",
+                in_canary(),
+                healthy_canary(),
+                secs(29),
+            )
+            .expect(Phase::Canary, vec![]),
+            case(
+                "someone else changed the workload during the canary",
+                in_canary(),
+                Observed {
+                    canary_exists: true,
+                    ..observed("reg.example/shop/api:1.5")
+                },
+                secs(5),
+            )
+            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .failing(Failure::Conflict),
+            case(
+                "workload deleted mid-refresh",
+                in_canary(),
+                Observed {
+                    canary_exists: true,
+                    ..Observed::default()
+                },
+                secs(5),
+            )
+            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .failing(Failure::WorkloadDeleted),
+            case(
+                "crash between promote intent and patch: patch again",
+                promoting(false),
+                Observed {
+                    canary_exists: true,
+                    ..observed(FROM)
+                },
+                secs(160),
+            )
+            .expect(Phase::Promoting, vec![set(TO)]),
+            case(
+                "patched, rollout under way: wait",
+                promoting(false),
+                rolled(false, vec![pod(false, 0, &[])]),
+                secs(160),
+            )
+            .expect(Phase::Promoting, vec![]),
+            case(
+                "rolled out: succeed, delete the canary",
+                promoting(true),
+                rolled(true, vec![pod(true, 0, &[])]),
+                secs(160),
+            )
+            .expect(Phase::Succeeded, vec![Action::DeleteCanary]),
+            case(
+                "new workload pods crash: restore",
+                promoting(true),
+                rolled(false, vec![pod(false, 2, &["CrashLoopBackOff"])]),
+                secs(160),
+            )
+            .expect(
+                Phase::RollingBack,
+                vec![Action::DeleteCanary, set(FROM), Action::RejectDigest],
+            )
+            .failing(Failure::PodFailure),
+            case(
+                "rollout not complete in time: restore",
+                promoting(true),
+                rolled(false, vec![pod(false, 0, &[])]),
+                secs(450),
+            )
+            .expect(
+                Phase::RollingBack,
+                vec![Action::DeleteCanary, set(FROM), Action::RejectDigest],
+            )
+            .failing(Failure::Timeout),
+            case(
+                "patched, then someone set it back: do not overwrite",
+                promoting(true),
+                Observed {
+                    canary_exists: true,
+                    ..observed(FROM)
+                },
+                secs(160),
+            )
+            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .failing(Failure::Conflict),
+            case(
+                "someone set a third image during promotion",
+                promoting(false),
+                observed("reg.example/shop/api:1.5"),
+                secs(160),
+            )
+            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .failing(Failure::Conflict),
+            case(
+                "rolling back, restore lost: restore again",
+                rolling_back(true),
+                observed(TO),
+                secs(201),
+            )
+            .expect(Phase::RollingBack, vec![Action::RejectDigest, set(FROM)])
+            .failing(Failure::PodFailure),
+            case(
+                "rolling back, canary still there: delete, wait",
+                rolling_back(true),
+                Observed {
+                    canary_exists: true,
+                    ..observed(FROM)
+                },
+                secs(201),
+            )
+            .expect(
+                Phase::RollingBack,
+                vec![Action::DeleteCanary, Action::RejectDigest],
+            )
+            .failing(Failure::PodFailure),
+            case("rolled back", rolling_back(true), observed(FROM), secs(202))
+                .expect(Phase::RolledBack, vec![Action::RejectDigest])
+                .failing(Failure::PodFailure),
+            case(
+                "rolling back, someone set a third image: leave it",
+                rolling_back(true),
+                observed("other:9"),
+                secs(202),
+            )
+            .expect(Phase::Failed, vec![Action::RejectDigest])
+            .failing(Failure::PodFailure),
+            case(
+                "terminal with a leftover canary: delete it",
+                Progress {
+                    phase: Phase::Succeeded,
+                    ..promoting(true)
+                },
+                Observed {
+                    canary_exists: true,
+                    ..observed(TO)
+                },
+                secs(500),
+            )
+            .expect(Phase::Succeeded, vec![Action::DeleteCanary]),
+            case(
+                "terminal and clean: nothing",
+                Progress {
+                    phase: Phase::RolledBack,
+                    ..promoting(true)
+                },
+                observed(FROM),
+                secs(500),
+            )
+            .expect(Phase::RolledBack, vec![]),
+        ];
+        for c in cases {
+            let step = step(&c.target, &c.progress, &c.observed, c.now);
+            assert_eq!(step.progress.phase, c.phase, "{}: phase", c.name);
+            assert_eq!(mutations(&step), c.actions, "{}: actions", c.name);
+            assert_eq!(step.progress.failure, c.failure, "{}: failure", c.name);
+            assert_eq!(
+                step.requeue.is_none(),
+                c.phase.is_terminal(),
+                "{}: requeue",
+                c.name
+            );
+            if c.phase != c.progress.phase {
+                assert!(
+                    !events(&step).is_empty(),
+                    "{}: a phase change is announced",
+                    c.name
+                );
+                let warning = matches!(
+                    c.phase,
+                    Phase::RollingBack | Phase::RolledBack | Phase::Failed
+                );
+                assert!(
+                    events(&step)
+                        .iter()
+                        .all(|(k, _)| (*k == EventKind::Warning) == warning),
+                    "{}: event kind",
+                    c.name
+                );
+            } else {
+                assert!(
+                    events(&step).is_empty(),
+                    "{}: no phase change, no event",
+                    c.name
+                );
+            }
+            // Deterministic: two operators computing the same step from the
+            // same Refresh agree; only one of them can store it.
+            assert_eq!(
+                step,
+                super::step(&c.target, &c.progress, &c.observed, c.now),
+                "{}",
+                c.name
+            );
+        }
+    }
+
+    /// Runs steps at the given times, applying the canary's creation to the
+    /// observation, and returns the last step.
+    fn run(target: &Target, observed: &Observed, times: &[i64]) -> Step {
+        let mut progress = Progress::default();
+        let mut last = None;
+        for &t in times {
+            let s = step(target, &progress, observed, secs(t));
+            progress = s.progress.clone();
+            last = Some(s);
+        }
+        last.unwrap_or_else(|| step(target, &progress, observed, t0()))
+    }
+
+    #[test]
+    fn promotes_after_the_frozen_number_of_passing_checks() {
+        let t = target(Strategy::Canary);
+        let times = [0, 30, 60, 90, 120];
+        let before = run(&t, &healthy_canary(), &times);
+        assert_eq!(before.progress.phase, Phase::Canary);
+        assert_eq!(before.progress.passes, 4);
+        assert_eq!(before.progress.analysis.len(), 4);
+        assert!(before.progress.message.contains("4/5 checks passed"));
+        assert_eq!(before.requeue, Some(Duration::from_secs(30)));
+        let after = run(&t, &healthy_canary(), &[0, 30, 60, 90, 120, 150]);
+        assert_eq!(after.progress.phase, Phase::Promoting);
+        assert_eq!(after.progress.promoted_at, Some(secs(150)));
+        assert_eq!(mutations(&after), vec![set(TO)]);
+        // The policy was edited to 2 iterations after creation: the frozen
+        // settings of the Refresh are what count.
+        let edited = Target {
+            settings: Settings {
+                iterations: 2,
+                ..Settings::default()
+            },
+            ..t.clone()
+        };
+        assert_eq!(
+            run(&edited, &healthy_canary(), &[0, 30, 60]).progress.phase,
+            Phase::Promoting
+        );
+        assert_eq!(
+            run(&t, &healthy_canary(), &[0, 30, 60]).progress.phase,
+            Phase::Canary
+        );
+    }
+
+    #[test]
+    fn checks_wait_for_readiness_and_the_history_is_bounded() {
+        let t = Target {
+            settings: Settings {
+                interval_seconds: 1,
+                iterations: 40,
+                readiness_timeout_seconds: 10_000,
+                ..Settings::default()
+            },
+            ..target(Strategy::Canary)
+        };
+        let times: Vec<i64> = (0..=60).collect();
+        let s = run(&t, &healthy_canary(), &times);
+        assert_eq!(s.progress.phase, Phase::Promoting);
+        assert_eq!(s.progress.analysis.len(), MAX_CHECKS);
+        assert_eq!(s.progress.passes, 40);
+        let waiting = Observed {
+            canary_exists: true,
+            canary_pods: vec![pod(true, 0, &[]), pod(false, 0, &[])],
+            workload: Some(WorkloadState {
+                replicas: 20,
+                ..workload(FROM)
+            }),
+            ..Observed::default()
+        };
+        let s = run(&t, &waiting, &[0, 1, 2]);
+        assert_eq!(s.progress.phase, Phase::Canary);
+        assert_eq!(s.progress.passes, 0);
+        assert_eq!(
+            s.progress
+                .analysis
+                .last()
+                .map(|c| (c.verdict, c.ready, c.desired)),
+            Some((Verdict::Wait, 1, 2))
+        );
+        // Never all Ready: inconclusive after twice the iterations.
+        let s = run(&t, &waiting, &(0..=80).collect::<Vec<_>>());
+        assert_eq!(s.progress.phase, Phase::RollingBack);
+        assert_eq!(s.progress.failure, Some(Failure::Inconclusive));
+    }
+
+    fn with_metric(on_no_data: OnNoData) -> Target {
+        Target {
+            settings: Settings {
+                iterations: 2,
+                metric: Some(MetricCheck {
+                    query: "rate(errors[1m])".into(),
+                    max: 0.5,
+                    on_no_data,
+                    max_consecutive_errors: 1,
+                }),
+                ..Settings::default()
+            },
+            ..target(Strategy::Canary)
+        }
+    }
+
+    fn reading(r: MetricReading) -> Observed {
+        Observed {
+            metric: Some(r),
+            ..healthy_canary()
+        }
+    }
+
+    #[test]
+    fn the_metric_check_decides_with_its_threshold_and_no_data_rule() {
+        let s = run(
+            &with_metric(OnNoData::Fail),
+            &reading(MetricReading::Value(0.2)),
+            &[0, 30, 60],
+        );
+        assert_eq!(s.progress.phase, Phase::Promoting);
+        assert_eq!(s.progress.analysis.last().and_then(|c| c.metric), Some(0.2));
+        let s = run(
+            &with_metric(OnNoData::Fail),
+            &reading(MetricReading::Value(0.9)),
+            &[0, 30],
+        );
+        assert_eq!(
+            (s.progress.phase, s.progress.failure),
+            (Phase::RollingBack, Some(Failure::Metric))
+        );
+        assert!(
+            s.progress.message.contains("metric 0.9 above max 0.5"),
+            "{}",
+            s.progress.message
+        );
+        let s = run(
+            &with_metric(OnNoData::Fail),
+            &reading(MetricReading::NoData),
+            &[0, 30],
+        );
+        assert_eq!(s.progress.failure, Some(Failure::Metric));
+        let s = run(
+            &with_metric(OnNoData::Pass),
+            &reading(MetricReading::NoData),
+            &[0, 30, 60],
+        );
+        assert_eq!(s.progress.phase, Phase::Promoting);
+        let s = run(
+            &with_metric(OnNoData::Inconclusive),
+            &reading(MetricReading::NoData),
+            &[0, 30, 60, 90],
+        );
+        assert_eq!(
+            (s.progress.phase, s.progress.passes, s.progress.checks),
+            (Phase::Canary, 0, 3)
+        );
+        // One error is tolerated (max 1 in a row), the second in a row fails.
+        let error = reading(MetricReading::Error("connection refused".into()));
+        let s = run(&with_metric(OnNoData::Fail), &error, &[0, 30]);
+        assert_eq!(
+            (s.progress.phase, s.progress.metric_errors),
+            (Phase::Canary, 1)
+        );
+        let s = run(&with_metric(OnNoData::Fail), &error, &[0, 30, 60]);
+        assert_eq!(s.progress.failure, Some(Failure::Metric));
+        assert!(s.progress.message.contains("failed 2 time(s) in a row"));
+    }
+
+    #[test]
+    fn restarts_are_marked_by_the_stamp_not_the_image() {
+        let pinned = TO;
+        let t = Target {
+            reason: Reason::ContainerTooOld,
+            from_image: pinned.into(),
+            to_image: pinned.into(),
+            ..target(Strategy::Rolling)
+        };
+        let s = step(&t, &Progress::default(), &observed(pinned), t0());
+        assert_eq!(
+            mutations(&s),
+            vec![Action::SetImage {
+                image: pinned.into(),
+                stamp: true
+            }]
+        );
+        // The patch was lost: same image, no stamp yet -> patch again.
+        let s2 = step(&t, &s.progress, &observed(pinned), secs(1));
+        assert_eq!(
+            mutations(&s2),
+            vec![Action::SetImage {
+                image: pinned.into(),
+                stamp: true
+            }]
+        );
+        let stamped = Observed {
+            workload: Some(WorkloadState {
+                restart_token: Some(t.name.clone()),
+                ..workload(pinned)
+            }),
+            ..Observed::default()
+        };
+        let s3 = step(&t, &s.progress, &stamped, secs(2));
+        assert_eq!(s3.progress.phase, Phase::Succeeded);
+        assert_eq!(mutations(&s3), vec![]);
+    }
+
+    #[test]
+    fn canary_size_rounds_up_and_is_at_least_one() {
+        let s = Settings::default();
+        assert_eq!(s.canary_replicas(0), 1);
+        assert_eq!(s.canary_replicas(4), 1);
+        assert_eq!(s.canary_replicas(10), 1);
+        assert_eq!(s.canary_replicas(11), 2);
+        let half = Settings {
+            canary_weight_percent: 50,
+            ..s
+        };
+        assert_eq!(half.canary_replicas(5), 3);
+        assert_eq!(half.canary_replicas(u32::MAX), u32::MAX / 2 + 1);
+    }
+}
