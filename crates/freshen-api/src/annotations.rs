@@ -11,7 +11,10 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use freshen_core::duration::DURATION_FORM;
 use freshen_core::parse_duration;
+use freshen_core::plan::Preferences;
 use freshen_core::policy::Limits;
+use freshen_core::rollout::Strategy;
+use freshen_core::window::Window;
 
 /// The annotation prefix of every freshen key.
 pub const PREFIX: &str = "freshen.dev/";
@@ -44,18 +47,24 @@ pub const MAX_CONTAINER_AGE: &str = "freshen.dev/max-container-age";
 pub const POLICY: &str = "freshen.dev/policy";
 /// Until when (RFC 3339) the workload's violations are snoozed.
 pub const SNOOZE_UNTIL: &str = "freshen.dev/snooze-until";
-/// Keys DESIGN.md reserves for the refresh and pipeline steps; accepted so
-/// that a documented key is never reported as a typo.
-const RESERVED: [&str; 3] = [
-    "freshen.dev/strategy",
-    "freshen.dev/pipeline",
-    "freshen.dev/window",
-];
+/// Roll out new digests of the tags the containers name: `true` or `false`.
+pub const FOLLOW_TAG: &str = "freshen.dev/follow-tag";
+/// How new digests are rolled out: `canary` or `rolling`.
+pub const STRATEGY: &str = "freshen.dev/strategy";
+/// Maintenance windows, `;` separated, e.g. `Mon-Fri 09:00-16:00 Europe/Berlin`.
+pub const WINDOW: &str = "freshen.dev/window";
+/// Keys DESIGN.md reserves for the pipeline step, and keys freshen writes
+/// itself; accepted so that they are never reported as typos.
+const RESERVED: [&str; 2] = ["freshen.dev/pipeline", crate::refresh::REJECTED_DIGESTS];
 const POLICY_FORM: &str = "the name of a RefreshPolicy in the workload's namespace or of a \
                            ClusterRefreshPolicy (lowercase letters, digits, '-' and '.')";
+const WINDOWS_FORM: &str = "one or more windows separated by ';', each `<days> <HH:MM>-<HH:MM> \
+                            [time zone]`, e.g. `Mon-Fri 09:00-16:00 Europe/Berlin` (days: Mon..Sun, \
+                            ranges, lists, or *)";
 const SNOOZE_FORM: &str = "an RFC 3339 time, e.g. 2026-12-01T00:00:00Z";
 const KNOWN_FORM: &str = "one of freshen.dev/refresh, max-image-age, max-container-age, \
-                          base-image, base-image.<container>, policy, snooze-until";
+                          base-image, base-image.<container>, policy, snooze-until, \
+                          follow-tag, strategy, window";
 
 /// Whether freshen manages a workload, from `freshen.dev/refresh`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +97,7 @@ impl RefreshMode {
 
 /// Everything a workload's `freshen.dev/*` annotations configure. A value
 /// that does not parse is left out (the rest still applies) and reported.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct WorkloadSettings {
     /// `freshen.dev/refresh`, when set to a valid value.
     pub refresh: Option<RefreshMode>,
@@ -100,6 +109,8 @@ pub struct WorkloadSettings {
     pub policy: Option<String>,
     /// `freshen.dev/snooze-until`.
     pub snooze_until: Option<DateTime<Utc>>,
+    /// `follow-tag`, `strategy` and `window`.
+    pub refresh_prefs: Preferences,
 }
 
 impl WorkloadSettings {
@@ -146,6 +157,22 @@ impl WorkloadSettings {
                         Err(invalid(key, value, POLICY_FORM))
                     }
                 }
+                FOLLOW_TAG => match value.as_str() {
+                    "true" => Ok(settings.refresh_prefs.follow_tag = Some(true)),
+                    "false" => Ok(settings.refresh_prefs.follow_tag = Some(false)),
+                    _ => Err(invalid(key, value, "\"true\" or \"false\"")),
+                },
+                STRATEGY => match value.as_str() {
+                    "canary" => Ok(settings.refresh_prefs.strategy = Some(Strategy::Canary)),
+                    "rolling" => Ok(settings.refresh_prefs.strategy = Some(Strategy::Rolling)),
+                    _ => Err(invalid(key, value, "\"canary\" or \"rolling\"")),
+                },
+                WINDOW => value
+                    .split(';')
+                    .map(|w| w.parse::<Window>())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(|ws| settings.refresh_prefs.windows = Some(ws))
+                    .map_err(|_| invalid(key, value, WINDOWS_FORM)),
                 SNOOZE_UNTIL => DateTime::parse_from_rfc3339(value)
                     .map(|t| settings.snooze_until = Some(t.with_timezone(&Utc)))
                     .map_err(|_| invalid(key, value, SNOOZE_FORM)),
@@ -314,10 +341,16 @@ mod tests {
             (POLICY, "team-default"),
             (SNOOZE_UNTIL, "2026-12-01T10:00:00+01:00"),
             (BASE_IMAGE, "debian:12"),
-            ("freshen.dev/strategy", "canary"),
+            (STRATEGY, "rolling"),
+            (FOLLOW_TAG, "true"),
+            (WINDOW, "Mon-Fri 09:00-16:00 Europe/Berlin;Sat 10:00-11:00"),
+            (crate::refresh::REJECTED_DIGESTS, "app@sha256:00"),
             ("app.kubernetes.io/name", "web"),
         ]);
         assert_eq!(errors, []);
+        assert_eq!(s.refresh_prefs.strategy, Some(Strategy::Rolling));
+        assert_eq!(s.refresh_prefs.follow_tag, Some(true));
+        assert_eq!(s.refresh_prefs.windows.map(|w| w.len()), Some(2));
         assert_eq!(s.refresh, Some(RefreshMode::Enabled));
         assert_eq!(
             s.limits.max_image_age.map(|d| d.as_secs()),
@@ -343,18 +376,29 @@ mod tests {
             (SNOOZE_UNTIL, "tomorrow"),
             ("freshen.dev/max-image-ag", "30d"),
             (&format!("{BASE_IMAGE}.app"), "Not An Image"),
+            (FOLLOW_TAG, "yes"),
+            (STRATEGY, "bluegreen"),
+            (WINDOW, "weekdays 9-5"),
         ]);
         let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(
             keys,
             [
                 "freshen.dev/base-image.app",
+                FOLLOW_TAG,
                 "freshen.dev/max-image-ag",
                 MAX_IMAGE_AGE,
                 POLICY,
-                SNOOZE_UNTIL
+                SNOOZE_UNTIL,
+                STRATEGY,
+                WINDOW,
             ]
         );
+        let errors: Vec<AnnotationError> = errors
+            .into_iter()
+            .filter(|e| ![FOLLOW_TAG, STRATEGY, WINDOW].contains(&e.key.as_str()))
+            .collect();
+        assert!(s.refresh_prefs == Preferences::default());
         assert!(
             errors[1]
                 .to_string()

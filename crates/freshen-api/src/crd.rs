@@ -7,12 +7,14 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::CustomResourceExt;
 
 use crate::policy::{ClusterRefreshPolicy, RefreshPolicy};
+use crate::refresh::Refresh;
 
 /// Every CRD of freshen, with the file name of its copy in `config/crd/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("refreshpolicies.yaml", RefreshPolicy::crd()),
         ("clusterrefreshpolicies.yaml", ClusterRefreshPolicy::crd()),
+        ("refreshes.yaml", Refresh::crd()),
     ]
 }
 

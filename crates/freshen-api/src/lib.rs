@@ -4,6 +4,7 @@
 pub mod annotations;
 pub mod crd;
 pub mod policy;
+pub mod refresh;
 pub mod time;
 
 pub use annotations::{AnnotationError, RefreshMode, WorkloadSettings, base_image};
@@ -11,3 +12,4 @@ pub use policy::{
     ClusterRefreshPolicy, ClusterRefreshPolicySpec, PolicyLimits, PolicyStatus, RefreshPolicy,
     RefreshPolicySpec, SpecError,
 };
+pub use refresh::{PolicyRefresh, Refresh, RefreshSpec, RefreshStatus};

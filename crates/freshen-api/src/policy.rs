@@ -16,6 +16,7 @@ use kube::core::{Selector, SelectorExt};
 use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
+use crate::refresh::PolicyRefresh;
 use crate::time::to_chrono;
 
 /// The CEL rule every duration field carries: the form `parse_duration`
@@ -70,6 +71,9 @@ pub enum SpecError {
         /// Why.
         message: String,
     },
+    /// A maintenance window does not parse.
+    #[error("spec.windows: {0}")]
+    Window(String),
 }
 
 impl PolicyLimits {
@@ -121,6 +125,9 @@ pub struct RefreshPolicySpec {
     /// The limits.
     #[serde(flatten)]
     pub limits: PolicyLimits,
+    /// Whether and how freshen refreshes the workloads.
+    #[serde(flatten)]
+    pub refresh: PolicyRefresh,
 }
 
 /// Sets max ages for Deployments across namespaces: those in namespaces
@@ -160,6 +167,9 @@ pub struct ClusterRefreshPolicySpec {
     /// The limits.
     #[serde(flatten)]
     pub limits: PolicyLimits,
+    /// Whether and how freshen refreshes the workloads.
+    #[serde(flatten)]
+    pub refresh: PolicyRefresh,
 }
 
 /// What freshen reports on a policy.
@@ -211,6 +221,7 @@ impl RefreshPolicy {
     /// The policy as precedence sees it, or why its spec is invalid.
     pub fn candidate(&self) -> Result<Candidate, SpecError> {
         selector("selector", &self.spec.selector)?;
+        self.spec.refresh.parse()?;
         candidate(self, &self.spec.limits)
     }
 
@@ -231,6 +242,7 @@ impl ClusterRefreshPolicy {
         if let Some(s) = &self.spec.selector {
             selector("selector", s)?;
         }
+        self.spec.refresh.parse()?;
         candidate(self, &self.spec.limits)
     }
 
@@ -309,6 +321,7 @@ mod tests {
         let mut p = RefreshPolicy::new(
             "team",
             RefreshPolicySpec {
+                refresh: Default::default(),
                 selector: by_labels(&[("tier", "web")]),
                 limits: PolicyLimits {
                     max_image_age: image.map(str::to_owned),
@@ -365,6 +378,7 @@ mod tests {
         let p = ClusterRefreshPolicy::new(
             "baseline",
             ClusterRefreshPolicySpec {
+                refresh: Default::default(),
                 namespace_selector: Some(by_labels(&[("env", "prod")])),
                 selector: None,
                 limits: PolicyLimits::default(),
@@ -375,6 +389,7 @@ mod tests {
         let q = ClusterRefreshPolicy::new(
             "web",
             ClusterRefreshPolicySpec {
+                refresh: Default::default(),
                 namespace_selector: None,
                 selector: Some(by_labels(&[("tier", "web")])),
                 limits: PolicyLimits::default(),

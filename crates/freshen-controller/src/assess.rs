@@ -525,6 +525,7 @@ mod tests {
         let mut p = RefreshPolicy::new(
             name,
             RefreshPolicySpec {
+                refresh: Default::default(),
                 selector: LabelSelector {
                     match_labels: Some(labels(&[("tier", tier)])),
                     match_expressions: None,
@@ -544,6 +545,7 @@ mod tests {
         let mut p = ClusterRefreshPolicy::new(
             name,
             ClusterRefreshPolicySpec {
+                refresh: Default::default(),
                 namespace_selector: Some(LabelSelector {
                     match_labels: Some(labels(&[("env", "prod")])),
                     match_expressions: None,

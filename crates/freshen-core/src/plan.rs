@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::age::elapsed;
 use crate::image::{Digest, ImageReference};
-use crate::rollout::Reason;
+use crate::rollout::{MetricCheck, Reason, Settings, Strategy};
 use crate::window::{self, Window};
 
 /// What the planner knows about one container.
@@ -297,6 +297,81 @@ pub fn retry_at(hold: &Hold) -> Option<DateTime<Utc>> {
     match hold {
         Hold::Snoozed(t) | Hold::Soaking(t) | Hold::OutsideWindow(Some(t)) => Some(*t),
         _ => None,
+    }
+}
+
+/// Refresh settings one level (annotations, RefreshPolicy,
+/// ClusterRefreshPolicy) may set; `None` falls through to the next level.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Preferences {
+    /// Roll out new digests of the tags the containers name.
+    pub follow_tag: Option<bool>,
+    /// A new digest must have been built this long ago.
+    pub min_digest_age: Option<Duration>,
+    /// No refresh starts while suspended.
+    pub suspend: Option<bool>,
+    /// Refreshes start only inside one of these windows.
+    pub windows: Option<Vec<Window>>,
+    /// Active refreshes of the workloads one policy governs, at most.
+    pub max_concurrent: Option<u32>,
+    /// Patch workloads a GitOps reconciler manages (default: leave them).
+    pub gitops_patch: Option<bool>,
+    /// canary or rolling.
+    pub strategy: Option<Strategy>,
+    /// Canary size in percent of the replicas.
+    pub canary_weight_percent: Option<u32>,
+    /// Between analysis checks.
+    pub interval: Option<Duration>,
+    /// Passing checks to promote.
+    pub iterations: Option<u32>,
+    /// Restarts tolerated.
+    pub max_restarts: Option<u32>,
+    /// Readiness and rollout deadline.
+    pub readiness_timeout: Option<Duration>,
+    /// Optional Prometheus check.
+    pub metric: Option<MetricCheck>,
+}
+
+impl Preferences {
+    /// These settings, with `lower`'s filling the gaps.
+    pub fn over(self, lower: Self) -> Self {
+        Self {
+            follow_tag: self.follow_tag.or(lower.follow_tag),
+            min_digest_age: self.min_digest_age.or(lower.min_digest_age),
+            suspend: self.suspend.or(lower.suspend),
+            windows: self.windows.or(lower.windows),
+            max_concurrent: self.max_concurrent.or(lower.max_concurrent),
+            gitops_patch: self.gitops_patch.or(lower.gitops_patch),
+            strategy: self.strategy.or(lower.strategy),
+            canary_weight_percent: self.canary_weight_percent.or(lower.canary_weight_percent),
+            interval: self.interval.or(lower.interval),
+            iterations: self.iterations.or(lower.iterations),
+            max_restarts: self.max_restarts.or(lower.max_restarts),
+            readiness_timeout: self.readiness_timeout.or(lower.readiness_timeout),
+            metric: self.metric.or(lower.metric),
+        }
+    }
+
+    /// The rollout settings to freeze into a new Refresh; unset ones take
+    /// [`Settings::default`].
+    pub fn settings(&self) -> Settings {
+        let d = Settings::default();
+        Settings {
+            strategy: self.strategy.unwrap_or(d.strategy),
+            canary_weight_percent: self
+                .canary_weight_percent
+                .unwrap_or(d.canary_weight_percent)
+                .clamp(1, 100),
+            interval_seconds: self
+                .interval
+                .map_or(d.interval_seconds, |i| i.as_secs().max(1)),
+            iterations: self.iterations.unwrap_or(d.iterations).max(1),
+            max_restarts: self.max_restarts.unwrap_or(d.max_restarts),
+            readiness_timeout_seconds: self
+                .readiness_timeout
+                .map_or(d.readiness_timeout_seconds, |t| t.as_secs()),
+            metric: self.metric.clone(),
+        }
     }
 }
 

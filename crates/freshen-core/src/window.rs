@@ -235,7 +235,10 @@ mod tests {
         let always = window("* 00:00-24:00 UTC");
         assert!(always.contains(at("2026-11-25T10:30:00Z")));
         assert!(open(&[], at("2026-11-25T10:30:00Z")));
-        assert!(!open(std::slice::from_ref(&wrap), at("2026-11-25T10:30:00Z")));
+        assert!(!open(
+            std::slice::from_ref(&wrap),
+            at("2026-11-25T10:30:00Z")
+        ));
         assert_eq!(
             next_open(&[wrap, weekend], at("2026-11-25T10:30:00Z")),
             Some(at("2026-11-27T10:00:00Z"))

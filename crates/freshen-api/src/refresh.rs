@@ -1,0 +1,318 @@
+//! `Refresh`: the record of one attempt to change a workload, and the
+//! refresh settings policies carry.
+//!
+//! A Refresh is created by freshen (never by hand) with a deterministic name,
+//! owned by its Deployment; its spec is the frozen target and rollout
+//! settings, its status the [`Progress`] of the state machine in
+//! `freshen_core::rollout`. `kubectl get refreshes -A` is the audit trail.
+
+use freshen_core::plan::Preferences;
+use freshen_core::rollout::{
+    MetricCheck, OnNoData, Progress, Reason as RefreshReason, Settings, Strategy, Target,
+};
+use freshen_core::window::Window;
+use freshen_core::{DurationError, parse_duration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::SpecError;
+
+/// Label on a Refresh: the Deployment it changes.
+pub const WORKLOAD_LABEL: &str = "freshen.dev/workload";
+/// Label on canary Deployments and their pods: the Refresh they belong to.
+pub const REFRESH_LABEL: &str = "freshen.dev/refresh";
+/// Label on canary pods (`"true"`), next to the workload's own labels.
+pub const CANARY_LABEL: &str = "freshen.dev/canary";
+/// Pod-template annotation a restart sets: the Refresh's name.
+pub const RESTARTED_BY: &str = "freshen.dev/restarted-by";
+/// Workload annotation: digests rejected by rollbacks, `container@digest`,
+/// comma separated, newest last.
+pub const REJECTED_DIGESTS: &str = "freshen.dev/rejected-digests";
+
+/// One attempt to change one container of a Deployment.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "freshen.dev",
+    version = "v1alpha1",
+    kind = "Refresh",
+    doc = "One attempt by freshen to roll a new (or the same, restarted) digest out to a Deployment.",
+    namespaced,
+    status = "RefreshStatus",
+    shortname = "rf",
+    category = "freshen",
+    printcolumn = r#"{"name":"Workload","type":"string","jsonPath":".spec.workload"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".spec.reason"}"#,
+    printcolumn = r#"{"name":"From","type":"string","jsonPath":".spec.fromDigest"}"#,
+    printcolumn = r#"{"name":"To","type":"string","jsonPath":".spec.toDigest"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshSpec {
+    /// The Deployment (same namespace).
+    pub workload: String,
+    /// Its container to change.
+    pub container: String,
+    /// Why.
+    pub reason: RefreshReason,
+    /// The container's image exactly as it was; restored on rollback.
+    pub from_image: String,
+    /// The image rolled out, pinned by digest.
+    pub to_image: String,
+    /// Short digest the workload ran (for `kubectl get`), or `unknown`.
+    pub from_digest: String,
+    /// Short digest rolled out.
+    pub to_digest: String,
+    /// Full digest rolled out.
+    pub digest: String,
+    /// Rollout settings, frozen at creation.
+    pub rollout: Settings,
+}
+
+/// What freshen reports on a Refresh.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RefreshStatus {
+    /// Phase, step timestamps, analysis history, message.
+    #[serde(flatten)]
+    pub progress: Progress,
+    /// The canary Deployment's name, once one was created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<String>,
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` mirrors the phase: True when Succeeded, False when RolledBack
+    /// or Failed, Unknown while under way.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl Refresh {
+    /// The state machine's view of the spec.
+    pub fn target(&self, name: &str) -> Target {
+        Target {
+            name: name.to_owned(),
+            container: self.spec.container.clone(),
+            reason: self.spec.reason,
+            from_image: self.spec.from_image.clone(),
+            to_image: self.spec.to_image.clone(),
+            settings: self.spec.rollout.clone(),
+        }
+    }
+
+    /// The stored progress (none yet: Pending).
+    pub fn progress(&self) -> Progress {
+        self.status
+            .as_ref()
+            .map(|s| s.progress.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Whether freshen may patch a workload a GitOps reconciler manages.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum GitOpsMode {
+    /// Leave it (default): an Event says why and what to configure.
+    Ignore,
+    /// Patch it anyway (the reconciler may revert the change).
+    Patch,
+}
+
+/// The Prometheus check of a canary.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusCheck {
+    /// A PromQL instant query; its first sample must stay at or below `max`.
+    pub query: String,
+    /// The highest passing value.
+    pub max: f64,
+    /// What an empty result means: fail (default), pass or inconclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_no_data: Option<OnNoData>,
+    /// Query errors in a row that fail the analysis (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_consecutive_errors: Option<u32>,
+}
+
+/// How a canary is judged.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AnalysisSpec {
+    /// Between checks (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Passing checks needed to promote (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub iterations: Option<u32>,
+    /// Container restarts tolerated in the new pods (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_restarts: Option<u32>,
+    /// How long the new pods have to become Ready (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readiness_timeout: Option<String>,
+    /// An optional Prometheus query.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusCheck>,
+}
+
+/// How new digests are rolled out.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// canary (default) or rolling.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strategy: Option<Strategy>,
+    /// Canary size in percent of the replicas, rounded up, at least one pod
+    /// (default 10).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub canary_weight: Option<u32>,
+    /// Analysis of the new pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analysis: Option<AnalysisSpec>,
+}
+
+/// What a policy says about refreshing the workloads it governs; each unset
+/// field falls through to the next level.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyRefresh {
+    /// Roll out new digests of the tags the containers name (default false:
+    /// measure only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_tag: Option<bool>,
+    /// How long ago a new digest must have been built before it is rolled
+    /// out, e.g. `2h` (default: at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_digest_age: Option<String>,
+    /// Start no refresh (those under way finish).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suspend: Option<bool>,
+    /// Refreshes start only inside one of these, e.g. `Mon-Fri 09:00-16:00
+    /// Europe/Berlin` (default: any time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows: Option<Vec<String>>,
+    /// Active refreshes of this policy's workloads, at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_concurrent: Option<u32>,
+    /// Workloads Argo CD or Flux manage: ignore (default) or patch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitops: Option<GitOpsMode>,
+    /// How new digests are rolled out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutSpec>,
+}
+
+fn duration(
+    field: &'static str,
+    value: Option<&str>,
+) -> Result<Option<std::time::Duration>, SpecError> {
+    value
+        .map(parse_duration)
+        .transpose()
+        .map_err(|source: DurationError| SpecError::Duration { field, source })
+}
+
+impl PolicyRefresh {
+    /// The settings, or the first bad field.
+    pub fn parse(&self) -> Result<Preferences, SpecError> {
+        let windows = self
+            .windows
+            .as_ref()
+            .map(|ws| {
+                ws.iter()
+                    .map(|w| w.parse::<Window>())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|e| SpecError::Window(e.to_string()))?;
+        let rollout = self.rollout.clone().unwrap_or_default();
+        let analysis = rollout.analysis.unwrap_or_default();
+        Ok(Preferences {
+            follow_tag: self.follow_tag,
+            min_digest_age: duration("minDigestAge", self.min_digest_age.as_deref())?,
+            suspend: self.suspend,
+            windows,
+            max_concurrent: self.max_concurrent,
+            gitops_patch: self.gitops.map(|g| g == GitOpsMode::Patch),
+            strategy: rollout.strategy,
+            canary_weight_percent: rollout.canary_weight,
+            interval: duration("rollout.analysis.interval", analysis.interval.as_deref())?,
+            iterations: analysis.iterations,
+            max_restarts: analysis.max_restarts,
+            readiness_timeout: duration(
+                "rollout.analysis.readinessTimeout",
+                analysis.readiness_timeout.as_deref(),
+            )?,
+            metric: analysis.prometheus.map(|p| MetricCheck {
+                query: p.query,
+                max: p.max,
+                on_no_data: p.on_no_data.unwrap_or_default(),
+                max_consecutive_errors: p.max_consecutive_errors.unwrap_or(2),
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_refresh_settings_parse_with_field_names_in_errors() {
+        let spec: PolicyRefresh = serde_json::from_value(serde_json::json!({
+            "followTag": true,
+            "minDigestAge": "2h",
+            "windows": ["Mon-Fri 09:00-16:00 Europe/Berlin"],
+            "rollout": {"strategy": "rolling", "canaryWeight": 25,
+                        "analysis": {"interval": "10s", "iterations": 3,
+                                     "prometheus": {"query": "up", "max": 1.5, "onNoData": "pass"}}}
+        }))
+        .unwrap_or_default();
+        let p = spec.parse().unwrap_or_default();
+        assert_eq!(p.follow_tag, Some(true));
+        assert_eq!(p.min_digest_age, Some(std::time::Duration::from_secs(7200)));
+        let s = p.settings();
+        assert_eq!(
+            (
+                s.strategy,
+                s.canary_weight_percent,
+                s.interval_seconds,
+                s.iterations
+            ),
+            (Strategy::Rolling, 25, 10, 3)
+        );
+        assert_eq!(
+            s.metric
+                .map(|m| (m.max, m.on_no_data, m.max_consecutive_errors)),
+            Some((1.5, OnNoData::Pass, 2))
+        );
+        let bad = PolicyRefresh {
+            windows: Some(vec!["Mon-Fry 09:00-16:00".into()]),
+            ..PolicyRefresh::default()
+        };
+        let e = bad.parse().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.starts_with("spec.windows: \"Mon-Fry 09:00-16:00\" is not a window: unknown day"),
+            "{e}"
+        );
+        let bad = PolicyRefresh {
+            rollout: Some(RolloutSpec {
+                analysis: Some(AnalysisSpec {
+                    interval: Some("soon".into()),
+                    ..AnalysisSpec::default()
+                }),
+                ..RolloutSpec::default()
+            }),
+            ..PolicyRefresh::default()
+        };
+        let e = bad.parse().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(e.starts_with("spec.rollout.analysis.interval:"), "{e}");
+    }
+}
