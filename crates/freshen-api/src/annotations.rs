@@ -158,15 +158,17 @@ impl WorkloadSettings {
                     }
                 }
                 FOLLOW_TAG => match value.as_str() {
-                    "true" => Ok(settings.refresh_prefs.follow_tag = Some(true)),
-                    "false" => Ok(settings.refresh_prefs.follow_tag = Some(false)),
+                    "true" => Ok(true),
+                    "false" => Ok(false),
                     _ => Err(invalid(key, value, "\"true\" or \"false\"")),
-                },
+                }
+                .map(|follow| settings.refresh_prefs.follow_tag = Some(follow)),
                 STRATEGY => match value.as_str() {
-                    "canary" => Ok(settings.refresh_prefs.strategy = Some(Strategy::Canary)),
-                    "rolling" => Ok(settings.refresh_prefs.strategy = Some(Strategy::Rolling)),
+                    "canary" => Ok(Strategy::Canary),
+                    "rolling" => Ok(Strategy::Rolling),
                     _ => Err(invalid(key, value, "\"canary\" or \"rolling\"")),
-                },
+                }
+                .map(|strategy| settings.refresh_prefs.strategy = Some(strategy)),
                 WINDOW => value
                     .split(';')
                     .map(|w| w.parse::<Window>())

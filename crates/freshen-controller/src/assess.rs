@@ -14,6 +14,7 @@ use freshen_api::{AnnotationError, ClusterRefreshPolicy, RefreshPolicy, Workload
 use freshen_core::ImageReference;
 use freshen_core::base;
 use freshen_core::observe::{ContainerObservation, ContainerSpec, PodFacts, observe};
+use freshen_core::plan::Preferences;
 use freshen_core::policy::{Candidate, Limits, Resolution, resolve};
 use freshen_registry::{Keychain, Platform, RegistryClient, RegistryError, auth};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -41,6 +42,9 @@ pub struct Configuration {
     pub binding: PolicyBinding,
     /// The limits in force and where each comes from.
     pub resolution: Resolution,
+    /// Refresh settings in force: annotations over the governing
+    /// RefreshPolicy over the governing ClusterRefreshPolicy.
+    pub refresh: Preferences,
 }
 
 impl Configuration {
@@ -119,6 +123,23 @@ pub fn configure(
         &cluster_matched,
         defaults,
     );
+    let policy_prefs = resolution
+        .policy
+        .as_deref()
+        .and_then(|name| valid_policies.iter().find(|(p, _)| p.name_any() == name))
+        .and_then(|(p, _)| p.spec.refresh.parse().ok())
+        .unwrap_or_default();
+    let cluster_prefs = resolution
+        .cluster_policy
+        .as_deref()
+        .and_then(|name| valid_cluster.iter().find(|(p, _)| p.name_any() == name))
+        .and_then(|(p, _)| p.spec.refresh.parse().ok())
+        .unwrap_or_default();
+    let refresh = settings
+        .refresh_prefs
+        .clone()
+        .over(policy_prefs)
+        .over(cluster_prefs);
     let binding = PolicyBinding {
         policies: matched.into_iter().map(|c| c.name).collect(),
         policy: resolution.policy.clone(),
@@ -130,6 +151,7 @@ pub fn configure(
         errors,
         binding,
         resolution,
+        refresh,
     }
 }
 
@@ -395,12 +417,16 @@ async fn measure_container(
     };
     let own_credential = credential(image);
     let mut update_available = None;
+    let mut tag_digest = None;
     if image.effective_tag().is_some() {
         match registry
             .resolve_tag(image, keychain.get(&image.registry), Instant::now())
             .await
         {
-            Ok(tag_digest) => update_available = observation.update_available(&tag_digest),
+            Ok(digest) => {
+                update_available = observation.update_available(&digest);
+                tag_digest = Some(digest);
+            }
             Err(e) => failed(e, "tag digest"),
         }
     }
@@ -488,6 +514,11 @@ async fn measure_container(
         base_stale,
         base_stale_since,
         base_image,
+        running: match (observation.digests().len(), observation.pods_without_digest) {
+            (1, 0) => observation.digests().into_iter().next().cloned(),
+            _ => None,
+        },
+        tag_digest,
     };
     (record, errors)
 }

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshen_api::{ClusterRefreshPolicy, RefreshPolicy};
+use freshen_api::{ClusterRefreshPolicy, Refresh, RefreshPolicy};
 use freshen_core::policy::Limits;
 use freshen_registry::RegistryClient;
 use futures::channel::mpsc::UnboundedSender;
@@ -25,6 +25,10 @@ pub struct ControllerConfig {
     pub error_requeue: Duration,
     /// The operator's defaults, the last level of policy precedence.
     pub defaults: Limits,
+    /// Active refreshes operator-wide, at most.
+    pub max_concurrent_refreshes: u32,
+    /// Finished Refreshes kept per workload.
+    pub refresh_history: usize,
 }
 
 /// Shared by every reconcile.
@@ -51,6 +55,10 @@ pub struct Context {
     pub policies: Store<RefreshPolicy>,
     /// Every ClusterRefreshPolicy.
     pub cluster_policies: Store<ClusterRefreshPolicy>,
+    /// Every Refresh.
+    pub refreshes: Store<Refresh>,
+    /// Where canary metric queries go, when configured.
+    pub prometheus: Option<crate::promql::PrometheusClient>,
     /// Asks the workload controller to measure a Deployment again.
     pub workload_trigger: UnboundedSender<ObjectRef<Deployment>>,
     /// Publishes Kubernetes Events.

@@ -18,6 +18,19 @@ pub enum Error {
     /// Writing a policy's status failed; retried later.
     #[error("writing policy status failed: {0}")]
     PolicyStatus(#[source] kube::Error),
+    /// A Refresh step's request to the API server failed; retried (every
+    /// action is idempotent).
+    #[error("{0} failed: {1}")]
+    Refresh(&'static str, #[source] kube::Error),
+    /// Creating a Refresh failed; retried.
+    #[error("{0} failed: {1}")]
+    Plan(&'static str, #[source] kube::Error),
+    /// A guarded write lost to a concurrent change; the next step sees it.
+    #[error("{0}")]
+    Stale(&'static str),
+    /// An object could not be serialized (a programming error).
+    #[error("serializing failed: {0}")]
+    Serialize(#[source] serde_json::Error),
 }
 
 impl Error {
@@ -28,6 +41,10 @@ impl Error {
             Self::MissingField(_) => "missing_field",
             Self::Registry(e) => e.category(),
             Self::PolicyStatus(_) => "policy_status",
+            Self::Refresh(..) => "refresh_action",
+            Self::Stale(_) => "conflict",
+            Self::Serialize(_) => "serialize",
+            Self::Plan(..) => "refresh_create",
         }
     }
 }

@@ -8,8 +8,11 @@ pub mod assess;
 pub mod context;
 pub mod error;
 pub mod metrics;
+pub mod planner;
 pub mod policy_status;
+pub mod promql;
 pub mod records;
+pub mod refresh;
 pub mod report;
 pub mod server;
 pub mod workload;
@@ -19,7 +22,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use freshen_api::{ClusterRefreshPolicy, RefreshPolicy};
+use freshen_api::{ClusterRefreshPolicy, Refresh, RefreshPolicy};
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -36,6 +39,7 @@ pub use context::{Context, ControllerConfig};
 pub use error::Error;
 use metrics::Metrics;
 use policy_status::Policy;
+use promql::PrometheusClient;
 use records::{PolicyNotifier, WorkloadKey, WorkloadRecords};
 
 /// Everything `freshen run` is configured with.
@@ -49,6 +53,8 @@ pub struct Config {
     pub controller: ControllerConfig,
     /// Registry settings.
     pub registry: RegistryConfig,
+    /// The Prometheus server canary metric queries go to.
+    pub prometheus_url: Option<String>,
 }
 
 /// A watch's name and whether it has completed its first list.
@@ -200,6 +206,9 @@ pub enum RunError {
          (or `freshen crd | kubectl apply -f -`)"
     )]
     CrdsMissing,
+    /// The Prometheus client could not be built.
+    #[error("the Prometheus client could not be built: {0}")]
+    Prometheus(#[source] reqwest::Error),
     /// The cluster could not be asked whether the CRDs are installed.
     #[error("checking for the freshen CRDs failed: {0}")]
     CrdCheck(#[source] kube::Error),
@@ -213,6 +222,10 @@ async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), RunE
     for result in [
         policies.list_metadata(&probe).await.map(|_| ()),
         Api::<ClusterRefreshPolicy>::all(client.clone())
+            .list_metadata(&probe)
+            .await
+            .map(|_| ()),
+        scoped::<Refresh>(client, namespace)
             .list_metadata(&probe)
             .await
             .map(|_| ()),
@@ -234,6 +247,13 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let (policy_tx, policy_rx) = mpsc::unbounded();
     let (cluster_policy_tx, cluster_policy_rx) = mpsc::unbounded();
     let (workload_tx, workload_rx) = mpsc::unbounded();
+    let (refresh_tx, refresh_rx) = mpsc::unbounded();
+    let prometheus = config
+        .prometheus_url
+        .as_deref()
+        .map(|url| PrometheusClient::new(url, std::time::Duration::from_secs(10)))
+        .transpose()
+        .map_err(RunError::Prometheus)?;
     let records = Arc::new(WorkloadRecords::with_notifier(PolicyNotifier {
         policies: policy_tx,
         cluster_policies: cluster_policy_tx,
@@ -257,8 +277,25 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         None => watcher::Config::default(),
     };
 
+    // Refreshes: reconciled by the Refresh controller, read by the workload
+    // controller (active ones hold further refreshes of a workload).
+    let (refresh_store, refresh_writer) = reflector::store();
+    let refresh_trigger = {
+        let store = refresh_store.clone();
+        let metrics = Arc::clone(&metrics);
+        reflected(
+            scoped::<Refresh>(&client, namespace),
+            watcher::Config::default(),
+            refresh_writer,
+            readiness.watch("refreshes"),
+        )
+        .inspect_ok(move |_| metrics.count_active(store.state().iter().map(|r| r.progress().phase)))
+        .applied_objects()
+    };
+
     // One watch of all pods serves both as reconcile trigger and as the cache
-    // reconciles read from.
+    // reconciles read from; a pod of a canary or of a workload under refresh
+    // also wakes its Refresh.
     let (pod_store, pod_writer) = reflector::store();
     let pod_trigger = reflected(
         pods,
@@ -266,7 +303,16 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         pod_writer,
         readiness.watch("pods"),
     )
-    .touched_objects();
+    .touched_objects()
+    .inspect_ok({
+        let refreshes = refresh_store.clone();
+        let tx = refresh_tx.clone();
+        move |pod| {
+            if let Some(r) = refresh::of_pod(pod, &refreshes) {
+                let _ = tx.unbounded_send(r);
+            }
+        }
+    });
 
     // A deleted Deployment is never reconciled, so its series are dropped
     // here: on its Delete event, and after a re-list for any deletion a
@@ -295,7 +341,16 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             }
             _ => {}
         })
-        .applied_objects();
+        .applied_objects()
+        .inspect_ok({
+            let refreshes = refresh_store.clone();
+            let tx = refresh_tx.clone();
+            move |deploy| {
+                if let Some(r) = refresh::of_deployment(deploy, &refreshes) {
+                    let _ = tx.unbounded_send(r);
+                }
+            }
+        });
 
     // Namespace labels decide which ClusterRefreshPolicies apply; a change
     // re-measures the namespace's workloads.
@@ -391,6 +446,8 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         namespaces: namespace_store,
         policies: policy_store.clone(),
         cluster_policies: cluster_policy_store.clone(),
+        refreshes: refresh_store.clone(),
+        prometheus,
         workload_trigger: workload_tx,
         config: config.controller,
     });
@@ -420,6 +477,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
                     "clusterrefreshpolicies",
                     "serviceaccounts",
                     "nodes",
+                    "refreshes",
                 ])
                 .await;
             workloads.await;
@@ -434,6 +492,22 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             Arc::clone(&ctx),
         )
         .for_each(log_failure);
+    // A Refresh stepped before the Deployments and pods are listed would
+    // see its workload as deleted: it starts once they are.
+    let refreshes = Controller::for_stream(refresh_trigger, refresh_store)
+        .reconcile_on(refresh_rx)
+        .shutdown_on_signal()
+        .run(refresh::reconcile, refresh::error_policy, Arc::clone(&ctx))
+        .for_each(log_failure);
+    let refreshes = {
+        let readiness = readiness.clone();
+        async move {
+            readiness
+                .wait_for(&["deployments", "pods", "refreshes"])
+                .await;
+            refreshes.await;
+        }
+    };
     let cluster_policies = Controller::for_stream(cluster_policy_trigger, cluster_policy_store)
         .reconcile_on(cluster_policy_rx)
         .shutdown_on_signal()
@@ -450,7 +524,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     );
     info!("freshen controllers started");
     tokio::select! {
-        _ = futures::future::join3(workloads, policies, cluster_policies) => {
+        _ = futures::future::join4(workloads, policies, cluster_policies, refreshes) => {
             info!("controllers stopped");
         }
         served = server => served?,

@@ -12,9 +12,11 @@ use chrono::Utc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
+
+use freshen_core::rollout::{Phase, Progress};
 
 use crate::records::WorkloadRecords;
 
@@ -223,6 +225,14 @@ pub struct Metrics {
     pub reconcile_duration: Histogram,
     /// `freshen_reconcile_errors_total{category}`.
     pub reconcile_errors: IntCounterVec,
+    /// `freshen_refreshes_total{reason,outcome}`.
+    pub refreshes: IntCounterVec,
+    /// `freshen_refresh_duration_seconds{reason,outcome}`.
+    pub refresh_duration: HistogramVec,
+    /// `freshen_refreshes_active{phase}`.
+    pub refreshes_active: IntGaugeVec,
+    /// `freshen_rollbacks_total{reason}`.
+    pub rollbacks: IntCounterVec,
 }
 
 impl Metrics {
@@ -250,6 +260,43 @@ impl Metrics {
             ),
             &["category"],
         )?;
+        let refreshes = IntCounterVec::new(
+            Opts::new(
+                "freshen_refreshes_total",
+                "Refreshes that finished, by why they started and how they ended \
+                 (Succeeded, RolledBack, Failed).",
+            ),
+            &["reason", "outcome"],
+        )?;
+        let refresh_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "freshen_refresh_duration_seconds",
+                "Seconds from a Refresh's creation to its terminal phase.",
+            )
+            .buckets(vec![
+                5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+            ]),
+            &["reason", "outcome"],
+        )?;
+        let refreshes_active = IntGaugeVec::new(
+            Opts::new(
+                "freshen_refreshes_active",
+                "Refreshes not yet finished, by phase.",
+            ),
+            &["phase"],
+        )?;
+        let rollbacks = IntCounterVec::new(
+            Opts::new(
+                "freshen_rollbacks_total",
+                "Refreshes rolled back, by the failure that caused it.",
+            ),
+            &["reason"],
+        )?;
+        for m in [&refreshes, &rollbacks] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        registry.register(Box::new(refresh_duration.clone()))?;
+        registry.register(Box::new(refreshes_active.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(AgeCollector::new(records)?))?;
@@ -257,7 +304,50 @@ impl Metrics {
             registry,
             reconcile_duration,
             reconcile_errors,
+            refreshes,
+            refresh_duration,
+            refreshes_active,
+            rollbacks,
         })
+    }
+
+    /// Counts a Refresh that moved to `progress.phase`: a terminal phase
+    /// adds to the totals, the duration and (when rolled back) the
+    /// rollbacks.
+    pub fn refresh_transition(&self, refresh: &freshen_api::Refresh, progress: &Progress) {
+        if !progress.phase.is_terminal() {
+            return;
+        }
+        let reason = refresh.spec.reason.as_str();
+        let outcome = progress.phase.as_str();
+        self.refreshes.with_label_values(&[reason, outcome]).inc();
+        let created = refresh
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| freshen_api::time::to_chrono(&t.0));
+        if let (Some(created), Some(finished)) = (created, progress.finished_at) {
+            self.refresh_duration
+                .with_label_values(&[reason, outcome])
+                .observe(freshen_core::age::elapsed(created, finished).as_secs_f64());
+        }
+        if progress.phase == Phase::RolledBack {
+            let why = progress.failure.map_or("unknown", |f| f.as_str());
+            self.rollbacks.with_label_values(&[why]).inc();
+        }
+    }
+
+    /// Sets `freshen_refreshes_active` from every Refresh's phase.
+    pub fn count_active(&self, phases: impl IntoIterator<Item = Phase>) {
+        let mut counts = std::collections::BTreeMap::new();
+        for phase in phases.into_iter().filter(|p| !p.is_terminal()) {
+            *counts.entry(phase).or_insert(0i64) += 1;
+        }
+        for phase in Phase::ALL.iter().filter(|p| !p.is_terminal()) {
+            self.refreshes_active
+                .with_label_values(&[phase.as_str()])
+                .set(counts.get(phase).copied().unwrap_or(0));
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -305,6 +395,7 @@ mod tests {
             config_errors: vec!["bad".into(); config_errors],
             snoozed: false,
             violating: Default::default(),
+            refresh_hold: None,
         }
     }
 
@@ -319,6 +410,8 @@ mod tests {
             base_stale: None,
             base_stale_since: None,
             base_image: None,
+            running: None,
+            tag_digest: None,
         }
     }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use freshen_api::{ClusterRefreshPolicy, RefreshPolicy};
+use freshen_core::Digest;
 use freshen_core::policy::{Ages, EffectiveLimits, Source};
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
@@ -55,6 +56,11 @@ pub struct ContainerRecord {
     pub base_stale_since: Option<DateTime<Utc>>,
     /// The base image followed (with its tag), when one is known.
     pub base_image: Option<String>,
+    /// The one digest every live pod of it runs (none while they differ or
+    /// some are unknown).
+    pub running: Option<Digest>,
+    /// The digest its tag names now, when looked up.
+    pub tag_digest: Option<Digest>,
 }
 
 impl ContainerRecord {
@@ -111,6 +117,8 @@ pub struct WorkloadRecord {
     /// The sources of the limits it was past when measured (empty while
     /// snoozed): what policy status counts.
     pub violating: BTreeSet<Source>,
+    /// Why a wanted refresh waits, when one does.
+    pub refresh_hold: Option<String>,
 }
 
 /// Which policies to tell when a workload's record changes.
@@ -343,6 +351,7 @@ mod tests {
             } else {
                 BTreeSet::new()
             },
+            refresh_hold: None,
         }
     }
 

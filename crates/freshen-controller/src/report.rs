@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use freshen_api::{ClusterRefreshPolicy, RefreshMode, RefreshPolicy};
+use freshen_api::refresh::REJECTED_DIGESTS;
+use freshen_api::{ClusterRefreshPolicy, Refresh, RefreshMode, RefreshPolicy};
+use freshen_core::plan::parse_rejected;
 use freshen_core::policy::{self, Limits, Sourced};
+use freshen_core::rollout::Phase;
 use freshen_core::{HumanDuration, short_age};
 use freshen_registry::{Platform, RegistryClient};
 use futures::StreamExt;
@@ -86,6 +89,12 @@ pub struct Row {
     pub config_errors: Vec<String>,
     /// What could not be measured, e.g. an unreachable registry.
     pub problems: Vec<String>,
+    /// The active Refresh of the container, as `name (Phase)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<String>,
+    /// Digests rolled back and never proposed again for the container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected_digests: Vec<String>,
 }
 
 impl Row {
@@ -306,6 +315,48 @@ pub async fn build(
         .flat_map(futures::stream::iter)
         .collect()
         .await;
+    let refreshes = list_optional(
+        scoped::<Refresh>(&client, namespace),
+        "refreshes",
+        "active refreshes and rolled-back digests are not shown",
+        &mut warnings,
+    )
+    .await;
+    let by_name: BTreeMap<(String, String), &Deployment> = deployments
+        .iter()
+        .map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), d))
+        .collect();
+    for row in &mut rows {
+        let mine = |r: &&Arc<Refresh>| {
+            r.namespace().as_deref() == Some(row.namespace.as_str())
+                && r.spec.workload == row.workload
+                && r.spec.container == row.container
+        };
+        row.refresh = refreshes
+            .iter()
+            .filter(mine)
+            .find(|r| !r.progress().phase.is_terminal())
+            .map(|r| format!("{} ({})", r.name_any(), r.progress().phase));
+        let annotated = by_name
+            .get(&(row.namespace.clone(), row.workload.clone()))
+            .and_then(|d| d.annotations().get(REJECTED_DIGESTS).cloned())
+            .unwrap_or_default();
+        let mut rejected: Vec<String> = parse_rejected(&annotated)
+            .into_iter()
+            .filter(|(c, _)| *c == row.container)
+            .map(|(_, d)| d.to_string())
+            .chain(
+                refreshes
+                    .iter()
+                    .filter(mine)
+                    .filter(|r| r.progress().phase == Phase::RolledBack)
+                    .map(|r| r.spec.digest.clone()),
+            )
+            .collect();
+        rejected.sort();
+        rejected.dedup();
+        row.rejected_digests = rejected;
+    }
     sort_worst_first(&mut rows);
     Ok(Report {
         generated_at: Some(now),
@@ -374,6 +425,8 @@ fn rows_of(
             snoozed,
             config_errors: config_errors.clone(),
             problems: problems_of(&c.container),
+            refresh: None,
+            rejected_digests: Vec::new(),
         })
         .collect();
     // A container that could not be measured at all still gets its row.
@@ -396,6 +449,8 @@ fn rows_of(
                 snoozed,
                 config_errors: config_errors.clone(),
                 problems: vec![problem.to_string()],
+                refresh: None,
+                rejected_digests: Vec::new(),
             });
         }
     }
@@ -453,7 +508,7 @@ fn short_source(source: &str) -> String {
 /// The report as an aligned table, then the details of every row that is
 /// not simply fine.
 pub fn render_table(report: &Report) -> String {
-    const HEADER: [&str; 11] = [
+    const HEADER: [&str; 12] = [
         "NAMESPACE",
         "WORKLOAD",
         "CONTAINER",
@@ -465,6 +520,7 @@ pub fn render_table(report: &Report) -> String {
         "MAX-IMAGE-AGE",
         "MAX-CONTAINER-AGE",
         "STATUS",
+        "REFRESH",
     ];
     let age =
         |s: Option<u64>| s.map_or("unknown".to_owned(), |s| short_age(Duration::from_secs(s)));
@@ -489,7 +545,12 @@ pub fn render_table(report: &Report) -> String {
             "ok"
         }
     };
-    let cells: Vec<[String; 11]> = report
+    let refresh = |r: &Row| match (&r.refresh, r.rejected_digests.len()) {
+        (Some(active), _) => active.clone(),
+        (None, 0) => "-".to_owned(),
+        (None, n) => format!("{n} digest(s) rejected"),
+    };
+    let cells: Vec<[String; 12]> = report
         .rows
         .iter()
         .map(|r| {
@@ -510,6 +571,7 @@ pub fn render_table(report: &Report) -> String {
                 limit(&r.max_image_age),
                 limit(&r.max_container_age),
                 status(r).to_owned(),
+                refresh(r),
             ]
         })
         .collect();
@@ -606,6 +668,8 @@ mod tests {
             snoozed: false,
             config_errors: Vec::new(),
             problems: Vec::new(),
+            refresh: None,
+            rejected_digests: Vec::new(),
         }
     }
 
@@ -642,9 +706,12 @@ mod tests {
         broken.problems = vec!["registry reg.io unreachable".into()];
         broken.config_errors =
             vec!["annotation freshen.dev/max-image-age=\"5 days\" is invalid".into()];
+        broken.rejected_digests = vec![format!("sha256:{}", "a".repeat(64))];
+        let mut web = row("web", Some(10), Some(5));
+        web.refresh = Some("web-app-bbbbbbbbbbbb (Canary)".into());
         let report = Report {
             generated_at: None,
-            rows: vec![row("web", Some(10), Some(5)), broken],
+            rows: vec![web, broken],
             warnings: vec!["refreshpolicies not read".into()],
         };
         let table = render_table(&report);
@@ -656,9 +723,12 @@ mod tests {
         assert!(lines[1].contains("10d"), "{table}");
         assert!(lines[1].contains("debian:12 current"), "{table}");
         assert!(lines[1].contains("5d (rp/strict)"), "{table}");
-        assert!(lines[1].ends_with("VIOLATING"), "{table}");
         assert!(
-            lines[2].contains("unknown") && lines[2].ends_with("error"),
+            lines[1].ends_with("VIOLATING   web-app-bbbbbbbbbbbb (Canary)"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("unknown") && lines[2].ends_with("error       1 digest(s) rejected"),
             "{table}"
         );
         assert!(

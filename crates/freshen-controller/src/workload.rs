@@ -8,6 +8,9 @@
 //! limit will be crossed, or the poll interval.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use freshen_api::refresh::CANARY_LABEL;
 
 use chrono::Utc;
 use freshen_core::observe::{ContainerFacts, PodFacts};
@@ -25,6 +28,7 @@ use crate::assess::{
 };
 use crate::context::Context;
 use crate::error::Error;
+use crate::planner::{self, Outcome};
 use crate::records::{WorkloadKey, WorkloadRecord};
 
 /// The label the Deployment controller puts on a ReplicaSet's pods; a
@@ -37,6 +41,10 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     let _timer = ctx.metrics.reconcile_duration.start_timer();
     let key = workload_key(&deploy)?;
     let now = Utc::now();
+    if deploy.labels().contains_key(CANARY_LABEL) {
+        // freshen's own canary: never measured or refreshed itself.
+        return Ok(Action::await_change());
+    }
 
     // configure
     let namespace_labels = ctx
@@ -74,6 +82,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         .map(|p| pod_facts(p))
         .collect();
     let previous = ctx.records.get(&key);
+    let previous_hold = previous.as_ref().and_then(|p| p.refresh_hold.clone());
     let limits = config.resolution.limits.clone();
     let (keychain, secret_problems) = pull_credentials(
         &ctx.client,
@@ -145,6 +154,35 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         ctx.warn(&deploy, "MaxAgeExceeded", notes.join("; ")).await;
     }
 
+    // plan (pure) and start a refresh when one is wanted and allowed
+    let outcome = planner::consider(
+        &ctx,
+        &deploy,
+        &config,
+        &measurement.containers,
+        &keychain,
+        platform.as_ref(),
+        now,
+    )
+    .await;
+    let mut requeue = judgement.requeue;
+    let refresh_hold = match &outcome {
+        Ok(Outcome::Held(hold, until)) => {
+            if let Some(t) = until {
+                requeue = requeue.min(planner::until(*t, now).max(Duration::from_secs(1)));
+            }
+            Some(hold.to_string())
+        }
+        _ => None,
+    };
+    if let Ok(Outcome::Held(hold, _)) = &outcome {
+        let before = previous_hold.as_ref();
+        if planner::warns(hold) && before != refresh_hold.as_ref() {
+            warn!(%hold, "refresh held");
+            ctx.warn(&deploy, "GitOpsManaged", hold.to_string()).await;
+        }
+    }
+
     // record what is known even when a look-up failed, then retry that one
     ctx.records.set(
         key,
@@ -155,11 +193,13 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             config_errors: config.errors.iter().map(ToString::to_string).collect(),
             snoozed: judgement.snoozed,
             violating: judgement.violating,
+            refresh_hold,
         },
     );
+    outcome?;
     match registry_error {
         Some(e) => Err(e.into()),
-        None => Ok(Action::requeue(judgement.requeue)),
+        None => Ok(Action::requeue(requeue)),
     }
 }
 
@@ -239,23 +279,27 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
     }
 }
 
+/// An Event note the API server accepts: at most 1 KiB.
+pub(crate) fn truncate_note(mut note: String) -> String {
+    if note.len() > 1024 {
+        let mut end = 1021;
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push_str("...");
+    }
+    note
+}
+
 impl Context {
     /// Publishes a Warning Event on a workload; a failure to publish is
     /// logged, never fatal.
-    pub(crate) async fn warn(&self, deploy: &Deployment, reason: &str, mut note: String) {
-        // The API server rejects notes over 1 KiB.
-        if note.len() > 1024 {
-            let mut end = 1021;
-            while !note.is_char_boundary(end) {
-                end -= 1;
-            }
-            note.truncate(end);
-            note.push_str("...");
-        }
+    pub(crate) async fn warn(&self, deploy: &Deployment, reason: &str, note: String) {
         let event = Event {
             type_: EventType::Warning,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(truncate_note(note)),
             action: "Measure".into(),
             secondary: None,
         };

@@ -691,6 +691,13 @@ fn next_check(settings: &Settings, progress: &Progress) -> Option<DateTime<Utc>>
     Some(last + chrono::Duration::from_std(settings.interval()).unwrap_or_default())
 }
 
+/// Whether a canary analysis check is due at `now` (the executor reads the
+/// metric only then).
+pub fn check_due(target: &Target, progress: &Progress, now: DateTime<Utc>) -> bool {
+    progress.phase == Phase::Canary
+        && next_check(&target.settings, progress).is_some_and(|t| t <= now)
+}
+
 /// Whether the metric reading passes, waits or fails, given the errors in a
 /// row before it.
 fn judge_metric(

@@ -74,6 +74,15 @@ struct RunArgs {
     /// How long after a failed measurement (e.g. registry unreachable) it is retried.
     #[arg(long, default_value = "30s", value_parser = duration_arg)]
     retry_interval: Duration,
+    /// Active refreshes (rollouts under way) across all workloads, at most.
+    #[arg(long, default_value_t = 10)]
+    max_concurrent_refreshes: u32,
+    /// Finished Refresh objects kept per workload; older ones are deleted.
+    #[arg(long, default_value_t = 10)]
+    refresh_history: usize,
+    /// Prometheus server for canary metric checks, e.g. http://prometheus:9090.
+    #[arg(long)]
+    prometheus_url: Option<String>,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -303,8 +312,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             poll_interval: args.poll_interval,
             error_requeue: args.retry_interval,
             defaults: args.defaults.limits(),
+            max_concurrent_refreshes: args.max_concurrent_refreshes,
+            refresh_history: args.refresh_history,
         },
         registry: args.registry.config(args.poll_interval)?,
+        prometheus_url: args.prometheus_url,
     };
     freshen_controller::run(client().await?, config).await?;
     Ok(())

@@ -1,0 +1,236 @@
+//! Starting refreshes: the workload controller's last step.
+//!
+//! Gathers what `freshen_core::plan::decide` needs (what each container runs
+//! and what its tag names, the rejected digests, the active Refreshes and the
+//! gates), and creates the Refresh it proposes. The name is deterministic, so
+//! a retried create never makes a second Refresh for the same target.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use freshen_api::refresh::{REJECTED_DIGESTS, WORKLOAD_LABEL};
+use freshen_api::{Refresh, RefreshSpec};
+use freshen_core::ImageReference;
+use freshen_core::plan::{self, ContainerView, Decision, Gates, Hold, Wants, gitops_manager};
+use freshen_core::rollout::Phase;
+use freshen_registry::{Keychain, Platform};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::PostParams;
+use kube::{Api, Resource, ResourceExt};
+use tracing::{debug, info};
+
+use crate::assess::{Configuration, template_containers};
+use crate::context::Context;
+use crate::error::Error;
+use crate::records::ContainerRecord;
+use crate::refresh::FIELD_MANAGER;
+
+/// Refresh annotation: the policy that governed the workload when the
+/// Refresh was created (`RefreshPolicy/<name>` or `ClusterRefreshPolicy/<name>`),
+/// for its `maxConcurrent`.
+pub const GOVERNED_BY: &str = "freshen.dev/governed-by";
+
+/// What the planner did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing wanted.
+    Nothing,
+    /// A Refresh was created (or already existed).
+    Started(String),
+    /// A refresh is wanted but held; when known, until when.
+    Held(Hold, Option<DateTime<Utc>>),
+}
+
+/// Decides and, when allowed, creates a Refresh for `deploy`.
+#[allow(clippy::too_many_arguments)]
+pub async fn consider(
+    ctx: &Context,
+    deploy: &Deployment,
+    config: &Configuration,
+    containers: &[ContainerRecord],
+    keychain: &Keychain,
+    platform: Option<&Platform>,
+    now: DateTime<Utc>,
+) -> Result<Outcome, Error> {
+    let prefs = &config.refresh;
+    let wants = Wants {
+        follow_tag: prefs.follow_tag == Some(true),
+        min_digest_age: prefs.min_digest_age.unwrap_or_default(),
+        max_container_age: config
+            .resolution
+            .limits
+            .max_container_age
+            .as_ref()
+            .map(|s| s.value),
+        rejected: rejected(ctx, deploy),
+    };
+    if !wants.follow_tag && wants.max_container_age.is_none() {
+        return Ok(Outcome::Nothing);
+    }
+    let namespace = deploy.namespace().unwrap_or_default();
+    let name = deploy.name_any();
+    let templates = template_containers(deploy);
+    let mut views = Vec::new();
+    for record in containers {
+        let Some(template) = templates.iter().find(|t| t.name == record.container) else {
+            continue;
+        };
+        let Ok(image) = ImageReference::parse(&template.image) else {
+            continue;
+        };
+        // The build time of a new digest matters only for a soak time.
+        let mut tag_digest_created = None;
+        if let Some(tag) = record.tag_digest.as_ref().filter(|t| {
+            wants.follow_tag
+                && !wants.min_digest_age.is_zero()
+                && record.running.as_ref() != Some(*t)
+        }) {
+            let credential = keychain
+                .get(ctx.registry.host_for(&image.registry))
+                .or_else(|| keychain.get(&image.registry));
+            match ctx
+                .registry
+                .image_facts(&image, tag, platform, credential)
+                .await
+            {
+                Ok(facts) => tag_digest_created = facts.created,
+                Err(e) => debug!(error = %e, "new digest's build time unavailable"),
+            }
+        }
+        views.push(ContainerView {
+            container: record.container.clone(),
+            template_image: template.image.clone(),
+            image,
+            running: record.running.clone(),
+            tag_digest: record.tag_digest.clone(),
+            tag_digest_created,
+            oldest_start: record.oldest_start,
+        });
+    }
+    let governed_by = config
+        .resolution
+        .policy
+        .as_ref()
+        .map(|p| format!("RefreshPolicy/{p}"))
+        .or_else(|| {
+            config
+                .resolution
+                .cluster_policy
+                .as_ref()
+                .map(|p| format!("ClusterRefreshPolicy/{p}"))
+        });
+    let refreshes = ctx.refreshes.state();
+    let active: Vec<_> = refreshes
+        .iter()
+        .filter(|r| !r.progress().phase.is_terminal())
+        .collect();
+    let gates = Gates {
+        gitops: gitops_manager(deploy.labels(), deploy.annotations())
+            .filter(|_| prefs.gitops_patch != Some(true)),
+        suspended: prefs.suspend == Some(true),
+        snooze_until: config.settings.snooze_until,
+        active: active
+            .iter()
+            .find(|r| {
+                r.namespace().as_deref() == Some(namespace.as_str()) && r.spec.workload == name
+            })
+            .map(|r| r.name_any()),
+        windows: prefs.windows.clone().unwrap_or_default(),
+        policy_active: (
+            governed_by.as_ref().map_or(0, |g| {
+                active
+                    .iter()
+                    .filter(|r| r.annotations().get(GOVERNED_BY) == Some(g))
+                    .count()
+            }),
+            prefs.max_concurrent,
+        ),
+        operator_active: (active.len(), ctx.config.max_concurrent_refreshes),
+    };
+    let proposal = match plan::decide(&views, &wants, &gates, now) {
+        Decision::Nothing => return Ok(Outcome::Nothing),
+        Decision::Held(_, hold) => {
+            let until = plan::retry_at(&hold);
+            return Ok(Outcome::Held(hold, until));
+        }
+        Decision::Start(p) => p,
+    };
+    let oldest_start = views
+        .iter()
+        .find(|v| v.container == proposal.container)
+        .and_then(|v| v.oldest_start);
+    let refresh_name = plan::refresh_name(&name, &proposal, oldest_start);
+    let running = views
+        .iter()
+        .find(|v| v.container == proposal.container)
+        .and_then(|v| v.running.clone());
+    let short = |d: &freshen_core::Digest| d.short().to_owned();
+    let refresh = Refresh {
+        metadata: ObjectMeta {
+            name: Some(refresh_name.clone()),
+            namespace: Some(namespace.clone()),
+            labels: Some(BTreeMap::from([(WORKLOAD_LABEL.to_owned(), name.clone())])),
+            annotations: governed_by.map(|g| BTreeMap::from([(GOVERNED_BY.to_owned(), g)])),
+            owner_references: deploy.controller_owner_ref(&()).map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: RefreshSpec {
+            workload: name.clone(),
+            container: proposal.container.clone(),
+            reason: proposal.reason,
+            from_image: proposal.from_image.clone(),
+            to_image: proposal.to_image.clone(),
+            from_digest: running.as_ref().map_or_else(|| "unknown".to_owned(), short),
+            to_digest: short(&proposal.digest),
+            digest: proposal.digest.to_string(),
+            rollout: prefs.settings(),
+        },
+        status: None,
+    };
+    let api: Api<Refresh> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &refresh).await {
+        Ok(_) => {
+            info!(refresh = %refresh_name, reason = %proposal.reason, to = %proposal.to_image, "refresh created");
+            Ok(Outcome::Started(refresh_name))
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Started(refresh_name)),
+        Err(e) => Err(Error::Plan("creating the Refresh", e)),
+    }
+}
+
+/// The digests rejected for `deploy`: its annotation, and the targets of its
+/// rolled-back Refreshes (either survives the loss of the other).
+pub fn rejected(ctx: &Context, deploy: &Deployment) -> Vec<(String, freshen_core::Digest)> {
+    let mut list = plan::parse_rejected(
+        deploy
+            .annotations()
+            .get(REJECTED_DIGESTS)
+            .map_or("", String::as_str),
+    );
+    let namespace = deploy.namespace();
+    for r in ctx.refreshes.state() {
+        if r.namespace() == namespace
+            && r.spec.workload == deploy.name_any()
+            && r.progress().phase == Phase::RolledBack
+            && let Ok(d) = r.spec.digest.parse()
+        {
+            list.push((r.spec.container.clone(), d));
+        }
+    }
+    list
+}
+
+/// Time until `t`, for a requeue.
+pub fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Duration {
+    (t - now).to_std().unwrap_or_default()
+}
+
+/// Whether a refresh hold deserves a Warning Event (GitOps: someone must act).
+pub fn warns(hold: &Hold) -> bool {
+    matches!(hold, Hold::GitOps(_))
+}

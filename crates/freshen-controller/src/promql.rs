@@ -1,0 +1,113 @@
+//! The canary analysis's Prometheus queries, over the HTTP API
+//! (`GET /api/v1/query`).
+
+use std::time::Duration;
+
+use freshen_core::rollout::MetricReading;
+use serde::Deserialize;
+
+/// Asks one Prometheus server instant queries.
+#[derive(Debug, Clone)]
+pub struct PrometheusClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    status: String,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    data: Option<Data>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Data {
+    result_type: String,
+    result: serde_json::Value,
+}
+
+impl PrometheusClient {
+    /// A client of the server at `base` (e.g. `http://prometheus:9090`).
+    pub fn new(base: &str, timeout: Duration) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder().timeout(timeout).build()?,
+        })
+    }
+
+    /// Runs an instant query: the first sample's value, no data, or why it
+    /// failed.
+    pub async fn query(&self, query: &str) -> MetricReading {
+        let response = self
+            .http
+            .get(format!("{}/api/v1/query", self.base))
+            .query(&[("query", query)])
+            .send()
+            .await;
+        let answer: Answer = match response {
+            Ok(r) => match r.json().await {
+                Ok(a) => a,
+                Err(e) => return MetricReading::Error(format!("unreadable answer: {e}")),
+            },
+            Err(e) => return MetricReading::Error(format!("request failed: {e}")),
+        };
+        if answer.status != "success" {
+            return MetricReading::Error(answer.error.unwrap_or(answer.status));
+        }
+        match answer.data {
+            Some(data) => reading(&data.result_type, &data.result),
+            None => MetricReading::Error("answer without data".into()),
+        }
+    }
+}
+
+/// The first sample of a query result: vectors take their first element's
+/// value, scalars their value.
+fn reading(result_type: &str, result: &serde_json::Value) -> MetricReading {
+    let value = match result_type {
+        "vector" => match result.as_array().and_then(|v| v.first()) {
+            None => return MetricReading::NoData,
+            Some(sample) => sample.get("value").and_then(|v| v.get(1)),
+        },
+        "scalar" => result.get(1),
+        other => {
+            return MetricReading::Error(format!(
+                "a {other} result; the query must return a vector or scalar"
+            ));
+        }
+    };
+    match value.and_then(|v| v.as_str()).map(str::parse::<f64>) {
+        Some(Ok(v)) => MetricReading::Value(v),
+        _ => MetricReading::Error("a sample without a numeric value".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn results_read_as_the_first_sample() {
+        let vector = json!([{"metric": {}, "value": [1.7e9, "0.25"]}, {"value": [1.7e9, "9"]}]);
+        assert_eq!(reading("vector", &vector), MetricReading::Value(0.25));
+        assert_eq!(reading("vector", &json!([])), MetricReading::NoData);
+        assert_eq!(
+            reading("scalar", &json!([1.7e9, "3"])),
+            MetricReading::Value(3.0)
+        );
+        assert!(
+            matches!(reading("scalar", &json!([1.7e9, "NaN"])), MetricReading::Value(v) if v.is_nan())
+        );
+        assert!(
+            matches!(reading("matrix", &json!([])), MetricReading::Error(e) if e.contains("matrix"))
+        );
+        assert!(matches!(
+            reading("vector", &json!([{"value": [1, "x"]}])),
+            MetricReading::Error(_)
+        ));
+    }
+}

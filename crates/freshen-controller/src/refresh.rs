@@ -1,0 +1,555 @@
+//! The Refresh controller: the one executor of rollout actions.
+//!
+//! One reconcile reads top to bottom:
+//! observe (workload, canary and pods from the shared stores; the metric
+//! when a check is due) -> step (pure, `freshen_core::rollout`) -> store the
+//! new progress on the Refresh's resourceVersion (a conflict means another
+//! writer won: act on nothing, look again) -> act (every action idempotent)
+//! -> requeue when the state machine asks.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use freshen_api::Refresh;
+use freshen_api::policy::{READY, condition, set_condition};
+use freshen_api::refresh::{
+    CANARY_LABEL, REFRESH_LABEL, REJECTED_DIGESTS, RESTARTED_BY, WORKLOAD_LABEL,
+};
+use freshen_core::plan::{add_rejected, canary_name};
+use freshen_core::rollout::{
+    self, Action as Step, EventKind, MetricReading, Observed, Phase, PodHealth, WorkloadState,
+};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{info, instrument, warn};
+
+use crate::context::Context;
+use crate::error::Error;
+use crate::workload::owning_deployment;
+
+/// The field manager of every change freshen makes.
+pub const FIELD_MANAGER: &str = "freshen";
+
+/// Reconciles one Refresh.
+#[instrument(skip_all, fields(refresh = %refresh.namespace().unwrap_or_default() + "/" + &refresh.name_any()))]
+pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = refresh
+        .namespace()
+        .ok_or(Error::MissingField("metadata.namespace"))?;
+    let name = refresh
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
+    let now = Utc::now();
+    let target = refresh.target(&name);
+    let progress = refresh.progress();
+
+    // observe
+    let workload = ctx
+        .deployments
+        .get(&ObjectRef::new(&refresh.spec.workload).within(&namespace));
+    let canary_name = canary_name(&refresh.spec.workload);
+    let canary = ctx
+        .deployments
+        .get(&ObjectRef::new(&canary_name).within(&namespace));
+    if let Some(foreign) = canary
+        .as_ref()
+        .filter(|c| c.labels().get(REFRESH_LABEL) != Some(&name))
+    {
+        // A canary another (finished) Refresh left behind: remove it first.
+        if !progress.phase.is_terminal() {
+            warn!(canary = %foreign.name_any(), "removing a canary of another refresh");
+            delete_canary(&ctx, &namespace, &canary_name).await?;
+            return Ok(Action::requeue(std::time::Duration::from_secs(1)));
+        }
+    }
+    let canary_exists = canary.is_some_and(|c| c.labels().get(REFRESH_LABEL) == Some(&name));
+    let pods = ctx.pods.state();
+    let live = |p: &&Arc<Pod>| {
+        p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
+    };
+    let canary_pods = pods
+        .iter()
+        .filter(live)
+        .filter(|p| p.labels().get(REFRESH_LABEL) == Some(&name))
+        .map(|p| pod_health(p))
+        .collect();
+    let new_pods = pods
+        .iter()
+        .filter(live)
+        .filter(|p| owning_deployment(p).is_some_and(|d| d.name == refresh.spec.workload))
+        .filter(|p| runs_target(p, &target))
+        .map(|p| pod_health(p))
+        .collect();
+    let metric = match (&target.settings.metric, progress.phase) {
+        (Some(check), Phase::Canary) if rollout::check_due(&target, &progress, now) => {
+            Some(ctx.query_metric(&check.query).await)
+        }
+        _ => None,
+    };
+    let observed = Observed {
+        workload: workload
+            .as_deref()
+            .and_then(|w| workload_state(w, &target.container)),
+        canary_exists,
+        canary_pods,
+        new_pods,
+        metric,
+    };
+
+    // step (pure)
+    let step = rollout::step(&target, &progress, &observed, now);
+
+    // store the intent first
+    let api: Api<Refresh> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut status = refresh.status.clone().unwrap_or_default();
+    let phase_changed = step.progress.phase != progress.phase;
+    status.progress = step.progress.clone();
+    status.observed_generation = refresh.metadata.generation;
+    if step.progress.canary_started_at.is_some() {
+        status.canary = Some(canary_name.clone());
+    }
+    let (ready, reason) = match step.progress.phase {
+        Phase::Succeeded => ("True", "Succeeded"),
+        Phase::RolledBack | Phase::Failed => ("False", step.progress.phase.as_str()),
+        p => ("Unknown", p.as_str()),
+    };
+    let mut ready_condition = condition(
+        READY,
+        true,
+        reason,
+        step.progress.message.clone(),
+        refresh.metadata.generation,
+        freshen_api::time::to_time(now),
+    );
+    ready_condition.status = ready.into();
+    set_condition(&mut status.conditions, ready_condition);
+    if refresh.status.as_ref() != Some(&status) {
+        let mut updated = (*refresh).clone();
+        updated.status = Some(status);
+        updated.metadata.managed_fields = None;
+        match api
+            .replace_status(&name, &PostParams::default(), &updated)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                // Another writer (a second operator, or our own older view)
+                // got there first: do nothing on a stale decision.
+                info!("refresh changed meanwhile; stepping again");
+                return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+            }
+            Err(e) => return Err(Error::Refresh("storing progress", e)),
+        }
+    }
+    if phase_changed {
+        ctx.metrics.refresh_transition(&refresh, &step.progress);
+        info!(from = %progress.phase, to = %step.progress.phase, message = %step.progress.message, "refresh moved");
+    }
+
+    // act
+    for action in &step.actions {
+        match action {
+            Step::CreateCanary { replicas } => {
+                let Some(w) = &workload else { continue };
+                create_canary(&ctx, &refresh, w, &canary_name, *replicas).await?;
+            }
+            Step::DeleteCanary => delete_canary(&ctx, &namespace, &canary_name).await?,
+            Step::SetImage { image, stamp } => {
+                let Some(w) = &workload else { continue };
+                set_image(
+                    &ctx,
+                    w,
+                    &target.container,
+                    image,
+                    stamp.then_some(name.as_str()),
+                )
+                .await?;
+            }
+            Step::RejectDigest => {
+                let Some(w) = &workload else { continue };
+                reject_digest(&ctx, w, &refresh).await?;
+            }
+            Step::Event { kind, reason, note } => {
+                ctx.refresh_event(&refresh, workload.as_deref(), *kind, reason, note.clone())
+                    .await;
+            }
+        }
+    }
+    if step.progress.phase.is_terminal() {
+        if phase_changed {
+            // The workload may want its next refresh now.
+            if let Some(w) = &workload {
+                let _ = ctx
+                    .workload_trigger
+                    .unbounded_send(ObjectRef::from_obj(w.as_ref()));
+            }
+            prune_history(&ctx, &namespace, &refresh.spec.workload).await;
+        }
+        return Ok(Action::await_change());
+    }
+    Ok(step
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// What to do after a failed reconcile: count it and retry later (every
+/// action is safe to repeat).
+pub fn error_policy(_refresh: Arc<Refresh>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[error.category()])
+        .inc();
+    Action::requeue(ctx.config.error_requeue)
+}
+
+/// The state machine's view of a Deployment's `container`.
+pub fn workload_state(deploy: &Deployment, container: &str) -> Option<WorkloadState> {
+    let spec = deploy.spec.as_ref()?;
+    let image = spec
+        .template
+        .spec
+        .as_ref()?
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .and_then(|c| c.image.clone())
+        .unwrap_or_default();
+    let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
+    let status = deploy.status.clone().unwrap_or_default();
+    let want = i64::from(replicas);
+    let rolled_out = status.observed_generation >= deploy.metadata.generation
+        && i64::from(status.updated_replicas.unwrap_or(0)) == want
+        && i64::from(status.available_replicas.unwrap_or(0)) == want
+        && i64::from(status.replicas.unwrap_or(0)) == want;
+    Some(WorkloadState {
+        image,
+        restart_token: spec
+            .template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(RESTARTED_BY).cloned()),
+        replicas,
+        rolled_out,
+    })
+}
+
+/// The active Refresh of the workload `name` in `namespace`, if any.
+pub fn active_for(refreshes: &Store<Refresh>, namespace: &str, name: &str) -> Option<Arc<Refresh>> {
+    refreshes.state().into_iter().find(|r| {
+        r.namespace().as_deref() == Some(namespace)
+            && r.spec.workload == name
+            && !r.progress().phase.is_terminal()
+    })
+}
+
+/// The Refresh a pod's change concerns: its canary's, or the active one of
+/// its workload.
+pub fn of_pod(pod: &Pod, refreshes: &Store<Refresh>) -> Option<ObjectRef<Refresh>> {
+    let namespace = pod.namespace()?;
+    if let Some(name) = pod.labels().get(REFRESH_LABEL) {
+        return Some(ObjectRef::new(name).within(&namespace));
+    }
+    let workload = owning_deployment(pod)?;
+    active_for(refreshes, &namespace, &workload.name).map(|r| ObjectRef::from_obj(r.as_ref()))
+}
+
+/// The Refresh a Deployment's change concerns: its canary's, or the active
+/// one of the workload.
+pub fn of_deployment(
+    deploy: &Deployment,
+    refreshes: &Store<Refresh>,
+) -> Option<ObjectRef<Refresh>> {
+    let namespace = deploy.namespace()?;
+    if let Some(name) = deploy.labels().get(REFRESH_LABEL) {
+        return Some(ObjectRef::new(name).within(&namespace));
+    }
+    active_for(refreshes, &namespace, &deploy.name_any()).map(|r| ObjectRef::from_obj(r.as_ref()))
+}
+
+/// Whether a workload pod runs the refresh's change.
+fn runs_target(pod: &Pod, target: &rollout::Target) -> bool {
+    let image = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers.iter().find(|c| c.name == target.container))
+        .and_then(|c| c.image.as_deref());
+    image == Some(target.to_image.as_str())
+        && (!target.restarts() || pod.annotations().get(RESTARTED_BY) == Some(&target.name))
+}
+
+/// A pod's health as the state machine reads it: Ready, restarts, and the
+/// waiting and termination reasons of its containers, current and last.
+pub fn pod_health(pod: &Pod) -> PodHealth {
+    let status = pod.status.clone().unwrap_or_default();
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    let containers = status
+        .container_statuses
+        .iter()
+        .flatten()
+        .chain(status.init_container_statuses.iter().flatten());
+    let mut restarts = 0u32;
+    let mut reasons = Vec::new();
+    for c in containers {
+        restarts = restarts.saturating_add(u32::try_from(c.restart_count).unwrap_or(0));
+        for state in [c.state.as_ref(), c.last_state.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(r) = state.waiting.as_ref().and_then(|w| w.reason.clone()) {
+                reasons.push(r);
+            }
+            if let Some(r) = state.terminated.as_ref().and_then(|t| t.reason.clone()) {
+                reasons.push(r);
+            }
+        }
+    }
+    PodHealth {
+        name: pod.name_any(),
+        ready,
+        restarts,
+        reasons,
+    }
+}
+
+/// The canary Deployment: the workload's pod template with the new image,
+/// the workload's pod labels plus the canary's, its own selector, owned by
+/// the Refresh (so it cannot outlive it).
+pub fn canary_deployment(
+    refresh: &Refresh,
+    workload: &Deployment,
+    name: &str,
+    replicas: u32,
+) -> Option<Deployment> {
+    let refresh_name = refresh.metadata.name.clone()?;
+    let mut template = workload.spec.as_ref()?.template.clone();
+    let own = BTreeMap::from([
+        (CANARY_LABEL.to_owned(), "true".to_owned()),
+        (REFRESH_LABEL.to_owned(), refresh_name.clone()),
+    ]);
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    meta.labels
+        .get_or_insert_with(BTreeMap::new)
+        .extend(own.clone());
+    let spec = template.spec.as_mut()?;
+    let container = spec
+        .containers
+        .iter_mut()
+        .find(|c| c.name == refresh.spec.container)?;
+    container.image = Some(refresh.spec.to_image.clone());
+    let mut labels = own.clone();
+    labels.insert(WORKLOAD_LABEL.to_owned(), refresh.spec.workload.clone());
+    Some(Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.to_owned()),
+            namespace: workload.namespace(),
+            labels: Some(labels),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "freshen.dev/v1alpha1".into(),
+                kind: "Refresh".into(),
+                name: refresh_name,
+                uid: refresh.metadata.uid.clone()?,
+                controller: Some(true),
+                block_owner_deletion: Some(true),
+            }]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
+            selector: LabelSelector {
+                match_labels: Some(own),
+                match_expressions: None,
+            },
+            template,
+            ..DeploymentSpec::default()
+        }),
+        status: None,
+    })
+}
+
+async fn create_canary(
+    ctx: &Context,
+    refresh: &Refresh,
+    workload: &Deployment,
+    name: &str,
+    replicas: u32,
+) -> Result<(), Error> {
+    let Some(canary) = canary_deployment(refresh, workload, name, replicas) else {
+        return Err(Error::MissingField(
+            "spec.template.spec.containers[container]",
+        ));
+    };
+    let api: Api<Deployment> = Api::namespaced(
+        ctx.client.clone(),
+        &workload.namespace().unwrap_or_default(),
+    );
+    let params = PostParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    match api.create(&params, &canary).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(Error::Refresh("creating the canary", e)),
+    }
+}
+
+async fn delete_canary(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
+    match api.delete(name, &DeleteParams::background()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(e) => Err(Error::Refresh("deleting the canary", e)),
+    }
+}
+
+/// Sets one container's image (and the restart stamp) with a strategic merge
+/// patch that names nothing else, guarded by the resourceVersion the
+/// decision was made on: if someone changed the workload since, the patch
+/// fails and the next step sees their change.
+async fn set_image(
+    ctx: &Context,
+    workload: &Deployment,
+    container: &str,
+    image: &str,
+    stamp: Option<&str>,
+) -> Result<(), Error> {
+    let api: Api<Deployment> = Api::namespaced(
+        ctx.client.clone(),
+        &workload.namespace().unwrap_or_default(),
+    );
+    let mut template = json!({"spec": {"containers": [{"name": container, "image": image}]}});
+    if let Some(stamp) = stamp {
+        template["metadata"] = json!({"annotations": {RESTARTED_BY: stamp}});
+    }
+    let patch = json!({
+        "metadata": {"resourceVersion": workload.resource_version()},
+        "spec": {"template": template},
+    });
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    match api
+        .patch(&workload.name_any(), &params, &Patch::Strategic(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            Err(Error::Stale("the workload changed since it was read"))
+        }
+        Err(e) => Err(Error::Refresh("patching the workload's image", e)),
+    }
+}
+
+/// Adds the Refresh's digest to the workload's rejected digests.
+async fn reject_digest(
+    ctx: &Context,
+    workload: &Deployment,
+    refresh: &Refresh,
+) -> Result<(), Error> {
+    let Ok(digest) = refresh.spec.digest.parse() else {
+        return Err(Error::MissingField("spec.digest"));
+    };
+    let current = workload
+        .annotations()
+        .get(REJECTED_DIGESTS)
+        .cloned()
+        .unwrap_or_default();
+    let value = add_rejected(&current, &refresh.spec.container, &digest);
+    if value == current {
+        return Ok(());
+    }
+    let api: Api<Deployment> = Api::namespaced(
+        ctx.client.clone(),
+        &workload.namespace().unwrap_or_default(),
+    );
+    let patch = json!({"metadata": {"annotations": {REJECTED_DIGESTS: value}}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch(&workload.name_any(), &params, &Patch::Merge(patch))
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Refresh("recording the rejected digest", e))
+}
+
+/// Deletes the oldest finished Refreshes of a workload beyond the history
+/// limit.
+async fn prune_history(ctx: &Context, namespace: &str, workload: &str) {
+    let mut finished: Vec<(Option<DateTime<Utc>>, String)> = ctx
+        .refreshes
+        .state()
+        .iter()
+        .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.workload == workload)
+        .filter(|r| r.progress().phase.is_terminal())
+        .map(|r| (r.progress().finished_at, r.name_any()))
+        .collect();
+    if finished.len() <= ctx.config.refresh_history {
+        return;
+    }
+    finished.sort();
+    let excess = finished.len() - ctx.config.refresh_history;
+    let api: Api<Refresh> = Api::namespaced(ctx.client.clone(), namespace);
+    for (_, name) in finished.into_iter().take(excess) {
+        if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
+            warn!(error = %e, refresh = %name, "could not prune an old refresh");
+        }
+    }
+}
+
+impl Context {
+    /// Asks Prometheus for a canary metric.
+    async fn query_metric(&self, query: &str) -> MetricReading {
+        match &self.prometheus {
+            None => MetricReading::Error("no Prometheus configured (--prometheus-url)".into()),
+            Some(p) => p.query(query).await,
+        }
+    }
+
+    /// Publishes an Event on the Refresh and, when it exists, the workload.
+    async fn refresh_event(
+        &self,
+        refresh: &Refresh,
+        workload: Option<&Deployment>,
+        kind: EventKind,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: match kind {
+                EventKind::Normal => EventType::Normal,
+                EventKind::Warning => EventType::Warning,
+            },
+            reason: reason.into(),
+            note: Some(crate::workload::truncate_note(format!(
+                "Refresh {}: {note}",
+                refresh.name_any()
+            ))),
+            action: "Refresh".into(),
+            secondary: None,
+        };
+        let mut targets = vec![refresh.object_ref(&())];
+        targets.extend(workload.map(|w| w.object_ref(&())));
+        for target in targets {
+            if let Err(e) = self.recorder.publish(&event, &target).await {
+                warn!(error = %e, "could not publish event");
+            }
+        }
+    }
+}
