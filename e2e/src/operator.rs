@@ -99,6 +99,14 @@ impl Operator {
         Ok(operator)
     }
 
+    /// Kills the operator with SIGKILL, as a node failure or OOM kill would:
+    /// no shutdown code runs.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// The operator's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -127,6 +135,9 @@ impl Operator {
 
 impl Drop for Operator {
     fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         for _ in 0..50 {

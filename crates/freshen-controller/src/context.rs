@@ -57,6 +57,8 @@ pub struct Context {
     pub cluster_policies: Store<ClusterRefreshPolicy>,
     /// Every Refresh.
     pub refreshes: Store<Refresh>,
+    /// Which watches have listed everything.
+    pub readiness: crate::Readiness,
     /// Where canary metric queries go, when configured.
     pub prometheus: Option<crate::promql::PrometheusClient>,
     /// Asks the workload controller to measure a Deployment again.

@@ -448,6 +448,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         cluster_policies: cluster_policy_store.clone(),
         refreshes: refresh_store.clone(),
         prometheus,
+        readiness: readiness.clone(),
         workload_trigger: workload_tx,
         config: config.controller,
     });
@@ -493,21 +494,13 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         )
         .for_each(log_failure);
     // A Refresh stepped before the Deployments and pods are listed would
-    // see its workload as deleted: it starts once they are.
+    // see its workload as deleted: its reconcile waits for them (the
+    // controller itself must run, to drive the Refresh watch).
     let refreshes = Controller::for_stream(refresh_trigger, refresh_store)
         .reconcile_on(refresh_rx)
         .shutdown_on_signal()
         .run(refresh::reconcile, refresh::error_policy, Arc::clone(&ctx))
         .for_each(log_failure);
-    let refreshes = {
-        let readiness = readiness.clone();
-        async move {
-            readiness
-                .wait_for(&["deployments", "pods", "refreshes"])
-                .await;
-            refreshes.await;
-        }
-    };
     let cluster_policies = Controller::for_stream(cluster_policy_trigger, cluster_policy_store)
         .reconcile_on(cluster_policy_rx)
         .shutdown_on_signal()

@@ -49,6 +49,11 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         .name
         .clone()
         .ok_or(Error::MissingField("metadata.name"))?;
+    let pending = ctx.readiness.pending();
+    if pending.contains(&"deployments") || pending.contains(&"pods") {
+        // Not listed yet: the workload would look deleted.
+        return Ok(Action::requeue(std::time::Duration::from_millis(500)));
+    }
     let now = Utc::now();
     let target = refresh.target(&name);
     let progress = refresh.progress();

@@ -337,6 +337,10 @@ pub struct Progress {
     /// Human-readable state.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
+    /// What made it roll back or fail, in words; kept when the message
+    /// moves on.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub cause: String,
     /// Canary checks made so far.
     #[serde(default)]
     pub checks: u32,
@@ -616,6 +620,7 @@ fn fail(
     next.failure = Some(failure);
     next.finished_at = Some(now);
     next.message = note.clone();
+    next.cause = note.clone();
     if observed.canary_exists || next.canary_started_at.is_some() {
         actions.push(Action::DeleteCanary);
     }
@@ -645,6 +650,7 @@ fn roll_back(
     next.failure = Some(failure);
     next.rollback_started_at = Some(now);
     next.message = format!("rolling back {}: {why}", target.to_image);
+    next.cause = why;
     actions.push(event(
         EventKind::Warning,
         "RollingBack",
@@ -1019,8 +1025,10 @@ fn rolling_back(
     } else {
         String::new()
     };
-    let why = next.failure.map(Failure::as_str).unwrap_or("failure");
-    next.message = format!("rolled back {} ({why}){restored_note}", target.to_image);
+    next.message = format!(
+        "rolled back {}: {}{restored_note}",
+        target.to_image, next.cause
+    );
     actions.push(event(
         EventKind::Warning,
         "RolledBack",

@@ -1,0 +1,623 @@
+//! Refresh execution end to end: a real control plane (kwok makes pods
+//! Ready, or crash-loop when their image contains a marked digest), a real
+//! registry the tests push new digests to, a real Prometheus for the metric
+//! check. Every scenario of the refresh issue: canary promoted, canary
+//! rolled back and the digest rejected, failure after promotion restored,
+//! operator SIGKILLed mid-canary and mid-promotion, a Prometheus check
+//! failing, a restart inside and outside a window, a GitOps-managed
+//! workload left alone.
+
+use std::time::Duration;
+
+use chrono::{Datelike, TimeDelta, Utc};
+use freshen_api::refresh::{AnalysisSpec, PrometheusCheck, REJECTED_DIGESTS, RolloutSpec};
+use freshen_api::{PolicyRefresh, Refresh, RefreshPolicy, RefreshPolicySpec};
+use freshen_core::rollout::{Failure, Phase, Reason, Verdict};
+use freshen_e2e::image::{ImageSpec, Pushed, push};
+use freshen_e2e::operator::Operator;
+use freshen_e2e::{Harness, TestNamespace, await_warning, init_tls, wait_for, wait_ready_pods};
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+/// One test's namespace, workload, repository and operator.
+struct Scene {
+    harness: Harness,
+    client: Client,
+    ns: TestNamespace,
+    repo: String,
+}
+
+impl Scene {
+    async fn new(prefix: &str) -> anyhow::Result<Self> {
+        init_tls();
+        let harness = Harness::load()?;
+        let client = harness.client().await?;
+        let ns = TestNamespace::create(&harness, &client, prefix).await?;
+        let repo = format!("e2e/{}", ns.name);
+        Ok(Self {
+            harness,
+            client,
+            ns,
+            repo,
+        })
+    }
+
+    /// Pushes a distinct image (built `hours_ago`) as `tag`.
+    async fn push(&self, tag: &str, content: &str, hours_ago: i64) -> anyhow::Result<Pushed> {
+        self.push_spec(tag, &spec(content, hours_ago)).await
+    }
+
+    /// Pushes `spec` as `tag`; the same spec is the same digest.
+    async fn push_spec(&self, tag: &str, spec: &ImageSpec) -> anyhow::Result<Pushed> {
+        push(&self.harness.registry, &self.repo, tag, spec).await
+    }
+
+    /// A RefreshPolicy for the workload labelled `app=<app>`: follow the tag,
+    /// canary with fast analysis.
+    async fn policy(&self, app: &str, refresh: PolicyRefresh) -> anyhow::Result<()> {
+        let mut selector = LabelSelector::default();
+        selector.match_labels = Some([("app".to_owned(), app.to_owned())].into());
+        let policy = RefreshPolicy::new(
+            app,
+            RefreshPolicySpec {
+                selector,
+                limits: Default::default(),
+                refresh,
+            },
+        );
+        Api::<RefreshPolicy>::namespaced(self.client.clone(), &self.ns.name)
+            .create(&PostParams::default(), &policy)
+            .await?;
+        Ok(())
+    }
+
+    /// Creates Deployment `name` running `image`, its pod template
+    /// annotated `template_annotations` (kwok's crash markers), and waits
+    /// for its pods.
+    async fn deploy(
+        &self,
+        name: &str,
+        image: &str,
+        replicas: i32,
+        template_annotations: &[(&str, &str)],
+        extra: serde_json::Value,
+    ) -> anyhow::Result<()> {
+        let annotations: serde_json::Map<String, serde_json::Value> = template_annotations
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
+            .collect();
+        let mut deploy = serde_json::json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": name, "labels": {"app": name}},
+            "spec": {
+                "replicas": replicas,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}, "annotations": annotations},
+                    "spec": {"containers": [{"name": "app", "image": image}]}
+                }
+            }
+        });
+        merge(&mut deploy, extra);
+        let deploy: Deployment = serde_json::from_value(deploy)?;
+        self.deployments()
+            .create(&PostParams::default(), &deploy)
+            .await?;
+        let ready = usize::try_from(replicas)?;
+        wait_ready_pods(
+            &self.client,
+            &self.ns.name,
+            name,
+            ready,
+            Duration::from_secs(60),
+        )
+        .await?;
+        Ok(())
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    fn refreshes(&self) -> Api<Refresh> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    async fn operator(&self, extra: &[&str]) -> anyhow::Result<Operator> {
+        let mut args = vec!["--poll-interval", "2s", "--namespace", &self.ns.name];
+        args.extend_from_slice(extra);
+        Operator::start(&self.harness, &args).await
+    }
+
+    /// Refreshes of `workload`.
+    async fn refreshes_of(&self, workload: &str) -> anyhow::Result<Vec<Refresh>> {
+        let list = self
+            .refreshes()
+            .list(&ListParams::default().labels(&format!("freshen.dev/workload={workload}")))
+            .await?;
+        Ok(list.items)
+    }
+
+    /// Waits until a Refresh of `workload` satisfies `done`; returns it.
+    async fn await_refresh(
+        &self,
+        workload: &str,
+        what: &str,
+        limit: Duration,
+        done: impl Fn(&Refresh) -> bool,
+    ) -> anyhow::Result<Refresh> {
+        let done = &done;
+        wait_for(
+            &format!("a Refresh of {workload}: {what}"),
+            limit,
+            Duration::from_millis(100),
+            || async move {
+                let all = self.refreshes_of(workload).await?;
+                let phases: Vec<String> = all
+                    .iter()
+                    .map(|r| {
+                        format!(
+                            "{} {:?} {}",
+                            r.name_any(),
+                            r.progress().phase,
+                            r.progress().message
+                        )
+                    })
+                    .collect();
+                match all.into_iter().find(done) {
+                    Some(r) => Ok(Some(r)),
+                    None => anyhow::bail!("refreshes: {phases:?}"),
+                }
+            },
+        )
+        .await
+    }
+
+    /// The template image of `workload`'s container `app`.
+    async fn image_of(&self, workload: &str) -> anyhow::Result<String> {
+        let d = self.deployments().get(workload).await?;
+        Ok(d.spec
+            .and_then(|s| s.template.spec)
+            .and_then(|s| s.containers.into_iter().next())
+            .and_then(|c| c.image)
+            .unwrap_or_default())
+    }
+
+    async fn await_gone(&self, name: &str) -> anyhow::Result<()> {
+        let api = self.deployments();
+        wait_for(
+            &format!("Deployment {name} to be gone"),
+            Duration::from_secs(30),
+            Duration::from_millis(200),
+            || {
+                let api = api.clone();
+                async move { Ok(api.get_opt(name).await?.is_none().then_some(())) }
+            },
+        )
+        .await
+    }
+
+    /// ReplicaSets of `workload`: one per template it ever had.
+    async fn replica_sets(&self, workload: &str) -> anyhow::Result<usize> {
+        let api: Api<ReplicaSet> = Api::namespaced(self.client.clone(), &self.ns.name);
+        let list = api
+            .list(&ListParams::default().labels(&format!("app={workload}")))
+            .await?;
+        Ok(list
+            .items
+            .iter()
+            .filter(|rs| {
+                rs.owner_references()
+                    .iter()
+                    .any(|o| o.kind == "Deployment" && o.name == workload)
+            })
+            .count())
+    }
+
+    /// Waits until the operator has reconciled at least `n` more times,
+    /// so that an absence is an absence after that many looks.
+    async fn await_reconciles(&self, operator: &Operator, n: u64) -> anyhow::Result<()> {
+        let count = || async {
+            let text = operator.scrape().await?;
+            let line = text
+                .lines()
+                .find(|l| l.starts_with("freshen_reconcile_duration_seconds_count"))
+                .unwrap_or("x 0");
+            Ok::<u64, anyhow::Error>(line.rsplit(' ').next().unwrap_or("0").parse().unwrap_or(0))
+        };
+        let start = count().await?;
+        wait_for(
+            &format!("{n} more reconciles"),
+            Duration::from_secs(60),
+            Duration::from_millis(250),
+            || async { Ok((count().await? >= start + n).then_some(())) },
+        )
+        .await
+    }
+}
+
+/// A distinct image built `hours_ago`.
+fn spec(content: &str, hours_ago: i64) -> ImageSpec {
+    ImageSpec {
+        content: content.into(),
+        ..ImageSpec::built_at(Utc::now() - TimeDelta::hours(hours_ago))
+    }
+}
+
+fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
+/// Follow the tag; canary of 50 %, checks every `interval`, `iterations`
+/// passes to promote, readiness within 30s.
+fn canary(interval: &str, iterations: u32) -> PolicyRefresh {
+    PolicyRefresh {
+        follow_tag: Some(true),
+        rollout: Some(RolloutSpec {
+            strategy: None,
+            canary_weight: Some(50),
+            analysis: Some(AnalysisSpec {
+                interval: Some(interval.into()),
+                iterations: Some(iterations),
+                readiness_timeout: Some("30s".into()),
+                ..AnalysisSpec::default()
+            }),
+        }),
+        ..PolicyRefresh::default()
+    }
+}
+
+fn phase(r: &Refresh) -> Phase {
+    r.progress().phase
+}
+
+#[tokio::test]
+async fn a_new_digest_goes_through_a_canary_and_is_promoted() -> anyhow::Result<()> {
+    let s = Scene::new("refresh-promote").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    s.policy("web", canary("1s", 2)).await?;
+    s.deploy("web", &v1.pinned(), 2, &[], serde_json::json!({}))
+        .await?;
+    let operator = s.operator(&[]).await?;
+
+    let v2 = s.push("stable", "v2", 1).await?;
+    let canary_seen = s
+        .await_refresh("web", "in Canary", Duration::from_secs(30), |r| {
+            phase(r) == Phase::Canary
+        })
+        .await?;
+    assert_eq!(canary_seen.spec.reason, Reason::NewDigest);
+    assert_eq!(canary_seen.spec.from_image, v1.pinned());
+    assert_eq!(canary_seen.spec.to_image, v2.pinned());
+    assert_eq!(canary_seen.spec.digest, v2.digest);
+    let canary = s.deployments().get("web-canary").await?;
+    assert_eq!(canary.spec.as_ref().and_then(|s| s.replicas), Some(1));
+    let labels = canary
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.metadata.as_ref())
+        .map(|m| m.labels.clone().unwrap_or_default())
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get("app").map(String::as_str),
+        Some("web"),
+        "canary pods take the workload's traffic"
+    );
+    assert_eq!(
+        labels.get("freshen.dev/canary").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(
+        canary.owner_references().first().map(|o| o.kind.as_str()),
+        Some("Refresh")
+    );
+
+    let done = s
+        .await_refresh("web", "Succeeded", Duration::from_secs(60), |r| {
+            phase(r) == Phase::Succeeded
+        })
+        .await?;
+    let progress = done.progress();
+    assert!(progress.passes >= 2, "{progress:?}");
+    assert!(progress.analysis.iter().all(|c| c.verdict != Verdict::Fail));
+    assert!(progress.canary_started_at <= progress.promoted_at);
+    assert_eq!(s.image_of("web").await?, v2.pinned());
+    s.await_gone("web-canary").await?;
+    let pods = wait_ready_pods(&s.client, &s.ns.name, "web", 2, Duration::from_secs(30)).await?;
+    assert!(pods.iter().any(|p| {
+        p.spec
+            .as_ref()
+            .is_some_and(|s| s.containers[0].image.as_deref() == Some(&v2.pinned()))
+    }));
+    let ready = done
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    assert_eq!(ready, Some(("True".into(), "Succeeded".into())));
+    let metrics = operator.scrape().await?;
+    assert!(
+        metrics.contains(r#"freshen_refreshes_total{outcome="Succeeded",reason="new-digest"} 1"#),
+        "{metrics}"
+    );
+    // Succeeded: the workload runs the tag's digest, nothing more to do.
+    s.await_reconciles(&operator, 3).await?;
+    assert_eq!(s.refreshes_of("web").await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_crash_looping_canary_is_rolled_back_and_its_digest_never_proposed_again()
+-> anyhow::Result<()> {
+    let s = Scene::new("refresh-rollback").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    // The bad digest is known before the workload exists, so that kwok can
+    // be told which digest crash-loops.
+    let bad_spec = spec("bad", 1);
+    let bad = s.push_spec("candidate", &bad_spec).await?;
+    s.policy("api", canary("10s", 2)).await?;
+    s.deploy(
+        "api",
+        &v1.pinned(),
+        2,
+        &[("e2e.freshen.dev/crash-on", &bad.digest)],
+        serde_json::json!({}),
+    )
+    .await?;
+    let operator = s.operator(&[]).await?;
+    let bad = s.push_spec("stable", &bad_spec).await?;
+
+    let rolled_back = s
+        .await_refresh("api", "RolledBack", Duration::from_secs(60), |r| {
+            phase(r) == Phase::RolledBack
+        })
+        .await?;
+    let progress = rolled_back.progress();
+    assert_eq!(progress.failure, Some(Failure::PodFailure), "{progress:?}");
+    assert!(
+        progress.message.contains("CrashLoopBackOff"),
+        "{}",
+        progress.message
+    );
+    let (started, rollback) = (
+        progress.canary_started_at.unwrap_or_default(),
+        progress.rollback_started_at.unwrap_or_default(),
+    );
+    assert!(
+        rollback - started < TimeDelta::seconds(10),
+        "rollback began {:?} after the canary started, more than one 10s analysis interval",
+        rollback - started
+    );
+    assert_eq!(progress.promoted_at, None);
+    assert_eq!(
+        s.image_of("api").await?,
+        v1.pinned(),
+        "the workload is unchanged"
+    );
+    s.await_gone("api-canary").await?;
+    let deploy = s.deployments().get("api").await?;
+    let rejected = deploy
+        .annotations()
+        .get(REJECTED_DIGESTS)
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(rejected, format!("app@{}", bad.digest));
+    let note = await_warning(&s.client, &s.ns.name, "Deployment", "api", "RolledBack").await?;
+    assert!(note.contains("CrashLoopBackOff"), "{note}");
+    let metrics = operator.scrape().await?;
+    assert!(
+        metrics.contains(r#"freshen_rollbacks_total{reason="pod-failure"} 1"#),
+        "{metrics}"
+    );
+
+    // Later polls do not propose the rejected digest again.
+    s.await_reconciles(&operator, 4).await?;
+    assert_eq!(s.refreshes_of("api").await?.len(), 1);
+
+    // A newer, good digest is rolled out.
+    let v3 = s.push("stable", "v3", 0).await?;
+    s.await_refresh(
+        "api",
+        "the newer digest Succeeded",
+        Duration::from_secs(60),
+        |r| r.spec.digest == v3.digest && phase(r) == Phase::Succeeded,
+    )
+    .await?;
+    assert_eq!(s.image_of("api").await?, v3.pinned());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failure_after_promotion_restores_the_previous_image_exactly() -> anyhow::Result<()> {
+    let s = Scene::new("refresh-restore").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    let bad_spec = spec("bad-in-rollout", 1);
+    let bad = s.push_spec("candidate", &bad_spec).await?;
+    s.policy("shop", canary("1s", 1)).await?;
+    // Tag-and-digest as the user wrote it: restored byte for byte.
+    s.deploy(
+        "shop",
+        &v1.pinned(),
+        2,
+        &[("e2e.freshen.dev/crash-on-rollout", &bad.digest)],
+        serde_json::json!({}),
+    )
+    .await?;
+    let _operator = s.operator(&[]).await?;
+    s.push_spec("stable", &bad_spec).await?;
+
+    let r = s
+        .await_refresh("shop", "RolledBack", Duration::from_secs(60), |r| {
+            phase(r) == Phase::RolledBack
+        })
+        .await?;
+    let progress = r.progress();
+    assert!(progress.passes >= 1, "the canary passed: {progress:?}");
+    assert!(
+        progress.patched_at.is_some(),
+        "the workload was patched: {progress:?}"
+    );
+    assert_eq!(progress.failure, Some(Failure::PodFailure));
+    assert!(
+        progress.message.contains("workload pod"),
+        "{}",
+        progress.message
+    );
+    assert_eq!(s.image_of("shop").await?, v1.pinned());
+    wait_ready_pods(&s.client, &s.ns.name, "shop", 2, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_operator_resumes_every_refresh_without_a_second_rollout() -> anyhow::Result<()> {
+    let s = Scene::new("refresh-crash").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    // A canary long enough to be killed in, and a workload whose rollout
+    // takes a while (minReadySeconds) to be killed in its promotion.
+    s.policy("cart", canary("2s", 4)).await?;
+    s.deploy(
+        "cart",
+        &v1.pinned(),
+        2,
+        &[],
+        serde_json::json!({"spec": {"minReadySeconds": 6}}),
+    )
+    .await?;
+    let mut operator = s.operator(&[]).await?;
+    let v2 = s.push("stable", "v2", 1).await?;
+
+    s.await_refresh("cart", "in Canary", Duration::from_secs(30), |r| {
+        phase(r) == Phase::Canary
+    })
+    .await?;
+    operator.kill()?;
+    drop(operator);
+    let mut operator = s.operator(&[]).await?;
+    s.await_refresh("cart", "Promoting", Duration::from_secs(60), |r| {
+        phase(r) == Phase::Promoting && r.progress().patched_at.is_some()
+    })
+    .await?;
+    operator.kill()?;
+    drop(operator);
+    let _operator = s.operator(&[]).await?;
+    s.await_refresh("cart", "Succeeded", Duration::from_secs(60), |r| {
+        phase(r) == Phase::Succeeded
+    })
+    .await?;
+    assert_eq!(s.refreshes_of("cart").await?.len(), 1, "one Refresh");
+    assert_eq!(s.image_of("cart").await?, v2.pinned());
+    s.await_gone("cart-canary").await?;
+    assert_eq!(
+        s.replica_sets("cart").await?,
+        2,
+        "one rollout: the old and the new template"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_prometheus_check_over_its_threshold_rolls_back() -> anyhow::Result<()> {
+    let s = Scene::new("refresh-metric").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    let mut refresh = canary("1s", 3);
+    if let Some(a) = refresh.rollout.as_mut().and_then(|r| r.analysis.as_mut()) {
+        // A query the real Prometheus answers with 1: above the max.
+        a.prometheus = Some(PrometheusCheck {
+            query: "vector(1)".into(),
+            max: 0.5,
+            on_no_data: None,
+            max_consecutive_errors: None,
+        });
+    }
+    s.policy("pay", refresh).await?;
+    s.deploy("pay", &v1.pinned(), 2, &[], serde_json::json!({}))
+        .await?;
+    let prometheus = s.harness.prometheus_url.clone();
+    let _operator = s.operator(&["--prometheus-url", &prometheus]).await?;
+    s.push("stable", "v2", 1).await?;
+    let r = s
+        .await_refresh("pay", "RolledBack", Duration::from_secs(60), |r| {
+            phase(r) == Phase::RolledBack
+        })
+        .await?;
+    let progress = r.progress();
+    assert_eq!(progress.failure, Some(Failure::Metric), "{progress:?}");
+    let last = progress.analysis.last().cloned();
+    assert_eq!(last.as_ref().and_then(|c| c.metric), Some(1.0), "{last:?}");
+    assert!(
+        progress.cause.contains("metric 1 above max 0.5"),
+        "{}",
+        progress.message
+    );
+    assert_eq!(s.image_of("pay").await?, v1.pinned());
+    Ok(())
+}
+
+#[tokio::test]
+async fn too_old_containers_restart_inside_their_window_only() -> anyhow::Result<()> {
+    let s = Scene::new("refresh-restart").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    // Open all day, every day; and a window on a day two days away.
+    let away = (Utc::now() + TimeDelta::days(2)).weekday();
+    let closed = format!("{away} 00:00-24:00 UTC");
+    for (name, window) in [("open", "* 00:00-24:00 UTC"), ("closed", closed.as_str())] {
+        let meta = serde_json::json!({"metadata": {"annotations": {
+            "freshen.dev/refresh": "enabled",
+            "freshen.dev/max-container-age": "3s",
+            "freshen.dev/window": window,
+        }}});
+        s.deploy(name, &v1.pinned(), 2, &[], meta).await?;
+    }
+    let operator = s.operator(&[]).await?;
+    let r = s
+        .await_refresh(
+            "open",
+            "a restart Succeeded",
+            Duration::from_secs(60),
+            |r| r.spec.reason == Reason::ContainerTooOld && phase(r) == Phase::Succeeded,
+        )
+        .await?;
+    assert_eq!(r.spec.to_image, v1.pinned(), "the same digest, pinned");
+    let restarted = s.deployments().get("open").await?;
+    let stamp = restarted
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("freshen.dev/restarted-by").cloned());
+    assert_eq!(stamp, Some(r.name_any()));
+    s.await_reconciles(&operator, 4).await?;
+    assert!(
+        s.refreshes_of("closed").await?.is_empty(),
+        "outside its window nothing happens"
+    );
+    assert_eq!(s.replica_sets("closed").await?, 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_argo_cd_managed_workload_is_left_alone_with_a_reason() -> anyhow::Result<()> {
+    let s = Scene::new("refresh-gitops").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    s.policy("argo", canary("1s", 1)).await?;
+    let labels =
+        serde_json::json!({"metadata": {"labels": {"argocd.argoproj.io/instance": "shop"}}});
+    s.deploy("argo", &v1.pinned(), 1, &[], labels).await?;
+    let _operator = s.operator(&[]).await?;
+    s.push("stable", "v2", 1).await?;
+    let note = await_warning(&s.client, &s.ns.name, "Deployment", "argo", "GitOpsManaged").await?;
+    assert!(note.contains("managed by Argo CD"), "{note}");
+    assert!(note.contains("gitops: patch"), "{note}");
+    assert!(s.refreshes_of("argo").await?.is_empty());
+    assert_eq!(s.image_of("argo").await?, v1.pinned());
+    Ok(())
+}
