@@ -57,8 +57,10 @@ impl Scene {
     /// A RefreshPolicy for the workload labelled `app=<app>`: follow the tag,
     /// canary with fast analysis.
     async fn policy(&self, app: &str, refresh: PolicyRefresh) -> anyhow::Result<()> {
-        let mut selector = LabelSelector::default();
-        selector.match_labels = Some([("app".to_owned(), app.to_owned())].into());
+        let selector = LabelSelector {
+            match_labels: Some([("app".to_owned(), app.to_owned())].into()),
+            ..LabelSelector::default()
+        };
         let policy = RefreshPolicy::new(
             app,
             RefreshPolicySpec {
