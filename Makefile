@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo bench-registry test clean
+.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo bench-registry bench-refresh test clean
 
 all: build
 
@@ -57,6 +57,13 @@ BENCH_ARGS ?=
 bench-registry: e2e-up
 	$(CARGO) build --release -p freshen -p freshen-e2e
 	FRESHEN_BIN=target/release/freshen ./target/release/freshen-e2e bench-registry $(BENCH_ARGS)
+
+# Refresh latencies (not a test: it prints figures): digest pushed ->
+# Refresh created, crash-looping canary -> rollback started, median and max.
+# BENCH_ARGS, e.g. `--runs 10 --poll-interval 5s`.
+bench-refresh: e2e-up
+	$(CARGO) build --release -p freshen -p freshen-e2e
+	FRESHEN_BIN=target/release/freshen ./target/release/freshen-e2e bench-refresh $(BENCH_ARGS)
 
 test: fmt-check clippy unit e2e
 

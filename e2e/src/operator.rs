@@ -49,6 +49,12 @@ impl Operator {
     /// Prometheus scrapes) with `extra` arguments, and waits until /readyz
     /// says its caches are synced.
     pub async fn start(harness: &Harness, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_at(harness, &harness.operator_metrics_addr, extra).await
+    }
+
+    /// Starts `freshen run` with its endpoints on `addr` (a second operator
+    /// beside the one Prometheus scrapes).
+    pub async fn start_at(harness: &Harness, addr: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let bin = binary();
         if !bin.exists() {
             bail!(
@@ -62,7 +68,7 @@ impl Operator {
         let log = logs.join(format!("operator-{stamp}.log"));
         let out = std::fs::File::create(&log)?;
         let child = Command::new(&bin)
-            .args(["run", "--metrics-addr", &harness.operator_metrics_addr])
+            .args(["run", "--metrics-addr", addr])
             .args(["--plain-http-registry", &harness.registry])
             .args(extra)
             .env("KUBECONFIG", &harness.kubeconfig)
@@ -79,7 +85,7 @@ impl Operator {
         let operator = Self {
             child,
             log,
-            url: format!("http://{}", harness.operator_metrics_addr),
+            url: format!("http://{addr}"),
         };
         let readyz = format!("{}/readyz", operator.url);
         wait_for(

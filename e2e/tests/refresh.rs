@@ -528,6 +528,31 @@ async fn a_killed_operator_resumes_every_refresh_without_a_second_rollout() -> a
 }
 
 #[tokio::test]
+async fn two_operators_racing_make_one_refresh_and_one_rollout() -> anyhow::Result<()> {
+    let s = Scene::new("refresh-race").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    s.policy("race", canary("1s", 2)).await?;
+    s.deploy("race", &v1.pinned(), 2, &[], serde_json::json!({}))
+        .await?;
+    // Two operators (as during a botched upgrade, or without leader
+    // election) step the same Refresh: status writes are guarded by the
+    // Refresh's resourceVersion, image patches by the Deployment's.
+    let _first = s.operator(&[]).await?;
+    let args = ["--poll-interval", "2s", "--namespace", &s.ns.name];
+    let _second = Operator::start_at(&s.harness, "127.0.0.1:18089", &args).await?;
+    let v2 = s.push("stable", "v2", 1).await?;
+    s.await_refresh("race", "Succeeded", Duration::from_secs(60), |r| {
+        phase(r) == Phase::Succeeded
+    })
+    .await?;
+    assert_eq!(s.refreshes_of("race").await?.len(), 1);
+    assert_eq!(s.image_of("race").await?, v2.pinned());
+    assert_eq!(s.replica_sets("race").await?, 2, "one rollout");
+    s.await_gone("race-canary").await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_prometheus_check_over_its_threshold_rolls_back() -> anyhow::Result<()> {
     let s = Scene::new("refresh-metric").await?;
     let v1 = s.push("stable", "v1", 48).await?;

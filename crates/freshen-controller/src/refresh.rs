@@ -558,3 +558,135 @@ impl Context {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use freshen_api::RefreshSpec;
+    use freshen_core::rollout::{Reason, Settings};
+
+    fn deploy() -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": {"name": "web", "namespace": "shop", "generation": 3, "uid": "d-uid"},
+            "spec": {
+                "replicas": 4,
+                "selector": {"matchLabels": {"app": "web"}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}, "annotations": {RESTARTED_BY: "old"}},
+                    "spec": {"containers": [
+                        {"name": "app", "image": "reg/web:1"},
+                        {"name": "sidecar", "image": "reg/proxy:2"}
+                    ]}
+                }
+            },
+            "status": {"observedGeneration": 3, "replicas": 4, "updatedReplicas": 4, "availableReplicas": 4}
+        }))
+        .unwrap_or_default()
+    }
+
+    fn refresh() -> Refresh {
+        let mut r = Refresh::new(
+            "web-app-222222222222",
+            RefreshSpec {
+                workload: "web".into(),
+                container: "app".into(),
+                reason: Reason::NewDigest,
+                from_image: "reg/web:1".into(),
+                to_image: "reg/web:1@sha256:22".into(),
+                from_digest: "unknown".into(),
+                to_digest: "222222222222".into(),
+                digest: "sha256:22".into(),
+                rollout: Settings::default(),
+            },
+        );
+        r.metadata.uid = Some("r-uid".into());
+        r
+    }
+
+    #[test]
+    fn the_workload_state_reads_the_container_and_the_rollout() {
+        let d = deploy();
+        let w = workload_state(&d, "app");
+        assert_eq!(
+            w,
+            Some(WorkloadState {
+                image: "reg/web:1".into(),
+                restart_token: Some("old".into()),
+                replicas: 4,
+                rolled_out: true,
+            })
+        );
+        let mut behind = d.clone();
+        if let Some(s) = behind.status.as_mut() {
+            s.observed_generation = Some(2);
+        }
+        assert_eq!(
+            workload_state(&behind, "app").map(|w| w.rolled_out),
+            Some(false)
+        );
+        let mut old_pods_left = d;
+        if let Some(s) = old_pods_left.status.as_mut() {
+            s.replicas = Some(5);
+        }
+        assert_eq!(
+            workload_state(&old_pods_left, "app").map(|w| w.rolled_out),
+            Some(false)
+        );
+    }
+
+    #[test]
+    fn the_canary_copies_the_template_with_the_new_image_and_its_own_selector() {
+        let canary = canary_deployment(&refresh(), &deploy(), "web-canary", 1);
+        let canary = canary.unwrap_or_default();
+        let spec = canary.spec.unwrap_or_default();
+        assert_eq!(spec.replicas, Some(1));
+        let selector = spec.selector.match_labels.unwrap_or_default();
+        assert_eq!(selector.get(CANARY_LABEL).map(String::as_str), Some("true"));
+        assert!(
+            !selector.contains_key("app"),
+            "the workload's selector must not match"
+        );
+        let labels = spec
+            .template
+            .metadata
+            .and_then(|m| m.labels)
+            .unwrap_or_default();
+        assert_eq!(labels.get("app").map(String::as_str), Some("web"));
+        assert_eq!(
+            labels.get(REFRESH_LABEL).map(String::as_str),
+            Some("web-app-222222222222")
+        );
+        let containers = spec.template.spec.map(|s| s.containers).unwrap_or_default();
+        let images: Vec<_> = containers
+            .iter()
+            .map(|c| c.image.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(images, ["reg/web:1@sha256:22", "reg/proxy:2"]);
+        let owner = canary.metadata.owner_references.unwrap_or_default();
+        assert_eq!(
+            owner
+                .first()
+                .map(|o| (o.kind.as_str(), o.uid.as_str(), o.controller)),
+            Some(("Refresh", "r-uid", Some(true)))
+        );
+    }
+
+    #[test]
+    fn pod_health_collects_restarts_and_reasons_of_now_and_before() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "p"},
+            "status": {
+                "conditions": [{"type": "Ready", "status": "False"}],
+                "containerStatuses": [{
+                    "name": "app", "image": "i", "imageID": "", "ready": false, "restartCount": 3,
+                    "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+                    "lastState": {"terminated": {"reason": "OOMKilled", "exitCode": 137}}
+                }]
+            }
+        }))
+        .unwrap_or_default();
+        let h = pod_health(&pod);
+        assert_eq!((h.ready, h.restarts), (false, 3));
+        assert_eq!(h.reasons, ["CrashLoopBackOff", "OOMKilled"]);
+    }
+}

@@ -55,6 +55,16 @@ enum Command {
         #[arg(long, default_value = "10s")]
         poll_interval: String,
     },
+    /// Time digest pushed -> Refresh created and crash-looping canary ->
+    /// rollback started over N runs (`make bench-refresh`).
+    BenchRefresh {
+        /// Runs (one workload each).
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// The operator's poll interval, e.g. 5s.
+        #[arg(long, default_value = "5s")]
+        poll_interval: String,
+    },
     /// Build a small OCI image and push it to the harness registry.
     PushImage {
         /// Repository, e.g. `demo/app`.
@@ -93,6 +103,15 @@ async fn main() -> anyhow::Result<()> {
                 poll_interval: freshen_core::parse_duration(&poll_interval)?,
             };
             let report = freshen_e2e::bench::run(&harness, config).await?;
+            println!("{report}");
+            Ok(())
+        }
+        Command::BenchRefresh {
+            runs,
+            poll_interval,
+        } => {
+            let poll = freshen_core::parse_duration(&poll_interval)?;
+            let report = freshen_e2e::bench_refresh::run(&harness, runs, poll).await?;
             println!("{report}");
             Ok(())
         }
