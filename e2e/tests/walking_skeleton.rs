@@ -396,6 +396,17 @@ async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> 
         "stale since the new base was built, moments ago: {samples:?}"
     );
 
+    // Only a rebuild can fix a moved base: the workload is told so.
+    let note = freshen_e2e::await_warning(
+        &harness.client().await?,
+        &ns.name,
+        "Deployment",
+        "on-base",
+        "RebuildRequired",
+    )
+    .await?;
+    assert!(note.contains("container app: base-moved"), "{note}");
+
     // `freshen report` names the base and says it moved.
     let out = freshen_e2e::operator::report(&harness, &["-n", &ns.name, "-o", "json"])?;
     assert!(

@@ -396,6 +396,7 @@ mod tests {
             snoozed: false,
             violating: Default::default(),
             refresh_hold: None,
+            rebuild_required: Vec::new(),
         }
     }
 

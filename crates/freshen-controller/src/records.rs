@@ -119,6 +119,8 @@ pub struct WorkloadRecord {
     pub violating: BTreeSet<Source>,
     /// Why a wanted refresh waits, when one does.
     pub refresh_hold: Option<String>,
+    /// Containers only a rebuild can freshen, and why.
+    pub rebuild_required: Vec<String>,
 }
 
 /// Which policies to tell when a workload's record changes.
@@ -352,6 +354,7 @@ mod tests {
                 BTreeSet::new()
             },
             refresh_hold: None,
+            rebuild_required: Vec::new(),
         }
     }
 

@@ -14,7 +14,7 @@ use freshen_api::refresh::CANARY_LABEL;
 
 use chrono::Utc;
 use freshen_core::observe::{ContainerFacts, PodFacts};
-use freshen_core::policy;
+use freshen_core::{plan, policy};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::controller::Action;
@@ -140,7 +140,10 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         now,
         ctx.config.poll_interval,
     );
-    let before = previous.map(|p| p.violating).unwrap_or_default();
+    let before = previous
+        .as_ref()
+        .map(|p| p.violating.clone())
+        .unwrap_or_default();
     if judgement.newly_violating(&before) {
         let notes: Vec<String> = measurement
             .containers
@@ -152,6 +155,27 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             })
             .collect();
         ctx.warn(&deploy, "MaxAgeExceeded", notes.join("; ")).await;
+    }
+
+    // what only a rebuild can fix (pipelines come later): say so once
+    let rebuild: Vec<String> = plan::rebuilds(
+        measurement
+            .containers
+            .iter()
+            .zip(&judgement.violations)
+            .map(|(c, v)| (c.container.as_str(), c.base_stale, v.as_slice())),
+    )
+    .into_iter()
+    .map(|(container, reason)| format!("container {container}: {reason}"))
+    .collect();
+    let rebuild_before = previous.as_ref().map(|p| p.rebuild_required.clone());
+    if !rebuild.is_empty() && rebuild_before.as_ref() != Some(&rebuild) {
+        let note = format!(
+            "{}; a rollout of the same image cannot fix this, the image must be rebuilt \
+             (freshen does not trigger rebuild pipelines yet)",
+            rebuild.join("; ")
+        );
+        ctx.warn(&deploy, "RebuildRequired", note).await;
     }
 
     // plan (pure) and start a refresh when one is wanted and allowed
@@ -194,6 +218,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             snoozed: judgement.snoozed,
             violating: judgement.violating,
             refresh_hold,
+            rebuild_required: rebuild,
         },
     );
     outcome?;

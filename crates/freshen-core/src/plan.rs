@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::age::elapsed;
 use crate::image::{Digest, ImageReference};
+use crate::policy::{LimitKind, Violation};
 use crate::rollout::{MetricCheck, Reason, Settings, Strategy};
 use crate::window::{self, Window};
 
@@ -375,6 +376,23 @@ impl Preferences {
     }
 }
 
+/// The containers only a rebuild can freshen, and why: the image is past
+/// `maxImageAge`, or its base moved on. A rollout of the same image cannot
+/// help; until rebuild pipelines exist this is reported, not acted on.
+pub fn rebuilds<'a>(
+    containers: impl IntoIterator<Item = (&'a str, Option<bool>, &'a [Violation])>,
+) -> Vec<(String, Reason)> {
+    let mut out = Vec::new();
+    for (name, base_stale, violations) in containers {
+        if violations.iter().any(|v| v.kind == LimitKind::MaxImageAge) {
+            out.push((name.to_owned(), Reason::ImageTooOld));
+        } else if base_stale == Some(true) {
+            out.push((name.to_owned(), Reason::BaseMoved));
+        }
+    }
+    out
+}
+
 /// Most Kubernetes names here are also label values: at most 63 characters.
 const MAX_NAME: usize = 63;
 
@@ -700,6 +718,36 @@ mod tests {
         );
         assert_eq!(canary_name("api"), "api-canary");
         assert!(canary_name(&"b".repeat(253)).len() <= 253);
+    }
+
+    #[test]
+    fn image_age_and_a_moved_base_need_a_rebuild_not_a_rollout() {
+        use crate::policy::{Source, Sourced};
+        let old = [Violation {
+            kind: LimitKind::MaxImageAge,
+            age: Duration::from_secs(40 * 86_400),
+            limit: Sourced {
+                value: Duration::from_secs(30 * 86_400),
+                source: Source::Default,
+            },
+        }];
+        let long_running = [Violation {
+            kind: LimitKind::MaxContainerAge,
+            ..old[0].clone()
+        }];
+        let r = rebuilds([
+            ("old", Some(true), &old[..]),
+            ("moved", Some(true), &[][..]),
+            ("restart-only", Some(false), &long_running[..]),
+            ("unknown", None, &[][..]),
+        ]);
+        assert_eq!(
+            r,
+            [
+                ("old".to_owned(), Reason::ImageTooOld),
+                ("moved".to_owned(), Reason::BaseMoved)
+            ]
+        );
     }
 
     #[test]
