@@ -207,12 +207,7 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    let metric = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let metric = |name: &str| -> f64 { crate::operator::metric_value(&text, name).unwrap_or(0.0) };
     let reconciles = metric("freshen_reconcile_duration_seconds_count");
     let mean_reconcile = if reconciles > 0.0 {
         Duration::from_secs_f64(metric("freshen_reconcile_duration_seconds_sum") / reconciles)

@@ -24,7 +24,7 @@ use kube::{Api, ResourceExt};
 
 use crate::image::{ImageSpec, push};
 use crate::operator::Operator;
-use crate::{Harness, TestNamespace, wait_for, wait_ready_pods};
+use crate::{Harness, TestNamespace, deployment_with, wait_for, wait_ready_pods};
 
 /// What the runs measured.
 #[derive(Debug, Clone)]
@@ -123,20 +123,17 @@ pub async fn run(
             .await?
             .digest;
         let name = format!("w{i}");
-        let deploy: Deployment = serde_json::from_value(serde_json::json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "labels": {"app": name, "bench": "refresh"}},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name},
-                                 "annotations": {"e2e.freshen.dev/crash-on": bad_digest}},
-                    "spec": {"containers": [{"name": "app", "image": v1.pinned()}]}
-                }
-            }
-        }))?;
+        let deploy = deployment_with(
+            &name,
+            &v1.pinned(),
+            1,
+            serde_json::json!({
+                "metadata": {"labels": {"bench": "refresh"}},
+                "spec": {"template": {"metadata": {
+                    "annotations": {"e2e.freshen.dev/crash-on": bad_digest}
+                }}}
+            }),
+        )?;
         deployments.create(&PostParams::default(), &deploy).await?;
         wait_ready_pods(&client, &ns.name, &name, 1, Duration::from_secs(60)).await?;
         bad_specs.push((name, repo, bad));

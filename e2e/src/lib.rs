@@ -329,6 +329,31 @@ pub fn rand_suffix() -> u32 {
     h.finish() as u32
 }
 
+/// [`deployment`] with `extra` merged into it (objects key by key, other
+/// values replaced), e.g. pod-template annotations or `minReadySeconds`.
+pub fn deployment_with(
+    name: &str,
+    image: &str,
+    replicas: i32,
+    extra: serde_json::Value,
+) -> anyhow::Result<Deployment> {
+    let mut value = serde_json::to_value(deployment(name, image, replicas, &[])?)?;
+    merge_json(&mut value, extra);
+    Ok(serde_json::from_value(value)?)
+}
+
+/// Merges `extra` into `base`: objects key by key, anything else replaced.
+pub fn merge_json(base: &mut serde_json::Value, extra: serde_json::Value) {
+    match (base, extra) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+            for (k, v) in e {
+                merge_json(b.entry(k).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, e) => *b = e,
+    }
+}
+
 /// A Deployment of `replicas` pods running `image`, it and its pods
 /// labelled `app=<name>`, with the given annotations on the Deployment.
 pub fn deployment(

@@ -129,6 +129,13 @@ impl Operator {
         Ok(kib * 1024)
     }
 
+    /// The value of the first sample of `series` (a name, or a name with
+    /// labels, as the exposition writes it) in the operator's `/metrics`; 0
+    /// when absent.
+    pub async fn metric(&self, series: &str) -> anyhow::Result<f64> {
+        Ok(metric_value(&self.scrape().await?, series).unwrap_or(0.0))
+    }
+
     /// The operator's own `/metrics` text.
     pub async fn scrape(&self) -> anyhow::Result<String> {
         Ok(reqwest::get(format!("{}/metrics", self.url))
@@ -137,6 +144,13 @@ impl Operator {
             .text()
             .await?)
     }
+}
+
+/// The value of the first sample of `series` in an exposition `text`.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 impl Drop for Operator {

@@ -332,6 +332,19 @@ async fn the_api_server_rejects_invalid_policies_naming_the_field() -> anyhow::R
             "{bad:?}: {message}"
         );
     }
+    // The refresh settings' durations carry the same rule.
+    let mut soon = refresh_policy("soon", selector_in("app", &["x"]), "5d");
+    soon.spec.refresh = serde_json::from_value(serde_json::json!({
+        "minDigestAge": "soon",
+        "rollout": {"analysis": {"interval": "30 s"}}
+    }))?;
+    let message = rejection(policies.create(&params, &soon).await);
+    assert!(
+        message.contains("spec.minDigestAge")
+            && message.contains("spec.rollout.analysis.interval")
+            && message.contains("must be a positive duration"),
+        "{message}"
+    );
     let message = rejection(
         policies
             .create(

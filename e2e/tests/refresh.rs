@@ -15,7 +15,10 @@ use freshen_api::{PolicyRefresh, Refresh, RefreshPolicy, RefreshPolicySpec};
 use freshen_core::rollout::{Failure, Phase, Reason, Verdict};
 use freshen_e2e::image::{ImageSpec, Pushed, push};
 use freshen_e2e::operator::Operator;
-use freshen_e2e::{Harness, TestNamespace, await_warning, init_tls, wait_for, wait_ready_pods};
+use freshen_e2e::{
+    Harness, TestNamespace, await_warning, deployment_with, init_tls, merge_json, wait_for,
+    wait_ready_pods,
+};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ListParams, PostParams};
@@ -90,21 +93,10 @@ impl Scene {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), serde_json::Value::from(*v)))
             .collect();
-        let mut deploy = serde_json::json!({
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": name, "labels": {"app": name}},
-            "spec": {
-                "replicas": replicas,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}, "annotations": annotations},
-                    "spec": {"containers": [{"name": "app", "image": image}]}
-                }
-            }
-        });
-        merge(&mut deploy, extra);
-        let deploy: Deployment = serde_json::from_value(deploy)?;
+        let mut patch =
+            serde_json::json!({"spec": {"template": {"metadata": {"annotations": annotations}}}});
+        merge_json(&mut patch, extra);
+        let deploy = deployment_with(name, image, replicas, patch)?;
         self.deployments()
             .create(&PostParams::default(), &deploy)
             .await?;
@@ -221,21 +213,15 @@ impl Scene {
 
     /// Waits until the operator has reconciled at least `n` more times,
     /// so that an absence is an absence after that many looks.
-    async fn await_reconciles(&self, operator: &Operator, n: u64) -> anyhow::Result<()> {
-        let count = || async {
-            let text = operator.scrape().await?;
-            let line = text
-                .lines()
-                .find(|l| l.starts_with("freshen_reconcile_duration_seconds_count"))
-                .unwrap_or("x 0");
-            Ok::<u64, anyhow::Error>(line.rsplit(' ').next().unwrap_or("0").parse().unwrap_or(0))
-        };
+    async fn await_reconciles(&self, operator: &Operator, n: u32) -> anyhow::Result<()> {
+        let series = "freshen_reconcile_duration_seconds_count";
+        let count = || operator.metric(series);
         let start = count().await?;
         wait_for(
             &format!("{n} more reconciles"),
             Duration::from_secs(60),
             Duration::from_millis(250),
-            || async { Ok((count().await? >= start + n).then_some(())) },
+            || async { Ok((count().await? >= start + f64::from(n)).then_some(())) },
         )
         .await
     }
@@ -246,17 +232,6 @@ fn spec(content: &str, hours_ago: i64) -> ImageSpec {
     ImageSpec {
         content: content.into(),
         ..ImageSpec::built_at(Utc::now() - TimeDelta::hours(hours_ago))
-    }
-}
-
-fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
-    match (base, extra) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
-            for (k, v) in e {
-                merge(b.entry(k).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, e) => *b = e,
     }
 }
 

@@ -21,9 +21,9 @@ use crate::time::to_chrono;
 
 /// The CEL rule every duration field carries: the form `parse_duration`
 /// reads, and not zero.
-const DURATION_RULE: &str = "self.matches('^([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$') \
+pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$') \
                              && self.matches('[1-9]')";
-const DURATION_MESSAGE: &str = "must be a positive duration of whole w, d, h, m or s, largest \
+pub(crate) const DURATION_MESSAGE: &str = "must be a positive duration of whole w, d, h, m or s, largest \
                                 unit first, e.g. 90s, 36h, 7d, 2w or 1d12h";
 /// A label selector that selects something specific (not everything).
 const SELECTOR_RULE: &str = "(has(self.matchLabels) && size(self.matchLabels) > 0) || \
@@ -76,19 +76,23 @@ pub enum SpecError {
     Window(String),
 }
 
+/// An optional duration field of a spec, or an error naming it.
+pub(crate) fn spec_duration(
+    field: &'static str,
+    value: Option<&str>,
+) -> Result<Option<std::time::Duration>, SpecError> {
+    value
+        .map(parse_duration)
+        .transpose()
+        .map_err(|source| SpecError::Duration { field, source })
+}
+
 impl PolicyLimits {
     /// The limits as durations; the first bad field is an error naming it.
     pub fn parse(&self) -> Result<Limits, SpecError> {
-        let duration = |field, value: &Option<String>| {
-            value
-                .as_deref()
-                .map(parse_duration)
-                .transpose()
-                .map_err(|source| SpecError::Duration { field, source })
-        };
         Ok(Limits {
-            max_image_age: duration("maxImageAge", &self.max_image_age)?,
-            max_container_age: duration("maxContainerAge", &self.max_container_age)?,
+            max_image_age: spec_duration("maxImageAge", self.max_image_age.as_deref())?,
+            max_container_age: spec_duration("maxContainerAge", self.max_container_age.as_deref())?,
             track_base_image: self.track_base_image,
         })
     }

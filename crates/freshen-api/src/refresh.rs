@@ -11,12 +11,11 @@ use freshen_core::rollout::{
     MetricCheck, OnNoData, Progress, Reason as RefreshReason, Settings, Strategy, Target,
 };
 use freshen_core::window::Window;
-use freshen_core::{DurationError, parse_duration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::SpecError;
+use crate::policy::{DURATION_MESSAGE, DURATION_RULE, SpecError, spec_duration};
 
 /// Label on a Refresh: the Deployment it changes.
 pub const WORKLOAD_LABEL: &str = "freshen.dev/workload";
@@ -24,6 +23,12 @@ pub const WORKLOAD_LABEL: &str = "freshen.dev/workload";
 pub const REFRESH_LABEL: &str = "freshen.dev/refresh";
 /// Label on canary pods (`"true"`), next to the workload's own labels.
 pub const CANARY_LABEL: &str = "freshen.dev/canary";
+/// Whether a Deployment is one of freshen's canaries: never measured,
+/// reported or refreshed itself.
+pub fn is_canary(labels: &std::collections::BTreeMap<String, String>) -> bool {
+    labels.get(CANARY_LABEL).is_some_and(|v| v == "true")
+}
+
 /// Pod-template annotation a restart sets: the Refresh's name.
 pub const RESTARTED_BY: &str = "freshen.dev/restarted-by";
 /// Workload annotation: digests rejected by rollbacks, `container@digest`,
@@ -144,6 +149,8 @@ pub struct PrometheusCheck {
 pub struct AnalysisSpec {
     /// Between checks (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub interval: Option<String>,
     /// Passing checks needed to promote (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -154,6 +161,8 @@ pub struct AnalysisSpec {
     pub max_restarts: Option<u32>,
     /// How long the new pods have to become Ready (default 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub readiness_timeout: Option<String>,
     /// An optional Prometheus query.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,6 +198,8 @@ pub struct PolicyRefresh {
     /// How long ago a new digest must have been built before it is rolled
     /// out, e.g. `2h` (default: at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
     pub min_digest_age: Option<String>,
     /// Start no refresh (those under way finish).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -209,16 +220,6 @@ pub struct PolicyRefresh {
     pub rollout: Option<RolloutSpec>,
 }
 
-fn duration(
-    field: &'static str,
-    value: Option<&str>,
-) -> Result<Option<std::time::Duration>, SpecError> {
-    value
-        .map(parse_duration)
-        .transpose()
-        .map_err(|source: DurationError| SpecError::Duration { field, source })
-}
-
 impl PolicyRefresh {
     /// The settings, or the first bad field.
     pub fn parse(&self) -> Result<Preferences, SpecError> {
@@ -236,17 +237,17 @@ impl PolicyRefresh {
         let analysis = rollout.analysis.unwrap_or_default();
         Ok(Preferences {
             follow_tag: self.follow_tag,
-            min_digest_age: duration("minDigestAge", self.min_digest_age.as_deref())?,
+            min_digest_age: spec_duration("minDigestAge", self.min_digest_age.as_deref())?,
             suspend: self.suspend,
             windows,
             max_concurrent: self.max_concurrent,
             gitops_patch: self.gitops.map(|g| g == GitOpsMode::Patch),
             strategy: rollout.strategy,
             canary_weight_percent: rollout.canary_weight,
-            interval: duration("rollout.analysis.interval", analysis.interval.as_deref())?,
+            interval: spec_duration("rollout.analysis.interval", analysis.interval.as_deref())?,
             iterations: analysis.iterations,
             max_restarts: analysis.max_restarts,
-            readiness_timeout: duration(
+            readiness_timeout: spec_duration(
                 "rollout.analysis.readinessTimeout",
                 analysis.readiness_timeout.as_deref(),
             )?,

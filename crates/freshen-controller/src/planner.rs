@@ -12,7 +12,7 @@ use freshen_api::refresh::{REJECTED_DIGESTS, WORKLOAD_LABEL};
 use freshen_api::{Refresh, RefreshSpec};
 use freshen_core::ImageReference;
 use freshen_core::plan::{self, ContainerView, Decision, Gates, Hold, Wants, gitops_manager};
-use freshen_core::rollout::{Phase, Reason, Settings, Strategy};
+use freshen_core::rollout::Phase;
 use freshen_registry::{Keychain, Platform};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -184,15 +184,7 @@ pub async fn consider(
             from_digest: running.as_ref().map_or_else(|| "unknown".to_owned(), short),
             to_digest: short(&proposal.digest),
             digest: proposal.digest.to_string(),
-            rollout: match proposal.reason {
-                // A restart runs the digest the workload already runs: no
-                // canary can tell anything new.
-                Reason::ContainerTooOld => Settings {
-                    strategy: Strategy::Rolling,
-                    ..prefs.settings()
-                },
-                _ => prefs.settings(),
-            },
+            rollout: prefs.settings_for(proposal.reason),
         },
         status: None,
     };

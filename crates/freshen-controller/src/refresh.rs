@@ -10,22 +10,23 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use freshen_api::Refresh;
 use freshen_api::policy::{READY, condition, set_condition};
 use freshen_api::refresh::{
     CANARY_LABEL, REFRESH_LABEL, REJECTED_DIGESTS, RESTARTED_BY, WORKLOAD_LABEL,
 };
-use freshen_core::plan::{add_rejected, canary_name};
+use freshen_core::plan::{add_rejected, canary_name, to_prune};
 use freshen_core::rollout::{
-    self, Action as Step, EventKind, MetricReading, Observed, Phase, PodHealth, WorkloadState,
+    self, Action as Step, EventKind, MetricReading, Observed, Phase, PodHealth, RolloutCounts,
+    WorkloadState,
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
@@ -66,18 +67,10 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     let canary = ctx
         .deployments
         .get(&ObjectRef::new(&canary_name).within(&namespace));
-    if let Some(foreign) = canary
+    let ours = canary
         .as_ref()
-        .filter(|c| c.labels().get(REFRESH_LABEL) != Some(&name))
-    {
-        // A canary another (finished) Refresh left behind: remove it first.
-        if !progress.phase.is_terminal() {
-            warn!(canary = %foreign.name_any(), "removing a canary of another refresh");
-            delete_canary(&ctx, &namespace, &canary_name).await?;
-            return Ok(Action::requeue(std::time::Duration::from_secs(1)));
-        }
-    }
-    let canary_exists = canary.is_some_and(|c| c.labels().get(REFRESH_LABEL) == Some(&name));
+        .map(|c| c.labels().get(REFRESH_LABEL) == Some(&name));
+    let (canary_exists, foreign_canary) = (ours == Some(true), ours == Some(false));
     let pods = ctx.pods.state();
     let live = |p: &&Arc<Pod>| {
         p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
@@ -106,6 +99,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
             .as_deref()
             .and_then(|w| workload_state(w, &target.container)),
         canary_exists,
+        foreign_canary,
         canary_pods,
         new_pods,
         metric,
@@ -123,11 +117,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     if step.progress.canary_started_at.is_some() {
         status.canary = Some(canary_name.clone());
     }
-    let (ready, reason) = match step.progress.phase {
-        Phase::Succeeded => ("True", "Succeeded"),
-        Phase::RolledBack | Phase::Failed => ("False", step.progress.phase.as_str()),
-        p => ("Unknown", p.as_str()),
-    };
+    let (ready, reason) = step.progress.phase.ready();
     let mut ready_condition = condition(
         READY,
         true,
@@ -231,11 +221,15 @@ pub fn workload_state(deploy: &Deployment, container: &str) -> Option<WorkloadSt
         .unwrap_or_default();
     let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
     let status = deploy.status.clone().unwrap_or_default();
-    let want = i64::from(replicas);
-    let rolled_out = status.observed_generation >= deploy.metadata.generation
-        && i64::from(status.updated_replicas.unwrap_or(0)) == want
-        && i64::from(status.available_replicas.unwrap_or(0)) == want
-        && i64::from(status.replicas.unwrap_or(0)) == want;
+    let rolled_out = RolloutCounts {
+        generation: deploy.metadata.generation,
+        observed_generation: status.observed_generation,
+        desired: replicas,
+        total: status.replicas.unwrap_or(0),
+        updated: status.updated_replicas.unwrap_or(0),
+        available: status.available_replicas.unwrap_or(0),
+    }
+    .rolled_out();
     Some(WorkloadState {
         image,
         restart_token: spec
@@ -395,7 +389,7 @@ async fn create_canary(
 ) -> Result<(), Error> {
     let Some(canary) = canary_deployment(refresh, workload, name, replicas) else {
         return Err(Error::MissingField(
-            "spec.template.spec.containers[container]",
+            "the Refresh's container in the workload's pod template",
         ));
     };
     let api: Api<Deployment> = Api::namespaced(
@@ -497,7 +491,7 @@ async fn reject_digest(
 /// Deletes the oldest finished Refreshes of a workload beyond the history
 /// limit.
 async fn prune_history(ctx: &Context, namespace: &str, workload: &str) {
-    let mut finished: Vec<(Option<DateTime<Utc>>, String)> = ctx
+    let finished = ctx
         .refreshes
         .state()
         .iter()
@@ -505,13 +499,8 @@ async fn prune_history(ctx: &Context, namespace: &str, workload: &str) {
         .filter(|r| r.progress().phase.is_terminal())
         .map(|r| (r.progress().finished_at, r.name_any()))
         .collect();
-    if finished.len() <= ctx.config.refresh_history {
-        return;
-    }
-    finished.sort();
-    let excess = finished.len() - ctx.config.refresh_history;
     let api: Api<Refresh> = Api::namespaced(ctx.client.clone(), namespace);
-    for (_, name) in finished.into_iter().take(excess) {
+    for name in to_prune(finished, ctx.config.refresh_history) {
         if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
             warn!(error = %e, refresh = %name, "could not prune an old refresh");
         }
@@ -536,26 +525,14 @@ impl Context {
         reason: &str,
         note: String,
     ) {
-        let event = Event {
-            type_: match kind {
-                EventKind::Normal => EventType::Normal,
-                EventKind::Warning => EventType::Warning,
-            },
-            reason: reason.into(),
-            note: Some(crate::workload::truncate_note(format!(
-                "Refresh {}: {note}",
-                refresh.name_any()
-            ))),
-            action: "Refresh".into(),
-            secondary: None,
+        let type_ = match kind {
+            EventKind::Normal => EventType::Normal,
+            EventKind::Warning => EventType::Warning,
         };
         let mut targets = vec![refresh.object_ref(&())];
         targets.extend(workload.map(|w| w.object_ref(&())));
-        for target in targets {
-            if let Err(e) = self.recorder.publish(&event, &target).await {
-                warn!(error = %e, "could not publish event");
-            }
-        }
+        let note = format!("Refresh {}: {note}", refresh.name_any());
+        self.publish(type_, reason, "Refresh", note, &targets).await;
     }
 }
 

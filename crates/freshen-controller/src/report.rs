@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use freshen_api::refresh::REJECTED_DIGESTS;
+use freshen_api::refresh::{REJECTED_DIGESTS, is_canary};
 use freshen_api::{ClusterRefreshPolicy, Refresh, RefreshMode, RefreshPolicy};
 use freshen_core::plan::parse_rejected;
 use freshen_core::policy::{self, Limits, Sourced};
@@ -281,7 +281,7 @@ pub async fn build(
             &cluster_policies,
             &options.defaults,
         );
-        if config.settings.refresh == Some(RefreshMode::Disabled) {
+        if config.settings.refresh == Some(RefreshMode::Disabled) || is_canary(deploy.labels()) {
             return None;
         }
         let pods = pods_of

@@ -10,13 +10,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshen_api::refresh::CANARY_LABEL;
+use freshen_api::refresh::is_canary;
 
 use chrono::Utc;
 use freshen_core::observe::{ContainerFacts, PodFacts};
 use freshen_core::{plan, policy};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -41,7 +41,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     let _timer = ctx.metrics.reconcile_duration.start_timer();
     let key = workload_key(&deploy)?;
     let now = Utc::now();
-    if deploy.labels().contains_key(CANARY_LABEL) {
+    if is_canary(deploy.labels()) {
         // freshen's own canary: never measured or refreshed itself.
         return Ok(Action::await_change());
     }
@@ -318,19 +318,35 @@ pub(crate) fn truncate_note(mut note: String) -> String {
 }
 
 impl Context {
-    /// Publishes a Warning Event on a workload; a failure to publish is
-    /// logged, never fatal.
-    pub(crate) async fn warn(&self, deploy: &Deployment, reason: &str, note: String) {
+    /// Publishes an Event on each of `targets`; a failure to publish is
+    /// logged, never fatal. The note is cut to what the API server accepts.
+    pub(crate) async fn publish(
+        &self,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+        targets: &[ObjectReference],
+    ) {
         let event = Event {
-            type_: EventType::Warning,
+            type_,
             reason: reason.into(),
             note: Some(truncate_note(note)),
-            action: "Measure".into(),
+            action: action.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&event, &deploy.object_ref(&())).await {
-            warn!(error = %e, "could not publish event");
+        for target in targets {
+            if let Err(e) = self.recorder.publish(&event, target).await {
+                warn!(error = %e, "could not publish event");
+            }
         }
+    }
+
+    /// Publishes a Warning Event on a workload.
+    pub(crate) async fn warn(&self, deploy: &Deployment, reason: &str, note: String) {
+        let target = deploy.object_ref(&());
+        self.publish(EventType::Warning, reason, "Measure", note, &[target])
+            .await;
     }
 }
 

@@ -353,6 +353,20 @@ impl Preferences {
         }
     }
 
+    /// The rollout settings to freeze into a Refresh started for `reason`:
+    /// a restart runs the digest the workload already runs, where a canary
+    /// can tell nothing new, so it is always rolling.
+    pub fn settings_for(&self, reason: Reason) -> Settings {
+        let settings = self.settings();
+        match reason {
+            Reason::ContainerTooOld => Settings {
+                strategy: Strategy::Rolling,
+                ..settings
+            },
+            _ => settings,
+        }
+    }
+
     /// The rollout settings to freeze into a new Refresh; unset ones take
     /// [`Settings::default`].
     pub fn settings(&self) -> Settings {
@@ -438,6 +452,18 @@ pub fn canary_name(workload: &str) -> String {
     }
     let cut = workload[..253 - 16].trim_end_matches(['-', '.']);
     format!("{cut}-{:08x}-canary", fnv1a(workload))
+}
+
+/// Which finished Refreshes of one workload to delete so that `keep` remain:
+/// the oldest by finish time (unknown first), then by name.
+pub fn to_prune(mut finished: Vec<(Option<DateTime<Utc>>, String)>, keep: usize) -> Vec<String> {
+    finished.sort();
+    let excess = finished.len().saturating_sub(keep);
+    finished
+        .into_iter()
+        .take(excess)
+        .map(|(_, name)| name)
+        .collect()
 }
 
 /// How many rejected digests a workload's annotation keeps.
@@ -748,6 +774,32 @@ mod tests {
                 ("moved".to_owned(), Reason::BaseMoved)
             ]
         );
+    }
+
+    #[test]
+    fn restarts_are_always_rolling_and_history_keeps_the_newest() {
+        let prefs = Preferences {
+            strategy: Some(Strategy::Canary),
+            iterations: Some(3),
+            ..Preferences::default()
+        };
+        assert_eq!(
+            prefs.settings_for(Reason::NewDigest).strategy,
+            Strategy::Canary
+        );
+        let restart = prefs.settings_for(Reason::ContainerTooOld);
+        assert_eq!(
+            (restart.strategy, restart.iterations),
+            (Strategy::Rolling, 3)
+        );
+        let finished = vec![
+            (hours_ago(1), "c".to_owned()),
+            (hours_ago(3), "a".to_owned()),
+            (None, "x".to_owned()),
+            (hours_ago(2), "b".to_owned()),
+        ];
+        assert_eq!(to_prune(finished.clone(), 2), ["x", "a"]);
+        assert!(to_prune(finished, 10).is_empty());
     }
 
     #[test]

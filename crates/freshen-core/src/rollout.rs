@@ -238,6 +238,15 @@ impl Phase {
         }
     }
 
+    /// The Refresh's `Ready` condition for this phase: status and reason.
+    pub fn ready(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Succeeded => ("True", "Succeeded"),
+            Self::RolledBack | Self::Failed => ("False", self.as_str()),
+            _ => ("Unknown", self.as_str()),
+        }
+    }
+
     /// Every phase, for metrics that report each.
     pub const ALL: [Phase; 8] = [
         Self::Pending,
@@ -437,6 +446,35 @@ pub struct WorkloadState {
     pub rolled_out: bool,
 }
 
+/// A Deployment's rollout counters, as its status reports them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RolloutCounts {
+    /// `metadata.generation`.
+    pub generation: Option<i64>,
+    /// `status.observedGeneration`.
+    pub observed_generation: Option<i64>,
+    /// `spec.replicas`.
+    pub desired: u32,
+    /// `status.replicas`: pods of every template.
+    pub total: i32,
+    /// `status.updatedReplicas`.
+    pub updated: i32,
+    /// `status.availableReplicas`.
+    pub available: i32,
+}
+
+impl RolloutCounts {
+    /// Whether the Deployment controller has seen the latest spec and every
+    /// replica is updated and available, with no old one left.
+    pub fn rolled_out(&self) -> bool {
+        let want = i64::from(self.desired);
+        self.observed_generation >= self.generation
+            && [self.total, self.updated, self.available]
+                .iter()
+                .all(|n| i64::from(*n) == want)
+    }
+}
+
 /// What a Prometheus query answered this time.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetricReading {
@@ -455,6 +493,9 @@ pub struct Observed {
     pub workload: Option<WorkloadState>,
     /// Whether the canary Deployment exists.
     pub canary_exists: bool,
+    /// Whether a Deployment of another (finished) Refresh holds the canary's
+    /// name: it must go before this refresh's canary can be created.
+    pub foreign_canary: bool,
     /// The canary's pods (not terminating).
     pub canary_pods: Vec<PodHealth>,
     /// The workload's pods that run the new template (not terminating).
@@ -546,12 +587,26 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
         return done(next, actions);
     };
     let settings = &target.settings;
+    if observed.foreign_canary
+        && settings.strategy == Strategy::Canary
+        && matches!(progress.phase, Phase::Pending | Phase::Canary)
+    {
+        // A finished Refresh's canary still holds the name (its deletion
+        // was lost): remove it, then carry on.
+        actions.push(Action::DeleteCanary);
+        return Step {
+            progress: next,
+            actions,
+            requeue: Some(Duration::from_secs(1)),
+        };
+    }
     match progress.phase {
         Phase::Pending | Phase::Rebuilding => {
             if !target.original(workload) && !target.applied(workload) {
                 let note = format!(
-                    "the workload's image changed from {} to {} before the refresh started; nothing was changed",
-                    target.from_image, workload.image
+                    "{} (it was {}); nothing was changed",
+                    changed(target, workload, "before the refresh started"),
+                    target.from_image
                 );
                 fail(
                     &mut next,
@@ -592,6 +647,22 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
         progress: next,
         actions,
         requeue,
+    }
+}
+
+/// What someone else did to the target container, for conflict messages:
+/// names the container, and says when it was removed.
+fn changed(target: &Target, workload: &WorkloadState, when: &str) -> String {
+    if workload.image.is_empty() {
+        format!(
+            "someone else removed container {} from the workload {when}",
+            target.container
+        )
+    } else {
+        format!(
+            "someone else set container {}'s image to {} {when}",
+            target.container, workload.image
+        )
     }
 }
 
@@ -765,8 +836,9 @@ fn canary(
     let settings = &target.settings;
     if !target.original(workload) {
         let note = format!(
-            "someone else changed the workload's image from {} to {} during the canary; canary removed, workload left as it is",
-            target.from_image, workload.image
+            "{} (it was {}); canary removed, workload left as it is",
+            changed(target, workload, "during the canary"),
+            target.from_image
         );
         fail(next, actions, observed, Failure::Conflict, note, now);
         return;
@@ -917,8 +989,8 @@ fn promoting(
         return;
     } else {
         let note = format!(
-            "someone else set the workload's image to {} during promotion; left as it is",
-            workload.image
+            "{}; left as it is",
+            changed(target, workload, "during promotion")
         );
         fail(next, actions, observed, Failure::Conflict, note, now);
         return;
@@ -1006,8 +1078,8 @@ fn rolling_back(
             return;
         }
         let note = format!(
-            "someone else set the workload's image to {} during the rollback; left as it is",
-            workload.image
+            "{}; left as it is",
+            changed(target, workload, "during the rollback")
         );
         next.phase = Phase::Failed;
         next.finished_at = Some(now);
@@ -1242,7 +1314,25 @@ mod tests {
             failure: Some(Failure::PodFailure),
             ..promoting(patched)
         };
+        let foreign = |image| Observed {
+            foreign_canary: true,
+            ..observed(image)
+        };
         let cases = vec![
+            case(
+                "a finished refresh's canary holds the name: delete it first",
+                Progress::default(),
+                foreign(FROM),
+                t0(),
+            )
+            .expect(Phase::Pending, vec![Action::DeleteCanary]),
+            case(
+                "the same during the canary",
+                in_canary(),
+                foreign(FROM),
+                secs(5),
+            )
+            .expect(Phase::Canary, vec![Action::DeleteCanary]),
             case(
                 "pending canary creates the canary",
                 Progress::default(),
@@ -1740,6 +1830,59 @@ mod tests {
         let s3 = step(&t, &s.progress, &stamped, secs(2));
         assert_eq!(s3.progress.phase, Phase::Succeeded);
         assert_eq!(mutations(&s3), vec![]);
+    }
+
+    #[test]
+    fn conflicts_name_the_container_and_what_was_done_to_it() {
+        let t = target(Strategy::Canary);
+        let s = step(
+            &t,
+            &in_canary(),
+            &observed("reg.example/shop/api:1.5"),
+            secs(5),
+        );
+        assert_eq!(
+            s.progress.message,
+            format!(
+                "someone else set container app's image to reg.example/shop/api:1.5 during the \
+                 canary (it was {FROM}); canary removed, workload left as it is"
+            )
+        );
+        let s = step(&t, &promoting(false), &observed(""), secs(160));
+        assert_eq!(
+            s.progress.message,
+            "someone else removed container app from the workload during promotion; left as it is"
+        );
+    }
+
+    #[test]
+    fn readiness_and_rollout_state_read_as_users_expect() {
+        assert_eq!(Phase::Succeeded.ready(), ("True", "Succeeded"));
+        assert_eq!(Phase::RolledBack.ready(), ("False", "RolledBack"));
+        assert_eq!(Phase::Canary.ready(), ("Unknown", "Canary"));
+        let done = RolloutCounts {
+            generation: Some(3),
+            observed_generation: Some(3),
+            desired: 4,
+            total: 4,
+            updated: 4,
+            available: 4,
+        };
+        assert!(done.rolled_out());
+        for not_yet in [
+            RolloutCounts {
+                observed_generation: Some(2),
+                ..done
+            },
+            RolloutCounts { total: 5, ..done },
+            RolloutCounts { updated: 3, ..done },
+            RolloutCounts {
+                available: 3,
+                ..done
+            },
+        ] {
+            assert!(!not_yet.rolled_out(), "{not_yet:?}");
+        }
     }
 
     #[test]
