@@ -214,19 +214,19 @@ impl Drop for DeleteOnDrop {
     }
 }
 
-/// Waits for a Warning Event with `reason` on object `name` of `kind` in
-/// `namespace`; returns its note.
-pub async fn await_warning(
+/// Waits for an Event with `reason` on object `name` of `kind` in
+/// `namespace` whose note contains `note`; returns it.
+pub async fn await_event(
     client: &Client,
     namespace: &str,
-    kind: &str,
-    name: &str,
+    (kind, name): (&str, &str),
     reason: &str,
-) -> anyhow::Result<String> {
+    note: &str,
+) -> anyhow::Result<k8s_openapi::api::events::v1::Event> {
     use k8s_openapi::api::events::v1::Event;
     let events: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let event = wait_for(
-        &format!("a {reason} Event on {kind} {namespace}/{name}"),
+    wait_for(
+        &format!("a {reason} Event on {kind} {namespace}/{name} saying {note:?}"),
         Duration::from_secs(30),
         Duration::from_millis(250),
         || {
@@ -237,11 +237,24 @@ pub async fn await_warning(
                     e.regarding.as_ref().is_some_and(|r| {
                         r.kind.as_deref() == Some(kind) && r.name.as_deref() == Some(name)
                     }) && e.reason.as_deref() == Some(reason)
+                        && e.note.as_deref().unwrap_or_default().contains(note)
                 }))
             }
         },
     )
-    .await?;
+    .await
+}
+
+/// Waits for a Warning Event with `reason` on object `name` of `kind` in
+/// `namespace`; returns its note.
+pub async fn await_warning(
+    client: &Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    reason: &str,
+) -> anyhow::Result<String> {
+    let event = await_event(client, namespace, (kind, name), reason, "").await?;
     anyhow::ensure!(
         event.type_.as_deref() == Some("Warning"),
         "the {reason} Event is not a Warning: {event:?}"

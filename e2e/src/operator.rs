@@ -136,6 +136,25 @@ impl Operator {
         Ok(metric_value(&self.scrape().await?, series).unwrap_or(0.0))
     }
 
+    /// Waits until `series` reads `want`. A counter is bumped just after the
+    /// status write a test observes, so a single scrape could come first.
+    pub async fn await_metric(&self, series: &str, want: f64) -> anyhow::Result<()> {
+        wait_for(
+            &format!("{series} to read {want}"),
+            Duration::from_secs(10),
+            Duration::from_millis(50),
+            || async move {
+                let got = self.metric(series).await?;
+                if got == want {
+                    Ok(Some(()))
+                } else {
+                    bail!("{series} reads {got}")
+                }
+            },
+        )
+        .await
+    }
+
     /// The operator's own `/metrics` text.
     pub async fn scrape(&self) -> anyhow::Result<String> {
         Ok(reqwest::get(format!("{}/metrics", self.url))

@@ -16,12 +16,12 @@ use freshen_core::rollout::{Failure, Phase, Reason, Verdict};
 use freshen_e2e::image::{ImageSpec, Pushed, push};
 use freshen_e2e::operator::Operator;
 use freshen_e2e::{
-    Harness, TestNamespace, await_warning, deployment_with, init_tls, merge_json, wait_for,
-    wait_ready_pods,
+    Harness, TestNamespace, await_event, await_warning, deployment_with, init_tls, merge_json,
+    wait_for, wait_ready_pods,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{ListParams, PostParams};
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 /// One test's namespace, workload, repository and operator.
@@ -180,6 +180,23 @@ impl Scene {
             .unwrap_or_default())
     }
 
+    /// Waits until Deployment `name` exists. The executor stores a phase
+    /// before it acts, so a Refresh seen in Canary may not have its canary
+    /// yet.
+    async fn await_deployment(&self, name: &str) -> anyhow::Result<Deployment> {
+        let api = self.deployments();
+        wait_for(
+            &format!("Deployment {name} to exist"),
+            Duration::from_secs(30),
+            Duration::from_millis(50),
+            || {
+                let api = api.clone();
+                async move { Ok(api.get_opt(name).await?) }
+            },
+        )
+        .await
+    }
+
     async fn await_gone(&self, name: &str) -> anyhow::Result<()> {
         let api = self.deployments();
         wait_for(
@@ -262,7 +279,7 @@ fn phase(r: &Refresh) -> Phase {
 async fn a_new_digest_goes_through_a_canary_and_is_promoted() -> anyhow::Result<()> {
     let s = Scene::new("refresh-promote").await?;
     let v1 = s.push("stable", "v1", 48).await?;
-    s.policy("web", canary("1s", 2)).await?;
+    s.policy("web", canary("1s", 3)).await?;
     s.deploy("web", &v1.pinned(), 2, &[], serde_json::json!({}))
         .await?;
     let operator = s.operator(&[]).await?;
@@ -277,7 +294,7 @@ async fn a_new_digest_goes_through_a_canary_and_is_promoted() -> anyhow::Result<
     assert_eq!(canary_seen.spec.from_image, v1.pinned());
     assert_eq!(canary_seen.spec.to_image, v2.pinned());
     assert_eq!(canary_seen.spec.digest, v2.digest);
-    let canary = s.deployments().get("web-canary").await?;
+    let canary = s.await_deployment("web-canary").await?;
     assert_eq!(canary.spec.as_ref().and_then(|s| s.replicas), Some(1));
     let labels = canary
         .spec
@@ -322,11 +339,12 @@ async fn a_new_digest_goes_through_a_canary_and_is_promoted() -> anyhow::Result<
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"))
         .map(|c| (c.status.clone(), c.reason.clone()));
     assert_eq!(ready, Some(("True".into(), "Succeeded".into())));
-    let metrics = operator.scrape().await?;
-    assert!(
-        metrics.contains(r#"freshen_refreshes_total{outcome="Succeeded",reason="new-digest"} 1"#),
-        "{metrics}"
-    );
+    operator
+        .await_metric(
+            r#"freshen_refreshes_total{outcome="Succeeded",reason="new-digest"}"#,
+            1.0,
+        )
+        .await?;
     // Succeeded: the workload runs the tag's digest, nothing more to do.
     s.await_reconciles(&operator, 3).await?;
     assert_eq!(s.refreshes_of("web").await?.len(), 1);
@@ -391,11 +409,9 @@ async fn a_crash_looping_canary_is_rolled_back_and_its_digest_never_proposed_aga
     assert_eq!(rejected, format!("app@{}", bad.digest));
     let note = await_warning(&s.client, &s.ns.name, "Deployment", "api", "RolledBack").await?;
     assert!(note.contains("CrashLoopBackOff"), "{note}");
-    let metrics = operator.scrape().await?;
-    assert!(
-        metrics.contains(r#"freshen_rollbacks_total{reason="pod-failure"} 1"#),
-        "{metrics}"
-    );
+    operator
+        .await_metric(r#"freshen_rollbacks_total{reason="pod-failure"}"#, 1.0)
+        .await?;
 
     // Later polls do not propose the rejected digest again.
     s.await_reconciles(&operator, 4).await?;
@@ -491,7 +507,8 @@ async fn a_killed_operator_resumes_every_refresh_without_a_second_rollout() -> a
         phase(r) == Phase::Succeeded
     })
     .await?;
-    assert_eq!(s.refreshes_of("cart").await?.len(), 1, "one Refresh");
+    let refreshes = s.refreshes_of("cart").await?;
+    assert_eq!(refreshes.len(), 1, "one Refresh");
     assert_eq!(s.image_of("cart").await?, v2.pinned());
     s.await_gone("cart-canary").await?;
     assert_eq!(
@@ -499,6 +516,74 @@ async fn a_killed_operator_resumes_every_refresh_without_a_second_rollout() -> a
         2,
         "one rollout: the old and the new template"
     );
+    // No step went unannounced, whenever the kills came.
+    let name = refreshes[0].name_any();
+    for reason in ["CanaryStarted", "Promoting", "RefreshSucceeded"] {
+        await_event(&s.client, &s.ns.name, ("Refresh", &name), reason, "").await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_event_stored_but_not_published_is_published_by_the_next_operator() -> anyhow::Result<()>
+{
+    let s = Scene::new("refresh-outbox").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    s.policy("mail", canary("1s", 1)).await?;
+    s.deploy("mail", &v1.pinned(), 1, &[], serde_json::json!({}))
+        .await?;
+    let mut operator = s.operator(&[]).await?;
+    s.push("stable", "v2", 1).await?;
+    let done = s
+        .await_refresh("mail", "Succeeded", Duration::from_secs(60), |r| {
+            phase(r) == Phase::Succeeded
+        })
+        .await?;
+    operator.kill()?;
+    drop(operator);
+    // What an operator killed between storing Succeeded and publishing its
+    // Event leaves behind: the Event in the status, not in the cluster.
+    let name = done.name_any();
+    let note = "stored before the operator was killed";
+    let lost = serde_json::json!({"status": {"pendingEvents": [{
+        "phase": "Succeeded",
+        "kind": "Normal",
+        "reason": "RefreshSucceeded",
+        "note": note,
+    }]}});
+    s.refreshes()
+        .patch_status(&name, &PatchParams::default(), &Patch::Merge(&lost))
+        .await?;
+
+    let operator = s.operator(&[]).await?;
+    let event = await_event(
+        &s.client,
+        &s.ns.name,
+        ("Refresh", &name),
+        "RefreshSucceeded",
+        note,
+    )
+    .await?;
+    assert_eq!(event.type_.as_deref(), Some("Normal"));
+    await_event(
+        &s.client,
+        &s.ns.name,
+        ("Deployment", "mail"),
+        "RefreshSucceeded",
+        note,
+    )
+    .await?;
+    s.await_refresh("mail", "its Events cleared", Duration::from_secs(30), |r| {
+        r.progress().pending_events.is_empty()
+    })
+    .await?;
+    // The new process counts the outcome it announced.
+    operator
+        .await_metric(
+            r#"freshen_refreshes_total{outcome="Succeeded",reason="new-digest"}"#,
+            1.0,
+        )
+        .await?;
     Ok(())
 }
 

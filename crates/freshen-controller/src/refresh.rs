@@ -1,11 +1,13 @@
 //! The Refresh controller: the one executor of rollout actions.
 //!
 //! One reconcile reads top to bottom:
-//! observe (workload, canary and pods from the shared stores; the metric
-//! when a check is due) -> step (pure, `freshen_core::rollout`) -> store the
-//! new progress on the Refresh's resourceVersion (a conflict means another
-//! writer won: act on nothing, look again) -> act (every action idempotent)
-//! -> requeue when the state machine asks.
+//! publish Events a previous run stored but did not publish -> observe
+//! (workload, canary and pods from the shared stores; the metric when a
+//! check is due) -> step (pure, `freshen_core::rollout`) -> store the new
+//! progress, with the Events that announce it, on the Refresh's
+//! resourceVersion (a conflict means another writer won: act on nothing,
+//! look again) -> act (every action idempotent) -> publish the Events and
+//! clear them -> requeue when the state machine asks.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,6 +15,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use freshen_api::Refresh;
 use freshen_api::policy::{READY, condition, set_condition};
+use freshen_api::refresh::RefreshStatus;
 use freshen_api::refresh::{
     CANARY_LABEL, REFRESH_LABEL, REJECTED_DIGESTS, RESTARTED_BY, WORKLOAD_LABEL,
 };
@@ -55,14 +58,26 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         // Not listed yet: the workload would look deleted.
         return Ok(Action::requeue(std::time::Duration::from_millis(500)));
     }
+    let api: Api<Refresh> = Api::namespaced(ctx.client.clone(), &namespace);
+    let workload = ctx
+        .deployments
+        .get(&ObjectRef::new(&refresh.spec.workload).within(&namespace));
+
+    // Events a previous run stored and did not publish (it died, or an
+    // action failed) go out before anything new happens.
+    let refresh = if refresh.progress().pending_events.is_empty() {
+        refresh
+    } else {
+        match publish_pending(&ctx, &api, &refresh, workload.as_deref()).await? {
+            Some(updated) => Arc::new(updated),
+            None => return Ok(Action::requeue(CONFLICT_RETRY)),
+        }
+    };
     let now = Utc::now();
     let target = refresh.target(&name);
     let progress = refresh.progress();
 
     // observe
-    let workload = ctx
-        .deployments
-        .get(&ObjectRef::new(&refresh.spec.workload).within(&namespace));
     let canary_name = canary_name(&refresh.spec.workload);
     let canary = ctx
         .deployments
@@ -109,9 +124,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     let step = rollout::step(&target, &progress, &observed, now);
 
     // store the intent first
-    let api: Api<Refresh> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut status = refresh.status.clone().unwrap_or_default();
-    let phase_changed = step.progress.phase != progress.phase;
     status.progress = step.progress.clone();
     status.observed_generation = refresh.metadata.generation;
     if step.progress.canary_started_at.is_some() {
@@ -128,26 +141,20 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     );
     ready_condition.status = ready.into();
     set_condition(&mut status.conditions, ready_condition);
-    if refresh.status.as_ref() != Some(&status) {
-        let mut updated = (*refresh).clone();
-        updated.status = Some(status);
-        updated.metadata.managed_fields = None;
-        match api
-            .replace_status(&name, &PostParams::default(), &updated)
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 409 => {
-                // Another writer (a second operator, or our own older view)
-                // got there first: do nothing on a stale decision.
+    let stored = if refresh.status.as_ref() == Some(&status) {
+        None
+    } else {
+        match store_status(&api, &refresh, status, "storing progress").await? {
+            Some(stored) => Some(stored),
+            None => {
+                // Another writer (a second operator, or our own older
+                // view) got there first: do nothing on a stale decision.
                 info!("refresh changed meanwhile; stepping again");
-                return Ok(Action::requeue(std::time::Duration::from_millis(200)));
+                return Ok(Action::requeue(CONFLICT_RETRY));
             }
-            Err(e) => return Err(Error::Refresh("storing progress", e)),
         }
-    }
-    if phase_changed {
-        ctx.metrics.refresh_transition(&refresh, &step.progress);
+    };
+    if step.progress.phase != progress.phase {
         info!(from = %progress.phase, to = %step.progress.phase, message = %step.progress.message, "refresh moved");
     }
 
@@ -174,27 +181,88 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
                 let Some(w) = &workload else { continue };
                 reject_digest(&ctx, w, &refresh).await?;
             }
-            Step::Event { kind, reason, note } => {
-                ctx.refresh_event(&refresh, workload.as_deref(), *kind, reason, note.clone())
-                    .await;
-            }
         }
     }
+
+    // announce what was done
+    if let Some(stored) = stored.filter(|r| !r.progress().pending_events.is_empty())
+        && publish_pending(&ctx, &api, &stored, workload.as_deref())
+            .await?
+            .is_none()
+    {
+        return Ok(Action::requeue(CONFLICT_RETRY));
+    }
     if step.progress.phase.is_terminal() {
-        if phase_changed {
-            // The workload may want its next refresh now.
-            if let Some(w) = &workload {
-                let _ = ctx
-                    .workload_trigger
-                    .unbounded_send(ObjectRef::from_obj(w.as_ref()));
-            }
-            prune_history(&ctx, &namespace, &refresh.spec.workload).await;
-        }
         return Ok(Action::await_change());
     }
     Ok(step
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// How soon to look again after losing a write to another writer.
+const CONFLICT_RETRY: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Replaces the Refresh's status, guarded by the resourceVersion it was read
+/// at. Returns the stored object, or `None` when another writer changed the
+/// Refresh first (409).
+async fn store_status(
+    api: &Api<Refresh>,
+    refresh: &Refresh,
+    status: RefreshStatus,
+    what: &'static str,
+) -> Result<Option<Refresh>, Error> {
+    let mut updated = refresh.clone();
+    updated.status = Some(status);
+    updated.metadata.managed_fields = None;
+    match api
+        .replace_status(&refresh.name_any(), &PostParams::default(), &updated)
+        .await
+    {
+        Ok(stored) => Ok(Some(stored)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
+        Err(e) => Err(Error::Refresh(what, e)),
+    }
+}
+
+/// Publishes the Events stored in the Refresh's status (and, for a terminal
+/// phase, its metrics), then clears them. At least once: an operator that
+/// dies before the clear is stored publishes them again. Returns the stored
+/// Refresh, or `None` when another writer changed it first.
+async fn publish_pending(
+    ctx: &Context,
+    api: &Api<Refresh>,
+    refresh: &Refresh,
+    workload: Option<&Deployment>,
+) -> Result<Option<Refresh>, Error> {
+    let mut status = refresh.status.clone().unwrap_or_default();
+    let pending = std::mem::take(&mut status.progress.pending_events);
+    for event in &pending {
+        ctx.refresh_event(
+            refresh,
+            workload,
+            event.kind,
+            &event.reason,
+            event.note.clone(),
+        )
+        .await;
+        if event.phase.is_terminal() {
+            ctx.metrics.refresh_transition(refresh, &status.progress);
+        }
+    }
+    let Some(stored) = store_status(api, refresh, status, "clearing published events").await?
+    else {
+        return Ok(None);
+    };
+    if pending.iter().any(|e| e.phase.is_terminal()) {
+        // The workload may want its next refresh now; older records go.
+        if let Some(w) = workload {
+            let _ = ctx.workload_trigger.unbounded_send(ObjectRef::from_obj(w));
+        }
+        let namespace = refresh.namespace().unwrap_or_default();
+        prune_history(ctx, &namespace, &refresh.spec.workload).await;
+    }
+    Ok(Some(stored))
 }
 
 /// What to do after a failed reconcile: count it and retry later (every

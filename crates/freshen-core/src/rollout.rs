@@ -362,6 +362,11 @@ pub struct Progress {
     /// The last [`MAX_CHECKS`] checks, oldest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub analysis: Vec<Check>,
+    /// Events of phase changes stored but not yet published (an outbox):
+    /// the executor publishes them after acting, or first thing after a
+    /// crash, then clears them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pending_events: Vec<PendingEvent>,
 }
 
 /// Why a refresh did not succeed; bounded, so it can label a metric.
@@ -505,7 +510,8 @@ pub struct Observed {
 }
 
 /// The kind of an Event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum EventKind {
     /// Progress.
     Normal,
@@ -533,15 +539,25 @@ pub enum Action {
     },
     /// Record the target digest as rejected for the workload.
     RejectDigest,
-    /// Publish an Event on the Refresh and the workload.
-    Event {
-        /// Normal or Warning.
-        kind: EventKind,
-        /// CamelCase reason.
-        reason: &'static str,
-        /// The message.
-        note: String,
-    },
+}
+
+/// An Event announcing a phase change, stored with the phase it announces
+/// and cleared once published. Events are not actions: an operator that
+/// dies after storing a phase and before publishing its Event leaves the
+/// Event in the status, and the next reconcile publishes it (at least once).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct PendingEvent {
+    /// The phase it announces; a terminal one is also counted in metrics
+    /// when published.
+    pub phase: Phase,
+    /// Normal or Warning.
+    pub kind: EventKind,
+    /// CamelCase reason.
+    pub reason: String,
+    /// The message.
+    pub note: String,
 }
 
 /// The result of one [`step`].
@@ -626,11 +642,7 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
                     next.message =
                         format!("canary of {replicas} pod(s) running {}", target.to_image);
                     actions.push(Action::CreateCanary { replicas });
-                    actions.push(event(
-                        EventKind::Normal,
-                        "CanaryStarted",
-                        next.message.clone(),
-                    ));
+                    announce(&mut next, EventKind::Normal, "CanaryStarted");
                 }
                 Strategy::Rolling => promote(target, &mut next, &mut actions, now),
             }
@@ -674,8 +686,14 @@ fn done(progress: Progress, actions: Vec<Action>) -> Step {
     }
 }
 
-fn event(kind: EventKind, reason: &'static str, note: String) -> Action {
-    Action::Event { kind, reason, note }
+/// Stores the Event announcing the phase `next` just entered.
+fn announce(next: &mut Progress, kind: EventKind, reason: &str) {
+    next.pending_events.push(PendingEvent {
+        phase: next.phase,
+        kind,
+        reason: reason.to_owned(),
+        note: next.message.clone(),
+    });
 }
 
 /// Stops without undoing anything on the workload.
@@ -695,7 +713,7 @@ fn fail(
     if observed.canary_exists || next.canary_started_at.is_some() {
         actions.push(Action::DeleteCanary);
     }
-    actions.push(event(EventKind::Warning, "RefreshFailed", note));
+    announce(next, EventKind::Warning, "RefreshFailed");
 }
 
 fn promote(target: &Target, next: &mut Progress, actions: &mut Vec<Action>, now: DateTime<Utc>) {
@@ -706,13 +724,12 @@ fn promote(target: &Target, next: &mut Progress, actions: &mut Vec<Action>, now:
         image: target.to_image.clone(),
         stamp: target.restarts(),
     });
-    actions.push(event(EventKind::Normal, "Promoting", next.message.clone()));
+    announce(next, EventKind::Normal, "Promoting");
 }
 
 fn roll_back(
     target: &Target,
     next: &mut Progress,
-    actions: &mut Vec<Action>,
     failure: Failure,
     why: String,
     now: DateTime<Utc>,
@@ -722,11 +739,7 @@ fn roll_back(
     next.rollback_started_at = Some(now);
     next.message = format!("rolling back {}: {why}", target.to_image);
     next.cause = why;
-    actions.push(event(
-        EventKind::Warning,
-        "RollingBack",
-        next.message.clone(),
-    ));
+    announce(next, EventKind::Warning, "RollingBack");
 }
 
 /// Health of a set of pods; `Err` fails at once.
@@ -866,7 +879,7 @@ fn canary(
                     message: why.clone(),
                 },
             );
-            roll_back(target, next, actions, failure, format!("canary {why}"), now);
+            roll_back(target, next, failure, format!("canary {why}"), now);
             actions.push(Action::DeleteCanary);
             actions.push(Action::RejectDigest);
             return;
@@ -891,7 +904,7 @@ fn canary(
                 message: why.clone(),
             },
         );
-        roll_back(target, next, actions, Failure::Timeout, why, now);
+        roll_back(target, next, Failure::Timeout, why, now);
         actions.push(Action::DeleteCanary);
         actions.push(Action::RejectDigest);
         return;
@@ -936,14 +949,7 @@ fn canary(
     match verdict {
         Verdict::Fail => {
             let failure = Failure::Metric;
-            roll_back(
-                target,
-                next,
-                actions,
-                failure,
-                format!("canary {message}"),
-                now,
-            );
+            roll_back(target, next, failure, format!("canary {message}"), now);
             actions.push(Action::DeleteCanary);
             actions.push(Action::RejectDigest);
         }
@@ -953,7 +959,7 @@ fn canary(
                 promote(target, next, actions, now);
             } else if checks >= settings.iterations.max(1).saturating_mul(2) {
                 let why = format!("only {passes} of {checks} checks passed");
-                roll_back(target, next, actions, Failure::Inconclusive, why, now);
+                roll_back(target, next, Failure::Inconclusive, why, now);
                 actions.push(Action::DeleteCanary);
                 actions.push(Action::RejectDigest);
             } else {
@@ -1018,11 +1024,7 @@ fn promoting(
             if observed.canary_exists || next.canary_started_at.is_some() {
                 actions.push(Action::DeleteCanary);
             }
-            actions.push(event(
-                EventKind::Normal,
-                "RefreshSucceeded",
-                next.message.clone(),
-            ));
+            announce(next, EventKind::Normal, "RefreshSucceeded");
         }
         Err((failure, why)) => {
             let ready = u32::try_from(observed.new_pods.iter().filter(|p| p.ready).count())
@@ -1040,7 +1042,7 @@ fn promoting(
                     message: why.clone(),
                 },
             );
-            roll_back(target, next, actions, failure, why, now);
+            roll_back(target, next, failure, why, now);
             actions.push(Action::DeleteCanary);
             actions.push(Action::SetImage {
                 image: target.from_image.clone(),
@@ -1084,7 +1086,7 @@ fn rolling_back(
         next.phase = Phase::Failed;
         next.finished_at = Some(now);
         next.message = note.clone();
-        actions.push(event(EventKind::Warning, "RefreshFailed", note));
+        announce(next, EventKind::Warning, "RefreshFailed");
         return;
     }
     if observed.canary_exists {
@@ -1101,11 +1103,7 @@ fn rolling_back(
         "rolled back {}: {}{restored_note}",
         target.to_image, next.cause
     );
-    actions.push(event(
-        EventKind::Warning,
-        "RolledBack",
-        next.message.clone(),
-    ));
+    announce(next, EventKind::Warning, "RolledBack");
 }
 
 fn requeue(target: &Target, progress: &Progress, now: DateTime<Utc>) -> Option<Duration> {
@@ -1223,20 +1221,15 @@ mod tests {
     }
 
     fn mutations(step: &Step) -> Vec<Action> {
-        step.actions
-            .iter()
-            .filter(|a| !matches!(a, Action::Event { .. }))
-            .cloned()
-            .collect()
+        step.actions.clone()
     }
 
-    fn events(step: &Step) -> Vec<(EventKind, &'static str)> {
-        step.actions
+    /// The Events the step stored to be published.
+    fn events(step: &Step) -> Vec<(EventKind, String)> {
+        step.progress
+            .pending_events
             .iter()
-            .filter_map(|a| match a {
-                Action::Event { kind, reason, .. } => Some((*kind, *reason)),
-                _ => None,
-            })
+            .map(|e| (e.kind, e.reason.clone()))
             .collect()
     }
 
@@ -1610,6 +1603,14 @@ mod tests {
                     "{}: event kind",
                     c.name
                 );
+                assert!(
+                    step.progress
+                        .pending_events
+                        .iter()
+                        .all(|e| e.phase == c.phase && e.note == step.progress.message),
+                    "{}: the Event announces the new phase with its message",
+                    c.name
+                );
             } else {
                 assert!(
                     events(&step).is_empty(),
@@ -1626,6 +1627,40 @@ mod tests {
                 c.name
             );
         }
+    }
+
+    #[test]
+    fn an_event_stored_but_not_published_survives_the_next_step() {
+        // The operator stored Canary with its Event and died before
+        // publishing it; the next step must not drop it.
+        let t = target(Strategy::Canary);
+        let started = step(&t, &Progress::default(), &observed(FROM), t0());
+        assert_eq!(
+            events(&started),
+            vec![(EventKind::Normal, "CanaryStarted".into())]
+        );
+        let crashed = Observed {
+            canary_exists: true,
+            canary_pods: vec![pod(false, 3, &["CrashLoopBackOff"])],
+            ..observed(FROM)
+        };
+        let next = step(&t, &started.progress, &crashed, secs(5));
+        assert_eq!(
+            events(&next),
+            vec![
+                (EventKind::Normal, "CanaryStarted".into()),
+                (EventKind::Warning, "RollingBack".into()),
+            ],
+            "oldest first"
+        );
+        // Once published and cleared, a step without a phase change adds
+        // none.
+        let published = Progress {
+            pending_events: vec![],
+            ..started.progress
+        };
+        let waiting = step(&t, &published, &healthy_canary(), secs(1));
+        assert!(events(&waiting).is_empty());
     }
 
     /// Runs steps at the given times, applying the canary's creation to the
