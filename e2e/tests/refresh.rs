@@ -472,6 +472,85 @@ async fn a_failure_after_promotion_restores_the_previous_image_exactly() -> anyh
 }
 
 #[tokio::test]
+async fn an_edit_of_the_template_during_the_canary_stops_the_refresh_until_told_to_retry()
+-> anyhow::Result<()> {
+    let s = Scene::new("refresh-conflict").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    s.policy("inv", canary("2s", 5)).await?;
+    s.deploy("inv", &v1.pinned(), 2, &[], serde_json::json!({}))
+        .await?;
+    let _operator = s.operator(&[]).await?;
+    let v2 = s.push("stable", "v2", 1).await?;
+    s.await_refresh("inv", "in Canary", Duration::from_secs(30), |r| {
+        phase(r) == Phase::Canary
+    })
+    .await?;
+    s.await_deployment("inv-canary").await?;
+
+    // Someone changes the workload (not its image) while the canary runs:
+    // the canary tested a template that is no longer the workload's.
+    let env = serde_json::json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "app", "env": [{"name": "MODE", "value": "edited"}]}
+    ]}}}});
+    s.deployments()
+        .patch("inv", &PatchParams::default(), &Patch::Strategic(&env))
+        .await?;
+    let failed = s
+        .await_refresh("inv", "Failed", Duration::from_secs(30), |r| {
+            phase(r) == Phase::Failed
+        })
+        .await?;
+    let progress = failed.progress();
+    assert_eq!(progress.failure, Some(Failure::Conflict), "{progress:?}");
+    assert!(
+        progress
+            .message
+            .contains("someone else changed the workload's pod template during the canary"),
+        "{}",
+        progress.message
+    );
+    s.await_gone("inv-canary").await?;
+    assert_eq!(s.image_of("inv").await?, v1.pinned(), "nothing overwritten");
+    let env_of = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers[0].env.clone())
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.name.clone())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(env_of(&s.deployments().get("inv").await?), ["MODE"]);
+
+    // Not tried again on its own, and the workload says why and what to do.
+    let note = await_warning(
+        &s.client,
+        &s.ns.name,
+        "Deployment",
+        "inv",
+        "RefreshNotRetried",
+    )
+    .await?;
+    assert!(note.contains(&failed.name_any()), "{note}");
+    assert!(note.contains("Delete that Refresh to try again"), "{note}");
+    assert_eq!(s.refreshes_of("inv").await?.len(), 1);
+
+    // Deleting the failed Refresh is the way to ask for another attempt.
+    s.refreshes()
+        .delete(&failed.name_any(), &Default::default())
+        .await?;
+    s.await_refresh("inv", "the retry Succeeded", Duration::from_secs(90), |r| {
+        phase(r) == Phase::Succeeded
+    })
+    .await?;
+    let inv = s.deployments().get("inv").await?;
+    assert_eq!(s.image_of("inv").await?, v2.pinned());
+    assert_eq!(env_of(&inv), ["MODE"], "the edit is kept");
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_killed_operator_resumes_every_refresh_without_a_second_rollout() -> anyhow::Result<()> {
     let s = Scene::new("refresh-crash").await?;
     let v1 = s.push("stable", "v1", 48).await?;

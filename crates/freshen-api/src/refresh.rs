@@ -73,6 +73,11 @@ pub struct RefreshSpec {
     pub digest: String,
     /// Rollout settings, frozen at creation.
     pub rollout: Settings,
+    /// Fingerprint of the workload's pod template apart from the container's
+    /// image and the restart stamp, when the Refresh was created: any other
+    /// change to the template during the refresh is a conflict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_fingerprint: Option<String>,
 }
 
 /// What freshen reports on a Refresh.
@@ -105,6 +110,7 @@ impl Refresh {
             from_image: self.spec.from_image.clone(),
             to_image: self.spec.to_image.clone(),
             settings: self.spec.rollout.clone(),
+            template: self.spec.template_fingerprint.clone(),
         }
     }
 

@@ -17,6 +17,7 @@ use freshen_registry::{Keychain, Platform};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info};
 
@@ -161,6 +162,21 @@ pub async fn consider(
         .find(|v| v.container == proposal.container)
         .and_then(|v| v.oldest_start);
     let refresh_name = plan::refresh_name(&name, &proposal, oldest_start);
+    if let Some(previous) = ctx
+        .refreshes
+        .get(&ObjectRef::new(&refresh_name).within(&namespace))
+    {
+        let progress = previous.progress();
+        if !progress.phase.is_terminal() {
+            return Ok(Outcome::Started(refresh_name));
+        }
+        return Ok(
+            match plan::after_ended(&proposal, refresh_name, progress.phase, progress.cause) {
+                Some(hold) => Outcome::Held(hold, None),
+                None => Outcome::Nothing,
+            },
+        );
+    }
     let running = views
         .iter()
         .find(|v| v.container == proposal.container)
@@ -185,6 +201,7 @@ pub async fn consider(
             to_digest: short(&proposal.digest),
             digest: proposal.digest.to_string(),
             rollout: prefs.settings_for(proposal.reason),
+            template_fingerprint: crate::refresh::template_fingerprint(deploy, &proposal.container),
         },
         status: None,
     };
@@ -228,9 +245,4 @@ pub fn rejected(ctx: &Context, deploy: &Deployment) -> Vec<(String, freshen_core
 /// Time until `t`, for a requeue.
 pub fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Duration {
     (t - now).to_std().unwrap_or_default()
-}
-
-/// Whether a refresh hold deserves a Warning Event (GitOps: someone must act).
-pub fn warns(hold: &Hold) -> bool {
-    matches!(hold, Hold::GitOps(_))
 }

@@ -300,6 +300,7 @@ pub fn workload_state(deploy: &Deployment, container: &str) -> Option<WorkloadSt
     .rolled_out();
     Some(WorkloadState {
         image,
+        template: template_fingerprint(deploy, container).unwrap_or_default(),
         restart_token: spec
             .template
             .metadata
@@ -309,6 +310,45 @@ pub fn workload_state(deploy: &Deployment, container: &str) -> Option<WorkloadSt
         replicas,
         rolled_out,
     })
+}
+
+/// The fingerprint of `deploy`'s pod template apart from what a refresh
+/// itself changes: `container`'s image and freshen's restart stamp. Any
+/// other edit (an env var, a limit, `kubectl rollout restart`) changes it.
+pub fn template_fingerprint(deploy: &Deployment, container: &str) -> Option<String> {
+    let mut template = serde_json::to_value(&deploy.spec.as_ref()?.template).ok()?;
+    if let Some(containers) = template
+        .pointer_mut("/spec/containers")
+        .and_then(serde_json::Value::as_array_mut)
+    {
+        for c in containers.iter_mut().filter(|c| c["name"] == container) {
+            if let Some(c) = c.as_object_mut() {
+                c.remove("image");
+            }
+        }
+    }
+    if let Some(meta) = template
+        .get_mut("metadata")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        // The stamp may be the template's only annotation: adding it must
+        // not show as a change either.
+        if let Some(annotations) = meta
+            .get_mut("annotations")
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            annotations.remove(RESTARTED_BY);
+            if annotations.is_empty() {
+                meta.remove("annotations");
+            }
+        }
+        if meta.is_empty()
+            && let Some(t) = template.as_object_mut()
+        {
+            t.remove("metadata");
+        }
+    }
+    Some(freshen_core::plan::fingerprint(&template.to_string()))
 }
 
 /// The active Refresh of the workload `name` in `namespace`, if any.
@@ -642,6 +682,7 @@ mod tests {
                 to_digest: "222222222222".into(),
                 digest: "sha256:22".into(),
                 rollout: Settings::default(),
+                template_fingerprint: None,
             },
         );
         r.metadata.uid = Some("r-uid".into());
@@ -657,6 +698,7 @@ mod tests {
             Some(WorkloadState {
                 image: "reg/web:1".into(),
                 restart_token: Some("old".into()),
+                template: template_fingerprint(&d, "app").unwrap_or_default(),
                 replicas: 4,
                 rolled_out: true,
             })
@@ -677,6 +719,90 @@ mod tests {
             workload_state(&old_pods_left, "app").map(|w| w.rolled_out),
             Some(false)
         );
+    }
+
+    #[test]
+    fn the_template_fingerprint_ignores_only_what_a_refresh_changes() {
+        let edited = |edit: &dyn Fn(&mut k8s_openapi::api::core::v1::PodTemplateSpec)| {
+            let mut d = deploy();
+            if let Some(s) = d.spec.as_mut() {
+                edit(&mut s.template);
+            }
+            template_fingerprint(&d, "app")
+        };
+        let container = |t: &mut k8s_openapi::api::core::v1::PodTemplateSpec, i: usize| {
+            t.spec
+                .as_mut()
+                .map(|s| s.containers[i].clone())
+                .unwrap_or_default()
+        };
+        let set = |t: &mut k8s_openapi::api::core::v1::PodTemplateSpec,
+                   i: usize,
+                   c: k8s_openapi::api::core::v1::Container| {
+            if let Some(s) = t.spec.as_mut() {
+                s.containers[i] = c;
+            }
+        };
+        let annotations = |t: &mut k8s_openapi::api::core::v1::PodTemplateSpec,
+                           a: Option<BTreeMap<String, String>>| {
+            if let Some(m) = t.metadata.as_mut() {
+                m.annotations = a;
+            }
+        };
+        let one = |k: &str, v: &str| Some(BTreeMap::from([(k.to_owned(), v.to_owned())]));
+        let before = edited(&|_| {});
+        assert!(before.as_ref().is_some_and(|f| f.len() == 16));
+
+        // What a refresh changes: the container's image, the stamp.
+        let pinned = edited(&|t| {
+            let mut c = container(t, 0);
+            c.image = Some("reg/web@sha256:1".into());
+            set(t, 0, c);
+        });
+        assert_eq!(pinned, before);
+        let restamped = edited(&|t| annotations(t, one(RESTARTED_BY, "web-app-restart-1")));
+        assert_eq!(restamped, before);
+
+        // Someone else's edits.
+        let sidecar = edited(&|t| {
+            let mut c = container(t, 1);
+            c.image = Some("reg/proxy:3".into());
+            set(t, 1, c);
+        });
+        assert_ne!(sidecar, before);
+        let env = edited(&|t| {
+            let mut c = container(t, 0);
+            c.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
+                name: "A".into(),
+                value: Some("1".into()),
+                ..Default::default()
+            }]);
+            set(t, 0, c);
+        });
+        assert_ne!(env, before);
+        let kubectl_restart = edited(&|t| {
+            annotations(
+                t,
+                one("kubectl.kubernetes.io/restartedAt", "2026-11-22T10:00:00Z"),
+            );
+        });
+        assert_ne!(kubectl_restart, before);
+
+        // The stamp as the template's only annotation (or its only
+        // metadata): adding it is no change either.
+        assert_eq!(
+            edited(&|t| annotations(t, one(RESTARTED_BY, "r"))),
+            edited(&|t| annotations(t, None))
+        );
+        let bare = |stamped: bool| {
+            edited(&move |t| {
+                t.metadata = stamped.then(|| ObjectMeta {
+                    annotations: one(RESTARTED_BY, "r"),
+                    ..ObjectMeta::default()
+                });
+            })
+        };
+        assert_eq!(bare(true), bare(false));
     }
 
     #[test]

@@ -201,9 +201,11 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     };
     if let Ok(Outcome::Held(hold, _)) = &outcome {
         let before = previous_hold.as_ref();
-        if planner::warns(hold) && before != refresh_hold.as_ref() {
+        if let Some(reason) = hold.warning_reason()
+            && before != refresh_hold.as_ref()
+        {
             warn!(%hold, "refresh held");
-            ctx.warn(&deploy, "GitOpsManaged", hold.to_string()).await;
+            ctx.warn(&deploy, reason, hold.to_string()).await;
         }
     }
 

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use crate::age::elapsed;
 use crate::image::{Digest, ImageReference};
 use crate::policy::{LimitKind, Violation};
-use crate::rollout::{MetricCheck, Reason, Settings, Strategy};
+use crate::rollout::{MetricCheck, Phase, Reason, Settings, Strategy};
 use crate::window::{self, Window};
 
 /// What the planner knows about one container.
@@ -143,6 +143,30 @@ pub enum Hold {
     OperatorLimit(u32),
     /// The new digest is younger than `minDigestAge`; old enough then.
     Soaking(DateTime<Utc>),
+    /// The Refresh for this very target already ended (failed, rolled back,
+    /// or succeeded and was undone since). A target is tried once: freshen
+    /// does not fight whoever changed the workload; deleting that Refresh
+    /// allows another attempt.
+    Ended {
+        /// The Refresh's name (deterministic for the target).
+        refresh: String,
+        /// How it ended.
+        phase: Phase,
+        /// Why, when it did not succeed.
+        cause: String,
+    },
+}
+
+impl Hold {
+    /// The reason of the Warning Event a hold deserves: someone must act on
+    /// it. Holds that clear by themselves (windows, limits) get none.
+    pub fn warning_reason(&self) -> Option<&'static str> {
+        match self {
+            Self::GitOps(_) => Some("GitOpsManaged"),
+            Self::Ended { .. } => Some("RefreshNotRetried"),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for Hold {
@@ -177,6 +201,20 @@ impl fmt::Display for Hold {
                 "the new digest soaks (minDigestAge) until {}",
                 t.to_rfc3339()
             ),
+            Self::Ended {
+                refresh,
+                phase,
+                cause,
+            } => {
+                write!(f, "Refresh {refresh} of the same target ended {phase}")?;
+                if !cause.is_empty() {
+                    write!(f, " ({cause})")?;
+                }
+                write!(
+                    f,
+                    "; freshen tries a target once. Delete that Refresh to try again"
+                )
+            }
         }
     }
 }
@@ -254,6 +292,26 @@ pub fn wanted(
                 None,
             )
         })
+}
+
+/// What a proposal comes to when the Refresh under its deterministic name
+/// already ended with `phase`: `None` when that Refresh reached the target
+/// and the workload still asks for it (its pods are converging), else a
+/// hold that says so. A target is tried once.
+pub fn after_ended(
+    proposal: &Proposal,
+    refresh: String,
+    phase: Phase,
+    cause: String,
+) -> Option<Hold> {
+    if phase == Phase::Succeeded && proposal.from_image == proposal.to_image {
+        return None;
+    }
+    Some(Hold::Ended {
+        refresh,
+        phase,
+        cause,
+    })
 }
 
 /// Whether to start a refresh now.
@@ -415,6 +473,15 @@ fn fnv1a(s: &str) -> u32 {
     s.bytes().fold(0x811c_9dc5_u32, |h, b| {
         (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
     })
+}
+
+/// A stable fingerprint of `text` (FNV-1a, 64 bits, 16 hex digits): stored
+/// in Refreshes, so it must not change between operator versions.
+pub fn fingerprint(text: &str) -> String {
+    let hash = text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }
 
 /// The deterministic name of the Refresh for a proposal: the same target
@@ -696,6 +763,66 @@ mod tests {
     }
 
     #[test]
+    fn holds_someone_must_act_on_warn_and_say_what_to_do() {
+        let ended = Hold::Ended {
+            refresh: "web-app-0e6ac8d2f1b4".into(),
+            phase: Phase::Failed,
+            cause: "someone else set container app's image to x:1".into(),
+        };
+        assert_eq!(ended.warning_reason(), Some("RefreshNotRetried"));
+        assert_eq!(
+            ended.to_string(),
+            "Refresh web-app-0e6ac8d2f1b4 of the same target ended Failed (someone else set \
+             container app's image to x:1); freshen tries a target once. Delete that Refresh to \
+             try again"
+        );
+        // Succeeded and the template has the image: pods converging, quiet.
+        let p = Proposal {
+            reason: Reason::ContainerTooOld,
+            container: "app".into(),
+            from_image: "r/app@sha256:1".into(),
+            to_image: "r/app@sha256:1".into(),
+            digest: digest('1'),
+        };
+        assert_eq!(
+            after_ended(&p, "r".into(), Phase::Succeeded, String::new()),
+            None
+        );
+        // Changed back since: held, loudly.
+        let undone = Proposal {
+            from_image: "r/app:old".into(),
+            ..p
+        };
+        assert!(matches!(
+            after_ended(&undone, "r".into(), Phase::Succeeded, String::new()),
+            Some(Hold::Ended {
+                phase: Phase::Succeeded,
+                ..
+            })
+        ));
+        assert!(matches!(
+            after_ended(&undone, "r".into(), Phase::Failed, "x".into()),
+            Some(Hold::Ended {
+                phase: Phase::Failed,
+                ..
+            })
+        ));
+        assert_eq!(
+            Hold::GitOps(GitOps::ArgoCd).warning_reason(),
+            Some("GitOpsManaged")
+        );
+        for quiet in [
+            Hold::Suspended,
+            Hold::OutsideWindow(None),
+            Hold::PolicyLimit(1),
+            Hold::OperatorLimit(1),
+            Hold::Active("x".into()),
+        ] {
+            assert_eq!(quiet.warning_reason(), None, "{quiet}");
+        }
+    }
+
+    #[test]
     fn gitops_managers_are_known_by_their_tracking_keys() {
         let map = |k: &str| BTreeMap::from([(k.to_owned(), "x".to_owned())]);
         let none = BTreeMap::new();
@@ -720,6 +847,15 @@ mod tests {
             gitops_manager(&map("app.kubernetes.io/instance"), &none),
             None
         );
+    }
+
+    #[test]
+    fn fingerprints_are_the_published_fnv1a_64() {
+        // Reference values of FNV-1a 64: fingerprints stored by one version
+        // must match the next.
+        assert_eq!(fingerprint(""), "cbf29ce484222325");
+        assert_eq!(fingerprint("a"), "af63dc4c8601ec8c");
+        assert_eq!(fingerprint("foobar"), "85944171f73967e8");
     }
 
     #[test]

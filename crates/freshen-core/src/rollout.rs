@@ -170,6 +170,11 @@ pub struct Target {
     pub to_image: String,
     /// Frozen rollout settings.
     pub settings: Settings,
+    /// Fingerprint of the workload's pod template apart from this
+    /// container's image and the restart stamp, as it was when the refresh
+    /// was planned; any other change to the template is someone else's.
+    /// `None` (a Refresh recorded without one): only the image is compared.
+    pub template: Option<String>,
 }
 
 impl Target {
@@ -177,6 +182,12 @@ impl Target {
     /// only changing the image.
     pub fn restarts(&self) -> bool {
         self.reason == Reason::ContainerTooOld
+    }
+
+    /// Whether someone else changed the pod template beyond what this
+    /// refresh changes (the container's image, the restart stamp).
+    fn template_changed(&self, w: &WorkloadState) -> bool {
+        self.template.as_ref().is_some_and(|t| *t != w.template)
     }
 
     /// Whether the workload's template carries this refresh's change.
@@ -444,6 +455,9 @@ pub struct WorkloadState {
     pub image: String,
     /// The template's restart stamp (`freshen.dev/restarted-by`).
     pub restart_token: Option<String>,
+    /// Fingerprint of the template apart from the target container's image
+    /// and the restart stamp (compared with [`Target::template`]).
+    pub template: String,
     /// `spec.replicas`.
     pub replicas: u32,
     /// Whether the Deployment controller has seen the latest spec and every
@@ -618,11 +632,12 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
     }
     match progress.phase {
         Phase::Pending | Phase::Rebuilding => {
-            if !target.original(workload) && !target.applied(workload) {
+            if target.template_changed(workload)
+                || (!target.original(workload) && !target.applied(workload))
+            {
                 let note = format!(
-                    "{} (it was {}); nothing was changed",
+                    "{}; nothing was changed",
                     changed(target, workload, "before the refresh started"),
-                    target.from_image
                 );
                 fail(
                     &mut next,
@@ -670,11 +685,13 @@ fn changed(target: &Target, workload: &WorkloadState, when: &str) -> String {
             "someone else removed container {} from the workload {when}",
             target.container
         )
-    } else {
+    } else if workload.image != target.from_image && workload.image != target.to_image {
         format!(
-            "someone else set container {}'s image to {} {when}",
-            target.container, workload.image
+            "someone else set container {}'s image to {} {when} (it was {})",
+            target.container, workload.image, target.from_image
         )
+    } else {
+        format!("someone else changed the workload's pod template {when}")
     }
 }
 
@@ -847,11 +864,10 @@ fn canary(
     now: DateTime<Utc>,
 ) {
     let settings = &target.settings;
-    if !target.original(workload) {
+    if target.template_changed(workload) || !target.original(workload) {
         let note = format!(
-            "{} (it was {}); canary removed, workload left as it is",
+            "{}; canary removed, workload left as it is",
             changed(target, workload, "during the canary"),
-            target.from_image
         );
         fail(next, actions, observed, Failure::Conflict, note, now);
         return;
@@ -981,6 +997,14 @@ fn promoting(
     now: DateTime<Utc>,
 ) {
     let settings = &target.settings;
+    if target.template_changed(workload) {
+        let note = format!(
+            "{}; left as it is",
+            changed(target, workload, "during promotion")
+        );
+        fail(next, actions, observed, Failure::Conflict, note, now);
+        return;
+    }
     if target.applied(workload) {
         if next.patched_at.is_none() {
             next.patched_at = Some(now);
@@ -1166,15 +1190,32 @@ mod tests {
                 strategy,
                 ..Settings::default()
             },
+            template: Some(TEMPLATE.into()),
         }
     }
+
+    /// The template fingerprint the Refresh was planned with.
+    const TEMPLATE: &str = "0123456789abcdef";
 
     fn workload(image: &str) -> WorkloadState {
         WorkloadState {
             image: image.into(),
             restart_token: None,
+            template: TEMPLATE.into(),
             replicas: 4,
             rolled_out: true,
+        }
+    }
+
+    /// The workload with `image` and someone else's change elsewhere in its
+    /// pod template (an env var, a resource limit).
+    fn edited(image: &str) -> Observed {
+        Observed {
+            workload: Some(WorkloadState {
+                template: "fedcba9876543210".into(),
+                ..workload(image)
+            }),
+            ..Observed::default()
         }
     }
 
@@ -1443,6 +1484,48 @@ mod tests {
             .expect(Phase::Failed, vec![Action::DeleteCanary])
             .failing(Failure::Conflict),
             case(
+                "pending, the template edited meanwhile: fail, touch nothing",
+                Progress::default(),
+                edited(FROM),
+                t0(),
+            )
+            .expect(Phase::Failed, vec![])
+            .failing(Failure::Conflict),
+            case(
+                "template edited during the canary (same image): fail, no promotion",
+                in_canary(),
+                Observed {
+                    canary_exists: true,
+                    canary_pods: vec![pod(true, 0, &[])],
+                    ..edited(FROM)
+                },
+                secs(150),
+            )
+            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .failing(Failure::Conflict),
+            case(
+                "template edited after the patch: fail, overwrite nothing",
+                promoting(true),
+                edited(TO),
+                secs(160),
+            )
+            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .failing(Failure::Conflict),
+            case(
+                "a Refresh recorded without a fingerprint compares the image only",
+                in_canary(),
+                Observed {
+                    canary_exists: true,
+                    ..edited(FROM)
+                },
+                secs(5),
+            )
+            .with(Target {
+                template: None,
+                ..target(Strategy::Canary)
+            })
+            .expect(Phase::Canary, vec![]),
+            case(
                 "workload deleted mid-refresh",
                 in_canary(),
                 Observed {
@@ -1539,6 +1622,14 @@ mod tests {
                 Phase::RollingBack,
                 vec![Action::DeleteCanary, Action::RejectDigest],
             )
+            .failing(Failure::PodFailure),
+            case(
+                "rolling back, the template edited too: still restore our image",
+                rolling_back(true),
+                edited(TO),
+                secs(201),
+            )
+            .expect(Phase::RollingBack, vec![Action::RejectDigest, set(FROM)])
             .failing(Failure::PodFailure),
             case("rolled back", rolling_back(true), observed(FROM), secs(202))
                 .expect(Phase::RolledBack, vec![Action::RejectDigest])
@@ -1887,6 +1978,12 @@ mod tests {
         assert_eq!(
             s.progress.message,
             "someone else removed container app from the workload during promotion; left as it is"
+        );
+        let s = step(&t, &in_canary(), &edited(FROM), secs(5));
+        assert_eq!(
+            s.progress.message,
+            "someone else changed the workload's pod template during the canary; canary \
+             removed, workload left as it is"
         );
     }
 
