@@ -49,11 +49,40 @@ impl Operator {
     /// Prometheus scrapes) with `extra` arguments, and waits until /readyz
     /// says its caches are synced.
     pub async fn start(harness: &Harness, extra: &[&str]) -> anyhow::Result<Self> {
-        Self::start_at(harness, &harness.operator_metrics_addr, extra).await
+        let operator = Self::start_at(harness, &harness.operator_metrics_addr, extra).await?;
+        operator.await_leading().await?;
+        Ok(operator)
+    }
+
+    /// Waits until the operator leads (it holds the Lease, or election is
+    /// off) and its caches are synced. A standby's /readyz is ready at once:
+    /// it watches nothing.
+    pub async fn await_leading(&self) -> anyhow::Result<()> {
+        let readyz = format!("{}/readyz", self.url);
+        wait_for(
+            "the operator to lead, with its caches synced",
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            || {
+                let readyz = readyz.clone();
+                async move {
+                    // freshen_leader is set after the watches are
+                    // registered: read it before /readyz.
+                    if self.metric("freshen_leader").await? != 1.0 {
+                        return Ok(None);
+                    }
+                    let status = reqwest::get(&readyz).await?.status();
+                    Ok(status.is_success().then_some(()))
+                }
+            },
+        )
+        .await
+        .with_context(|| format!("operator log: {}", self.log.display()))
     }
 
     /// Starts `freshen run` with its endpoints on `addr` (a second operator
-    /// beside the one Prometheus scrapes).
+    /// beside the one Prometheus scrapes) and waits until it serves /readyz,
+    /// as leader or standby.
     pub async fn start_at(harness: &Harness, addr: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let bin = binary();
         if !bin.exists() {

@@ -20,6 +20,7 @@ use freshen_e2e::{
     wait_for, wait_ready_pods,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -121,9 +122,22 @@ impl Scene {
     }
 
     async fn operator(&self, extra: &[&str]) -> anyhow::Result<Operator> {
-        let mut args = vec!["--poll-interval", "2s", "--namespace", &self.ns.name];
+        let mut args = self.operator_args();
         args.extend_from_slice(extra);
         Operator::start(&self.harness, &args).await
+    }
+
+    /// Every operator's arguments: this namespace (its Lease too), a short
+    /// poll, and a short Lease so that one SIGKILLed is replaced quickly.
+    fn operator_args(&self) -> Vec<&str> {
+        vec![
+            "--poll-interval",
+            "2s",
+            "--namespace",
+            &self.ns.name,
+            "--leader-elect-lease-duration",
+            "3s",
+        ]
     }
 
     /// Refreshes of `workload`.
@@ -673,12 +687,15 @@ async fn two_operators_racing_make_one_refresh_and_one_rollout() -> anyhow::Resu
     s.policy("race", canary("1s", 2)).await?;
     s.deploy("race", &v1.pinned(), 2, &[], serde_json::json!({}))
         .await?;
-    // Two operators (as during a botched upgrade, or without leader
-    // election) step the same Refresh: status writes are guarded by the
-    // Refresh's resourceVersion, image patches by the Deployment's.
-    let _first = s.operator(&[]).await?;
-    let args = ["--poll-interval", "2s", "--namespace", &s.ns.name];
-    let _second = Operator::start_at(&s.harness, "127.0.0.1:18089", &args).await?;
+    // Two operators acting at once (leader election off, or a leader
+    // paused past its Lease) step the same Refresh: status writes are
+    // guarded by the Refresh's resourceVersion, image patches by the
+    // Deployment's.
+    let _first = s.operator(&["--leader-elect=false"]).await?;
+    let mut args = s.operator_args();
+    args.push("--leader-elect=false");
+    let second = Operator::start_at(&s.harness, "127.0.0.1:18089", &args).await?;
+    second.await_leading().await?;
     let v2 = s.push("stable", "v2", 1).await?;
     s.await_refresh("race", "Succeeded", Duration::from_secs(60), |r| {
         phase(r) == Phase::Succeeded
@@ -688,6 +705,44 @@ async fn two_operators_racing_make_one_refresh_and_one_rollout() -> anyhow::Resu
     assert_eq!(s.image_of("race").await?, v2.pinned());
     assert_eq!(s.replica_sets("race").await?, 2, "one rollout");
     s.await_gone("race-canary").await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn of_two_operators_one_acts_and_the_other_takes_over_when_it_dies() -> anyhow::Result<()> {
+    let s = Scene::new("refresh-leader").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    s.policy("lead", canary("1s", 3)).await?;
+    s.deploy("lead", &v1.pinned(), 2, &[], serde_json::json!({}))
+        .await?;
+    let mut leader = s.operator(&[]).await?;
+    let standby = Operator::start_at(&s.harness, "127.0.0.1:18089", &s.operator_args()).await?;
+    let v2 = s.push("stable", "v2", 1).await?;
+    s.await_refresh("lead", "in Canary", Duration::from_secs(30), |r| {
+        phase(r) == Phase::Canary
+    })
+    .await?;
+    assert_eq!(standby.metric("freshen_leader").await?, 0.0, "it stands by");
+
+    // The leader dies without releasing its Lease: the standby takes over
+    // once the Lease expires (3s) and finishes the Refresh.
+    leader.kill()?;
+    drop(leader);
+    let killed = std::time::Instant::now();
+    standby.await_leading().await?;
+    let took_over = killed.elapsed();
+    s.await_refresh("lead", "Succeeded", Duration::from_secs(60), |r| {
+        phase(r) == Phase::Succeeded
+    })
+    .await?;
+    assert_eq!(s.refreshes_of("lead").await?.len(), 1);
+    assert_eq!(s.image_of("lead").await?, v2.pinned());
+    assert_eq!(s.replica_sets("lead").await?, 2, "one rollout");
+    s.await_gone("lead-canary").await?;
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let spec = leases.get("freshen-leader").await?.spec.unwrap_or_default();
+    assert_eq!(spec.lease_transitions, Some(1), "{spec:?}");
+    eprintln!("standby led {took_over:?} after the leader was killed");
     Ok(())
 }
 

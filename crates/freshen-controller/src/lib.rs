@@ -7,6 +7,7 @@
 pub mod assess;
 pub mod context;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod planner;
 pub mod policy_status;
@@ -55,6 +56,9 @@ pub struct Config {
     pub registry: RegistryConfig,
     /// The Prometheus server canary metric queries go to.
     pub prometheus_url: Option<String>,
+    /// Leader election; `None` acts at once (one replica, or tests of two
+    /// racing operators).
+    pub leader: Option<leader::LeaderConfig>,
 }
 
 /// A watch's name and whether it has completed its first list.
@@ -212,6 +216,10 @@ pub enum RunError {
     /// The cluster could not be asked whether the CRDs are installed.
     #[error("checking for the freshen CRDs failed: {0}")]
     CrdCheck(#[source] kube::Error),
+    /// Another replica leads now, or the Lease could not be renewed: stop,
+    /// to be restarted as a standby.
+    #[error("leadership lost: {0}")]
+    LeadershipLost(#[from] leader::LeadershipLost),
 }
 
 /// Fails fast when the policy CRDs are missing: their watches would
@@ -265,6 +273,28 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     // waiter (kube-runtime 5's DelayedInit keeps one oneshot receiver), and
     // the Controllers are already waiting on their stores.
     let readiness = Readiness::default();
+    let server = server::serve(
+        config.metrics_addr,
+        server::ServerState {
+            metrics: Arc::clone(&metrics),
+            readiness: readiness.clone(),
+        },
+    );
+    tokio::pin!(server);
+    let elector = config
+        .leader
+        .clone()
+        .map(|c| leader::Elector::new(client.clone(), c));
+    if let Some(elector) = &elector {
+        // A standby serves /healthz, /readyz and /metrics (freshen_leader 0)
+        // and watches nothing.
+        metrics.leader.set(0);
+        tokio::select! {
+            () = elector.acquire() => {}
+            served = &mut server => return Ok(served?),
+            () = shutdown_signal() => return Ok(()),
+        }
+    }
 
     let namespace = config.namespace.as_deref();
     let (deployments, pods, policies): (Api<Deployment>, Api<Pod>, Api<RefreshPolicy>) = (
@@ -511,16 +541,41 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         )
         .for_each(log_failure);
 
-    let server = server::serve(
-        config.metrics_addr,
-        server::ServerState { metrics, readiness },
-    );
     info!("freshen controllers started");
+    // Set after every watch is registered with `readiness`: once this reads
+    // 1, /readyz means "caches synced" again.
+    metrics.leader.set(1);
+    let lost = async {
+        match &elector {
+            Some(e) => e.hold().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = futures::future::join4(workloads, policies, cluster_policies, refreshes) => {
             info!("controllers stopped");
         }
-        served = server => served?,
+        served = &mut server => served?,
+        lost = lost => return Err(lost.into()),
+    }
+    if let Some(e) = &elector {
+        e.release().await;
     }
     Ok(())
+}
+
+/// SIGTERM or Ctrl-C, as the controllers' `shutdown_on_signal` hears them.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -12,8 +12,8 @@ use chrono::Utc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use freshen_core::rollout::{Phase, Progress};
@@ -233,6 +233,8 @@ pub struct Metrics {
     pub refreshes_active: IntGaugeVec,
     /// `freshen_rollbacks_total{reason}`.
     pub rollbacks: IntCounterVec,
+    /// `freshen_leader`: 1 while this process acts, 0 while it stands by.
+    pub leader: IntGauge,
 }
 
 impl Metrics {
@@ -295,6 +297,12 @@ impl Metrics {
         for m in [&refreshes, &rollbacks] {
             registry.register(Box::new(m.clone()))?;
         }
+        let leader = IntGauge::new(
+            "freshen_leader",
+            "1 while this process acts (it holds the leader Lease, or leader election is off), \
+             0 while it stands by.",
+        )?;
+        registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(refresh_duration.clone()))?;
         registry.register(Box::new(refreshes_active.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
@@ -308,6 +316,7 @@ impl Metrics {
             refresh_duration,
             refreshes_active,
             rollbacks,
+            leader,
         })
     }
 

@@ -8,6 +8,7 @@ pub mod age;
 pub mod base;
 pub mod duration;
 pub mod image;
+pub mod lease;
 pub mod observe;
 pub mod plan;
 pub mod policy;

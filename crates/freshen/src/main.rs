@@ -84,9 +84,68 @@ struct RunArgs {
     #[arg(long)]
     prometheus_url: Option<String>,
     #[command(flatten)]
+    leader: LeaderArgs,
+    #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
     defaults: DefaultLimits,
+}
+
+/// Leader election among replicas.
+#[derive(Debug, Clone, clap::Args)]
+struct LeaderArgs {
+    /// Take part in leader election (a coordination.k8s.io Lease), so that
+    /// of several replicas one acts and the others stand by. `false` acts
+    /// at once.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "FRESHEN_LEADER_ELECT")]
+    leader_elect: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else --namespace,
+    /// else `default`).
+    #[arg(long, value_name = "NAMESPACE")]
+    leader_elect_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, default_value = "freshen-leader", value_name = "NAME")]
+    leader_elect_lease_name: String,
+    /// A Lease its holder has not renewed for this long is taken over by a
+    /// standby; the holder gives up after two thirds of it.
+    #[arg(long, default_value = "15s", value_parser = duration_arg)]
+    leader_elect_lease_duration: Duration,
+}
+
+impl LeaderArgs {
+    fn config(&self, namespace: Option<&str>) -> Option<freshen_controller::leader::LeaderConfig> {
+        if !self.leader_elect {
+            return None;
+        }
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let lease_namespace = self
+            .leader_elect_namespace
+            .clone()
+            .or_else(|| env("POD_NAMESPACE"))
+            .or_else(|| namespace.map(str::to_owned))
+            .unwrap_or_else(|| "default".to_owned());
+        // In a pod, its name; elsewhere the host plus this process, so that
+        // two operators on one machine are two candidates.
+        let identity = env("POD_NAME").unwrap_or_else(|| {
+            let host = env("HOSTNAME")
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|| "freshen".to_owned());
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.subsec_nanos())
+                .unwrap_or_default();
+            format!("{host}-{}-{nanos:08x}", std::process::id())
+        });
+        Some(
+            freshen_controller::leader::LeaderConfig::with_lease_duration(
+                lease_namespace,
+                self.leader_elect_lease_name.clone(),
+                identity,
+                self.leader_elect_lease_duration,
+            ),
+        )
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -307,6 +366,7 @@ async fn client() -> anyhow::Result<kube::Client> {
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = Config {
         metrics_addr: args.metrics_addr,
+        leader: args.leader.config(args.namespace.as_deref()),
         namespace: args.namespace,
         controller: ControllerConfig {
             poll_interval: args.poll_interval,
