@@ -58,26 +58,27 @@ impl Operator {
     /// off) and its caches are synced. A standby's /readyz is ready at once:
     /// it watches nothing.
     pub async fn await_leading(&self) -> anyhow::Result<()> {
-        let readyz = format!("{}/readyz", self.url);
         wait_for(
             "the operator to lead, with its caches synced",
             Duration::from_secs(60),
             Duration::from_millis(100),
-            || {
-                let readyz = readyz.clone();
-                async move {
-                    // freshen_leader is set after the watches are
-                    // registered: read it before /readyz.
-                    if self.metric("freshen_leader").await? != 1.0 {
-                        return Ok(None);
-                    }
-                    let status = reqwest::get(&readyz).await?.status();
-                    Ok(status.is_success().then_some(()))
+            || async move {
+                // freshen_leader is set after the watches are registered:
+                // read it before /readyz.
+                if self.metric("freshen_leader").await? != 1.0 {
+                    return Ok(None);
                 }
+                Ok(self.ready().await?.then_some(()))
             },
         )
         .await
         .with_context(|| format!("operator log: {}", self.log.display()))
+    }
+
+    /// Whether `/readyz` answers 2xx.
+    async fn ready(&self) -> anyhow::Result<bool> {
+        let status = reqwest::get(format!("{}/readyz", self.url)).await?.status();
+        Ok(status.is_success())
     }
 
     /// Starts `freshen run` with its endpoints on `addr` (a second operator
@@ -116,18 +117,11 @@ impl Operator {
             log,
             url: format!("http://{addr}"),
         };
-        let readyz = format!("{}/readyz", operator.url);
         wait_for(
             "the operator's /readyz",
             Duration::from_secs(60),
             Duration::from_millis(200),
-            || {
-                let readyz = readyz.clone();
-                async move {
-                    let status = reqwest::get(&readyz).await?.status();
-                    Ok(status.is_success().then_some(()))
-                }
-            },
+            || async { Ok(operator.ready().await?.then_some(())) },
         )
         .await
         .with_context(|| format!("operator log: {}", operator.log.display()))?;

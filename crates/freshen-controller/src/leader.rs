@@ -11,10 +11,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use freshen_api::time::to_micro_time;
 use freshen_core::lease::{Claim, Holder, claim};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::{Api, Client};
 use tracing::{info, warn};
@@ -190,7 +190,8 @@ impl Elector {
         };
         let now = Utc::now();
         let view = current.as_ref().map(holder);
-        let written = match claim(view.as_ref(), &self.config.identity, now) {
+        let decided = claim(view.as_ref(), &self.config.identity, now);
+        let written = match decided {
             Claim::Wait(_) => {
                 let holder = view.and_then(|v| v.identity).unwrap_or_default();
                 return Attempt::Other(holder);
@@ -211,10 +212,11 @@ impl Elector {
                     return Attempt::Retry("the Lease vanished".into());
                 };
                 let old = lease.spec.take().unwrap_or_default();
-                let spec = if old.holder_identity.as_deref() == Some(&self.config.identity) {
-                    self.spec(old.acquire_time, now, old.lease_transitions.unwrap_or(0))
+                let transitions = old.lease_transitions.unwrap_or(0);
+                let spec = if decided == Claim::Renew {
+                    self.spec(old.acquire_time, now, transitions)
                 } else {
-                    self.spec(None, now, old.lease_transitions.unwrap_or(0) + 1)
+                    self.spec(None, now, transitions.saturating_add(1))
                 };
                 lease.spec = Some(spec);
                 lease.metadata.managed_fields = None;
@@ -236,7 +238,7 @@ impl Elector {
 
     /// The Lease spec with this process holding it, renewed `now`.
     fn spec(&self, acquired: Option<MicroTime>, now: DateTime<Utc>, transitions: i32) -> LeaseSpec {
-        let now = micro_time(now);
+        let now = to_micro_time(now);
         LeaseSpec {
             holder_identity: Some(self.config.identity.clone()),
             lease_duration_seconds: Some(
@@ -265,10 +267,6 @@ fn holder(lease: &Lease) -> Holder {
     }
 }
 
-fn micro_time(t: DateTime<Utc>) -> MicroTime {
-    MicroTime(Timestamp::from_microsecond(t.timestamp_micros()).unwrap_or(Timestamp::UNIX_EPOCH))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,7 +278,7 @@ mod tests {
             spec: Some(LeaseSpec {
                 holder_identity: Some("a".into()),
                 lease_duration_seconds: Some(15),
-                acquire_time: Some(micro_time(t)),
+                acquire_time: Some(to_micro_time(t)),
                 ..LeaseSpec::default()
             }),
             ..Lease::default()

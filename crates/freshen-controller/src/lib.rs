@@ -334,15 +334,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         readiness.watch("pods"),
     )
     .touched_objects()
-    .inspect_ok({
-        let refreshes = refresh_store.clone();
-        let tx = refresh_tx.clone();
-        move |pod| {
-            if let Some(r) = refresh::of_pod(pod, &refreshes) {
-                let _ = tx.unbounded_send(r);
-            }
-        }
-    });
+    .inspect_ok(wake_refresh(&refresh_store, &refresh_tx, refresh::of_pod));
 
     // A deleted Deployment is never reconciled, so its series are dropped
     // here: on its Delete event, and after a re-list for any deletion a
@@ -372,15 +364,11 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             _ => {}
         })
         .applied_objects()
-        .inspect_ok({
-            let refreshes = refresh_store.clone();
-            let tx = refresh_tx.clone();
-            move |deploy| {
-                if let Some(r) = refresh::of_deployment(deploy, &refreshes) {
-                    let _ = tx.unbounded_send(r);
-                }
-            }
-        });
+        .inspect_ok(wake_refresh(
+            &refresh_store,
+            &refresh_tx,
+            refresh::of_deployment,
+        ));
 
     // Namespace labels decide which ClusterRefreshPolicies apply; a change
     // re-measures the namespace's workloads.
@@ -562,6 +550,21 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         e.release().await;
     }
     Ok(())
+}
+
+/// A watch callback that wakes the Refresh an object's change concerns
+/// (`find`: its canary's, or the active one of its workload).
+fn wake_refresh<K>(
+    refreshes: &Store<Refresh>,
+    tx: &mpsc::UnboundedSender<ObjectRef<Refresh>>,
+    find: fn(&K, &Store<Refresh>) -> Option<ObjectRef<Refresh>>,
+) -> impl Fn(&K) + use<K> {
+    let (refreshes, tx) = (refreshes.clone(), tx.clone());
+    move |object| {
+        if let Some(r) = find(object, &refreshes) {
+            let _ = tx.unbounded_send(r);
+        }
+    }
 }
 
 /// SIGTERM or Ctrl-C, as the controllers' `shutdown_on_signal` hears them.

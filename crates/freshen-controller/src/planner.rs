@@ -11,7 +11,9 @@ use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, WORKLOAD_LABEL};
 use freshen_api::{Refresh, RefreshSpec};
 use freshen_core::ImageReference;
-use freshen_core::plan::{self, ContainerView, Decision, Gates, Hold, Wants, gitops_manager};
+use freshen_core::plan::{
+    self, ContainerView, Decision, Existing, Gates, Hold, Wants, gitops_manager,
+};
 use freshen_core::rollout::Phase;
 use freshen_registry::{Keychain, Platform};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -167,13 +169,16 @@ pub async fn consider(
         .get(&ObjectRef::new(&refresh_name).within(&namespace))
     {
         let progress = previous.progress();
-        if !progress.phase.is_terminal() {
-            return Ok(Outcome::Started(refresh_name));
-        }
         return Ok(
-            match plan::after_ended(&proposal, refresh_name, progress.phase, progress.cause) {
-                Some(hold) => Outcome::Held(hold, None),
-                None => Outcome::Nothing,
+            match plan::existing(
+                &proposal,
+                refresh_name.clone(),
+                progress.phase,
+                progress.cause,
+            ) {
+                Existing::Active => Outcome::Started(refresh_name),
+                Existing::Reached => Outcome::Nothing,
+                Existing::Held(hold) => Outcome::Held(hold, None),
             },
         );
     }

@@ -294,20 +294,30 @@ pub fn wanted(
         })
 }
 
-/// What a proposal comes to when the Refresh under its deterministic name
-/// already ended with `phase`: `None` when that Refresh reached the target
-/// and the workload still asks for it (its pods are converging), else a
-/// hold that says so. A target is tried once.
-pub fn after_ended(
-    proposal: &Proposal,
-    refresh: String,
-    phase: Phase,
-    cause: String,
-) -> Option<Hold> {
-    if phase == Phase::Succeeded && proposal.from_image == proposal.to_image {
-        return None;
+/// What a proposal comes to when a Refresh already holds its
+/// deterministic name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Existing {
+    /// That Refresh is under way (a cache older than the create).
+    Active,
+    /// It succeeded and the workload still asks for its image: its pods
+    /// are converging, nothing to do.
+    Reached,
+    /// It ended and the workload does not run its target: a target is
+    /// tried once.
+    Held(Hold),
+}
+
+/// Judges a proposal against the Refresh `refresh` already under its name,
+/// in `phase`, ended for `cause`.
+pub fn existing(proposal: &Proposal, refresh: String, phase: Phase, cause: String) -> Existing {
+    if !phase.is_terminal() {
+        return Existing::Active;
     }
-    Some(Hold::Ended {
+    if phase == Phase::Succeeded && proposal.from_image == proposal.to_image {
+        return Existing::Reached;
+    }
+    Existing::Held(Hold::Ended {
         refresh,
         phase,
         cause,
@@ -785,8 +795,12 @@ mod tests {
             digest: digest('1'),
         };
         assert_eq!(
-            after_ended(&p, "r".into(), Phase::Succeeded, String::new()),
-            None
+            existing(&p, "r".into(), Phase::Succeeded, String::new()),
+            Existing::Reached
+        );
+        assert_eq!(
+            existing(&p, "r".into(), Phase::Promoting, String::new()),
+            Existing::Active
         );
         // Changed back since: held, loudly.
         let undone = Proposal {
@@ -794,15 +808,15 @@ mod tests {
             ..p
         };
         assert!(matches!(
-            after_ended(&undone, "r".into(), Phase::Succeeded, String::new()),
-            Some(Hold::Ended {
+            existing(&undone, "r".into(), Phase::Succeeded, String::new()),
+            Existing::Held(Hold::Ended {
                 phase: Phase::Succeeded,
                 ..
             })
         ));
         assert!(matches!(
-            after_ended(&undone, "r".into(), Phase::Failed, "x".into()),
-            Some(Hold::Ended {
+            existing(&undone, "r".into(), Phase::Failed, "x".into()),
+            Existing::Held(Hold::Ended {
                 phase: Phase::Failed,
                 ..
             })
