@@ -55,7 +55,7 @@ pub fn check_build_time(
     if created <= DateTime::UNIX_EPOCH {
         return Err(UnknownAge::Epoch);
     }
-    if created > now + FUTURE_SKEW_TOLERANCE {
+    if created > now.checked_add_signed(FUTURE_SKEW_TOLERANCE).unwrap_or(DateTime::<Utc>::MAX_UTC) {
         return Err(UnknownAge::Future);
     }
     Ok(created)
@@ -84,6 +84,15 @@ pub fn elapsed(then: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
     (now - then).to_std().unwrap_or(Duration::ZERO)
 }
 
+/// `t + d`, saturating at the latest time chrono represents: a deadline
+/// computed from a huge (tenant-written) duration is "never", not a panic.
+pub fn later(t: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,6 +105,18 @@ mod tests {
     }
 
     const NOW: &str = "2026-11-22T12:00:00Z";
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let now = at(NOW);
+        assert_eq!(later(now, Duration::from_secs(60)), at("2026-11-22T12:01:00Z"));
+        assert_eq!(later(now, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            later(DateTime::<Utc>::MAX_UTC, Duration::from_secs(1)),
+            DateTime::<Utc>::MAX_UTC
+        );
+        assert!(check_build_time(Some(now), DateTime::<Utc>::MAX_UTC).is_ok());
+    }
 
     #[test]
     fn plausible_build_time_gives_its_age() {

@@ -12,9 +12,16 @@ const UNITS: [(char, u64); 5] = [
     ('s', 1),
 ];
 
+/// The longest duration freshen accepts anywhere: 100 years (of 365.25
+/// days). Every max age, interval and timeout a tenant writes is at most
+/// this, so date arithmetic on it stays far inside chrono's range.
+pub const MAX_DURATION: Duration = Duration::from_secs(MAX_DURATION_SECONDS);
+/// [`MAX_DURATION`] in seconds (the CRDs' CEL rules name the same figure).
+pub const MAX_DURATION_SECONDS: u64 = 36_525 * 86_400;
+
 /// The form every duration error names, so a user can fix the value.
-pub const DURATION_FORM: &str =
-    "a positive whole number of s, m, h, d or w, largest unit first, e.g. 90s, 36h, 7d, 1d12h";
+pub const DURATION_FORM: &str = "a positive whole number of s, m, h, d or w, largest unit first, \
+                                 at most 100 years (36525d), e.g. 90s, 36h, 7d, 1d12h";
 
 /// A duration that does not parse; it carries the input for the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -70,6 +77,9 @@ pub fn parse_duration(input: &str) -> Result<Duration, DurationError> {
     }
     if total == 0 {
         return Err(err("it must be greater than zero"));
+    }
+    if total > MAX_DURATION_SECONDS {
+        return Err(err("it is longer than 100 years"));
     }
     Ok(Duration::from_secs(total))
 }
@@ -159,6 +169,9 @@ mod tests {
             "1.5h",
             "7 d",
             "99999999999999999999w",
+            "5218w",
+            "36526d",
+            "3155760001s",
         ] {
             let e = parse_duration(bad).err();
             assert!(e.is_some(), "{bad:?} should not parse");
@@ -166,6 +179,17 @@ mod tests {
             assert!(msg.contains(&format!("{bad:?}")), "{msg}");
             assert!(msg.contains("e.g. 90s"), "{msg}");
         }
+    }
+
+    #[test]
+    fn the_maximum_is_accepted_and_one_second_more_is_not() {
+        assert_eq!(secs("36525d"), MAX_DURATION_SECONDS);
+        assert_eq!(secs("5217w6d"), 5217 * 604_800 + 6 * 86_400);
+        let e = parse_duration("36525d1s").err().map(|e| e.to_string());
+        assert!(
+            e.as_deref().is_some_and(|m| m.contains("longer than 100 years")),
+            "{e:?}"
+        );
     }
 
     #[test]
@@ -196,7 +220,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn printed_durations_parse_back(seconds in 1u64..10_000_000_000) {
+        fn printed_durations_parse_back(seconds in 1u64..=MAX_DURATION_SECONDS) {
             let d = Duration::from_secs(seconds);
             prop_assert_eq!(parse_duration(&HumanDuration(d).to_string()), Ok(d));
         }

@@ -48,7 +48,7 @@ pub fn claim(lease: Option<&Holder>, me: &str, now: DateTime<Utc>) -> Claim {
     let Some(renewed) = lease.renewed else {
         return Claim::TakeOver;
     };
-    let expires = renewed + chrono::Duration::from_std(lease.duration).unwrap_or_default();
+    let expires = crate::age::later(renewed, lease.duration);
     if expires <= now {
         Claim::TakeOver
     } else {

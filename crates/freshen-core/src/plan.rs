@@ -155,6 +155,9 @@ pub enum Hold {
         /// Why, when it did not succeed.
         cause: String,
     },
+    /// Every name this target may take is held by a Refresh of another
+    /// workload or container (a collision, or a Refresh someone else made).
+    NameTaken(String),
 }
 
 impl Hold {
@@ -164,6 +167,7 @@ impl Hold {
         match self {
             Self::GitOps(_) => Some("GitOpsManaged"),
             Self::Ended { .. } => Some("RefreshNotRetried"),
+            Self::NameTaken(_) => Some("RefreshNameTaken"),
             _ => None,
         }
     }
@@ -215,6 +219,12 @@ impl fmt::Display for Hold {
                     "; freshen tries a target once. Delete that Refresh to try again"
                 )
             }
+            Self::NameTaken(name) => write!(
+                f,
+                "Refresh {name} (and its fallback name) belongs to another workload or \
+                 container; freshen never acts on a Refresh that is not its workload's. Delete \
+                 it to let this refresh start"
+            ),
         }
     }
 }
@@ -257,8 +267,7 @@ pub fn wanted(
                 None
             } else {
                 let built = c.tag_digest_created?;
-                let ripe =
-                    built + chrono::Duration::from_std(wants.min_digest_age).unwrap_or_default();
+                let ripe = crate::age::later(built, wants.min_digest_age);
                 (ripe > now).then_some(ripe)
             };
             let proposal = Proposal {
@@ -306,6 +315,54 @@ pub enum Existing {
     /// It ended and the workload does not run its target: a target is
     /// tried once.
     Held(Hold),
+}
+
+/// What holds one of the names a proposal may take.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Slot {
+    /// No Refresh has the name.
+    Free,
+    /// A Refresh of this workload (owned by it, matched by uid) and
+    /// container, in `phase`, ended for `cause`.
+    Ours {
+        /// Its phase.
+        phase: Phase,
+        /// Why it ended, when it did not succeed.
+        cause: String,
+    },
+    /// A Refresh of another workload or container, or one the workload does
+    /// not own.
+    Foreign,
+}
+
+/// Which name a proposal takes, from [`name_for`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Named {
+    /// Create the Refresh under this name.
+    Create(String),
+    /// A Refresh of this target already holds this name.
+    Existing(String, Existing),
+}
+
+/// The name a proposal takes among its candidates ([`refresh_names`], in
+/// order): the first that is free or already this target's. A name held by
+/// another workload's Refresh is skipped, never adopted: names such as
+/// `a-b` + `c` and `a` + `b-c` collide.
+pub fn name_for(proposal: &Proposal, slots: &[(String, Slot)]) -> Named {
+    for (name, slot) in slots {
+        match slot {
+            Slot::Free => return Named::Create(name.clone()),
+            Slot::Ours { phase, cause } => {
+                return Named::Existing(
+                    name.clone(),
+                    existing(proposal, name.clone(), *phase, cause.clone()),
+                );
+            }
+            Slot::Foreign => {}
+        }
+    }
+    let first = slots.first().map(|(n, _)| n.clone()).unwrap_or_default();
+    Named::Existing(first.clone(), Existing::Held(Hold::NameTaken(first)))
 }
 
 /// Judges a proposal against the Refresh `refresh` already under its name,
@@ -519,6 +576,29 @@ pub fn refresh_name(
         format!("{cut}-{:08x}", fnv1a(&base))
     };
     format!("{base}-{suffix}")
+}
+
+/// The names a proposal's Refresh may take, in order: [`refresh_name`],
+/// then the same with a hash of the workload and container in it, for when
+/// another workload's Refresh holds the first.
+pub fn refresh_names(
+    workload: &str,
+    proposal: &Proposal,
+    oldest_start: Option<DateTime<Utc>>,
+) -> [String; 2] {
+    let first = refresh_name(workload, proposal, oldest_start);
+    let tag = format!(
+        "{:08x}",
+        fnv1a(&format!("{workload}/{}", proposal.container))
+    );
+    let fallback = refresh_name(&tag, proposal, oldest_start);
+    let fallback = match first.split_once('-') {
+        Some((head, _)) if head.len() + 1 + fallback.len() <= MAX_NAME => {
+            format!("{head}-{fallback}")
+        }
+        _ => fallback,
+    };
+    [first, fallback]
 }
 
 /// The canary Deployment's name for a workload, at most 253 characters.
@@ -770,6 +850,66 @@ mod tests {
                 .to_string()
                 .contains("gitops: patch")
         );
+    }
+
+    #[test]
+    fn colliding_names_never_adopt_another_workloads_refresh() {
+        let p = |container: &str| Proposal {
+            reason: Reason::NewDigest,
+            container: container.into(),
+            from_image: "r/app:1".into(),
+            to_image: format!("r/app:1@{}", digest('2')),
+            digest: digest('2'),
+        };
+        // `a-b` + `c` and `a` + `b-c` share the first name, not the second.
+        let one = refresh_names("a-b", &p("c"), None);
+        let two = refresh_names("a", &p("b-c"), None);
+        assert_eq!(one[0], two[0]);
+        assert_ne!(one[1], two[1]);
+        for name in one.iter().chain(&two) {
+            assert!(name.len() <= 63, "{name}");
+        }
+        let long = refresh_names(&"w".repeat(80), &p(&"c".repeat(60)), None);
+        assert!(long.iter().all(|n| n.len() <= 63), "{long:?}");
+        assert_ne!(long[0], long[1]);
+        // The first name is another workload's: take the fallback.
+        assert_eq!(
+            name_for(
+                &p("b-c"),
+                &[(two[0].clone(), Slot::Foreign), (two[1].clone(), Slot::Free)]
+            ),
+            Named::Create(two[1].clone())
+        );
+        // Ours under the first name: judged as before.
+        assert_eq!(
+            name_for(
+                &p("c"),
+                &[
+                    (
+                        one[0].clone(),
+                        Slot::Ours {
+                            phase: Phase::Canary,
+                            cause: String::new()
+                        }
+                    ),
+                    (one[1].clone(), Slot::Free)
+                ]
+            ),
+            Named::Existing(one[0].clone(), Existing::Active)
+        );
+        // Both taken by others: held, with a warning that says what to do.
+        let taken = name_for(
+            &p("c"),
+            &[
+                (one[0].clone(), Slot::Foreign),
+                (one[1].clone(), Slot::Foreign),
+            ],
+        );
+        let Named::Existing(_, Existing::Held(hold)) = taken else {
+            panic!("{taken:?}");
+        };
+        assert_eq!(hold.warning_reason(), Some("RefreshNameTaken"));
+        assert!(hold.to_string().contains("Delete it"), "{hold}");
     }
 
     #[test]

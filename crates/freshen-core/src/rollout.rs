@@ -108,16 +108,22 @@ pub struct Settings {
     /// canary or rolling.
     pub strategy: Strategy,
     /// Canary size as a percentage of the workload's replicas (rounded up,
-    /// at least one pod).
+    /// at least one pod), 1 to 100.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 100)))]
     pub canary_weight_percent: u32,
-    /// Seconds between analysis checks.
+    /// Seconds between analysis checks, 1 to 100 years' worth.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 3_155_760_000_u64)))]
     pub interval_seconds: u64,
-    /// Passing checks needed to promote.
+    /// Passing checks needed to promote, 1 to 100.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 100)))]
     pub iterations: u32,
-    /// Container restarts tolerated across the new pods.
+    /// Container restarts tolerated across the new pods, at most 10000.
+    #[cfg_attr(feature = "schema", schemars(range(max = 10_000)))]
     pub max_restarts: u32,
     /// Seconds the new pods have to become Ready (canary), or the workload
-    /// to finish its rollout (promotion), from freshen's own start time.
+    /// to finish its rollout (promotion), from freshen's own start time;
+    /// 1 to 100 years' worth.
+    #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 3_155_760_000_u64)))]
     pub readiness_timeout_seconds: u64,
     /// Optional Prometheus check.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -138,7 +144,60 @@ impl Default for Settings {
     }
 }
 
+/// The largest `maxRestarts` a Refresh may carry.
+pub const MAX_RESTARTS_LIMIT: u32 = 10_000;
+/// The largest `iterations` a Refresh may carry (as policies allow).
+pub const MAX_ITERATIONS: u32 = 100;
+
 impl Settings {
+    /// Whether every number is within the bounds the CRD declares; the
+    /// first that is not, named as in the Refresh spec. The executor
+    /// re-checks, for objects stored before the bounds existed.
+    pub fn check(&self) -> Result<(), String> {
+        let max = crate::duration::MAX_DURATION_SECONDS;
+        let problems = [
+            (
+                !(1..=100).contains(&self.canary_weight_percent),
+                format!(
+                    "spec.rollout.canaryWeightPercent is {}; expected 1 to 100",
+                    self.canary_weight_percent
+                ),
+            ),
+            (
+                !(1..=max).contains(&self.interval_seconds),
+                format!(
+                    "spec.rollout.intervalSeconds is {}; expected 1 to {max}",
+                    self.interval_seconds
+                ),
+            ),
+            (
+                !(1..=MAX_ITERATIONS).contains(&self.iterations),
+                format!(
+                    "spec.rollout.iterations is {}; expected 1 to {MAX_ITERATIONS}",
+                    self.iterations
+                ),
+            ),
+            (
+                self.max_restarts > MAX_RESTARTS_LIMIT,
+                format!(
+                    "spec.rollout.maxRestarts is {}; expected at most {MAX_RESTARTS_LIMIT}",
+                    self.max_restarts
+                ),
+            ),
+            (
+                !(1..=max).contains(&self.readiness_timeout_seconds),
+                format!(
+                    "spec.rollout.readinessTimeoutSeconds is {}; expected 1 to {max}",
+                    self.readiness_timeout_seconds
+                ),
+            ),
+        ];
+        match problems.into_iter().find(|(bad, _)| *bad) {
+            Some((_, why)) => Err(why),
+            None => Ok(()),
+        }
+    }
+
     /// Canary replicas for a workload of `replicas`: `ceil(replicas *
     /// weight)`, at least 1.
     pub fn canary_replicas(&self, replicas: u32) -> u32 {
@@ -153,6 +212,59 @@ impl Settings {
     fn readiness_timeout(&self) -> Duration {
         Duration::from_secs(self.readiness_timeout_seconds)
     }
+}
+
+/// What the executor checks a Refresh against before it changes anything:
+/// a Refresh is input (anyone allowed to write one could otherwise have
+/// freshen patch a Deployment they cannot edit), so it must match its
+/// workload.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// Whether the Refresh's controller owner reference names the workload,
+    /// matched by uid.
+    pub owned_by_workload: bool,
+    /// `spec.digest`.
+    pub digest: String,
+    /// The target container's image in the workload's template; `None`
+    /// when the workload has no such container.
+    pub container_image: Option<String>,
+}
+
+/// Why a Refresh may not act on its workload; `Ok` when it may: it is
+/// owned by the workload, names one of its containers, pins `toImage` to
+/// `spec.digest` in the same repository as `fromImage`, and its settings are
+/// within bounds.
+pub fn verify(target: &Target, provenance: &Provenance) -> Result<(), String> {
+    if !provenance.owned_by_workload {
+        return Err("it is not owned by its workload (no controller ownerReference with the \
+                    Deployment's uid)"
+            .into());
+    }
+    if provenance.container_image.is_none() {
+        return Err(format!(
+            "the workload has no container {:?} (spec.container)",
+            target.container
+        ));
+    }
+    let to = crate::ImageReference::parse(&target.to_image)
+        .map_err(|e| format!("spec.toImage: {e}"))?;
+    let from = crate::ImageReference::parse(&target.from_image)
+        .map_err(|e| format!("spec.fromImage: {e}"))?;
+    if to.digest.as_ref().map(crate::Digest::as_str) != Some(provenance.digest.as_str()) {
+        return Err(format!(
+            "spec.toImage {} is not pinned to spec.digest {}",
+            target.to_image, provenance.digest
+        ));
+    }
+    if (to.registry.as_str(), to.repository.as_str())
+        != (from.registry.as_str(), from.repository.as_str())
+    {
+        return Err(format!(
+            "spec.toImage {} is not in the repository of spec.fromImage {}",
+            target.to_image, target.from_image
+        ));
+    }
+    target.settings.check()
 }
 
 /// What one Refresh is to do; fixed at creation.
@@ -399,6 +511,9 @@ pub enum Failure {
     Conflict,
     /// The workload was deleted.
     WorkloadDeleted,
+    /// The Refresh does not match its workload ([`verify`]); nothing was
+    /// changed.
+    Untrusted,
 }
 
 impl Failure {
@@ -412,6 +527,7 @@ impl Failure {
             Self::Inconclusive => "inconclusive",
             Self::Conflict => "conflict",
             Self::WorkloadDeleted => "workload-deleted",
+            Self::Untrusted => "untrusted",
         }
     }
 }
@@ -512,9 +628,15 @@ pub struct Observed {
     pub workload: Option<WorkloadState>,
     /// Whether the canary Deployment exists.
     pub canary_exists: bool,
-    /// Whether a Deployment of another (finished) Refresh holds the canary's
-    /// name: it must go before this refresh's canary can be created.
+    /// Whether a canary of another Refresh (freshen's label and owner
+    /// reference) holds the canary's name: it must go before this
+    /// refresh's canary can be created.
     pub foreign_canary: bool,
+    /// The name of a Deployment freshen did not create that holds the
+    /// canary's name: freshen never deletes it, so the canary waits.
+    pub canary_name_taken: Option<String>,
+    /// Why the Refresh may not act on its workload ([`verify`]), if so.
+    pub untrusted: Option<String>,
     /// The canary's pods (not terminating).
     pub canary_pods: Vec<PodHealth>,
     /// The workload's pods that run the new template (not terminating).
@@ -616,7 +738,43 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
         );
         return done(next, actions);
     };
+    if let Some(why) = observed
+        .untrusted
+        .as_ref()
+        .filter(|_| matches!(progress.phase, Phase::Pending | Phase::Canary))
+    {
+        // Checked before the workload is first changed; once promoted, the
+        // refresh is finished as planned rather than left half-done.
+        fail(
+            &mut next,
+            &mut actions,
+            observed,
+            Failure::Untrusted,
+            format!("freshen does not act on this Refresh: {why}; nothing was changed"),
+            now,
+        );
+        return done(next, actions);
+    }
     let settings = &target.settings;
+    if let Some(taken) = observed
+        .canary_name_taken
+        .as_ref()
+        .filter(|_| settings.strategy == Strategy::Canary && progress.phase == Phase::Pending)
+    {
+        let message = format!(
+            "waiting: Deployment {taken}, which freshen did not create, holds the canary's name; \
+             freshen never deletes it. Rename or delete it, or use strategy rolling"
+        );
+        if next.message != message {
+            next.message = message;
+            announce(&mut next, EventKind::Warning, "CanaryNameTaken");
+        }
+        return Step {
+            progress: next,
+            actions,
+            requeue: Some(MAX_WAIT),
+        };
+    }
     if observed.foreign_canary
         && settings.strategy == Strategy::Canary
         && matches!(progress.phase, Phase::Pending | Phase::Canary)
@@ -795,7 +953,7 @@ fn next_check(settings: &Settings, progress: &Progress) -> Option<DateTime<Utc>>
         .find(|c| c.stage == Stage::Canary)
         .map(|c| c.time)
         .or(progress.canary_started_at)?;
-    Some(last + chrono::Duration::from_std(settings.interval()).unwrap_or_default())
+    Some(crate::age::later(last, settings.interval()))
 }
 
 /// Whether a canary analysis check is due at `now` (the executor reads the
@@ -1141,23 +1299,13 @@ fn requeue(target: &Target, progress: &Progress, now: DateTime<Utc>) -> Option<D
                 .unwrap_or(MAX_WAIT);
             let deadline = progress
                 .canary_started_at
-                .map(|t| {
-                    until(
-                        t + chrono::Duration::from_std(settings.readiness_timeout())
-                            .unwrap_or_default(),
-                    )
-                })
+                .map(|t| until(crate::age::later(t, settings.readiness_timeout())))
                 .unwrap_or(MAX_WAIT);
             check.min(deadline)
         }
         Phase::Promoting => progress
             .promoted_at
-            .map(|t| {
-                until(
-                    t + chrono::Duration::from_std(settings.readiness_timeout())
-                        .unwrap_or_default(),
-                )
-            })
+            .map(|t| until(crate::age::later(t, settings.readiness_timeout())))
             .unwrap_or(MAX_WAIT),
         _ => Duration::ZERO,
     };
@@ -1327,6 +1475,133 @@ mod tests {
     }
 
     #[test]
+    fn a_deployment_freshen_did_not_create_blocks_the_canary_with_one_warning() {
+        let taken = Observed {
+            canary_name_taken: Some("api-canary".into()),
+            ..observed(FROM)
+        };
+        let first = step(&target(Strategy::Canary), &Progress::default(), &taken, t0());
+        assert_eq!(first.progress.phase, Phase::Pending);
+        assert!(first.actions.is_empty(), "{:?}", first.actions);
+        assert_eq!(
+            events(&first),
+            vec![(EventKind::Warning, "CanaryNameTaken".to_owned())]
+        );
+        assert!(first.progress.message.contains("api-canary"));
+        assert!(first.progress.message.contains("never deletes it"));
+        // Published and cleared: the next step waits quietly.
+        let mut published = first.progress.clone();
+        published.pending_events.clear();
+        let second = step(&target(Strategy::Canary), &published, &taken, secs(30));
+        assert!(events(&second).is_empty());
+        assert!(second.actions.is_empty());
+        // Gone: the canary starts.
+        let free = step(&target(Strategy::Canary), &published, &observed(FROM), secs(60));
+        assert_eq!(free.progress.phase, Phase::Canary);
+        // A rolling refresh needs no canary name.
+        let rolling = step(&target(Strategy::Rolling), &Progress::default(), &taken, t0());
+        assert_eq!(rolling.progress.phase, Phase::Promoting);
+    }
+
+    #[test]
+    fn verify_accepts_only_a_refresh_that_matches_its_workload() {
+        let good = Provenance {
+            owned_by_workload: true,
+            digest: TO.split_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default(),
+            container_image: Some(FROM.into()),
+        };
+        let t = target(Strategy::Canary);
+        assert_eq!(verify(&t, &good), Ok(()));
+        let rejects = |t: &Target, p: &Provenance, needle: &str| {
+            let e = verify(t, p);
+            assert!(
+                e.as_ref().is_err_and(|e| e.contains(needle)),
+                "{needle}: {e:?}"
+            );
+        };
+        rejects(
+            &t,
+            &Provenance {
+                owned_by_workload: false,
+                ..good.clone()
+            },
+            "not owned by its workload",
+        );
+        rejects(
+            &t,
+            &Provenance {
+                container_image: None,
+                ..good.clone()
+            },
+            "no container \"app\"",
+        );
+        rejects(
+            &t,
+            &Provenance {
+                digest: format!("sha256:{}", "3".repeat(64)),
+                ..good.clone()
+            },
+            "not pinned to spec.digest",
+        );
+        let elsewhere = Target {
+            to_image: TO.replace("shop/api", "evil/miner"),
+            ..t.clone()
+        };
+        rejects(&elsewhere, &good, "not in the repository of spec.fromImage");
+        let bad_image = Target {
+            to_image: "Not An Image".into(),
+            ..t.clone()
+        };
+        rejects(&bad_image, &good, "spec.toImage");
+        for (settings, field) in [
+            (
+                Settings {
+                    canary_weight_percent: u32::MAX,
+                    ..Settings::default()
+                },
+                "canaryWeightPercent",
+            ),
+            (
+                Settings {
+                    interval_seconds: u64::MAX,
+                    ..Settings::default()
+                },
+                "intervalSeconds",
+            ),
+            (
+                Settings {
+                    iterations: 0,
+                    ..Settings::default()
+                },
+                "iterations",
+            ),
+            (
+                Settings {
+                    max_restarts: u32::MAX,
+                    ..Settings::default()
+                },
+                "maxRestarts",
+            ),
+            (
+                Settings {
+                    readiness_timeout_seconds: 0,
+                    ..Settings::default()
+                },
+                "readinessTimeoutSeconds",
+            ),
+        ] {
+            rejects(
+                &Target {
+                    settings,
+                    ..t.clone()
+                },
+                &good,
+                field,
+            );
+        }
+    }
+
+    #[test]
     fn transitions() {
         let crash = |pods| Observed {
             canary_exists: true,
@@ -1352,7 +1627,30 @@ mod tests {
             foreign_canary: true,
             ..observed(image)
         };
+        let untrusted = |image| Observed {
+            untrusted: Some("spec.toImage is not pinned to spec.digest".into()),
+            ..observed(image)
+        };
         let cases = vec![
+            case(
+                "an untrusted Refresh fails before anything changes",
+                Progress::default(),
+                untrusted(FROM),
+                t0(),
+            )
+            .expect(Phase::Failed, vec![])
+            .failing(Failure::Untrusted),
+            case(
+                "an untrusted Refresh in its canary removes only its own canary",
+                in_canary(),
+                Observed {
+                    canary_exists: true,
+                    ..untrusted(FROM)
+                },
+                secs(5),
+            )
+            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .failing(Failure::Untrusted),
             case(
                 "a finished refresh's canary holds the name: delete it first",
                 Progress::default(),

@@ -124,6 +124,9 @@ impl FromStr for Window {
 impl Window {
     /// Whether `now` falls inside the window.
     pub fn contains(&self, now: DateTime<Utc>) -> bool {
+        if !representable(now) {
+            return false;
+        }
         let local = now.with_timezone(&self.zone);
         let minute = local.hour() * 60 + local.minute();
         let today = local.weekday().num_days_from_monday() as usize;
@@ -144,9 +147,12 @@ impl Window {
         if self.contains(now) {
             return Some(now);
         }
+        if !representable(now) {
+            return None;
+        }
         let local = now.with_timezone(&self.zone).date_naive();
         (0..=8).find_map(|offset| {
-            let day = local + Duration::days(offset);
+            let day = local.checked_add_signed(Duration::days(offset))?;
             if !self.days[day.weekday().num_days_from_monday() as usize] {
                 return None;
             }
@@ -154,14 +160,20 @@ impl Window {
             // A start that falls in a daylight-saving gap opens at the first
             // valid instant after it.
             let opens = (0..=120).find_map(|m| {
-                self.zone
-                    .from_local_datetime(&(day.and_time(time) + Duration::minutes(m)))
-                    .earliest()
+                let local = day.and_time(time).checked_add_signed(Duration::minutes(m))?;
+                self.zone.from_local_datetime(&local).earliest()
             })?;
             let opens = opens.with_timezone(&Utc);
             (opens > now).then_some(opens)
         })
     }
+}
+
+/// Whether `now` and the next nine days are local times in every zone:
+/// chrono panics on a local time past its range.
+fn representable(now: DateTime<Utc>) -> bool {
+    now.checked_sub_signed(Duration::days(2)).is_some()
+        && now.checked_add_signed(Duration::days(10)).is_some()
 }
 
 /// Whether any of `windows` is open at `now`; no windows means always.
