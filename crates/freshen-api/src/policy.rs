@@ -20,11 +20,21 @@ use crate::refresh::PolicyRefresh;
 use crate::time::to_chrono;
 
 /// The CEL rule every duration field carries: the form `parse_duration`
-/// reads, and not zero.
-pub(crate) const DURATION_RULE: &str = "self.matches('^([0-9]+w)?([0-9]+d)?([0-9]+h)?([0-9]+m)?([0-9]+s)?$') \
-                             && self.matches('[1-9]')";
+/// reads, not zero, and at most 100 years
+/// ([`freshen_core::duration::MAX_DURATION_SECONDS`]). Each number has at
+/// most 12 digits, so the sum cannot overflow CEL's int.
+pub(crate) const DURATION_RULE: &str = concat!(
+    "self.matches('^([0-9]{1,12}w)?([0-9]{1,12}d)?([0-9]{1,12}h)?([0-9]{1,12}m)?([0-9]{1,12}s)?$') ",
+    "&& self.matches('[1-9]') && ",
+    "(self.find('[0-9]+w') == '' ? 0 : int(self.find('[0-9]+w').replace('w', '')) * 604800) + ",
+    "(self.find('[0-9]+d') == '' ? 0 : int(self.find('[0-9]+d').replace('d', '')) * 86400) + ",
+    "(self.find('[0-9]+h') == '' ? 0 : int(self.find('[0-9]+h').replace('h', '')) * 3600) + ",
+    "(self.find('[0-9]+m') == '' ? 0 : int(self.find('[0-9]+m').replace('m', '')) * 60) + ",
+    "(self.find('[0-9]+s') == '' ? 0 : int(self.find('[0-9]+s').replace('s', ''))) ",
+    "<= 3155760000"
+);
 pub(crate) const DURATION_MESSAGE: &str = "must be a positive duration of whole w, d, h, m or s, largest \
-                                unit first, e.g. 90s, 36h, 7d, 2w or 1d12h";
+                                unit first, at most 100 years (36525d), e.g. 90s, 36h, 7d, 2w or 1d12h";
 /// A label selector that selects something specific (not everything).
 const SELECTOR_RULE: &str = "(has(self.matchLabels) && size(self.matchLabels) > 0) || \
                              (has(self.matchExpressions) && size(self.matchExpressions) > 0)";

@@ -53,23 +53,33 @@ pub const REJECTED_DIGESTS: &str = "freshen.dev/rejected-digests";
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
+#[x_kube(validation = Rule::new("self == oldSelf").message(
+    "a Refresh's spec is frozen at creation; delete the Refresh and let freshen plan another"
+))]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshSpec {
     /// The Deployment (same namespace).
+    #[schemars(length(min = 1, max = 253))]
     pub workload: String,
     /// Its container to change.
+    #[schemars(length(min = 1, max = 63))]
     pub container: String,
     /// Why.
     pub reason: RefreshReason,
     /// The container's image exactly as it was; restored on rollback.
+    #[schemars(length(min = 1, max = 4096))]
     pub from_image: String,
     /// The image rolled out, pinned by digest.
+    #[schemars(length(min = 1, max = 4096))]
     pub to_image: String,
     /// Short digest the workload ran (for `kubectl get`), or `unknown`.
+    #[schemars(length(max = 16))]
     pub from_digest: String,
     /// Short digest rolled out.
+    #[schemars(length(max = 16))]
     pub to_digest: String,
     /// Full digest rolled out.
+    #[schemars(length(min = 1, max = 200))]
     pub digest: String,
     /// Rollout settings, frozen at creation.
     pub rollout: Settings,
@@ -77,6 +87,7 @@ pub struct RefreshSpec {
     /// image and the restart stamp, when the Refresh was created: any other
     /// change to the template during the refresh is a conflict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
     pub template_fingerprint: Option<String>,
 }
 
@@ -138,14 +149,17 @@ pub enum GitOpsMode {
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusCheck {
     /// A PromQL instant query; its first sample must stay at or below `max`.
+    /// At most 4096 characters.
+    #[schemars(length(min = 1, max = 4096))]
     pub query: String,
     /// The highest passing value.
     pub max: f64,
     /// What an empty result means: fail (default), pass or inconclusive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_no_data: Option<OnNoData>,
-    /// Query errors in a row that fail the analysis (default 2).
+    /// Query errors in a row that fail the analysis (default 2, at most 100).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
     pub max_consecutive_errors: Option<u32>,
 }
 
@@ -162,8 +176,10 @@ pub struct AnalysisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 100))]
     pub iterations: Option<u32>,
-    /// Container restarts tolerated in the new pods (default 0).
+    /// Container restarts tolerated in the new pods (default 0, at most
+    /// 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 10_000))]
     pub max_restarts: Option<u32>,
     /// How long the new pods have to become Ready (default 5m).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -211,12 +227,14 @@ pub struct PolicyRefresh {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub suspend: Option<bool>,
     /// Refreshes start only inside one of these, e.g. `Mon-Fri 09:00-16:00
-    /// Europe/Berlin` (default: any time).
+    /// Europe/Berlin` (default: any time). At most 20 windows of at most
+    /// 128 characters each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 20), inner(length(max = 128)))]
     pub windows: Option<Vec<String>>,
-    /// Active refreshes of this policy's workloads, at most.
+    /// Active refreshes of this policy's workloads, at most (1 to 10000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10_000))]
     pub max_concurrent: Option<u32>,
     /// Workloads Argo CD or Flux manage: ignore (default) or patch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -270,6 +288,15 @@ impl PolicyRefresh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cel_duration_rule_names_the_parser_maximum() {
+        let max = freshen_core::duration::MAX_DURATION_SECONDS;
+        assert!(
+            DURATION_RULE.ends_with(&format!("<= {max}")),
+            "{DURATION_RULE}"
+        );
+    }
 
     #[test]
     fn policy_refresh_settings_parse_with_field_names_in_errors() {

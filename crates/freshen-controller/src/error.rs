@@ -28,6 +28,9 @@ pub enum Error {
     /// A guarded write lost to a concurrent change; the next step sees it.
     #[error("{0}")]
     Stale(&'static str),
+    /// The reconcile panicked (a bug); contained to this object and retried.
+    #[error("reconcile panicked: {0}")]
+    Panicked(String),
     /// An object could not be serialized (a programming error).
     #[error("serializing failed: {0}")]
     Serialize(#[source] serde_json::Error),
@@ -45,6 +48,7 @@ impl Error {
             Self::Stale(_) => "conflict",
             Self::Serialize(_) => "serialize",
             Self::Plan(..) => "refresh_create",
+            Self::Panicked(_) => "panic",
         }
     }
 }

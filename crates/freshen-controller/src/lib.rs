@@ -5,6 +5,7 @@
 //! the two policy status controllers, and the HTTP server.
 
 pub mod assess;
+pub mod contain;
 pub mod context;
 pub mod error;
 pub mod leader;
@@ -477,7 +478,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .reconcile_on(workload_rx)
         .shutdown_on_signal()
         .run(
-            workload::reconcile,
+            contain::contained(workload::reconcile),
             workload::error_policy,
             Arc::clone(&ctx),
         )
@@ -506,7 +507,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .reconcile_on(policy_rx)
         .shutdown_on_signal()
         .run(
-            policy_status::reconcile::<RefreshPolicy>,
+            contain::contained(policy_status::reconcile::<RefreshPolicy>),
             policy_status::error_policy::<RefreshPolicy>,
             Arc::clone(&ctx),
         )
@@ -517,13 +518,17 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let refreshes = Controller::for_stream(refresh_trigger, refresh_store)
         .reconcile_on(refresh_rx)
         .shutdown_on_signal()
-        .run(refresh::reconcile, refresh::error_policy, Arc::clone(&ctx))
+        .run(
+            contain::contained(refresh::reconcile),
+            refresh::error_policy,
+            Arc::clone(&ctx),
+        )
         .for_each(log_failure);
     let cluster_policies = Controller::for_stream(cluster_policy_trigger, cluster_policy_store)
         .reconcile_on(cluster_policy_rx)
         .shutdown_on_signal()
         .run(
-            policy_status::reconcile::<ClusterRefreshPolicy>,
+            contain::contained(policy_status::reconcile::<ClusterRefreshPolicy>),
             policy_status::error_policy::<ClusterRefreshPolicy>,
             ctx,
         )

@@ -12,7 +12,7 @@ use freshen_api::refresh::{REJECTED_DIGESTS, WORKLOAD_LABEL};
 use freshen_api::{Refresh, RefreshSpec};
 use freshen_core::ImageReference;
 use freshen_core::plan::{
-    self, ContainerView, Decision, Existing, Gates, Hold, Wants, gitops_manager,
+    self, ContainerView, Decision, Existing, Gates, Hold, Named, Slot, Wants, gitops_manager,
 };
 use freshen_core::rollout::Phase;
 use freshen_registry::{Keychain, Platform};
@@ -136,7 +136,9 @@ pub async fn consider(
         active: active
             .iter()
             .find(|r| {
-                r.namespace().as_deref() == Some(namespace.as_str()) && r.spec.workload == name
+                r.namespace().as_deref() == Some(namespace.as_str())
+                    && r.spec.workload == name
+                    && crate::refresh::owned_by(r, deploy)
             })
             .map(|r| r.name_any()),
         windows: prefs.windows.clone().unwrap_or_default(),
@@ -163,25 +165,26 @@ pub async fn consider(
         .iter()
         .find(|v| v.container == proposal.container)
         .and_then(|v| v.oldest_start);
-    let refresh_name = plan::refresh_name(&name, &proposal, oldest_start);
-    if let Some(previous) = ctx
-        .refreshes
-        .get(&ObjectRef::new(&refresh_name).within(&namespace))
-    {
-        let progress = previous.progress();
-        return Ok(
-            match plan::existing(
-                &proposal,
-                refresh_name.clone(),
-                progress.phase,
-                progress.cause,
-            ) {
-                Existing::Active => Outcome::Started(refresh_name),
+    let slots: Vec<_> = plan::refresh_names(&name, &proposal, oldest_start)
+        .into_iter()
+        .map(|candidate| {
+            let slot = ctx
+                .refreshes
+                .get(&ObjectRef::new(&candidate).within(&namespace))
+                .map_or(Slot::Free, |r| slot_of(&r, deploy, &proposal.container));
+            (candidate, slot)
+        })
+        .collect();
+    let refresh_name = match plan::name_for(&proposal, &slots) {
+        Named::Create(name) => name,
+        Named::Existing(name, existing) => {
+            return Ok(match existing {
+                Existing::Active => Outcome::Started(name),
                 Existing::Reached => Outcome::Nothing,
                 Existing::Held(hold) => Outcome::Held(hold, None),
-            },
-        );
-    }
+            });
+        }
+    };
     let running = views
         .iter()
         .find(|v| v.container == proposal.container)
@@ -225,6 +228,23 @@ pub async fn consider(
     }
 }
 
+/// What a Refresh found under a candidate name is to this workload: its
+/// own (same workload and container, owned by it by uid) or another's.
+fn slot_of(refresh: &Refresh, deploy: &Deployment, container: &str) -> Slot {
+    if refresh.spec.workload == deploy.name_any()
+        && refresh.spec.container == container
+        && crate::refresh::owned_by(refresh, deploy)
+    {
+        let progress = refresh.progress();
+        Slot::Ours {
+            phase: progress.phase,
+            cause: progress.cause,
+        }
+    } else {
+        Slot::Foreign
+    }
+}
+
 /// The digests rejected for `deploy`: its annotation, and the targets of its
 /// rolled-back Refreshes (either survives the loss of the other).
 pub fn rejected(ctx: &Context, deploy: &Deployment) -> Vec<(String, freshen_core::Digest)> {
@@ -238,6 +258,7 @@ pub fn rejected(ctx: &Context, deploy: &Deployment) -> Vec<(String, freshen_core
     for r in ctx.refreshes.state() {
         if r.namespace() == namespace
             && r.spec.workload == deploy.name_any()
+            && crate::refresh::owned_by(&r, deploy)
             && r.progress().phase == Phase::RolledBack
             && let Ok(d) = r.spec.digest.parse()
         {

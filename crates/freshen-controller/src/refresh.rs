@@ -27,7 +27,7 @@ use freshen_core::rollout::{
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -82,10 +82,9 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     let canary = ctx
         .deployments
         .get(&ObjectRef::new(&canary_name).within(&namespace));
-    let ours = canary
-        .as_ref()
-        .map(|c| c.labels().get(REFRESH_LABEL) == Some(&name));
-    let (canary_exists, foreign_canary) = (ours == Some(true), ours == Some(false));
+    let holder = canary
+        .as_deref()
+        .map_or(CanaryHolder::Nobody, |c| canary_holder(c, &refresh));
     let pods = ctx.pods.state();
     let live = |p: &&Arc<Pod>| {
         p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
@@ -109,12 +108,17 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         }
         _ => None,
     };
+    let untrusted = workload
+        .as_deref()
+        .and_then(|w| rollout::verify(&target, &provenance(&refresh, w)).err());
     let observed = Observed {
         workload: workload
             .as_deref()
             .and_then(|w| workload_state(w, &target.container)),
-        canary_exists,
-        foreign_canary,
+        canary_exists: holder == CanaryHolder::This,
+        foreign_canary: holder == CanaryHolder::Leftover,
+        canary_name_taken: (holder == CanaryHolder::Someone).then(|| canary_name.clone()),
+        untrusted,
         canary_pods,
         new_pods,
         metric,
@@ -165,7 +169,13 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
                 let Some(w) = &workload else { continue };
                 create_canary(&ctx, &refresh, w, &canary_name, *replicas).await?;
             }
-            Step::DeleteCanary => delete_canary(&ctx, &namespace, &canary_name).await?,
+            Step::DeleteCanary => {
+                // Only a Deployment freshen made for a Refresh, and only the
+                // very object judged (uid precondition).
+                if let Some(c) = canary.as_deref().filter(|_| holder.freshens()) {
+                    delete_canary(&ctx, c).await?;
+                }
+            }
             Step::SetImage { image, stamp } => {
                 let Some(w) = &workload else { continue };
                 set_image(
@@ -515,11 +525,87 @@ async fn create_canary(
     }
 }
 
-async fn delete_canary(ctx: &Context, namespace: &str, name: &str) -> Result<(), Error> {
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), namespace);
-    match api.delete(name, &DeleteParams::background()).await {
+/// Who holds the canary's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CanaryHolder {
+    /// No Deployment has it.
+    Nobody,
+    /// This Refresh's canary: freshen's label and a controller owner
+    /// reference to this Refresh, matched by uid.
+    This,
+    /// Another Refresh's canary (label and owner reference to a Refresh):
+    /// a leftover to delete before this one's is created.
+    Leftover,
+    /// A Deployment freshen did not create: never touched.
+    Someone,
+}
+
+impl CanaryHolder {
+    /// Whether the holder is a Deployment freshen created (and so may
+    /// delete).
+    fn freshens(self) -> bool {
+        matches!(self, Self::This | Self::Leftover)
+    }
+}
+
+/// Who holds the canary's name: judged by freshen's label and a
+/// controller owner reference to a Refresh (by uid), never by name alone.
+pub fn canary_holder(canary: &Deployment, refresh: &Refresh) -> CanaryHolder {
+    let owner = canary.owner_references().iter().find(|o| {
+        o.controller == Some(true)
+            && o.kind == Refresh::kind(&())
+            && o.api_version.split('/').next() == Some(Refresh::group(&()).as_ref())
+    });
+    let labelled = canary.labels().contains_key(REFRESH_LABEL);
+    match owner {
+        Some(o) if labelled && refresh.metadata.uid.as_deref() == Some(o.uid.as_str()) => {
+            CanaryHolder::This
+        }
+        Some(_) if labelled => CanaryHolder::Leftover,
+        _ => CanaryHolder::Someone,
+    }
+}
+
+/// Whether `refresh` is owned (as controller) by `workload`, by uid.
+pub fn owned_by(refresh: &Refresh, workload: &Deployment) -> bool {
+    let Some(uid) = workload.metadata.uid.as_deref() else {
+        return false;
+    };
+    refresh
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && o.kind == "Deployment" && o.uid == uid)
+}
+
+/// What the executor checks the Refresh against before acting.
+fn provenance(refresh: &Refresh, workload: &Deployment) -> rollout::Provenance {
+    rollout::Provenance {
+        owned_by_workload: owned_by(refresh, workload),
+        digest: refresh.spec.digest.clone(),
+        container_image: workload
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.iter().find(|c| c.name == refresh.spec.container))
+            .map(|c| c.image.clone().unwrap_or_default()),
+    }
+}
+
+/// Deletes a canary freshen created, by uid: if the name now belongs to
+/// another object, the API server refuses (409) and nothing is deleted.
+async fn delete_canary(ctx: &Context, canary: &Deployment) -> Result<(), Error> {
+    let namespace = canary.namespace().unwrap_or_default();
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: canary.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&canary.name_any(), &params).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
         Err(e) => Err(Error::Refresh("deleting the canary", e)),
     }
 }

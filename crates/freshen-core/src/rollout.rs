@@ -88,14 +88,17 @@ pub enum OnNoData {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct MetricCheck {
-    /// A PromQL instant query returning one number (the first sample counts).
+    /// A PromQL instant query returning one number (the first sample
+    /// counts); at most 4096 characters.
+    #[cfg_attr(feature = "schema", schemars(length(min = 1, max = 4096)))]
     pub query: String,
     /// The highest passing value.
     pub max: f64,
     /// What an empty result means.
     #[serde(default)]
     pub on_no_data: OnNoData,
-    /// How many query errors in a row fail the analysis.
+    /// How many query errors in a row fail the analysis, at most 100.
+    #[cfg_attr(feature = "schema", schemars(range(max = 100)))]
     pub max_consecutive_errors: u32,
 }
 
