@@ -50,6 +50,13 @@ options:
   # Scale tests create hundreds of ReplicaSets and pods at once; the
   # components' default client QPS would make that take minutes.
   disableQPSLimits: true
+componentsPatches:
+  # blockOwnerDeletion on a canary's owner reference then needs the
+  # operator's update right on refreshes/finalizers, as in most clusters.
+  - name: kube-apiserver
+    extraArgs:
+      - key: enable-admission-plugins
+        value: OwnerReferencesPermissionEnforcement
 ---
 YAML
       cat "$harness_dir/kwok-stages.yaml"
@@ -178,8 +185,18 @@ apply_crds() {
   log "CRDs applied from config/crd"
 }
 
+# The operator's identity (config/rbac/) and the admission policy that lets
+# only it write Refreshes (config/admission/): every e2e operator runs as
+# that ServiceAccount, so the shipped rights are what the tests exercise.
+apply_operator_identity() {
+  kubectl apply --server-side --force-conflicts -f "$repo_root/config/rbac" >/dev/null
+  kubectl apply --server-side --force-conflicts -f "$repo_root/config/admission" >/dev/null
+  log "operator RBAC and admission policy applied from config/"
+}
+
 start_cluster
 apply_crds
+apply_operator_identity
 start_registry
 start_private_registry
 start_prometheus

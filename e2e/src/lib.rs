@@ -102,12 +102,64 @@ impl Harness {
 
     /// A client for the harness' control plane.
     pub async fn client(&self) -> anyhow::Result<Client> {
-        let kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        Self::client_from(&self.kubeconfig).await
+    }
+
+    /// A client from a kubeconfig file, e.g. one [`Harness::kubeconfig_for`]
+    /// wrote.
+    pub async fn client_from(path: &Path) -> anyhow::Result<Client> {
+        let kubeconfig = Kubeconfig::read_from(path)?;
         let config =
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
         Ok(Client::try_from(config)?)
     }
+
+    /// Writes a kubeconfig that authenticates as the ServiceAccount
+    /// `namespace/name` (which must exist), with a token minted through the
+    /// TokenRequest API (`kubectl create token`), and returns its path.
+    pub fn kubeconfig_for(&self, namespace: &str, name: &str) -> anyhow::Result<PathBuf> {
+        let token = std::process::Command::new(&self.kubectl)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args([
+                "create",
+                "token",
+                name,
+                "-n",
+                namespace,
+                "--duration",
+                "24h",
+            ])
+            .output()?;
+        anyhow::ensure!(
+            token.status.success(),
+            "kubectl create token {name} -n {namespace} failed: {}",
+            String::from_utf8_lossy(&token.stderr)
+        );
+        let token = String::from_utf8(token.stdout)?.trim().to_owned();
+        let mut kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        for user in &mut kubeconfig.auth_infos {
+            if let Some(auth) = user.auth_info.as_mut() {
+                *auth = kube::config::AuthInfo {
+                    token: Some(token.clone().into()),
+                    ..Default::default()
+                };
+            }
+        }
+        let dir = repo_root().join("target/e2e-kubeconfigs");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+        // JSON is YAML: kubectl and kube read it as a kubeconfig.
+        std::fs::write(&path, serde_json::to_vec(&kubeconfig)?)?;
+        Ok(path)
+    }
 }
+
+/// The namespace of the operator's ServiceAccount (`config/rbac/`).
+pub const OPERATOR_NAMESPACE: &str = "freshen-system";
+/// The operator's ServiceAccount (`config/rbac/`): every e2e operator runs
+/// as it, so the shipped RBAC and admission policy are what the tests prove.
+pub const OPERATOR_SERVICE_ACCOUNT: &str = "freshen";
 
 /// The repository root (this crate lives in `e2e/`).
 pub fn repo_root() -> PathBuf {

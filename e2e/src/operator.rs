@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::{Harness, repo_root, wait_for};
+use crate::{Harness, OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT, repo_root, wait_for};
 
 /// A running operator; stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct Operator {
@@ -97,11 +97,16 @@ impl Operator {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f");
         let log = logs.join(format!("operator-{stamp}.log"));
         let out = std::fs::File::create(&log)?;
+        // The operator's own identity, bound to config/rbac/: a verb the
+        // shipped role lacks fails a test, and the admission policy in
+        // config/admission/ sees the operator as it would in a cluster.
+        let kubeconfig = harness.kubeconfig_for(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)?;
         let child = Command::new(&bin)
             .args(["run", "--metrics-addr", addr])
             .args(["--plain-http-registry", &harness.registry])
             .args(extra)
-            .env("KUBECONFIG", &harness.kubeconfig)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("POD_NAMESPACE", OPERATOR_NAMESPACE)
             .env(
                 "RUST_LOG",
                 std::env::var("RUST_LOG")
@@ -134,6 +139,12 @@ impl Operator {
         self.child.kill()?;
         self.child.wait()?;
         Ok(())
+    }
+
+    /// Whether the operator process is still running (it has not exited,
+    /// for instance on a panic).
+    pub fn running(&mut self) -> anyhow::Result<bool> {
+        Ok(self.child.try_wait()?.is_none())
     }
 
     /// The operator's process id.

@@ -16,8 +16,8 @@ use freshen_core::rollout::{Failure, Phase, Reason, Verdict};
 use freshen_e2e::image::{ImageSpec, Pushed, push};
 use freshen_e2e::operator::Operator;
 use freshen_e2e::{
-    Harness, TestNamespace, await_event, await_warning, deployment_with, init_tls, merge_json,
-    wait_for, wait_ready_pods,
+    Harness, OPERATOR_NAMESPACE, TestNamespace, await_event, await_warning, deployment_with,
+    init_tls, merge_json, wait_for, wait_ready_pods,
 };
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -127,7 +127,7 @@ impl Scene {
         Operator::start(&self.harness, &args).await
     }
 
-    /// Every operator's arguments: this namespace (its Lease too), a short
+    /// Every operator's arguments: this namespace, a short
     /// poll, and a short Lease so that one SIGKILLed is replaced quickly.
     fn operator_args(&self) -> Vec<&str> {
         vec![
@@ -716,6 +716,9 @@ async fn of_two_operators_one_acts_and_the_other_takes_over_when_it_dies() -> an
     s.deploy("lead", &v1.pinned(), 2, &[], serde_json::json!({}))
         .await?;
     let mut leader = s.operator(&[]).await?;
+    let leases: Api<Lease> = Api::namespaced(s.client.clone(), OPERATOR_NAMESPACE);
+    let transitions = |lease: Lease| lease.spec.and_then(|s| s.lease_transitions).unwrap_or(0);
+    let before = transitions(leases.get("freshen-leader").await?);
     let standby = Operator::start_at(&s.harness, "127.0.0.1:18089", &s.operator_args()).await?;
     let v2 = s.push("stable", "v2", 1).await?;
     s.await_refresh("lead", "in Canary", Duration::from_secs(30), |r| {
@@ -739,9 +742,13 @@ async fn of_two_operators_one_acts_and_the_other_takes_over_when_it_dies() -> an
     assert_eq!(s.image_of("lead").await?, v2.pinned());
     assert_eq!(s.replica_sets("lead").await?, 2, "one rollout");
     s.await_gone("lead-canary").await?;
-    let leases: Api<Lease> = Api::namespaced(s.client.clone(), &s.ns.name);
-    let spec = leases.get("freshen-leader").await?.spec.unwrap_or_default();
-    assert_eq!(spec.lease_transitions, Some(1), "{spec:?}");
+    // The Lease lives in the operator's namespace (its Role allows no
+    // other), shared by every test: one take-over since the leader led.
+    assert_eq!(
+        transitions(leases.get("freshen-leader").await?),
+        before + 1,
+        "one take-over"
+    );
     eprintln!("standby led {took_over:?} after the leader was killed");
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod annotations;
 pub mod crd;
 pub mod policy;
+pub mod promql;
 pub mod refresh;
 pub mod time;
 

@@ -84,6 +84,10 @@ pub enum SpecError {
     /// A maintenance window does not parse.
     #[error("spec.windows: {0}")]
     Window(String),
+    /// The canary query reads beyond the policy's namespace, or is not
+    /// PromQL.
+    #[error("spec.rollout.analysis.prometheus.query {0}")]
+    Query(String),
 }
 
 /// An optional duration field of a spec, or an error naming it.
@@ -235,7 +239,11 @@ impl RefreshPolicy {
     /// The policy as precedence sees it, or why its spec is invalid.
     pub fn candidate(&self) -> Result<Candidate, SpecError> {
         selector("selector", &self.spec.selector)?;
-        self.spec.refresh.parse()?;
+        let prefs = self.spec.refresh.parse()?;
+        if let Some(metric) = &prefs.metric {
+            crate::promql::confined_to(&metric.query, &self.namespace().unwrap_or_default())
+                .map_err(SpecError::Query)?;
+        }
         candidate(self, &self.spec.limits)
     }
 
@@ -276,6 +284,17 @@ impl ClusterRefreshPolicy {
             &self.spec.namespace_selector,
             namespace_labels,
         ) && side("selector", &self.spec.selector, labels)
+    }
+
+    /// Whether its `namespaceSelector` selects a namespace labelled
+    /// `namespace_labels` (absent selects every namespace). A pin by
+    /// `freshen.dev/policy` needs this: a namespace's workloads cannot
+    /// borrow a policy that was not written for their namespace.
+    pub fn selects_namespace(&self, namespace_labels: &BTreeMap<String, String>) -> bool {
+        match &self.spec.namespace_selector {
+            None => true,
+            Some(s) => selector("namespaceSelector", s).is_ok_and(|s| s.matches(namespace_labels)),
+        }
     }
 }
 

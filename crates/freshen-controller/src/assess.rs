@@ -27,7 +27,8 @@ use tracing::debug;
 use crate::records::{ContainerRecord, PolicyBinding, WorkloadRecord};
 
 const PINNED_POLICY_FORM: &str = "the name of an existing, valid RefreshPolicy in the \
-                                  workload's namespace or ClusterRefreshPolicy";
+                                  workload's namespace, or of a ClusterRefreshPolicy whose \
+                                  namespaceSelector selects that namespace";
 
 /// How a workload is configured: its settings, the policies that match it
 /// and the limits in force.
@@ -97,15 +98,22 @@ pub fn configure(
         list.iter().find(|c| c.name == name).cloned()
     };
     let all_policies: Vec<Candidate> = valid_policies.iter().map(|(_, c)| c.clone()).collect();
-    let all_cluster: Vec<Candidate> = valid_cluster.iter().map(|(_, c)| c.clone()).collect();
+    // A pin may name only a ClusterRefreshPolicy whose namespaceSelector
+    // selects this namespace.
+    let pinnable_cluster: Vec<Candidate> = valid_cluster
+        .iter()
+        .filter(|(p, _)| p.selects_namespace(namespace_labels))
+        .map(|(_, c)| c.clone())
+        .collect();
 
-    // A pinned policy governs in place of selector matching at its level; a
-    // pin to a ClusterRefreshPolicy also sets RefreshPolicies aside.
+    // A pinned policy governs in place of selector matching at its level
+    // only: a pin to a ClusterRefreshPolicy never sets the namespace's own
+    // RefreshPolicies (and their suspend) aside.
     let (matched, cluster_matched) = match settings.policy.as_deref() {
         None => (by_selector(), cluster_by_selector()),
-        Some(pin) => match (named(&all_policies, pin), named(&all_cluster, pin)) {
+        Some(pin) => match (named(&all_policies, pin), named(&pinnable_cluster, pin)) {
             (Some(p), _) => (vec![p], cluster_by_selector()),
-            (None, Some(c)) => (Vec::new(), vec![c]),
+            (None, Some(c)) => (by_selector(), vec![c]),
             (None, None) => {
                 errors.push(AnnotationError {
                     key: POLICY.to_owned(),
@@ -677,11 +685,38 @@ mod tests {
             &base,
             &Limits::default(),
         );
-        assert!(
-            to_cluster.binding.policies.is_empty(),
-            "RefreshPolicies are set aside"
+        assert_eq!(
+            to_cluster.binding.policies,
+            ["web"],
+            "a pin to a ClusterRefreshPolicy never sets the namespace's own policies aside"
+        );
+        assert_eq!(
+            to_cluster
+                .resolution
+                .limits
+                .max_image_age
+                .as_ref()
+                .map(|l| l.value),
+            Some(days(5)),
+            "the namespace's policy still wins where it speaks"
         );
         assert_eq!(to_cluster.binding.cluster_policy.as_deref(), Some("base"));
+
+        // A ClusterRefreshPolicy written for other namespaces cannot be
+        // borrowed by a pin: an error naming the annotation, selectors decide.
+        let dev = labels(&[("env", "dev")]);
+        let borrowed = configure(
+            &deploy(&[("freshen.dev/policy", "base")]),
+            &dev,
+            &policies,
+            &base,
+            &Limits::default(),
+        );
+        assert_eq!(borrowed.errors.len(), 1);
+        let e = borrowed.errors[0].to_string();
+        assert!(e.contains("namespaceSelector selects"), "{e}");
+        assert!(borrowed.binding.cluster_policies.is_empty());
+        assert_eq!(borrowed.binding.policies, ["web"]);
 
         let missing = configure(
             &deploy(&[("freshen.dev/policy", "nope")]),

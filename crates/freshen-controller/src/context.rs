@@ -27,6 +27,9 @@ pub struct ControllerConfig {
     pub defaults: Limits,
     /// Active refreshes operator-wide, at most.
     pub max_concurrent_refreshes: u32,
+    /// Active refreshes in one namespace, at most: its fair share of
+    /// `max_concurrent_refreshes`.
+    pub max_concurrent_refreshes_per_namespace: u32,
     /// Finished Refreshes kept per workload.
     pub refresh_history: usize,
 }
@@ -65,6 +68,9 @@ pub struct Context {
     pub workload_trigger: UnboundedSender<ObjectRef<Deployment>>,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
+    /// Serializes the planners' decide-and-create, with the Refreshes
+    /// created but not yet in the cache, so limits hold under concurrency.
+    pub planning: tokio::sync::Mutex<crate::planner::Ledger>,
     /// Settings.
     pub config: ControllerConfig,
 }

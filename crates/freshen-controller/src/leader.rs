@@ -95,6 +95,9 @@ enum Attempt {
 pub struct Elector {
     api: Api<Lease>,
     config: LeaderConfig,
+    /// The Lease's resourceVersion as last seen, and when (our clock): a
+    /// record unchanged for its duration has expired.
+    observed: std::sync::Mutex<Option<(String, DateTime<Utc>)>>,
 }
 
 impl Elector {
@@ -103,6 +106,32 @@ impl Elector {
         Self {
             api: Api::namespaced(client, &config.namespace),
             config,
+            observed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// When this process first saw the Lease record `lease` (by its
+    /// resourceVersion), by its own clock.
+    fn observed_at(&self, lease: &Lease, now: DateTime<Utc>) -> DateTime<Utc> {
+        let version = lease.metadata.resource_version.clone().unwrap_or_default();
+        let Ok(mut seen) = self.observed.lock() else {
+            return now;
+        };
+        match seen.as_ref() {
+            Some((v, at)) if *v == version => *at,
+            _ => {
+                *seen = Some((version, now));
+                now
+            }
+        }
+    }
+
+    /// One attempt, bounded: an API server that stalls must not keep a
+    /// leader believing it leads past its renew deadline.
+    async fn attempt_within(&self, limit: Duration) -> Attempt {
+        match tokio::time::timeout(limit, self.attempt()).await {
+            Ok(attempt) => attempt,
+            Err(_) => Attempt::Retry(format!("no answer from the API server in {limit:?}")),
         }
     }
 
@@ -114,7 +143,7 @@ impl Elector {
     pub async fn acquire(&self) {
         let mut said = None;
         loop {
-            match self.attempt().await {
+            match self.attempt_within(self.config.renew_deadline).await {
                 Attempt::Held => {
                     info!(lease = %self.lease_name(), identity = %self.config.identity, "leading");
                     return;
@@ -138,7 +167,12 @@ impl Elector {
         let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.config.retry_period).await;
-            match self.attempt().await {
+            let left = self
+                .config
+                .renew_deadline
+                .saturating_sub(renewed.elapsed())
+                .max(Duration::from_millis(100));
+            match self.attempt_within(left).await {
                 Attempt::Held => renewed = tokio::time::Instant::now(),
                 Attempt::Other(holder) => {
                     return LeadershipLost::TakenOver {
@@ -189,7 +223,10 @@ impl Elector {
             Err(e) => return Attempt::Retry(e.to_string()),
         };
         let now = Utc::now();
-        let view = current.as_ref().map(holder);
+        let view = current.as_ref().map(|l| Holder {
+            observed: Some(self.observed_at(l, now)),
+            ..holder(l)
+        });
         let decided = claim(view.as_ref(), &self.config.identity, now);
         let written = match decided {
             Claim::Wait(_) => {
@@ -264,6 +301,7 @@ fn holder(lease: &Lease) -> Holder {
         duration: Duration::from_secs(
             u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
         ),
+        observed: None,
     }
 }
 
@@ -289,6 +327,7 @@ mod tests {
                 identity: Some("a".into()),
                 renewed: Some(t),
                 duration: Duration::from_secs(15),
+                observed: None,
             }
         );
         assert_eq!(holder(&Lease::default()).identity, None);

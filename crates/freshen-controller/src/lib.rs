@@ -469,6 +469,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         prometheus,
         readiness: readiness.clone(),
         workload_trigger: workload_tx,
+        planning: tokio::sync::Mutex::new(planner::Ledger::default()),
         config: config.controller,
     });
 

@@ -30,8 +30,9 @@ use crate::records::ContainerRecord;
 use crate::refresh::FIELD_MANAGER;
 
 /// Refresh annotation: the policy that governed the workload when the
-/// Refresh was created (`RefreshPolicy/<name>` or `ClusterRefreshPolicy/<name>`),
-/// for its `maxConcurrent`.
+/// Refresh was created (`RefreshPolicy/<namespace>/<name>` or
+/// `ClusterRefreshPolicy/<name>`), for its `maxConcurrent`: two namespaces'
+/// policies of one name never share a limit.
 pub const GOVERNED_BY: &str = "freshen.dev/governed-by";
 
 /// What the planner did.
@@ -115,7 +116,7 @@ pub async fn consider(
         .resolution
         .policy
         .as_ref()
-        .map(|p| format!("RefreshPolicy/{p}"))
+        .map(|p| format!("RefreshPolicy/{namespace}/{p}"))
         .or_else(|| {
             config
                 .resolution
@@ -123,35 +124,35 @@ pub async fn consider(
                 .as_ref()
                 .map(|p| format!("ClusterRefreshPolicy/{p}"))
         });
-    let refreshes = ctx.refreshes.state();
-    let active: Vec<_> = refreshes
-        .iter()
-        .filter(|r| !r.progress().phase.is_terminal())
-        .collect();
+    // Deciding and creating happen under one lock, and Refreshes this
+    // process created but its cache has not shown yet count as active:
+    // workloads reconciled side by side must not all pass the same limit.
+    let mut ledger = ctx.planning.lock().await;
+    let underway = ledger.underway(&ctx.refreshes.state());
+    let owned = |u: &&Underway| {
+        u.namespace == namespace && u.workload == name && u.owner == deploy.metadata.uid
+    };
     let gates = Gates {
         gitops: gitops_manager(deploy.labels(), deploy.annotations())
             .filter(|_| prefs.gitops_patch != Some(true)),
         suspended: prefs.suspend == Some(true),
         snooze_until: config.settings.snooze_until,
-        active: active
-            .iter()
-            .find(|r| {
-                r.namespace().as_deref() == Some(namespace.as_str())
-                    && r.spec.workload == name
-                    && crate::refresh::owned_by(r, deploy)
-            })
-            .map(|r| r.name_any()),
+        active: underway.iter().find(owned).map(|u| u.name.clone()),
         windows: prefs.windows.clone().unwrap_or_default(),
         policy_active: (
             governed_by.as_ref().map_or(0, |g| {
-                active
+                underway
                     .iter()
-                    .filter(|r| r.annotations().get(GOVERNED_BY) == Some(g))
+                    .filter(|u| u.governed_by.as_ref() == Some(g))
                     .count()
             }),
             prefs.max_concurrent,
         ),
-        operator_active: (active.len(), ctx.config.max_concurrent_refreshes),
+        operator_active: (underway.len(), ctx.config.max_concurrent_refreshes),
+        namespace_active: (
+            underway.iter().filter(|u| u.namespace == namespace).count(),
+            ctx.config.max_concurrent_refreshes_per_namespace,
+        ),
     };
     let proposal = match plan::decide(&views, &wants, &gates, now) {
         Decision::Nothing => return Ok(Outcome::Nothing),
@@ -218,13 +219,83 @@ pub async fn consider(
         field_manager: Some(FIELD_MANAGER.into()),
         ..PostParams::default()
     };
+    let underway = Underway::of(&refresh);
     match api.create(&params, &refresh).await {
         Ok(_) => {
             info!(refresh = %refresh_name, reason = %proposal.reason, to = %proposal.to_image, "refresh created");
+            ledger.created(underway);
             Ok(Outcome::Started(refresh_name))
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Started(refresh_name)),
         Err(e) => Err(Error::Plan("creating the Refresh", e)),
+    }
+}
+
+/// A Refresh under way, as the limits count it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Underway {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The workload it changes.
+    pub workload: String,
+    /// The uid of the Deployment that owns it.
+    pub owner: Option<String>,
+    /// The policy that governed its workload ([`GOVERNED_BY`]).
+    pub governed_by: Option<String>,
+}
+
+impl Underway {
+    fn of(refresh: &Refresh) -> Self {
+        Self {
+            namespace: refresh.namespace().unwrap_or_default(),
+            name: refresh.name_any(),
+            workload: refresh.spec.workload.clone(),
+            owner: refresh
+                .owner_references()
+                .iter()
+                .find(|o| o.controller == Some(true) && o.kind == "Deployment")
+                .map(|o| o.uid.clone()),
+            governed_by: refresh.annotations().get(GOVERNED_BY).cloned(),
+        }
+    }
+}
+
+/// Refreshes this process created that its cache may not show yet; held
+/// under the planning lock.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    created: Vec<(Underway, std::time::Instant)>,
+}
+
+/// How long a created Refresh counts from the ledger: the cache shows it
+/// long before.
+const LEDGER_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Ledger {
+    /// Every Refresh under way: the cache's active ones, and those created
+    /// here that it does not show yet (entries it shows, or older than a
+    /// minute, are dropped).
+    fn underway(&mut self, cached: &[std::sync::Arc<Refresh>]) -> Vec<Underway> {
+        let mut all: Vec<Underway> = cached
+            .iter()
+            .filter(|r| !r.progress().phase.is_terminal())
+            .map(|r| Underway::of(r))
+            .collect();
+        let seen = |u: &Underway| {
+            cached
+                .iter()
+                .any(|r| r.name_any() == u.name && r.namespace().as_deref() == Some(&u.namespace))
+        };
+        self.created
+            .retain(|(u, at)| at.elapsed() < LEDGER_TTL && !seen(u));
+        all.extend(self.created.iter().map(|(u, _)| u.clone()));
+        all
+    }
+
+    fn created(&mut self, underway: Underway) {
+        self.created.push((underway, std::time::Instant::now()));
     }
 }
 

@@ -47,12 +47,16 @@ impl PrometheusClient {
             .query(&[("query", query)])
             .send()
             .await;
-        let answer: Answer = match response {
-            Ok(r) => match r.json().await {
-                Ok(a) => a,
-                Err(e) => return MetricReading::Error(format!("unreadable answer: {e}")),
+        let body = match response {
+            Ok(r) => match capped_body(r, MAX_ANSWER_BYTES).await {
+                Ok(body) => body,
+                Err(e) => return MetricReading::Error(e),
             },
             Err(e) => return MetricReading::Error(format!("request failed: {e}")),
+        };
+        let answer: Answer = match serde_json::from_slice(&body) {
+            Ok(a) => a,
+            Err(e) => return MetricReading::Error(format!("unreadable answer: {e}")),
         };
         if answer.status != "success" {
             return MetricReading::Error(answer.error.unwrap_or(answer.status));
@@ -62,6 +66,31 @@ impl PrometheusClient {
             None => MetricReading::Error("answer without data".into()),
         }
     }
+}
+
+/// The largest answer read: a canary check needs one number, and a query
+/// that returns every series of a large Prometheus must not fill the
+/// operator's memory.
+pub const MAX_ANSWER_BYTES: usize = 1024 * 1024;
+
+/// The body of `response`, read chunk by chunk and refused as soon as it
+/// grows past `limit` bytes (whatever Content-Length says).
+async fn capped_body(mut response: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if response.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("answer larger than {limit} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("reading the answer failed: {e}"))?
+    {
+        if body.len() + chunk.len() > limit {
+            return Err(format!("answer larger than {limit} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// The first sample of a query result: vectors take their first element's
@@ -74,8 +103,9 @@ fn reading(result_type: &str, result: &serde_json::Value) -> MetricReading {
         },
         "scalar" => result.get(1),
         other => {
+            let other: String = other.chars().take(32).collect();
             return MetricReading::Error(format!(
-                "a {other} result; the query must return a vector or scalar"
+                "a {other} result; the query must return an instant vector or a scalar"
             ));
         }
     };
@@ -104,6 +134,12 @@ mod tests {
         );
         assert!(
             matches!(reading("matrix", &json!([])), MetricReading::Error(e) if e.contains("matrix"))
+        );
+        assert!(
+            matches!(reading("string", &json!([1.7e9, "x"])), MetricReading::Error(e) if e.contains("string"))
+        );
+        assert!(
+            matches!(reading("vector", &json!([{"value": [1, "+Inf"]}])), MetricReading::Value(v) if v.is_infinite())
         );
         assert!(matches!(
             reading("vector", &json!([{"value": [1, "x"]}])),

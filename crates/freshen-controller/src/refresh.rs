@@ -104,7 +104,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         .collect();
     let metric = match (&target.settings.metric, progress.phase) {
         (Some(check), Phase::Canary) if rollout::check_due(&target, &progress, now) => {
-            Some(ctx.query_metric(&check.query).await)
+            Some(query_confined(&ctx, &namespace, &check.query).await)
         }
         _ => None,
     };
@@ -586,7 +586,11 @@ fn provenance(refresh: &Refresh, workload: &Deployment) -> rollout::Provenance {
             .spec
             .as_ref()
             .and_then(|s| s.template.spec.as_ref())
-            .and_then(|s| s.containers.iter().find(|c| c.name == refresh.spec.container))
+            .and_then(|s| {
+                s.containers
+                    .iter()
+                    .find(|c| c.name == refresh.spec.container)
+            })
             .map(|c| c.image.clone().unwrap_or_default()),
     }
 }
@@ -671,15 +675,27 @@ async fn reject_digest(
         ctx.client.clone(),
         &workload.namespace().unwrap_or_default(),
     );
-    let patch = json!({"metadata": {"annotations": {REJECTED_DIGESTS: value}}});
+    // Guarded by the resourceVersion the list was read at, like every
+    // workload write: a stale leader (paused past its Lease) or a
+    // concurrent edit makes it fail, and the next step reads again.
+    let patch = json!({"metadata": {
+        "resourceVersion": workload.resource_version(),
+        "annotations": {REJECTED_DIGESTS: value},
+    }});
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
-    api.patch(&workload.name_any(), &params, &Patch::Merge(patch))
+    match api
+        .patch(&workload.name_any(), &params, &Patch::Merge(patch))
         .await
-        .map(|_| ())
-        .map_err(|e| Error::Refresh("recording the rejected digest", e))
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            Err(Error::Stale("the workload changed since it was read"))
+        }
+        Err(e) => Err(Error::Refresh("recording the rejected digest", e)),
+    }
 }
 
 /// Deletes the oldest finished Refreshes of a workload beyond the history
@@ -699,6 +715,26 @@ async fn prune_history(ctx: &Context, namespace: &str, workload: &str) {
             warn!(error = %e, refresh = %name, "could not prune an old refresh");
         }
     }
+}
+
+/// Runs a canary query, unless it reads beyond the Refresh's namespace and
+/// no ClusterRefreshPolicy (the platform team's, which may query freely)
+/// asks it. Re-checked here: the policy was valid when the Refresh was
+/// planned, but the Refresh is what runs.
+async fn query_confined(ctx: &Context, namespace: &str, query: &str) -> MetricReading {
+    let cluster_wide = ctx.cluster_policies.state().iter().any(|p| {
+        p.spec
+            .refresh
+            .rollout
+            .as_ref()
+            .and_then(|r| r.analysis.as_ref())
+            .and_then(|a| a.prometheus.as_ref())
+            .is_some_and(|c| c.query == query)
+    });
+    if !cluster_wide && let Err(e) = freshen_api::promql::confined_to(query, namespace) {
+        return MetricReading::Error(format!("query not run: it {e}"));
+    }
+    ctx.query_metric(query).await
 }
 
 impl Context {

@@ -55,7 +55,11 @@ pub fn check_build_time(
     if created <= DateTime::UNIX_EPOCH {
         return Err(UnknownAge::Epoch);
     }
-    if created > now.checked_add_signed(FUTURE_SKEW_TOLERANCE).unwrap_or(DateTime::<Utc>::MAX_UTC) {
+    if created
+        > now
+            .checked_add_signed(FUTURE_SKEW_TOLERANCE)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC)
+    {
         return Err(UnknownAge::Future);
     }
     Ok(created)
@@ -109,7 +113,10 @@ mod tests {
     #[test]
     fn later_saturates_instead_of_panicking() {
         let now = at(NOW);
-        assert_eq!(later(now, Duration::from_secs(60)), at("2026-11-22T12:01:00Z"));
+        assert_eq!(
+            later(now, Duration::from_secs(60)),
+            at("2026-11-22T12:01:00Z")
+        );
         assert_eq!(later(now, Duration::MAX), DateTime::<Utc>::MAX_UTC);
         assert_eq!(
             later(DateTime::<Utc>::MAX_UTC, Duration::from_secs(1)),

@@ -187,7 +187,8 @@ mod tests {
         assert_eq!(secs("5217w6d"), 5217 * 604_800 + 6 * 86_400);
         let e = parse_duration("36525d1s").err().map(|e| e.to_string());
         assert!(
-            e.as_deref().is_some_and(|m| m.contains("longer than 100 years")),
+            e.as_deref()
+                .is_some_and(|m| m.contains("longer than 100 years")),
             "{e:?}"
         );
     }

@@ -19,6 +19,11 @@ pub struct Holder {
     pub renewed: Option<DateTime<Utc>>,
     /// `spec.leaseDurationSeconds`.
     pub duration: Duration,
+    /// When this process first saw the Lease as it is now (same
+    /// resourceVersion), by its own clock. Expiry is judged from it, as
+    /// client-go does: the holder's clock may be skewed, ours only moves
+    /// forward. `None`: judged from `renewed`.
+    pub observed: Option<DateTime<Utc>>,
 }
 
 /// What to do about the Lease now.
@@ -45,10 +50,10 @@ pub fn claim(lease: Option<&Holder>, me: &str, now: DateTime<Utc>) -> Claim {
         Some(holder) if holder == me => return Claim::Renew,
         Some(_) => {}
     }
-    let Some(renewed) = lease.renewed else {
+    let Some(since) = lease.observed.or(lease.renewed) else {
         return Claim::TakeOver;
     };
-    let expires = crate::age::later(renewed, lease.duration);
+    let expires = crate::age::later(since, lease.duration);
     if expires <= now {
         Claim::TakeOver
     } else {
@@ -69,7 +74,29 @@ mod tests {
             identity: who.map(str::to_owned),
             renewed: renewed.map(at),
             duration: Duration::from_secs(15),
+            observed: None,
         }
+    }
+
+    #[test]
+    fn expiry_is_judged_by_when_we_saw_the_lease_not_by_the_holders_clock() {
+        // The holder's clock is an hour behind: its renewTime looks ancient,
+        // but we saw this very record only 5 s ago.
+        let skewed = Holder {
+            observed: Some(at(3_595)),
+            ..held_by(Some("other"), Some(0))
+        };
+        assert_eq!(
+            claim(Some(&skewed), "me", at(3_600)),
+            Claim::Wait(at(3_610))
+        );
+        assert_eq!(claim(Some(&skewed), "me", at(3_610)), Claim::TakeOver);
+        // A holder clock ahead of ours cannot keep the Lease forever either.
+        let ahead = Holder {
+            observed: Some(at(0)),
+            ..held_by(Some("other"), Some(86_400))
+        };
+        assert_eq!(claim(Some(&ahead), "me", at(15)), Claim::TakeOver);
     }
 
     #[test]

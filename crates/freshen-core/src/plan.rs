@@ -107,6 +107,9 @@ pub struct Gates {
     pub policy_active: (usize, Option<u32>),
     /// Active refreshes operator-wide, and the limit.
     pub operator_active: (usize, u32),
+    /// Active refreshes in the workload's namespace, and the most one
+    /// namespace may have.
+    pub namespace_active: (usize, u32),
 }
 
 /// A refresh to start.
@@ -141,6 +144,9 @@ pub enum Hold {
     PolicyLimit(u32),
     /// The operator-wide limit is reached.
     OperatorLimit(u32),
+    /// The workload's namespace has its share of the operator-wide limit
+    /// under way: one namespace's stuck canaries cannot starve the others.
+    NamespaceLimit(u32),
     /// The new digest is younger than `minDigestAge`; old enough then.
     Soaking(DateTime<Utc>),
     /// The Refresh for this very target already ended (failed, rolled back,
@@ -194,6 +200,11 @@ impl fmt::Display for Hold {
             }
             Self::OutsideWindow(None) => f.write_str("outside its maintenance windows"),
             Self::PolicyLimit(n) => write!(f, "its policy's maxConcurrent ({n}) is reached"),
+            Self::NamespaceLimit(n) => write!(
+                f,
+                "its namespace has {n} refreshes under way, the operator's \
+                 --max-concurrent-refreshes-per-namespace"
+            ),
             Self::OperatorLimit(n) => {
                 write!(
                     f,
@@ -407,6 +418,8 @@ pub fn decide(
         && active >= max as usize
     {
         Some(Hold::PolicyLimit(max))
+    } else if gates.namespace_active.0 >= gates.namespace_active.1 as usize {
+        Some(Hold::NamespaceLimit(gates.namespace_active.1))
     } else if gates.operator_active.0 >= gates.operator_active.1 as usize {
         Some(Hold::OperatorLimit(gates.operator_active.1))
     } else {
@@ -695,6 +708,7 @@ mod tests {
     fn open_gates() -> Gates {
         Gates {
             operator_active: (0, 5),
+            namespace_active: (0, 5),
             ..Gates::default()
         }
     }
@@ -808,6 +822,7 @@ mod tests {
             windows: vec![closed.clone()],
             policy_active: (2, Some(2)),
             operator_active: (5, 5),
+            namespace_active: (3, 3),
         };
         assert_eq!(hold(all.clone()), Some(Hold::GitOps(GitOps::ArgoCd)));
         let g = Gates {
@@ -837,6 +852,11 @@ mod tests {
         assert_eq!(hold(g.clone()), Some(Hold::PolicyLimit(2)));
         let g = Gates {
             policy_active: (1, Some(2)),
+            ..g
+        };
+        assert_eq!(hold(g.clone()), Some(Hold::NamespaceLimit(3)));
+        let g = Gates {
+            namespace_active: (2, 3),
             ..g
         };
         assert_eq!(hold(g.clone()), Some(Hold::OperatorLimit(5)));
@@ -876,7 +896,10 @@ mod tests {
         assert_eq!(
             name_for(
                 &p("b-c"),
-                &[(two[0].clone(), Slot::Foreign), (two[1].clone(), Slot::Free)]
+                &[
+                    (two[0].clone(), Slot::Foreign),
+                    (two[1].clone(), Slot::Free)
+                ]
             ),
             Named::Create(two[1].clone())
         );
@@ -970,6 +993,7 @@ mod tests {
             Hold::OutsideWindow(None),
             Hold::PolicyLimit(1),
             Hold::OperatorLimit(1),
+            Hold::NamespaceLimit(1),
             Hold::Active("x".into()),
         ] {
             assert_eq!(quiet.warning_reason(), None, "{quiet}");

@@ -268,8 +268,7 @@ pub fn next_crossing(
             let (age, limit) = (age?, limit?);
             // Strictly past the limit is a violation, so the crossing is
             // one second after the limit is reached.
-            (age <= limit.value)
-                .then(|| (limit.value - age).saturating_add(Duration::from_secs(1)))
+            (age <= limit.value).then(|| (limit.value - age).saturating_add(Duration::from_secs(1)))
         })
         .min()
 }

@@ -239,9 +239,11 @@ pub struct Provenance {
 /// within bounds.
 pub fn verify(target: &Target, provenance: &Provenance) -> Result<(), String> {
     if !provenance.owned_by_workload {
-        return Err("it is not owned by its workload (no controller ownerReference with the \
+        return Err(
+            "it is not owned by its workload (no controller ownerReference with the \
                     Deployment's uid)"
-            .into());
+                .into(),
+        );
     }
     if provenance.container_image.is_none() {
         return Err(format!(
@@ -249,8 +251,8 @@ pub fn verify(target: &Target, provenance: &Provenance) -> Result<(), String> {
             target.container
         ));
     }
-    let to = crate::ImageReference::parse(&target.to_image)
-        .map_err(|e| format!("spec.toImage: {e}"))?;
+    let to =
+        crate::ImageReference::parse(&target.to_image).map_err(|e| format!("spec.toImage: {e}"))?;
     let from = crate::ImageReference::parse(&target.from_image)
         .map_err(|e| format!("spec.fromImage: {e}"))?;
     if to.digest.as_ref().map(crate::Digest::as_str) != Some(provenance.digest.as_str()) {
@@ -975,9 +977,11 @@ fn judge_metric(
 ) -> (Verdict, Option<f64>, String) {
     match reading {
         None => (Verdict::Wait, None, "metric not read".into()),
-        Some(MetricReading::Value(v)) if v.is_nan() => {
-            (Verdict::Fail, None, "metric is NaN".into())
-        }
+        Some(MetricReading::Value(v)) if !v.is_finite() => (
+            Verdict::Fail,
+            None,
+            format!("metric is {v}, not a finite number"),
+        ),
         Some(MetricReading::Value(v)) if *v <= check.max => (
             Verdict::Pass,
             Some(*v),
@@ -1483,7 +1487,12 @@ mod tests {
             canary_name_taken: Some("api-canary".into()),
             ..observed(FROM)
         };
-        let first = step(&target(Strategy::Canary), &Progress::default(), &taken, t0());
+        let first = step(
+            &target(Strategy::Canary),
+            &Progress::default(),
+            &taken,
+            t0(),
+        );
         assert_eq!(first.progress.phase, Phase::Pending);
         assert!(first.actions.is_empty(), "{:?}", first.actions);
         assert_eq!(
@@ -1499,10 +1508,20 @@ mod tests {
         assert!(events(&second).is_empty());
         assert!(second.actions.is_empty());
         // Gone: the canary starts.
-        let free = step(&target(Strategy::Canary), &published, &observed(FROM), secs(60));
+        let free = step(
+            &target(Strategy::Canary),
+            &published,
+            &observed(FROM),
+            secs(60),
+        );
         assert_eq!(free.progress.phase, Phase::Canary);
         // A rolling refresh needs no canary name.
-        let rolling = step(&target(Strategy::Rolling), &Progress::default(), &taken, t0());
+        let rolling = step(
+            &target(Strategy::Rolling),
+            &Progress::default(),
+            &taken,
+            t0(),
+        );
         assert_eq!(rolling.progress.phase, Phase::Promoting);
     }
 
@@ -1510,7 +1529,10 @@ mod tests {
     fn verify_accepts_only_a_refresh_that_matches_its_workload() {
         let good = Provenance {
             owned_by_workload: true,
-            digest: TO.split_once('@').map(|(_, d)| d.to_owned()).unwrap_or_default(),
+            digest: TO
+                .split_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default(),
             container_image: Some(FROM.into()),
         };
         let t = target(Strategy::Canary);

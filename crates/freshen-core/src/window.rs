@@ -160,7 +160,9 @@ impl Window {
             // A start that falls in a daylight-saving gap opens at the first
             // valid instant after it.
             let opens = (0..=120).find_map(|m| {
-                let local = day.and_time(time).checked_add_signed(Duration::minutes(m))?;
+                let local = day
+                    .and_time(time)
+                    .checked_add_signed(Duration::minutes(m))?;
                 self.zone.from_local_datetime(&local).earliest()
             })?;
             let opens = opens.with_timezone(&Utc);

@@ -134,8 +134,7 @@ fn progress() -> impl Strategy<Value = Progress> {
 }
 
 const FROM: &str = "reg.example/shop/api:1.4";
-const TO: &str =
-    "reg.example/shop/api:1.4@sha256:2222222222222222222222222222222222222222222222222222222222222222";
+const TO: &str = "reg.example/shop/api:1.4@sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
 fn limits(image: Option<Duration>, container: Option<Duration>) -> EffectiveLimits {
     EffectiveLimits {
@@ -236,6 +235,7 @@ proptest! {
                 windows: windows.clone(),
                 policy_active: (0, Some(u32::MAX)),
                 operator_active: (0, u32::MAX),
+                namespace_active: (0, u32::MAX),
             };
             let _ = decide(&views, &wants, &gates, now);
         }
@@ -264,7 +264,7 @@ proptest! {
         duration in duration(),
         now in instant(),
     ) {
-        let holder = Holder { identity: Some("other".into()), renewed, duration };
+        let holder = Holder { identity: Some("other".into()), renewed, duration, observed: renewed };
         let _ = claim(Some(&holder), "me", now);
     }
 }

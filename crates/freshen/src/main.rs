@@ -77,6 +77,10 @@ struct RunArgs {
     /// Active refreshes (rollouts under way) across all workloads, at most.
     #[arg(long, default_value_t = 10)]
     max_concurrent_refreshes: u32,
+    /// Active refreshes in one namespace, at most, so that one namespace's
+    /// stuck canaries cannot use up --max-concurrent-refreshes for all.
+    #[arg(long, default_value_t = 3)]
+    max_concurrent_refreshes_per_namespace: u32,
     /// Finished Refresh objects kept per workload; older ones are deleted.
     #[arg(long, default_value_t = 10)]
     refresh_history: usize,
@@ -373,6 +377,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             error_requeue: args.retry_interval,
             defaults: args.defaults.limits(),
             max_concurrent_refreshes: args.max_concurrent_refreshes,
+            max_concurrent_refreshes_per_namespace: args.max_concurrent_refreshes_per_namespace,
             refresh_history: args.refresh_history,
         },
         registry: args.registry.config(args.poll_interval)?,

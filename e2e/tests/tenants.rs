@@ -1,0 +1,247 @@
+//! Tenants do not interfere with each other: two namespaces' policies of
+//! one name keep separate limits, one namespace's stuck canaries cannot use
+//! up the operator-wide limit, and a workload cannot pin a
+//! ClusterRefreshPolicy that was not written for its namespace.
+
+use std::time::Duration;
+
+use chrono::{TimeDelta, Utc};
+use freshen_api::refresh::{AnalysisSpec, RolloutSpec};
+use freshen_api::{
+    ClusterRefreshPolicy, ClusterRefreshPolicySpec, PolicyLimits, PolicyRefresh, Refresh,
+    RefreshPolicy, RefreshPolicySpec,
+};
+use freshen_core::rollout::Phase;
+use freshen_e2e::image::{ImageSpec, Pushed, push};
+use freshen_e2e::operator::Operator;
+use freshen_e2e::{
+    Harness, TestNamespace, await_warning, deployment_with, init_tls, wait_for, wait_ready_pods,
+};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::PostParams;
+use kube::{Api, Client};
+
+/// A policy named `team` for the workloads labelled `tier=web`: follow the
+/// tag, and a canary whose analysis takes an hour, so it stays active for
+/// the whole test (a stuck canary).
+fn team_policy(max_concurrent: Option<u32>) -> RefreshPolicy {
+    RefreshPolicy::new(
+        "team",
+        RefreshPolicySpec {
+            selector: LabelSelector {
+                match_labels: Some([("tier".to_owned(), "web".to_owned())].into()),
+                ..LabelSelector::default()
+            },
+            limits: PolicyLimits::default(),
+            refresh: PolicyRefresh {
+                follow_tag: Some(true),
+                max_concurrent,
+                rollout: Some(RolloutSpec {
+                    analysis: Some(AnalysisSpec {
+                        interval: Some("1h".into()),
+                        iterations: Some(3),
+                        readiness_timeout: Some("1h".into()),
+                        ..AnalysisSpec::default()
+                    }),
+                    ..RolloutSpec::default()
+                }),
+                ..PolicyRefresh::default()
+            },
+        },
+    )
+}
+
+async fn deploy(client: &Client, ns: &str, name: &str, image: &str) -> anyhow::Result<()> {
+    let deploy = deployment_with(
+        name,
+        image,
+        1,
+        serde_json::json!({"metadata": {"labels": {"tier": "web"}}}),
+    )?;
+    Api::<Deployment>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &deploy)
+        .await?;
+    wait_ready_pods(client, ns, name, 1, Duration::from_secs(60)).await?;
+    Ok(())
+}
+
+async fn active(client: &Client, ns: &str) -> anyhow::Result<Vec<Refresh>> {
+    let list = Api::<Refresh>::namespaced(client.clone(), ns)
+        .list(&Default::default())
+        .await?;
+    Ok(list
+        .items
+        .into_iter()
+        .filter(|r| !r.progress().phase.is_terminal())
+        .collect())
+}
+
+async fn await_active(client: &Client, ns: &str, n: usize) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{n} active Refresh(es) in {ns}, in their canary"),
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async move {
+            let list = active(client, ns).await?;
+            let canaries = list
+                .iter()
+                .filter(|r| r.progress().phase == Phase::Canary)
+                .count();
+            if canaries == n {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("{canaries} in Canary of {} active", list.len())
+            }
+        },
+    )
+    .await
+}
+
+async fn push_at(harness: &Harness, repo: &str, hours_ago: i64) -> anyhow::Result<Pushed> {
+    let built = Utc::now() - TimeDelta::hours(hours_ago);
+    push(
+        &harness.registry,
+        repo,
+        "stable",
+        &ImageSpec::built_at(built),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn one_namespace_cannot_use_up_another_namespaces_refreshes() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let busy = TestNamespace::create(&harness, &client, "tenant-busy").await?;
+    let quiet = TestNamespace::create(&harness, &client, "tenant-quiet").await?;
+    // Both namespaces have a policy called `team`; the quiet one's allows
+    // one refresh at a time, the busy one's any number.
+    Api::<RefreshPolicy>::namespaced(client.clone(), &busy.name)
+        .create(&PostParams::default(), &team_policy(None))
+        .await?;
+    Api::<RefreshPolicy>::namespaced(client.clone(), &quiet.name)
+        .create(&PostParams::default(), &team_policy(Some(1)))
+        .await?;
+    let busy_repo = format!("e2e/{}", busy.name);
+    let quiet_repo = format!("e2e/{}", quiet.name);
+    let v1 = push_at(&harness, &busy_repo, 48).await?;
+    for name in ["b1", "b2", "b3"] {
+        deploy(&client, &busy.name, name, &v1.pinned()).await?;
+    }
+    let q1 = push_at(&harness, &quiet_repo, 48).await?;
+    deploy(&client, &quiet.name, "q1", &q1.pinned()).await?;
+
+    // Two refreshes operator-wide, one per namespace at most. Earlier
+    // tests' namespaces may still be going away: the limit counts every
+    // active Refresh, so wait until theirs are gone.
+    wait_for(
+        "no active Refresh left by earlier tests",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async {
+            let all = Api::<Refresh>::all(client.clone())
+                .list(&Default::default())
+                .await?;
+            let left = all
+                .items
+                .iter()
+                .filter(|r| !r.progress().phase.is_terminal())
+                .count();
+            if left == 0 {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("{left} active")
+            }
+        },
+    )
+    .await?;
+    let _operator = Operator::start(
+        &harness,
+        &[
+            "--poll-interval",
+            "2s",
+            "--max-concurrent-refreshes",
+            "2",
+            "--max-concurrent-refreshes-per-namespace",
+            "1",
+        ],
+    )
+    .await?;
+    // The busy namespace's three workloads all want the new digest; one
+    // canary starts and stays (its analysis takes an hour).
+    push_at(&harness, &busy_repo, 1).await?;
+    await_active(&client, &busy.name, 1).await?;
+
+    // The quiet namespace still gets its refresh: neither the busy
+    // namespace's canaries nor its same-named policy count against it.
+    push_at(&harness, &quiet_repo, 1).await?;
+    await_active(&client, &quiet.name, 1).await?;
+    assert_eq!(
+        active(&client, &busy.name).await?.len(),
+        1,
+        "the busy namespace stays at its share"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pin_cannot_borrow_a_cluster_policy_written_for_other_namespaces() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "tenant-pin").await?;
+    let name = format!("prod-only-{}", ns.name);
+    let _cleanup = harness.delete_on_drop("clusterrefreshpolicy", &name);
+    Api::<ClusterRefreshPolicy>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRefreshPolicy::new(
+                &name,
+                ClusterRefreshPolicySpec {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some([("env".to_owned(), "prod".to_owned())].into()),
+                        ..LabelSelector::default()
+                    }),
+                    selector: None,
+                    limits: PolicyLimits {
+                        max_image_age: Some("3650d".into()),
+                        ..PolicyLimits::default()
+                    },
+                    refresh: PolicyRefresh::default(),
+                },
+            ),
+        )
+        .await?;
+    let image = push_at(&harness, &format!("e2e/{}", ns.name), 48).await?;
+    let deploy = deployment_with(
+        "pinned",
+        &image.pinned(),
+        1,
+        serde_json::json!({"metadata": {"annotations": {
+            "freshen.dev/refresh": "enabled",
+            "freshen.dev/policy": name,
+        }}}),
+    )?;
+    Api::<Deployment>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &deploy)
+        .await?;
+    wait_ready_pods(&client, &ns.name, "pinned", 1, Duration::from_secs(60)).await?;
+    let _operator = Operator::start(
+        &harness,
+        &["--poll-interval", "2s", "--namespace", &ns.name],
+    )
+    .await?;
+    let note = await_warning(
+        &client,
+        &ns.name,
+        "Deployment",
+        "pinned",
+        "InvalidAnnotation",
+    )
+    .await?;
+    assert!(note.contains("freshen.dev/policy"), "{note}");
+    assert!(note.contains("namespaceSelector selects"), "{note}");
+    Ok(())
+}
