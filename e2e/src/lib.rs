@@ -155,6 +155,21 @@ impl Harness {
     }
 }
 
+/// The host of the harness' registries: loopback, which freshen refuses
+/// unless told (`--registry-allow`), as an operator would for a registry on
+/// the node.
+pub const HARNESS_REGISTRY_HOST: &str = "127.0.0.1";
+
+/// A registry configuration that may reach the harness' loopback
+/// registries.
+pub fn registry_config(tag_ttl: Duration) -> freshen_registry::RegistryConfig {
+    let mut config = freshen_registry::RegistryConfig::with_tag_ttl(tag_ttl);
+    config.reach.allow = vec![freshen_registry::HostPattern::Exact(
+        HARNESS_REGISTRY_HOST.to_owned(),
+    )];
+    config
+}
+
 /// The namespace of the operator's ServiceAccount (`config/rbac/`).
 pub const OPERATOR_NAMESPACE: &str = "freshen-system";
 /// The operator's ServiceAccount (`config/rbac/`): every e2e operator runs

@@ -229,7 +229,40 @@ async fn hostile_input_is_refused_with_a_reason_and_changes_nothing() -> anyhow:
         assert!(note.contains(key), "{workload}: {note}");
         assert!(note.contains("100 years"), "{workload}: {note}");
     }
-    let out = report(&t.harness, &["-n", &t.ns.name])?;
+
+    // Row: images and bases that point freshen at the cloud metadata
+    // address. Refused before any request, and the report says so.
+    t.deploy(
+        "metadata",
+        "169.254.169.254/latest/meta-data:1",
+        serde_json::json!({"freshen.dev/refresh": "enabled"}),
+    )
+    .await?;
+    t.deploy(
+        "smuggled-base",
+        &v1.pinned(),
+        serde_json::json!({
+            "freshen.dev/refresh": "enabled",
+            "freshen.dev/base-image": "169.254.169.254/evil:1",
+        }),
+    )
+    .await?;
+    let out = wait_for(
+        "the report to show both refused registries",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            let out = report(&t.harness, &["-n", &t.ns.name, "-o", "json"])?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            let refused = text.matches("169.254.169.254 not allowed").count();
+            if refused >= 2 {
+                Ok(Some(out))
+            } else {
+                anyhow::bail!("{refused} refusals in {text}")
+            }
+        },
+    )
+    .await?;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         matches!(out.status.code(), Some(0 | 1)),
@@ -238,6 +271,10 @@ async fn hostile_input_is_refused_with_a_reason_and_changes_nothing() -> anyhow:
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(text.contains("huge-image-age"), "{text}");
+    assert!(
+        text.contains("link-local address (cloud metadata)"),
+        "{text}"
+    );
 
     // Row: policies with oversized values are refused by the API server,
     // naming the field.

@@ -12,7 +12,7 @@ use freshen_e2e::image::{ImageSpec, push_private};
 use freshen_e2e::operator::{Operator, report};
 use freshen_e2e::prometheus::await_series;
 use freshen_e2e::{Harness, TestNamespace, deployment, init_tls, wait_ready_pods};
-use freshen_registry::{Credential, RegistryClient, RegistryConfig, RegistryMetrics};
+use freshen_registry::{Credential, RegistryClient, RegistryMetrics};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LocalObjectReference, Secret, ServiceAccount};
@@ -23,7 +23,7 @@ use tokio::time::Instant;
 const TEN_DAYS: f64 = 10.0 * 86_400.0;
 
 fn registry_client(ca: Option<Vec<u8>>) -> anyhow::Result<std::sync::Arc<RegistryClient>> {
-    let mut config = RegistryConfig::with_tag_ttl(Duration::from_secs(300));
+    let mut config = freshen_e2e::registry_config(Duration::from_secs(300));
     config.extra_root_certificates = ca.into_iter().collect();
     Ok(RegistryClient::new(config, RegistryMetrics::new()?))
 }

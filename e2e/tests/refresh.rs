@@ -486,6 +486,92 @@ async fn a_failure_after_promotion_restores_the_previous_image_exactly() -> anyh
 }
 
 #[tokio::test]
+async fn a_refresh_deleted_while_it_changes_the_workload_finishes_first() -> anyhow::Result<()> {
+    let s = Scene::new("refresh-delete").await?;
+    let v1 = s.push("stable", "v1", 48).await?;
+    let bad_spec = spec("bad-in-rollout-deleted", 1);
+    let bad = s.push_spec("candidate", &bad_spec).await?;
+    s.policy("till", canary("1s", 1)).await?;
+    s.deploy(
+        "till",
+        &v1.pinned(),
+        2,
+        &[("e2e.freshen.dev/crash-on-rollout", &bad.digest)],
+        serde_json::json!({}),
+    )
+    .await?;
+    let mut operator = s.operator(&[]).await?;
+    s.push_spec("stable", &bad_spec).await?;
+
+    // The operator dies while the workload is being changed: patched to
+    // the digest that crashes in the rollout.
+    let r = s
+        .await_refresh("till", "promoting", Duration::from_secs(60), |r| {
+            phase(r).changes_workload()
+        })
+        .await?;
+    operator.kill()?;
+    drop(operator);
+    let name = r.name_any();
+    let seen = s.refreshes().get(&name).await?;
+    assert!(
+        seen.progress().phase.changes_workload(),
+        "killed mid-change: {:?}",
+        seen.progress().phase
+    );
+    assert!(
+        seen.finalizers()
+            .iter()
+            .any(|f| f == "freshen.dev/finish-rollout"),
+        "{:?}",
+        seen.finalizers()
+    );
+
+    // Someone deletes the Refresh meanwhile: it stays until freshen has
+    // finished the change (here: the rollback), then goes.
+    s.refreshes().delete(&name, &Default::default()).await?;
+    assert!(
+        s.refreshes()
+            .get(&name)
+            .await?
+            .metadata
+            .deletion_timestamp
+            .is_some(),
+        "the delete waits for the finalizer"
+    );
+    let _operator = s.operator(&[]).await?;
+    wait_for(
+        "the deleted Refresh to be gone",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            let r = s.refreshes().get_opt(&name).await?;
+            match r {
+                None => Ok(Some(())),
+                Some(r) => anyhow::bail!("{:?} {}", phase(&r), r.progress().message),
+            }
+        },
+    )
+    .await?;
+    assert_eq!(
+        s.image_of("till").await?,
+        v1.pinned(),
+        "restored before the Refresh went"
+    );
+    let rejected = s.deployments().get("till").await?;
+    assert!(
+        rejected
+            .annotations()
+            .get(REJECTED_DIGESTS)
+            .is_some_and(|v| v.contains(&bad.digest)),
+        "the digest is rejected"
+    );
+    s.await_gone("till-canary").await?;
+    wait_ready_pods(&s.client, &s.ns.name, "till", 2, Duration::from_secs(30)).await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn an_edit_of_the_template_during_the_canary_stops_the_refresh_until_told_to_retry()
 -> anyhow::Result<()> {
     let s = Scene::new("refresh-conflict").await?;

@@ -9,13 +9,13 @@ use chrono::{TimeDelta, Utc};
 use freshen_core::{Digest, ImageReference};
 use freshen_e2e::image::{ImageSpec, push, push_index};
 use freshen_e2e::{Harness, init_tls, rand_suffix, registry_log_barrier, registry_log_lines};
-use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
+use freshen_registry::{RegistryClient, RegistryMetrics};
 use tokio::time::Instant;
 
 const TAG_TTL: Duration = Duration::from_secs(300);
 
 fn client(harness: &Harness, platform: &str) -> anyhow::Result<Arc<RegistryClient>> {
-    let mut config = RegistryConfig::with_tag_ttl(TAG_TTL);
+    let mut config = freshen_e2e::registry_config(TAG_TTL);
     config.plain_http = vec![harness.registry.clone()];
     config.platform = platform.parse().map_err(anyhow::Error::msg)?;
     Ok(RegistryClient::new(config, RegistryMetrics::new()?))
@@ -264,7 +264,7 @@ async fn a_registry_that_does_not_answer_is_backed_off_without_further_requests(
     init_tls();
     // Nothing listens on port 1: every connection is refused, for real.
     let dead = "127.0.0.1:1";
-    let mut config = RegistryConfig::with_tag_ttl(TAG_TTL);
+    let mut config = freshen_e2e::registry_config(TAG_TTL);
     config.plain_http = vec![dead.to_owned()];
     let metrics = RegistryMetrics::new()?;
     let client = RegistryClient::new(config, metrics.clone());
@@ -308,7 +308,7 @@ async fn a_mirrored_registry_is_read_at_its_mirror() -> anyhow::Result<()> {
     .await?;
     // Images named after a registry that does not exist are read at the
     // harness registry, its mirror.
-    let mut config = RegistryConfig::with_tag_ttl(TAG_TTL);
+    let mut config = freshen_e2e::registry_config(TAG_TTL);
     config.plain_http = vec![harness.registry.clone()];
     config.mirrors = [("registry.invalid".to_owned(), harness.registry.clone())].into();
     let metrics = RegistryMetrics::new()?;
@@ -390,7 +390,7 @@ async fn a_registry_that_refuses_head_is_resolved_with_get() -> anyhow::Result<(
     )
     .await?;
     let front = head_refusing_front(harness.registry.clone()).await?;
-    let mut config = RegistryConfig::with_tag_ttl(TAG_TTL);
+    let mut config = freshen_e2e::registry_config(TAG_TTL);
     config.plain_http = vec![front.clone()];
     let client = RegistryClient::new(config, RegistryMetrics::new()?);
     let image = ImageReference::parse(&format!("{front}/{repository}:v1"))?;

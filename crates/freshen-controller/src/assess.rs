@@ -415,20 +415,16 @@ async fn measure_container(
         }
     };
 
-    // Credentials of the host contacted (a mirror's), else of the image's
-    // own registry.
-    let credential = |image: &ImageReference| {
-        keychain
-            .get(registry.host_for(&image.registry))
-            .or_else(|| keychain.get(&image.registry))
-            .cloned()
-    };
+    // Credentials of the host contacted (a mirror's), never the source's
+    // sent to its mirror.
+    let credential =
+        |image: &ImageReference| registry.credential_for(keychain, &image.registry).cloned();
     let own_credential = credential(image);
     let mut update_available = None;
     let mut tag_digest = None;
     if image.effective_tag().is_some() {
         match registry
-            .resolve_tag(image, keychain.get(&image.registry), Instant::now())
+            .resolve_tag(image, own_credential.as_ref(), Instant::now())
             .await
         {
             Ok(digest) => {
@@ -468,7 +464,11 @@ async fn measure_container(
         let built_on =
             base::recorded_digest(base_override, own_base.as_ref(), facts.base_digest.as_ref());
         let base_now = match registry
-            .resolve_tag(base, keychain.get(&base.registry), Instant::now())
+            .resolve_tag(
+                base,
+                registry.credential_for(keychain, &base.registry),
+                Instant::now(),
+            )
             .await
         {
             Ok(d) => d,

@@ -90,9 +90,7 @@ pub async fn consider(
                 && !wants.min_digest_age.is_zero()
                 && record.running.as_ref() != Some(*t)
         }) {
-            let credential = keychain
-                .get(ctx.registry.host_for(&image.registry))
-                .or_else(|| keychain.get(&image.registry));
+            let credential = ctx.registry.credential_for(keychain, &image.registry);
             match ctx
                 .registry
                 .image_facts(&image, tag, platform, credential)

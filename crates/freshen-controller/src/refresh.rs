@@ -85,6 +85,19 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     let holder = canary
         .as_deref()
         .map_or(CanaryHolder::Nobody, |c| canary_holder(c, &refresh));
+
+    // Deleted before the workload was changed, or after the end: the
+    // canary goes, then the Refresh. Deleted while the workload is being
+    // changed (promoting, rolling back): it is finished first, below, so
+    // that no workload is left half-changed.
+    let deleting = refresh.metadata.deletion_timestamp.is_some();
+    if deleting && !progress.phase.changes_workload() {
+        if let Some(c) = canary.as_deref().filter(|_| holder == CanaryHolder::This) {
+            delete_canary(&ctx, c).await?;
+        }
+        release(&api, &refresh).await?;
+        return Ok(Action::await_change());
+    }
     let pods = ctx.pods.state();
     let live = |p: &&Arc<Pod>| {
         p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
@@ -126,6 +139,18 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
 
     // step (pure)
     let step = rollout::step(&target, &progress, &observed, now);
+
+    // While the workload is being changed the Refresh holds a finalizer, so
+    // a delete waits for the change to finish; added before the intent to
+    // change is stored.
+    let refresh = if step.progress.phase.changes_workload() && !holds_finalizer(&refresh) {
+        match hold(&api, &refresh).await? {
+            Some(updated) => Arc::new(updated),
+            None => return Ok(Action::requeue(CONFLICT_RETRY)),
+        }
+    } else {
+        refresh
+    };
 
     // store the intent first
     let mut status = refresh.status.clone().unwrap_or_default();
@@ -203,11 +228,75 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(CONFLICT_RETRY));
     }
     if step.progress.phase.is_terminal() {
+        if deleting {
+            release(&api, &refresh).await?;
+        }
         return Ok(Action::await_change());
     }
     Ok(step
         .requeue
         .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The finalizer a Refresh holds while its workload is being changed
+/// (promoting, rolling back): deleted then, it stays until the change is
+/// finished, so no workload is left half-changed. Only then: a Refresh
+/// never blocks a namespace's deletion while freshen is not running unless
+/// it was interrupted mid-change.
+pub const FINALIZER: &str = "freshen.dev/finish-rollout";
+
+fn holds_finalizer(refresh: &Refresh) -> bool {
+    refresh.finalizers().iter().any(|f| f == FINALIZER)
+}
+
+/// Adds [`FINALIZER`]; the stored Refresh, or `None` on a conflict.
+async fn hold(api: &Api<Refresh>, refresh: &Refresh) -> Result<Option<Refresh>, Error> {
+    let mut finalizers = refresh.finalizers().to_vec();
+    finalizers.push(FINALIZER.to_owned());
+    set_finalizers(api, refresh, &finalizers, "adding the Refresh's finalizer").await
+}
+
+/// Removes [`FINALIZER`] from a Refresh, guarded by its resourceVersion.
+async fn release(api: &Api<Refresh>, refresh: &Refresh) -> Result<(), Error> {
+    if !holds_finalizer(refresh) {
+        return Ok(());
+    }
+    let rest: Vec<String> = refresh
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    // Gone, or changed meanwhile: the change's watch event brings it back.
+    set_finalizers(api, refresh, &rest, "removing the Refresh's finalizer").await?;
+    Ok(())
+}
+
+/// Replaces a Refresh's finalizers, guarded by the resourceVersion it was
+/// read at: the stored Refresh, or `None` when it changed meanwhile (or is
+/// gone).
+async fn set_finalizers(
+    api: &Api<Refresh>,
+    refresh: &Refresh,
+    finalizers: &[String],
+    what: &'static str,
+) -> Result<Option<Refresh>, Error> {
+    let patch = json!({"metadata": {
+        "resourceVersion": refresh.resource_version(),
+        "finalizers": finalizers,
+    }});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    match api
+        .patch(&refresh.name_any(), &params, &Patch::Merge(patch))
+        .await
+    {
+        Ok(stored) => Ok(Some(stored)),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(None),
+        Err(e) => Err(Error::Refresh(what, e)),
+    }
 }
 
 /// How soon to look again after losing a write to another writer.

@@ -352,6 +352,12 @@ impl Phase {
         matches!(self, Self::Succeeded | Self::RolledBack | Self::Failed)
     }
 
+    /// Whether the workload itself may be mid-change in this phase (patched
+    /// or being restored): a Refresh deleted now must first finish.
+    pub fn changes_workload(self) -> bool {
+        matches!(self, Self::Promoting | Self::RollingBack)
+    }
+
     /// The phase's name, as stored and as a metric label.
     pub fn as_str(self) -> &'static str {
         match self {

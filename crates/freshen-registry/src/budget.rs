@@ -95,6 +95,14 @@ impl Budget {
     }
 }
 
+impl Budget {
+    /// Whether requests are held back at `now` (after failures): the only
+    /// state of a budget worth keeping when hosts are pruned.
+    pub fn backing_off(&self, now: Instant) -> bool {
+        self.not_before.is_some_and(|until| until > now)
+    }
+}
+
 /// Whether an HTTP status (or none: no answer) asks for backoff.
 pub fn backs_off(status: Option<u16>) -> bool {
     match status {

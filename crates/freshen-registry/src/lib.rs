@@ -17,6 +17,7 @@ pub mod budget;
 pub mod cache;
 pub mod facts;
 pub mod metrics;
+pub mod reach;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -39,6 +40,7 @@ use cache::{CoalescingCache, Lookup};
 pub use facts::{FormatError, ImageFacts, Platform};
 use facts::{Manifest, select_platform};
 pub use metrics::RegistryMetrics;
+pub use reach::{HostPattern, Reach};
 
 /// Largest manifest body accepted; larger is an error, not a download.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -46,6 +48,17 @@ pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 pub const MAX_CONFIG_BYTES: i64 = 8 * 1024 * 1024;
 /// Default memory budget of cached image facts.
 pub const DEFAULT_FACTS_CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Most tags kept resolved at once; the least recently used go first (a
+/// tenant naming ever new tags cannot grow the cache).
+pub const MAX_CACHED_TAGS: usize = 50_000;
+/// Most registry hosts with their own limiter, budget and metric label;
+/// beyond it idle entries are dropped and the label reads `other`.
+pub const MAX_TRACKED_HOSTS: usize = 256;
+/// Most per-credential clients kept; beyond it they are all rebuilt.
+pub const MAX_CLIENTS: usize = 256;
+/// The `registry` metric label of hosts beyond [`MAX_TRACKED_HOSTS`].
+pub const OTHER_REGISTRY_LABEL: &str = "other";
+
 /// Default number of concurrent requests to one registry.
 pub const DEFAULT_MAX_CONCURRENT_PER_REGISTRY: usize = 8;
 
@@ -73,6 +86,8 @@ pub struct RegistryConfig {
     /// Registries read through a mirror: source host -> mirror host. An
     /// image of the source is looked up at the mirror, same repository.
     pub mirrors: HashMap<String, String>,
+    /// Which hosts may be reached ([`reach`]).
+    pub reach: Reach,
 }
 
 impl RegistryConfig {
@@ -88,6 +103,7 @@ impl RegistryConfig {
             extra_root_certificates: Vec::new(),
             budget: BudgetConfig::default(),
             mirrors: HashMap::new(),
+            reach: Reach::default(),
         }
     }
 }
@@ -173,6 +189,17 @@ pub enum RegistryError {
         /// How long until requests go again.
         retry_in: Duration,
     },
+    /// The registry's host may not be reached ([`reach`]); no request was
+    /// sent.
+    #[error("{image}: registry {registry} not allowed: {why}")]
+    NotAllowed {
+        /// The image.
+        image: String,
+        /// The registry host.
+        registry: String,
+        /// Which rule refused it.
+        why: String,
+    },
     /// Fetching the config blob failed.
     #[error("{image}: fetching image config failed: {source}")]
     Config {
@@ -201,6 +228,7 @@ impl RegistryError {
         }
         match self {
             Self::Reference { .. } => "registry_reference",
+            Self::NotAllowed { .. } => "registry_not_allowed",
             Self::Resolve { .. } => "registry_resolve",
             Self::BadDigest { .. } => "registry_bad_digest",
             Self::Manifest { .. } => "registry_manifest",
@@ -270,8 +298,12 @@ pub struct RegistryClient {
     budgets: Mutex<HashMap<String, Budget>>,
     budget: BudgetConfig,
     mirrors: HashMap<String, String>,
+    reach: Reach,
     max_concurrent: usize,
     metrics: RegistryMetrics,
+    /// Hosts that have their own metric label (at most
+    /// [`MAX_TRACKED_HOSTS`]).
+    labelled: Mutex<std::collections::HashSet<String>>,
 }
 
 impl RegistryClient {
@@ -290,14 +322,16 @@ impl RegistryClient {
             timeout: config.timeout,
             extra_root_certificates: config.extra_root_certificates,
             platform: config.platform,
-            tags: CoalescingCache::new(Some(config.tag_ttl), usize::MAX, |_, _| 0),
+            tags: CoalescingCache::new(Some(config.tag_ttl), MAX_CACHED_TAGS, |_, _| 1),
             facts: CoalescingCache::new(None, config.facts_cache_bytes, |_, f| facts_weight(f)),
             limits: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             budget: config.budget,
             mirrors: config.mirrors,
+            reach: config.reach,
             max_concurrent: config.max_concurrent_per_registry.max(1),
             metrics,
+            labelled: Mutex::new(std::collections::HashSet::new()),
         })
     }
 
@@ -375,6 +409,11 @@ impl RegistryClient {
         let Ok(mut budgets) = self.budgets.lock() else {
             return Ok(Duration::ZERO);
         };
+        if budgets.len() >= MAX_TRACKED_HOSTS && !budgets.contains_key(registry) {
+            // Only a registry backing off has state worth keeping; a fresh
+            // budget is what any other would get anyway.
+            budgets.retain(|_, b| b.backing_off(now));
+        }
         budgets
             .entry(registry.to_owned())
             .or_insert_with(|| Budget::new(&self.budget, now))
@@ -407,9 +446,11 @@ impl RegistryClient {
         let _permit = limit.acquire().await;
         let start = Instant::now();
         let result = request.await;
+        let label = self.label(registry);
+        let registry_label = label.as_str();
         self.metrics
             .duration
-            .with_label_values(&[registry, kind])
+            .with_label_values(&[registry_label, kind])
             .observe(start.elapsed().as_secs_f64());
         let status = match &result {
             Ok(_) => Some(200),
@@ -418,7 +459,7 @@ impl RegistryClient {
         let code = status.map_or_else(|| "error".to_owned(), |c| c.to_string());
         self.metrics
             .requests
-            .with_label_values(&[registry, kind, &code])
+            .with_label_values(&[registry_label, kind, &code])
             .inc();
         if let Ok(mut budgets) = self.budgets.lock()
             && let Some(budget) = budgets.get_mut(registry)
@@ -431,6 +472,59 @@ impl RegistryClient {
             }
         }
         result
+    }
+
+    /// The `registry` metric label of a host: itself for the first
+    /// [`MAX_TRACKED_HOSTS`] hosts, `other` beyond, so a tenant naming ever
+    /// new registries cannot grow the metric.
+    fn label(&self, registry: &str) -> String {
+        let Ok(mut labelled) = self.labelled.lock() else {
+            return OTHER_REGISTRY_LABEL.to_owned();
+        };
+        if labelled.contains(registry) {
+            return registry.to_owned();
+        }
+        if labelled.len() < MAX_TRACKED_HOSTS {
+            labelled.insert(registry.to_owned());
+            return registry.to_owned();
+        }
+        OTHER_REGISTRY_LABEL.to_owned()
+    }
+
+    /// Whether `registry` may be reached ([`reach`]): judged by name, then
+    /// by every address it resolves to. A name that does not resolve is let
+    /// through: its request fails on its own.
+    async fn check_reach(&self, registry: &str, image: &str) -> Result<(), RegistryError> {
+        let host = reach::host_of(registry);
+        let refuse = |why: String| RegistryError::NotAllowed {
+            image: image.to_owned(),
+            registry: registry.to_owned(),
+            why,
+        };
+        match self.reach.judge_name(host) {
+            reach::ByName::Allowed => return Ok(()),
+            reach::ByName::Refused(why) => return Err(refuse(why)),
+            reach::ByName::Resolve => {}
+        }
+        let addresses: Vec<std::net::IpAddr> = match host.parse() {
+            Ok(addr) => vec![addr],
+            Err(_) => match tokio::net::lookup_host((host, 443)).await {
+                Ok(found) => found.map(|a| a.ip()).collect(),
+                Err(_) => return Ok(()),
+            },
+        };
+        self.reach.judge_addresses(host, &addresses).map_err(refuse)
+    }
+
+    /// The credential to present for an image of `registry`: the one of the
+    /// host actually contacted (its mirror's, when mirrored), never the
+    /// source's to a mirror.
+    pub fn credential_for<'k>(
+        &self,
+        keychain: &'k Keychain,
+        registry: &str,
+    ) -> Option<&'k Credential> {
+        keychain.get(self.host_for(registry))
     }
 
     /// The host look-ups of `registry`'s images go to: its mirror, if one is
@@ -470,10 +564,16 @@ impl RegistryClient {
             })
         };
         let client = match self.clients.lock() {
-            Ok(mut clients) => clients
-                .entry(credential.cloned())
-                .or_insert_with(build)
-                .clone(),
+            Ok(mut clients) => {
+                if clients.len() >= MAX_CLIENTS && !clients.contains_key(&credential.cloned()) {
+                    // Rebuilt on demand; only their token caches are lost.
+                    clients.clear();
+                }
+                clients
+                    .entry(credential.cloned())
+                    .or_insert_with(build)
+                    .clone()
+            }
             Err(_) => build(),
         };
         (client, auth)
@@ -481,11 +581,17 @@ impl RegistryClient {
 
     fn limit(&self, registry: &str) -> Arc<Semaphore> {
         match self.limits.lock() {
-            Ok(mut limits) => Arc::clone(
-                limits
-                    .entry(registry.to_owned())
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.max_concurrent))),
-            ),
+            Ok(mut limits) => {
+                if limits.len() >= MAX_TRACKED_HOSTS && !limits.contains_key(registry) {
+                    // Limiters nobody holds a permit of are recreated at will.
+                    limits.retain(|_, s| Arc::strong_count(s) > 1);
+                }
+                Arc::clone(
+                    limits
+                        .entry(registry.to_owned())
+                        .or_insert_with(|| Arc::new(Semaphore::new(self.max_concurrent))),
+                )
+            }
             Err(_) => Arc::new(Semaphore::new(self.max_concurrent)),
         }
     }
@@ -500,6 +606,7 @@ impl RegistryClient {
         let image = &self.mirrored(image);
         let (client, auth) = self.client(credential);
         let name = format!("{}:{tag}", image.name());
+        self.check_reach(&image.registry, &name).await?;
         let wait = self.admit(&image.registry, &name)?;
         let reference =
             Reference::try_from(name.as_str()).map_err(|source| RegistryError::Reference {
@@ -535,6 +642,7 @@ impl RegistryClient {
         let image = &self.mirrored(image);
         let (client, auth) = self.client(credential);
         let name = format!("{}@{}", image.name(), digest);
+        self.check_reach(&image.registry, &name).await?;
         let reference =
             Reference::try_from(name.as_str()).map_err(|source| RegistryError::Reference {
                 image: name.clone(),
@@ -664,4 +772,83 @@ fn facts_weight(facts: &ImageFacts) -> usize {
             .map_or(0, |d| d.as_str().len())
         + facts.base_name.as_ref().map_or(0, String::len)
         + facts.base_digest.as_ref().map_or(0, |d| d.as_str().len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Arc<RegistryClient> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let metrics = match RegistryMetrics::new() {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        };
+        RegistryClient::new(
+            RegistryConfig::with_tag_ttl(Duration::from_secs(300)),
+            metrics,
+        )
+    }
+
+    #[tokio::test]
+    async fn maps_keyed_by_tenant_data_stay_bounded_over_100k_hosts_and_tags() {
+        let registry = client();
+        let now = Instant::now();
+        let digest: Digest = match format!("sha256:{}", "a".repeat(64)).parse() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        for i in 0..100_000 {
+            let host = format!("h{i}.example");
+            let _ = registry.admit(&host, "img");
+            let _ = registry.limit(&host);
+            let _ = registry.label(&host);
+            if i % 250 == 0 {
+                // Four hundred distinct pull credentials (each client is a
+                // real HTTP client, so not a hundred thousand).
+                let credential = Credential {
+                    username: format!("u{i}"),
+                    password: "p".into(),
+                };
+                let _ = registry.client(Some(&credential));
+            }
+            let key = (host, "repo".to_owned(), format!("t{i}"), None);
+            let d = digest.clone();
+            let _ = registry
+                .tags
+                .get(&key, now, move || async move { Ok(d) })
+                .await;
+        }
+        let len = |m: &Mutex<HashMap<String, Budget>>| m.lock().map(|m| m.len()).unwrap_or(0);
+        assert!(len(&registry.budgets) <= MAX_TRACKED_HOSTS);
+        assert!(registry.limits.lock().map(|m| m.len()).unwrap_or(0) <= MAX_TRACKED_HOSTS);
+        assert!(registry.clients.lock().map(|m| m.len()).unwrap_or(0) <= MAX_CLIENTS);
+        assert!(registry.labelled.lock().map(|m| m.len()).unwrap_or(0) <= MAX_TRACKED_HOSTS);
+        assert_eq!(registry.label("h99999.example"), OTHER_REGISTRY_LABEL);
+        assert_eq!(
+            registry.label("h0.example"),
+            "h0.example",
+            "early hosts keep theirs"
+        );
+        assert!(
+            registry.tags.len() <= MAX_CACHED_TAGS,
+            "{}",
+            registry.tags.len()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_host_is_an_error_before_any_request() {
+        let registry = client();
+        let e = registry
+            .check_reach("169.254.169.254", "169.254.169.254/x:1")
+            .await;
+        let Err(e) = e else {
+            panic!("metadata address reached");
+        };
+        assert_eq!(e.category(), "registry_not_allowed");
+        assert!(e.to_string().contains("not allowed"), "{e}");
+        assert!(registry.check_reach("[::1]:5000", "x").await.is_err());
+        assert!(registry.check_reach("93.184.216.34:443", "x").await.is_ok());
+    }
 }

@@ -213,6 +213,21 @@ struct RegistryArgs {
     /// the system's (a private registry's CA). Repeat for several.
     #[arg(long = "registry-ca-file", value_name = "PEM")]
     registry_ca_files: Vec<std::path::PathBuf>,
+    /// A registry host freshen may always reach, even on a loopback or
+    /// link-local address: a host, *.domain, an address or a range
+    /// (10.0.0.0/8). Repeat for several; wins over --registry-deny.
+    #[arg(long = "registry-allow", value_name = "PATTERN", value_parser = host_pattern_arg)]
+    registry_allow: Vec<freshen_registry::HostPattern>,
+    /// A registry host freshen never reaches, by name or by any address it
+    /// resolves to (e.g. 10.0.0.0/8, *.svc.cluster.local, or * with
+    /// --registry-allow for an allow-list). Loopback and link-local
+    /// addresses are refused unless allowed.
+    #[arg(long = "registry-deny", value_name = "PATTERN", value_parser = host_pattern_arg)]
+    registry_deny: Vec<freshen_registry::HostPattern>,
+}
+
+fn host_pattern_arg(s: &str) -> Result<freshen_registry::HostPattern, String> {
+    s.parse()
 }
 
 impl RegistryArgs {
@@ -254,6 +269,10 @@ impl RegistryArgs {
                 ..freshen_registry::BudgetConfig::default()
             },
             mirrors: self.registry_mirrors.iter().cloned().collect(),
+            reach: freshen_registry::Reach {
+                allow: self.registry_allow.clone(),
+                deny: self.registry_deny.clone(),
+            },
             ..RegistryConfig::with_tag_ttl(tag_ttl)
         })
     }
