@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use freshen_api::refresh::{AnalysisSpec, RolloutSpec};
+use freshen_api::refresh::{AnalysisSpec, PrometheusCheck, RolloutSpec};
 use freshen_api::{PolicyRefresh, Refresh, RefreshPolicy, RefreshPolicySpec, RefreshSpec};
 use freshen_core::rollout::{Failure, Phase, Reason, Settings};
 use freshen_e2e::image::{ImageSpec, push};
@@ -275,6 +275,17 @@ async fn hostile_input_is_refused_with_a_reason_and_changes_nothing() -> anyhow:
         text.contains("link-local address (cloud metadata)"),
         "{text}"
     );
+    for workload in ["metadata", "smuggled-base"] {
+        let note = await_warning(
+            &t.admin,
+            &t.ns.name,
+            "Deployment",
+            workload,
+            "RegistryNotAllowed",
+        )
+        .await?;
+        assert!(note.contains("169.254.169.254 not allowed"), "{note}");
+    }
 
     // Row: policies with oversized values are refused by the API server,
     // naming the field.
@@ -311,6 +322,55 @@ async fn hostile_input_is_refused_with_a_reason_and_changes_nothing() -> anyhow:
     );
     let msg = rejection(policies.create(&PostParams::default(), &huge_weight).await)?;
     assert!(msg.contains("canaryWeight"), "{msg}");
+
+    // Row: a namespaced policy whose canary query reads every tenant's
+    // series. It is not Ready, names the field, and governs nothing.
+    let mut snooping = RefreshPolicy::new(
+        "snooping",
+        RefreshPolicySpec {
+            selector: LabelSelector {
+                match_labels: Some([("app".to_owned(), "nobody".to_owned())].into()),
+                ..LabelSelector::default()
+            },
+            limits: Default::default(),
+            refresh: PolicyRefresh::default(),
+        },
+    );
+    snooping.spec.refresh.rollout = Some(RolloutSpec {
+        analysis: Some(AnalysisSpec {
+            prometheus: Some(PrometheusCheck {
+                query: "sum(container_memory_working_set_bytes)".into(),
+                max: 1.0,
+                on_no_data: None,
+                max_consecutive_errors: None,
+            }),
+            ..AnalysisSpec::default()
+        }),
+        ..RolloutSpec::default()
+    });
+    policies.create(&PostParams::default(), &snooping).await?;
+    let message = wait_for(
+        "the snooping policy to be Ready=False",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let status = policies.get("snooping").await?.status.unwrap_or_default();
+            Ok(status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready" && c.status == "False")
+                .map(|c| format!("{}: {}", c.reason, c.message)))
+        },
+    )
+    .await?;
+    assert!(
+        message.starts_with("InvalidSpec: spec.rollout.analysis.prometheus.query"),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("namespace=\"{}\"", t.ns.name)),
+        "{message}"
+    );
 
     // Row: a Deployment that never opted in, and a tenant who may write
     // Refreshes but not Deployments. The admission policy refuses the

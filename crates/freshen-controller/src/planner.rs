@@ -341,3 +341,58 @@ pub fn rejected(ctx: &Context, deploy: &Deployment) -> Vec<(String, freshen_core
 pub fn until(t: DateTime<Utc>, now: DateTime<Utc>) -> std::time::Duration {
     (t - now).to_std().unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn refresh(namespace: &str, name: &str, phase: Phase) -> Arc<Refresh> {
+        let mut r: Refresh = serde_json::from_value(serde_json::json!({
+            "apiVersion": "freshen.dev/v1alpha1",
+            "kind": "Refresh",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "annotations": {GOVERNED_BY: format!("RefreshPolicy/{namespace}/team")},
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment",
+                                     "name": "web", "uid": "u1", "controller": true}],
+            },
+            "spec": {
+                "workload": "web", "container": "app", "reason": "new-digest",
+                "fromImage": "r/app:1", "toImage": "r/app:1@sha256:1", "fromDigest": "unknown",
+                "toDigest": "1", "digest": "sha256:1",
+                "rollout": {"strategy": "canary", "canaryWeightPercent": 10,
+                            "intervalSeconds": 30, "iterations": 5, "maxRestarts": 0,
+                            "readinessTimeoutSeconds": 300},
+            },
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut status = freshen_api::RefreshStatus::default();
+        status.progress.phase = phase;
+        r.status = Some(status);
+        Arc::new(r)
+    }
+
+    #[test]
+    fn a_created_refresh_counts_until_the_cache_shows_it() {
+        let mut ledger = Ledger::default();
+        let made = refresh("shop", "web-app-1", Phase::Pending);
+        ledger.created(Underway::of(&made));
+        let underway = ledger.underway(&[]);
+        assert_eq!(underway.len(), 1, "not in the cache yet: still counted");
+        assert_eq!(
+            underway[0].governed_by.as_deref(),
+            Some("RefreshPolicy/shop/team")
+        );
+        assert_eq!(underway[0].owner.as_deref(), Some("u1"));
+        // Once cached it counts once, from the cache; once finished, not at all.
+        assert_eq!(ledger.underway(std::slice::from_ref(&made)).len(), 1);
+        assert_eq!(
+            ledger
+                .underway(&[refresh("shop", "web-app-1", Phase::Succeeded)])
+                .len(),
+            0
+        );
+    }
+}

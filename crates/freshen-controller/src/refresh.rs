@@ -228,9 +228,8 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         return Ok(Action::requeue(CONFLICT_RETRY));
     }
     if step.progress.phase.is_terminal() {
-        if deleting {
-            release(&api, &refresh).await?;
-        }
+        // The change is finished: a delete need not wait any more.
+        release(&api, &refresh).await?;
         return Ok(Action::await_change());
     }
     Ok(step
@@ -324,10 +323,12 @@ async fn store_status(
     }
 }
 
-/// Publishes the Events stored in the Refresh's status (and, for a terminal
-/// phase, its metrics), then clears them. At least once: an operator that
-/// dies before the clear is stored publishes them again. Returns the stored
-/// Refresh, or `None` when another writer changed it first.
+/// Publishes the Events stored in the Refresh's status, then clears them;
+/// a terminal phase's outcome is counted once the clear is stored, so only
+/// one writer ever counts it. Events are at least once: an operator that
+/// dies before the clear is stored, or works from a view older than its own
+/// clear, publishes them again. Returns the stored Refresh, or `None` when
+/// another writer changed it first.
 async fn publish_pending(
     ctx: &Context,
     api: &Api<Refresh>,
@@ -345,14 +346,18 @@ async fn publish_pending(
             event.note.clone(),
         )
         .await;
-        if event.phase.is_terminal() {
-            ctx.metrics.refresh_transition(refresh, &status.progress);
-        }
     }
+    let progress = status.progress.clone();
     let Some(stored) = store_status(api, refresh, status, "clearing published events").await?
     else {
+        // A stale view (the cache had not caught up with our own clear) or
+        // a second writer: the Events may go out twice (they are at least
+        // once), but only the writer whose clear is stored counts them.
         return Ok(None);
     };
+    for _ in pending.iter().filter(|e| e.phase.is_terminal()) {
+        ctx.metrics.refresh_transition(refresh, &progress);
+    }
     if pending.iter().any(|e| e.phase.is_terminal()) {
         // The workload may want its next refresh now; older records go.
         if let Some(w) = workload {

@@ -113,6 +113,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     .await;
     let mut registry_error = None;
     let mut invalid_images = Vec::new();
+    let mut refused = Vec::new();
     for (container, problem) in &measurement.problems {
         match problem {
             Problem::InvalidImage(_) => {
@@ -120,9 +121,21 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             }
             Problem::Registry(e) => {
                 warn!(error = %e, %container, "registry look-up failed");
+                if matches!(
+                    e.as_ref(),
+                    freshen_registry::RegistryError::NotAllowed { .. }
+                ) {
+                    refused.push(format!("container {container}: {e}"));
+                }
                 registry_error.get_or_insert_with(|| Arc::clone(e));
             }
         }
+    }
+    if !refused.is_empty() {
+        // Not a failure that heals by retrying: the user must change the
+        // image, or the operator its --registry-allow.
+        ctx.warn(&deploy, "RegistryNotAllowed", refused.join("; "))
+            .await;
     }
     if !invalid_images.is_empty() {
         // One Event for all containers, as for annotations.

@@ -101,6 +101,14 @@ impl Budget {
     pub fn backing_off(&self, now: Instant) -> bool {
         self.not_before.is_some_and(|until| until > now)
     }
+
+    /// Holds requests back until at least `at` (a registry's `Retry-After`);
+    /// returns when they may go again.
+    pub fn hold_until(&mut self, at: Instant) -> Instant {
+        let until = self.not_before.map_or(at, |current| current.max(at));
+        self.not_before = Some(until);
+        until
+    }
 }
 
 /// Whether an HTTP status (or none: no answer) asks for backoff.
@@ -168,6 +176,25 @@ mod tests {
             b.on_failure(&c, t0, 1.0),
             t0 + Duration::from_secs(1),
             "reset"
+        );
+    }
+
+    #[test]
+    fn a_retry_after_longer_than_the_backoff_holds_requests_until_it_passes() {
+        let c = config();
+        let t0 = Instant::now();
+        let mut b = Budget::new(&c, t0);
+        b.on_failure(&c, t0, 0.0);
+        let until = b.hold_until(t0 + Duration::from_secs(8));
+        assert_eq!(until, t0 + Duration::from_secs(8));
+        assert_eq!(b.acquire(&c, t0 + Duration::from_secs(7)), Err(until));
+        assert!(b.acquire(&c, t0 + Duration::from_secs(8)).is_ok());
+        // A shorter figure never shortens a longer backoff.
+        b.on_failure(&c, t0, 1.0);
+        b.hold_until(t0 + Duration::from_secs(20));
+        assert_eq!(
+            b.hold_until(t0 + Duration::from_millis(1)),
+            t0 + Duration::from_secs(20)
         );
     }
 

@@ -1,4 +1,4 @@
-//! OCI registry access for freshen, on oci-client.
+//! OCI registry access for freshen, over its own HTTP layer ([`transport`]).
 //!
 //! - [`RegistryClient::resolve_tag`]: which digest does a tag name now? One
 //!   HEAD request (GET only when a registry will not answer HEAD with a
@@ -10,7 +10,8 @@
 //!
 //! Concurrent look-ups of one key share one request ([`cache`]); requests to
 //! one registry are limited in concurrency; manifests fetched by digest and
-//! blobs are verified against their digest by oci-client.
+//! blobs are verified against their digest, every body is capped as it
+//! streams, and credentials go only where [`transport`] allows.
 
 pub mod auth;
 pub mod budget;
@@ -18,6 +19,7 @@ pub mod cache;
 pub mod facts;
 pub mod metrics;
 pub mod reach;
+pub mod transport;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,11 +27,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshen_core::{Digest, ImageReference};
-use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
-use oci_client::manifest::OciDescriptor;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
@@ -41,6 +38,8 @@ pub use facts::{FormatError, ImageFacts, Platform};
 use facts::{Manifest, select_platform};
 pub use metrics::RegistryMetrics;
 pub use reach::{HostPattern, Reach};
+pub use transport::HttpError;
+use transport::{Call, Transport};
 
 /// Largest manifest body accepted; larger is an error, not a download.
 pub const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
@@ -54,8 +53,6 @@ pub const MAX_CACHED_TAGS: usize = 50_000;
 /// Most registry hosts with their own limiter, budget and metric label;
 /// beyond it idle entries are dropped and the label reads `other`.
 pub const MAX_TRACKED_HOSTS: usize = 256;
-/// Most per-credential clients kept; beyond it they are all rebuilt.
-pub const MAX_CLIENTS: usize = 256;
 /// The `registry` metric label of hosts beyond [`MAX_TRACKED_HOSTS`].
 pub const OTHER_REGISTRY_LABEL: &str = "other";
 
@@ -112,21 +109,13 @@ impl RegistryConfig {
 /// carries the image it was for.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    /// The reference could not be expressed for the client.
-    #[error("{image}: not a valid registry reference: {source}")]
-    Reference {
-        /// The image.
-        image: String,
-        /// Why.
-        source: oci_client::ParseError,
-    },
     /// Resolving a tag to a digest failed.
     #[error("{image}: resolving the tag failed: {source}")]
     Resolve {
         /// The image (with tag).
         image: String,
-        /// The client's error.
-        source: OciDistributionError,
+        /// What the registry answered, or why it did not.
+        source: HttpError,
     },
     /// The registry answered a tag with something that is not a digest.
     #[error(
@@ -143,8 +132,8 @@ pub enum RegistryError {
     Manifest {
         /// The image (with digest).
         image: String,
-        /// The client's error.
-        source: OciDistributionError,
+        /// What the registry answered, or why it did not.
+        source: HttpError,
     },
     /// The manifest body is over [`MAX_MANIFEST_BYTES`].
     #[error("{image}: manifest is {size} bytes, over the {MAX_MANIFEST_BYTES}-byte limit")]
@@ -205,9 +194,13 @@ pub enum RegistryError {
     Config {
         /// The image.
         image: String,
-        /// The client's error.
-        source: OciDistributionError,
+        /// What the registry answered, or why it did not.
+        source: HttpError,
     },
+    /// The HTTP layer could not be set up (a CA file that is no
+    /// certificate).
+    #[error("setting up registry access failed: {0}")]
+    Setup(String),
 }
 
 impl RegistryError {
@@ -219,7 +212,14 @@ impl RegistryError {
             | Self::Config { source, .. } => Some(source),
             _ => None,
         };
-        match upstream.and_then(status_code) {
+        match upstream {
+            Some(HttpError::TooLarge { .. }) => return "registry_too_large",
+            Some(HttpError::DigestMismatch { .. }) => return "registry_bad_digest",
+            Some(HttpError::Deadline { .. }) => return "registry_timeout",
+            Some(HttpError::Realm { .. }) => return "registry_realm_refused",
+            _ => {}
+        }
+        match upstream.and_then(HttpError::status) {
             Some(404) => return "registry_not_found",
             Some(401 | 403) => return "registry_unauthorized",
             Some(429) => return "registry_rate_limited",
@@ -227,7 +227,6 @@ impl RegistryError {
             _ => {}
         }
         match self {
-            Self::Reference { .. } => "registry_reference",
             Self::NotAllowed { .. } => "registry_not_allowed",
             Self::Resolve { .. } => "registry_resolve",
             Self::BadDigest { .. } => "registry_bad_digest",
@@ -237,33 +236,8 @@ impl RegistryError {
             Self::NoPlatform { .. } => "registry_no_platform",
             Self::Config { .. } => "registry_config",
             Self::BackingOff { .. } => "registry_backoff",
+            Self::Setup(_) => "registry_setup",
         }
-    }
-}
-
-/// The HTTP status behind a client error, when there is one.
-pub fn status_code(error: &OciDistributionError) -> Option<u16> {
-    use oci_client::errors::OciErrorCode;
-    match error {
-        OciDistributionError::ServerError { code, .. } => Some(*code),
-        OciDistributionError::UnauthorizedError { .. }
-        | OciDistributionError::AuthenticationFailure(_) => Some(401),
-        OciDistributionError::ImageManifestNotFoundError(_) => Some(404),
-        OciDistributionError::RequestError(e) => e.status().map(|s| s.as_u16()),
-        OciDistributionError::RegistryError { envelope, .. } => {
-            envelope.errors.first().map(|e| match e.code {
-                OciErrorCode::ManifestUnknown
-                | OciErrorCode::BlobUnknown
-                | OciErrorCode::NameUnknown
-                | OciErrorCode::NotFound => 404,
-                OciErrorCode::Unauthorized => 401,
-                OciErrorCode::Denied => 403,
-                OciErrorCode::Toomanyrequests => 429,
-                OciErrorCode::Unsupported => 405,
-                _ => 400,
-            })
-        }
-        _ => None,
     }
 }
 
@@ -273,7 +247,7 @@ pub fn status_code(error: &OciDistributionError) -> Option<u16> {
 type Asker = Option<u64>;
 type TagKey = (String, String, String, Asker);
 
-fn asker(credential: Option<&Credential>) -> Asker {
+pub(crate) fn asker(credential: Option<&Credential>) -> Asker {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     credential.map(|c| BuildHasherDefault::<DefaultHasher>::default().hash_one(c))
 }
@@ -281,16 +255,12 @@ type Shared<T> = Result<T, Arc<RegistryError>>;
 
 /// Reads tags and image facts from registries, through one shared cache.
 ///
-/// oci-client keeps the first credential it sees per registry (and tokens
-/// per scope), so each distinct credential gets its own client; anonymous
-/// look-ups share one. Cached answers are shared by everyone who asks: the
-/// operator may read every pull secret anyway, and a digest's content is the
-/// same whoever fetched it.
+/// One HTTP layer serves every credential; bearer tokens are kept per
+/// registry, repository and credential. Cached answers are shared by
+/// everyone who asks with the same credential.
 pub struct RegistryClient {
-    clients: Mutex<HashMap<Option<Credential>, Client>>,
-    protocol: ClientProtocol,
+    transport: Result<Transport, String>,
     timeout: Option<Duration>,
-    extra_root_certificates: Vec<Vec<u8>>,
     platform: Platform,
     tags: CoalescingCache<TagKey, Digest, Arc<RegistryError>>,
     facts: CoalescingCache<(Digest, Platform, Asker), Arc<ImageFacts>, Arc<RegistryError>>,
@@ -311,16 +281,16 @@ impl RegistryClient {
     /// rustls crypto provider installed process-wide (the binary installs
     /// `ring`).
     pub fn new(config: RegistryConfig, metrics: RegistryMetrics) -> Arc<Self> {
-        let protocol = if config.plain_http.is_empty() {
-            ClientProtocol::Https
-        } else {
-            ClientProtocol::HttpsExcept(config.plain_http.clone())
-        };
+        let transport = Transport::new(
+            config.plain_http.clone(),
+            config.reach.clone(),
+            config.timeout,
+            &config.extra_root_certificates,
+        )
+        .map_err(|e| e.to_string());
         Arc::new(Self {
-            clients: Mutex::new(HashMap::new()),
-            protocol,
+            transport,
             timeout: config.timeout,
-            extra_root_certificates: config.extra_root_certificates,
             platform: config.platform,
             tags: CoalescingCache::new(Some(config.tag_ttl), MAX_CACHED_TAGS, |_, _| 1),
             facts: CoalescingCache::new(None, config.facts_cache_bytes, |_, f| facts_weight(f)),
@@ -434,9 +404,9 @@ impl RegistryClient {
         kind: &str,
         wait: Duration,
         request: Fut,
-    ) -> Result<T, OciDistributionError>
+    ) -> Result<T, HttpError>
     where
-        Fut: Future<Output = Result<T, OciDistributionError>>,
+        Fut: Future<Output = Result<T, HttpError>>,
     {
         if !wait.is_zero() {
             // Paced by the token bucket: this is the rate limit, not a poll.
@@ -445,7 +415,19 @@ impl RegistryClient {
         let limit = self.limit(registry);
         let _permit = limit.acquire().await;
         let start = Instant::now();
-        let result = request.await;
+        // One deadline for the whole request, body included: a registry
+        // trickling a byte a second never holds a look-up longer.
+        let result = match self.timeout {
+            Some(limit) => tokio::time::timeout(limit, request)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(HttpError::Deadline {
+                        registry: registry.to_owned(),
+                        limit,
+                    })
+                }),
+            None => request.await,
+        };
         let label = self.label(registry);
         let registry_label = label.as_str();
         self.metrics
@@ -454,7 +436,7 @@ impl RegistryClient {
             .observe(start.elapsed().as_secs_f64());
         let status = match &result {
             Ok(_) => Some(200),
-            Err(e) => status_code(e),
+            Err(e) => e.status(),
         };
         let code = status.map_or_else(|| "error".to_owned(), |c| c.to_string());
         self.metrics
@@ -465,7 +447,13 @@ impl RegistryClient {
             && let Some(budget) = budgets.get_mut(registry)
         {
             if budget::backs_off(status) {
-                let until = budget.on_failure(&self.budget, Instant::now(), jitter());
+                let now = Instant::now();
+                let mut until = budget.on_failure(&self.budget, now, jitter());
+                // The registry's own figure, when it gave one (capped at the
+                // longest backoff freshen keeps).
+                if let Some(wait) = result.as_ref().err().and_then(HttpError::retry_after) {
+                    until = budget.hold_until(now + wait.min(self.budget.backoff_max));
+                }
                 tracing::warn!(%registry, status = %code, retry_in = ?until.saturating_duration_since(Instant::now()), "registry backed off");
             } else {
                 budget.on_success();
@@ -495,25 +483,13 @@ impl RegistryClient {
     /// by every address it resolves to. A name that does not resolve is let
     /// through: its request fails on its own.
     async fn check_reach(&self, registry: &str, image: &str) -> Result<(), RegistryError> {
-        let host = reach::host_of(registry);
-        let refuse = |why: String| RegistryError::NotAllowed {
-            image: image.to_owned(),
-            registry: registry.to_owned(),
-            why,
-        };
-        match self.reach.judge_name(host) {
-            reach::ByName::Allowed => return Ok(()),
-            reach::ByName::Refused(why) => return Err(refuse(why)),
-            reach::ByName::Resolve => {}
-        }
-        let addresses: Vec<std::net::IpAddr> = match host.parse() {
-            Ok(addr) => vec![addr],
-            Err(_) => match tokio::net::lookup_host((host, 443)).await {
-                Ok(found) => found.map(|a| a.ip()).collect(),
-                Err(_) => return Ok(()),
-            },
-        };
-        self.reach.judge_addresses(host, &addresses).map_err(refuse)
+        reach::check(&self.reach, reach::host_of(registry))
+            .await
+            .map_err(|why| RegistryError::NotAllowed {
+                image: image.to_owned(),
+                registry: registry.to_owned(),
+                why,
+            })
     }
 
     /// The credential to present for an image of `registry`: the one of the
@@ -542,41 +518,11 @@ impl RegistryClient {
         image
     }
 
-    /// The oci-client to use with `credential`, and how to authenticate.
-    fn client(&self, credential: Option<&Credential>) -> (Client, RegistryAuth) {
-        let auth = credential.map_or(RegistryAuth::Anonymous, |c| {
-            RegistryAuth::Basic(c.username.clone(), c.password.clone())
-        });
-        let build = || {
-            Client::new(ClientConfig {
-                protocol: self.protocol.clone(),
-                read_timeout: self.timeout,
-                connect_timeout: self.timeout,
-                extra_root_certificates: self
-                    .extra_root_certificates
-                    .iter()
-                    .map(|pem| Certificate {
-                        encoding: CertificateEncoding::Pem,
-                        data: pem.clone(),
-                    })
-                    .collect(),
-                ..ClientConfig::default()
-            })
-        };
-        let client = match self.clients.lock() {
-            Ok(mut clients) => {
-                if clients.len() >= MAX_CLIENTS && !clients.contains_key(&credential.cloned()) {
-                    // Rebuilt on demand; only their token caches are lost.
-                    clients.clear();
-                }
-                clients
-                    .entry(credential.cloned())
-                    .or_insert_with(build)
-                    .clone()
-            }
-            Err(_) => build(),
-        };
-        (client, auth)
+    /// The HTTP layer, or why it could not be built.
+    fn transport(&self, image: &str) -> Result<&Transport, RegistryError> {
+        self.transport
+            .as_ref()
+            .map_err(|e| RegistryError::Setup(format!("{image}: {e}")))
     }
 
     fn limit(&self, registry: &str) -> Arc<Semaphore> {
@@ -604,21 +550,26 @@ impl RegistryClient {
         tag: &str,
     ) -> Result<Digest, RegistryError> {
         let image = &self.mirrored(image);
-        let (client, auth) = self.client(credential);
         let name = format!("{}:{tag}", image.name());
         self.check_reach(&image.registry, &name).await?;
+        let transport = self.transport(&name)?;
         let wait = self.admit(&image.registry, &name)?;
-        let reference =
-            Reference::try_from(name.as_str()).map_err(|source| RegistryError::Reference {
-                image: name.clone(),
-                source,
-            })?;
+        let call = Call {
+            registry: &image.registry,
+            repository: &image.repository,
+            credential,
+        };
         let digest = self
             .request(
                 &image.registry,
                 metrics::kind::RESOLVE,
                 wait,
-                client.fetch_manifest_digest(&reference, &auth),
+                transport.manifest_digest(
+                    call,
+                    tag,
+                    &facts::MANIFEST_MEDIA_TYPES,
+                    MAX_MANIFEST_BYTES,
+                ),
             )
             .await
             .map_err(|source| RegistryError::Resolve {
@@ -640,17 +591,15 @@ impl RegistryClient {
         credential: Option<&Credential>,
     ) -> Result<ImageFacts, RegistryError> {
         let image = &self.mirrored(image);
-        let (client, auth) = self.client(credential);
         let name = format!("{}@{}", image.name(), digest);
         self.check_reach(&image.registry, &name).await?;
-        let reference =
-            Reference::try_from(name.as_str()).map_err(|source| RegistryError::Reference {
-                image: name.clone(),
-                source,
-            })?;
-        let mut manifest = self
-            .manifest(&client, &auth, &image.registry, &reference, &name)
-            .await?;
+        let transport = self.transport(&name)?;
+        let call = Call {
+            registry: &image.registry,
+            repository: &image.repository,
+            credential,
+        };
+        let mut manifest = self.manifest(transport, call, digest, &name).await?;
         let mut platform_digest = None;
         if let Manifest::Index(entries) = &manifest {
             let entry =
@@ -658,18 +607,8 @@ impl RegistryClient {
                     image: name.clone(),
                     platform: platform.clone(),
                 })?;
-            let chosen: Digest =
-                entry
-                    .digest
-                    .parse()
-                    .map_err(|e: freshen_core::ImageRefError| RegistryError::Format {
-                        image: name.clone(),
-                        source: FormatError::Manifest(e.to_string()),
-                    })?;
-            let platform_ref = reference.clone_with_digest(chosen.to_string());
-            manifest = self
-                .manifest(&client, &auth, &image.registry, &platform_ref, &name)
-                .await?;
+            let chosen = descriptor_digest(&name, &entry.digest)?;
+            manifest = self.manifest(transport, call, &chosen, &name).await?;
             platform_digest = Some(chosen);
         }
         let Manifest::Image(image_manifest) = manifest else {
@@ -685,25 +624,21 @@ impl RegistryClient {
                 size: config.size,
             });
         }
-        let descriptor = OciDescriptor {
-            media_type: config.media_type.clone(),
-            digest: config.digest.clone(),
-            size: config.size,
-            ..OciDescriptor::default()
-        };
-        let mut body = Vec::with_capacity(usize::try_from(config.size).unwrap_or(0));
+        let config_digest = descriptor_digest(&name, &config.digest)?;
+        let declared = usize::try_from(config.size.max(0)).unwrap_or(0);
         let wait = self.admit(&image.registry, &name)?;
-        self.request(
-            &image.registry,
-            metrics::kind::CONFIG,
-            wait,
-            client.pull_blob(&reference, &descriptor, &mut body),
-        )
-        .await
-        .map_err(|source| RegistryError::Config {
-            image: name.clone(),
-            source,
-        })?;
+        let body = self
+            .request(
+                &image.registry,
+                metrics::kind::CONFIG,
+                wait,
+                transport.blob(call, config_digest.as_str(), declared, "image config"),
+            )
+            .await
+            .map_err(|source| RegistryError::Config {
+                image: name.clone(),
+                source,
+            })?;
         facts::image_facts(
             digest.clone(),
             platform_digest,
@@ -718,36 +653,50 @@ impl RegistryClient {
 
     async fn manifest(
         &self,
-        client: &Client,
-        auth: &RegistryAuth,
-        registry: &str,
-        reference: &Reference,
+        transport: &Transport,
+        call: Call<'_>,
+        digest: &Digest,
         name: &str,
     ) -> Result<Manifest, RegistryError> {
-        let wait = self.admit(registry, name)?;
-        let (body, _digest) = self
+        let wait = self.admit(call.registry, name)?;
+        let body = self
             .request(
-                registry,
+                call.registry,
                 metrics::kind::MANIFEST,
                 wait,
-                client.pull_manifest_raw(reference, auth, &facts::MANIFEST_MEDIA_TYPES),
+                transport.manifest(
+                    call,
+                    digest.as_str(),
+                    &facts::MANIFEST_MEDIA_TYPES,
+                    MAX_MANIFEST_BYTES,
+                ),
             )
             .await
-            .map_err(|source| RegistryError::Manifest {
-                image: name.to_owned(),
-                source,
+            .map_err(|source| match source {
+                HttpError::TooLarge { .. } => RegistryError::ManifestTooLarge {
+                    image: name.to_owned(),
+                    size: MAX_MANIFEST_BYTES + 1,
+                },
+                source => RegistryError::Manifest {
+                    image: name.to_owned(),
+                    source,
+                },
             })?;
-        if body.len() > MAX_MANIFEST_BYTES {
-            return Err(RegistryError::ManifestTooLarge {
-                image: name.to_owned(),
-                size: body.len(),
-            });
-        }
         Manifest::parse(&body).map_err(|source| RegistryError::Format {
             image: name.to_owned(),
             source,
         })
     }
+}
+
+/// A digest a manifest names (an index entry, a config), or a format error
+/// naming the image.
+fn descriptor_digest(image: &str, text: &str) -> Result<Digest, RegistryError> {
+    text.parse()
+        .map_err(|e: freshen_core::ImageRefError| RegistryError::Format {
+            image: image.to_owned(),
+            source: FormatError::Manifest(e.to_string()),
+        })
 }
 
 /// A number in [0, 1) that differs between calls, for backoff jitter.
@@ -803,15 +752,6 @@ mod tests {
             let _ = registry.admit(&host, "img");
             let _ = registry.limit(&host);
             let _ = registry.label(&host);
-            if i % 250 == 0 {
-                // Four hundred distinct pull credentials (each client is a
-                // real HTTP client, so not a hundred thousand).
-                let credential = Credential {
-                    username: format!("u{i}"),
-                    password: "p".into(),
-                };
-                let _ = registry.client(Some(&credential));
-            }
             let key = (host, "repo".to_owned(), format!("t{i}"), None);
             let d = digest.clone();
             let _ = registry
@@ -822,7 +762,6 @@ mod tests {
         let len = |m: &Mutex<HashMap<String, Budget>>| m.lock().map(|m| m.len()).unwrap_or(0);
         assert!(len(&registry.budgets) <= MAX_TRACKED_HOSTS);
         assert!(registry.limits.lock().map(|m| m.len()).unwrap_or(0) <= MAX_TRACKED_HOSTS);
-        assert!(registry.clients.lock().map(|m| m.len()).unwrap_or(0) <= MAX_CLIENTS);
         assert!(registry.labelled.lock().map(|m| m.len()).unwrap_or(0) <= MAX_TRACKED_HOSTS);
         assert_eq!(registry.label("h99999.example"), OTHER_REGISTRY_LABEL);
         assert_eq!(
@@ -834,6 +773,41 @@ mod tests {
             registry.tags.len() <= MAX_CACHED_TAGS,
             "{}",
             registry.tags.len()
+        );
+    }
+
+    #[test]
+    fn a_mirror_gets_its_own_credential_never_the_sources() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut config = RegistryConfig::with_tag_ttl(Duration::from_secs(300));
+        config
+            .mirrors
+            .insert("docker.io".into(), "mirror.internal:5000".into());
+        let metrics = match RegistryMetrics::new() {
+            Ok(m) => m,
+            Err(e) => panic!("{e}"),
+        };
+        let registry = RegistryClient::new(config, metrics);
+        let hub = Credential {
+            username: "hub".into(),
+            password: "hub-secret".into(),
+        };
+        let mut source_only = Keychain::default();
+        source_only.insert("docker.io", hub.clone());
+        assert_eq!(registry.credential_for(&source_only, "docker.io"), None);
+        let mut both = source_only.clone();
+        both.insert(
+            "mirror.internal:5000",
+            Credential {
+                username: "mirror".into(),
+                password: "m".into(),
+            },
+        );
+        assert_eq!(
+            registry
+                .credential_for(&both, "docker.io")
+                .map(|c| c.username.as_str()),
+            Some("mirror")
         );
     }
 

@@ -207,6 +207,38 @@ impl Reach {
     }
 }
 
+/// Judges a host without resolving it: its name, and when it is an address
+/// literal, that address. For redirects, which are judged synchronously.
+pub fn judge_literal(reach: &Reach, host: &str) -> Result<(), String> {
+    match reach.judge_name(host) {
+        ByName::Allowed => Ok(()),
+        ByName::Refused(why) => Err(why),
+        ByName::Resolve => match host.trim_start_matches('[').trim_end_matches(']').parse() {
+            Ok(addr) => reach.judge_addresses(host, &[addr]),
+            Err(_) => Ok(()),
+        },
+    }
+}
+
+/// Judges a host by its name, then by every address it resolves to. A name
+/// that does not resolve passes: a request to it fails on its own.
+pub async fn check(reach: &Reach, host: &str) -> Result<(), String> {
+    match reach.judge_name(host) {
+        ByName::Allowed => return Ok(()),
+        ByName::Refused(why) => return Err(why),
+        ByName::Resolve => {}
+    }
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let addresses: Vec<IpAddr> = match bare.parse() {
+        Ok(addr) => vec![addr],
+        Err(_) => match tokio::net::lookup_host((bare, 443)).await {
+            Ok(found) => found.map(|a| a.ip()).collect(),
+            Err(_) => return Ok(()),
+        },
+    };
+    reach.judge_addresses(host, &addresses)
+}
+
 /// The host of a `host[:port]` registry, without the port (IPv6 literals
 /// keep no brackets).
 pub fn host_of(registry: &str) -> &str {
