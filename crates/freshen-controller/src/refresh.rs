@@ -756,41 +756,59 @@ async fn reject_digest(
     let Ok(digest) = refresh.spec.digest.parse() else {
         return Err(Error::MissingField("spec.digest"));
     };
-    let current = workload
-        .annotations()
-        .get(REJECTED_DIGESTS)
-        .cloned()
-        .unwrap_or_default();
-    let value = add_rejected(&current, &refresh.spec.container, &digest);
-    if value == current {
-        return Ok(());
-    }
     let api: Api<Deployment> = Api::namespaced(
         ctx.client.clone(),
         &workload.namespace().unwrap_or_default(),
     );
-    // Guarded by the resourceVersion the list was read at, like every
-    // workload write: a stale leader (paused past its Lease) or a
-    // concurrent edit makes it fail, and the next step reads again.
-    let patch = json!({"metadata": {
-        "resourceVersion": workload.resource_version(),
-        "annotations": {REJECTED_DIGESTS: value},
-    }});
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()
     };
-    match api
-        .patch(&workload.name_any(), &params, &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            Err(Error::Stale("the workload changed since it was read"))
+    // Read, add, write guarded by the uid and resourceVersion just read: the
+    // list is never written from a stale copy (a leader paused past its
+    // Lease, a concurrent edit), and the Deployment's own status updates
+    // only cost another read.
+    let mut current = workload.clone();
+    for _ in 0..REJECT_ATTEMPTS {
+        let before = current
+            .annotations()
+            .get(REJECTED_DIGESTS)
+            .cloned()
+            .unwrap_or_default();
+        let value = add_rejected(&before, &refresh.spec.container, &digest);
+        if value == before {
+            return Ok(());
         }
-        Err(e) => Err(Error::Refresh("recording the rejected digest", e)),
+        let patch = json!({"metadata": {
+            "uid": current.metadata.uid,
+            "resourceVersion": current.resource_version(),
+            "annotations": {REJECTED_DIGESTS: value},
+        }});
+        match api
+            .patch(&current.name_any(), &params, &Patch::Merge(patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                current = api
+                    .get(&current.name_any())
+                    .await
+                    .map_err(|e| Error::Refresh("reading the workload again", e))?;
+                if current.metadata.uid != workload.metadata.uid {
+                    return Err(Error::Stale("the workload was replaced"));
+                }
+            }
+            Err(e) => return Err(Error::Refresh("recording the rejected digest", e)),
+        }
     }
+    Err(Error::Stale(
+        "the workload kept changing while the digest was recorded",
+    ))
 }
+
+/// Guarded writes of the rejected digests tried before giving up for this
+/// step (the rollback repeats the action until it is terminal).
+const REJECT_ATTEMPTS: usize = 5;
 
 /// Deletes the oldest finished Refreshes of a workload beyond the history
 /// limit.
