@@ -749,56 +749,10 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
         );
         return done(next, actions);
     };
-    if let Some(why) = observed
-        .untrusted
-        .as_ref()
-        .filter(|_| matches!(progress.phase, Phase::Pending | Phase::Canary))
-    {
-        // Checked before the workload is first changed; once promoted, the
-        // refresh is finished as planned rather than left half-done.
-        fail(
-            &mut next,
-            &mut actions,
-            observed,
-            Failure::Untrusted,
-            format!("freshen does not act on this Refresh: {why}; nothing was changed"),
-            now,
-        );
-        return done(next, actions);
+    if let Some(stop) = before_the_canary(target, progress, observed, now) {
+        return stop;
     }
     let settings = &target.settings;
-    if let Some(taken) = observed
-        .canary_name_taken
-        .as_ref()
-        .filter(|_| settings.strategy == Strategy::Canary && progress.phase == Phase::Pending)
-    {
-        let message = format!(
-            "waiting: Deployment {taken}, which freshen did not create, holds the canary's name; \
-             freshen never deletes it. Rename or delete it, or use strategy rolling"
-        );
-        if next.message != message {
-            next.message = message;
-            announce(&mut next, EventKind::Warning, "CanaryNameTaken");
-        }
-        return Step {
-            progress: next,
-            actions,
-            requeue: Some(MAX_WAIT),
-        };
-    }
-    if observed.foreign_canary
-        && settings.strategy == Strategy::Canary
-        && matches!(progress.phase, Phase::Pending | Phase::Canary)
-    {
-        // A finished Refresh's canary still holds the name (its deletion
-        // was lost): remove it, then carry on.
-        actions.push(Action::DeleteCanary);
-        return Step {
-            progress: next,
-            actions,
-            requeue: Some(Duration::from_secs(1)),
-        };
-    }
     match progress.phase {
         Phase::Pending | Phase::Rebuilding => {
             if target.template_changed(workload)
@@ -844,6 +798,69 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
         actions,
         requeue,
     }
+}
+
+/// What stops a refresh before its canary runs, if anything: a Refresh
+/// that does not match its workload (checked before the workload is first
+/// changed; once promoted, a refresh is finished as planned rather than
+/// left half-done), a Deployment freshen did not create holding the
+/// canary's name (wait, one Warning), a finished Refresh's canary still
+/// holding it (delete it first).
+fn before_the_canary(
+    target: &Target,
+    progress: &Progress,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) -> Option<Step> {
+    let mut next = progress.clone();
+    let mut actions = Vec::new();
+    let canary_strategy = target.settings.strategy == Strategy::Canary;
+    if let Some(why) = observed
+        .untrusted
+        .as_ref()
+        .filter(|_| matches!(progress.phase, Phase::Pending | Phase::Canary))
+    {
+        fail(
+            &mut next,
+            &mut actions,
+            observed,
+            Failure::Untrusted,
+            format!("freshen does not act on this Refresh: {why}; nothing was changed"),
+            now,
+        );
+        return Some(done(next, actions));
+    }
+    if let Some(taken) = observed
+        .canary_name_taken
+        .as_ref()
+        .filter(|_| canary_strategy && progress.phase == Phase::Pending)
+    {
+        let message = format!(
+            "waiting: Deployment {taken}, which freshen did not create, holds the canary's name; \
+             freshen never deletes it. Rename or delete it, or use strategy rolling"
+        );
+        if next.message != message {
+            next.message = message;
+            announce(&mut next, EventKind::Warning, "CanaryNameTaken");
+        }
+        return Some(Step {
+            progress: next,
+            actions,
+            requeue: Some(MAX_WAIT),
+        });
+    }
+    if observed.foreign_canary
+        && canary_strategy
+        && matches!(progress.phase, Phase::Pending | Phase::Canary)
+    {
+        actions.push(Action::DeleteCanary);
+        return Some(Step {
+            progress: next,
+            actions,
+            requeue: Some(Duration::from_secs(1)),
+        });
+    }
+    None
 }
 
 /// What someone else did to the target container, for conflict messages:
