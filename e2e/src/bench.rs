@@ -208,9 +208,12 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     let metric = |name: &str| -> f64 { crate::operator::metric_value(&text, name).unwrap_or(0.0) };
-    let reconciles = metric("freshen_reconcile_duration_seconds_count");
+    let reconciles = metric(r#"freshen_reconcile_duration_seconds_count{controller="deployment"}"#);
     let mean_reconcile = if reconciles > 0.0 {
-        Duration::from_secs_f64(metric("freshen_reconcile_duration_seconds_sum") / reconciles)
+        Duration::from_secs_f64(
+            metric(r#"freshen_reconcile_duration_seconds_sum{controller="deployment"}"#)
+                / reconciles,
+        )
     } else {
         Duration::ZERO
     };

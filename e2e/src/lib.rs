@@ -334,7 +334,46 @@ pub async fn await_warning(
 pub struct TestNamespace {
     /// Its name.
     pub name: String,
+    // Fields drop in order: finalizers go before the namespace does.
+    _release: ReleaseRefreshes,
     _delete: DeleteOnDrop,
+}
+
+/// Removes freshen's finalizer from the Refreshes left in a namespace when
+/// dropped, as an admin would after uninstalling freshen: a test that ends
+/// while a Refresh changes its workload (the operator already stopped)
+/// would otherwise hold its namespace in Terminating.
+struct ReleaseRefreshes {
+    namespace: String,
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for ReleaseRefreshes {
+    fn drop(&mut self) {
+        let kubectl = |args: &[&str]| {
+            std::process::Command::new(&self.kubectl)
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(args)
+                .stderr(std::process::Stdio::null())
+                .output()
+        };
+        let Ok(listed) = kubectl(&["get", "refreshes", "-n", &self.namespace, "-o", "name"]) else {
+            return;
+        };
+        for name in String::from_utf8_lossy(&listed.stdout).split_whitespace() {
+            let _ = kubectl(&[
+                "patch",
+                name,
+                "-n",
+                &self.namespace,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+    }
 }
 
 impl TestNamespace {
@@ -353,6 +392,11 @@ impl TestNamespace {
             .await?;
         let created = Self {
             name: name.clone(),
+            _release: ReleaseRefreshes {
+                namespace: name.clone(),
+                kubectl: harness.kubectl.clone(),
+                kubeconfig: harness.kubeconfig.clone(),
+            },
             _delete: harness.delete_on_drop("namespace", &name),
         };
         // The namespace's default ServiceAccount appears asynchronously and

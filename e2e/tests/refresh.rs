@@ -245,7 +245,7 @@ impl Scene {
     /// Waits until the operator has reconciled at least `n` more times,
     /// so that an absence is an absence after that many looks.
     async fn await_reconciles(&self, operator: &Operator, n: u32) -> anyhow::Result<()> {
-        let series = "freshen_reconcile_duration_seconds_count";
+        let series = r#"freshen_reconcile_duration_seconds_count{controller="deployment"}"#;
         let count = || operator.metric(series);
         let start = count().await?;
         wait_for(

@@ -43,6 +43,49 @@ mod tests {
         }
     }
 
+    /// Every `description` in a schema, with its path.
+    fn descriptions(value: &serde_json::Value, path: &str, out: &mut Vec<(String, String)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    if key == "description"
+                        && let Some(text) = v.as_str()
+                    {
+                        out.push((path.to_owned(), text.to_owned()));
+                    }
+                    descriptions(v, &format!("{path}.{key}"), out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    descriptions(v, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_field_description_reads_like_documentation() {
+        // `kubectl explain` shows these to the person running it: a field's
+        // meaning, unit and default, not filler such as "Why." or "When.".
+        let mut short = Vec::new();
+        for (file, crd) in crds() {
+            let value = serde_json::to_value(&crd).unwrap_or_default();
+            let mut found = Vec::new();
+            descriptions(&value, file, &mut found);
+            short.extend(
+                found
+                    .into_iter()
+                    .filter(|(_, text)| text.split_whitespace().count() < 4),
+            );
+        }
+        assert!(
+            short.is_empty(),
+            "descriptions too short to help: {short:#?}"
+        );
+    }
+
     #[test]
     fn the_api_server_gets_validation_rules() {
         let yaml: String = crds()

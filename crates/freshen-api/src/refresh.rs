@@ -64,7 +64,9 @@ pub struct RefreshSpec {
     /// Its container to change.
     #[schemars(length(min = 1, max = 63))]
     pub container: String,
-    /// Why.
+    /// Why the refresh was started: new-digest (the followed tag moved),
+    /// container-too-old (a restart on the same digest), base-moved or
+    /// image-too-old (a rebuild).
     pub reason: RefreshReason,
     /// The container's image exactly as it was; restored on rollback.
     #[schemars(length(min = 1, max = 4096))]

@@ -1,27 +1,78 @@
-//! One object's panic stays that object's problem.
+//! What every reconcile gets, whatever its controller: timing, panic
+//! containment, a Warning Event when it fails, and one error policy.
 //!
 //! kube-runtime polls every reconcile inside the controller's own stream, so
 //! a panic in one reconcile would end the stream and, with it, the operator;
 //! restarted, it would panic on the same object again. [`contained`] turns a
-//! panic into [`Error::Panicked`] for that object: counted by the error
-//! policy, published as a Warning Event on the object, retried with backoff
-//! like any other failure, and every other object carries on.
+//! panic into [`Error::Panicked`] for that object. Any failure (panic or
+//! error) is published as a Warning Event on the object, its reason the
+//! error's category in CamelCase and its note the cause chain, once per
+//! object and category (again after an hour); [`error_policy`] counts it by
+//! controller and category and retries with backoff, or waits for a change
+//! when retrying cannot help.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-use kube::Resource;
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
-use tracing::error;
+use kube::{Resource, ResourceExt};
+use tracing::{error, warn};
 
 use crate::context::Context;
 use crate::error::Error;
 
-/// Wraps a reconcile function so that a panic in it becomes an error of
-/// the object being reconciled.
+/// How long a failure already announced stays quiet.
+const REANNOUNCE_AFTER: Duration = Duration::from_secs(3600);
+/// Objects whose last failure is remembered at most.
+const MAX_REMEMBERED: usize = 10_000;
+
+/// The last failure announced per object, so a reconcile failing every
+/// retry interval publishes one Event, not one per retry.
+#[derive(Debug, Default)]
+pub struct Failures {
+    last: Mutex<HashMap<String, (&'static str, Instant)>>,
+}
+
+impl Failures {
+    /// Whether a failure of `category` on `key` is news at `now` (another
+    /// category than last time, or the last announcement is old); records it.
+    pub fn is_news(&self, key: &str, category: &'static str, now: Instant) -> bool {
+        let Ok(mut last) = self.last.lock() else {
+            return true;
+        };
+        if let Some((seen, at)) = last.get(key)
+            && *seen == category
+            && now.saturating_duration_since(*at) < REANNOUNCE_AFTER
+        {
+            return false;
+        }
+        if last.len() >= MAX_REMEMBERED {
+            last.clear();
+        }
+        last.insert(key.to_owned(), (category, now));
+        true
+    }
+
+    /// Forgets `key`'s failure: it reconciled.
+    pub fn cleared(&self, key: &str) {
+        if let Ok(mut last) = self.last.lock() {
+            last.remove(key);
+        }
+    }
+}
+
+/// The `controller` label of `K`'s controller, e.g. `deployment`.
+fn controller<K: Resource<DynamicType = ()>>() -> String {
+    K::kind(&()).to_ascii_lowercase()
+}
+
+/// Wraps a reconcile function: timed by controller, a panic contained to
+/// the object, a failure announced on the object.
 pub fn contained<K, F, Fut>(
     reconcile: F,
 ) -> impl Fn(Arc<K>, Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
@@ -35,28 +86,74 @@ where
         let reconcile = Arc::clone(&reconcile);
         async move {
             let target = object.object_ref(&());
+            let key = format!(
+                "{}/{}/{}",
+                K::kind(&()),
+                object.namespace().unwrap_or_default(),
+                object.name_any()
+            );
+            let timer = ctx
+                .metrics
+                .reconcile_duration
+                .with_label_values(&[&controller::<K>()])
+                .start_timer();
             let run = AssertUnwindSafe(reconcile(object, Arc::clone(&ctx))).catch_unwind();
-            match run.await {
+            let result = match run.await {
                 Ok(result) => result,
                 Err(payload) => {
                     let what = panic_message(payload.as_ref());
-                    error!(panic = %what, object = ?target.name, "reconcile panicked; contained");
+                    error!(panic = %what, object = %key, "reconcile panicked; contained");
+                    Err(Error::Panicked(what))
+                }
+            };
+            drop(timer);
+            match &result {
+                Ok(_) => ctx.failures.cleared(&key),
+                Err(e)
+                    if e.worth_an_event()
+                        && ctx.failures.is_news(&key, e.category(), Instant::now()) =>
+                {
+                    let mut note = e.chain();
+                    if matches!(e, Error::Panicked(_)) {
+                        note.push_str(
+                            "; freshen hit a bug here. It retries later and every other object \
+                             carries on; please report it",
+                        );
+                    }
                     ctx.publish(
                         EventType::Warning,
-                        "ReconcilePanicked",
+                        &e.reason(),
                         "Reconcile",
-                        format!(
-                            "freshen hit a bug reconciling this object ({what}); it retries \
-                             later and every other object carries on. Please report it"
-                        ),
+                        note,
                         &[target],
                     )
                     .await;
-                    Err(Error::Panicked(what))
                 }
+                Err(_) => {}
             }
+            result
         }
         .boxed()
+    }
+}
+
+/// What to do after a failed reconcile of any controller: count it by
+/// controller and category, then retry later (every action is safe to
+/// repeat), or wait for the object to change when retrying cannot help.
+pub fn error_policy<K: Resource<DynamicType = ()>>(
+    _object: Arc<K>,
+    error: &Error,
+    ctx: Arc<Context>,
+) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .with_label_values(&[&controller::<K>(), error.category()])
+        .inc();
+    warn!(error = %error.chain(), controller = %controller::<K>(), "reconcile failed");
+    if error.heals() {
+        Action::requeue(ctx.config.error_requeue)
+    } else {
+        Action::await_change()
     }
 }
 
@@ -79,5 +176,21 @@ mod tests {
         assert_eq!(panic_message(&"boom"), "boom");
         assert_eq!(panic_message(&"x".repeat(1000)).len(), 256);
         assert_eq!(panic_message(&42u8), "a panic without a message");
+    }
+
+    #[test]
+    fn a_failure_is_announced_once_per_category_and_again_after_an_hour() {
+        let failures = Failures::default();
+        let t0 = Instant::now();
+        assert!(failures.is_news("Deployment/shop/web", "registry_unavailable", t0));
+        assert!(!failures.is_news("Deployment/shop/web", "registry_unavailable", t0));
+        assert!(failures.is_news("Deployment/shop/web", "registry_not_found", t0));
+        assert!(failures.is_news(
+            "Deployment/shop/web",
+            "registry_not_found",
+            t0 + REANNOUNCE_AFTER
+        ));
+        failures.cleared("Deployment/shop/web");
+        assert!(failures.is_news("Deployment/shop/web", "registry_not_found", t0));
     }
 }

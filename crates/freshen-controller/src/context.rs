@@ -68,6 +68,8 @@ pub struct Context {
     pub workload_trigger: UnboundedSender<ObjectRef<Deployment>>,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
+    /// The last failure announced per object (one Event per failure).
+    pub failures: crate::contain::Failures,
     /// Serializes the planners' decide-and-create, with the Refreshes
     /// created but not yet in the cache, so limits hold under concurrency.
     pub planning: tokio::sync::Mutex<crate::planner::Ledger>,

@@ -1,5 +1,6 @@
 //! Errors of the controllers: one variant per step, each with a bounded
-//! category used as metric label and Event reason.
+//! category used as metric label and, in CamelCase, as the reason of the
+//! Warning Event the failed object gets.
 
 use std::sync::Arc;
 
@@ -18,13 +19,30 @@ pub enum Error {
     /// Writing a policy's status failed; retried later.
     #[error("writing policy status failed: {0}")]
     PolicyStatus(#[source] kube::Error),
-    /// A Refresh step's request to the API server failed; retried (every
-    /// action is idempotent).
-    #[error("{0} failed: {1}")]
-    Refresh(&'static str, #[source] kube::Error),
+    /// Storing a Refresh's progress (before acting) failed; retried.
+    #[error("storing the Refresh's progress failed: {0}")]
+    StoreProgress(#[source] kube::Error),
+    /// Clearing a Refresh's published Events failed; retried.
+    #[error("clearing the Refresh's published events failed: {0}")]
+    ClearEvents(#[source] kube::Error),
+    /// Adding or removing a Refresh's finalizer failed; retried.
+    #[error("updating the Refresh's finalizer failed: {0}")]
+    Finalizer(#[source] kube::Error),
+    /// Creating the canary Deployment failed; retried.
+    #[error("creating the canary failed: {0}")]
+    CreateCanary(#[source] kube::Error),
+    /// Deleting the canary Deployment failed; retried.
+    #[error("deleting the canary failed: {0}")]
+    DeleteCanary(#[source] kube::Error),
+    /// Patching the workload's container image failed; retried.
+    #[error("patching the workload's image failed: {0}")]
+    PatchImage(#[source] kube::Error),
+    /// Recording the rejected digest on the workload failed; retried.
+    #[error("recording the rejected digest failed: {0}")]
+    RecordRejected(#[source] kube::Error),
     /// Creating a Refresh failed; retried.
-    #[error("{0} failed: {1}")]
-    Plan(&'static str, #[source] kube::Error),
+    #[error("creating the Refresh failed: {0}")]
+    CreateRefresh(#[source] kube::Error),
     /// A guarded write lost to a concurrent change; the next step sees it.
     #[error("{0}")]
     Stale(&'static str),
@@ -44,11 +62,94 @@ impl Error {
             Self::MissingField(_) => "missing_field",
             Self::Registry(e) => e.category(),
             Self::PolicyStatus(_) => "policy_status",
-            Self::Refresh(..) => "refresh_action",
+            Self::StoreProgress(_) => "refresh_store_progress",
+            Self::ClearEvents(_) => "refresh_clear_events",
+            Self::Finalizer(_) => "refresh_finalizer",
+            Self::CreateCanary(_) => "refresh_create_canary",
+            Self::DeleteCanary(_) => "refresh_delete_canary",
+            Self::PatchImage(_) => "refresh_patch_image",
+            Self::RecordRejected(_) => "refresh_record_rejected",
+            Self::CreateRefresh(_) => "refresh_create",
             Self::Stale(_) => "conflict",
-            Self::Serialize(_) => "serialize",
-            Self::Plan(..) => "refresh_create",
             Self::Panicked(_) => "panic",
+            Self::Serialize(_) => "serialize",
         }
+    }
+
+    /// The Event reason: the category in CamelCase, e.g.
+    /// `RegistryUnavailable`.
+    pub fn reason(&self) -> String {
+        camel_case(self.category())
+    }
+
+    /// Whether retrying can help. A malformed object waits for a change
+    /// instead of retrying every interval. (A refused registry is retried:
+    /// the workload's other containers must still be measured.)
+    pub fn heals(&self) -> bool {
+        !matches!(self, Self::MissingField(_) | Self::Serialize(_))
+    }
+
+    /// Whether a failed reconcile deserves a Warning Event on its object: a
+    /// lost write race does not, the next look sees the winner.
+    pub fn worth_an_event(&self) -> bool {
+        !matches!(self, Self::Stale(_))
+    }
+
+    /// The error and its causes, `: `-joined, for an Event note.
+    pub fn chain(&self) -> String {
+        let mut text = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            // thiserror's `{0}` already shows the direct cause.
+            if !text.contains(&cause_text) {
+                text.push_str(": ");
+                text.push_str(&cause_text);
+            }
+            source = cause.source();
+        }
+        text
+    }
+}
+
+/// `registry_not_found` -> `RegistryNotFound`.
+fn camel_case(snake: &str) -> String {
+    snake
+        .split('_')
+        .map(|word| {
+            let mut chars = word.chars();
+            chars.next().map_or_else(String::new, |first| {
+                first.to_ascii_uppercase().to_string() + chars.as_str()
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_the_categories_in_camel_case() {
+        assert_eq!(camel_case("registry_not_found"), "RegistryNotFound");
+        assert_eq!(Error::Stale("x").reason(), "Conflict");
+        assert_eq!(Error::Panicked("x".into()).reason(), "Panic");
+        assert_eq!(
+            Error::MissingField("metadata.name").reason(),
+            "MissingField"
+        );
+    }
+
+    #[test]
+    fn only_errors_that_can_heal_are_retried() {
+        assert!(!Error::MissingField("metadata.name").heals());
+        assert!(Error::Stale("x").heals());
+        assert!(!Error::Stale("x").worth_an_event());
+        let backing_off = Arc::new(RegistryError::BackingOff {
+            image: "i".into(),
+            registry: "r".into(),
+            retry_in: std::time::Duration::from_secs(3),
+        });
+        assert!(Error::Registry(backing_off).heals());
     }
 }

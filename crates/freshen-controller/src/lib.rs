@@ -35,7 +35,7 @@ use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{info, warn};
+use tracing::info;
 
 pub use context::{Context, ControllerConfig};
 pub use error::Error;
@@ -168,12 +168,9 @@ where
         })
 }
 
-/// Logs a failed reconcile (errors are also counted by the error policies).
-async fn log_failure<T, E: std::fmt::Display>(result: Result<T, E>) {
-    if let Err(e) = result {
-        warn!(error = %e, "reconcile failed");
-    }
-}
+/// Drops a controller's results: failures are logged, counted and
+/// announced by [`contain`].
+async fn log_failure<T, E>(_result: Result<T, E>) {}
 
 /// A policy watch: reflected, and on deletion the workloads the policy
 /// could have governed are measured again (a deleted object is never
@@ -470,6 +467,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         readiness: readiness.clone(),
         workload_trigger: workload_tx,
         planning: tokio::sync::Mutex::new(planner::Ledger::default()),
+        failures: contain::Failures::default(),
         config: config.controller,
     });
 
@@ -480,7 +478,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .shutdown_on_signal()
         .run(
             contain::contained(workload::reconcile),
-            workload::error_policy,
+            contain::error_policy,
             Arc::clone(&ctx),
         )
         .for_each(log_failure);
@@ -509,7 +507,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .shutdown_on_signal()
         .run(
             contain::contained(policy_status::reconcile::<RefreshPolicy>),
-            policy_status::error_policy::<RefreshPolicy>,
+            contain::error_policy,
             Arc::clone(&ctx),
         )
         .for_each(log_failure);
@@ -521,7 +519,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .shutdown_on_signal()
         .run(
             contain::contained(refresh::reconcile),
-            refresh::error_policy,
+            contain::error_policy,
             Arc::clone(&ctx),
         )
         .for_each(log_failure);
@@ -530,7 +528,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .shutdown_on_signal()
         .run(
             contain::contained(policy_status::reconcile::<ClusterRefreshPolicy>),
-            policy_status::error_policy::<ClusterRefreshPolicy>,
+            contain::error_policy,
             ctx,
         )
         .for_each(log_failure);

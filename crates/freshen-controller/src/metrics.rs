@@ -12,8 +12,8 @@ use chrono::Utc;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use freshen_core::rollout::{Phase, Progress};
@@ -221,9 +221,9 @@ impl Collector for AgeCollector {
 /// The operator's metrics registry and its own instruments.
 pub struct Metrics {
     registry: Registry,
-    /// `freshen_reconcile_duration_seconds`.
-    pub reconcile_duration: Histogram,
-    /// `freshen_reconcile_errors_total{category}`.
+    /// `freshen_reconcile_duration_seconds{controller}`.
+    pub reconcile_duration: HistogramVec,
+    /// `freshen_reconcile_errors_total{controller,category}`.
     pub reconcile_errors: IntCounterVec,
     /// `freshen_refreshes_total{reason,outcome}`.
     pub refreshes: IntCounterVec,
@@ -246,21 +246,23 @@ impl Metrics {
     ) -> prometheus::Result<Self> {
         let registry = Registry::new();
         registry_metrics.register(&registry)?;
-        let reconcile_duration = Histogram::with_opts(
+        let reconcile_duration = HistogramVec::new(
             HistogramOpts::new(
                 "freshen_reconcile_duration_seconds",
-                "Duration of one reconcile of one workload.",
+                "Duration of one reconcile of one object, by controller (deployment, \
+                 refreshpolicy, clusterrefreshpolicy, refresh).",
             )
             .buckets(vec![
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
             ]),
+            &["controller"],
         )?;
         let reconcile_errors = IntCounterVec::new(
             Opts::new(
                 "freshen_reconcile_errors_total",
-                "Reconciles that failed, by the step that failed.",
+                "Reconciles that failed, by controller and by the step that failed.",
             ),
-            &["category"],
+            &["controller", "category"],
         )?;
         let refreshes = IntCounterVec::new(
             Opts::new(

@@ -225,7 +225,7 @@ pub async fn consider(
             Ok(Outcome::Started(refresh_name))
         }
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Started(refresh_name)),
-        Err(e) => Err(Error::Plan("creating the Refresh", e)),
+        Err(e) => Err(Error::CreateRefresh(e)),
     }
 }
 

@@ -150,15 +150,6 @@ pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<Context>) -> Result<A
     Ok(Action::await_change())
 }
 
-/// What to do after a failed status write: count it and retry later.
-pub fn error_policy<P: Policy>(_policy: Arc<P>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[error.category()])
-        .inc();
-    Action::requeue(ctx.config.error_requeue)
-}
-
 /// The status a policy should have: its spec's validity, its counts, and
 /// whether other policies of its level match the same workloads. Condition
 /// transition times move only when a condition's status changes.

@@ -173,7 +173,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     let stored = if refresh.status.as_ref() == Some(&status) {
         None
     } else {
-        match store_status(&api, &refresh, status, "storing progress").await? {
+        match store_status(&api, &refresh, status, Error::StoreProgress).await? {
             Some(stored) => Some(stored),
             None => {
                 // Another writer (a second operator, or our own older
@@ -252,7 +252,7 @@ fn holds_finalizer(refresh: &Refresh) -> bool {
 async fn hold(api: &Api<Refresh>, refresh: &Refresh) -> Result<Option<Refresh>, Error> {
     let mut finalizers = refresh.finalizers().to_vec();
     finalizers.push(FINALIZER.to_owned());
-    set_finalizers(api, refresh, &finalizers, "adding the Refresh's finalizer").await
+    set_finalizers(api, refresh, &finalizers).await
 }
 
 /// Removes [`FINALIZER`] from a Refresh, guarded by its resourceVersion.
@@ -267,7 +267,7 @@ async fn release(api: &Api<Refresh>, refresh: &Refresh) -> Result<(), Error> {
         .cloned()
         .collect();
     // Gone, or changed meanwhile: the change's watch event brings it back.
-    set_finalizers(api, refresh, &rest, "removing the Refresh's finalizer").await?;
+    set_finalizers(api, refresh, &rest).await?;
     Ok(())
 }
 
@@ -278,7 +278,6 @@ async fn set_finalizers(
     api: &Api<Refresh>,
     refresh: &Refresh,
     finalizers: &[String],
-    what: &'static str,
 ) -> Result<Option<Refresh>, Error> {
     let patch = json!({"metadata": {
         "resourceVersion": refresh.resource_version(),
@@ -294,7 +293,7 @@ async fn set_finalizers(
     {
         Ok(stored) => Ok(Some(stored)),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(None),
-        Err(e) => Err(Error::Refresh(what, e)),
+        Err(e) => Err(Error::Finalizer(e)),
     }
 }
 
@@ -308,7 +307,7 @@ async fn store_status(
     api: &Api<Refresh>,
     refresh: &Refresh,
     status: RefreshStatus,
-    what: &'static str,
+    failed: fn(kube::Error) -> Error,
 ) -> Result<Option<Refresh>, Error> {
     let mut updated = refresh.clone();
     updated.status = Some(status);
@@ -319,7 +318,7 @@ async fn store_status(
     {
         Ok(stored) => Ok(Some(stored)),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(None),
-        Err(e) => Err(Error::Refresh(what, e)),
+        Err(e) => Err(failed(e)),
     }
 }
 
@@ -348,8 +347,7 @@ async fn publish_pending(
         .await;
     }
     let progress = status.progress.clone();
-    let Some(stored) = store_status(api, refresh, status, "clearing published events").await?
-    else {
+    let Some(stored) = store_status(api, refresh, status, Error::ClearEvents).await? else {
         // A stale view (the cache had not caught up with our own clear) or
         // a second writer: the Events may go out twice (they are at least
         // once), but only the writer whose clear is stored counts them.
@@ -367,16 +365,6 @@ async fn publish_pending(
         prune_history(ctx, &namespace, &refresh.spec.workload).await;
     }
     Ok(Some(stored))
-}
-
-/// What to do after a failed reconcile: count it and retry later (every
-/// action is safe to repeat).
-pub fn error_policy(_refresh: Arc<Refresh>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[error.category()])
-        .inc();
-    Action::requeue(ctx.config.error_requeue)
 }
 
 /// The state machine's view of a Deployment's `container`.
@@ -615,7 +603,7 @@ async fn create_canary(
     match api.create(&params, &canary).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(Error::Refresh("creating the canary", e)),
+        Err(e) => Err(Error::CreateCanary(e)),
     }
 }
 
@@ -704,7 +692,7 @@ async fn delete_canary(ctx: &Context, canary: &Deployment) -> Result<(), Error> 
     match api.delete(&canary.name_any(), &params).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(Error::Refresh("deleting the canary", e)),
+        Err(e) => Err(Error::DeleteCanary(e)),
     }
 }
 
@@ -743,7 +731,7 @@ async fn set_image(
         Err(kube::Error::Api(e)) if e.code == 409 => {
             Err(Error::Stale("the workload changed since it was read"))
         }
-        Err(e) => Err(Error::Refresh("patching the workload's image", e)),
+        Err(e) => Err(Error::PatchImage(e)),
     }
 }
 
@@ -793,12 +781,12 @@ async fn reject_digest(
                 current = api
                     .get(&current.name_any())
                     .await
-                    .map_err(|e| Error::Refresh("reading the workload again", e))?;
+                    .map_err(Error::RecordRejected)?;
                 if current.metadata.uid != workload.metadata.uid {
                     return Err(Error::Stale("the workload was replaced"));
                 }
             }
-            Err(e) => return Err(Error::Refresh("recording the rejected digest", e)),
+            Err(e) => return Err(Error::RecordRejected(e)),
         }
     }
     Err(Error::Stale(

@@ -38,7 +38,6 @@ const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// Reconciles one Deployment.
 #[instrument(skip_all, fields(workload = %deploy.namespace().unwrap_or_default() + "/" + &deploy.name_any()))]
 pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let _timer = ctx.metrics.reconcile_duration.start_timer();
     let key = workload_key(&deploy)?;
     let now = Utc::now();
     if is_canary(deploy.labels()) {
@@ -113,7 +112,6 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     .await;
     let mut registry_error = None;
     let mut invalid_images = Vec::new();
-    let mut refused = Vec::new();
     for (container, problem) in &measurement.problems {
         match problem {
             Problem::InvalidImage(_) => {
@@ -121,22 +119,11 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             }
             Problem::Registry(e) => {
                 warn!(error = %e, %container, "registry look-up failed");
-                if matches!(
-                    e.as_ref(),
-                    freshen_registry::RegistryError::NotAllowed { .. }
-                ) {
-                    refused.push(format!("container {container}: {e}"));
-                }
                 registry_error.get_or_insert_with(|| Arc::clone(e));
             }
         }
     }
-    if !refused.is_empty() {
-        // Not a failure that heals by retrying: the user must change the
-        // image, or the operator its --registry-allow.
-        ctx.warn(&deploy, "RegistryNotAllowed", refused.join("; "))
-            .await;
-    }
+
     if !invalid_images.is_empty() {
         // One Event for all containers, as for annotations.
         let note = invalid_images.join("; ");
@@ -241,15 +228,6 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         Some(e) => Err(e.into()),
         None => Ok(Action::requeue(requeue)),
     }
-}
-
-/// What to do after a failed reconcile: count it and retry later.
-pub fn error_policy(_deploy: Arc<Deployment>, error: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics
-        .reconcile_errors
-        .with_label_values(&[error.category()])
-        .inc();
-    Action::requeue(ctx.config.error_requeue)
 }
 
 fn workload_key(deploy: &Deployment) -> Result<WorkloadKey, Error> {

@@ -108,7 +108,8 @@ pub struct MetricCheck {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Settings {
-    /// canary or rolling.
+    /// How the new image is rolled out: canary (a separate canary
+    /// Deployment first) or rolling (the workload's own rolling update).
     pub strategy: Strategy,
     /// Canary size as a percentage of the workload's replicas (rounded up,
     /// at least one pod), 1 to 100.
@@ -128,7 +129,7 @@ pub struct Settings {
     /// 1 to 100 years' worth.
     #[cfg_attr(feature = "schema", schemars(range(min = 1, max = 3_155_760_000_u64)))]
     pub readiness_timeout_seconds: u64,
-    /// Optional Prometheus check.
+    /// A Prometheus query the canary must pass, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<MetricCheck>,
 }
@@ -279,7 +280,7 @@ pub struct Target {
     pub name: String,
     /// The container to change.
     pub container: String,
-    /// Why.
+    /// Why the refresh was started.
     pub reason: Reason,
     /// The container's image exactly as the workload had it.
     pub from_image: String,
@@ -427,20 +428,23 @@ pub enum Verdict {
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Check {
-    /// When.
+    /// When the check was made (RFC 3339, UTC).
     pub time: DateTime<Utc>,
-    /// Which pods.
+    /// Which pods were checked: the canary's, or the workload's during
+    /// promotion.
     pub stage: Stage,
     /// Ready pods / pods wanted.
     pub ready: u32,
-    /// Pods wanted.
+    /// How many pods should be Ready: the canary's replicas, or the
+    /// workload's.
     pub desired: u32,
     /// Container restarts across them.
     pub restarts: u32,
     /// The metric's value, when a query is configured and answered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<f64>,
-    /// The verdict.
+    /// The check's outcome: Pass, Fail, or Wait (not yet decidable, e.g.
+    /// pods not Ready).
     pub verdict: Verdict,
     /// Why, in a few words.
     pub message: String,
@@ -454,7 +458,8 @@ pub const MAX_CHECKS: usize = 20;
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 #[serde(rename_all = "camelCase")]
 pub struct Progress {
-    /// Where the refresh is.
+    /// Where the refresh is: Pending, Rebuilding, Canary, Promoting,
+    /// RollingBack, or the end it reached (Succeeded, RolledBack, Failed).
     #[serde(default)]
     pub phase: Phase,
     /// When the canary was (to be) created; canary deadlines count from here.
@@ -477,7 +482,7 @@ pub struct Progress {
     /// metric label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<Failure>,
-    /// Human-readable state.
+    /// What the refresh is doing now, or how it ended, in a sentence.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// What made it roll back or fail, in words; kept when the message
@@ -699,11 +704,12 @@ pub struct PendingEvent {
     /// The phase it announces; a terminal one is also counted in metrics
     /// when published.
     pub phase: Phase,
-    /// Normal or Warning.
+    /// The Event's type: Normal for progress, Warning for a rollback or
+    /// failure.
     pub kind: EventKind,
-    /// CamelCase reason.
+    /// The Event's reason, e.g. CanaryStarted or RolledBack.
     pub reason: String,
-    /// The message.
+    /// The Event's message: the phase's message when it was entered.
     pub note: String,
 }
 

@@ -16,8 +16,10 @@ use freshen_controller::{Config, ControllerConfig};
 use freshen_registry::{Platform, RegistryConfig};
 use tracing_subscriber::EnvFilter;
 
-/// Keeps running containers fresh: measures image and container age,
-/// exports them to Prometheus, and (soon) refreshes what is too old.
+/// Keeps running containers fresh: measures image and container age and
+/// base staleness, exports them to Prometheus, judges them against max-age
+/// policies, and rolls new digests out through a canary (restarting
+/// containers that ran too long), rolling back what fails.
 #[derive(Debug, Parser)]
 #[command(name = "freshen", version, about, propagate_version = true)]
 struct Cli {
