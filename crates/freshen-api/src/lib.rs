@@ -7,6 +7,7 @@ pub mod policy;
 pub mod promql;
 pub mod refresh;
 pub mod time;
+pub mod validation;
 
 pub use annotations::{AnnotationError, RefreshMode, WorkloadSettings, base_image};
 pub use policy::{

@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{DURATION_MESSAGE, DURATION_RULE, SpecError, spec_duration};
+use crate::validation::{DURATION_MESSAGE, DURATION_RULE, SpecError, spec_duration};
 
 /// Label on a Refresh: the Deployment it changes.
 pub const WORKLOAD_LABEL: &str = "freshen.dev/workload";
@@ -28,6 +28,12 @@ pub const CANARY_LABEL: &str = "freshen.dev/canary";
 pub fn is_canary(labels: &std::collections::BTreeMap<String, String>) -> bool {
     labels.get(CANARY_LABEL).is_some_and(|v| v == "true")
 }
+
+/// Refresh annotation: the policy that governed the workload when the
+/// Refresh was created (`RefreshPolicy/<namespace>/<name>` or
+/// `ClusterRefreshPolicy/<name>`), for its `maxConcurrent`: two namespaces'
+/// policies of one name never share a limit.
+pub const GOVERNED_BY: &str = "freshen.dev/governed-by";
 
 /// Pod-template annotation a restart sets: the Refresh's name.
 pub const RESTARTED_BY: &str = "freshen.dev/restarted-by";

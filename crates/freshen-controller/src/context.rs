@@ -69,10 +69,10 @@ pub struct Context {
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// The last failure announced per object (one Event per failure).
-    pub failures: crate::contain::Failures,
+    pub failures: crate::failures::Failures,
     /// Serializes the planners' decide-and-create, with the Refreshes
     /// created but not yet in the cache, so limits hold under concurrency.
-    pub planning: tokio::sync::Mutex<crate::planner::Ledger>,
+    pub planning: tokio::sync::Mutex<crate::ledger::Ledger>,
     /// Settings.
     pub config: ControllerConfig,
 }

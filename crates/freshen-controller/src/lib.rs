@@ -7,8 +7,12 @@
 pub mod assess;
 pub mod contain;
 pub mod context;
+pub mod deployment;
 pub mod error;
+pub mod events;
+pub mod failures;
 pub mod leader;
+pub mod ledger;
 pub mod metrics;
 pub mod planner;
 pub mod policy_status;
@@ -466,13 +470,13 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         prometheus,
         readiness: readiness.clone(),
         workload_trigger: workload_tx,
-        planning: tokio::sync::Mutex::new(planner::Ledger::default()),
-        failures: contain::Failures::default(),
+        planning: tokio::sync::Mutex::new(ledger::Ledger::default()),
+        failures: failures::Failures::default(),
         config: config.controller,
     });
 
     let workloads = Controller::for_stream(deploy_trigger, deploy_store)
-        .watches_stream(pod_trigger, |pod| workload::owning_deployment(&pod))
+        .watches_stream(pod_trigger, |pod| deployment::owning_deployment(&pod))
         .watches_stream(namespace_trigger, in_namespace)
         .reconcile_on(workload_rx)
         .shutdown_on_signal()

@@ -36,11 +36,8 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::context::Context;
+use crate::deployment::{FIELD_MANAGER, owned_by, owning_deployment, template_fingerprint};
 use crate::error::Error;
-use crate::workload::owning_deployment;
-
-/// The field manager of every change freshen makes.
-pub const FIELD_MANAGER: &str = "freshen";
 
 /// Reconciles one Refresh.
 #[instrument(skip_all, fields(refresh = %refresh.namespace().unwrap_or_default() + "/" + &refresh.name_any()))]
@@ -404,45 +401,6 @@ pub fn workload_state(deploy: &Deployment, container: &str) -> Option<WorkloadSt
     })
 }
 
-/// The fingerprint of `deploy`'s pod template apart from what a refresh
-/// itself changes: `container`'s image and freshen's restart stamp. Any
-/// other edit (an env var, a limit, `kubectl rollout restart`) changes it.
-pub fn template_fingerprint(deploy: &Deployment, container: &str) -> Option<String> {
-    let mut template = serde_json::to_value(&deploy.spec.as_ref()?.template).ok()?;
-    if let Some(containers) = template
-        .pointer_mut("/spec/containers")
-        .and_then(serde_json::Value::as_array_mut)
-    {
-        for c in containers.iter_mut().filter(|c| c["name"] == container) {
-            if let Some(c) = c.as_object_mut() {
-                c.remove("image");
-            }
-        }
-    }
-    if let Some(meta) = template
-        .get_mut("metadata")
-        .and_then(serde_json::Value::as_object_mut)
-    {
-        // The stamp may be the template's only annotation: adding it must
-        // not show as a change either.
-        if let Some(annotations) = meta
-            .get_mut("annotations")
-            .and_then(serde_json::Value::as_object_mut)
-        {
-            annotations.remove(RESTARTED_BY);
-            if annotations.is_empty() {
-                meta.remove("annotations");
-            }
-        }
-        if meta.is_empty()
-            && let Some(t) = template.as_object_mut()
-        {
-            t.remove("metadata");
-        }
-    }
-    Some(freshen_core::plan::fingerprint(&template.to_string()))
-}
-
 /// The active Refresh of the workload `name` in `namespace`, if any.
 pub fn active_for(refreshes: &Store<Refresh>, namespace: &str, name: &str) -> Option<Arc<Refresh>> {
     refreshes.state().into_iter().find(|r| {
@@ -646,17 +604,6 @@ pub fn canary_holder(canary: &Deployment, refresh: &Refresh) -> CanaryHolder {
         Some(_) if labelled => CanaryHolder::Leftover,
         _ => CanaryHolder::Someone,
     }
-}
-
-/// Whether `refresh` is owned (as controller) by `workload`, by uid.
-pub fn owned_by(refresh: &Refresh, workload: &Deployment) -> bool {
-    let Some(uid) = workload.metadata.uid.as_deref() else {
-        return false;
-    };
-    refresh
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && o.kind == "Deployment" && o.uid == uid)
 }
 
 /// What the executor checks the Refresh against before acting.

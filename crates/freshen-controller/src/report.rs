@@ -26,8 +26,9 @@ use serde::Serialize;
 use crate::assess::{
     Accounts, Problem, configure, measure, node_platform, platform_of, pull_credentials,
 };
+use crate::deployment::owning_deployment;
 use crate::scoped;
-use crate::workload::{owning_deployment, pod_facts};
+use crate::workload::pod_facts;
 
 /// What to scan.
 #[derive(Debug, Clone, Default)]

@@ -16,24 +16,20 @@ use chrono::Utc;
 use freshen_core::observe::{ContainerFacts, PodFacts};
 use freshen_core::{plan, policy};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use tracing::{instrument, warn};
 
 use crate::assess::{
     Accounts, Problem, configure, measure, node_platform, platform_of, pull_credentials,
 };
 use crate::context::Context;
+use crate::deployment::owning_deployment;
 use crate::error::Error;
 use crate::planner::{self, Outcome};
 use crate::records::{WorkloadKey, WorkloadRecord};
-
-/// The label the Deployment controller puts on a ReplicaSet's pods; a
-/// ReplicaSet of Deployment `d` is named `d-<pod-template-hash>`.
-const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 
 /// Reconciles one Deployment.
 #[instrument(skip_all, fields(workload = %deploy.namespace().unwrap_or_default() + "/" + &deploy.name_any()))]
@@ -243,22 +239,6 @@ fn workload_key(deploy: &Deployment) -> Result<WorkloadKey, Error> {
     })
 }
 
-/// The Deployment a pod belongs to: its controlling ReplicaSet is named
-/// `<deployment>-<pod-template-hash>`. Pods of bare ReplicaSets or other
-/// controllers yield `None`.
-pub fn owning_deployment(pod: &Pod) -> Option<ObjectRef<Deployment>> {
-    let hash = pod.labels().get(POD_TEMPLATE_HASH)?;
-    let owner = pod
-        .owner_references()
-        .iter()
-        .find(|o| o.kind == "ReplicaSet" && o.controller == Some(true))?;
-    let deployment = owner.name.strip_suffix(hash.as_str())?.strip_suffix('-')?;
-    if deployment.is_empty() {
-        return None;
-    }
-    Some(ObjectRef::new(deployment).within(&pod.namespace()?))
-}
-
 /// Copies the fields freshen reads out of a pod.
 pub fn pod_facts(pod: &Pod) -> PodFacts {
     let spec_images = pod
@@ -297,55 +277,10 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
     }
 }
 
-/// An Event note the API server accepts: at most 1 KiB.
-pub(crate) fn truncate_note(mut note: String) -> String {
-    if note.len() > 1024 {
-        let mut end = 1021;
-        while !note.is_char_boundary(end) {
-            end -= 1;
-        }
-        note.truncate(end);
-        note.push_str("...");
-    }
-    note
-}
-
-impl Context {
-    /// Publishes an Event on each of `targets`; a failure to publish is
-    /// logged, never fatal. The note is cut to what the API server accepts.
-    pub(crate) async fn publish(
-        &self,
-        type_: EventType,
-        reason: &str,
-        action: &str,
-        note: String,
-        targets: &[ObjectReference],
-    ) {
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(truncate_note(note)),
-            action: action.into(),
-            secondary: None,
-        };
-        for target in targets {
-            if let Err(e) = self.recorder.publish(&event, target).await {
-                warn!(error = %e, "could not publish event");
-            }
-        }
-    }
-
-    /// Publishes a Warning Event on a workload.
-    pub(crate) async fn warn(&self, deploy: &Deployment, reason: &str, note: String) {
-        let target = deploy.object_ref(&());
-        self.publish(EventType::Warning, reason, "Measure", note, &[target])
-            .await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::deployment::POD_TEMPLATE_HASH;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;
 
