@@ -21,7 +21,7 @@ use freshen_api::refresh::{
 };
 use freshen_core::plan::{add_rejected, canary_name, to_prune};
 use freshen_core::rollout::{
-    self, Action as Step, EventKind, MetricReading, Observed, Phase, PodHealth, RolloutCounts,
+    self, Change, EventKind, MetricReading, Observed, Phase, PodHealth, RolloutCounts,
     WorkloadState,
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -39,17 +39,13 @@ use crate::context::Context;
 use crate::deployment::{FIELD_MANAGER, owned_by, owning_deployment, template_fingerprint};
 use crate::error::Error;
 
-/// Reconciles one Refresh.
+/// Reconciles one Refresh: publish leftovers -> observe -> (deleted?) ->
+/// step (pure) -> store the intent -> act -> announce -> requeue.
 #[instrument(skip_all, fields(refresh = %refresh.namespace().unwrap_or_default() + "/" + &refresh.name_any()))]
 pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = refresh
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
-    let name = refresh
-        .metadata
-        .name
-        .clone()
-        .ok_or(Error::MissingField("metadata.name"))?;
     let pending = ctx.readiness.pending();
     if pending.contains(&"deployments") || pending.contains(&"pods") {
         // Not listed yet: the workload would look deleted.
@@ -59,42 +55,82 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     let workload = ctx
         .deployments
         .get(&ObjectRef::new(&refresh.spec.workload).within(&namespace));
-
-    // Events a previous run stored and did not publish (it died, or an
-    // action failed) go out before anything new happens.
-    let refresh = if refresh.progress().pending_events.is_empty() {
-        refresh
-    } else {
-        match publish_pending(&ctx, &api, &refresh, workload.as_deref()).await? {
-            Some(updated) => Arc::new(updated),
-            None => return Ok(Action::requeue(CONFLICT_RETRY)),
-        }
+    let Some(refresh) = publish_leftovers(&ctx, &api, refresh, workload.as_deref()).await? else {
+        return Ok(Action::requeue(CONFLICT_RETRY));
     };
     let now = Utc::now();
+    let scene = observe(&ctx, &refresh, workload, now).await?;
+    if let Some(done) = finish_deletion(&ctx, &api, &refresh, &scene).await? {
+        return Ok(done);
+    }
+    let step = rollout::step(&scene.target, &scene.progress, &scene.observed, now);
+    let Some((refresh, stored)) = store_intent(&api, refresh, &scene, &step, now).await? else {
+        return Ok(Action::requeue(CONFLICT_RETRY));
+    };
+    act(&ctx, &refresh, &scene, &step.actions).await?;
+    announce(&ctx, &api, &refresh, stored, &scene, &step).await
+}
+
+/// Everything one reconcile observed, and what it is for.
+struct Scene {
+    /// The Refresh's name.
+    name: String,
+    /// The state machine's view of the spec.
+    target: rollout::Target,
+    /// The stored progress.
+    progress: rollout::Progress,
+    /// The workload, when it exists.
+    workload: Option<Arc<Deployment>>,
+    /// The canary's name, and the Deployment holding it, if any.
+    canary_name: String,
+    canary: Option<Arc<Deployment>>,
+    /// Who holds the canary's name.
+    holder: CanaryHolder,
+    /// The facts `step` decides on.
+    observed: Observed,
+}
+
+/// Events a previous run stored and did not publish (it died, or an action
+/// failed) go out before anything new happens. `None`: another writer
+/// changed the Refresh meanwhile.
+async fn publish_leftovers(
+    ctx: &Context,
+    api: &Api<Refresh>,
+    refresh: Arc<Refresh>,
+    workload: Option<&Deployment>,
+) -> Result<Option<Arc<Refresh>>, Error> {
+    if refresh.progress().pending_events.is_empty() {
+        return Ok(Some(refresh));
+    }
+    Ok(publish_pending(ctx, api, &refresh, workload)
+        .await?
+        .map(Arc::new))
+}
+
+/// The workload, the canary, their pods (from the shared stores), the
+/// metric when a check is due, and whether the Refresh matches its
+/// workload.
+async fn observe(
+    ctx: &Context,
+    refresh: &Refresh,
+    workload: Option<Arc<Deployment>>,
+    now: chrono::DateTime<Utc>,
+) -> Result<Scene, Error> {
+    let namespace = refresh.namespace().unwrap_or_default();
+    let name = refresh
+        .metadata
+        .name
+        .clone()
+        .ok_or(Error::MissingField("metadata.name"))?;
     let target = refresh.target(&name);
     let progress = refresh.progress();
-
-    // observe
     let canary_name = canary_name(&refresh.spec.workload);
     let canary = ctx
         .deployments
         .get(&ObjectRef::new(&canary_name).within(&namespace));
     let holder = canary
         .as_deref()
-        .map_or(CanaryHolder::Nobody, |c| canary_holder(c, &refresh));
-
-    // Deleted before the workload was changed, or after the end: the
-    // canary goes, then the Refresh. Deleted while the workload is being
-    // changed (promoting, rolling back): it is finished first, below, so
-    // that no workload is left half-changed.
-    let deleting = refresh.metadata.deletion_timestamp.is_some();
-    if deleting && !progress.phase.changes_workload() {
-        if let Some(c) = canary.as_deref().filter(|_| holder == CanaryHolder::This) {
-            delete_canary(&ctx, c).await?;
-        }
-        release(&api, &refresh).await?;
-        return Ok(Action::await_change());
-    }
+        .map_or(CanaryHolder::Nobody, |c| canary_holder(c, refresh));
     let pods = ctx.pods.state();
     let live = |p: &&Arc<Pod>| {
         p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
@@ -114,13 +150,13 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         .collect();
     let metric = match (&target.settings.metric, progress.phase) {
         (Some(check), Phase::Canary) if rollout::check_due(&target, &progress, now) => {
-            Some(query_confined(&ctx, &namespace, &check.query).await)
+            Some(query_confined(ctx, &namespace, &check.query).await)
         }
         _ => None,
     };
     let untrusted = workload
         .as_deref()
-        .and_then(|w| rollout::verify(&target, &provenance(&refresh, w)).err());
+        .and_then(|w| rollout::verify(&target, &provenance(refresh, w)).err());
     let observed = Observed {
         workload: workload
             .as_deref()
@@ -133,28 +169,91 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         new_pods,
         metric,
     };
+    Ok(Scene {
+        name,
+        target,
+        progress,
+        workload,
+        canary_name,
+        canary,
+        holder,
+        observed,
+    })
+}
 
-    // step (pure)
-    let step = rollout::step(&target, &progress, &observed, now);
+/// A Refresh deleted before the workload was changed, or after the end:
+/// the canary goes, then the Refresh. Deleted while the workload is being
+/// changed (promoting, rolling back) it is finished first, so that no
+/// workload is left half-changed: `None`, carry on.
+async fn finish_deletion(
+    ctx: &Context,
+    api: &Api<Refresh>,
+    refresh: &Refresh,
+    scene: &Scene,
+) -> Result<Option<Action>, Error> {
+    if refresh.metadata.deletion_timestamp.is_none() || scene.progress.phase.changes_workload() {
+        return Ok(None);
+    }
+    if let Some(c) = scene
+        .canary
+        .as_deref()
+        .filter(|_| scene.holder == CanaryHolder::This)
+    {
+        delete_canary(ctx, c).await?;
+    }
+    release(api, refresh).await?;
+    Ok(Some(Action::await_change()))
+}
 
-    // While the workload is being changed the Refresh holds a finalizer, so
-    // a delete waits for the change to finish; added before the intent to
-    // change is stored.
+/// Stores the next progress (with the Events announcing it) before
+/// anything is changed, on the Refresh's resourceVersion; takes the
+/// finalizer first when the workload is about to be changed. Returns the
+/// Refresh to act for and the stored copy (`None` when nothing changed),
+/// or `None` when another writer got there first (act on nothing).
+async fn store_intent(
+    api: &Api<Refresh>,
+    refresh: Arc<Refresh>,
+    scene: &Scene,
+    step: &rollout::Step,
+    now: chrono::DateTime<Utc>,
+) -> Result<Option<(Arc<Refresh>, Option<Refresh>)>, Error> {
     let refresh = if step.progress.phase.changes_workload() && !holds_finalizer(&refresh) {
-        match hold(&api, &refresh).await? {
+        match hold(api, &refresh).await? {
             Some(updated) => Arc::new(updated),
-            None => return Ok(Action::requeue(CONFLICT_RETRY)),
+            None => return Ok(None),
         }
     } else {
         refresh
     };
+    let status = next_status(&refresh, scene, step, now);
+    if refresh.status.as_ref() == Some(&status) {
+        return Ok(Some((refresh, None)));
+    }
+    let Some(stored) = store_status(api, &refresh, status, Error::StoreProgress).await? else {
+        // Another writer (a second operator, or our own older view) got
+        // there first: do nothing on a stale decision.
+        info!("refresh changed meanwhile; stepping again");
+        return Ok(None);
+    };
+    if step.progress.phase != scene.progress.phase {
+        info!(from = %scene.progress.phase, to = %step.progress.phase, message = %step.progress.message, "refresh moved");
+    }
+    Ok(Some((refresh, Some(stored))))
+}
 
-    // store the intent first
+/// The status a step leads to: its progress, the canary's name once one
+/// was started, and `Ready` mirroring the phase.
+fn next_status(
+    refresh: &Refresh,
+    scene: &Scene,
+    step: &rollout::Step,
+    now: chrono::DateTime<Utc>,
+) -> RefreshStatus {
     let mut status = refresh.status.clone().unwrap_or_default();
     status.progress = step.progress.clone();
     status.observed_generation = refresh.metadata.generation;
     if step.progress.canary_started_at.is_some() {
-        status.canary = Some(canary_name.clone());
+        status.canary = Some(scene.canary_name.clone());
     }
     let (ready, reason) = step.progress.phase.ready();
     let mut ready_condition = condition(
@@ -167,58 +266,55 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     );
     ready_condition.status = ready.into();
     set_condition(&mut status.conditions, ready_condition);
-    let stored = if refresh.status.as_ref() == Some(&status) {
-        None
-    } else {
-        match store_status(&api, &refresh, status, Error::StoreProgress).await? {
-            Some(stored) => Some(stored),
-            None => {
-                // Another writer (a second operator, or our own older
-                // view) got there first: do nothing on a stale decision.
-                info!("refresh changed meanwhile; stepping again");
-                return Ok(Action::requeue(CONFLICT_RETRY));
-            }
-        }
-    };
-    if step.progress.phase != progress.phase {
-        info!(from = %progress.phase, to = %step.progress.phase, message = %step.progress.message, "refresh moved");
-    }
+    status
+}
 
-    // act
-    for action in &step.actions {
-        match action {
-            Step::CreateCanary { replicas } => {
-                let Some(w) = &workload else { continue };
-                create_canary(&ctx, &refresh, w, &canary_name, *replicas).await?;
+/// Carries out a step's changes, each idempotent.
+async fn act(
+    ctx: &Context,
+    refresh: &Refresh,
+    scene: &Scene,
+    changes: &[Change],
+) -> Result<(), Error> {
+    for change in changes {
+        match change {
+            Change::CreateCanary { replicas } => {
+                let Some(w) = &scene.workload else { continue };
+                create_canary(ctx, refresh, w, &scene.canary_name, *replicas).await?;
             }
-            Step::DeleteCanary => {
+            Change::DeleteCanary => {
                 // Only a Deployment freshen made for a Refresh, and only the
                 // very object judged (uid precondition).
-                if let Some(c) = canary.as_deref().filter(|_| holder.freshens()) {
-                    delete_canary(&ctx, c).await?;
+                if let Some(c) = scene.canary.as_deref().filter(|_| scene.holder.freshens()) {
+                    delete_canary(ctx, c).await?;
                 }
             }
-            Step::SetImage { image, stamp } => {
-                let Some(w) = &workload else { continue };
-                set_image(
-                    &ctx,
-                    w,
-                    &target.container,
-                    image,
-                    stamp.then_some(name.as_str()),
-                )
-                .await?;
+            Change::SetImage { image, stamp } => {
+                let Some(w) = &scene.workload else { continue };
+                let stamp = stamp.then_some(scene.name.as_str());
+                set_image(ctx, w, &scene.target.container, image, stamp).await?;
             }
-            Step::RejectDigest => {
-                let Some(w) = &workload else { continue };
-                reject_digest(&ctx, w, &refresh).await?;
+            Change::RejectDigest => {
+                let Some(w) = &scene.workload else { continue };
+                reject_digest(ctx, w, refresh).await?;
             }
         }
     }
+    Ok(())
+}
 
-    // announce what was done
+/// Publishes what the step announced, releases the finalizer once the
+/// change is finished, and says when to look again.
+async fn announce(
+    ctx: &Context,
+    api: &Api<Refresh>,
+    refresh: &Refresh,
+    stored: Option<Refresh>,
+    scene: &Scene,
+    step: &rollout::Step,
+) -> Result<Action, Error> {
     if let Some(stored) = stored.filter(|r| !r.progress().pending_events.is_empty())
-        && publish_pending(&ctx, &api, &stored, workload.as_deref())
+        && publish_pending(ctx, api, &stored, scene.workload.as_deref())
             .await?
             .is_none()
     {
@@ -226,7 +322,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     }
     if step.progress.phase.is_terminal() {
         // The change is finished: a delete need not wait any more.
-        release(&api, &refresh).await?;
+        release(api, refresh).await?;
         return Ok(Action::await_change());
     }
     Ok(step

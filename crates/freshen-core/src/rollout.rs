@@ -673,7 +673,7 @@ pub enum EventKind {
 
 /// A change to make to the cluster; each is safe to repeat.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Action {
+pub enum Change {
     /// Create the canary Deployment (no-op when it exists).
     CreateCanary {
         /// Replicas.
@@ -719,7 +719,7 @@ pub struct Step {
     /// The progress to store (before acting).
     pub progress: Progress,
     /// What to do once it is stored.
-    pub actions: Vec<Action>,
+    pub actions: Vec<Change>,
     /// When to look again at the latest; `None` when terminal.
     pub requeue: Option<Duration>,
 }
@@ -736,7 +736,7 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
         // Only clean-up: the canary belongs to the Refresh and must not
         // outlive it (a crash right after the terminal write).
         if observed.canary_exists {
-            actions.push(Action::DeleteCanary);
+            actions.push(Change::DeleteCanary);
         }
         return Step {
             progress: next,
@@ -785,7 +785,7 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
                     let replicas = settings.canary_replicas(workload.replicas);
                     next.message =
                         format!("canary of {replicas} pod(s) running {}", target.to_image);
-                    actions.push(Action::CreateCanary { replicas });
+                    actions.push(Change::CreateCanary { replicas });
                     announce(&mut next, EventKind::Normal, "CanaryStarted");
                 }
                 Strategy::Rolling => promote(target, &mut next, &mut actions, now),
@@ -859,7 +859,7 @@ fn before_the_canary(
         && canary_strategy
         && matches!(progress.phase, Phase::Pending | Phase::Canary)
     {
-        actions.push(Action::DeleteCanary);
+        actions.push(Change::DeleteCanary);
         return Some(Step {
             progress: next,
             actions,
@@ -887,7 +887,7 @@ fn changed(target: &Target, workload: &WorkloadState, when: &str) -> String {
     }
 }
 
-fn done(progress: Progress, actions: Vec<Action>) -> Step {
+fn done(progress: Progress, actions: Vec<Change>) -> Step {
     Step {
         progress,
         actions,
@@ -908,7 +908,7 @@ fn announce(next: &mut Progress, kind: EventKind, reason: &str) {
 /// Stops without undoing anything on the workload.
 fn fail(
     next: &mut Progress,
-    actions: &mut Vec<Action>,
+    actions: &mut Vec<Change>,
     observed: &Observed,
     failure: Failure,
     note: String,
@@ -920,16 +920,16 @@ fn fail(
     next.message = note.clone();
     next.cause = note.clone();
     if observed.canary_exists || next.canary_started_at.is_some() {
-        actions.push(Action::DeleteCanary);
+        actions.push(Change::DeleteCanary);
     }
     announce(next, EventKind::Warning, "RefreshFailed");
 }
 
-fn promote(target: &Target, next: &mut Progress, actions: &mut Vec<Action>, now: DateTime<Utc>) {
+fn promote(target: &Target, next: &mut Progress, actions: &mut Vec<Change>, now: DateTime<Utc>) {
     next.phase = Phase::Promoting;
     next.promoted_at = Some(now);
     next.message = format!("rolling {} out to the workload", target.to_image);
-    actions.push(Action::SetImage {
+    actions.push(Change::SetImage {
         image: target.to_image.clone(),
         stamp: target.restarts(),
     });
@@ -1052,7 +1052,7 @@ fn judge_metric(
 fn canary(
     target: &Target,
     next: &mut Progress,
-    actions: &mut Vec<Action>,
+    actions: &mut Vec<Change>,
     workload: &WorkloadState,
     observed: &Observed,
     now: DateTime<Utc>,
@@ -1070,7 +1070,7 @@ fn canary(
     if !observed.canary_exists {
         // Intent stored, action lost (crash, failed create) or the canary was
         // deleted by hand: create it (again).
-        actions.push(Action::CreateCanary { replicas: desired });
+        actions.push(Change::CreateCanary { replicas: desired });
     }
     let started = next.canary_started_at.unwrap_or(now);
     let (ready, restarts) = match health(&observed.canary_pods, settings.max_restarts) {
@@ -1090,8 +1090,8 @@ fn canary(
                 },
             );
             roll_back(target, next, failure, format!("canary {why}"), now);
-            actions.push(Action::DeleteCanary);
-            actions.push(Action::RejectDigest);
+            actions.push(Change::DeleteCanary);
+            actions.push(Change::RejectDigest);
             return;
         }
     };
@@ -1115,8 +1115,8 @@ fn canary(
             },
         );
         roll_back(target, next, Failure::Timeout, why, now);
-        actions.push(Action::DeleteCanary);
-        actions.push(Action::RejectDigest);
+        actions.push(Change::DeleteCanary);
+        actions.push(Change::RejectDigest);
         return;
     }
     let due = next_check(settings, next).is_some_and(|t| t <= now);
@@ -1160,8 +1160,8 @@ fn canary(
         Verdict::Fail => {
             let failure = Failure::Metric;
             roll_back(target, next, failure, format!("canary {message}"), now);
-            actions.push(Action::DeleteCanary);
-            actions.push(Action::RejectDigest);
+            actions.push(Change::DeleteCanary);
+            actions.push(Change::RejectDigest);
         }
         _ => {
             let (passes, checks) = (next.passes, next.checks);
@@ -1170,8 +1170,8 @@ fn canary(
             } else if checks >= settings.iterations.max(1).saturating_mul(2) {
                 let why = format!("only {passes} of {checks} checks passed");
                 roll_back(target, next, Failure::Inconclusive, why, now);
-                actions.push(Action::DeleteCanary);
-                actions.push(Action::RejectDigest);
+                actions.push(Change::DeleteCanary);
+                actions.push(Change::RejectDigest);
             } else {
                 next.message = format!(
                     "canary analysis: {passes}/{} checks passed ({message})",
@@ -1185,7 +1185,7 @@ fn canary(
 fn promoting(
     target: &Target,
     next: &mut Progress,
-    actions: &mut Vec<Action>,
+    actions: &mut Vec<Change>,
     workload: &WorkloadState,
     observed: &Observed,
     now: DateTime<Utc>,
@@ -1206,7 +1206,7 @@ fn promoting(
     } else if target.original(workload) && next.patched_at.is_none() {
         // Intent stored, patch not seen yet (lost to a crash, or failed):
         // patch (again).
-        actions.push(Action::SetImage {
+        actions.push(Change::SetImage {
             image: target.to_image.clone(),
             stamp: target.restarts(),
         });
@@ -1240,7 +1240,7 @@ fn promoting(
             next.finished_at = Some(now);
             next.message = format!("the workload runs {}", target.to_image);
             if observed.canary_exists || next.canary_started_at.is_some() {
-                actions.push(Action::DeleteCanary);
+                actions.push(Change::DeleteCanary);
             }
             announce(next, EventKind::Normal, "RefreshSucceeded");
         }
@@ -1261,13 +1261,13 @@ fn promoting(
                 },
             );
             roll_back(target, next, failure, why, now);
-            actions.push(Action::DeleteCanary);
-            actions.push(Action::SetImage {
+            actions.push(Change::DeleteCanary);
+            actions.push(Change::SetImage {
                 image: target.from_image.clone(),
                 stamp: false,
             });
             if target.reason != Reason::ContainerTooOld {
-                actions.push(Action::RejectDigest);
+                actions.push(Change::RejectDigest);
             }
         }
     }
@@ -1276,22 +1276,22 @@ fn promoting(
 fn rolling_back(
     target: &Target,
     next: &mut Progress,
-    actions: &mut Vec<Action>,
+    actions: &mut Vec<Change>,
     workload: &WorkloadState,
     observed: &Observed,
     now: DateTime<Utc>,
 ) {
     if observed.canary_exists {
-        actions.push(Action::DeleteCanary);
+        actions.push(Change::DeleteCanary);
     }
     if target.reason != Reason::ContainerTooOld {
         // Repeated until terminal: the first attempt may have been lost.
-        actions.push(Action::RejectDigest);
+        actions.push(Change::RejectDigest);
     }
     let restored = workload.image == target.from_image;
     if !restored {
         if workload.image == target.to_image {
-            actions.push(Action::SetImage {
+            actions.push(Change::SetImage {
                 image: target.from_image.clone(),
                 stamp: false,
             });
@@ -1445,7 +1445,7 @@ mod tests {
         }
     }
 
-    fn mutations(step: &Step) -> Vec<Action> {
+    fn mutations(step: &Step) -> Vec<Change> {
         step.actions.clone()
     }
 
@@ -1458,8 +1458,8 @@ mod tests {
             .collect()
     }
 
-    fn set(image: &str) -> Action {
-        Action::SetImage {
+    fn set(image: &str) -> Change {
+        Change::SetImage {
             image: image.into(),
             stamp: false,
         }
@@ -1472,7 +1472,7 @@ mod tests {
         observed: Observed,
         now: DateTime<Utc>,
         phase: Phase,
-        actions: Vec<Action>,
+        actions: Vec<Change>,
         failure: Option<Failure>,
     }
 
@@ -1495,7 +1495,7 @@ mod tests {
     }
 
     impl Case {
-        fn expect(mut self, phase: Phase, actions: Vec<Action>) -> Self {
+        fn expect(mut self, phase: Phase, actions: Vec<Change>) -> Self {
             self.phase = phase;
             self.actions = actions;
             self
@@ -1703,7 +1703,7 @@ mod tests {
                 },
                 secs(5),
             )
-            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .expect(Phase::Failed, vec![Change::DeleteCanary])
             .failing(Failure::Untrusted),
             case(
                 "a finished refresh's canary holds the name: delete it first",
@@ -1711,21 +1711,21 @@ mod tests {
                 foreign(FROM),
                 t0(),
             )
-            .expect(Phase::Pending, vec![Action::DeleteCanary]),
+            .expect(Phase::Pending, vec![Change::DeleteCanary]),
             case(
                 "the same during the canary",
                 in_canary(),
                 foreign(FROM),
                 secs(5),
             )
-            .expect(Phase::Canary, vec![Action::DeleteCanary]),
+            .expect(Phase::Canary, vec![Change::DeleteCanary]),
             case(
                 "pending canary creates the canary",
                 Progress::default(),
                 observed(FROM),
                 t0(),
             )
-            .expect(Phase::Canary, vec![Action::CreateCanary { replicas: 1 }]),
+            .expect(Phase::Canary, vec![Change::CreateCanary { replicas: 1 }]),
             case(
                 "pending rolling patches at once",
                 Progress::default(),
@@ -1735,7 +1735,7 @@ mod tests {
             .with(target(Strategy::Rolling))
             .expect(
                 Phase::Promoting,
-                vec![Action::SetImage {
+                vec![Change::SetImage {
                     image: TO.into(),
                     stamp: false,
                 }],
@@ -1754,7 +1754,7 @@ mod tests {
                 observed(FROM),
                 secs(5),
             )
-            .expect(Phase::Canary, vec![Action::CreateCanary { replicas: 1 }]),
+            .expect(Phase::Canary, vec![Change::CreateCanary { replicas: 1 }]),
             case(
                 "canary crash-loops: roll back at once",
                 in_canary(),
@@ -1763,7 +1763,7 @@ mod tests {
             )
             .expect(
                 Phase::RollingBack,
-                vec![Action::DeleteCanary, Action::RejectDigest],
+                vec![Change::DeleteCanary, Change::RejectDigest],
             )
             .failing(Failure::PodFailure),
             case(
@@ -1774,7 +1774,7 @@ mod tests {
             )
             .expect(
                 Phase::RollingBack,
-                vec![Action::DeleteCanary, Action::RejectDigest],
+                vec![Change::DeleteCanary, Change::RejectDigest],
             )
             .failing(Failure::PodFailure),
             case(
@@ -1785,7 +1785,7 @@ mod tests {
             )
             .expect(
                 Phase::RollingBack,
-                vec![Action::DeleteCanary, Action::RejectDigest],
+                vec![Change::DeleteCanary, Change::RejectDigest],
             )
             .failing(Failure::PodFailure),
             case(
@@ -1796,7 +1796,7 @@ mod tests {
             )
             .expect(
                 Phase::RollingBack,
-                vec![Action::DeleteCanary, Action::RejectDigest],
+                vec![Change::DeleteCanary, Change::RejectDigest],
             )
             .failing(Failure::Restarts),
             case(
@@ -1807,7 +1807,7 @@ mod tests {
             )
             .expect(
                 Phase::RollingBack,
-                vec![Action::DeleteCanary, Action::RejectDigest],
+                vec![Change::DeleteCanary, Change::RejectDigest],
             )
             .failing(Failure::Timeout),
             case(
@@ -1833,7 +1833,7 @@ mod tests {
                 },
                 secs(5),
             )
-            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .expect(Phase::Failed, vec![Change::DeleteCanary])
             .failing(Failure::Conflict),
             case(
                 "pending, the template edited meanwhile: fail, touch nothing",
@@ -1853,7 +1853,7 @@ mod tests {
                 },
                 secs(150),
             )
-            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .expect(Phase::Failed, vec![Change::DeleteCanary])
             .failing(Failure::Conflict),
             case(
                 "template edited after the patch: fail, overwrite nothing",
@@ -1861,7 +1861,7 @@ mod tests {
                 edited(TO),
                 secs(160),
             )
-            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .expect(Phase::Failed, vec![Change::DeleteCanary])
             .failing(Failure::Conflict),
             case(
                 "a Refresh recorded without a fingerprint compares the image only",
@@ -1886,7 +1886,7 @@ mod tests {
                 },
                 secs(5),
             )
-            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .expect(Phase::Failed, vec![Change::DeleteCanary])
             .failing(Failure::WorkloadDeleted),
             case(
                 "crash between promote intent and patch: patch again",
@@ -1911,7 +1911,7 @@ mod tests {
                 rolled(true, vec![pod(true, 0, &[])]),
                 secs(160),
             )
-            .expect(Phase::Succeeded, vec![Action::DeleteCanary]),
+            .expect(Phase::Succeeded, vec![Change::DeleteCanary]),
             case(
                 "new workload pods crash: restore",
                 promoting(true),
@@ -1920,7 +1920,7 @@ mod tests {
             )
             .expect(
                 Phase::RollingBack,
-                vec![Action::DeleteCanary, set(FROM), Action::RejectDigest],
+                vec![Change::DeleteCanary, set(FROM), Change::RejectDigest],
             )
             .failing(Failure::PodFailure),
             case(
@@ -1931,7 +1931,7 @@ mod tests {
             )
             .expect(
                 Phase::RollingBack,
-                vec![Action::DeleteCanary, set(FROM), Action::RejectDigest],
+                vec![Change::DeleteCanary, set(FROM), Change::RejectDigest],
             )
             .failing(Failure::Timeout),
             case(
@@ -1943,7 +1943,7 @@ mod tests {
                 },
                 secs(160),
             )
-            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .expect(Phase::Failed, vec![Change::DeleteCanary])
             .failing(Failure::Conflict),
             case(
                 "someone set a third image during promotion",
@@ -1951,7 +1951,7 @@ mod tests {
                 observed("reg.example/shop/api:1.5"),
                 secs(160),
             )
-            .expect(Phase::Failed, vec![Action::DeleteCanary])
+            .expect(Phase::Failed, vec![Change::DeleteCanary])
             .failing(Failure::Conflict),
             case(
                 "rolling back, restore lost: restore again",
@@ -1959,7 +1959,7 @@ mod tests {
                 observed(TO),
                 secs(201),
             )
-            .expect(Phase::RollingBack, vec![Action::RejectDigest, set(FROM)])
+            .expect(Phase::RollingBack, vec![Change::RejectDigest, set(FROM)])
             .failing(Failure::PodFailure),
             case(
                 "rolling back, canary still there: delete, wait",
@@ -1972,7 +1972,7 @@ mod tests {
             )
             .expect(
                 Phase::RollingBack,
-                vec![Action::DeleteCanary, Action::RejectDigest],
+                vec![Change::DeleteCanary, Change::RejectDigest],
             )
             .failing(Failure::PodFailure),
             case(
@@ -1981,10 +1981,10 @@ mod tests {
                 edited(TO),
                 secs(201),
             )
-            .expect(Phase::RollingBack, vec![Action::RejectDigest, set(FROM)])
+            .expect(Phase::RollingBack, vec![Change::RejectDigest, set(FROM)])
             .failing(Failure::PodFailure),
             case("rolled back", rolling_back(true), observed(FROM), secs(202))
-                .expect(Phase::RolledBack, vec![Action::RejectDigest])
+                .expect(Phase::RolledBack, vec![Change::RejectDigest])
                 .failing(Failure::PodFailure),
             case(
                 "rolling back, someone set a third image: leave it",
@@ -1992,7 +1992,7 @@ mod tests {
                 observed("other:9"),
                 secs(202),
             )
-            .expect(Phase::Failed, vec![Action::RejectDigest])
+            .expect(Phase::Failed, vec![Change::RejectDigest])
             .failing(Failure::PodFailure),
             case(
                 "terminal with a leftover canary: delete it",
@@ -2006,7 +2006,7 @@ mod tests {
                 },
                 secs(500),
             )
-            .expect(Phase::Succeeded, vec![Action::DeleteCanary]),
+            .expect(Phase::Succeeded, vec![Change::DeleteCanary]),
             case(
                 "terminal and clean: nothing",
                 Progress {
@@ -2284,7 +2284,7 @@ mod tests {
         let s = step(&t, &Progress::default(), &observed(pinned), t0());
         assert_eq!(
             mutations(&s),
-            vec![Action::SetImage {
+            vec![Change::SetImage {
                 image: pinned.into(),
                 stamp: true
             }]
@@ -2293,7 +2293,7 @@ mod tests {
         let s2 = step(&t, &s.progress, &observed(pinned), secs(1));
         assert_eq!(
             mutations(&s2),
-            vec![Action::SetImage {
+            vec![Change::SetImage {
                 image: pinned.into(),
                 stamp: true
             }]
