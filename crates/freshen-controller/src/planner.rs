@@ -27,7 +27,7 @@ use crate::assess::{Configuration, template_containers};
 use crate::context::Context;
 use crate::deployment::{FIELD_MANAGER, owned_by, template_fingerprint};
 use crate::error::Error;
-use crate::ledger::Underway;
+use crate::ledger::{Ledger, Underway};
 use crate::records::ContainerRecord;
 use freshen_api::refresh::GOVERNED_BY;
 
@@ -42,7 +42,9 @@ pub enum Outcome {
     Held(Hold, Option<DateTime<Utc>>),
 }
 
-/// Decides and, when allowed, creates a Refresh for `deploy`.
+/// Decides and, when allowed, creates a Refresh for `deploy`: wants ->
+/// container views -> gates (under the planning lock) -> decide (pure) ->
+/// a name no other workload holds -> create.
 #[allow(clippy::too_many_arguments)]
 pub async fn consider(
     ctx: &Context,
@@ -53,8 +55,52 @@ pub async fn consider(
     platform: Option<&Platform>,
     now: DateTime<Utc>,
 ) -> Result<Outcome, Error> {
+    let wants = wants(ctx, deploy, config);
+    if !wants.follow_tag && wants.max_container_age.is_none() {
+        return Ok(Outcome::Nothing);
+    }
+    let views = views(ctx, deploy, containers, &wants, keychain, platform).await;
+    let governed_by = governed_by(deploy, config);
+    // Deciding and creating happen under one lock, and Refreshes this
+    // process created but its cache has not shown yet count as active:
+    // workloads reconciled side by side must not all pass the same limit.
+    let mut ledger = ctx.planning.lock().await;
+    let gates = gates(ctx, deploy, config, governed_by.as_ref(), &mut ledger);
+    let proposal = match plan::decide(&views, &wants, &gates, now) {
+        Decision::Nothing => return Ok(Outcome::Nothing),
+        Decision::Held(_, hold) => {
+            let until = plan::retry_at(&hold);
+            return Ok(Outcome::Held(hold, until));
+        }
+        Decision::Start(p) => p,
+    };
+    let view = views.iter().find(|v| v.container == proposal.container);
+    let refresh_name = match name_for(ctx, deploy, &proposal, view) {
+        Named::Create(name) => name,
+        Named::Existing(name, existing) => {
+            return Ok(match existing {
+                Existing::Active => Outcome::Started(name),
+                Existing::Reached => Outcome::Nothing,
+                Existing::Held(hold) => Outcome::Held(hold, None),
+            });
+        }
+    };
+    let running = view.and_then(|v| v.running.as_ref());
+    let refresh = build(
+        deploy,
+        config,
+        &proposal,
+        refresh_name,
+        running,
+        governed_by,
+    );
+    create(ctx, refresh, &proposal, &mut ledger).await
+}
+
+/// What the workload's settings ask for, and the digests rejected for it.
+fn wants(ctx: &Context, deploy: &Deployment, config: &Configuration) -> Wants {
     let prefs = &config.refresh;
-    let wants = Wants {
+    Wants {
         follow_tag: prefs.follow_tag == Some(true),
         min_digest_age: prefs.min_digest_age.unwrap_or_default(),
         max_container_age: config
@@ -64,12 +110,19 @@ pub async fn consider(
             .as_ref()
             .map(|s| s.value),
         rejected: rejected(ctx, deploy),
-    };
-    if !wants.follow_tag && wants.max_container_age.is_none() {
-        return Ok(Outcome::Nothing);
     }
-    let namespace = deploy.namespace().unwrap_or_default();
-    let name = deploy.name_any();
+}
+
+/// Each measured container as the planner sees it; the build time of a new
+/// digest is read only when a soak time needs it.
+async fn views(
+    ctx: &Context,
+    deploy: &Deployment,
+    containers: &[ContainerRecord],
+    wants: &Wants,
+    keychain: &Keychain,
+    platform: Option<&Platform>,
+) -> Vec<ContainerView> {
     let templates = template_containers(deploy);
     let mut views = Vec::new();
     for record in containers {
@@ -79,7 +132,6 @@ pub async fn consider(
         let Ok(image) = ImageReference::parse(&template.image) else {
             continue;
         };
-        // The build time of a new digest matters only for a soak time.
         let mut tag_digest_created = None;
         if let Some(tag) = record.tag_digest.as_ref().filter(|t| {
             wants.follow_tag
@@ -106,27 +158,43 @@ pub async fn consider(
             oldest_start: record.oldest_start,
         });
     }
-    let governed_by = config
-        .resolution
+    views
+}
+
+/// The policy governing the workload, as the [`GOVERNED_BY`] record names
+/// it (`RefreshPolicy/<namespace>/<name>` or `ClusterRefreshPolicy/<name>`).
+fn governed_by(deploy: &Deployment, config: &Configuration) -> Option<String> {
+    let namespace = deploy.namespace().unwrap_or_default();
+    let resolution = &config.resolution;
+    resolution
         .policy
         .as_ref()
         .map(|p| format!("RefreshPolicy/{namespace}/{p}"))
         .or_else(|| {
-            config
-                .resolution
+            resolution
                 .cluster_policy
                 .as_ref()
                 .map(|p| format!("ClusterRefreshPolicy/{p}"))
-        });
-    // Deciding and creating happen under one lock, and Refreshes this
-    // process created but its cache has not shown yet count as active:
-    // workloads reconciled side by side must not all pass the same limit.
-    let mut ledger = ctx.planning.lock().await;
+        })
+}
+
+/// What may hold a refresh now: GitOps, suspend, snooze, windows, and the
+/// limits, counted over every Refresh under way (the ledger's too).
+fn gates(
+    ctx: &Context,
+    deploy: &Deployment,
+    config: &Configuration,
+    governed_by: Option<&String>,
+    ledger: &mut Ledger,
+) -> Gates {
+    let prefs = &config.refresh;
+    let namespace = deploy.namespace().unwrap_or_default();
+    let name = deploy.name_any();
     let underway = ledger.underway(&ctx.refreshes.state());
     let owned = |u: &&Underway| {
         u.namespace == namespace && u.workload == name && u.owner == deploy.metadata.uid
     };
-    let gates = Gates {
+    Gates {
         gitops: gitops_manager(deploy.labels(), deploy.annotations())
             .filter(|_| prefs.gitops_patch != Some(true)),
         suspended: prefs.suspend == Some(true),
@@ -134,7 +202,7 @@ pub async fn consider(
         active: underway.iter().find(owned).map(|u| u.name.clone()),
         windows: prefs.windows.clone().unwrap_or_default(),
         policy_active: (
-            governed_by.as_ref().map_or(0, |g| {
+            governed_by.map_or(0, |g| {
                 underway
                     .iter()
                     .filter(|u| u.governed_by.as_ref() == Some(g))
@@ -147,20 +215,20 @@ pub async fn consider(
             underway.iter().filter(|u| u.namespace == namespace).count(),
             ctx.config.max_concurrent_refreshes_per_namespace,
         ),
-    };
-    let proposal = match plan::decide(&views, &wants, &gates, now) {
-        Decision::Nothing => return Ok(Outcome::Nothing),
-        Decision::Held(_, hold) => {
-            let until = plan::retry_at(&hold);
-            return Ok(Outcome::Held(hold, until));
-        }
-        Decision::Start(p) => p,
-    };
-    let oldest_start = views
-        .iter()
-        .find(|v| v.container == proposal.container)
-        .and_then(|v| v.oldest_start);
-    let slots: Vec<_> = plan::refresh_names(&name, &proposal, oldest_start)
+    }
+}
+
+/// The name the proposal's Refresh takes: the first candidate free or
+/// already this target's (see [`plan::name_for`]).
+fn name_for(
+    ctx: &Context,
+    deploy: &Deployment,
+    proposal: &plan::Proposal,
+    view: Option<&ContainerView>,
+) -> Named {
+    let namespace = deploy.namespace().unwrap_or_default();
+    let oldest_start = view.and_then(|v| v.oldest_start);
+    let slots: Vec<_> = plan::refresh_names(&deploy.name_any(), proposal, oldest_start)
         .into_iter()
         .map(|candidate| {
             let slot = ctx
@@ -170,44 +238,59 @@ pub async fn consider(
             (candidate, slot)
         })
         .collect();
-    let refresh_name = match plan::name_for(&proposal, &slots) {
-        Named::Create(name) => name,
-        Named::Existing(name, existing) => {
-            return Ok(match existing {
-                Existing::Active => Outcome::Started(name),
-                Existing::Reached => Outcome::Nothing,
-                Existing::Held(hold) => Outcome::Held(hold, None),
-            });
-        }
-    };
-    let running = views
-        .iter()
-        .find(|v| v.container == proposal.container)
-        .and_then(|v| v.running.clone());
+    plan::name_for(proposal, &slots)
+}
+
+/// The Refresh for a proposal: owned by the workload, the rollout settings
+/// frozen into its spec.
+fn build(
+    deploy: &Deployment,
+    config: &Configuration,
+    proposal: &plan::Proposal,
+    name: String,
+    running: Option<&freshen_core::Digest>,
+    governed_by: Option<String>,
+) -> Refresh {
+    let workload = deploy.name_any();
     let short = |d: &freshen_core::Digest| d.short().to_owned();
-    let refresh = Refresh {
+    Refresh {
         metadata: ObjectMeta {
-            name: Some(refresh_name.clone()),
-            namespace: Some(namespace.clone()),
-            labels: Some(BTreeMap::from([(WORKLOAD_LABEL.to_owned(), name.clone())])),
+            name: Some(name),
+            namespace: deploy.namespace(),
+            labels: Some(BTreeMap::from([(
+                WORKLOAD_LABEL.to_owned(),
+                workload.clone(),
+            )])),
             annotations: governed_by.map(|g| BTreeMap::from([(GOVERNED_BY.to_owned(), g)])),
             owner_references: deploy.controller_owner_ref(&()).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
         spec: RefreshSpec {
-            workload: name.clone(),
+            workload,
             container: proposal.container.clone(),
             reason: proposal.reason,
             from_image: proposal.from_image.clone(),
             to_image: proposal.to_image.clone(),
-            from_digest: running.as_ref().map_or_else(|| "unknown".to_owned(), short),
+            from_digest: running.map_or_else(|| "unknown".to_owned(), short),
             to_digest: short(&proposal.digest),
             digest: proposal.digest.to_string(),
-            rollout: prefs.settings_for(proposal.reason),
+            rollout: config.refresh.settings_for(proposal.reason),
             template_fingerprint: template_fingerprint(deploy, &proposal.container),
         },
         status: None,
-    };
+    }
+}
+
+/// Creates the Refresh (a name already taken by the same target counts as
+/// started) and records it in the ledger until the cache shows it.
+async fn create(
+    ctx: &Context,
+    refresh: Refresh,
+    proposal: &plan::Proposal,
+    ledger: &mut Ledger,
+) -> Result<Outcome, Error> {
+    let namespace = refresh.namespace().unwrap_or_default();
+    let name = refresh.name_any();
     let api: Api<Refresh> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -216,11 +299,11 @@ pub async fn consider(
     let underway = Underway::of(&refresh);
     match api.create(&params, &refresh).await {
         Ok(_) => {
-            info!(refresh = %refresh_name, reason = %proposal.reason, to = %proposal.to_image, "refresh created");
+            info!(refresh = %name, reason = %proposal.reason, to = %proposal.to_image, "refresh created");
             ledger.created(underway);
-            Ok(Outcome::Started(refresh_name))
+            Ok(Outcome::Started(name))
         }
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Started(refresh_name)),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(Outcome::Started(name)),
         Err(e) => Err(Error::CreateRefresh(e)),
     }
 }

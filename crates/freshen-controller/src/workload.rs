@@ -23,15 +23,18 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{instrument, warn};
 
 use crate::assess::{
-    Accounts, Problem, configure, measure, node_platform, platform_of, pull_credentials,
+    Accounts, Configuration, Measurement, Problem, configure, measure, node_platform, platform_of,
+    pull_credentials,
 };
 use crate::context::Context;
 use crate::deployment::owning_deployment;
 use crate::error::Error;
 use crate::planner::{self, Outcome};
 use crate::records::{WorkloadKey, WorkloadRecord};
+use freshen_registry::{Keychain, Platform, RegistryError};
 
-/// Reconciles one Deployment.
+/// Reconciles one Deployment: configure -> gather -> measure -> judge ->
+/// rebuilds -> plan -> record -> requeue.
 #[instrument(skip_all, fields(workload = %deploy.namespace().unwrap_or_default() + "/" + &deploy.name_any()))]
 pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = workload_key(&deploy)?;
@@ -40,177 +43,52 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         // freshen's own canary: never measured or refreshed itself.
         return Ok(Action::await_change());
     }
-
-    // configure
-    let namespace_labels = ctx
-        .namespaces
-        .get(&ObjectRef::new(&key.namespace))
-        .map(|ns| ns.labels().clone())
-        .unwrap_or_default();
-    let config = configure(
-        &deploy,
-        &namespace_labels,
-        &ctx.policies.state(),
-        &ctx.cluster_policies.state(),
-        &ctx.config.defaults,
-    );
-    if !config.measured() {
+    let Some(config) = configure_workload(&ctx, &deploy, &key).await else {
         ctx.records.remove(&key);
         return Ok(Action::await_change());
-    }
-    if !config.errors.is_empty() {
-        // One Event for all of them: the recorder folds Events of the same
-        // reason on one object into one series, keeping only the first note.
-        let notes: Vec<String> = config.errors.iter().map(ToString::to_string).collect();
-        warn!(errors = ?notes, "annotations ignored");
-        ctx.warn(&deploy, "InvalidAnnotation", notes.join("; "))
-            .await;
-    }
-
-    // gather, measure
-    let pods: Vec<PodFacts> = ctx
-        .pods
-        .state()
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(&key.namespace))
-        .filter(|p| owning_deployment(p).is_some_and(|d| d.name == key.name))
-        .map(|p| pod_facts(p))
-        .collect();
+    };
     let previous = ctx.records.get(&key);
-    let previous_hold = previous.as_ref().and_then(|p| p.refresh_hold.clone());
-    let limits = config.resolution.limits.clone();
-    let (keychain, secret_problems) = pull_credentials(
-        &ctx.client,
-        &deploy,
-        Accounts::Cached(&ctx.service_accounts),
-    )
-    .await;
-    if !secret_problems.is_empty() {
-        let note = secret_problems.join("; ");
-        warn!(%note, "pull secrets not used");
-        ctx.warn(&deploy, "PullSecretUnusable", note).await;
-    }
-    let platform = platform_of(&pods, |name| {
-        ctx.nodes
-            .get(&ObjectRef::new(name))
-            .and_then(|node| node_platform(&node))
-    });
+    let gathered = gather(&ctx, &deploy, &key).await;
     let measurement = measure(
         &ctx.registry,
         &deploy,
-        &pods,
-        &keychain,
-        platform.as_ref(),
-        limits.track_base_image.value,
+        &gathered.pods,
+        &gathered.keychain,
+        gathered.platform.as_ref(),
+        config.resolution.limits.track_base_image.value,
         previous.as_ref(),
         now,
     )
     .await;
-    let mut registry_error = None;
-    let mut invalid_images = Vec::new();
-    for (container, problem) in &measurement.problems {
-        match problem {
-            Problem::InvalidImage(_) => {
-                invalid_images.push(format!("container {container}: {problem}"));
-            }
-            Problem::Registry(e) => {
-                warn!(error = %e, %container, "registry look-up failed");
-                registry_error.get_or_insert_with(|| Arc::clone(e));
-            }
-        }
-    }
-
-    if !invalid_images.is_empty() {
-        // One Event for all containers, as for annotations.
-        let note = invalid_images.join("; ");
-        warn!(%note, "containers not measured");
-        ctx.warn(&deploy, "InvalidImage", note).await;
-    }
-
-    // judge (pure)
-    let ages: Vec<_> = measurement.containers.iter().map(|c| c.ages(now)).collect();
-    let judgement = policy::judge(
-        &limits,
-        &ages,
-        config.settings.snooze_until,
-        now,
-        ctx.config.poll_interval,
-    );
-    let before = previous
-        .as_ref()
-        .map(|p| p.violating.clone())
-        .unwrap_or_default();
-    if judgement.newly_violating(&before) {
-        let notes: Vec<String> = measurement
-            .containers
-            .iter()
-            .zip(&judgement.violations)
-            .flat_map(|(c, vs)| {
-                vs.iter()
-                    .map(move |v| format!("container {}: {v}", c.container))
-            })
-            .collect();
-        ctx.warn(&deploy, "MaxAgeExceeded", notes.join("; ")).await;
-    }
-
-    // what only a rebuild can fix (pipelines come later): say so once
-    let rebuild: Vec<String> = plan::rebuilds(
-        measurement
-            .containers
-            .iter()
-            .zip(&judgement.violations)
-            .map(|(c, v)| (c.container.as_str(), c.base_stale, v.as_slice())),
-    )
-    .into_iter()
-    .map(|(container, reason)| format!("container {container}: {reason}"))
-    .collect();
-    let rebuild_before = previous.as_ref().map(|p| p.rebuild_required.clone());
-    if !rebuild.is_empty() && rebuild_before.as_ref() != Some(&rebuild) {
-        let note = format!(
-            "{}; a rollout of the same image cannot fix this, the image must be rebuilt \
-             (freshen does not trigger rebuild pipelines yet)",
-            rebuild.join("; ")
-        );
-        ctx.warn(&deploy, "RebuildRequired", note).await;
-    }
-
-    // plan (pure) and start a refresh when one is wanted and allowed
+    let registry_error = report_problems(&ctx, &deploy, &measurement).await;
+    let judgement = judge(&ctx, &deploy, &config, &measurement, previous.as_ref(), now).await;
+    let rebuild = rebuilds(&ctx, &deploy, &measurement, &judgement, previous.as_ref()).await;
     let outcome = planner::consider(
         &ctx,
         &deploy,
         &config,
         &measurement.containers,
-        &keychain,
-        platform.as_ref(),
+        &gathered.keychain,
+        gathered.platform.as_ref(),
         now,
     )
     .await;
-    let mut requeue = judgement.requeue;
-    let refresh_hold = match &outcome {
-        Ok(Outcome::Held(hold, until)) => {
-            if let Some(t) = until {
-                requeue = requeue.min(planner::until(*t, now).max(Duration::from_secs(1)));
-            }
-            Some(hold.to_string())
-        }
-        _ => None,
-    };
-    if let Ok(Outcome::Held(hold, _)) = &outcome {
-        let before = previous_hold.as_ref();
-        if let Some(reason) = hold.warning_reason()
-            && before != refresh_hold.as_ref()
-        {
-            warn!(%hold, "refresh held");
-            ctx.warn(&deploy, reason, hold.to_string()).await;
-        }
-    }
+    let (refresh_hold, requeue) = held(
+        &ctx,
+        &deploy,
+        &outcome,
+        previous.as_ref(),
+        judgement.requeue,
+        now,
+    )
+    .await;
 
     // record what is known even when a look-up failed, then retry that one
     ctx.records.set(
         key,
         WorkloadRecord {
             containers: measurement.containers,
-            limits,
+            limits: config.resolution.limits.clone(),
             binding: config.binding,
             config_errors: config.errors.iter().map(ToString::to_string).collect(),
             snoozed: judgement.snoozed,
@@ -224,6 +102,201 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         Some(e) => Err(e.into()),
         None => Ok(Action::requeue(requeue)),
     }
+}
+
+/// The workload's configuration (annotations and matching policies ->
+/// limits in force, pure), with one Warning for its bad annotations;
+/// `None` when freshen does not measure it.
+async fn configure_workload(
+    ctx: &Context,
+    deploy: &Deployment,
+    key: &WorkloadKey,
+) -> Option<Configuration> {
+    let namespace_labels = ctx
+        .namespaces
+        .get(&ObjectRef::new(&key.namespace))
+        .map(|ns| ns.labels().clone())
+        .unwrap_or_default();
+    let config = configure(
+        deploy,
+        &namespace_labels,
+        &ctx.policies.state(),
+        &ctx.cluster_policies.state(),
+        &ctx.config.defaults,
+    );
+    if !config.measured() {
+        return None;
+    }
+    if !config.errors.is_empty() {
+        // One Event for all of them: the recorder folds Events of the same
+        // reason on one object into one series, keeping only the first note.
+        let notes: Vec<String> = config.errors.iter().map(ToString::to_string).collect();
+        warn!(errors = ?notes, "annotations ignored");
+        ctx.warn(deploy, "InvalidAnnotation", notes.join("; "))
+            .await;
+    }
+    Some(config)
+}
+
+/// What a measurement needs besides the registry: the pods, the pull
+/// credentials, the platform.
+struct Gathered {
+    pods: Vec<PodFacts>,
+    keychain: Keychain,
+    platform: Option<Platform>,
+}
+
+/// The workload's pods (shared store), its pull credentials (one Warning
+/// for unusable secrets) and the platform most of its pods' nodes run.
+async fn gather(ctx: &Context, deploy: &Deployment, key: &WorkloadKey) -> Gathered {
+    let pods: Vec<PodFacts> = ctx
+        .pods
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(&key.namespace))
+        .filter(|p| owning_deployment(p).is_some_and(|d| d.name == key.name))
+        .map(|p| pod_facts(p))
+        .collect();
+    let (keychain, secret_problems) =
+        pull_credentials(&ctx.client, deploy, Accounts::Cached(&ctx.service_accounts)).await;
+    if !secret_problems.is_empty() {
+        let note = secret_problems.join("; ");
+        warn!(%note, "pull secrets not used");
+        ctx.warn(deploy, "PullSecretUnusable", note).await;
+    }
+    let platform = platform_of(&pods, |name| {
+        ctx.nodes
+            .get(&ObjectRef::new(name))
+            .and_then(|node| node_platform(&node))
+    });
+    Gathered {
+        pods,
+        keychain,
+        platform,
+    }
+}
+
+/// One Warning for the containers whose image is not a reference; the
+/// first registry failure, which fails the reconcile after recording.
+async fn report_problems(
+    ctx: &Context,
+    deploy: &Deployment,
+    measurement: &Measurement,
+) -> Option<Arc<RegistryError>> {
+    let mut registry_error = None;
+    let mut invalid_images = Vec::new();
+    for (container, problem) in &measurement.problems {
+        match problem {
+            Problem::InvalidImage(_) => {
+                invalid_images.push(format!("container {container}: {problem}"));
+            }
+            Problem::Registry(e) => {
+                warn!(error = %e, %container, "registry look-up failed");
+                registry_error.get_or_insert_with(|| Arc::clone(e));
+            }
+        }
+    }
+    if !invalid_images.is_empty() {
+        // One Event for all containers, as for annotations.
+        let note = invalid_images.join("; ");
+        warn!(%note, "containers not measured");
+        ctx.warn(deploy, "InvalidImage", note).await;
+    }
+    registry_error
+}
+
+/// Violations against the limits in force (pure); a Warning when the
+/// workload violates a source it did not before.
+async fn judge(
+    ctx: &Context,
+    deploy: &Deployment,
+    config: &Configuration,
+    measurement: &Measurement,
+    previous: Option<&WorkloadRecord>,
+    now: chrono::DateTime<Utc>,
+) -> policy::Judgement {
+    let ages: Vec<_> = measurement.containers.iter().map(|c| c.ages(now)).collect();
+    let judgement = policy::judge(
+        &config.resolution.limits,
+        &ages,
+        config.settings.snooze_until,
+        now,
+        ctx.config.poll_interval,
+    );
+    let before = previous.map(|p| p.violating.clone()).unwrap_or_default();
+    if judgement.newly_violating(&before) {
+        let notes: Vec<String> = measurement
+            .containers
+            .iter()
+            .zip(&judgement.violations)
+            .flat_map(|(c, vs)| {
+                vs.iter()
+                    .map(move |v| format!("container {}: {v}", c.container))
+            })
+            .collect();
+        ctx.warn(deploy, "MaxAgeExceeded", notes.join("; ")).await;
+    }
+    judgement
+}
+
+/// What only a rebuild can fix (pipelines come later): said once, when it
+/// changes.
+async fn rebuilds(
+    ctx: &Context,
+    deploy: &Deployment,
+    measurement: &Measurement,
+    judgement: &policy::Judgement,
+    previous: Option<&WorkloadRecord>,
+) -> Vec<String> {
+    let rebuild: Vec<String> = plan::rebuilds(
+        measurement
+            .containers
+            .iter()
+            .zip(&judgement.violations)
+            .map(|(c, v)| (c.container.as_str(), c.base_stale, v.as_slice())),
+    )
+    .into_iter()
+    .map(|(container, reason)| format!("container {container}: {reason}"))
+    .collect();
+    let rebuild_before = previous.map(|p| p.rebuild_required.clone());
+    if !rebuild.is_empty() && rebuild_before.as_ref() != Some(&rebuild) {
+        let note = format!(
+            "{}; a rollout of the same image cannot fix this, the image must be rebuilt \
+             (freshen does not trigger rebuild pipelines yet)",
+            rebuild.join("; ")
+        );
+        ctx.warn(deploy, "RebuildRequired", note).await;
+    }
+    rebuild
+}
+
+/// What holds a wanted refresh (for the record), a Warning when the hold
+/// needs someone to act and is new, and the requeue shortened to when the
+/// hold ends.
+async fn held(
+    ctx: &Context,
+    deploy: &Deployment,
+    outcome: &Result<Outcome, Error>,
+    previous: Option<&WorkloadRecord>,
+    requeue: Duration,
+    now: chrono::DateTime<Utc>,
+) -> (Option<String>, Duration) {
+    let Ok(Outcome::Held(hold, until)) = outcome else {
+        return (None, requeue);
+    };
+    let requeue = match until {
+        Some(t) => requeue.min(planner::until(*t, now).max(Duration::from_secs(1))),
+        None => requeue,
+    };
+    let text = hold.to_string();
+    let before = previous.and_then(|p| p.refresh_hold.as_ref());
+    if let Some(reason) = hold.warning_reason()
+        && before != Some(&text)
+    {
+        warn!(%hold, "refresh held");
+        ctx.warn(deploy, reason, text.clone()).await;
+    }
+    (Some(text), requeue)
 }
 
 fn workload_key(deploy: &Deployment) -> Result<WorkloadKey, Error> {
