@@ -11,7 +11,6 @@ use std::time::Duration;
 use freshen_core::ImageReference;
 use freshen_registry::{Credential, RegistryClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 mod common;
 
@@ -27,14 +26,7 @@ struct Recorder {
 
 impl Recorder {
     async fn start(reply: fn(&str, &str, Option<&str>, &str) -> String) -> Self {
-        let listener = match TcpListener::bind("127.0.0.1:0").await {
-            Ok(l) => l,
-            Err(e) => panic!("{e}"),
-        };
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let (listener, addr) = common::bind_loopback().await;
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
         let (record, me) = (Arc::clone(&seen), addr.clone());
         tokio::spawn(async move {
@@ -107,6 +99,20 @@ fn image(registry: &str) -> ImageReference {
     }
 }
 
+/// Resolves `<registry>/team/app:1` with the robot's credential.
+async fn resolve_as_robot(
+    client: &Arc<RegistryClient>,
+    registry: &str,
+) -> Result<freshen_core::Digest, Arc<freshen_registry::RegistryError>> {
+    client
+        .resolve_tag(
+            &image(registry),
+            Some(&credential()),
+            tokio::time::Instant::now(),
+        )
+        .await
+}
+
 /// Whether any request seen carried the credential (Basic, base64 of
 /// `robot:s3cret`).
 fn carried_secret(seen: &[Seen]) -> bool {
@@ -137,14 +143,7 @@ async fn a_token_realm_over_http_on_another_host_never_gets_the_credential() {
     })
     .await;
     let client = client(&[&registry.addr]);
-    let cred = credential();
-    let result = client
-        .resolve_tag(
-            &image(&registry.addr),
-            Some(&cred),
-            tokio::time::Instant::now(),
-        )
-        .await;
+    let result = resolve_as_robot(&client, &registry.addr).await;
     let Err(e) = result else {
         panic!("resolved through a foreign realm");
     };
@@ -179,13 +178,7 @@ async fn a_token_realm_at_a_refused_address_is_never_asked() {
     })
     .await;
     let client = client(&[&registry.addr]);
-    let cred = credential();
-    let e = client
-        .resolve_tag(
-            &image(&registry.addr),
-            Some(&cred),
-            tokio::time::Instant::now(),
-        )
+    let e = resolve_as_robot(&client, &registry.addr)
         .await
         .err()
         .map(|e| e.to_string())
@@ -225,10 +218,7 @@ async fn the_token_flow_on_the_registrys_own_host_works_and_the_token_is_reused(
     })
     .await;
     let client = client(&[&registry.addr]);
-    let cred = credential();
-    let image = image(&registry.addr);
-    let digest = client
-        .resolve_tag(&image, Some(&cred), tokio::time::Instant::now())
+    let digest = resolve_as_robot(&client, &registry.addr)
         .await
         .map(|d| d.to_string())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -271,14 +261,7 @@ async fn a_redirect_to_another_host_drops_the_credential_and_one_to_metadata_is_
     })
     .await;
     let client = client(&[&registry.addr]);
-    let cred = credential();
-    let _ = client
-        .resolve_tag(
-            &image(&registry.addr),
-            Some(&cred),
-            tokio::time::Instant::now(),
-        )
-        .await;
+    let _ = resolve_as_robot(&client, &registry.addr).await;
     assert!(
         carried_secret(&registry.seen()),
         "Basic goes to the registry itself"
@@ -293,12 +276,7 @@ async fn a_redirect_to_another_host_drops_the_credential_and_one_to_metadata_is_
     if let Ok(mut t) = TARGET.lock() {
         *t = "http://169.254.169.254/latest/meta-data".into();
     }
-    let e = client
-        .resolve_tag(
-            &image(&registry.addr),
-            Some(&cred),
-            tokio::time::Instant::now(),
-        )
+    let e = resolve_as_robot(&client, &registry.addr)
         .await
         .err()
         .map(|e| format!("{e}: {:?}", std::error::Error::source(&e)))

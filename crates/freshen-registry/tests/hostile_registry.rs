@@ -175,15 +175,7 @@ async fn endless(stream: &mut TcpStream, status: &str) {
 }
 
 async fn registry_serving(blob: Blob) -> (Arc<RegistryClient>, ImageReference, Digest) {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let listener = match TcpListener::bind("127.0.0.1:0").await {
-        Ok(l) => l,
-        Err(e) => panic!("{e}"),
-    };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let (listener, addr) = common::bind_loopback().await;
     tokio::spawn(serve(listener, blob));
     let client = common::loopback_client(&[&addr], Duration::from_secs(3));
     let image = match ImageReference::parse(&format!("{addr}/hostile/app:1")) {
@@ -260,14 +252,7 @@ async fn hostile_config_blobs_are_refused_within_bounds() {
 async fn a_retry_after_is_honoured_no_request_goes_before_it() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static ASKED: AtomicUsize = AtomicUsize::new(0);
-    let listener = match TcpListener::bind("127.0.0.1:0").await {
-        Ok(l) => l,
-        Err(e) => panic!("{e}"),
-    };
-    let addr = listener
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let (listener, addr) = common::bind_loopback().await;
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             ASKED.fetch_add(1, Ordering::SeqCst);

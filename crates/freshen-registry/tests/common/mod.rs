@@ -25,6 +25,19 @@ pub fn loopback_client(plain_http: &[&str], timeout: Duration) -> Arc<RegistryCl
     RegistryClient::new(config, metrics)
 }
 
+/// A listener on a free loopback port, and its `host:port`.
+pub async fn bind_loopback() -> (tokio::net::TcpListener, String) {
+    let listener = match tokio::net::TcpListener::bind("127.0.0.1:0").await {
+        Ok(l) => l,
+        Err(e) => panic!("{e}"),
+    };
+    let addr = listener
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    (listener, addr)
+}
+
 /// `sha256:<hex>` of `data`.
 pub fn sha256(data: &[u8]) -> String {
     let hex: String = sha2::Sha256::digest(data)
