@@ -220,8 +220,12 @@ pub fn judge_literal(reach: &Reach, host: &str) -> Result<(), String> {
     }
 }
 
+/// How long the check waits for a name to resolve.
+pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// Judges a host by its name, then by every address it resolves to. A name
-/// that does not resolve passes: a request to it fails on its own.
+/// that does not resolve passes (a request to it fails on its own); one
+/// whose DNS does not answer within [`RESOLVE_TIMEOUT`] is refused.
 pub async fn check(reach: &Reach, host: &str) -> Result<(), String> {
     match reach.judge_name(host) {
         ByName::Allowed => return Ok(()),
@@ -231,9 +235,19 @@ pub async fn check(reach: &Reach, host: &str) -> Result<(), String> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let addresses: Vec<IpAddr> = match bare.parse() {
         Ok(addr) => vec![addr],
-        Err(_) => match tokio::net::lookup_host((bare, 443)).await {
-            Ok(found) => found.map(|a| a.ip()).collect(),
-            Err(_) => return Ok(()),
+        Err(_) => match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((bare, 443)))
+            .await
+        {
+            Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+            Ok(Err(_)) => return Ok(()),
+            // A tenant can name a host whose DNS never answers: the check
+            // must not hold a reconcile, nor let an unchecked name through.
+            Err(_) => {
+                return Err(format!(
+                    "{host}'s addresses could not be checked: no DNS answer within {}s",
+                    RESOLVE_TIMEOUT.as_secs()
+                ));
+            }
         },
     };
     reach.judge_addresses(host, &addresses)
