@@ -11,12 +11,15 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use freshen_api::annotations::POLICY;
 use freshen_api::{AnnotationError, ClusterRefreshPolicy, RefreshPolicy, WorkloadSettings};
+use freshen_core::Digest;
 use freshen_core::ImageReference;
 use freshen_core::base;
 use freshen_core::observe::{ContainerObservation, ContainerSpec, PodFacts, observe};
 use freshen_core::plan::Preferences;
 use freshen_core::policy::{Candidate, Limits, Resolution, resolve};
-use freshen_registry::{Keychain, Platform, RegistryClient, RegistryError, auth};
+use freshen_registry::{
+    Credential, ImageFacts, Keychain, Platform, RegistryClient, RegistryError, auth,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -69,60 +72,32 @@ pub fn configure(
     let (settings, mut errors) =
         WorkloadSettings::from_annotations(deploy.metadata.annotations.as_ref());
     let namespace = deploy.namespace().unwrap_or_default();
-    let labels = deploy.labels();
-
-    let valid_policies: Vec<(&RefreshPolicy, Candidate)> = policies
-        .iter()
-        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
-        .filter_map(|p| Some((p.as_ref(), p.candidate().ok()?)))
-        .collect();
-    let valid_cluster: Vec<(&ClusterRefreshPolicy, Candidate)> = cluster_policies
-        .iter()
-        .filter_map(|p| Some((p.as_ref(), p.candidate().ok()?)))
-        .collect();
-    let by_selector = || -> Vec<Candidate> {
-        valid_policies
+    let valid = Valid {
+        policies: policies
             .iter()
-            .filter(|(p, _)| p.matches(&namespace, labels))
-            .map(|(_, c)| c.clone())
-            .collect()
-    };
-    let cluster_by_selector = || -> Vec<Candidate> {
-        valid_cluster
+            .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+            .filter_map(|p| Some((p.as_ref(), p.candidate().ok()?)))
+            .collect(),
+        cluster: cluster_policies
             .iter()
-            .filter(|(p, _)| p.matches(namespace_labels, labels))
-            .map(|(_, c)| c.clone())
-            .collect()
+            .filter_map(|p| Some((p.as_ref(), p.candidate().ok()?)))
+            .collect(),
     };
-    let named = |list: &[Candidate], name: &str| -> Option<Candidate> {
-        list.iter().find(|c| c.name == name).cloned()
+    let on = Subject {
+        namespace: &namespace,
+        namespace_labels,
+        labels: deploy.labels(),
     };
-    let all_policies: Vec<Candidate> = valid_policies.iter().map(|(_, c)| c.clone()).collect();
-    // A pin may name only a ClusterRefreshPolicy whose namespaceSelector
-    // selects this namespace.
-    let pinnable_cluster: Vec<Candidate> = valid_cluster
-        .iter()
-        .filter(|(p, _)| p.selects_namespace(namespace_labels))
-        .map(|(_, c)| c.clone())
-        .collect();
-
-    // A pinned policy governs in place of selector matching at its level
-    // only: a pin to a ClusterRefreshPolicy never sets the namespace's own
-    // RefreshPolicies (and their suspend) aside.
     let (matched, cluster_matched) = match settings.policy.as_deref() {
-        None => (by_selector(), cluster_by_selector()),
-        Some(pin) => match (named(&all_policies, pin), named(&pinnable_cluster, pin)) {
-            (Some(p), _) => (vec![p], cluster_by_selector()),
-            (None, Some(c)) => (by_selector(), vec![c]),
-            (None, None) => {
-                errors.push(AnnotationError {
-                    key: POLICY.to_owned(),
-                    value: pin.to_owned(),
-                    expected: PINNED_POLICY_FORM,
-                });
-                (by_selector(), cluster_by_selector())
-            }
-        },
+        None => (valid.by_selector(&on), valid.cluster_by_selector(&on)),
+        Some(pin) => valid.pinned(pin, &on).unwrap_or_else(|| {
+            errors.push(AnnotationError {
+                key: POLICY.to_owned(),
+                value: pin.to_owned(),
+                expected: PINNED_POLICY_FORM,
+            });
+            (valid.by_selector(&on), valid.cluster_by_selector(&on))
+        }),
     };
     let resolution = resolve(
         &namespace,
@@ -131,23 +106,7 @@ pub fn configure(
         &cluster_matched,
         defaults,
     );
-    let policy_prefs = resolution
-        .policy
-        .as_deref()
-        .and_then(|name| valid_policies.iter().find(|(p, _)| p.name_any() == name))
-        .and_then(|(p, _)| p.spec.refresh.parse().ok())
-        .unwrap_or_default();
-    let cluster_prefs = resolution
-        .cluster_policy
-        .as_deref()
-        .and_then(|name| valid_cluster.iter().find(|(p, _)| p.name_any() == name))
-        .and_then(|(p, _)| p.spec.refresh.parse().ok())
-        .unwrap_or_default();
-    let refresh = settings
-        .refresh_prefs
-        .clone()
-        .over(policy_prefs)
-        .over(cluster_prefs);
+    let refresh = valid.preferences(&settings, &resolution);
     let binding = PolicyBinding {
         policies: matched.into_iter().map(|c| c.name).collect(),
         policy: resolution.policy.clone(),
@@ -160,6 +119,73 @@ pub fn configure(
         binding,
         resolution,
         refresh,
+    }
+}
+
+/// The workload policies are matched against.
+struct Subject<'a> {
+    namespace: &'a str,
+    namespace_labels: &'a BTreeMap<String, String>,
+    labels: &'a BTreeMap<String, String>,
+}
+
+/// The valid policies of the workload's namespace and the valid cluster
+/// policies, each with its limits.
+struct Valid<'a> {
+    policies: Vec<(&'a RefreshPolicy, Candidate)>,
+    cluster: Vec<(&'a ClusterRefreshPolicy, Candidate)>,
+}
+
+impl Valid<'_> {
+    fn by_selector(&self, on: &Subject) -> Vec<Candidate> {
+        self.policies
+            .iter()
+            .filter(|(p, _)| p.matches(on.namespace, on.labels))
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    fn cluster_by_selector(&self, on: &Subject) -> Vec<Candidate> {
+        self.cluster
+            .iter()
+            .filter(|(p, _)| p.matches(on.namespace_labels, on.labels))
+            .map(|(_, c)| c.clone())
+            .collect()
+    }
+
+    /// The policies matched when `freshen.dev/policy` names `pin`; `None`
+    /// when it names no usable policy. A pinned policy governs in place of
+    /// selector matching at its level only: a pin to a
+    /// ClusterRefreshPolicy never sets the namespace's own RefreshPolicies
+    /// (and their suspend) aside. A pin may name only a
+    /// ClusterRefreshPolicy whose namespaceSelector selects the namespace.
+    fn pinned(&self, pin: &str, on: &Subject) -> Option<(Vec<Candidate>, Vec<Candidate>)> {
+        if let Some((_, c)) = self.policies.iter().find(|(_, c)| c.name == pin) {
+            return Some((vec![c.clone()], self.cluster_by_selector(on)));
+        }
+        self.cluster
+            .iter()
+            .filter(|(p, _)| p.selects_namespace(on.namespace_labels))
+            .find(|(_, c)| c.name == pin)
+            .map(|(_, c)| (self.by_selector(on), vec![c.clone()]))
+    }
+
+    /// Refresh settings in force: annotations over the governing
+    /// RefreshPolicy over the governing ClusterRefreshPolicy.
+    fn preferences(&self, settings: &WorkloadSettings, resolution: &Resolution) -> Preferences {
+        let policy = resolution
+            .policy
+            .as_deref()
+            .and_then(|name| self.policies.iter().find(|(p, _)| p.name_any() == name))
+            .and_then(|(p, _)| p.spec.refresh.parse().ok())
+            .unwrap_or_default();
+        let cluster = resolution
+            .cluster_policy
+            .as_deref()
+            .and_then(|name| self.cluster.iter().find(|(p, _)| p.name_any() == name))
+            .and_then(|(p, _)| p.spec.refresh.parse().ok())
+            .unwrap_or_default();
+        settings.refresh_prefs.clone().over(policy).over(cluster)
     }
 }
 
@@ -332,21 +358,57 @@ pub fn template_containers(deploy: &Deployment) -> Vec<ContainerSpec> {
         .unwrap_or_default()
 }
 
+/// What every registry look-up of one workload shares: the client (and its
+/// cache), the workload's pull credentials, the platform its pods run on
+/// (`None`: the configured default) and the moment measured.
+#[derive(Clone, Copy)]
+pub struct Lookup<'a> {
+    /// The shared registry client.
+    pub registry: &'a Arc<RegistryClient>,
+    /// The workload's pull credentials.
+    pub keychain: &'a Keychain,
+    /// The platform of a multi-arch image to read.
+    pub platform: Option<&'a Platform>,
+    /// The moment of the measurement.
+    pub now: DateTime<Utc>,
+}
+
+impl Lookup<'_> {
+    /// The credential for the host contacted (a mirror's), never the
+    /// source's sent to its mirror.
+    fn credential(&self, image: &ImageReference) -> Option<&Credential> {
+        self.registry.credential_for(self.keychain, &image.registry)
+    }
+
+    /// The digest `image`'s tag names now.
+    pub async fn tag_digest(&self, image: &ImageReference) -> Result<Digest, Arc<RegistryError>> {
+        self.registry
+            .resolve_tag(image, self.credential(image), Instant::now())
+            .await
+    }
+
+    /// What the image `digest` of `image`'s repository says of itself.
+    pub async fn facts(
+        &self,
+        image: &ImageReference,
+        digest: &Digest,
+    ) -> Result<Arc<ImageFacts>, Arc<RegistryError>> {
+        self.registry
+            .image_facts(image, digest, self.platform, self.credential(image))
+            .await
+    }
+}
+
 /// Measures every container of `deploy` whose pods are `pods`: the tag's
-/// digest, the running digests' build times (for `platform` when an image
-/// is multi-arch; the configured one when `None`), and (when `track_base`)
+/// digest, the running digests' build times, and (when `track_base`)
 /// whether their base moved on. `previous` carries first-observed times
 /// forward.
-#[allow(clippy::too_many_arguments)]
 pub async fn measure(
-    registry: &Arc<RegistryClient>,
+    lookup: &Lookup<'_>,
     deploy: &Deployment,
     pods: &[PodFacts],
-    keychain: &Keychain,
-    platform: Option<&Platform>,
     track_base: bool,
     previous: Option<&WorkloadRecord>,
-    now: DateTime<Utc>,
 ) -> Measurement {
     let mut out = Measurement::default();
     let annotations = deploy.metadata.annotations.as_ref();
@@ -362,27 +424,17 @@ pub async fn measure(
         };
         // A bad base-image annotation (reported with the other annotation
         // errors) costs only the base signal.
-        let base_override = if track_base {
-            freshen_api::base_image(annotations, &name).ok().flatten()
-        } else {
-            None
-        };
+        let base = track_base.then(|| BaseToFollow {
+            annotated: freshen_api::base_image(annotations, &name).ok().flatten(),
+        });
         let before = previous.and_then(|p| p.containers.iter().find(|r| r.container == name));
-        let (record, errors) = measure_container(
-            registry,
-            keychain,
-            platform,
-            &image,
-            &observation,
-            track_base,
-            base_override.as_ref(),
-            before,
-            now,
-        )
-        .await;
+        let mut failures = Failed::new(&name);
+        let record =
+            measure_container(lookup, &image, &observation, base, before, &mut failures).await;
         out.containers.push(record);
         out.problems.extend(
-            errors
+            failures
+                .errors
                 .into_iter()
                 .map(|e| (name.clone(), Problem::Registry(e))),
         );
@@ -390,145 +442,140 @@ pub async fn measure(
     out
 }
 
-/// Looks up one container's signals in the registry. Returns what it could
-/// learn and every look-up that failed.
-#[allow(clippy::too_many_arguments)]
-async fn measure_container(
-    registry: &Arc<RegistryClient>,
-    keychain: &Keychain,
-    platform: Option<&Platform>,
-    image: &ImageReference,
-    observation: &ContainerObservation,
-    track_base: bool,
-    base_override: Option<&ImageReference>,
-    previous: Option<&ContainerRecord>,
-    now: DateTime<Utc>,
-) -> (ContainerRecord, Vec<Arc<RegistryError>>) {
-    let mut errors = Vec::new();
-    let mut failed = |e: Arc<RegistryError>, what: &str| {
-        debug!(error = %e, container = %observation.name, "{what} unavailable");
-        if !errors
-            .iter()
-            .any(|seen: &Arc<RegistryError>| Arc::ptr_eq(seen, &e))
-        {
-            errors.push(e);
-        }
-    };
+/// Which base a tracked container follows: the one its
+/// `freshen.dev/base-image` annotation names, else the one its image
+/// records.
+struct BaseToFollow {
+    annotated: Option<ImageReference>,
+}
 
-    // Credentials of the host contacted (a mirror's), never the source's
-    // sent to its mirror.
-    let credential =
-        |image: &ImageReference| registry.credential_for(keychain, &image.registry).cloned();
-    let own_credential = credential(image);
-    let mut update_available = None;
-    let mut tag_digest = None;
-    if image.effective_tag().is_some() {
-        match registry
-            .resolve_tag(image, own_credential.as_ref(), Instant::now())
-            .await
-        {
-            Ok(digest) => {
-                update_available = observation.update_available(&digest);
-                tag_digest = Some(digest);
-            }
-            Err(e) => failed(e, "tag digest"),
+/// The look-ups of one container that failed, each once.
+struct Failed<'a> {
+    container: &'a str,
+    errors: Vec<Arc<RegistryError>>,
+}
+
+impl<'a> Failed<'a> {
+    fn new(container: &'a str) -> Self {
+        Self {
+            container,
+            errors: Vec::new(),
         }
     }
 
-    let mut build_times = Vec::new();
-    let mut base_verdicts = Vec::new();
-    let mut base_image = None;
-    for digest in observation.digests() {
-        let facts = match registry
-            .image_facts(image, digest, platform, own_credential.as_ref())
-            .await
-        {
-            Ok(facts) => facts,
+    /// The value of a look-up, or `None` with its error kept (a coalesced
+    /// look-up shares one error between callers: kept once).
+    fn keep<T>(&mut self, result: Result<T, Arc<RegistryError>>, what: &str) -> Option<T> {
+        match result {
+            Ok(value) => Some(value),
             Err(e) => {
-                failed(e, "image facts");
-                continue;
-            }
-        };
-        build_times.push(facts.created);
-        if !track_base {
-            continue;
-        }
-        let own_base = facts
-            .base_name
-            .as_deref()
-            .and_then(|b| ImageReference::parse(b).ok());
-        let Some(base) = base::to_follow(base_override, own_base.as_ref()) else {
-            continue;
-        };
-        base_image.get_or_insert_with(|| base.to_string());
-        let built_on =
-            base::recorded_digest(base_override, own_base.as_ref(), facts.base_digest.as_ref());
-        let base_now = match registry
-            .resolve_tag(
-                base,
-                registry.credential_for(keychain, &base.registry),
-                Instant::now(),
-            )
-            .await
-        {
-            Ok(d) => d,
-            Err(e) => {
-                failed(e, "base tag digest");
-                continue;
-            }
-        };
-        let base_now_created = match registry
-            .image_facts(base, &base_now, platform, credential(base).as_ref())
-            .await
-        {
-            Ok(base_facts) => base_facts.created,
-            Err(e) => {
-                failed(e, "base image facts");
+                debug!(error = %e, container = %self.container, "{what} unavailable");
+                if !self.errors.iter().any(|seen| Arc::ptr_eq(seen, &e)) {
+                    self.errors.push(e);
+                }
                 None
             }
-        };
-        let stale = base::is_stale(
-            &base::BaseFacts {
-                image_created: facts.created,
-                built_on,
-                base_now: &base_now,
-                base_now_created,
-            },
-            now,
-        );
-        base_verdicts.push((stale, base_now_created));
+        }
     }
-    let (base_stale, stale_base_created) = base::combine(&base_verdicts);
-    let base_stale_since = (base_stale == Some(true)).then(|| {
-        base::stale_since(
-            stale_base_created,
-            previous.and_then(|p| p.base_stale_since),
-            now,
-        )
-    });
-    let update_available_since = (update_available == Some(true)).then(|| {
-        previous
-            .and_then(|p| p.update_available_since)
-            .unwrap_or(now)
-    });
+}
 
-    let record = ContainerRecord {
+/// Looks up one container's signals in the registry: the tag's digest,
+/// then per running digest its build time and base verdict. Returns what
+/// it could learn; `failed` keeps every look-up that failed.
+async fn measure_container(
+    lookup: &Lookup<'_>,
+    image: &ImageReference,
+    observation: &ContainerObservation,
+    base: Option<BaseToFollow>,
+    previous: Option<&ContainerRecord>,
+    failed: &mut Failed<'_>,
+) -> ContainerRecord {
+    let tag_digest = match image.effective_tag() {
+        Some(_) => failed.keep(lookup.tag_digest(image).await, "tag digest"),
+        None => None,
+    };
+    let update_available = tag_digest
+        .as_ref()
+        .and_then(|d| observation.update_available(d));
+    let mut build_times = Vec::new();
+    let mut verdicts = Vec::new();
+    let mut base_image = None;
+    for digest in observation.digests() {
+        let Some(facts) = failed.keep(lookup.facts(image, digest).await, "image facts") else {
+            continue;
+        };
+        build_times.push(facts.created);
+        let Some(base) = &base else { continue };
+        if let Some((followed, verdict)) = base_verdict(lookup, base, &facts, failed).await {
+            base_image.get_or_insert(followed);
+            verdicts.extend(verdict);
+        }
+    }
+    let (base_stale, stale_base_created) = base::combine(&verdicts);
+    let now = lookup.now;
+    ContainerRecord {
         container: observation.name.clone(),
         image: image.name(),
         build_times,
         oldest_start: observation.oldest_start,
         update_available,
-        update_available_since,
+        update_available_since: (update_available == Some(true)).then(|| {
+            previous
+                .and_then(|p| p.update_available_since)
+                .unwrap_or(now)
+        }),
         base_stale,
-        base_stale_since,
+        base_stale_since: (base_stale == Some(true)).then(|| {
+            base::stale_since(
+                stale_base_created,
+                previous.and_then(|p| p.base_stale_since),
+                now,
+            )
+        }),
         base_image,
         running: match (observation.digests().len(), observation.pods_without_digest) {
             (1, 0) => observation.digests().into_iter().next().cloned(),
             _ => None,
         },
         tag_digest,
+    }
+}
+
+/// Whether the base one running image was built on moved on: the base it
+/// follows (`None`: none known) and the verdict with the current base's
+/// build time (`None`: the base's tag could not be read).
+async fn base_verdict(
+    lookup: &Lookup<'_>,
+    base: &BaseToFollow,
+    facts: &ImageFacts,
+    failed: &mut Failed<'_>,
+) -> Option<(String, Option<(Option<bool>, Option<DateTime<Utc>>)>)> {
+    let own_base = facts
+        .base_name
+        .as_deref()
+        .and_then(|b| ImageReference::parse(b).ok());
+    let followed = base::to_follow(base.annotated.as_ref(), own_base.as_ref())?;
+    let built_on = base::recorded_digest(
+        base.annotated.as_ref(),
+        own_base.as_ref(),
+        facts.base_digest.as_ref(),
+    );
+    let Some(base_now) = failed.keep(lookup.tag_digest(followed).await, "base tag digest") else {
+        return Some((followed.to_string(), None));
     };
-    (record, errors)
+    let base_now_created = failed
+        .keep(lookup.facts(followed, &base_now).await, "base image facts")
+        .and_then(|f| f.created);
+    let stale = base::is_stale(
+        &base::BaseFacts {
+            image_created: facts.created,
+            built_on,
+            base_now: &base_now,
+            base_now_created,
+        },
+        lookup.now,
+    );
+    Some((followed.to_string(), Some((stale, base_now_created))))
 }
 
 #[cfg(test)]

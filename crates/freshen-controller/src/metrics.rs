@@ -41,69 +41,47 @@ pub struct AgeCollector {
 
 impl AgeCollector {
     fn new(records: Arc<WorkloadRecords>) -> prometheus::Result<Self> {
-        let image_age = GaugeVec::new(
-            Opts::new(
-                "freshen_image_age_seconds",
-                "Seconds since the image the container runs was built (the oldest build when \
-                 its pods run several digests). Absent when the build time is unknown.",
-            ),
-            &CONTAINER_LABELS,
+        let gauge =
+            |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &CONTAINER_LABELS);
+        let image_age = gauge(
+            "freshen_image_age_seconds",
+            "Seconds since the image the container runs was built (the oldest build when \
+             its pods run several digests). Absent when the build time is unknown.",
         )?;
-        let container_age = GaugeVec::new(
-            Opts::new(
-                "freshen_container_age_seconds",
-                "Seconds since the oldest running instance of the container started.",
-            ),
-            &CONTAINER_LABELS,
+        let container_age = gauge(
+            "freshen_container_age_seconds",
+            "Seconds since the oldest running instance of the container started.",
         )?;
-        let update_available = GaugeVec::new(
-            Opts::new(
-                "freshen_image_update_available",
-                "1 when the container's tag now names a digest none of its pods runs, else 0. \
-                 Absent when unknown.",
-            ),
-            &CONTAINER_LABELS,
+        let update_available = gauge(
+            "freshen_image_update_available",
+            "1 when the container's tag now names a digest none of its pods runs, else 0. \
+             Absent when unknown.",
         )?;
-        let base_stale = GaugeVec::new(
-            Opts::new(
-                "freshen_base_image_stale",
-                "1 when the base image of a running digest has moved on (its tag names another \
-                 digest, or a newer build), else 0. Absent when unknown.",
-            ),
-            &CONTAINER_LABELS,
+        let base_stale = gauge(
+            "freshen_base_image_stale",
+            "1 when the base image of a running digest has moved on (its tag names another \
+             digest, or a newer build), else 0. Absent when unknown.",
         )?;
-        let base_stale_seconds = GaugeVec::new(
-            Opts::new(
-                "freshen_base_image_stale_seconds",
-                "Seconds since the base image moved on: since the newer base was built, else \
-                 since freshen first saw it. Present only while stale.",
-            ),
-            &CONTAINER_LABELS,
+        let base_stale_seconds = gauge(
+            "freshen_base_image_stale_seconds",
+            "Seconds since the base image moved on: since the newer base was built, else \
+             since freshen first saw it. Present only while stale.",
         )?;
-        let update_available_seconds = GaugeVec::new(
-            Opts::new(
-                "freshen_image_update_available_seconds",
-                "Seconds since freshen first saw the container's tag name a digest none of its \
-                 pods runs (since this operator process started, at the earliest). Present only \
-                 while an update is available.",
-            ),
-            &CONTAINER_LABELS,
+        let update_available_seconds = gauge(
+            "freshen_image_update_available_seconds",
+            "Seconds since freshen first saw the container's tag name a digest none of its \
+             pods runs (since this operator process started, at the earliest). Present only \
+             while an update is available.",
         )?;
-        let max_image_age = GaugeVec::new(
-            Opts::new(
-                "freshen_policy_max_image_age_seconds",
-                "The image age limit in force for the container (annotation, policy or \
-                 default). Absent when no limit applies.",
-            ),
-            &CONTAINER_LABELS,
+        let max_image_age = gauge(
+            "freshen_policy_max_image_age_seconds",
+            "The image age limit in force for the container (annotation, policy or \
+             default). Absent when no limit applies.",
         )?;
-        let max_container_age = GaugeVec::new(
-            Opts::new(
-                "freshen_policy_max_container_age_seconds",
-                "The container age limit in force for the container. Absent when no limit \
-                 applies.",
-            ),
-            &CONTAINER_LABELS,
+        let max_container_age = gauge(
+            "freshen_policy_max_container_age_seconds",
+            "The container age limit in force for the container. Absent when no limit \
+             applies.",
         )?;
         let config_errors = IntGaugeVec::new(
             Opts::new(

@@ -15,7 +15,6 @@ use freshen_core::plan::{
     self, ContainerView, Decision, Existing, Gates, Hold, Named, Slot, Wants, gitops_manager,
 };
 use freshen_core::rollout::Phase;
-use freshen_registry::{Keychain, Platform};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
@@ -23,7 +22,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info};
 
-use crate::assess::{Configuration, template_containers};
+use crate::assess::{Configuration, Lookup, template_containers};
 use crate::context::Context;
 use crate::deployment::{FIELD_MANAGER, owned_by, template_fingerprint};
 use crate::error::Error;
@@ -45,21 +44,19 @@ pub enum Outcome {
 /// Decides and, when allowed, creates a Refresh for `deploy`: wants ->
 /// container views -> gates (under the planning lock) -> decide (pure) ->
 /// a name no other workload holds -> create.
-#[allow(clippy::too_many_arguments)]
 pub async fn consider(
     ctx: &Context,
     deploy: &Deployment,
     config: &Configuration,
     containers: &[ContainerRecord],
-    keychain: &Keychain,
-    platform: Option<&Platform>,
-    now: DateTime<Utc>,
+    lookup: &Lookup<'_>,
 ) -> Result<Outcome, Error> {
+    let now = lookup.now;
     let wants = wants(ctx, deploy, config);
     if !wants.follow_tag && wants.max_container_age.is_none() {
         return Ok(Outcome::Nothing);
     }
-    let views = views(ctx, deploy, containers, &wants, keychain, platform).await;
+    let views = views(deploy, containers, &wants, lookup).await;
     let governed_by = governed_by(deploy, config);
     // Deciding and creating happen under one lock, and Refreshes this
     // process created but its cache has not shown yet count as active:
@@ -116,12 +113,10 @@ fn wants(ctx: &Context, deploy: &Deployment, config: &Configuration) -> Wants {
 /// Each measured container as the planner sees it; the build time of a new
 /// digest is read only when a soak time needs it.
 async fn views(
-    ctx: &Context,
     deploy: &Deployment,
     containers: &[ContainerRecord],
     wants: &Wants,
-    keychain: &Keychain,
-    platform: Option<&Platform>,
+    lookup: &Lookup<'_>,
 ) -> Vec<ContainerView> {
     let templates = template_containers(deploy);
     let mut views = Vec::new();
@@ -138,12 +133,7 @@ async fn views(
                 && !wants.min_digest_age.is_zero()
                 && record.running.as_ref() != Some(*t)
         }) {
-            let credential = ctx.registry.credential_for(keychain, &image.registry);
-            match ctx
-                .registry
-                .image_facts(&image, tag, platform, credential)
-                .await
-            {
+            match lookup.facts(&image, tag).await {
                 Ok(facts) => tag_digest_created = facts.created,
                 Err(e) => debug!(error = %e, "new digest's build time unavailable"),
             }

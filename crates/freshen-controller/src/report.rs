@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, is_canary};
 use freshen_api::{ClusterRefreshPolicy, Refresh, RefreshMode, RefreshPolicy};
+use freshen_core::observe::PodFacts;
 use freshen_core::plan::parse_rejected;
 use freshen_core::policy::{self, Limits, Sourced};
 use freshen_core::rollout::Phase;
@@ -24,7 +25,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
 use crate::assess::{
-    Accounts, Problem, configure, measure, node_platform, platform_of, pull_credentials,
+    Accounts, Lookup, Problem, configure, measure, node_platform, platform_of, pull_credentials,
 };
 use crate::deployment::owning_deployment;
 use crate::scoped;
@@ -188,154 +189,218 @@ where
 
 /// Scans the cluster: every Deployment in scope except those annotated
 /// `freshen.dev/refresh: disabled`, each container judged as the operator
-/// would judge it now.
+/// would judge it now. Steps: list the workloads -> read what configures
+/// them -> measure each (concurrently) -> add refreshes -> sort.
 pub async fn build(
     client: Client,
     registry: &Arc<RegistryClient>,
     options: &ReportOptions,
 ) -> Result<Report, ReportError> {
     let now = Utc::now();
-    let scope = options
-        .namespace
-        .as_ref()
-        .map(|n| format!(" in namespace {n}"))
-        .unwrap_or_default();
-    let namespace = options.namespace.as_deref();
-    let (deployments, pods, policies): (Api<Deployment>, Api<Pod>, Api<RefreshPolicy>) = (
-        scoped(&client, namespace),
-        scoped(&client, namespace),
-        scoped(&client, namespace),
-    );
-    let mut params = ListParams::default();
-    if let Some(selector) = &options.selector {
-        params = params.labels(selector);
-    }
-    let deployments = deployments
-        .list(&params)
-        .await
-        .map_err(|e| ReportError::List {
-            what: "deployments",
-            scope: scope.clone(),
-            hint: list_hint(&e, "deployments"),
-        })?
-        .items;
-    let pods = pods
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| ReportError::List {
-            what: "pods",
-            scope,
-            hint: list_hint(&e, "pods"),
-        })?
-        .items;
-
+    let (deployments, pods) = list_workloads(&client, options).await?;
     let mut warnings = Vec::new();
-    let unapplied = "they are not applied";
-    let policies = list_optional(policies, "refreshpolicies", unapplied, &mut warnings).await;
-    let cluster_policies = list_optional(
-        Api::<ClusterRefreshPolicy>::all(client.clone()),
-        "clusterrefreshpolicies",
-        unapplied,
-        &mut warnings,
-    )
-    .await;
-    let nodes: BTreeMap<String, Platform> = list_optional(
-        Api::<Node>::all(client.clone()),
-        "nodes",
-        "multi-arch images are read for the --platform given",
-        &mut warnings,
-    )
-    .await
-    .iter()
-    .filter_map(|n| Some((n.name_any(), node_platform(n)?)))
-    .collect();
-    let namespaces: BTreeMap<String, BTreeMap<String, String>> = if cluster_policies.is_empty() {
-        BTreeMap::new()
-    } else {
-        list_optional(
-            Api::<Namespace>::all(client.clone()),
-            "namespaces",
-            "ClusterRefreshPolicies with a namespaceSelector match nothing",
-            &mut warnings,
-        )
-        .await
-        .iter()
-        .map(|n| (n.name_any(), n.labels().clone()))
-        .collect()
+    let cluster = Cluster::read(&client, options.namespace.as_deref(), &mut warnings).await;
+    let scan = Scan {
+        client: &client,
+        registry,
+        cluster: &cluster,
+        defaults: &options.defaults,
+        now,
     };
-
-    let mut pods_of: BTreeMap<(String, String), Vec<_>> = BTreeMap::new();
-    for pod in &pods {
-        if let Some(owner) = owning_deployment(pod) {
-            let key = (owner.namespace.unwrap_or_default(), owner.name);
-            pods_of.entry(key).or_default().push(pod_facts(pod));
-        }
-    }
-
-    let empty = BTreeMap::new();
-    let jobs = deployments.iter().filter_map(|deploy| {
-        let namespace = deploy.namespace().unwrap_or_default();
-        let config = configure(
-            deploy,
-            namespaces.get(&namespace).unwrap_or(&empty),
-            &policies,
-            &cluster_policies,
-            &options.defaults,
-        );
-        if config.settings.refresh == Some(RefreshMode::Disabled) || is_canary(deploy.labels()) {
-            return None;
-        }
-        let pods = pods_of
-            .get(&(namespace, deploy.name_any()))
-            .cloned()
-            .unwrap_or_default();
-        let client = client.clone();
-        let platform = platform_of(&pods, |node| nodes.get(node).cloned());
-        Some(async move {
-            let limits = config.resolution.limits.clone();
-            let (keychain, secret_problems) =
-                pull_credentials(&client, deploy, Accounts::Fetch).await;
-            let measurement = measure(
-                registry,
-                deploy,
-                &pods,
-                &keychain,
-                platform.as_ref(),
-                limits.track_base_image.value,
-                None,
-                now,
-            )
-            .await;
-            rows_of(deploy, &config, measurement, &secret_problems, now)
-        })
-    });
-    // Workloads are measured concurrently; the registry client bounds
-    // requests per registry and coalesces identical look-ups.
-    let mut rows: Vec<Row> = futures::stream::iter(jobs)
-        .buffer_unordered(16)
-        .flat_map(futures::stream::iter)
-        .collect()
-        .await;
+    let mut rows = scan.measure_all(&deployments, &pods).await;
     let refreshes = list_optional(
-        scoped::<Refresh>(&client, namespace),
+        scoped::<Refresh>(&client, options.namespace.as_deref()),
         "refreshes",
         "active refreshes and rolled-back digests are not shown",
         &mut warnings,
     )
     .await;
+    add_refreshes(&mut rows, &refreshes, &deployments);
+    sort_worst_first(&mut rows);
+    Ok(Report {
+        generated_at: Some(now),
+        rows,
+        warnings,
+    })
+}
+
+/// The Deployments in scope (by namespace and selector) and the pods that
+/// may be theirs; without either there is no report.
+async fn list_workloads(
+    client: &Client,
+    options: &ReportOptions,
+) -> Result<(Vec<Deployment>, Vec<Pod>), ReportError> {
+    let namespace = options.namespace.as_deref();
+    let scope = namespace
+        .map(|n| format!(" in namespace {n}"))
+        .unwrap_or_default();
+    let failed = |what: &'static str| {
+        let scope = scope.clone();
+        move |e: kube::Error| ReportError::List {
+            what,
+            scope,
+            hint: list_hint(&e, what),
+        }
+    };
+    let mut params = ListParams::default();
+    if let Some(selector) = &options.selector {
+        params = params.labels(selector);
+    }
+    let deployments = scoped::<Deployment>(client, namespace)
+        .list(&params)
+        .await
+        .map_err(failed("deployments"))?
+        .items;
+    let pods = scoped::<Pod>(client, namespace)
+        .list(&ListParams::default())
+        .await
+        .map_err(failed("pods"))?
+        .items;
+    Ok((deployments, pods))
+}
+
+/// What configures workloads besides their own annotations: policies, the
+/// nodes' platforms and the namespaces' labels. Each is optional: what
+/// cannot be read is left empty with a warning.
+struct Cluster {
+    policies: Vec<Arc<RefreshPolicy>>,
+    cluster_policies: Vec<Arc<ClusterRefreshPolicy>>,
+    nodes: BTreeMap<String, Platform>,
+    namespaces: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Cluster {
+    async fn read(client: &Client, namespace: Option<&str>, warnings: &mut Vec<String>) -> Self {
+        let unapplied = "they are not applied";
+        let policies = list_optional(
+            scoped(client, namespace),
+            "refreshpolicies",
+            unapplied,
+            warnings,
+        )
+        .await;
+        let cluster_policies = list_optional(
+            Api::all(client.clone()),
+            "clusterrefreshpolicies",
+            unapplied,
+            warnings,
+        )
+        .await;
+        let nodes = list_optional::<Node>(
+            Api::all(client.clone()),
+            "nodes",
+            "multi-arch images are read for the --platform given",
+            warnings,
+        )
+        .await
+        .iter()
+        .filter_map(|n| Some((n.name_any(), node_platform(n)?)))
+        .collect();
+        // Namespace labels matter only to ClusterRefreshPolicies.
+        let namespaces = if cluster_policies.is_empty() {
+            BTreeMap::new()
+        } else {
+            list_optional::<Namespace>(
+                Api::all(client.clone()),
+                "namespaces",
+                "ClusterRefreshPolicies with a namespaceSelector match nothing",
+                warnings,
+            )
+            .await
+            .iter()
+            .map(|n| (n.name_any(), n.labels().clone()))
+            .collect()
+        };
+        Self {
+            policies,
+            cluster_policies,
+            nodes,
+            namespaces,
+        }
+    }
+}
+
+/// One scan's shared inputs.
+struct Scan<'a> {
+    client: &'a Client,
+    registry: &'a Arc<RegistryClient>,
+    cluster: &'a Cluster,
+    defaults: &'a Limits,
+    now: DateTime<Utc>,
+}
+
+impl Scan<'_> {
+    /// The rows of every Deployment in scope. Workloads are measured
+    /// concurrently; the registry client bounds requests per registry and
+    /// coalesces identical look-ups.
+    async fn measure_all(&self, deployments: &[Deployment], pods: &[Pod]) -> Vec<Row> {
+        let mut pods_of: BTreeMap<(String, String), Vec<PodFacts>> = BTreeMap::new();
+        for pod in pods {
+            if let Some(owner) = owning_deployment(pod) {
+                let key = (owner.namespace.unwrap_or_default(), owner.name);
+                pods_of.entry(key).or_default().push(pod_facts(pod));
+            }
+        }
+        let jobs = deployments.iter().map(|deploy| {
+            let key = (deploy.namespace().unwrap_or_default(), deploy.name_any());
+            let pods = pods_of.get(&key).map(Vec::as_slice).unwrap_or_default();
+            self.measure_one(deploy, pods)
+        });
+        futures::stream::iter(jobs)
+            .buffer_unordered(16)
+            .flat_map(futures::stream::iter)
+            .collect()
+            .await
+    }
+
+    /// The rows of one Deployment; none when it opted out or is a canary.
+    async fn measure_one(&self, deploy: &Deployment, pods: &[PodFacts]) -> Vec<Row> {
+        let empty = BTreeMap::new();
+        let namespace = deploy.namespace().unwrap_or_default();
+        let cluster = self.cluster;
+        let config = configure(
+            deploy,
+            cluster.namespaces.get(&namespace).unwrap_or(&empty),
+            &cluster.policies,
+            &cluster.cluster_policies,
+            self.defaults,
+        );
+        if config.settings.refresh == Some(RefreshMode::Disabled) || is_canary(deploy.labels()) {
+            return Vec::new();
+        }
+        let platform = platform_of(pods, |node| cluster.nodes.get(node).cloned());
+        let (keychain, secret_problems) =
+            pull_credentials(self.client, deploy, Accounts::Fetch).await;
+        let lookup = Lookup {
+            registry: self.registry,
+            keychain: &keychain,
+            platform: platform.as_ref(),
+            now: self.now,
+        };
+        let track_base = config.resolution.limits.track_base_image.value;
+        let measurement = measure(&lookup, deploy, pods, track_base, None).await;
+        rows_of(deploy, &config, measurement, &secret_problems, self.now)
+    }
+}
+
+/// Each row's active Refresh and the digests rejected for its container
+/// (the workload's annotation and rolled-back Refreshes).
+fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[Deployment]) {
     let by_name: BTreeMap<(String, String), &Deployment> = deployments
         .iter()
         .map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), d))
         .collect();
-    for row in &mut rows {
-        let mine = |r: &&Arc<Refresh>| {
-            r.namespace().as_deref() == Some(row.namespace.as_str())
-                && r.spec.workload == row.workload
-                && r.spec.container == row.container
-        };
-        row.refresh = refreshes
+    for row in rows {
+        let mine: Vec<&Arc<Refresh>> = refreshes
             .iter()
-            .filter(mine)
+            .filter(|r| {
+                r.namespace().as_deref() == Some(row.namespace.as_str())
+                    && r.spec.workload == row.workload
+                    && r.spec.container == row.container
+            })
+            .collect();
+        row.refresh = mine
+            .iter()
             .find(|r| !r.progress().phase.is_terminal())
             .map(|r| format!("{} ({})", r.name_any(), r.progress().phase));
         let annotated = by_name
@@ -347,9 +412,7 @@ pub async fn build(
             .filter(|(c, _)| *c == row.container)
             .map(|(_, d)| d.to_string())
             .chain(
-                refreshes
-                    .iter()
-                    .filter(mine)
+                mine.iter()
                     .filter(|r| r.progress().phase == Phase::RolledBack)
                     .map(|r| r.spec.digest.clone()),
             )
@@ -358,14 +421,10 @@ pub async fn build(
         rejected.dedup();
         row.rejected_digests = rejected;
     }
-    sort_worst_first(&mut rows);
-    Ok(Report {
-        generated_at: Some(now),
-        rows,
-        warnings,
-    })
 }
 
+/// The rows of one measured Deployment: one per measured container, and one
+/// per container that could not be measured at all.
 fn rows_of(
     deploy: &Deployment,
     config: &crate::assess::Configuration,
@@ -383,15 +442,25 @@ fn rows_of(
         now,
         Duration::MAX,
     );
-    let snoozed = judgement.snoozed;
-    let config_errors: Vec<String> = config.errors.iter().map(ToString::to_string).collect();
-    let secs = |d: Duration| d.as_secs();
-    let limit = |l: &Option<Sourced<Duration>>| {
-        l.as_ref().map(|l| ReportLimit {
-            max: HumanDuration(l.value).to_string(),
-            max_seconds: l.value.as_secs(),
-            source: l.source.to_string(),
-        })
+    let blank = |container: &str| Row {
+        namespace: deploy.namespace().unwrap_or_default(),
+        workload: deploy.name_any(),
+        container: container.to_owned(),
+        image: String::new(),
+        image_age_seconds: None,
+        container_age_seconds: None,
+        base_image: None,
+        base_stale: None,
+        base_stale_seconds: None,
+        update_available: None,
+        max_image_age: report_limit(&limits.max_image_age),
+        max_container_age: report_limit(&limits.max_container_age),
+        violations: Vec::new(),
+        snoozed: judgement.snoozed,
+        config_errors: config.errors.iter().map(ToString::to_string).collect(),
+        problems: Vec::new(),
+        refresh: None,
+        rejected_digests: Vec::new(),
     };
     let problems_of = |container: &str| -> Vec<String> {
         let registry = measurement
@@ -403,59 +472,43 @@ fn rows_of(
         // failed without it.
         secret_problems.iter().cloned().chain(registry).collect()
     };
-    let mut rows: Vec<Row> = measurement
+    let measured = measurement
         .containers
         .iter()
         .zip(&judgement.violations)
         .map(|(c, violations)| Row {
-            namespace: deploy.namespace().unwrap_or_default(),
-            workload: deploy.name_any(),
-            container: c.container.clone(),
             image: c.image.clone(),
-            image_age_seconds: c.image_age(now).map(secs),
-            container_age_seconds: c.container_age(now).map(secs),
+            image_age_seconds: c.image_age(now).map(|d| d.as_secs()),
+            container_age_seconds: c.container_age(now).map(|d| d.as_secs()),
             base_image: c.base_image.clone(),
             base_stale: c.base_stale,
             base_stale_seconds: c
                 .base_stale_since
                 .map(|since| freshen_core::age::elapsed(since, now).as_secs()),
             update_available: c.update_available,
-            max_image_age: limit(&limits.max_image_age),
-            max_container_age: limit(&limits.max_container_age),
             violations: violations.iter().map(ToString::to_string).collect(),
-            snoozed,
-            config_errors: config_errors.clone(),
             problems: problems_of(&c.container),
-            refresh: None,
-            rejected_digests: Vec::new(),
-        })
-        .collect();
+            ..blank(&c.container)
+        });
     // A container that could not be measured at all still gets its row.
-    for (container, problem) in &measurement.problems {
-        if matches!(problem, Problem::InvalidImage(_)) {
-            rows.push(Row {
-                namespace: deploy.namespace().unwrap_or_default(),
-                workload: deploy.name_any(),
-                container: container.clone(),
-                image: String::new(),
-                image_age_seconds: None,
-                container_age_seconds: None,
-                base_image: None,
-                base_stale: None,
-                base_stale_seconds: None,
-                update_available: None,
-                max_image_age: limit(&limits.max_image_age),
-                max_container_age: limit(&limits.max_container_age),
-                violations: Vec::new(),
-                snoozed,
-                config_errors: config_errors.clone(),
-                problems: vec![problem.to_string()],
-                refresh: None,
-                rejected_digests: Vec::new(),
-            });
-        }
-    }
-    rows
+    let unmeasured = measurement
+        .problems
+        .iter()
+        .filter(|(_, problem)| matches!(problem, Problem::InvalidImage(_)))
+        .map(|(container, problem)| Row {
+            problems: vec![problem.to_string()],
+            ..blank(container)
+        });
+    measured.chain(unmeasured).collect()
+}
+
+/// A limit in force as the report shows it.
+fn report_limit(limit: &Option<Sourced<Duration>>) -> Option<ReportLimit> {
+    limit.as_ref().map(|l| ReportLimit {
+        max: HumanDuration(l.value).to_string(),
+        max_seconds: l.value.as_secs(),
+        source: l.source.to_string(),
+    })
 }
 
 /// Worst first: violating rows, then the closest to (or furthest past) a
@@ -506,78 +559,100 @@ fn short_source(source: &str) -> String {
     source.to_owned()
 }
 
+/// The table's columns.
+const HEADER: [&str; 12] = [
+    "NAMESPACE",
+    "WORKLOAD",
+    "CONTAINER",
+    "IMAGE",
+    "BUILT",
+    "RUNNING",
+    "BASE",
+    "UPDATE",
+    "MAX-IMAGE-AGE",
+    "MAX-CONTAINER-AGE",
+    "STATUS",
+    "REFRESH",
+];
+
 /// The report as an aligned table, then the details of every row that is
-/// not simply fine.
+/// not simply fine, the warnings and a count.
 pub fn render_table(report: &Report) -> String {
-    const HEADER: [&str; 12] = [
-        "NAMESPACE",
-        "WORKLOAD",
-        "CONTAINER",
-        "IMAGE",
-        "BUILT",
-        "RUNNING",
-        "BASE",
-        "UPDATE",
-        "MAX-IMAGE-AGE",
-        "MAX-CONTAINER-AGE",
-        "STATUS",
-        "REFRESH",
-    ];
+    let cells: Vec<[String; 12]> = report.rows.iter().map(cells_of).collect();
+    let mut out = aligned(&cells);
+    if report.rows.is_empty() {
+        out.push_str("(no Deployments in scope)\n");
+    }
+    let details = details(report);
+    if !details.is_empty() {
+        out.push_str("\nDetails:\n");
+        out.push_str(&details);
+    }
+    for w in &report.warnings {
+        let _ = writeln!(out, "\nwarning: {w}");
+    }
+    let _ = writeln!(
+        out,
+        "\n{} container(s), {} violating",
+        report.rows.len(),
+        report.violating()
+    );
+    out
+}
+
+/// One row's table cells, in [`HEADER`] order.
+fn cells_of(r: &Row) -> [String; 12] {
     let age =
         |s: Option<u64>| s.map_or("unknown".to_owned(), |s| short_age(Duration::from_secs(s)));
-    let flag = |b: Option<bool>, yes: String| match b {
-        Some(true) => yes,
-        Some(false) => "no".to_owned(),
-        None => "-".to_owned(),
-    };
     let limit = |l: &Option<ReportLimit>| {
         l.as_ref().map_or("-".to_owned(), |l| {
             format!("{} ({})", l.max, short_source(&l.source))
         })
     };
-    let status = |r: &Row| {
-        if r.violating() {
-            "VIOLATING"
-        } else if !r.violations.is_empty() {
-            "snoozed"
-        } else if !r.problems.is_empty() || !r.config_errors.is_empty() {
-            "error"
-        } else {
-            "ok"
-        }
+    let update = match r.update_available {
+        Some(true) => "yes",
+        Some(false) => "no",
+        None => "-",
     };
-    let refresh = |r: &Row| match (&r.refresh, r.rejected_digests.len()) {
+    let status = if r.violating() {
+        "VIOLATING"
+    } else if !r.violations.is_empty() {
+        "snoozed"
+    } else if !r.problems.is_empty() || !r.config_errors.is_empty() {
+        "error"
+    } else {
+        "ok"
+    };
+    let refresh = match (&r.refresh, r.rejected_digests.len()) {
         (Some(active), _) => active.clone(),
         (None, 0) => "-".to_owned(),
         (None, n) => format!("{n} digest(s) rejected"),
     };
-    let cells: Vec<[String; 12]> = report
-        .rows
-        .iter()
-        .map(|r| {
-            [
-                r.namespace.clone(),
-                r.workload.clone(),
-                r.container.clone(),
-                if r.image.is_empty() {
-                    "-".into()
-                } else {
-                    r.image.clone()
-                },
-                age(r.image_age_seconds),
-                r.container_age_seconds
-                    .map_or("-".to_owned(), |s| age(Some(s))),
-                base_cell(r),
-                flag(r.update_available, "yes".into()),
-                limit(&r.max_image_age),
-                limit(&r.max_container_age),
-                status(r).to_owned(),
-                refresh(r),
-            ]
-        })
-        .collect();
+    [
+        r.namespace.clone(),
+        r.workload.clone(),
+        r.container.clone(),
+        if r.image.is_empty() {
+            "-".into()
+        } else {
+            r.image.clone()
+        },
+        age(r.image_age_seconds),
+        r.container_age_seconds
+            .map_or("-".to_owned(), |s| age(Some(s))),
+        base_cell(r),
+        update.to_owned(),
+        limit(&r.max_image_age),
+        limit(&r.max_container_age),
+        status.to_owned(),
+        refresh,
+    ]
+}
+
+/// The header and `rows`, each column as wide as its widest cell.
+fn aligned(rows: &[[String; 12]]) -> String {
     let mut widths = HEADER.map(str::len);
-    for row in &cells {
+    for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -596,12 +671,15 @@ pub fn render_table(report: &Report) -> String {
         out.push('\n');
     };
     line(&HEADER.map(str::to_owned));
-    for row in &cells {
+    for row in rows {
         line(row);
     }
-    if report.rows.is_empty() {
-        out.push_str("(no Deployments in scope)\n");
-    }
+    out
+}
+
+/// Each violation and problem, one per line, then each workload's
+/// configuration errors once.
+fn details(report: &Report) -> String {
     let mut details = String::new();
     for r in &report.rows {
         let subject = format!("{}/{} {}", r.namespace, r.workload, r.container);
@@ -621,20 +699,7 @@ pub fn render_table(report: &Report) -> String {
             }
         }
     }
-    if !details.is_empty() {
-        out.push_str("\nDetails:\n");
-        out.push_str(&details);
-    }
-    for w in &report.warnings {
-        let _ = writeln!(out, "\nwarning: {w}");
-    }
-    let _ = writeln!(
-        out,
-        "\n{} container(s), {} violating",
-        report.rows.len(),
-        report.violating()
-    );
-    out
+    details
 }
 
 #[cfg(test)]

@@ -23,8 +23,8 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::{instrument, warn};
 
 use crate::assess::{
-    Accounts, Configuration, Measurement, Problem, configure, measure, node_platform, platform_of,
-    pull_credentials,
+    Accounts, Configuration, Lookup, Measurement, Problem, configure, measure, node_platform,
+    platform_of, pull_credentials,
 };
 use crate::context::Context;
 use crate::deployment::owning_deployment;
@@ -49,30 +49,25 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     };
     let previous = ctx.records.get(&key);
     let gathered = gather(&ctx, &deploy, &key).await;
+    let lookup = Lookup {
+        registry: &ctx.registry,
+        keychain: &gathered.keychain,
+        platform: gathered.platform.as_ref(),
+        now,
+    };
+    let track_base = config.resolution.limits.track_base_image.value;
     let measurement = measure(
-        &ctx.registry,
+        &lookup,
         &deploy,
         &gathered.pods,
-        &gathered.keychain,
-        gathered.platform.as_ref(),
-        config.resolution.limits.track_base_image.value,
+        track_base,
         previous.as_ref(),
-        now,
     )
     .await;
     let registry_error = report_problems(&ctx, &deploy, &measurement).await;
     let judgement = judge(&ctx, &deploy, &config, &measurement, previous.as_ref(), now).await;
     let rebuild = rebuilds(&ctx, &deploy, &measurement, &judgement, previous.as_ref()).await;
-    let outcome = planner::consider(
-        &ctx,
-        &deploy,
-        &config,
-        &measurement.containers,
-        &gathered.keychain,
-        gathered.platform.as_ref(),
-        now,
-    )
-    .await;
+    let outcome = planner::consider(&ctx, &deploy, &config, &measurement.containers, &lookup).await;
     let (refresh_hold, requeue) = held(
         &ctx,
         &deploy,
