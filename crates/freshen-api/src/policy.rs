@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 
+use freshen_core::condition::ConditionStatus;
 use freshen_core::policy::{Candidate, Limits};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::core::{Selector, SelectorExt};
@@ -258,7 +259,7 @@ pub fn set_condition(conditions: &mut Vec<Condition>, mut new: Condition) {
 /// A condition observed at `generation` at time `now`.
 pub fn condition(
     type_: &str,
-    status: bool,
+    status: ConditionStatus,
     reason: &str,
     message: String,
     generation: Option<i64>,
@@ -266,7 +267,7 @@ pub fn condition(
 ) -> Condition {
     Condition {
         type_: type_.to_owned(),
-        status: if status { "True" } else { "False" }.to_owned(),
+        status: status.as_str().to_owned(),
         reason: reason.to_owned(),
         message,
         observed_generation: generation,
@@ -381,25 +382,46 @@ mod tests {
         let mut conditions = Vec::new();
         set_condition(
             &mut conditions,
-            condition(READY, true, "Active", "ok".into(), Some(1), t(100)),
+            condition(
+                READY,
+                ConditionStatus::True,
+                "Active",
+                "ok".into(),
+                Some(1),
+                t(100),
+            ),
         );
         set_condition(
             &mut conditions,
-            condition(READY, true, "Active", "still ok".into(), Some(2), t(200)),
+            condition(
+                READY,
+                ConditionStatus::True,
+                "Active",
+                "still ok".into(),
+                Some(2),
+                t(200),
+            ),
         );
         assert_eq!(conditions.len(), 1);
         assert_eq!(conditions[0].last_transition_time, t(100));
         assert_eq!(conditions[0].message, "still ok");
         set_condition(
             &mut conditions,
-            condition(READY, false, "InvalidSpec", "bad".into(), Some(3), t(300)),
+            condition(
+                READY,
+                ConditionStatus::False,
+                "InvalidSpec",
+                "bad".into(),
+                Some(3),
+                t(300),
+            ),
         );
         assert_eq!(conditions[0].last_transition_time, t(300));
         set_condition(
             &mut conditions,
             condition(
                 OVERLAPPING,
-                false,
+                ConditionStatus::False,
                 "NoOverlap",
                 String::new(),
                 Some(3),

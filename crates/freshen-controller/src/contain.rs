@@ -18,7 +18,6 @@ use std::time::Instant;
 
 use futures::FutureExt;
 use kube::runtime::controller::Action;
-use kube::runtime::events::EventType;
 use kube::{Resource, ResourceExt};
 use tracing::{error, warn};
 
@@ -79,14 +78,7 @@ where
                              carries on; please report it",
                         );
                     }
-                    ctx.publish(
-                        EventType::Warning,
-                        &e.reason(),
-                        "Reconcile",
-                        note,
-                        &[target],
-                    )
-                    .await;
+                    ctx.publish_failure(e, note, target).await;
                 }
                 Err(_) => {}
             }

@@ -1,6 +1,9 @@
 //! Publishing Kubernetes Events: every publisher goes through
-//! [`Context::publish`], which bounds the note and never fails a reconcile.
+//! [`Context::publish`] (a reason of [`EventReason`]) or
+//! [`Context::publish_failure`] (a failed reconcile, its reason the error's
+//! category), which bound the note and never fail a reconcile.
 
+use freshen_core::event::EventReason;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
@@ -8,6 +11,7 @@ use kube::runtime::events::{Event, EventType};
 use tracing::warn;
 
 use crate::context::Context;
+use crate::error::Error;
 
 /// An Event note the API server accepts: at most 1 KiB.
 pub(crate) fn truncate_note(mut note: String) -> String {
@@ -26,6 +30,37 @@ impl Context {
     /// Publishes an Event on each of `targets`; a failure to publish is
     /// logged, never fatal. The note is cut to what the API server accepts.
     pub(crate) async fn publish(
+        &self,
+        type_: EventType,
+        reason: EventReason,
+        action: &str,
+        note: String,
+        targets: &[ObjectReference],
+    ) {
+        self.send(type_, reason.as_str(), action, note, targets)
+            .await;
+    }
+
+    /// Publishes the Warning of a failed reconcile on its object: the
+    /// reason is the error's category in PascalCase (see
+    /// [`Error::reason`]).
+    pub(crate) async fn publish_failure(
+        &self,
+        error: &Error,
+        note: String,
+        target: ObjectReference,
+    ) {
+        self.send(
+            EventType::Warning,
+            &error.reason(),
+            "Reconcile",
+            note,
+            &[target],
+        )
+        .await;
+    }
+
+    async fn send(
         &self,
         type_: EventType,
         reason: &str,
@@ -48,9 +83,15 @@ impl Context {
     }
 
     /// Publishes a Warning Event on a workload.
-    pub(crate) async fn warn(&self, deploy: &Deployment, reason: &str, note: String) {
+    pub(crate) async fn warn(&self, deploy: &Deployment, reason: EventReason, note: String) {
         let target = deploy.object_ref(&());
-        self.publish(EventType::Warning, reason, "Measure", note, &[target])
-            .await;
+        self.publish(
+            EventType::Warning,
+            reason,
+            "Measure",
+            note,
+            &[target],
+        )
+        .await;
     }
 }

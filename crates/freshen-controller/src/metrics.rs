@@ -383,9 +383,7 @@ mod tests {
             binding: PolicyBinding::default(),
             config_errors: vec!["bad".into(); config_errors],
             snoozed: false,
-            violating: Default::default(),
-            refresh_hold: None,
-            rebuild_required: Vec::new(),
+            findings: Default::default(),
         }
     }
 

@@ -7,6 +7,8 @@
 //! computed from the records ([`status_for`], pure) and written only when it
 //! differs, so a status write does not start another round.
 
+use freshen_core::condition::ConditionStatus;
+use freshen_core::event::EventReason;
 use std::fmt::Debug;
 use std::sync::Arc;
 
@@ -17,11 +19,11 @@ use freshen_api::{ClusterRefreshPolicy, PolicyStatus, RefreshPolicy, SpecError};
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
-use tracing::{debug, instrument, warn};
+use tracing::{debug, instrument};
 
 use crate::context::Context;
 use crate::error::Error;
@@ -115,21 +117,18 @@ pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<Context>) -> Result<A
             .find(|c| c.type_ == READY)
             .map(|c| (c.status.clone(), c.message.clone()))
     };
-    if let Some((status, message)) = ready(&new)
-        && status == "False"
-        && ready(&old).map(|(s, _)| s).as_deref() != Some("False")
-    {
+    let invalid = |s: &PolicyStatus| ready(s).is_some_and(|(s, _)| ConditionStatus::False.is(&s));
+    if let Some((_, message)) = ready(&new).filter(|_| invalid(&new) && !invalid(&old)) {
         // Whoever applied it learns at once, in `kubectl describe`.
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "InvalidSpec".into(),
-            note: Some(message),
-            action: "Validate".into(),
-            secondary: None,
-        };
-        if let Err(e) = ctx.recorder.publish(&event, &policy.object_ref(&())).await {
-            warn!(error = %e, "could not publish event");
-        }
+        let target = policy.object_ref(&());
+        ctx.publish(
+            EventType::Warning,
+            EventReason::InvalidSpec,
+            "Validate",
+            message,
+            &[target],
+        )
+        .await;
     }
     if new != old {
         debug!(
@@ -165,7 +164,7 @@ pub fn status_for(
     let ready = match valid {
         Ok(()) => condition(
             READY,
-            true,
+            ConditionStatus::True,
             "Active",
             format!(
                 "governs {} of the {} measured workload(s) it matches",
@@ -176,7 +175,7 @@ pub fn status_for(
         ),
         Err(invalid) => condition(
             READY,
-            false,
+            ConditionStatus::False,
             "InvalidSpec",
             format!("{invalid}; the policy matches nothing until fixed"),
             generation,
@@ -187,7 +186,7 @@ pub fn status_for(
     let overlapping = if stats.overlapping == 0 {
         condition(
             OVERLAPPING,
-            false,
+            ConditionStatus::False,
             "NoOverlap",
             "no other policy of this level matches its workloads".into(),
             generation,
@@ -197,7 +196,7 @@ pub fn status_for(
         let others: Vec<&str> = stats.overlaps_with.iter().map(String::as_str).collect();
         condition(
             OVERLAPPING,
-            true,
+            ConditionStatus::True,
             "Overlaps",
             format!(
                 "{} workload(s) are also matched by {}; the oldest policy governs each \

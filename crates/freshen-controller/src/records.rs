@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use freshen_api::{ClusterRefreshPolicy, RefreshPolicy};
 use freshen_core::Digest;
+use freshen_core::findings::Findings;
 use freshen_core::policy::{Ages, EffectiveLimits, Source};
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
@@ -114,13 +115,10 @@ pub struct WorkloadRecord {
     pub config_errors: Vec<String>,
     /// Whether `freshen.dev/snooze-until` lies in the future.
     pub snoozed: bool,
-    /// The sources of the limits it was past when measured (empty while
-    /// snoozed): what policy status counts.
-    pub violating: BTreeSet<Source>,
-    /// Why a wanted refresh waits, when one does.
-    pub refresh_hold: Option<String>,
-    /// Containers only a rebuild can freshen, and why.
-    pub rebuild_required: Vec<String>,
+    /// What its Warnings speak of: the sources of the limits it was past
+    /// (empty while snoozed; what policy status counts), what only a
+    /// rebuild can fix, why a wanted refresh waits.
+    pub findings: Findings,
 }
 
 /// Which policies to tell when a workload's record changes.
@@ -191,8 +189,9 @@ impl WorkloadRecords {
         };
         let old = map
             .get(&key)
-            .map(|r| (r.binding.clone(), r.violating.clone()));
-        let changed = old.as_ref() != Some(&(record.binding.clone(), record.violating.clone()));
+            .map(|r| (r.binding.clone(), r.findings.violating.clone()));
+        let changed =
+            old.as_ref() != Some(&(record.binding.clone(), record.findings.violating.clone()));
         if let (true, Some(notifier)) = (changed, &self.notifier) {
             let before = old.as_ref().map(|(binding, _)| binding);
             notifier.notify(&key.namespace, before.into_iter().chain([&record.binding]));
@@ -299,7 +298,7 @@ impl WorkloadRecords {
             if governing == Some(name) {
                 stats.governed += 1;
             }
-            if record.violating.contains(source) {
+            if record.findings.violating.contains(source) {
                 stats.violating += 1;
             }
             if matched.len() > 1 {
@@ -348,13 +347,14 @@ mod tests {
             },
             config_errors: Vec::new(),
             snoozed: false,
-            violating: if violating {
-                BTreeSet::from([source])
-            } else {
-                BTreeSet::new()
+            findings: Findings {
+                violating: if violating {
+                    BTreeSet::from([source])
+                } else {
+                    BTreeSet::new()
+                },
+                ..Findings::default()
             },
-            refresh_hold: None,
-            rebuild_required: Vec::new(),
         }
     }
 

@@ -19,9 +19,10 @@ use freshen_api::refresh::RefreshStatus;
 use freshen_api::refresh::{
     CANARY_LABEL, REFRESH_LABEL, REJECTED_DIGESTS, RESTARTED_BY, WORKLOAD_LABEL,
 };
+use freshen_core::condition::ConditionStatus;
 use freshen_core::plan::{add_rejected, canary_name, to_prune};
 use freshen_core::rollout::{
-    self, Change, EventKind, MetricReading, Observed, Phase, PodHealth, RolloutCounts,
+    self, Change, EventKind, EventReason, MetricReading, Observed, Phase, PodHealth, RolloutCounts,
     WorkloadState,
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
@@ -256,15 +257,14 @@ fn next_status(
         status.canary = Some(scene.canary_name.clone());
     }
     let (ready, reason) = step.progress.phase.ready();
-    let mut ready_condition = condition(
+    let ready_condition = condition(
         READY,
-        true,
+        ready,
         reason,
         step.progress.message.clone(),
         refresh.metadata.generation,
         freshen_api::time::to_time(now),
     );
-    ready_condition.status = ready.into();
     set_condition(&mut status.conditions, ready_condition);
     status
 }
@@ -434,7 +434,7 @@ async fn publish_pending(
             refresh,
             workload,
             event.kind,
-            &event.reason,
+            event.reason,
             event.note.clone(),
         )
         .await;
@@ -549,7 +549,7 @@ pub fn pod_health(pod: &Pod) -> PodHealth {
         .conditions
         .iter()
         .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
+        .any(|c| c.type_ == "Ready" && ConditionStatus::True.is(&c.status));
     let containers = status
         .container_statuses
         .iter()
@@ -895,7 +895,7 @@ impl Context {
         refresh: &Refresh,
         workload: Option<&Deployment>,
         kind: EventKind,
-        reason: &str,
+        reason: EventReason,
         note: String,
     ) {
         let type_ = match kind {

@@ -12,9 +12,13 @@ use std::time::Duration;
 
 use freshen_api::refresh::is_canary;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
+use freshen_core::event::EventReason;
+use freshen_core::findings::{self, Findings};
 use freshen_core::observe::{ContainerFacts, PodFacts};
-use freshen_core::{plan, policy};
+use freshen_core::plan::Hold;
+use freshen_core::policy;
+use freshen_core::policy::Violation;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -65,18 +69,22 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     )
     .await;
     let registry_error = report_problems(&ctx, &deploy, &measurement).await;
-    let judgement = judge(&ctx, &deploy, &config, &measurement, previous.as_ref(), now).await;
-    let rebuild = rebuilds(&ctx, &deploy, &measurement, &judgement, previous.as_ref()).await;
+    let judgement = judge(&ctx, &config, &measurement, now);
     let outcome = planner::consider(&ctx, &deploy, &config, &measurement.containers, &lookup).await;
-    let (refresh_hold, requeue) = held(
+    let hold = match &outcome {
+        Ok(Outcome::Held(hold, until)) => Some((hold, *until)),
+        _ => None,
+    };
+    let findings = announce(
         &ctx,
         &deploy,
-        &outcome,
+        &measurement,
+        &judgement,
+        hold,
         previous.as_ref(),
-        judgement.requeue,
-        now,
     )
     .await;
+    let requeue = requeue(judgement.requeue, hold.and_then(|(_, until)| until), now);
 
     // record what is known even when a look-up failed, then retry that one
     ctx.records.set(
@@ -87,9 +95,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
             binding: config.binding,
             config_errors: config.errors.iter().map(ToString::to_string).collect(),
             snoozed: judgement.snoozed,
-            violating: judgement.violating,
-            refresh_hold,
-            rebuild_required: rebuild,
+            findings,
         },
     );
     outcome?;
@@ -127,7 +133,7 @@ async fn configure_workload(
         // reason on one object into one series, keeping only the first note.
         let notes: Vec<String> = config.errors.iter().map(ToString::to_string).collect();
         warn!(errors = ?notes, "annotations ignored");
-        ctx.warn(deploy, "InvalidAnnotation", notes.join("; "))
+        ctx.warn(deploy, EventReason::InvalidAnnotation, notes.join("; "))
             .await;
     }
     Some(config)
@@ -157,7 +163,8 @@ async fn gather(ctx: &Context, deploy: &Deployment, key: &WorkloadKey) -> Gather
     if !secret_problems.is_empty() {
         let note = secret_problems.join("; ");
         warn!(%note, "pull secrets not used");
-        ctx.warn(deploy, "PullSecretUnusable", note).await;
+        ctx.warn(deploy, EventReason::PullSecretUnusable, note)
+            .await;
     }
     let platform = platform_of(&pods, |name| {
         ctx.nodes
@@ -195,103 +202,66 @@ async fn report_problems(
         // One Event for all containers, as for annotations.
         let note = invalid_images.join("; ");
         warn!(%note, "containers not measured");
-        ctx.warn(deploy, "InvalidImage", note).await;
+        ctx.warn(deploy, EventReason::InvalidImage, note).await;
     }
     registry_error
 }
 
-/// Violations against the limits in force (pure); a Warning when the
-/// workload violates a source it did not before.
-async fn judge(
+/// Violations against the limits in force (pure).
+fn judge(
     ctx: &Context,
-    deploy: &Deployment,
     config: &Configuration,
     measurement: &Measurement,
-    previous: Option<&WorkloadRecord>,
-    now: chrono::DateTime<Utc>,
+    now: DateTime<Utc>,
 ) -> policy::Judgement {
     let ages: Vec<_> = measurement.containers.iter().map(|c| c.ages(now)).collect();
-    let judgement = policy::judge(
+    policy::judge(
         &config.resolution.limits,
         &ages,
         config.settings.snooze_until,
         now,
         ctx.config.poll_interval,
-    );
-    let before = previous.map(|p| p.violating.clone()).unwrap_or_default();
-    if judgement.newly_violating(&before) {
-        let notes: Vec<String> = measurement
-            .containers
-            .iter()
-            .zip(&judgement.violations)
-            .flat_map(|(c, vs)| {
-                vs.iter()
-                    .map(move |v| format!("container {}: {v}", c.container))
-            })
-            .collect();
-        ctx.warn(deploy, "MaxAgeExceeded", notes.join("; ")).await;
-    }
-    judgement
+    )
 }
 
-/// What only a rebuild can fix (pipelines come later): said once, when it
-/// changes.
-async fn rebuilds(
+/// What this measurement found, with a Warning for each finding that is
+/// news since the last (decided by [`findings::news`]): a limit newly
+/// exceeded, what only a rebuild can fix, a hold someone must act on.
+async fn announce(
     ctx: &Context,
     deploy: &Deployment,
     measurement: &Measurement,
     judgement: &policy::Judgement,
+    hold: Option<(&Hold, Option<DateTime<Utc>>)>,
     previous: Option<&WorkloadRecord>,
-) -> Vec<String> {
-    let rebuild: Vec<String> = plan::rebuilds(
-        measurement
-            .containers
-            .iter()
-            .zip(&judgement.violations)
-            .map(|(c, v)| (c.container.as_str(), c.base_stale, v.as_slice())),
-    )
-    .into_iter()
-    .map(|(container, reason)| format!("container {container}: {reason}"))
-    .collect();
-    let rebuild_before = previous.map(|p| p.rebuild_required.clone());
-    if !rebuild.is_empty() && rebuild_before.as_ref() != Some(&rebuild) {
-        let note = format!(
-            "{}; a rollout of the same image cannot fix this, the image must be rebuilt \
-             (freshen does not trigger rebuild pipelines yet)",
-            rebuild.join("; ")
-        );
-        ctx.warn(deploy, "RebuildRequired", note).await;
+) -> Findings {
+    let hold = hold.map(|(hold, _)| hold);
+    let containers: Vec<(&str, Option<bool>)> = measurement
+        .containers
+        .iter()
+        .map(|c| (c.container.as_str(), c.base_stale))
+        .collect();
+    let now = Findings::of(judgement, &containers, hold);
+    let violations: Vec<(&str, &[Violation])> = containers
+        .iter()
+        .zip(&judgement.violations)
+        .map(|((name, _), v)| (*name, v.as_slice()))
+        .collect();
+    let before = previous.map(|p| p.findings.clone()).unwrap_or_default();
+    for news in findings::news(&before, &now, &violations, hold) {
+        warn!(reason = %news.reason, note = %news.note, "workload warning");
+        ctx.warn(deploy, news.reason, news.note).await;
     }
-    rebuild
+    now
 }
 
-/// What holds a wanted refresh (for the record), a Warning when the hold
-/// needs someone to act and is new, and the requeue shortened to when the
-/// hold ends.
-async fn held(
-    ctx: &Context,
-    deploy: &Deployment,
-    outcome: &Result<Outcome, Error>,
-    previous: Option<&WorkloadRecord>,
-    requeue: Duration,
-    now: chrono::DateTime<Utc>,
-) -> (Option<String>, Duration) {
-    let Ok(Outcome::Held(hold, until)) = outcome else {
-        return (None, requeue);
-    };
-    let requeue = match until {
-        Some(t) => requeue.min(planner::until(*t, now).max(Duration::from_secs(1))),
-        None => requeue,
-    };
-    let text = hold.to_string();
-    let before = previous.and_then(|p| p.refresh_hold.as_ref());
-    if let Some(reason) = hold.warning_reason()
-        && before != Some(&text)
-    {
-        warn!(%hold, "refresh held");
-        ctx.warn(deploy, reason, text.clone()).await;
+/// The next look: at the next limit crossing or poll, or sooner when a
+/// hold ends (at least a second from now).
+fn requeue(judged: Duration, hold_ends: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Duration {
+    match hold_ends {
+        Some(t) => judged.min(planner::until(t, now).max(Duration::from_secs(1))),
+        None => judged,
     }
-    (Some(text), requeue)
 }
 
 fn workload_key(deploy: &Deployment) -> Result<WorkloadKey, Error> {

@@ -6,7 +6,10 @@
 
 pub mod age;
 pub mod base;
+pub mod condition;
 pub mod duration;
+pub mod event;
+pub mod findings;
 pub mod image;
 pub mod lease;
 pub mod observe;

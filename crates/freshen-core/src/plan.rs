@@ -12,6 +12,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::age::elapsed;
+use crate::event::EventReason;
 use crate::image::{Digest, ImageReference};
 use crate::policy::{LimitKind, Violation};
 use crate::rollout::{MetricCheck, Phase, Reason, Settings, Strategy};
@@ -169,11 +170,11 @@ pub enum Hold {
 impl Hold {
     /// The reason of the Warning Event a hold deserves: someone must act on
     /// it. Holds that clear by themselves (windows, limits) get none.
-    pub fn warning_reason(&self) -> Option<&'static str> {
+    pub fn warning_reason(&self) -> Option<EventReason> {
         match self {
-            Self::GitOps(_) => Some("GitOpsManaged"),
-            Self::Ended { .. } => Some("RefreshNotRetried"),
-            Self::NameTaken(_) => Some("RefreshNameTaken"),
+            Self::GitOps(_) => Some(EventReason::GitOpsManaged),
+            Self::Ended { .. } => Some(EventReason::RefreshNotRetried),
+            Self::NameTaken(_) => Some(EventReason::RefreshNameTaken),
             _ => None,
         }
     }
@@ -931,7 +932,7 @@ mod tests {
         let Named::Existing(_, Existing::Held(hold)) = taken else {
             panic!("{taken:?}");
         };
-        assert_eq!(hold.warning_reason(), Some("RefreshNameTaken"));
+        assert_eq!(hold.warning_reason(), Some(EventReason::RefreshNameTaken));
         assert!(hold.to_string().contains("Delete it"), "{hold}");
     }
 
@@ -942,7 +943,7 @@ mod tests {
             phase: Phase::Failed,
             cause: "someone else set container app's image to x:1".into(),
         };
-        assert_eq!(ended.warning_reason(), Some("RefreshNotRetried"));
+        assert_eq!(ended.warning_reason(), Some(EventReason::RefreshNotRetried));
         assert_eq!(
             ended.to_string(),
             "Refresh web-app-0e6ac8d2f1b4 of the same target ended Failed (someone else set \
@@ -986,7 +987,7 @@ mod tests {
         ));
         assert_eq!(
             Hold::GitOps(GitOps::ArgoCd).warning_reason(),
-            Some("GitOpsManaged")
+            Some(EventReason::GitOpsManaged)
         );
         for quiet in [
             Hold::Suspended,

@@ -18,6 +18,8 @@
 use std::fmt;
 use std::time::Duration;
 
+use crate::condition::ConditionStatus;
+pub use crate::event::{EventKind, EventReason};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -374,11 +376,11 @@ impl Phase {
     }
 
     /// The Refresh's `Ready` condition for this phase: status and reason.
-    pub fn ready(self) -> (&'static str, &'static str) {
+    pub fn ready(self) -> (ConditionStatus, &'static str) {
         match self {
-            Self::Succeeded => ("True", "Succeeded"),
-            Self::RolledBack | Self::Failed => ("False", self.as_str()),
-            _ => ("Unknown", self.as_str()),
+            Self::Succeeded => (ConditionStatus::True, "Succeeded"),
+            Self::RolledBack | Self::Failed => (ConditionStatus::False, self.as_str()),
+            _ => (ConditionStatus::Unknown, self.as_str()),
         }
     }
 
@@ -661,16 +663,6 @@ pub struct Observed {
     pub metric: Option<MetricReading>,
 }
 
-/// The kind of an Event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-pub enum EventKind {
-    /// Progress.
-    Normal,
-    /// Something went wrong.
-    Warning,
-}
-
 /// A change to make to the cluster; each is safe to repeat.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Change {
@@ -708,7 +700,7 @@ pub struct PendingEvent {
     /// failure.
     pub kind: EventKind,
     /// The Event's reason, e.g. CanaryStarted or RolledBack.
-    pub reason: String,
+    pub reason: EventReason,
     /// The Event's message: the phase's message when it was entered.
     pub note: String,
 }
@@ -786,7 +778,7 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
                     next.message =
                         format!("canary of {replicas} pod(s) running {}", target.to_image);
                     actions.push(Change::CreateCanary { replicas });
-                    announce(&mut next, EventKind::Normal, "CanaryStarted");
+                    announce(&mut next, EventKind::Normal, EventReason::CanaryStarted);
                 }
                 Strategy::Rolling => promote(target, &mut next, &mut actions, now),
             }
@@ -847,7 +839,7 @@ fn before_the_canary(
         );
         if next.message != message {
             next.message = message;
-            announce(&mut next, EventKind::Warning, "CanaryNameTaken");
+            announce(&mut next, EventKind::Warning, EventReason::CanaryNameTaken);
         }
         return Some(Step {
             progress: next,
@@ -896,11 +888,11 @@ fn done(progress: Progress, actions: Vec<Change>) -> Step {
 }
 
 /// Stores the Event announcing the phase `next` just entered.
-fn announce(next: &mut Progress, kind: EventKind, reason: &str) {
+fn announce(next: &mut Progress, kind: EventKind, reason: EventReason) {
     next.pending_events.push(PendingEvent {
         phase: next.phase,
         kind,
-        reason: reason.to_owned(),
+        reason,
         note: next.message.clone(),
     });
 }
@@ -922,7 +914,7 @@ fn fail(
     if observed.canary_exists || next.canary_started_at.is_some() {
         actions.push(Change::DeleteCanary);
     }
-    announce(next, EventKind::Warning, "RefreshFailed");
+    announce(next, EventKind::Warning, EventReason::RefreshFailed);
 }
 
 fn promote(target: &Target, next: &mut Progress, actions: &mut Vec<Change>, now: DateTime<Utc>) {
@@ -933,7 +925,7 @@ fn promote(target: &Target, next: &mut Progress, actions: &mut Vec<Change>, now:
         image: target.to_image.clone(),
         stamp: target.restarts(),
     });
-    announce(next, EventKind::Normal, "Promoting");
+    announce(next, EventKind::Normal, EventReason::Promoting);
 }
 
 fn roll_back(
@@ -948,7 +940,7 @@ fn roll_back(
     next.rollback_started_at = Some(now);
     next.message = format!("rolling back {}: {why}", target.to_image);
     next.cause = why;
-    announce(next, EventKind::Warning, "RollingBack");
+    announce(next, EventKind::Warning, EventReason::RollingBack);
 }
 
 /// Health of a set of pods; `Err` fails at once.
@@ -1242,7 +1234,7 @@ fn promoting(
             if observed.canary_exists || next.canary_started_at.is_some() {
                 actions.push(Change::DeleteCanary);
             }
-            announce(next, EventKind::Normal, "RefreshSucceeded");
+            announce(next, EventKind::Normal, EventReason::RefreshSucceeded);
         }
         Err((failure, why)) => {
             let ready = u32::try_from(observed.new_pods.iter().filter(|p| p.ready).count())
@@ -1304,7 +1296,7 @@ fn rolling_back(
         next.phase = Phase::Failed;
         next.finished_at = Some(now);
         next.message = note.clone();
-        announce(next, EventKind::Warning, "RefreshFailed");
+        announce(next, EventKind::Warning, EventReason::RefreshFailed);
         return;
     }
     if observed.canary_exists {
@@ -1321,7 +1313,7 @@ fn rolling_back(
         "rolled back {}: {}{restored_note}",
         target.to_image, next.cause
     );
-    announce(next, EventKind::Warning, "RolledBack");
+    announce(next, EventKind::Warning, EventReason::RolledBack);
 }
 
 fn requeue(target: &Target, progress: &Progress, now: DateTime<Utc>) -> Option<Duration> {
@@ -1454,7 +1446,7 @@ mod tests {
         step.progress
             .pending_events
             .iter()
-            .map(|e| (e.kind, e.reason.clone()))
+            .map(|e| (e.kind, e.reason.to_string()))
             .collect()
     }
 
@@ -2341,9 +2333,15 @@ mod tests {
 
     #[test]
     fn readiness_and_rollout_state_read_as_users_expect() {
-        assert_eq!(Phase::Succeeded.ready(), ("True", "Succeeded"));
-        assert_eq!(Phase::RolledBack.ready(), ("False", "RolledBack"));
-        assert_eq!(Phase::Canary.ready(), ("Unknown", "Canary"));
+        assert_eq!(
+            Phase::Succeeded.ready(),
+            (ConditionStatus::True, "Succeeded")
+        );
+        assert_eq!(
+            Phase::RolledBack.ready(),
+            (ConditionStatus::False, "RolledBack")
+        );
+        assert_eq!(Phase::Canary.ready(), (ConditionStatus::Unknown, "Canary"));
         let done = RolloutCounts {
             generation: Some(3),
             observed_generation: Some(3),

@@ -1,0 +1,109 @@
+//! What freshen announces as Kubernetes Events: the kind and every reason.
+//!
+//! A reason is part of freshen's interface (alerts and `kubectl get events
+//! --field-selector reason=...` match on it), so each is one variant here
+//! and its spelling comes from the variant's name, for serde and `as_str`
+//! alike. A failed reconcile's Warning is the one Event not listed: its
+//! reason is the error's bounded category in PascalCase.
+
+use serde::{Deserialize, Serialize};
+
+/// The kind of an Event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum EventKind {
+    /// Progress.
+    Normal,
+    /// Something went wrong.
+    Warning,
+}
+
+/// Why freshen published an Event.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantArray,
+)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum EventReason {
+    /// A workload's `freshen.dev/*` annotations could not all be used.
+    InvalidAnnotation,
+    /// An imagePullSecret (of the pod template or its ServiceAccount) could
+    /// not be read or parsed; look-ups go without it.
+    PullSecretUnusable,
+    /// A container's image is not a valid reference; it is not measured.
+    InvalidImage,
+    /// A workload now exceeds an age limit of a source it did not before.
+    MaxAgeExceeded,
+    /// Only a rebuild can freshen a container: its image is too old or its
+    /// base moved on.
+    RebuildRequired,
+    /// A wanted refresh is held because a GitOps tool manages the workload.
+    GitOpsManaged,
+    /// A wanted refresh is held because the Refresh for that target ended
+    /// without success; deleting it asks for another try.
+    RefreshNotRetried,
+    /// A wanted refresh is held because another workload's Refresh holds
+    /// every name it could take.
+    RefreshNameTaken,
+    /// A Refresh started its canary.
+    CanaryStarted,
+    /// A Refresh waits: a Deployment freshen did not create holds the
+    /// canary's name.
+    CanaryNameTaken,
+    /// A Refresh rolls the new image out to the whole workload.
+    Promoting,
+    /// A Refresh found the new image unhealthy and restores the old one.
+    RollingBack,
+    /// A Refresh ended with the workload on the new image.
+    RefreshSucceeded,
+    /// A Refresh ended with the old image restored; the digest is rejected.
+    RolledBack,
+    /// A Refresh stopped without changing the workload further.
+    RefreshFailed,
+    /// A policy's spec is invalid; it matches nothing until fixed.
+    InvalidSpec,
+}
+
+impl EventReason {
+    /// The reason as Events carry it, e.g. `CanaryStarted`.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strum::VariantArray;
+
+    #[test]
+    fn every_reason_is_spelled_alike_by_serde_and_as_str_and_reads_back() {
+        for reason in EventReason::VARIANTS {
+            let json = serde_json::to_value(reason).unwrap_or_default();
+            assert_eq!(json, reason.as_str());
+            assert_eq!(
+                serde_json::from_value::<EventReason>(json).ok(),
+                Some(*reason)
+            );
+            assert_eq!(reason.as_str().parse::<EventReason>(), Ok(*reason));
+            assert_eq!(reason.to_string(), reason.as_str());
+            assert!(
+                reason
+                    .as_str()
+                    .chars()
+                    .next()
+                    .is_some_and(char::is_uppercase)
+            );
+        }
+    }
+}
