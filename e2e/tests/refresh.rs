@@ -355,7 +355,7 @@ async fn a_new_digest_goes_through_a_canary_and_is_promoted() -> anyhow::Result<
     assert_eq!(ready, Some(("True".into(), "Succeeded".into())));
     operator
         .await_metric(
-            r#"freshen_refreshes_total{outcome="Succeeded",reason="new-digest"}"#,
+            r#"freshen_refreshes_total{outcome="Succeeded",reason="NewDigest"}"#,
             1.0,
         )
         .await?;
@@ -424,7 +424,7 @@ async fn a_crash_looping_canary_is_rolled_back_and_its_digest_never_proposed_aga
     let note = await_warning(&s.client, &s.ns.name, "Deployment", "api", "RolledBack").await?;
     assert!(note.contains("CrashLoopBackOff"), "{note}");
     operator
-        .await_metric(r#"freshen_rollbacks_total{reason="pod-failure"}"#, 1.0)
+        .await_metric(r#"freshen_rollbacks_total{reason="PodFailure"}"#, 1.0)
         .await?;
 
     // Later polls do not propose the rejected digest again.
@@ -759,7 +759,7 @@ async fn an_event_stored_but_not_published_is_published_by_the_next_operator() -
     // The new process counts the outcome it announced.
     operator
         .await_metric(
-            r#"freshen_refreshes_total{outcome="Succeeded",reason="new-digest"}"#,
+            r#"freshen_refreshes_total{outcome="Succeeded",reason="NewDigest"}"#,
             1.0,
         )
         .await?;
@@ -930,7 +930,7 @@ async fn an_argo_cd_managed_workload_is_left_alone_with_a_reason() -> anyhow::Re
     s.push("stable", "v2", 1).await?;
     let note = await_warning(&s.client, &s.ns.name, "Deployment", "argo", "GitOpsManaged").await?;
     assert!(note.contains("managed by Argo CD"), "{note}");
-    assert!(note.contains("gitops: patch"), "{note}");
+    assert!(note.contains("gitops: Patch"), "{note}");
     assert!(s.refreshes_of("argo").await?.is_empty());
     assert_eq!(s.image_of("argo").await?, v1.pinned());
     Ok(())

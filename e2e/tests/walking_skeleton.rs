@@ -405,7 +405,10 @@ async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> 
         "RebuildRequired",
     )
     .await?;
-    assert!(note.contains("container app: base-moved"), "{note}");
+    assert!(
+        note.contains("container app: its base image moved on"),
+        "{note}"
+    );
 
     // `freshen report` names the base and says it moved.
     let out = freshen_e2e::operator::report(&harness, &["-n", &ns.name, "-o", "json"])?;

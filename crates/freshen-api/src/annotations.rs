@@ -164,8 +164,8 @@ impl WorkloadSettings {
                 }
                 .map(|follow| settings.refresh_prefs.follow_tag = Some(follow)),
                 STRATEGY => match value.as_str() {
-                    "canary" => Ok(Strategy::Canary),
-                    "rolling" => Ok(Strategy::Rolling),
+                    "canary" | "Canary" => Ok(Strategy::Canary),
+                    "rolling" | "Rolling" => Ok(Strategy::Rolling),
                     _ => Err(invalid(key, value, "\"canary\" or \"rolling\"")),
                 }
                 .map(|strategy| settings.refresh_prefs.strategy = Some(strategy)),

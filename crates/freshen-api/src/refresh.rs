@@ -70,9 +70,9 @@ pub struct RefreshSpec {
     /// Its container to change.
     #[schemars(length(min = 1, max = 63))]
     pub container: String,
-    /// Why the refresh was started: new-digest (the followed tag moved),
-    /// container-too-old (a restart on the same digest), base-moved or
-    /// image-too-old (a rebuild).
+    /// Why the refresh was started: NewDigest (the followed tag moved),
+    /// ContainerTooOld (a restart on the same digest), BaseMoved or
+    /// ImageTooOld (a rebuild).
     pub reason: RefreshReason,
     /// The container's image exactly as it was; restored on rollback.
     #[schemars(length(min = 1, max = 4096))]
@@ -144,11 +144,12 @@ impl Refresh {
 
 /// Whether freshen may patch a workload a GitOps reconciler manages.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
 pub enum GitOpsMode {
     /// Leave it (default): an Event says why and what to configure.
+    #[serde(alias = "ignore")]
     Ignore,
     /// Patch it anyway (the reconciler may revert the change).
+    #[serde(alias = "patch")]
     Patch,
 }
 
@@ -203,7 +204,7 @@ pub struct AnalysisSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
-    /// canary (default) or rolling.
+    /// Canary (default) or Rolling.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub strategy: Option<Strategy>,
     /// Canary size in percent of the replicas, rounded up, at least one pod

@@ -85,13 +85,7 @@ impl Context {
     /// Publishes a Warning Event on a workload.
     pub(crate) async fn warn(&self, deploy: &Deployment, reason: EventReason, note: String) {
         let target = deploy.object_ref(&());
-        self.publish(
-            EventType::Warning,
-            reason,
-            "Measure",
-            note,
-            &[target],
-        )
-        .await;
+        self.publish(EventType::Warning, reason, "Measure", note, &[target])
+            .await;
     }
 }

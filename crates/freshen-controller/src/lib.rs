@@ -66,8 +66,30 @@ pub struct Config {
     pub leader: Option<leader::LeaderConfig>,
 }
 
-/// A watch's name and whether it has completed its first list.
-type WatchFlag = (&'static str, Arc<AtomicBool>);
+/// A watch the operator keeps, named as `/readyz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::Display)]
+#[strum(serialize_all = "lowercase")]
+pub enum Watch {
+    /// Refreshes.
+    Refreshes,
+    /// Pods.
+    Pods,
+    /// Deployments.
+    Deployments,
+    /// Namespaces (their labels).
+    Namespaces,
+    /// Nodes (their platform).
+    Nodes,
+    /// ServiceAccounts (their imagePullSecrets).
+    ServiceAccounts,
+    /// RefreshPolicies.
+    RefreshPolicies,
+    /// ClusterRefreshPolicies.
+    ClusterRefreshPolicies,
+}
+
+/// A watch and whether it has completed its first list.
+type WatchFlag = (Watch, Arc<AtomicBool>);
 
 /// Whether each watch has completed its first list.
 #[derive(Debug, Clone, Default)]
@@ -93,7 +115,7 @@ impl Synced {
 
 impl Readiness {
     /// A flag for the watch `name`, set once it has listed everything.
-    pub fn watch(&self, name: &'static str) -> Synced {
+    pub fn watch(&self, name: Watch) -> Synced {
         let flag = Arc::new(AtomicBool::new(false));
         if let Ok(mut watches) = self.watches.lock() {
             watches.push((name, Arc::clone(&flag)));
@@ -105,7 +127,7 @@ impl Readiness {
     }
 
     /// The watches still listing; empty when metrics are complete.
-    pub fn pending(&self) -> Vec<&'static str> {
+    pub fn pending(&self) -> Vec<Watch> {
         self.watches
             .lock()
             .map(|w| {
@@ -123,7 +145,7 @@ impl Readiness {
     }
 
     /// Waits until none of the watches `names` is still listing.
-    pub async fn wait_for(&self, names: &[&str]) {
+    pub async fn wait_for(&self, names: &[Watch]) {
         loop {
             let changed = self.changed.notified();
             tokio::pin!(changed);
@@ -319,7 +341,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             scoped::<Refresh>(&client, namespace),
             watcher::Config::default(),
             refresh_writer,
-            readiness.watch("refreshes"),
+            readiness.watch(Watch::Refreshes),
         )
         .inspect_ok(move |_| metrics.count_active(store.state().iter().map(|r| r.progress().phase)))
         .applied_objects()
@@ -333,7 +355,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         pods,
         watcher::Config::default(),
         pod_writer,
-        readiness.watch("pods"),
+        readiness.watch(Watch::Pods),
     )
     .touched_objects()
     .inspect_ok(wake_refresh(&refresh_store, &refresh_tx, refresh::of_pod));
@@ -344,7 +366,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let (deploy_store, deploy_writer) = reflector::store();
     let sweep_store = deploy_store.clone();
     let sweep_records = Arc::clone(&records);
-    let deployments_synced = readiness.watch("deployments");
+    let deployments_synced = readiness.watch(Watch::Deployments);
     let deploy_trigger = watcher(deployments, watcher::Config::default())
         .default_backoff()
         .modify(|d| d.managed_fields_mut().clear())
@@ -379,7 +401,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         Api::<Namespace>::all(client.clone()),
         namespace_watch,
         namespace_writer,
-        readiness.watch("namespaces"),
+        readiness.watch(Watch::Namespaces),
     )
     .applied_objects();
     let in_namespace = {
@@ -399,7 +421,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     // are read: image lists (the bulk of a Node) are dropped before caching.
     // The watch triggers nothing; a spawned task drives it.
     let (node_store, node_writer) = reflector::store();
-    let nodes_synced = readiness.watch("nodes");
+    let nodes_synced = readiness.watch(Watch::Nodes);
     let node_watch = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .modify(|node| {
@@ -425,7 +447,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         accounts_api,
         watcher::Config::default(),
         account_writer,
-        readiness.watch("serviceaccounts"),
+        readiness.watch(Watch::ServiceAccounts),
     )
     .for_each(|_| futures::future::ready(()));
     tokio::spawn(account_watch);
@@ -434,7 +456,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let policy_trigger = policy_watch(
         policies,
         policy_writer,
-        readiness.watch("refreshpolicies"),
+        readiness.watch(Watch::RefreshPolicies),
         deploy_store.clone(),
         workload_tx.clone(),
     );
@@ -442,7 +464,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let cluster_policy_trigger = policy_watch(
         Api::<ClusterRefreshPolicy>::all(client.clone()),
         cluster_policy_writer,
-        readiness.watch("clusterrefreshpolicies"),
+        readiness.watch(Watch::ClusterRefreshPolicies),
         deploy_store.clone(),
         workload_tx.clone(),
     );
@@ -496,11 +518,11 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         async move {
             readiness
                 .wait_for(&[
-                    "refreshpolicies",
-                    "clusterrefreshpolicies",
-                    "serviceaccounts",
-                    "nodes",
-                    "refreshes",
+                    Watch::RefreshPolicies,
+                    Watch::ClusterRefreshPolicies,
+                    Watch::ServiceAccounts,
+                    Watch::Nodes,
+                    Watch::Refreshes,
                 ])
                 .await;
             workloads.await;

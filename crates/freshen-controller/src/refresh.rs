@@ -27,7 +27,7 @@ use freshen_core::rollout::{
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -36,6 +36,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{info, instrument, warn};
 
+use crate::Watch;
 use crate::context::Context;
 use crate::deployment::{FIELD_MANAGER, owned_by, owning_deployment, template_fingerprint};
 use crate::error::Error;
@@ -48,7 +49,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let pending = ctx.readiness.pending();
-    if pending.contains(&"deployments") || pending.contains(&"pods") {
+    if pending.contains(&Watch::Deployments) || pending.contains(&Watch::Pods) {
         // Not listed yet: the workload would look deleted.
         return Ok(Action::requeue(std::time::Duration::from_millis(500)));
     }
@@ -611,14 +612,9 @@ pub fn canary_deployment(
             name: Some(name.to_owned()),
             namespace: workload.namespace(),
             labels: Some(labels),
-            owner_references: Some(vec![OwnerReference {
-                api_version: "freshen.dev/v1alpha1".into(),
-                kind: "Refresh".into(),
-                name: refresh_name,
-                uid: refresh.metadata.uid.clone()?,
-                controller: Some(true),
-                block_owner_deletion: Some(true),
-            }]),
+            // The Refresh controls its canary: deleting it deletes the
+            // canary, and freshen recognises the canary by it.
+            owner_references: Some(vec![refresh.controller_owner_ref(&())?]),
             ..ObjectMeta::default()
         },
         spec: Some(DeploymentSpec {

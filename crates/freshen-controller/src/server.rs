@@ -60,7 +60,14 @@ async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            format!("caches are syncing: {}", pending.join(", ")),
+            format!(
+                "caches are syncing: {}",
+                pending
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
         )
     }
 }

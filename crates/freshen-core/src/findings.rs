@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use crate::event::EventReason;
 use crate::plan::{self, Hold};
 use crate::policy::{Judgement, Source, Violation};
+use crate::rollout::Reason;
 
 /// What one measurement of a workload found that a Warning may speak of.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,13 +40,23 @@ impl Findings {
                 .map(|((name, base_stale), v)| (*name, *base_stale, v.as_slice())),
         )
         .into_iter()
-        .map(|(container, reason)| format!("container {container}: {reason}"))
+        .map(|(container, reason)| format!("container {container}: {}", why_rebuild(reason)))
         .collect();
         Self {
             violating: judgement.violating.clone(),
             rebuild,
             hold: hold.map(ToString::to_string),
         }
+    }
+}
+
+/// Why only a rebuild helps, in words.
+fn why_rebuild(reason: Reason) -> &'static str {
+    match reason {
+        Reason::BaseMoved => "its base image moved on",
+        Reason::ImageTooOld => "its image is past maxImageAge",
+        // Not a rebuild reason; named as the Refresh would name it.
+        Reason::NewDigest | Reason::ContainerTooOld => reason.as_str(),
     }
 }
 
@@ -154,7 +165,9 @@ mod tests {
         );
         assert_eq!(first[0].note, format!("container app: {v}"));
         assert!(
-            first[1].note.starts_with("container app: image-too-old"),
+            first[1]
+                .note
+                .starts_with("container app: its image is past maxImageAge"),
             "{}",
             first[1].note
         );
@@ -176,7 +189,7 @@ mod tests {
     fn a_moved_base_asks_for_a_rebuild_once_per_change() {
         let j = judged(vec![vec![], vec![]]);
         let one = Findings::of(&j, &[("app", Some(true)), ("proxy", Some(false))], None);
-        assert_eq!(one.rebuild, ["container app: base-moved"]);
+        assert_eq!(one.rebuild, ["container app: its base image moved on"]);
         assert_eq!(
             reasons(&news(&Findings::default(), &one, &[], None)),
             [EventReason::RebuildRequired]

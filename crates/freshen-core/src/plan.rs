@@ -186,7 +186,7 @@ impl fmt::Display for Hold {
             Self::GitOps(g) => write!(
                 f,
                 "the workload is managed by {g}; freshen does not change it, so as not to fight \
-                 {g}'s reconciliation. Update the image in Git, or set `gitops: patch` in its \
+                 {g}'s reconciliation. Update the image in Git, or set `gitops: Patch` in its \
                  RefreshPolicy to let freshen patch it anyway"
             ),
             Self::Suspended => f.write_str("its policy is suspended"),
@@ -869,7 +869,7 @@ mod tests {
         assert!(
             Hold::GitOps(GitOps::Flux)
                 .to_string()
-                .contains("gitops: patch")
+                .contains("gitops: Patch")
         );
     }
 

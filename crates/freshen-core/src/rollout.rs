@@ -25,63 +25,75 @@ use serde::{Deserialize, Serialize};
 
 use crate::age::elapsed;
 
-/// Why a refresh was started.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+/// Why a refresh was started. Like every enum value in freshen's CRDs it
+/// is PascalCase, as Kubernetes spells them; the kebab-case spelling of
+/// earlier versions is still read.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "kebab-case")]
 pub enum Reason {
     /// The followed tag resolves to a digest the workload does not run.
+    #[serde(alias = "new-digest")]
     NewDigest,
     /// The oldest container ran longer than `maxContainerAge`: a restart on
     /// the same (pinned) digest.
+    #[serde(alias = "container-too-old")]
     ContainerTooOld,
     /// The image is older than `maxImageAge`: needs a rebuild.
+    #[serde(alias = "image-too-old")]
     ImageTooOld,
     /// The base image moved on: needs a rebuild.
+    #[serde(alias = "base-moved")]
     BaseMoved,
 }
 
 impl Reason {
-    /// The metric label and CRD value.
+    /// The CRD value and metric label, e.g. `NewDigest`.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::NewDigest => "new-digest",
-            Self::ContainerTooOld => "container-too-old",
-            Self::ImageTooOld => "image-too-old",
-            Self::BaseMoved => "base-moved",
-        }
-    }
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
+        self.into()
     }
 }
 
 /// How a new digest reaches the workload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "lowercase")]
 pub enum Strategy {
     /// A `<name>-canary` Deployment takes a share of the traffic first.
     #[default]
+    #[serde(alias = "canary")]
     Canary,
     /// The workload's own rolling update, watched the same way.
+    #[serde(alias = "rolling")]
     Rolling,
 }
 
 /// What an empty Prometheus answer means.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "lowercase")]
 pub enum OnNoData {
     /// No data fails the check (the default: a silent canary is not healthy).
     #[default]
+    #[serde(alias = "fail")]
     Fail,
     /// No data passes.
+    #[serde(alias = "pass")]
     Pass,
     /// No data neither passes nor fails; the check is repeated.
+    #[serde(alias = "inconclusive")]
     Inconclusive,
 }
 
@@ -511,42 +523,53 @@ pub struct Progress {
 }
 
 /// Why a refresh did not succeed; bounded, so it can label a metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    Deserialize,
+    strum::IntoStaticStr,
+    strum::Display,
+    strum::EnumString,
+    strum::VariantArray,
+)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
-#[serde(rename_all = "kebab-case")]
 pub enum Failure {
     /// A pod could not pull or start the image, crash-looped or was OOM-killed.
+    #[serde(alias = "pod-failure")]
     PodFailure,
     /// More restarts than `maxRestarts`.
+    #[serde(alias = "restarts")]
     Restarts,
     /// Pods not Ready (canary) or rollout not complete (promotion) in time.
+    #[serde(alias = "timeout")]
     Timeout,
     /// The Prometheus check failed or kept erroring.
+    #[serde(alias = "metric")]
     Metric,
     /// The analysis stayed inconclusive.
+    #[serde(alias = "inconclusive")]
     Inconclusive,
     /// Someone else changed the workload's image.
+    #[serde(alias = "conflict")]
     Conflict,
     /// The workload was deleted.
+    #[serde(alias = "workload-deleted")]
     WorkloadDeleted,
     /// The Refresh does not match its workload ([`verify`]); nothing was
     /// changed.
+    #[serde(alias = "untrusted")]
     Untrusted,
 }
 
 impl Failure {
     /// The metric label.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Self::PodFailure => "pod-failure",
-            Self::Restarts => "restarts",
-            Self::Timeout => "timeout",
-            Self::Metric => "metric",
-            Self::Inconclusive => "inconclusive",
-            Self::Conflict => "conflict",
-            Self::WorkloadDeleted => "workload-deleted",
-            Self::Untrusted => "untrusted",
-        }
+        self.into()
     }
 }
 
@@ -2328,6 +2351,53 @@ mod tests {
             s.progress.message,
             "someone else changed the workload's pod template during the canary; canary \
              removed, workload left as it is"
+        );
+    }
+
+    #[test]
+    fn enum_values_are_written_in_pascal_case_and_old_spellings_still_read() {
+        use strum::VariantArray;
+        for reason in Reason::VARIANTS {
+            let json = serde_json::to_value(reason).unwrap_or_default();
+            assert_eq!(json, reason.as_str(), "serde and as_str agree");
+            assert!(
+                reason
+                    .as_str()
+                    .chars()
+                    .next()
+                    .is_some_and(char::is_uppercase)
+            );
+        }
+        for failure in Failure::VARIANTS {
+            assert_eq!(
+                serde_json::to_value(failure).unwrap_or_default(),
+                failure.as_str()
+            );
+        }
+        let old = |text: &str| serde_json::Value::String(text.to_owned());
+        let read = |text: &str| serde_json::from_value::<Reason>(old(text)).ok();
+        assert_eq!(read("new-digest"), Some(Reason::NewDigest));
+        assert_eq!(read("container-too-old"), Some(Reason::ContainerTooOld));
+        assert_eq!(read("NewDigest"), Some(Reason::NewDigest));
+        assert_eq!(
+            serde_json::from_value::<Failure>(old("pod-failure")).ok(),
+            Some(Failure::PodFailure)
+        );
+        assert_eq!(
+            serde_json::from_value::<Failure>(old("workload-deleted")).ok(),
+            Some(Failure::WorkloadDeleted)
+        );
+        assert_eq!(
+            serde_json::from_value::<Strategy>(old("rolling")).ok(),
+            Some(Strategy::Rolling)
+        );
+        assert_eq!(
+            serde_json::to_value(Strategy::Rolling).unwrap_or_default(),
+            "Rolling"
+        );
+        assert_eq!(
+            serde_json::from_value::<OnNoData>(old("inconclusive")).ok(),
+            Some(OnNoData::Inconclusive)
         );
     }
 
