@@ -85,16 +85,126 @@ mod tests {
             "descriptions too short to help: {short:#?}"
         );
     }
+}
+
+/// The CEL rules of the CRDs, evaluated as the API server evaluates them
+/// (kube-cel compiles each `x-kubernetes-validations` rule of the schema
+/// and runs it on an object): what an edit is refused for, tested without
+/// a cluster. The e2e suite applies the same objects to a real API server.
+#[cfg(test)]
+mod cel {
+    use super::*;
+    use serde_json::{Value, json};
+
+    /// The OpenAPI schema of the CRD in `file`.
+    fn schema(file: &str) -> Value {
+        let crd = crds()
+            .into_iter()
+            .find(|(f, _)| *f == file)
+            .map(|(_, c)| c)
+            .unwrap_or_else(|| panic!("no CRD {file}"));
+        let json = serde_json::to_value(&crd.spec.versions[0].schema).unwrap_or_default();
+        json["openAPIV3Schema"].clone()
+    }
+
+    /// The messages of the rules `object` breaks (`old`: an update).
+    fn refused(schema: &Value, object: &Value, old: Option<&Value>) -> Vec<String> {
+        match kube_cel::Validator::new().validate(schema, object, old) {
+            Ok(()) => Vec::new(),
+            Err(errors) => errors
+                .into_vec()
+                .into_iter()
+                .map(|e| format!("{}: {}", e.field_path, e.message))
+                .collect(),
+        }
+    }
+
+    fn policy(spec: Value) -> Value {
+        json!({"apiVersion": "freshen.dev/v1alpha1", "kind": "RefreshPolicy",
+               "metadata": {"name": "p", "namespace": "shop"}, "spec": spec})
+    }
 
     #[test]
-    fn the_api_server_gets_validation_rules() {
-        let yaml: String = crds()
-            .iter()
-            .map(|(_, c)| to_yaml(c).unwrap_or_default())
-            .collect();
-        assert!(yaml.contains("x-kubernetes-validations"));
-        assert!(yaml.contains("must be a positive duration"));
-        assert!(yaml.contains("must name at least one matchLabels entry"));
-        assert!(yaml.contains("set a non-empty namespaceSelector or selector"));
+    fn durations_are_checked_as_the_parser_reads_them() {
+        let schema = schema("refreshpolicies.yaml");
+        let with_age = |age: &str| {
+            policy(json!({"selector": {"matchLabels": {"app": "web"}}, "maxImageAge": age}))
+        };
+        for ok in ["90s", "36h", "7d", "2w", "1d12h", "36525d"] {
+            let errors = refused(&schema, &with_age(ok), None);
+            assert!(errors.is_empty(), "{ok}: {errors:?}");
+        }
+        for bad in [
+            "0d",
+            "12h1d",
+            "7 days",
+            "1.5d",
+            "36526d",
+            "9999999999999s",
+            "-1d",
+            "d",
+        ] {
+            let errors = refused(&schema, &with_age(bad), None);
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains("maxImageAge") && e.contains("must be a positive duration")),
+                "{bad} must be refused naming the field: {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_policy_must_select_something() {
+        let namespaced = schema("refreshpolicies.yaml");
+        let empty = refused(&namespaced, &policy(json!({"selector": {}})), None);
+        assert!(
+            empty
+                .iter()
+                .any(|e| e.contains("must name at least one matchLabels entry")),
+            "{empty:?}"
+        );
+        let some = policy(json!({"selector": {"matchExpressions": [
+            {"key": "tier", "operator": "Exists"}]}}));
+        assert_eq!(refused(&namespaced, &some, None), Vec::<String>::new());
+
+        let cluster = schema("clusterrefreshpolicies.yaml");
+        let everything = json!({"apiVersion": "freshen.dev/v1alpha1",
+                                "kind": "ClusterRefreshPolicy",
+                                "metadata": {"name": "c"}, "spec": {}});
+        let errors = refused(&cluster, &everything, None);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("set a non-empty namespaceSelector or selector")),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn a_refresh_spec_cannot_be_edited() {
+        let schema = schema("refreshes.yaml");
+        let refresh = |digest: &str| {
+            json!({"apiVersion": "freshen.dev/v1alpha1", "kind": "Refresh",
+                   "metadata": {"name": "web-app-1", "namespace": "shop"},
+                   "spec": {"workload": "web", "container": "app", "reason": "NewDigest",
+                            "fromImage": "reg.io/web:1", "toImage": format!("reg.io/web:1@{digest}"),
+                            "fromDigest": "unknown", "toDigest": "1", "digest": digest,
+                            "rollout": {"strategy": "Canary", "canaryWeightPercent": 10,
+                                        "iterations": 3, "maxRestarts": 0}}})
+        };
+        let created = refresh("sha256:11");
+        let same = refused(&schema, &created, Some(&created));
+        assert!(
+            !same.iter().any(|e| e.contains("frozen")),
+            "an unchanged spec passes: {same:?}"
+        );
+        let edited = refused(&schema, &refresh("sha256:22"), Some(&created));
+        assert!(
+            edited
+                .iter()
+                .any(|e| e.contains("spec is frozen at creation")),
+            "{edited:?}"
+        );
     }
 }

@@ -906,6 +906,9 @@ impl Context {
 }
 
 #[cfg(test)]
+mod executor_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use freshen_api::RefreshSpec;
