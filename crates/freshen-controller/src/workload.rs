@@ -3,9 +3,10 @@
 //! One reconcile reads top to bottom:
 //! configure (annotations and matching policies -> limits in force, pure) ->
 //! gather (pods from the shared store) -> measure (registry, one shared
-//! cache; verdicts from `freshen_core`) -> judge (violations, pure) ->
-//! record (for metrics and policy status) -> requeue at the next moment a
-//! limit will be crossed, or the poll interval.
+//! cache; verdicts from `freshen_core`) -> judge (violations, pure) -> plan
+//! (the planner) -> announce (the Warnings `freshen_core::findings::news`
+//! finds news) -> record (for metrics and policy status) -> requeue at the
+//! next moment a limit will be crossed or a hold ends, or the poll interval.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,7 +39,7 @@ use crate::records::{WorkloadKey, WorkloadRecord};
 use freshen_registry::{Keychain, Platform, RegistryError};
 
 /// Reconciles one Deployment: configure -> gather -> measure -> judge ->
-/// rebuilds -> plan -> record -> requeue.
+/// plan -> announce -> record -> requeue.
 #[instrument(skip_all, fields(workload = %deploy.namespace().unwrap_or_default() + "/" + &deploy.name_any()))]
 pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = workload_key(&deploy)?;
