@@ -17,7 +17,17 @@ cluster_up() {
   [ -f "$E2E_STATE/kubeconfig" ] && kubectl get --raw /readyz >/dev/null 2>&1
 }
 
+# kwok's stages and the components' flags are fixed when the cluster is
+# created: a cluster made from another version of them is made again.
+cluster_sum=$(cat "$harness_dir/kwok-stages.yaml" "$harness_dir/up.sh" | sha256sum | cut -c1-16)
+
 start_cluster() {
+  if [ -d "$E2E_STATE/kwok/clusters/$E2E_CLUSTER" ] &&
+    [ "$(cat "$E2E_STATE/cluster.sum" 2>/dev/null)" != "$cluster_sum" ]; then
+    log "kwok stages or cluster flags changed; recreating the cluster"
+    kwokctl delete cluster >&2 || true
+    rm -rf "$E2E_STATE/kwok/clusters/$E2E_CLUSTER" "$E2E_STATE/kubeconfig"
+  fi
   if cluster_up; then
     log "control plane already up"
     return
@@ -63,6 +73,7 @@ YAML
     } >"$E2E_STATE/kwokctl.yaml"
     kwokctl --config "$E2E_STATE/kwokctl.yaml" create cluster \
       --kubeconfig "$E2E_STATE/kubeconfig" --wait 2m >&2
+    echo "$cluster_sum" >"$E2E_STATE/cluster.sum"
   fi
   wait_until "the API server" 60 cluster_up
   # Simulated nodes, so that replicas spread as they would for real. kwok's

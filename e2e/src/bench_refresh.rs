@@ -82,6 +82,7 @@ pub async fn run(
     let policy = RefreshPolicy::new(
         "bench",
         RefreshPolicySpec {
+            pipelines: Default::default(),
             selector: LabelSelector {
                 match_labels: Some([("bench".to_owned(), "refresh".to_owned())].into()),
                 ..LabelSelector::default()

@@ -297,6 +297,7 @@ async fn hostile_input_is_refused_with_a_reason_and_changes_nothing() -> anyhow:
     let mut huge_age = RefreshPolicy::new(
         "huge-age",
         RefreshPolicySpec {
+            pipelines: Default::default(),
             selector: selector.clone(),
             limits: Default::default(),
             refresh: PolicyRefresh::default(),
@@ -309,6 +310,7 @@ async fn hostile_input_is_refused_with_a_reason_and_changes_nothing() -> anyhow:
     let huge_weight = RefreshPolicy::new(
         "huge-weight",
         RefreshPolicySpec {
+            pipelines: Default::default(),
             selector: selector.clone(),
             limits: Default::default(),
             refresh: PolicyRefresh {
@@ -328,6 +330,7 @@ async fn hostile_input_is_refused_with_a_reason_and_changes_nothing() -> anyhow:
     let mut snooping = RefreshPolicy::new(
         "snooping",
         RefreshPolicySpec {
+            pipelines: Default::default(),
             selector: LabelSelector {
                 match_labels: Some([("app".to_owned(), "nobody".to_owned())].into()),
                 ..LabelSelector::default()
@@ -471,6 +474,7 @@ async fn hostile_input_is_refused_with_a_reason_and_changes_nothing() -> anyhow:
             &RefreshPolicy::new(
                 "web",
                 RefreshPolicySpec {
+                    pipelines: Default::default(),
                     selector,
                     limits: Default::default(),
                     refresh: PolicyRefresh {

@@ -34,6 +34,7 @@ fn refresh_policy(name: &str, selector: LabelSelector, max_image_age: &str) -> R
     RefreshPolicy::new(
         name,
         RefreshPolicySpec {
+            pipelines: Default::default(),
             refresh: Default::default(),
             selector,
             limits: PolicyLimits {
@@ -365,6 +366,7 @@ async fn the_api_server_rejects_invalid_policies_naming_the_field() -> anyhow::R
             &ClusterRefreshPolicy::new(
                 &format!("{}-everything", ns.name),
                 ClusterRefreshPolicySpec {
+                    pipelines: Default::default(),
                     refresh: Default::default(),
                     namespace_selector: Some(LabelSelector::default()),
                     selector: None,
@@ -524,6 +526,7 @@ async fn a_cluster_policy_follows_namespace_labels() -> anyhow::Result<()> {
     let policy = ClusterRefreshPolicy::new(
         &format!("{}-baseline", ns.name),
         ClusterRefreshPolicySpec {
+            pipelines: Default::default(),
             refresh: Default::default(),
             namespace_selector: Some(LabelSelector {
                 match_labels: Some([(label.to_owned(), ns.name.clone())].into()),

@@ -68,6 +68,7 @@ impl Scene {
         let policy = RefreshPolicy::new(
             app,
             RefreshPolicySpec {
+                pipelines: Default::default(),
                 selector,
                 limits: Default::default(),
                 refresh,

@@ -29,6 +29,7 @@ fn team_policy(max_concurrent: Option<u32>) -> RefreshPolicy {
     RefreshPolicy::new(
         "team",
         RefreshPolicySpec {
+            pipelines: Default::default(),
             selector: LabelSelector {
                 match_labels: Some([("tier".to_owned(), "web".to_owned())].into()),
                 ..LabelSelector::default()
@@ -200,6 +201,7 @@ async fn a_pin_cannot_borrow_a_cluster_policy_written_for_other_namespaces() -> 
             &ClusterRefreshPolicy::new(
                 &name,
                 ClusterRefreshPolicySpec {
+                    pipelines: Default::default(),
                     namespace_selector: Some(LabelSelector {
                         match_labels: Some([("env".to_owned(), "prod".to_owned())].into()),
                         ..LabelSelector::default()

@@ -345,6 +345,7 @@ async fn a_moved_base_image_reaches_prometheus_as_stale() -> anyhow::Result<()> 
     let untracked = freshen_api::RefreshPolicy::new(
         "no-base",
         freshen_api::RefreshPolicySpec {
+            pipelines: Default::default(),
             refresh: Default::default(),
             selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
                 match_labels: Some([("app".to_owned(), "untracked".to_owned())].into()),

@@ -53,9 +53,14 @@ pub const FOLLOW_TAG: &str = "freshen.dev/follow-tag";
 pub const STRATEGY: &str = "freshen.dev/strategy";
 /// Maintenance windows, `;` separated, e.g. `Mon-Fri 09:00-16:00 Europe/Berlin`.
 pub const WINDOW: &str = "freshen.dev/window";
-/// Keys DESIGN.md reserves for the pipeline step, and keys freshen writes
-/// itself; accepted so that they are never reported as typos.
-const RESERVED: [&str; 2] = ["freshen.dev/pipeline", crate::refresh::REJECTED_DIGESTS];
+/// Which of the governing policy's pipelines rebuilds the workload's images
+/// (default: the policy's `spec.rebuild.pipeline`).
+pub const PIPELINE: &str = "freshen.dev/pipeline";
+/// Keys freshen writes itself; accepted so that they are never reported as
+/// typos.
+const RESERVED: [&str; 1] = [crate::refresh::REJECTED_DIGESTS];
+const PIPELINE_FORM: &str = "the name of a pipeline in the governing policy's spec.pipelines (a \
+                             DNS label: lowercase letters, digits and '-', at most 63)";
 const POLICY_FORM: &str = "the name of a RefreshPolicy in the workload's namespace or of a \
                            ClusterRefreshPolicy (lowercase letters, digits, '-' and '.')";
 const WINDOWS_FORM: &str = "one or more windows separated by ';', each `<days> <HH:MM>-<HH:MM> \
@@ -64,7 +69,7 @@ const WINDOWS_FORM: &str = "one or more windows separated by ';', each `<days> <
 const SNOOZE_FORM: &str = "an RFC 3339 time, e.g. 2026-12-01T00:00:00Z";
 const KNOWN_FORM: &str = "one of freshen.dev/refresh, max-image-age, max-container-age, \
                           base-image, base-image.<container>, policy, snooze-until, \
-                          follow-tag, strategy, window";
+                          follow-tag, strategy, window, pipeline";
 
 /// Whether freshen manages a workload, from `freshen.dev/refresh`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +116,8 @@ pub struct WorkloadSettings {
     pub snooze_until: Option<DateTime<Utc>>,
     /// `follow-tag`, `strategy` and `window`.
     pub refresh_prefs: Preferences,
+    /// `freshen.dev/pipeline`.
+    pub pipeline: Option<String>,
 }
 
 impl WorkloadSettings {
@@ -149,6 +156,14 @@ impl WorkloadSettings {
                 REFRESH => Ok(()),
                 MAX_IMAGE_AGE => duration().map(|d| settings.limits.max_image_age = d),
                 MAX_CONTAINER_AGE => duration().map(|d| settings.limits.max_container_age = d),
+                PIPELINE => {
+                    if is_dns_label(value) {
+                        settings.pipeline = Some(value.clone());
+                        Ok(())
+                    } else {
+                        Err(invalid(key, value, PIPELINE_FORM))
+                    }
+                }
                 POLICY => {
                     if is_object_name(value) {
                         settings.policy = Some(value.clone());
@@ -221,6 +236,11 @@ fn is_object_name(s: &str) -> bool {
         && s.starts_with(alnum)
         && s.ends_with(alnum)
         && s.chars().all(|c| alnum(c) || c == '-' || c == '.')
+}
+
+/// A DNS label (RFC 1123): what pipeline names are.
+fn is_dns_label(s: &str) -> bool {
+    is_object_name(s) && s.len() <= 63 && !s.contains('.')
 }
 
 /// The base image of `container`: `freshen.dev/base-image.<container>`, else

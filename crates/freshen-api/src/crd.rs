@@ -6,6 +6,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
+use crate::pipeline::Rebuild;
 use crate::policy::{ClusterRefreshPolicy, RefreshPolicy};
 use crate::refresh::Refresh;
 
@@ -15,6 +16,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("refreshpolicies.yaml", RefreshPolicy::crd()),
         ("clusterrefreshpolicies.yaml", ClusterRefreshPolicy::crd()),
         ("refreshes.yaml", Refresh::crd()),
+        ("rebuilds.yaml", Rebuild::crd()),
     ]
 }
 

@@ -3,6 +3,7 @@
 
 pub mod annotations;
 pub mod crd;
+pub mod pipeline;
 pub mod policy;
 pub mod promql;
 pub mod refresh;
@@ -10,6 +11,7 @@ pub mod time;
 pub mod validation;
 
 pub use annotations::{AnnotationError, RefreshMode, WorkloadSettings, base_image};
+pub use pipeline::{PolicyPipelines, Rebuild, RebuildSpec, RebuildStatus};
 pub use policy::{
     ClusterRefreshPolicy, ClusterRefreshPolicySpec, PolicyLimits, PolicyStatus, RefreshPolicy,
     RefreshPolicySpec, SpecError,

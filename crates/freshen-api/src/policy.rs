@@ -16,6 +16,7 @@ use kube::core::{Selector, SelectorExt};
 use kube::{CustomResource, KubeSchema, Resource, ResourceExt};
 use serde::{Deserialize, Serialize};
 
+use crate::pipeline::PolicyPipelines;
 use crate::refresh::PolicyRefresh;
 use crate::time::to_chrono;
 pub use crate::validation::SpecError;
@@ -90,6 +91,9 @@ pub struct RefreshPolicySpec {
     /// Whether and how freshen refreshes the workloads.
     #[serde(flatten)]
     pub refresh: PolicyRefresh,
+    /// How the workloads' images are rebuilt.
+    #[serde(flatten)]
+    pub pipelines: PolicyPipelines,
 }
 
 /// Sets max ages for Deployments across namespaces: those in namespaces
@@ -132,6 +136,9 @@ pub struct ClusterRefreshPolicySpec {
     /// Whether and how freshen refreshes the workloads.
     #[serde(flatten)]
     pub refresh: PolicyRefresh,
+    /// How the workloads' images are rebuilt.
+    #[serde(flatten)]
+    pub pipelines: PolicyPipelines,
 }
 
 /// What freshen reports on a policy.
@@ -188,6 +195,7 @@ impl RefreshPolicy {
             crate::promql::confined_to(&metric.query, &self.namespace().unwrap_or_default())
                 .map_err(SpecError::Query)?;
         }
+        self.spec.pipelines.parse(true)?;
         candidate(self, &self.spec.limits)
     }
 
@@ -209,6 +217,7 @@ impl ClusterRefreshPolicy {
             selector("selector", s)?;
         }
         self.spec.refresh.parse()?;
+        self.spec.pipelines.parse(false)?;
         candidate(self, &self.spec.limits)
     }
 
@@ -298,6 +307,7 @@ mod tests {
         let mut p = RefreshPolicy::new(
             "team",
             RefreshPolicySpec {
+                pipelines: Default::default(),
                 refresh: Default::default(),
                 selector: by_labels(&[("tier", "web")]),
                 limits: PolicyLimits {
@@ -355,6 +365,7 @@ mod tests {
         let p = ClusterRefreshPolicy::new(
             "baseline",
             ClusterRefreshPolicySpec {
+                pipelines: Default::default(),
                 refresh: Default::default(),
                 namespace_selector: Some(by_labels(&[("env", "prod")])),
                 selector: None,
@@ -366,6 +377,7 @@ mod tests {
         let q = ClusterRefreshPolicy::new(
             "web",
             ClusterRefreshPolicySpec {
+                pipelines: Default::default(),
                 refresh: Default::default(),
                 namespace_selector: None,
                 selector: Some(by_labels(&[("tier", "web")])),

@@ -50,6 +50,14 @@ pub enum SpecError {
     /// PromQL.
     #[error("spec.rollout.analysis.prometheus.query {0}")]
     Query(String),
+    /// A rebuild pipeline, or the rebuild settings, cannot be used.
+    #[error("{field}: {message}")]
+    Pipeline {
+        /// The field, e.g. `spec.pipelines[0].job.template.template.spec`.
+        field: String,
+        /// Why, and what is expected.
+        message: String,
+    },
 }
 
 /// An optional duration field of a spec, or an error naming it.

@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use freshen_api::annotations::POLICY;
+use freshen_api::annotations::{PIPELINE, POLICY};
+use freshen_api::pipeline::{Pipeline, Rebuilds};
 use freshen_api::{AnnotationError, ClusterRefreshPolicy, RefreshPolicy, WorkloadSettings};
 use freshen_core::Digest;
 use freshen_core::ImageReference;
@@ -17,6 +18,7 @@ use freshen_core::base;
 use freshen_core::observe::{ContainerObservation, ContainerSpec, PodFacts, observe};
 use freshen_core::plan::Preferences;
 use freshen_core::policy::{Candidate, Limits, Resolution, resolve};
+use freshen_core::rebuild::BaseMove;
 use freshen_registry::{
     Credential, ImageFacts, Keychain, Platform, RegistryClient, RegistryError, auth,
 };
@@ -49,6 +51,33 @@ pub struct Configuration {
     /// Refresh settings in force: annotations over the governing
     /// RefreshPolicy over the governing ClusterRefreshPolicy.
     pub refresh: Preferences,
+    /// How its images are rebuilt, when a governing policy says.
+    pub rebuild: Option<RebuildPlan>,
+}
+
+/// The pipeline that rebuilds a workload's images and its settings: from
+/// the governing RefreshPolicy's `spec.rebuild`, else the governing
+/// ClusterRefreshPolicy's; `freshen.dev/pipeline` picks another pipeline of
+/// the same policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildPlan {
+    /// The policy declaring it: `RefreshPolicy/<namespace>/<name>` or
+    /// `ClusterRefreshPolicy/<name>`.
+    pub policy: String,
+    /// The pipeline.
+    pub pipeline: Pipeline,
+    /// Where its runs and Rebuild records live; `None`: freshen's own
+    /// namespace.
+    pub namespace: Option<String>,
+    /// When, how long, how to back off.
+    pub settings: Rebuilds,
+}
+
+impl RebuildPlan {
+    /// The pipeline's identity in rebuild names: policy and pipeline.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.policy, self.pipeline.name)
+    }
 }
 
 impl Configuration {
@@ -107,6 +136,12 @@ pub fn configure(
         defaults,
     );
     let refresh = valid.preferences(&settings, &resolution);
+    let rebuild = valid
+        .rebuild_plan(&settings, &resolution, &namespace)
+        .unwrap_or_else(|e| {
+            errors.push(e);
+            None
+        });
     let binding = PolicyBinding {
         policies: matched.into_iter().map(|c| c.name).collect(),
         policy: resolution.policy.clone(),
@@ -119,6 +154,7 @@ pub fn configure(
         binding,
         resolution,
         refresh,
+        rebuild,
     }
 }
 
@@ -168,6 +204,64 @@ impl Valid<'_> {
             .filter(|(p, _)| p.selects_namespace(on.namespace_labels))
             .find(|(_, c)| c.name == pin)
             .map(|(_, c)| (self.by_selector(on), vec![c.clone()]))
+    }
+
+    /// The rebuild plan of the governing policy that has `spec.rebuild`
+    /// (RefreshPolicy first); an error when `freshen.dev/pipeline` names no
+    /// pipeline of it.
+    fn rebuild_plan(
+        &self,
+        settings: &WorkloadSettings,
+        resolution: &Resolution,
+        namespace: &str,
+    ) -> Result<Option<RebuildPlan>, AnnotationError> {
+        let namespaced = resolution
+            .policy
+            .as_deref()
+            .and_then(|name| self.policies.iter().find(|(p, _)| p.name_any() == name))
+            .and_then(|(p, _)| {
+                let rebuilds = p.spec.pipelines.parse(true).ok()??;
+                Some((
+                    format!("RefreshPolicy/{namespace}/{}", p.name_any()),
+                    &p.spec.pipelines,
+                    rebuilds,
+                    Some(namespace.to_owned()),
+                ))
+            });
+        let cluster = || {
+            resolution
+                .cluster_policy
+                .as_deref()
+                .and_then(|name| self.cluster.iter().find(|(p, _)| p.name_any() == name))
+                .and_then(|(p, _)| {
+                    let rebuilds = p.spec.pipelines.parse(false).ok()??;
+                    Some((
+                        format!("ClusterRefreshPolicy/{}", p.name_any()),
+                        &p.spec.pipelines,
+                        rebuilds,
+                        None,
+                    ))
+                })
+        };
+        let Some((policy, pipelines, settings_, own_namespace)) = namespaced.or_else(cluster)
+        else {
+            return Ok(None);
+        };
+        let name = settings.pipeline.as_deref().unwrap_or(&settings_.pipeline);
+        let Some(pipeline) = pipelines.get(name) else {
+            return Err(AnnotationError {
+                key: PIPELINE.to_owned(),
+                value: name.to_owned(),
+                expected: "the name of a pipeline in the governing policy's spec.pipelines",
+            });
+        };
+        let namespace = own_namespace.or_else(|| pipeline.job.as_ref()?.namespace.clone());
+        Ok(Some(RebuildPlan {
+            policy,
+            pipeline: pipeline.clone(),
+            namespace,
+            settings: settings_,
+        }))
     }
 
     /// Refresh settings in force: annotations over the governing
@@ -442,6 +536,10 @@ pub async fn measure(
     out
 }
 
+/// A base verdict: stale or not (or unknown), the current base's build
+/// time, and the move.
+type BaseVerdict = (Option<bool>, Option<DateTime<Utc>>, BaseMove);
+
 /// Which base a tracked container follows: the one its
 /// `freshen.dev/base-image` annotation names, else the one its image
 /// records.
@@ -500,6 +598,7 @@ async fn measure_container(
     let mut build_times = Vec::new();
     let mut verdicts = Vec::new();
     let mut base_image = None;
+    let mut base_move = None;
     for digest in observation.digests() {
         let Some(facts) = failed.keep(lookup.facts(image, digest).await, "image facts") else {
             continue;
@@ -507,8 +606,11 @@ async fn measure_container(
         build_times.push(facts.created);
         let Some(base) = &base else { continue };
         if let Some((followed, verdict)) = base_verdict(lookup, base, &facts, failed).await {
+            if let Some((Some(true), _, moved)) = &verdict {
+                base_move.get_or_insert_with(|| moved.clone());
+            }
+            verdicts.extend(verdict.map(|(stale, created, _)| (stale, created)));
             base_image.get_or_insert(followed);
-            verdicts.extend(verdict);
         }
     }
     let (base_stale, stale_base_created) = base::combine(&verdicts);
@@ -538,18 +640,19 @@ async fn measure_container(
             _ => None,
         },
         tag_digest,
+        base_move,
     }
 }
 
 /// Whether the base one running image was built on moved on: the base it
 /// follows (`None`: none known) and the verdict with the current base's
-/// build time (`None`: the base's tag could not be read).
+/// build time and the move (`None`: the base's tag could not be read).
 async fn base_verdict(
     lookup: &Lookup<'_>,
     base: &BaseToFollow,
     facts: &ImageFacts,
     failed: &mut Failed<'_>,
-) -> Option<(String, Option<(Option<bool>, Option<DateTime<Utc>>)>)> {
+) -> Option<(String, Option<BaseVerdict>)> {
     let own_base = facts
         .base_name
         .as_deref()
@@ -575,7 +678,12 @@ async fn base_verdict(
         },
         lookup.now,
     );
-    Some((followed.to_string(), Some((stale, base_now_created))))
+    let moved = BaseMove {
+        name: followed.to_string(),
+        old_digest: built_on.map(ToString::to_string),
+        new_digest: base_now.to_string(),
+    };
+    Some((followed.to_string(), Some((stale, base_now_created, moved))))
 }
 
 #[cfg(test)]
@@ -611,6 +719,7 @@ mod tests {
         let mut p = RefreshPolicy::new(
             name,
             RefreshPolicySpec {
+                pipelines: Default::default(),
                 refresh: Default::default(),
                 selector: LabelSelector {
                     match_labels: Some(labels(&[("tier", tier)])),
@@ -631,6 +740,7 @@ mod tests {
         let mut p = ClusterRefreshPolicy::new(
             name,
             ClusterRefreshPolicySpec {
+                pipelines: Default::default(),
                 refresh: Default::default(),
                 namespace_selector: Some(LabelSelector {
                     match_labels: Some(labels(&[("env", "prod")])),

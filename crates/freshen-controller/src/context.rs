@@ -3,11 +3,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use freshen_api::{ClusterRefreshPolicy, Refresh, RefreshPolicy};
+use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy};
 use freshen_core::policy::Limits;
 use freshen_registry::RegistryClient;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::Client;
 use kube::runtime::events::Recorder;
@@ -32,6 +33,9 @@ pub struct ControllerConfig {
     pub max_concurrent_refreshes_per_namespace: u32,
     /// Finished Refreshes kept per workload.
     pub refresh_history: usize,
+    /// Where the Jobs and Rebuild records of ClusterRefreshPolicy pipelines
+    /// that name no namespace live: freshen's own namespace.
+    pub rebuild_namespace: String,
 }
 
 /// Shared by every reconcile.
@@ -60,6 +64,10 @@ pub struct Context {
     pub cluster_policies: Store<ClusterRefreshPolicy>,
     /// Every Refresh.
     pub refreshes: Store<Refresh>,
+    /// Every Rebuild.
+    pub rebuilds: Store<Rebuild>,
+    /// The Jobs of rebuild pipelines (labelled `freshen.dev/rebuild`).
+    pub jobs: Store<Job>,
     /// Which watches have listed everything.
     pub readiness: crate::Readiness,
     /// Where canary metric queries go, when configured.

@@ -43,6 +43,22 @@ pub enum Error {
     /// Creating a Refresh failed; retried.
     #[error("creating the Refresh failed: {0}")]
     CreateRefresh(#[source] kube::Error),
+    /// Recording a Rebuild failed; retried.
+    #[error("recording the Rebuild failed: {0}")]
+    CreateRebuild(#[source] kube::Error),
+    /// Storing a Rebuild's progress failed; retried.
+    #[error("storing the Rebuild's progress failed: {0}")]
+    StoreRebuild(#[source] kube::Error),
+    /// Starting a pipeline run failed; retried.
+    #[error("starting the pipeline run failed: {0}")]
+    TriggerRun(#[source] kube::Error),
+    /// Stopping a pipeline run failed; retried.
+    #[error("stopping the pipeline run failed: {0}")]
+    CancelRun(#[source] kube::Error),
+    /// A pipeline's template could not be made into a run (the policy's
+    /// validation should have refused it); waits for a change.
+    #[error("the pipeline cannot be run: {0}")]
+    Pipeline(String),
     /// A guarded write lost to a concurrent change; the next step sees it.
     #[error("{0}")]
     Stale(&'static str),
@@ -70,6 +86,11 @@ impl Error {
             Self::PatchImage(_) => "refresh_patch_image",
             Self::RecordRejected(_) => "refresh_record_rejected",
             Self::CreateRefresh(_) => "refresh_create",
+            Self::CreateRebuild(_) => "rebuild_create",
+            Self::StoreRebuild(_) => "rebuild_store_progress",
+            Self::TriggerRun(_) => "rebuild_trigger",
+            Self::CancelRun(_) => "rebuild_cancel",
+            Self::Pipeline(_) => "rebuild_pipeline",
             Self::Stale(_) => "conflict",
             Self::Panicked(_) => "panic",
             Self::Serialize(_) => "serialize",
@@ -86,7 +107,10 @@ impl Error {
     /// instead of retrying every interval. (A refused registry is retried:
     /// the workload's other containers must still be measured.)
     pub fn heals(&self) -> bool {
-        !matches!(self, Self::MissingField(_) | Self::Serialize(_))
+        !matches!(
+            self,
+            Self::MissingField(_) | Self::Serialize(_) | Self::Pipeline(_)
+        )
     }
 
     /// Whether a failed reconcile deserves a Warning Event on its object: a

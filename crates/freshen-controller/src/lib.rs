@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod planner;
 pub mod policy_status;
 pub mod promql;
+pub mod rebuild;
 pub mod records;
 pub mod refresh;
 pub mod report;
@@ -28,11 +29,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use freshen_api::{ClusterRefreshPolicy, Refresh, RefreshPolicy};
+use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy};
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -86,6 +88,10 @@ pub enum Watch {
     RefreshPolicies,
     /// ClusterRefreshPolicies.
     ClusterRefreshPolicies,
+    /// Rebuilds.
+    Rebuilds,
+    /// The Jobs of rebuild pipelines.
+    Jobs,
 }
 
 /// A watch and whether it has completed its first list.
@@ -347,6 +353,34 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .applied_objects()
     };
 
+    // Rebuilds: run by the rebuild controller, read by the workload
+    // controller (one per image and cause). Their Jobs wake them.
+    let (rebuild_store, rebuild_writer) = reflector::store();
+    let rebuild_trigger = {
+        let store = rebuild_store.clone();
+        let metrics = Arc::clone(&metrics);
+        reflected(
+            scoped::<Rebuild>(&client, namespace),
+            watcher::Config::default(),
+            rebuild_writer,
+            readiness.watch(Watch::Rebuilds),
+        )
+        .inspect_ok(move |_| {
+            metrics
+                .rebuilds
+                .count_active(store.state().iter().map(|r| r.progress().phase))
+        })
+        .applied_objects()
+    };
+    let (job_store, job_writer) = reflector::store();
+    let job_trigger = reflected(
+        scoped::<Job>(&client, namespace),
+        watcher::Config::default().labels(rebuild::REBUILD_LABEL),
+        job_writer,
+        readiness.watch(Watch::Jobs),
+    )
+    .touched_objects();
+
     // One watch of all pods serves both as reconcile trigger and as the cache
     // reconciles read from; a pod of a canary or of a workload under refresh
     // also wakes its Refresh.
@@ -489,6 +523,8 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         policies: policy_store.clone(),
         cluster_policies: cluster_policy_store.clone(),
         refreshes: refresh_store.clone(),
+        rebuilds: rebuild_store.clone(),
+        jobs: job_store,
         prometheus,
         readiness: readiness.clone(),
         workload_trigger: workload_tx,
@@ -523,6 +559,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
                     Watch::ServiceAccounts,
                     Watch::Nodes,
                     Watch::Refreshes,
+                    Watch::Rebuilds,
                 ])
                 .await;
             workloads.await;
@@ -549,6 +586,15 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             Arc::clone(&ctx),
         )
         .for_each(log_failure);
+    let rebuilds = Controller::for_stream(rebuild_trigger, rebuild_store)
+        .watches_stream(job_trigger, |job| rebuild::of_job(&job))
+        .shutdown_on_signal()
+        .run(
+            contain::contained(rebuild::reconcile),
+            contain::error_policy,
+            Arc::clone(&ctx),
+        )
+        .for_each(log_failure);
     let cluster_policies = Controller::for_stream(cluster_policy_trigger, cluster_policy_store)
         .reconcile_on(cluster_policy_rx)
         .shutdown_on_signal()
@@ -570,7 +616,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         }
     };
     tokio::select! {
-        _ = futures::future::join4(workloads, policies, cluster_policies, refreshes) => {
+        _ = futures::future::join5(workloads, policies, cluster_policies, refreshes, rebuilds) => {
             info!("controllers stopped");
         }
         served = &mut server => served?,

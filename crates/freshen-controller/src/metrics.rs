@@ -6,6 +6,7 @@
 //! at scrape time with `freshen_core`'s rules. A workload's series vanish as
 //! soon as its entry is removed (deleted, or opted out).
 
+use freshen_core::rebuild::{RebuildOutcome, RebuildPhase, RebuildProgress};
 use std::sync::Arc;
 
 use chrono::Utc;
@@ -213,6 +214,75 @@ pub struct Metrics {
     pub rollbacks: IntCounterVec,
     /// `freshen_leader`: 1 while this process acts, 0 while it stands by.
     pub leader: IntGauge,
+    /// The rebuild metrics.
+    pub rebuilds: RebuildMetrics,
+}
+
+/// `freshen_rebuilds_total{kind,outcome}`,
+/// `freshen_rebuild_duration_seconds{kind,outcome}` and
+/// `freshen_rebuilds_active{kind}`. `kind` is the pipeline kind (`job`).
+pub struct RebuildMetrics {
+    total: IntCounterVec,
+    duration: HistogramVec,
+    active: IntGaugeVec,
+}
+
+impl RebuildMetrics {
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let total = IntCounterVec::new(
+            Opts::new(
+                "freshen_rebuilds_total",
+                "Rebuild runs that ended, by pipeline kind and outcome (Succeeded, Failed, \
+                 TimedOut, Superseded).",
+            ),
+            &["kind", "outcome"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "freshen_rebuild_duration_seconds",
+                "Seconds from a run's start to its end (for Succeeded: until the tag named the \
+                 rebuilt digest).",
+            )
+            .buckets(vec![
+                10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0,
+            ]),
+            &["kind", "outcome"],
+        )?;
+        let active = IntGaugeVec::new(
+            Opts::new(
+                "freshen_rebuilds_active",
+                "Rebuilds not yet ended (running or backing off), by pipeline kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(total.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(active.clone()))?;
+        Ok(Self {
+            total,
+            duration,
+            active,
+        })
+    }
+
+    /// Counts a run that ended with `outcome`.
+    pub fn finished(&self, progress: &RebuildProgress, outcome: RebuildOutcome) {
+        let outcome: &'static str = outcome.into();
+        self.total.with_label_values(&["job", outcome]).inc();
+        if let (Some(started), Some(finished)) = (progress.started_at, progress.finished_at) {
+            self.duration
+                .with_label_values(&["job", outcome])
+                .observe(freshen_core::age::elapsed(started, finished).as_secs_f64());
+        }
+    }
+
+    /// Sets `freshen_rebuilds_active` from every Rebuild's phase.
+    pub fn count_active(&self, phases: impl IntoIterator<Item = RebuildPhase>) {
+        let active = phases.into_iter().filter(|p| !p.is_terminal()).count();
+        self.active
+            .with_label_values(&["job"])
+            .set(i64::try_from(active).unwrap_or(i64::MAX));
+    }
 }
 
 impl Metrics {
@@ -288,6 +358,7 @@ impl Metrics {
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(AgeCollector::new(records)?))?;
+        let rebuilds = RebuildMetrics::register(&registry)?;
         Ok(Self {
             registry,
             reconcile_duration,
@@ -297,6 +368,7 @@ impl Metrics {
             refreshes_active,
             rollbacks,
             leader,
+            rebuilds,
         })
     }
 
@@ -400,6 +472,7 @@ mod tests {
             base_image: None,
             running: None,
             tag_digest: None,
+            base_move: None,
         }
     }
 

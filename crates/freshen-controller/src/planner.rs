@@ -10,11 +10,12 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, WORKLOAD_LABEL};
 use freshen_api::{Refresh, RefreshSpec};
-use freshen_core::ImageReference;
 use freshen_core::plan::{
     self, ContainerView, Decision, Existing, Gates, Hold, Named, Slot, Wants, gitops_manager,
 };
 use freshen_core::rollout::Phase;
+use freshen_core::rollout::Reason;
+use freshen_core::{Digest, ImageReference};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
@@ -41,7 +42,8 @@ pub enum Outcome {
     Held(Hold, Option<DateTime<Utc>>),
 }
 
-/// Decides and, when allowed, creates a Refresh for `deploy`: wants ->
+/// Decides and, when allowed, creates a Refresh for `deploy` (`rebuilt`:
+/// the digests finished rebuilds produced for its containers): wants ->
 /// container views -> gates (under the planning lock) -> decide (pure) ->
 /// a name no other workload holds -> create.
 pub async fn consider(
@@ -50,10 +52,11 @@ pub async fn consider(
     config: &Configuration,
     containers: &[ContainerRecord],
     lookup: &Lookup<'_>,
+    rebuilt: Vec<(String, Digest, Reason)>,
 ) -> Result<Outcome, Error> {
     let now = lookup.now;
-    let wants = wants(ctx, deploy, config);
-    if !wants.follow_tag && wants.max_container_age.is_none() {
+    let wants = wants(ctx, deploy, config, rebuilt);
+    if !wants.follow_tag && wants.max_container_age.is_none() && wants.rebuilt.is_empty() {
         return Ok(Outcome::Nothing);
     }
     let views = views(deploy, containers, &wants, lookup).await;
@@ -95,7 +98,12 @@ pub async fn consider(
 }
 
 /// What the workload's settings ask for, and the digests rejected for it.
-fn wants(ctx: &Context, deploy: &Deployment, config: &Configuration) -> Wants {
+fn wants(
+    ctx: &Context,
+    deploy: &Deployment,
+    config: &Configuration,
+    rebuilt: Vec<(String, Digest, Reason)>,
+) -> Wants {
     let prefs = &config.refresh;
     Wants {
         follow_tag: prefs.follow_tag == Some(true),
@@ -107,6 +115,7 @@ fn wants(ctx: &Context, deploy: &Deployment, config: &Configuration) -> Wants {
             .as_ref()
             .map(|s| s.value),
         rejected: rejected(ctx, deploy),
+        rebuilt,
     }
 }
 

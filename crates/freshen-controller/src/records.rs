@@ -16,6 +16,7 @@ use freshen_api::{ClusterRefreshPolicy, RefreshPolicy};
 use freshen_core::Digest;
 use freshen_core::findings::Findings;
 use freshen_core::policy::{Ages, EffectiveLimits, Source};
+use freshen_core::rebuild::BaseMove;
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
 
@@ -62,6 +63,8 @@ pub struct ContainerRecord {
     pub running: Option<Digest>,
     /// The digest its tag names now, when looked up.
     pub tag_digest: Option<Digest>,
+    /// The base move that made it stale (what a rebuild is asked for).
+    pub base_move: Option<BaseMove>,
 }
 
 impl ContainerRecord {

@@ -35,6 +35,7 @@ use crate::context::Context;
 use crate::deployment::owning_deployment;
 use crate::error::Error;
 use crate::planner::{self, Outcome};
+use crate::rebuild;
 use crate::records::{WorkloadKey, WorkloadRecord};
 use freshen_registry::{Keychain, Platform, RegistryError};
 
@@ -71,17 +72,37 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     .await;
     let registry_error = report_problems(&ctx, &deploy, &measurement).await;
     let judgement = judge(&ctx, &config, &measurement, now);
-    let outcome = planner::consider(&ctx, &deploy, &config, &measurement.containers, &lookup).await;
+    let needs = rebuild::needs(&deploy, &config, &measurement, &judgement);
+    let rebuilds = rebuild::request(&ctx, &deploy, &config, &needs).await;
+    let rebuilt = rebuilds
+        .as_deref()
+        .map(rebuild::rebuilt)
+        .unwrap_or_default();
+    let outcome = planner::consider(
+        &ctx,
+        &deploy,
+        &config,
+        &measurement.containers,
+        &lookup,
+        rebuilt,
+    )
+    .await;
     let hold = match &outcome {
         Ok(Outcome::Held(hold, until)) => Some((hold, *until)),
         _ => None,
     };
+    let requested: Vec<String> = rebuilds
+        .as_deref()
+        .unwrap_or_default()
+        .iter()
+        .map(|(_, r)| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
+        .collect();
     let findings = announce(
         &ctx,
         &deploy,
-        &measurement,
-        &judgement,
+        (&measurement, &judgement),
         hold,
+        &requested,
         previous.as_ref(),
     )
     .await;
@@ -100,6 +121,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         },
     );
     outcome?;
+    rebuilds?;
     match registry_error {
         Some(e) => Err(e.into()),
         None => Ok(Action::requeue(requeue)),
@@ -231,9 +253,9 @@ fn judge(
 async fn announce(
     ctx: &Context,
     deploy: &Deployment,
-    measurement: &Measurement,
-    judgement: &policy::Judgement,
+    (measurement, judgement): (&Measurement, &policy::Judgement),
     hold: Option<(&Hold, Option<DateTime<Utc>>)>,
+    requested: &[String],
     previous: Option<&WorkloadRecord>,
 ) -> Findings {
     let hold = hold.map(|(hold, _)| hold);
@@ -242,7 +264,8 @@ async fn announce(
         .iter()
         .map(|c| (c.container.as_str(), c.base_stale))
         .collect();
-    let now = Findings::of(judgement, &containers, hold);
+    let mut now = Findings::of(judgement, &containers, hold);
+    now.requested = requested.to_vec();
     let violations: Vec<(&str, &[Violation])> = containers
         .iter()
         .zip(&judgement.violations)

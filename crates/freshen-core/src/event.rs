@@ -72,6 +72,15 @@ pub enum EventReason {
     RefreshFailed,
     /// A policy's spec is invalid; it matches nothing until fixed.
     InvalidSpec,
+    /// A rebuild started a run of its pipeline.
+    RebuildStarted,
+    /// A rebuild's tag names the rebuilt digest; dependants refresh to it.
+    RebuildSucceeded,
+    /// A rebuild's run failed or timed out; the next starts after a
+    /// backoff.
+    RebuildFailed,
+    /// A newer rebuild of the image replaced a rebuild.
+    RebuildSuperseded,
 }
 
 impl EventReason {

@@ -23,6 +23,8 @@ pub struct Findings {
     pub rebuild: Vec<String>,
     /// What holds a wanted refresh, as the hold reads.
     pub hold: Option<String>,
+    /// The rebuilds asked of a pipeline for it, as `namespace/name`.
+    pub requested: Vec<String>,
 }
 
 impl Findings {
@@ -46,6 +48,7 @@ impl Findings {
             violating: judgement.violating.clone(),
             rebuild,
             hold: hold.map(ToString::to_string),
+            requested: Vec::new(),
         }
     }
 }
@@ -96,12 +99,22 @@ pub fn news(
             note: notes.join("; "),
         });
     }
-    if !now.rebuild.is_empty() && now.rebuild != before.rebuild {
+    if !now.rebuild.is_empty()
+        && (now.rebuild != before.rebuild || now.requested != before.requested)
+    {
+        let how = if now.requested.is_empty() {
+            "no rebuild pipeline is configured for it (spec.rebuild of its policy)".to_owned()
+        } else {
+            format!(
+                "asked of its pipeline: Rebuild {}; the rebuilt digest is rolled out through a \
+                 canary",
+                now.requested.join(", ")
+            )
+        };
         out.push(Announcement {
             reason: EventReason::RebuildRequired,
             note: format!(
-                "{}; a rollout of the same image cannot fix this, the image must be rebuilt \
-                 (freshen does not trigger rebuild pipelines yet)",
+                "{}; a rollout of the same image cannot fix this, the image must be rebuilt: {how}",
                 now.rebuild.join("; ")
             ),
         });

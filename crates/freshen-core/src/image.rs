@@ -147,6 +147,14 @@ impl ImageReference {
         }
     }
 
+    /// The same image without its pinned digest: what its tag names.
+    pub fn without_digest(&self) -> Self {
+        Self {
+            digest: None,
+            ..self.clone()
+        }
+    }
+
     /// The same image pinned to `digest`, keeping the tag for readers.
     pub fn with_digest(&self, digest: Digest) -> Self {
         Self {

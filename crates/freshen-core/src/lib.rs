@@ -15,6 +15,7 @@ pub mod lease;
 pub mod observe;
 pub mod plan;
 pub mod policy;
+pub mod rebuild;
 pub mod rollout;
 pub mod window;
 

@@ -49,6 +49,9 @@ pub struct Wants {
     pub max_container_age: Option<Duration>,
     /// Digests rejected for this workload, per container.
     pub rejected: Vec<(String, Digest)>,
+    /// Digests rebuilds produced for its containers, and why they were
+    /// rebuilt: (container, digest, reason).
+    pub rebuilt: Vec<(String, Digest, Reason)>,
 }
 
 /// A well-known GitOps reconciler that manages a workload.
@@ -291,6 +294,26 @@ pub fn wanted(
             };
             return Some((proposal, ripe));
         }
+    }
+    for (container, digest, reason) in &wants.rebuilt {
+        let Some(c) = containers.iter().find(|c| c.container == *container) else {
+            continue;
+        };
+        let rejected = wants
+            .rejected
+            .iter()
+            .any(|(n, d)| n == container && d == digest);
+        if c.running.is_none() || c.running.as_ref() == Some(digest) || rejected {
+            continue;
+        }
+        let proposal = Proposal {
+            reason: *reason,
+            container: c.container.clone(),
+            from_image: c.template_image.clone(),
+            to_image: c.image.with_digest(digest.clone()).to_string(),
+            digest: digest.clone(),
+        };
+        return Some((proposal, None));
     }
     let limit = wants.max_container_age?;
     containers
@@ -781,6 +804,38 @@ mod tests {
         };
         assert_eq!(
             decide(&[unknown_age], &soak, &open_gates(), now()),
+            Decision::Nothing
+        );
+    }
+
+    #[test]
+    fn a_rebuilt_digest_is_rolled_out_once_and_never_if_rejected() {
+        // `container(running, tag)`: the workload runs `a`; its rebuild
+        // produced `c`. It needs no followTag.
+        let wants = Wants {
+            rebuilt: vec![("app".into(), digest('c'), Reason::BaseMoved)],
+            ..Wants::default()
+        };
+        let Decision::Start(p) = decide(&[container('a', 'a')], &wants, &open_gates(), now())
+        else {
+            panic!("expected a refresh to the rebuilt digest")
+        };
+        assert_eq!(
+            (p.reason, p.digest.clone()),
+            (Reason::BaseMoved, digest('c'))
+        );
+        assert!(p.to_image.ends_with(&digest('c').to_string()));
+        // Already on it: nothing. Rolled back before: never again.
+        assert_eq!(
+            decide(&[container('c', 'c')], &wants, &open_gates(), now()),
+            Decision::Nothing
+        );
+        let rejected = Wants {
+            rejected: vec![("app".into(), digest('c'))],
+            ..wants.clone()
+        };
+        assert_eq!(
+            decide(&[container('a', 'a')], &rejected, &open_gates(), now()),
             Decision::Nothing
         );
     }

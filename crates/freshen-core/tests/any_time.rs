@@ -226,7 +226,7 @@ proptest! {
             .filter_map(|w| w.parse().ok())
             .collect::<Vec<window::Window>>();
         for follow_tag in [true, false] {
-            let wants = Wants { follow_tag, min_digest_age, max_container_age, rejected: vec![] };
+            let wants = Wants { follow_tag, min_digest_age, max_container_age, rejected: vec![], rebuilt: vec![] };
             let gates = Gates {
                 gitops: None,
                 suspended: false,

@@ -180,6 +180,19 @@ where
         }
     }
 
+    /// Forgets the cached value of `key`, so that the next [`get`](Self::get)
+    /// fetches it again; a fetch in flight is left to finish.
+    pub fn invalidate(&self, key: &K) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        if let Some(Slot::Ready { weight, .. }) = state.slots.get(key) {
+            let weight = *weight;
+            state.slots.remove(key);
+            state.weight -= weight;
+        }
+    }
+
     /// Total weight of the cached entries.
     pub fn weight(&self) -> usize {
         self.state.lock().map(|s| s.weight).unwrap_or(0)
@@ -229,6 +242,21 @@ mod tests {
         while counter.load(Ordering::SeqCst) < want {
             tokio::task::yield_now().await;
         }
+    }
+
+    #[tokio::test]
+    async fn an_invalidated_key_is_fetched_again_and_the_rest_stay() {
+        let cache = Cache::new(Some(Duration::from_secs(60)), 1_000, |_, _| 1);
+        let now = Instant::now();
+        let value = |v: u32| move || async move { Ok::<u32, String>(v) };
+        assert_eq!(cache.get(&"a".into(), now, value(1)).await.0, Ok(1));
+        assert_eq!(cache.get(&"b".into(), now, value(2)).await.0, Ok(2));
+        cache.invalidate(&"a".to_owned());
+        assert_eq!(cache.weight(), 1);
+        let (again, how) = cache.get(&"a".into(), now, value(3)).await;
+        assert_eq!((again, how), (Ok(3), Lookup::Fetched));
+        let (kept, how) = cache.get(&"b".into(), now, value(4)).await;
+        assert_eq!((kept, how), (Ok(2), Lookup::Hit));
     }
 
     #[tokio::test]

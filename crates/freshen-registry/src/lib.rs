@@ -338,6 +338,29 @@ impl RegistryClient {
         result
     }
 
+    /// The digest `image`'s tag names right now: the cached answer is
+    /// dropped first, so this asks the registry (and every later
+    /// [`resolve_tag`](Self::resolve_tag) shares the new answer). For when
+    /// the tag is known to have moved, or soon will.
+    pub async fn resolve_tag_now(
+        self: &Arc<Self>,
+        image: &ImageReference,
+        credential: Option<&Credential>,
+        now: Instant,
+    ) -> Shared<Digest> {
+        let tag = image
+            .effective_tag()
+            .unwrap_or(freshen_core::image::DEFAULT_TAG)
+            .to_owned();
+        self.tags.invalidate(&(
+            image.registry.clone(),
+            image.repository.clone(),
+            tag,
+            asker(credential),
+        ));
+        self.resolve_tag(image, credential, now).await
+    }
+
     /// Facts of `image` at `digest` (the digest the pods run), read for
     /// `platform` when the digest is a multi-arch index (the configured
     /// platform when `None`). A digest's content never changes, so this

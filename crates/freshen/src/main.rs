@@ -389,6 +389,13 @@ async fn client() -> anyhow::Result<kube::Client> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Rebuilds of ClusterRefreshPolicy pipelines that name no namespace
+    // live with freshen.
+    let rebuild_namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .or_else(|| args.namespace.clone())
+        .unwrap_or_else(|| "freshen-system".to_owned());
     let config = Config {
         metrics_addr: args.metrics_addr,
         leader: args.leader.config(args.namespace.as_deref()),
@@ -400,6 +407,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             max_concurrent_refreshes: args.max_concurrent_refreshes,
             max_concurrent_refreshes_per_namespace: args.max_concurrent_refreshes_per_namespace,
             refresh_history: args.refresh_history,
+            rebuild_namespace,
         },
         registry: args.registry.config(args.poll_interval)?,
         prometheus_url: args.prometheus_url,

@@ -208,6 +208,8 @@ fn context(
         policies: reflector::store().0,
         cluster_policies: reflector::store().0,
         refreshes: reflector::store().0,
+        rebuilds: reflector::store().0,
+        jobs: reflector::store().0,
         readiness: crate::Readiness::default(),
         prometheus: None,
         workload_trigger,
@@ -220,6 +222,7 @@ fn context(
             max_concurrent_refreshes: 10,
             max_concurrent_refreshes_per_namespace: 3,
             refresh_history: 5,
+            rebuild_namespace: "freshen-system".into(),
         },
     };
     (Arc::new(ctx), calls)

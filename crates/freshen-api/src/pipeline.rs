@@ -1,0 +1,348 @@
+//! Rebuild pipelines as policies declare them, and the `Rebuild` record
+//! freshen keeps of each rebuild.
+//!
+//! A policy names its pipelines (`spec.pipelines`) and which one rebuilds
+//! its workloads' images, on what, with what timeout and backoff
+//! (`spec.rebuild`). A workload may pick another of the governing policy's
+//! pipelines with `freshen.dev/pipeline`. Everything a template may say is
+//! checked when the policy is read: a bad pipeline makes the policy
+//! `Ready=False` naming the field, never a failure at trigger time.
+
+use std::time::Duration;
+
+use freshen_core::rebuild::{self, BaseMove, RebuildProgress};
+use freshen_core::rollout::Reason;
+use k8s_openapi::api::batch::v1::JobSpec;
+use kube::{CustomResource, KubeSchema};
+use schemars::Schema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::validation::{DURATION_MESSAGE, DURATION_RULE, SpecError, spec_duration};
+
+/// A DNS label: what pipeline names must be.
+const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+
+/// A rebuild pipeline: how freshen asks for an image to be rebuilt.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.job)").message(
+    "set job: a Kubernetes Job is the pipeline kind this version runs"
+))]
+pub struct Pipeline {
+    /// The pipeline's name, unique in the policy: `spec.rebuild.pipeline`
+    /// and the `freshen.dev/pipeline` annotation name it. A DNS label of at
+    /// most 63 characters.
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
+    pub name: String,
+    /// A Kubernetes Job freshen creates for each run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<JobPipeline>,
+}
+
+/// A pipeline run as a `batch/v1` Job, one per run, named after the
+/// rebuild and the run.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobPipeline {
+    /// The namespace the Jobs and their Rebuild records live in. Only a
+    /// ClusterRefreshPolicy may set it (default: freshen's own namespace);
+    /// a RefreshPolicy's Jobs run in the policy's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
+    pub namespace: Option<String>,
+    /// The Job's spec (`batch/v1` JobSpec). Any string in it may name
+    /// `$(variables)`: image, image.repository, image.tag, image.digest,
+    /// base.name, base.oldDigest, base.newDigest, reason, workload,
+    /// namespace, rebuild.name, rebuild.id (`$$(` is a literal `$(`).
+    /// freshen sets `ttlSecondsAfterFinished` to one hour when unset.
+    #[schemars(schema_with = "any_object")]
+    pub template: Value,
+}
+
+/// What asks for a rebuild.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RebuildOn {
+    /// The base image the running image was built on moved to a new digest.
+    BaseMoved,
+    /// The running image is past its `maxImageAge`.
+    ImageTooOld,
+}
+
+impl RebuildOn {
+    /// The refresh reason a rebuild of this kind leads to.
+    pub fn reason(self) -> Reason {
+        match self {
+            Self::BaseMoved => Reason::BaseMoved,
+            Self::ImageTooOld => Reason::ImageTooOld,
+        }
+    }
+}
+
+/// When and how the policy's workloads' images are rebuilt.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildSettings {
+    /// The pipeline (of `spec.pipelines`) that rebuilds; a workload's
+    /// `freshen.dev/pipeline` annotation may pick another of them.
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
+    pub pipeline: String,
+    /// What asks for a rebuild: BaseMoved, ImageTooOld (default both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2))]
+    pub on: Option<Vec<RebuildOn>>,
+    /// How long a run, and the wait for its rebuilt digest, may take
+    /// (default 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub timeout: Option<String>,
+    /// The wait after a failed run before the next (default 5m); it doubles
+    /// per failure, up to a day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message(DURATION_MESSAGE))]
+    pub backoff: Option<String>,
+}
+
+/// The pipelines of a policy and which one rebuilds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyPipelines {
+    /// Named rebuild pipelines (at most 16).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub pipelines: Vec<Pipeline>,
+    /// When and with which pipeline the images of the policy's workloads
+    /// are rebuilt (default: never; `RebuildRequired` Events say why).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<RebuildSettings>,
+}
+
+/// A policy's rebuild settings, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rebuilds {
+    /// The pipeline that rebuilds by default.
+    pub pipeline: String,
+    /// What asks for a rebuild.
+    pub on: Vec<Reason>,
+    /// How long a run may take.
+    pub timeout: Duration,
+    /// The first backoff after a failure.
+    pub backoff: Duration,
+}
+
+/// Default `spec.rebuild.timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Default `spec.rebuild.backoff`.
+pub const DEFAULT_BACKOFF: Duration = Duration::from_secs(300);
+
+impl PolicyPipelines {
+    /// The rebuild settings, when the policy has them, after checking every
+    /// pipeline; the first bad field is an error naming it. `namespaced`:
+    /// the policy is a RefreshPolicy (its Jobs run in its own namespace).
+    pub fn parse(&self, namespaced: bool) -> Result<Option<Rebuilds>, SpecError> {
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let field = |rest: &str| format!("spec.pipelines[{i}]{rest}");
+            if self.pipelines[..i].iter().any(|q| q.name == p.name) {
+                return Err(SpecError::Pipeline {
+                    field: field(".name"),
+                    message: format!("{:?} names two pipelines; names must be unique", p.name),
+                });
+            }
+            let Some(job) = &p.job else {
+                return Err(SpecError::Pipeline {
+                    field: field(""),
+                    message: "set job".into(),
+                });
+            };
+            if namespaced && job.namespace.is_some() {
+                return Err(SpecError::Pipeline {
+                    field: field(".job.namespace"),
+                    message: "a RefreshPolicy's Jobs run in its own namespace; only a \
+                              ClusterRefreshPolicy may name one"
+                        .into(),
+                });
+            }
+            check_job_template(&job.template).map_err(|(path, message)| SpecError::Pipeline {
+                field: field(&format!(".job.template{path}")),
+                message,
+            })?;
+        }
+        let Some(spec) = &self.rebuild else {
+            return Ok(None);
+        };
+        if !self.pipelines.iter().any(|p| p.name == spec.pipeline) {
+            return Err(SpecError::Pipeline {
+                field: "spec.rebuild.pipeline".into(),
+                message: format!("names no pipeline of spec.pipelines: {:?}", spec.pipeline),
+            });
+        }
+        let on = spec
+            .on
+            .clone()
+            .unwrap_or_else(|| vec![RebuildOn::BaseMoved, RebuildOn::ImageTooOld]);
+        Ok(Some(Rebuilds {
+            pipeline: spec.pipeline.clone(),
+            on: on.into_iter().map(RebuildOn::reason).collect(),
+            timeout: spec_duration("rebuild.timeout", spec.timeout.as_deref())?
+                .unwrap_or(DEFAULT_TIMEOUT),
+            backoff: spec_duration("rebuild.backoff", spec.backoff.as_deref())?
+                .unwrap_or(DEFAULT_BACKOFF),
+        }))
+    }
+
+    /// The pipeline named `name`.
+    pub fn get(&self, name: &str) -> Option<&Pipeline> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+}
+
+/// A Job template is a `batch/v1` JobSpec whose strings name only known
+/// variables; else the path of the first bad part and why.
+fn check_job_template(template: &Value) -> Result<(), (String, String)> {
+    if let Err(e) = serde_json::from_value::<JobSpec>(template.clone()) {
+        return Err((String::new(), format!("is not a batch/v1 JobSpec: {e}")));
+    }
+    if template.pointer("/template/spec/containers").is_none() {
+        return Err((
+            ".template.spec.containers".into(),
+            "a Job needs at least one container".into(),
+        ));
+    }
+    each_string(template, "", &mut |path, text| {
+        rebuild::check(text).map_err(|e| (path.to_owned(), e.to_string()))
+    })
+}
+
+/// Calls `f` on every string of `value` (keys too) with its path.
+fn each_string(
+    value: &Value,
+    path: &str,
+    f: &mut impl FnMut(&str, &str) -> Result<(), (String, String)>,
+) -> Result<(), (String, String)> {
+    match value {
+        Value::String(s) => f(path, s),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, v)| each_string(v, &format!("{path}[{i}]"), f)),
+        Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+            let here = format!("{path}.{k}");
+            f(&here, k)?;
+            each_string(v, &here, f)
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// `value` with every `$(variable)` in its strings replaced (keys too).
+pub fn render_template(
+    value: &Value,
+    values: &std::collections::BTreeMap<&'static str, String>,
+) -> Result<Value, rebuild::TemplateError> {
+    Ok(match value {
+        Value::String(s) => Value::String(rebuild::render(s, values)?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| render_template(v, values))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((rebuild::render(k, values)?, render_template(v, values)?)))
+                .collect::<Result<_, _>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// An object whose fields the API server keeps as written (a JobSpec is
+/// checked by freshen when the policy is read, not by the CRD schema).
+fn any_object(_: &mut schemars::SchemaGenerator) -> Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": true
+    })
+}
+
+/// One rebuild of one image by one pipeline, shared by every workload that
+/// runs the image: freshen creates it (named by
+/// [`freshen_core::rebuild::Need::rebuild_name`]) when a workload's image
+/// needs rebuilding, runs the pipeline, retries with backoff, and records
+/// the rebuilt digest its dependants then refresh to.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "freshen.dev",
+    version = "v1alpha1",
+    kind = "Rebuild",
+    doc = "One rebuild of an image by a pipeline, shared by every workload that runs the image.",
+    namespaced,
+    status = "RebuildStatus",
+    shortname = "rb",
+    category = "freshen",
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".spec.reason"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Runs","type":"integer","jsonPath":".status.attempts"}"#,
+    printcolumn = r#"{"name":"Run","type":"string","jsonPath":".status.run"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self == oldSelf").message(
+    "a Rebuild's spec is frozen at creation; delete it and let freshen record another"
+))]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildSpec {
+    /// The image rebuilt, as its dependants name it: repository and tag.
+    #[schemars(length(min = 1, max = 512))]
+    pub image: String,
+    /// The digest being replaced: what the tag named when the rebuild was
+    /// asked for.
+    #[schemars(length(min = 1, max = 256))]
+    pub from_digest: String,
+    /// Why: BaseMoved or ImageTooOld.
+    pub reason: freshen_core::rollout::Reason,
+    /// The base that moved, for BaseMoved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<BaseMove>,
+    /// The policy declaring the pipeline: `RefreshPolicy/<namespace>/<name>`
+    /// or `ClusterRefreshPolicy/<name>`.
+    #[schemars(length(min = 1, max = 512))]
+    pub policy: String,
+    /// The pipeline's name in that policy.
+    #[schemars(length(min = 1, max = 63))]
+    pub pipeline: String,
+    /// The workload whose measurement asked first, as `namespace/name`
+    /// (its pull secrets read the tag).
+    #[schemars(length(min = 1, max = 512))]
+    pub requested_by: String,
+    /// How long a run may take, in seconds (from the policy, frozen here).
+    #[schemars(range(min = 1, max = 31_536_000))]
+    pub timeout_seconds: u64,
+    /// The first backoff after a failed run, in seconds.
+    #[schemars(range(min = 1, max = 86_400))]
+    pub backoff_seconds: u64,
+}
+
+/// What freshen reports on a rebuild.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildStatus {
+    /// Where the rebuild is, its runs, and the rebuilt digest.
+    #[serde(flatten)]
+    pub progress: RebuildProgress,
+    /// The current (or last) run: the Job's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+}
+
+impl Rebuild {
+    /// The stored progress (the default before the first step).
+    pub fn progress(&self) -> RebuildProgress {
+        self.status
+            .as_ref()
+            .map(|s| s.progress.clone())
+            .unwrap_or_default()
+    }
+}

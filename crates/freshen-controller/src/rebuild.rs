@@ -1,0 +1,643 @@
+//! Rebuilds: the workload controller asks for them ([`request`]), the
+//! rebuild controller runs them ([`reconcile`]) through a pipeline kind
+//! behind [`Runner`] (a Kubernetes Job today), and the planner rolls out
+//! what they produced ([`rebuilt`]).
+//!
+//! One rebuild per image and cause: every dependant computes the same
+//! deterministic name ([`Need::rebuild_name`]), so the first create records
+//! it and the others find it. Its state machine is
+//! [`freshen_core::rebuild::step`]; here is only I/O.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use freshen_api::pipeline::{JobPipeline, Rebuild, RebuildSpec, RebuildStatus, render_template};
+use freshen_core::event::{EventKind, EventReason};
+use freshen_core::plan;
+use freshen_core::policy::Judgement;
+use freshen_core::rebuild::{
+    self, Need, RebuildChange, RebuildObserved, RebuildPhase, RebuildTarget, RunState,
+};
+use freshen_core::rollout::Reason;
+use freshen_core::{Digest, ImageReference};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::{DeleteParams, PostParams, PropagationPolicy};
+use kube::runtime::controller::Action;
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, Resource, ResourceExt};
+use tokio::time::Instant;
+use tracing::{info, instrument, warn};
+
+use crate::assess::{Accounts, Configuration, Measurement, pull_credentials};
+use crate::context::Context;
+use crate::deployment::FIELD_MANAGER;
+use crate::error::Error;
+
+/// The label on a rebuild's runs (and their pods): the Rebuild's name.
+pub const REBUILD_LABEL: &str = "freshen.dev/rebuild";
+
+/// How long a finished Job is kept when its template does not say.
+const JOB_TTL_SECONDS: i32 = 3600;
+
+/// At most this many dependants hear of a rebuild's failure by Event.
+const MAX_ANNOUNCED_DEPENDANTS: usize = 20;
+
+/// What the workload's containers need rebuilt under its plan, per
+/// container: an image past `maxImageAge`, or a base that moved on (when
+/// the plan rebuilds on that), for containers running one known digest of
+/// a tagged image.
+pub fn needs(
+    deploy: &Deployment,
+    config: &Configuration,
+    measurement: &Measurement,
+    judgement: &Judgement,
+) -> Vec<(String, Need)> {
+    let Some(plan) = &config.rebuild else {
+        return Vec::new();
+    };
+    let wanted = plan::rebuilds(
+        measurement
+            .containers
+            .iter()
+            .zip(&judgement.violations)
+            .map(|(c, v)| (c.container.as_str(), c.base_stale, v.as_slice())),
+    );
+    wanted
+        .into_iter()
+        .filter(|(_, reason)| plan.settings.on.contains(reason))
+        .filter_map(|(name, reason)| {
+            let record = measurement
+                .containers
+                .iter()
+                .find(|c| c.container == name)?;
+            let image = template_image(deploy, &name)?;
+            Some((
+                name,
+                Need {
+                    image,
+                    digest: record.running.clone()?,
+                    reason,
+                    base: (reason == Reason::BaseMoved)
+                        .then(|| record.base_move.clone())
+                        .flatten(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The tagged image a container's template names (a digest-only image has
+/// no tag a rebuild could move).
+fn template_image(deploy: &Deployment, container: &str) -> Option<ImageReference> {
+    let template = crate::assess::template_containers(deploy);
+    let image = template.iter().find(|c| c.name == container)?;
+    let parsed = ImageReference::parse(&image.image).ok()?;
+    parsed.tag.as_ref()?;
+    Some(parsed.without_digest())
+}
+
+/// Records the Rebuild of every need that has none yet, and returns the
+/// Rebuild of each (existing, or just created).
+pub async fn request(
+    ctx: &Context,
+    deploy: &Deployment,
+    config: &Configuration,
+    needs: &[(String, Need)],
+) -> Result<Vec<(String, Arc<Rebuild>)>, Error> {
+    let Some(plan) = &config.rebuild else {
+        return Ok(Vec::new());
+    };
+    let namespace = plan
+        .namespace
+        .clone()
+        .unwrap_or_else(|| ctx.config.rebuild_namespace.clone());
+    let mut out = Vec::new();
+    for (container, need) in needs {
+        let name = need.rebuild_name(&plan.id());
+        if let Some(existing) = ctx.rebuilds.get(&ObjectRef::new(&name).within(&namespace)) {
+            out.push((container.clone(), existing));
+            continue;
+        }
+        let record = Rebuild::new(
+            &name,
+            RebuildSpec {
+                image: need.image.to_string(),
+                from_digest: need.digest.to_string(),
+                reason: need.reason,
+                base: need.base.clone(),
+                policy: plan.policy.clone(),
+                pipeline: plan.pipeline.name.clone(),
+                requested_by: format!(
+                    "{}/{}",
+                    deploy.namespace().unwrap_or_default(),
+                    deploy.name_any()
+                ),
+                timeout_seconds: plan.settings.timeout.as_secs().max(1),
+                backoff_seconds: plan.settings.backoff.as_secs().clamp(1, 86_400),
+            },
+        );
+        let api: Api<Rebuild> = Api::namespaced(ctx.client.clone(), &namespace);
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&params, &record).await {
+            Ok(created) => {
+                info!(rebuild = %name, image = %need.image, reason = %need.reason, "rebuild requested");
+                out.push((container.clone(), Arc::new(created)));
+            }
+            // Another dependant was first: the same rebuild.
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(Error::CreateRebuild(e)),
+        }
+    }
+    Ok(out)
+}
+
+/// The digests finished rebuilds produced, per container, and why: what
+/// the planner rolls out (through a canary, like any new digest).
+pub fn rebuilt(rebuilds: &[(String, Arc<Rebuild>)]) -> Vec<(String, Digest, Reason)> {
+    rebuilds
+        .iter()
+        .filter_map(|(container, r)| {
+            let progress = r.progress();
+            if progress.phase != RebuildPhase::Succeeded {
+                return None;
+            }
+            let digest = progress.digest?.parse::<Digest>().ok()?;
+            Some((container.clone(), digest, r.spec.reason))
+        })
+        .collect()
+}
+
+/// A kind of pipeline run: starts, reads and stops the run of one attempt.
+/// Creating what exists already is no second run: names are deterministic.
+pub(crate) trait Runner {
+    /// The run of `attempt`'s name.
+    fn run_name(&self, rebuild: &Rebuild, attempt: u32) -> String;
+    /// How the run of `attempt` is doing.
+    fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState;
+    /// Starts the run of `attempt` from the template, with `values`.
+    async fn trigger(
+        &self,
+        rebuild: &Rebuild,
+        attempt: u32,
+        values: &BTreeMap<&'static str, String>,
+    ) -> Result<(), Error>;
+    /// Stops the run of `attempt`, if it exists.
+    async fn cancel(&self, rebuild: &Rebuild, attempt: u32) -> Result<(), Error>;
+}
+
+/// Runs as `batch/v1` Jobs in the Rebuild's namespace, owned by it, read
+/// from the operator's Job watch (label [`REBUILD_LABEL`]).
+struct Jobs<'a> {
+    ctx: &'a Context,
+    pipeline: &'a JobPipeline,
+}
+
+impl Runner for Jobs<'_> {
+    fn run_name(&self, rebuild: &Rebuild, attempt: u32) -> String {
+        format!("{}-{attempt}", rebuild.name_any())
+    }
+
+    fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState {
+        let namespace = rebuild.namespace().unwrap_or_default();
+        let name = self.run_name(rebuild, attempt);
+        match self.ctx.jobs.get(&ObjectRef::new(&name).within(&namespace)) {
+            None => RunState::Missing,
+            Some(job) => job_state(&job),
+        }
+    }
+
+    async fn trigger(
+        &self,
+        rebuild: &Rebuild,
+        attempt: u32,
+        values: &BTreeMap<&'static str, String>,
+    ) -> Result<(), Error> {
+        let name = self.run_name(rebuild, attempt);
+        let rendered = render_template(&self.pipeline.template, values)
+            .map_err(|e| Error::Pipeline(e.to_string()))?;
+        let mut spec: JobSpec = serde_json::from_value(rendered)
+            .map_err(|e| Error::Pipeline(format!("the rendered Job template: {e}")))?;
+        spec.ttl_seconds_after_finished
+            .get_or_insert(JOB_TTL_SECONDS);
+        let labels = BTreeMap::from([
+            (REBUILD_LABEL.to_owned(), rebuild.name_any()),
+            (
+                "app.kubernetes.io/managed-by".to_owned(),
+                "freshen".to_owned(),
+            ),
+        ]);
+        spec.template
+            .metadata
+            .get_or_insert_with(ObjectMeta::default)
+            .labels
+            .get_or_insert_with(BTreeMap::new)
+            .extend(labels.clone());
+        let job = Job {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: rebuild.namespace(),
+                labels: Some(labels),
+                owner_references: Some(vec![
+                    rebuild
+                        .controller_owner_ref(&())
+                        .ok_or(Error::MissingField("metadata.uid"))?,
+                ]),
+                ..ObjectMeta::default()
+            },
+            spec: Some(spec),
+            status: None,
+        };
+        let api: Api<Job> = Api::namespaced(
+            self.ctx.client.clone(),
+            &rebuild.namespace().unwrap_or_default(),
+        );
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PostParams::default()
+        };
+        match api.create(&params, &job).await {
+            Ok(_) => {
+                info!(job = %name, "rebuild run started");
+                Ok(())
+            }
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            Err(e) => Err(Error::TriggerRun(e)),
+        }
+    }
+
+    async fn cancel(&self, rebuild: &Rebuild, attempt: u32) -> Result<(), Error> {
+        let api: Api<Job> = Api::namespaced(
+            self.ctx.client.clone(),
+            &rebuild.namespace().unwrap_or_default(),
+        );
+        let params = DeleteParams {
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match api.delete(&self.run_name(rebuild, attempt), &params).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(Error::CancelRun(e)),
+        }
+    }
+}
+
+/// A Job's state from its conditions: `Complete` or `SuccessCriteriaMet`
+/// is success, `Failed` or `FailureTarget` failure (with its reason).
+pub fn job_state(job: &Job) -> RunState {
+    let conditions = job
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let holds = |kind: &str| {
+        conditions
+            .iter()
+            .find(|c| c.type_ == kind && c.status == "True")
+    };
+    if holds("Complete")
+        .or_else(|| holds("SuccessCriteriaMet"))
+        .is_some()
+    {
+        return RunState::Succeeded;
+    }
+    if let Some(c) = holds("Failed").or_else(|| holds("FailureTarget")) {
+        let reason = c.reason.clone().unwrap_or_else(|| "Failed".into());
+        let message = c.message.clone().unwrap_or_default();
+        return RunState::Failed(
+            format!("Job {}: {reason} {message}", job.name_any())
+                .trim_end()
+                .to_owned(),
+        );
+    }
+    RunState::Running
+}
+
+/// Reconciles one Rebuild: find its pipeline -> observe the run (and the
+/// tag, once the run finished) -> step (pure) -> store -> act -> announce.
+#[instrument(skip_all, fields(rebuild = %rebuild.namespace().unwrap_or_default() + "/" + &rebuild.name_any()))]
+pub async fn reconcile(rebuild: Arc<Rebuild>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let progress = rebuild.progress();
+    if progress.phase.is_terminal() {
+        return Ok(Action::await_change());
+    }
+    let now = Utc::now();
+    let target = target(&rebuild)?;
+    let pipeline = pipeline_of(&ctx, &rebuild);
+    let run = match (&pipeline, progress.attempts) {
+        (_, 0) => RunState::Missing,
+        (Ok(job), attempt) => Jobs {
+            ctx: &ctx,
+            pipeline: job,
+        }
+        .observe(&rebuild, attempt),
+        (Err(gone), _) => RunState::Failed(gone.clone()),
+    };
+    let tag_digest = match (&run, progress.phase) {
+        (RunState::Succeeded, RebuildPhase::Running) => tag_now(&ctx, &rebuild).await,
+        _ => None,
+    };
+    let observed = RebuildObserved {
+        run,
+        tag_digest,
+        superseded: superseded(&ctx, &rebuild),
+    };
+    let step = rebuild::step(&target, &progress, &observed, now);
+    let run_name = match &pipeline {
+        Ok(job) if step.progress.attempts > 0 => Some(
+            Jobs {
+                ctx: &ctx,
+                pipeline: job,
+            }
+            .run_name(&rebuild, step.progress.attempts),
+        ),
+        _ => rebuild.status.as_ref().and_then(|s| s.run.clone()),
+    };
+    let status = RebuildStatus {
+        progress: step.progress.clone(),
+        run: run_name,
+    };
+    if rebuild.status.as_ref() != Some(&status) && !store(&ctx, &rebuild, status).await? {
+        return Ok(Action::requeue(Duration::from_millis(200)));
+    }
+    if let Ok(job) = &pipeline {
+        act(&ctx, &rebuild, job, &step.changes, step.progress.attempts).await?;
+    }
+    announce(&ctx, &rebuild, &step).await;
+    Ok(step
+        .requeue
+        .map_or_else(Action::await_change, Action::requeue))
+}
+
+/// The frozen facts of the rebuild.
+fn target(rebuild: &Rebuild) -> Result<RebuildTarget, Error> {
+    Ok(RebuildTarget {
+        from_digest: rebuild
+            .spec
+            .from_digest
+            .parse()
+            .map_err(|_| Error::MissingField("spec.fromDigest"))?,
+        timeout: Duration::from_secs(rebuild.spec.timeout_seconds.max(1)),
+        backoff: Duration::from_secs(rebuild.spec.backoff_seconds.clamp(1, 86_400)),
+    })
+}
+
+/// The Job pipeline the rebuild names, or why it cannot be used.
+fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<JobPipeline, String> {
+    let spec = &rebuild.spec;
+    let parts: Vec<&str> = spec.policy.split('/').collect();
+    let pipelines = match parts.as_slice() {
+        ["RefreshPolicy", namespace, name] => ctx
+            .policies
+            .get(&ObjectRef::new(name).within(namespace))
+            .filter(|p| p.spec.pipelines.parse(true).is_ok())
+            .map(|p| p.spec.pipelines.clone()),
+        ["ClusterRefreshPolicy", name] => ctx
+            .cluster_policies
+            .get(&ObjectRef::new(name))
+            .filter(|p| p.spec.pipelines.parse(false).is_ok())
+            .map(|p| p.spec.pipelines.clone()),
+        _ => None,
+    };
+    pipelines
+        .as_ref()
+        .and_then(|p| p.get(&spec.pipeline))
+        .and_then(|p| p.job.clone())
+        .ok_or_else(|| {
+            format!(
+                "pipeline {} of {} is gone or invalid (the policy's Ready condition says why)",
+                spec.pipeline, spec.policy
+            )
+        })
+}
+
+/// The digest the rebuilt image's tag names now, asked of the registry
+/// (past the cache), with the pull secrets of the workload that asked.
+async fn tag_now(ctx: &Context, rebuild: &Rebuild) -> Option<Digest> {
+    let image = ImageReference::parse(&rebuild.spec.image).ok()?;
+    let (namespace, name) = rebuild.spec.requested_by.split_once('/')?;
+    let keychain = match ctx.deployments.get(&ObjectRef::new(name).within(namespace)) {
+        Some(deploy) => {
+            pull_credentials(
+                &ctx.client,
+                &deploy,
+                Accounts::Cached(&ctx.service_accounts),
+            )
+            .await
+            .0
+        }
+        None => freshen_registry::Keychain::default(),
+    };
+    let credential = ctx.registry.credential_for(&keychain, &image.registry);
+    match ctx
+        .registry
+        .resolve_tag_now(&image, credential, Instant::now())
+        .await
+    {
+        Ok(digest) => Some(digest),
+        Err(e) => {
+            warn!(error = %e, "rebuilt tag not read");
+            None
+        }
+    }
+}
+
+/// A newer rebuild of the same image by the same pipeline exists.
+fn superseded(ctx: &Context, rebuild: &Rebuild) -> bool {
+    let created = rebuild.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    ctx.rebuilds.state().iter().any(|other| {
+        other.namespace() == rebuild.namespace()
+            && other.name_any() != rebuild.name_any()
+            && other.spec.image == rebuild.spec.image
+            && other.spec.policy == rebuild.spec.policy
+            && other.spec.pipeline == rebuild.spec.pipeline
+            && other.metadata.creation_timestamp.as_ref().map(|t| t.0) > created
+    })
+}
+
+/// Stores the status, guarded by the resourceVersion read; `false` when
+/// another writer got there first (act on nothing).
+async fn store(ctx: &Context, rebuild: &Rebuild, status: RebuildStatus) -> Result<bool, Error> {
+    let api: Api<Rebuild> =
+        Api::namespaced(ctx.client.clone(), &rebuild.namespace().unwrap_or_default());
+    let mut updated = rebuild.clone();
+    updated.status = Some(status);
+    updated.metadata.managed_fields = None;
+    match api
+        .replace_status(&rebuild.name_any(), &PostParams::default(), &updated)
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(e) => Err(Error::StoreRebuild(e)),
+    }
+}
+
+/// Carries out the step's changes.
+async fn act(
+    ctx: &Context,
+    rebuild: &Rebuild,
+    pipeline: &JobPipeline,
+    changes: &[RebuildChange],
+    attempts: u32,
+) -> Result<(), Error> {
+    let jobs = Jobs { ctx, pipeline };
+    for change in changes {
+        match change {
+            RebuildChange::Trigger { attempt } => {
+                jobs.trigger(rebuild, *attempt, &values(rebuild)).await?;
+            }
+            RebuildChange::Cancel => jobs.cancel(rebuild, attempts).await?,
+        }
+    }
+    Ok(())
+}
+
+/// The template values of a rebuild.
+fn values(rebuild: &Rebuild) -> BTreeMap<&'static str, String> {
+    let spec = &rebuild.spec;
+    let name = rebuild.name_any();
+    let mut values = match (
+        ImageReference::parse(&spec.image),
+        spec.from_digest.parse::<Digest>(),
+    ) {
+        (Ok(image), Ok(digest)) => Need {
+            image,
+            digest,
+            reason: spec.reason,
+            base: spec.base.clone(),
+        }
+        .values(),
+        _ => BTreeMap::new(),
+    };
+    if let Some((namespace, workload)) = spec.requested_by.split_once('/') {
+        values.insert("namespace", namespace.to_owned());
+        values.insert("workload", workload.to_owned());
+    }
+    values.insert(
+        "rebuild.id",
+        name.strip_prefix("rebuild-").unwrap_or(&name).to_owned(),
+    );
+    values.insert("rebuild.name", name);
+    values
+}
+
+/// Publishes the step's Event on the rebuild (and, for an outcome, on the
+/// workloads running its image), counts the outcome, and measures the
+/// dependants again once the rebuilt digest is known.
+async fn announce(ctx: &Context, rebuild: &Rebuild, step: &rebuild::RebuildStep) {
+    let Some((kind, reason)) = step.event else {
+        return;
+    };
+    let type_ = match kind {
+        EventKind::Normal => EventType::Normal,
+        EventKind::Warning => EventType::Warning,
+    };
+    let note = format!(
+        "Rebuild {} of {}: {}",
+        rebuild.name_any(),
+        rebuild.spec.image,
+        step.progress.message
+    );
+    let dependants = dependants(ctx, &rebuild.spec.image);
+    let mut targets = vec![rebuild.object_ref(&())];
+    if matches!(
+        reason,
+        EventReason::RebuildFailed | EventReason::RebuildSucceeded
+    ) {
+        targets.extend(
+            dependants
+                .iter()
+                .take(MAX_ANNOUNCED_DEPENDANTS)
+                .map(|d| d.object_ref(&())),
+        );
+    }
+    ctx.publish(type_, reason, "Rebuild", note, &targets).await;
+    if let Some(outcome) = step.outcome {
+        ctx.metrics.rebuilds.finished(&step.progress, outcome);
+    }
+    if reason == EventReason::RebuildSucceeded {
+        for d in &dependants {
+            let _ = ctx
+                .workload_trigger
+                .unbounded_send(ObjectRef::from_obj(d.as_ref()));
+        }
+    }
+}
+
+/// The Deployments whose template names `image` (repository and tag).
+fn dependants(ctx: &Context, image: &str) -> Vec<Arc<Deployment>> {
+    ctx.deployments
+        .state()
+        .into_iter()
+        .filter(|d| {
+            crate::assess::template_containers(d).iter().any(|c| {
+                ImageReference::parse(&c.image)
+                    .is_ok_and(|i| i.without_digest().to_string() == image)
+            })
+        })
+        .collect()
+}
+
+/// The Rebuild a Job belongs to, from its label.
+pub fn of_job(job: &Job) -> Option<ObjectRef<Rebuild>> {
+    let name = job.labels().get(REBUILD_LABEL)?;
+    Some(ObjectRef::new(name).within(&job.namespace()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(conditions: serde_json::Value) -> Job {
+        serde_json::from_value(json!({
+            "metadata": {"name": "rebuild-1-1", "namespace": "ci",
+                         "labels": {REBUILD_LABEL: "rebuild-1"}},
+            "status": {"conditions": conditions}
+        }))
+        .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_job_reads_as_its_terminal_conditions_say() {
+        assert_eq!(job_state(&job(json!([]))), RunState::Running);
+        assert_eq!(
+            job_state(&job(
+                json!([{"type": "SuccessCriteriaMet", "status": "True"}])
+            )),
+            RunState::Succeeded
+        );
+        assert_eq!(
+            job_state(&job(json!([{"type": "Complete", "status": "True"}]))),
+            RunState::Succeeded
+        );
+        assert_eq!(
+            job_state(&job(json!([{"type": "FailureTarget", "status": "True",
+                                    "reason": "BackoffLimitExceeded",
+                                    "message": "Job has reached the specified backoff limit"}]))),
+            RunState::Failed(
+                "Job rebuild-1-1: BackoffLimitExceeded Job has reached the specified backoff limit"
+                    .into()
+            )
+        );
+        // A condition that does not hold says nothing.
+        assert_eq!(
+            job_state(&job(json!([{"type": "Failed", "status": "False"}]))),
+            RunState::Running
+        );
+        assert_eq!(
+            of_job(&job(json!([]))),
+            Some(ObjectRef::new("rebuild-1").within("ci"))
+        );
+    }
+}

@@ -1,0 +1,758 @@
+//! Rebuild pipelines, decided without I/O: which rebuild an image needs and
+//! its deterministic name, the template language pipelines are written in,
+//! and the state machine of one rebuild (trigger, watch, retry with backoff,
+//! succeed when the tag names a new digest).
+//!
+//! One rebuild serves every workload that runs the image: its name is a hash
+//! of the pipeline, the image and what made it stale (the new base digest, or
+//! the digest grown too old), so every dependant computes the same name and
+//! a second create finds the first.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::age::{elapsed, later};
+use crate::event::{EventKind, EventReason};
+use crate::image::{Digest, ImageReference};
+use crate::plan::fingerprint;
+use crate::rollout::Reason;
+
+/// The variables a pipeline template may name, as `$(name)`.
+pub const VARIABLES: [&str; 12] = [
+    "image",
+    "image.repository",
+    "image.tag",
+    "image.digest",
+    "base.name",
+    "base.oldDigest",
+    "base.newDigest",
+    "reason",
+    "workload",
+    "namespace",
+    "rebuild.name",
+    "rebuild.id",
+];
+
+/// Why a template cannot be rendered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TemplateError {
+    /// `$(...)` names a variable that does not exist.
+    #[error(
+        "unknown variable $({0}); expected one of $(image), $(image.repository), $(image.tag), \
+         $(image.digest), $(base.name), $(base.oldDigest), $(base.newDigest), $(reason), \
+         $(workload), $(namespace), $(rebuild.name), $(rebuild.id) (write $$( for a literal $()"
+    )]
+    Unknown(String),
+    /// `$(` without its `)`.
+    #[error("unclosed $( in {0:?}")]
+    Unclosed(String),
+}
+
+/// Every `$(name)` of `text` (`$$(` is a literal `$(`), or the first
+/// malformed or unknown one.
+pub fn check(text: &str) -> Result<(), TemplateError> {
+    render_with(text, |name| {
+        VARIABLES
+            .contains(&name)
+            .then(String::new)
+            .ok_or_else(|| TemplateError::Unknown(name.to_owned()))
+    })
+    .map(|_| ())
+}
+
+/// `text` with every `$(name)` replaced by its value in `values`; an
+/// unknown name is an error, a known one without a value is empty.
+pub fn render(
+    text: &str,
+    values: &BTreeMap<&'static str, String>,
+) -> Result<String, TemplateError> {
+    render_with(text, |name| {
+        if !VARIABLES.contains(&name) {
+            return Err(TemplateError::Unknown(name.to_owned()));
+        }
+        Ok(values.get(name).cloned().unwrap_or_default())
+    })
+}
+
+fn render_with(
+    text: &str,
+    mut value: impl FnMut(&str) -> Result<String, TemplateError>,
+) -> Result<String, TemplateError> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + 1..];
+        if let Some(literal) = after.strip_prefix("$(") {
+            out.push_str("$(");
+            rest = literal;
+        } else if let Some(open) = after.strip_prefix('(') {
+            let close = open
+                .find(')')
+                .ok_or_else(|| TemplateError::Unclosed(text.chars().take(80).collect()))?;
+            out.push_str(&value(&open[..close])?);
+            rest = &open[close + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A moved base: what an image was built on and what the tag names now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct BaseMove {
+    /// The base image followed, e.g. `docker.io/library/debian:12`.
+    pub name: String,
+    /// The base digest the image was built on, when it records one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_digest: Option<String>,
+    /// The digest the base's tag names now.
+    pub new_digest: String,
+}
+
+/// What one image needs rebuilt, as a workload's measurement found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Need {
+    /// The image as the workload names it (repository and tag).
+    pub image: ImageReference,
+    /// The digest the workload runs.
+    pub digest: Digest,
+    /// Why: [`Reason::BaseMoved`] or [`Reason::ImageTooOld`].
+    pub reason: Reason,
+    /// The moved base, for [`Reason::BaseMoved`].
+    pub base: Option<BaseMove>,
+}
+
+impl Need {
+    /// What made the image stale: the new base digest (every image on the
+    /// old base needs the same rebuild), or the digest that grew too old.
+    fn cause(&self) -> String {
+        match (&self.reason, &self.base) {
+            (Reason::BaseMoved, Some(base)) => format!("base {}@{}", base.name, base.new_digest),
+            _ => format!("{} {}", self.reason, self.digest),
+        }
+    }
+
+    /// The rebuild's name: `rebuild-` and 16 hex digits of the pipeline
+    /// (`pipeline` names its policy too), the image without digest and
+    /// the cause. Stable across versions: it is how a second create finds
+    /// the first.
+    pub fn rebuild_name(&self, pipeline: &str) -> String {
+        let image = self.image.without_digest();
+        format!(
+            "rebuild-{}",
+            fingerprint(&format!("{pipeline}\n{image}\n{}", self.cause()))
+        )
+    }
+
+    /// The template values of this need (the rebuild's own name and the
+    /// workload that asked are added by the caller).
+    pub fn values(&self) -> BTreeMap<&'static str, String> {
+        let image = self.image.without_digest();
+        let mut values = BTreeMap::from([
+            ("image", image.to_string()),
+            ("image.repository", image.name()),
+            (
+                "image.tag",
+                image
+                    .effective_tag()
+                    .unwrap_or(crate::image::DEFAULT_TAG)
+                    .to_owned(),
+            ),
+            ("image.digest", self.digest.to_string()),
+            ("reason", self.reason.to_string()),
+        ]);
+        if let Some(base) = &self.base {
+            values.insert("base.name", base.name.clone());
+            values.insert(
+                "base.oldDigest",
+                base.old_digest.clone().unwrap_or_default(),
+            );
+            values.insert("base.newDigest", base.new_digest.clone());
+        }
+        values
+    }
+}
+
+/// Where a rebuild is.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, strum::IntoStaticStr,
+)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+pub enum RebuildPhase {
+    /// Recorded; the first run starts at the next step.
+    #[default]
+    Pending,
+    /// A run is under way, or finished and the tag is awaited.
+    Running,
+    /// The last run failed; the next starts after the backoff.
+    BackingOff,
+    /// The tag names the rebuilt digest.
+    Succeeded,
+    /// A newer rebuild of the image replaced it.
+    Superseded,
+}
+
+impl RebuildPhase {
+    /// Nothing more happens.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Superseded)
+    }
+
+    /// The phase as the CRD spells it.
+    pub fn as_str(self) -> &'static str {
+        self.into()
+    }
+}
+
+impl fmt::Display for RebuildPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a rebuild has done so far; stored in its status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct RebuildProgress {
+    /// Where the rebuild is: Pending, Running (a run is under way, or its
+    /// digest awaited), BackingOff, Succeeded or Superseded.
+    #[serde(default)]
+    pub phase: RebuildPhase,
+    /// Runs started so far (the current one included).
+    #[serde(default)]
+    pub attempts: u32,
+    /// When the current (or last) run was started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<DateTime<Utc>>,
+    /// When the current run's pipeline reported success (the tag is then
+    /// awaited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_finished_at: Option<DateTime<Utc>>,
+    /// When the rebuild ended, or its last run failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<DateTime<Utc>>,
+    /// While backing off: when the next run starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// The rebuilt digest the tag names, once succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    /// What happened last, in one sentence.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// How a run of the pipeline is doing, as its kind reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// No run of the current attempt exists (not created yet, or deleted).
+    Missing,
+    /// It runs.
+    Running,
+    /// It finished successfully.
+    Succeeded,
+    /// It failed; why, in a phrase.
+    Failed(String),
+}
+
+/// What a rebuild step observed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildObserved {
+    /// The current attempt's run.
+    pub run: RunState,
+    /// The digest the image's tag names now, read past the cache.
+    pub tag_digest: Option<Digest>,
+    /// A newer rebuild of the same image and pipeline exists.
+    pub superseded: bool,
+}
+
+/// The fixed facts of a rebuild.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebuildTarget {
+    /// The digest being replaced: the tag named it when the rebuild was
+    /// asked for.
+    pub from_digest: Digest,
+    /// A run (and the wait for its digest) longer than this fails.
+    pub timeout: Duration,
+    /// The first backoff after a failure; it doubles per failure, up to
+    /// [`MAX_BACKOFF`].
+    pub backoff: Duration,
+}
+
+/// The longest backoff between two runs of one rebuild.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
+
+/// The backoff after `failures` failed runs (at least one): `base`
+/// doubled per earlier failure, at most [`MAX_BACKOFF`].
+pub fn backoff(base: Duration, failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(20);
+    base.saturating_mul(1 << doublings).min(MAX_BACKOFF)
+}
+
+/// A change to make; each is safe to repeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebuildChange {
+    /// Start run `attempt` (creating what exists already is no second run).
+    Trigger {
+        /// Which run: 1 for the first.
+        attempt: u32,
+    },
+    /// Stop the current run, where the kind can.
+    Cancel,
+}
+
+/// How a run ended, for `freshen_rebuilds_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+pub enum RebuildOutcome {
+    /// The tag names the rebuilt digest.
+    Succeeded,
+    /// The pipeline reported failure.
+    Failed,
+    /// The run, or the wait for its digest, took longer than the timeout.
+    TimedOut,
+    /// A newer rebuild replaced it.
+    Superseded,
+}
+
+/// What a step decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RebuildStep {
+    /// The progress to store before acting.
+    pub progress: RebuildProgress,
+    /// The changes to make once it is stored.
+    pub changes: Vec<RebuildChange>,
+    /// The Event announcing what changed, if anything did.
+    pub event: Option<(EventKind, EventReason)>,
+    /// How a run ended, if one did now.
+    pub outcome: Option<RebuildOutcome>,
+    /// When to look again (a watch event may come sooner).
+    pub requeue: Option<Duration>,
+}
+
+/// How often a finished run's tag is read again while its digest is
+/// awaited.
+const TAG_RECHECK: Duration = Duration::from_secs(5);
+
+/// One step of a rebuild: a pure function of its target, stored progress,
+/// what was observed and `now`. Level-triggered: a crash between storing
+/// and acting repeats the changes, which are idempotent.
+pub fn step(
+    target: &RebuildTarget,
+    progress: &RebuildProgress,
+    observed: &RebuildObserved,
+    now: DateTime<Utc>,
+) -> RebuildStep {
+    let mut next = progress.clone();
+    let mut out = RebuildStep {
+        progress: progress.clone(),
+        changes: Vec::new(),
+        event: None,
+        outcome: None,
+        requeue: None,
+    };
+    if progress.phase.is_terminal() {
+        return out;
+    }
+    if observed.superseded {
+        next.phase = RebuildPhase::Superseded;
+        next.finished_at = Some(now);
+        next.message = "a newer rebuild of the image replaced this one".into();
+        out.changes.push(RebuildChange::Cancel);
+        out.event = Some((EventKind::Normal, EventReason::RebuildSuperseded));
+        out.outcome = Some(RebuildOutcome::Superseded);
+        out.progress = next;
+        return out;
+    }
+    match progress.phase {
+        RebuildPhase::Pending => start(&mut next, &mut out, now),
+        RebuildPhase::BackingOff => match progress.next_attempt_at {
+            Some(at) if at > now => out.requeue = Some(until(at, now)),
+            _ => start(&mut next, &mut out, now),
+        },
+        RebuildPhase::Running => running(target, &mut next, &mut out, observed, now),
+        RebuildPhase::Succeeded | RebuildPhase::Superseded => {}
+    }
+    out.progress = next;
+    out
+}
+
+/// Starts the next run.
+fn start(next: &mut RebuildProgress, out: &mut RebuildStep, now: DateTime<Utc>) {
+    next.phase = RebuildPhase::Running;
+    next.attempts = next.attempts.saturating_add(1);
+    next.started_at = Some(now);
+    next.run_finished_at = None;
+    next.next_attempt_at = None;
+    next.message = format!("run {} started", next.attempts);
+    out.changes.push(RebuildChange::Trigger {
+        attempt: next.attempts,
+    });
+    out.event = Some((EventKind::Normal, EventReason::RebuildStarted));
+}
+
+fn running(
+    target: &RebuildTarget,
+    next: &mut RebuildProgress,
+    out: &mut RebuildStep,
+    observed: &RebuildObserved,
+    now: DateTime<Utc>,
+) {
+    let started = next.started_at.unwrap_or(now);
+    let deadline = later(started, target.timeout);
+    let moved = observed
+        .tag_digest
+        .as_ref()
+        .filter(|d| **d != target.from_digest);
+    if let (Some(digest), Some(_)) = (moved, next.run_finished_at) {
+        next.phase = RebuildPhase::Succeeded;
+        next.digest = Some(digest.to_string());
+        next.finished_at = Some(now);
+        next.message = format!("the tag names the rebuilt digest {digest}");
+        out.event = Some((EventKind::Normal, EventReason::RebuildSucceeded));
+        out.outcome = Some(RebuildOutcome::Succeeded);
+        return;
+    }
+    if now >= deadline {
+        let what = if next.run_finished_at.is_some() {
+            "the run finished but the tag still names the old digest"
+        } else {
+            "the run did not finish"
+        };
+        fail(
+            target,
+            next,
+            out,
+            now,
+            format!("{what} within {}", crate::HumanDuration(target.timeout)),
+            RebuildOutcome::TimedOut,
+        );
+        out.changes.push(RebuildChange::Cancel);
+        return;
+    }
+    match &observed.run {
+        RunState::Missing => {
+            // Stored as started but not created (a crash in between), or
+            // deleted: creating it again is idempotent by name.
+            out.changes.push(RebuildChange::Trigger {
+                attempt: next.attempts,
+            });
+            out.requeue = Some(until(deadline, now));
+        }
+        RunState::Running => out.requeue = Some(until(deadline, now)),
+        RunState::Succeeded => {
+            if next.run_finished_at.is_none() {
+                next.run_finished_at = Some(now);
+                next.message = format!(
+                    "run {} finished; waiting for the tag to name the rebuilt digest",
+                    next.attempts
+                );
+            }
+            out.requeue = Some(TAG_RECHECK.min(until(deadline, now)));
+        }
+        RunState::Failed(why) => {
+            let why = format!("run {} failed: {why}", next.attempts);
+            fail(target, next, out, now, why, RebuildOutcome::Failed);
+        }
+    }
+}
+
+fn fail(
+    target: &RebuildTarget,
+    next: &mut RebuildProgress,
+    out: &mut RebuildStep,
+    now: DateTime<Utc>,
+    why: String,
+    outcome: RebuildOutcome,
+) {
+    let wait = backoff(target.backoff, next.attempts);
+    let at = later(now, wait);
+    next.phase = RebuildPhase::BackingOff;
+    next.finished_at = Some(now);
+    next.next_attempt_at = Some(at);
+    next.message = format!(
+        "{why}; run {} starts in {} (at {})",
+        next.attempts.saturating_add(1),
+        crate::HumanDuration(wait),
+        at.to_rfc3339()
+    );
+    out.event = Some((EventKind::Warning, EventReason::RebuildFailed));
+    out.outcome = Some(outcome);
+    out.requeue = Some(wait);
+}
+
+fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
+    elapsed(now, at).max(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap_or_default()
+    }
+
+    fn digest(c: char) -> Digest {
+        format!("sha256:{}", c.to_string().repeat(64))
+            .parse::<Digest>()
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn need(reason: Reason, base_digest: char) -> Need {
+        Need {
+            image: ImageReference::parse("reg.io/shop/app:1").unwrap_or_else(|e| panic!("{e}")),
+            digest: digest('a'),
+            reason,
+            base: (reason == Reason::BaseMoved).then(|| BaseMove {
+                name: "docker.io/library/debian:12".into(),
+                old_digest: Some(digest('0').to_string()),
+                new_digest: digest(base_digest).to_string(),
+            }),
+        }
+    }
+
+    fn target() -> RebuildTarget {
+        RebuildTarget {
+            from_digest: digest('a'),
+            timeout: Duration::from_secs(600),
+            backoff: Duration::from_secs(60),
+        }
+    }
+
+    fn observed(run: RunState, tag: char) -> RebuildObserved {
+        RebuildObserved {
+            run,
+            tag_digest: Some(digest(tag)),
+            superseded: false,
+        }
+    }
+
+    #[test]
+    fn templates_name_known_variables_only() {
+        let values = need(Reason::BaseMoved, 'b').values();
+        assert_eq!(
+            render(
+                "build $(image.repository):$(image.tag) on $(base.newDigest)",
+                &values
+            ),
+            Ok(format!("build reg.io/shop/app:1 on {}", digest('b')))
+        );
+        assert_eq!(
+            render("cost $5 and $$(literal)", &values),
+            Ok("cost $5 and $(literal)".into())
+        );
+        assert_eq!(
+            check("$(image.repo)"),
+            Err(TemplateError::Unknown("image.repo".into()))
+        );
+        assert!(matches!(check("$(image"), Err(TemplateError::Unclosed(_))));
+        assert_eq!(check("$(reason) $(rebuild.id)"), Ok(()));
+        // A known variable without a value renders empty.
+        let too_old = need(Reason::ImageTooOld, 'b').values();
+        assert_eq!(render("[$(base.name)]", &too_old), Ok("[]".into()));
+    }
+
+    #[test]
+    fn every_dependant_of_an_image_computes_one_rebuild_name() {
+        let one = need(Reason::BaseMoved, 'b');
+        // Another workload runs an older digest of the same tag on the same
+        // old base: the same base move, the same rebuild.
+        let other = Need {
+            digest: digest('9'),
+            ..one.clone()
+        };
+        let name = one.rebuild_name("RefreshPolicy/shop/p/job");
+        assert_eq!(name, other.rebuild_name("RefreshPolicy/shop/p/job"));
+        assert!(name.starts_with("rebuild-") && name.len() == 24, "{name}");
+        // A newer base move, another pipeline, or age: another rebuild.
+        assert_ne!(
+            name,
+            need(Reason::BaseMoved, 'c').rebuild_name("RefreshPolicy/shop/p/job")
+        );
+        assert_ne!(name, one.rebuild_name("ClusterRefreshPolicy/all/job"));
+        let old = need(Reason::ImageTooOld, 'b');
+        assert_ne!(name, old.rebuild_name("RefreshPolicy/shop/p/job"));
+        // Image too old: per digest, so the rebuilt one can age again later.
+        assert_ne!(
+            old.rebuild_name("p"),
+            Need {
+                digest: digest('9'),
+                ..old.clone()
+            }
+            .rebuild_name("p")
+        );
+    }
+
+    #[test]
+    fn a_run_succeeds_when_its_pipeline_finished_and_the_tag_moved() {
+        let t = target();
+        let first = step(
+            &t,
+            &RebuildProgress::default(),
+            &observed(RunState::Missing, 'a'),
+            at(0),
+        );
+        assert_eq!(first.changes, [RebuildChange::Trigger { attempt: 1 }]);
+        assert_eq!(first.progress.phase, RebuildPhase::Running);
+        assert_eq!(
+            first.event,
+            Some((EventKind::Normal, EventReason::RebuildStarted))
+        );
+        // Not created yet when looked at again (a crash): created again,
+        // same attempt, so the same run name.
+        let again = step(
+            &t,
+            &first.progress,
+            &observed(RunState::Missing, 'a'),
+            at(5),
+        );
+        assert_eq!(again.changes, [RebuildChange::Trigger { attempt: 1 }]);
+        assert_eq!(again.event, None);
+        let running = step(
+            &t,
+            &first.progress,
+            &observed(RunState::Running, 'a'),
+            at(10),
+        );
+        assert!(running.changes.is_empty() && running.event.is_none());
+        // A tag moved by someone else before the run finished is not ours.
+        let early = step(
+            &t,
+            &first.progress,
+            &observed(RunState::Running, 'b'),
+            at(20),
+        );
+        assert_eq!(early.progress.phase, RebuildPhase::Running);
+        let done = step(
+            &t,
+            &first.progress,
+            &observed(RunState::Succeeded, 'a'),
+            at(30),
+        );
+        assert_eq!(done.progress.phase, RebuildPhase::Running);
+        assert_eq!(done.progress.run_finished_at, Some(at(30)));
+        assert_eq!(done.requeue, Some(Duration::from_secs(5)));
+        let moved = step(
+            &t,
+            &done.progress,
+            &observed(RunState::Succeeded, 'b'),
+            at(35),
+        );
+        assert_eq!(moved.progress.phase, RebuildPhase::Succeeded);
+        assert_eq!(moved.progress.digest, Some(digest('b').to_string()));
+        assert_eq!(moved.outcome, Some(RebuildOutcome::Succeeded));
+        // Terminal: nothing more, whatever is observed.
+        let after = step(
+            &t,
+            &moved.progress,
+            &observed(RunState::Failed("x".into()), 'c'),
+            at(99),
+        );
+        assert_eq!(after.progress, moved.progress);
+        assert!(after.changes.is_empty() && after.event.is_none());
+    }
+
+    #[test]
+    fn failures_back_off_exponentially_and_a_timeout_cancels() {
+        let t = target();
+        let mut progress = step(
+            &t,
+            &RebuildProgress::default(),
+            &observed(RunState::Missing, 'a'),
+            at(0),
+        )
+        .progress;
+        let mut now = 0;
+        for (failure, wait) in [(1, 60), (2, 120), (3, 240)] {
+            let failed = step(
+                &t,
+                &progress,
+                &observed(RunState::Failed("exit 1".into()), 'a'),
+                at(now + 10),
+            );
+            assert_eq!(failed.progress.phase, RebuildPhase::BackingOff);
+            assert_eq!(failed.outcome, Some(RebuildOutcome::Failed));
+            assert_eq!(
+                failed.event,
+                Some((EventKind::Warning, EventReason::RebuildFailed))
+            );
+            assert_eq!(
+                failed.progress.next_attempt_at,
+                Some(at(now + 10 + wait)),
+                "failure {failure}"
+            );
+            assert!(
+                failed.progress.message.contains("run")
+                    && failed.progress.message.contains("exit 1")
+            );
+            // No run starts before the backoff ends, however often it is looked at.
+            let early = step(
+                &t,
+                &failed.progress,
+                &observed(RunState::Missing, 'a'),
+                at(now + 10 + wait - 1),
+            );
+            assert!(early.changes.is_empty(), "{early:?}");
+            now += 10 + wait;
+            let retried = step(
+                &t,
+                &failed.progress,
+                &observed(RunState::Missing, 'a'),
+                at(now),
+            );
+            assert_eq!(
+                retried.changes,
+                [RebuildChange::Trigger {
+                    attempt: failure + 1
+                }]
+            );
+            progress = retried.progress;
+        }
+        // The run hangs past the timeout: cancelled, backing off.
+        let hung = step(
+            &t,
+            &progress,
+            &observed(RunState::Running, 'a'),
+            at(now + 600),
+        );
+        assert_eq!(hung.changes, [RebuildChange::Cancel]);
+        assert_eq!(hung.outcome, Some(RebuildOutcome::TimedOut));
+        assert!(
+            hung.progress.message.contains("did not finish within 10m"),
+            "{}",
+            hung.progress.message
+        );
+        assert_eq!(backoff(Duration::from_secs(60), 40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn a_newer_rebuild_supersedes_and_cancels() {
+        let t = target();
+        let running = step(
+            &t,
+            &RebuildProgress::default(),
+            &observed(RunState::Missing, 'a'),
+            at(0),
+        )
+        .progress;
+        let newer = RebuildObserved {
+            superseded: true,
+            ..observed(RunState::Running, 'a')
+        };
+        let s = step(&t, &running, &newer, at(5));
+        assert_eq!(s.progress.phase, RebuildPhase::Superseded);
+        assert_eq!(s.changes, [RebuildChange::Cancel]);
+        assert_eq!(s.outcome, Some(RebuildOutcome::Superseded));
+    }
+}
