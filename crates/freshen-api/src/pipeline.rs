@@ -346,3 +346,104 @@ impl Rebuild {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(template: Value) -> Pipeline {
+        Pipeline {
+            name: "build".into(),
+            job: Some(JobPipeline {
+                namespace: None,
+                template,
+            }),
+        }
+    }
+
+    fn valid() -> Value {
+        json!({"template": {"spec": {"restartPolicy": "Never", "containers": [
+            {"name": "b", "image": "builder:1", "args": ["$(image)", "$(base.newDigest)"]}]}}})
+    }
+
+    fn with(pipelines: Vec<Pipeline>, rebuild: Option<&str>) -> PolicyPipelines {
+        PolicyPipelines {
+            pipelines,
+            rebuild: rebuild.map(|p| RebuildSettings {
+                pipeline: p.into(),
+                on: None,
+                timeout: None,
+                backoff: None,
+            }),
+        }
+    }
+
+    fn error(p: &PolicyPipelines, namespaced: bool) -> String {
+        p.parse(namespaced)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_valid_pipeline_gives_the_defaults() {
+        let p = with(vec![job(valid())], Some("build"));
+        let rebuilds = p.parse(true).ok().flatten();
+        assert_eq!(
+            rebuilds,
+            Some(Rebuilds {
+                pipeline: "build".into(),
+                on: vec![Reason::BaseMoved, Reason::ImageTooOld],
+                timeout: DEFAULT_TIMEOUT,
+                backoff: DEFAULT_BACKOFF,
+            })
+        );
+        assert_eq!(with(vec![job(valid())], None).parse(true), Ok(None));
+    }
+
+    #[test]
+    fn a_bad_pipeline_is_an_error_naming_the_field() {
+        let unknown = json!({"template": {"spec": {"containers": [
+            {"name": "b", "image": "builder:1", "args": ["$(image.sha)"]}]}}});
+        let e = error(&with(vec![job(unknown)], None), true);
+        assert!(
+            e.starts_with("spec.pipelines[0].job.template.template.spec.containers[0].args[0]: unknown variable $(image.sha)"),
+            "{e}"
+        );
+        let not_a_job = json!({"template": {"spec": {"containers": "builder"}}});
+        let e = error(&with(vec![job(not_a_job)], None), true);
+        assert!(
+            e.starts_with("spec.pipelines[0].job.template: is not a batch/v1 JobSpec"),
+            "{e}"
+        );
+        let no_container = json!({"backoffLimit": 1});
+        let e = error(&with(vec![job(no_container)], None), true);
+        assert!(e.contains("needs at least one container"), "{e}");
+        let e = error(&with(vec![job(valid()), job(valid())], None), true);
+        assert!(e.starts_with("spec.pipelines[1].name"), "{e}");
+        let e = error(&with(vec![job(valid())], Some("deploy")), true);
+        assert!(
+            e.starts_with("spec.rebuild.pipeline: names no pipeline"),
+            "{e}"
+        );
+        // Only a ClusterRefreshPolicy chooses where its Jobs run.
+        let mut elsewhere = job(valid());
+        if let Some(j) = elsewhere.job.as_mut() {
+            j.namespace = Some("kube-system".into());
+        }
+        let e = error(&with(vec![elsewhere.clone()], None), true);
+        assert!(e.starts_with("spec.pipelines[0].job.namespace"), "{e}");
+        assert_eq!(with(vec![elsewhere], None).parse(false), Ok(None));
+    }
+
+    #[test]
+    fn templates_render_every_string_and_key() {
+        let values = std::collections::BTreeMap::from([("image", "reg/app:1".to_owned())]);
+        let rendered = render_template(&json!({"args": ["$(image)"], "$(image)": 1}), &values);
+        assert_eq!(
+            rendered.ok(),
+            Some(json!({"args": ["reg/app:1"], "reg/app:1": 1}))
+        );
+    }
+}

@@ -101,9 +101,48 @@ fn template_image(deploy: &Deployment, container: &str) -> Option<ImageReference
     Some(parsed.without_digest())
 }
 
+/// The rebuilds a workload's containers asked for: each container's
+/// Rebuild, or why recording one failed.
+pub struct Requested {
+    /// Per container, its Rebuild (existing or just recorded).
+    pub result: Result<Vec<(String, Arc<Rebuild>)>, Error>,
+}
+
+impl Requested {
+    /// The digests finished rebuilds produced, per container, and why:
+    /// what the planner rolls out (through a canary, like any new digest).
+    pub fn rebuilt(&self) -> Vec<(String, Digest, Reason)> {
+        self.result.as_deref().map(rebuilt).unwrap_or_default()
+    }
+
+    /// The Rebuilds as `namespace/name`, for the workload's Event.
+    pub fn names(&self) -> Vec<String> {
+        self.result
+            .as_deref()
+            .unwrap_or_default()
+            .iter()
+            .map(|(_, r)| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
+            .collect()
+    }
+}
+
+/// Records the Rebuild of every need of the measured workload (see
+/// [`needs`]) that has none yet.
+pub async fn request(
+    ctx: &Context,
+    deploy: &Deployment,
+    config: &Configuration,
+    (measurement, judgement): (&Measurement, &Judgement),
+) -> Requested {
+    let needs = needs(deploy, config, measurement, judgement);
+    Requested {
+        result: record(ctx, deploy, config, &needs).await,
+    }
+}
+
 /// Records the Rebuild of every need that has none yet, and returns the
 /// Rebuild of each (existing, or just created).
-pub async fn request(
+async fn record(
     ctx: &Context,
     deploy: &Deployment,
     config: &Configuration,
@@ -159,9 +198,8 @@ pub async fn request(
     Ok(out)
 }
 
-/// The digests finished rebuilds produced, per container, and why: what
-/// the planner rolls out (through a canary, like any new digest).
-pub fn rebuilt(rebuilds: &[(String, Arc<Rebuild>)]) -> Vec<(String, Digest, Reason)> {
+/// The digests the finished ones of `rebuilds` produced, per container.
+fn rebuilt(rebuilds: &[(String, Arc<Rebuild>)]) -> Vec<(String, Digest, Reason)> {
     rebuilds
         .iter()
         .filter_map(|(container, r)| {

@@ -72,37 +72,26 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     .await;
     let registry_error = report_problems(&ctx, &deploy, &measurement).await;
     let judgement = judge(&ctx, &config, &measurement, now);
-    let needs = rebuild::needs(&deploy, &config, &measurement, &judgement);
-    let rebuilds = rebuild::request(&ctx, &deploy, &config, &needs).await;
-    let rebuilt = rebuilds
-        .as_deref()
-        .map(rebuild::rebuilt)
-        .unwrap_or_default();
+    let rebuilds = rebuild::request(&ctx, &deploy, &config, (&measurement, &judgement)).await;
     let outcome = planner::consider(
         &ctx,
         &deploy,
         &config,
         &measurement.containers,
         &lookup,
-        rebuilt,
+        rebuilds.rebuilt(),
     )
     .await;
     let hold = match &outcome {
         Ok(Outcome::Held(hold, until)) => Some((hold, *until)),
         _ => None,
     };
-    let requested: Vec<String> = rebuilds
-        .as_deref()
-        .unwrap_or_default()
-        .iter()
-        .map(|(_, r)| format!("{}/{}", r.namespace().unwrap_or_default(), r.name_any()))
-        .collect();
     let findings = announce(
         &ctx,
         &deploy,
         (&measurement, &judgement),
         hold,
-        &requested,
+        &rebuilds.names(),
         previous.as_ref(),
     )
     .await;
@@ -121,7 +110,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         },
     );
     outcome?;
-    rebuilds?;
+    rebuilds.result?;
     match registry_error {
         Some(e) => Err(e.into()),
         None => Ok(Action::requeue(requeue)),
