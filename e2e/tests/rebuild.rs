@@ -7,7 +7,9 @@
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use freshen_api::pipeline::{JobPipeline, Pipeline, RebuildOn, RebuildSettings};
+use freshen_api::pipeline::{
+    JobPipeline, Pipeline, RebuildOn, RebuildSettings, SecretKey, WebhookPipeline,
+};
 use freshen_api::refresh::{AnalysisSpec, RolloutSpec};
 use freshen_api::{
     PolicyLimits, PolicyPipelines, PolicyRefresh, Rebuild, Refresh, RefreshPolicy,
@@ -23,6 +25,7 @@ use freshen_e2e::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
@@ -67,22 +70,27 @@ impl Scene {
         backoff: &str,
         pod_annotations: serde_json::Value,
     ) -> anyhow::Result<()> {
-        let template = json!({
-            "backoffLimit": 0,
-            "template": {
-                "metadata": {"annotations": pod_annotations},
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{
-                        "name": "build",
-                        "image": "registry.example/builder:1",
-                        "args": ["build", "$(image)", "from", "$(image.digest)",
-                                 "on", "$(base.newDigest)", "because", "$(reason)",
-                                 "id", "$(rebuild.id)"]
-                    }]
-                }
-            }
-        });
+        let pipeline = Pipeline {
+            name: "build".into(),
+            job: Some(JobPipeline {
+                namespace: None,
+                template: job_template(pod_annotations),
+            }),
+            webhook: None,
+        };
+        self.policy_with(on, limits, backoff, pipeline).await
+    }
+
+    /// A policy over the Deployments labelled `tier=shop` that rebuilds
+    /// with `pipeline` on `on`, canaries with a fast analysis, never
+    /// following tags (so every refresh here comes from a rebuild).
+    async fn policy_with(
+        &self,
+        on: RebuildOn,
+        limits: PolicyLimits,
+        backoff: &str,
+        pipeline: Pipeline,
+    ) -> anyhow::Result<()> {
         let policy = RefreshPolicy::new(
             "shop",
             RefreshPolicySpec {
@@ -109,13 +117,7 @@ impl Scene {
                     ..PolicyRefresh::default()
                 },
                 pipelines: PolicyPipelines {
-                    pipelines: vec![Pipeline {
-                        name: "build".into(),
-                        job: Some(JobPipeline {
-                            namespace: None,
-                            template,
-                        }),
-                    }],
+                    pipelines: vec![pipeline],
                     rebuild: Some(RebuildSettings {
                         pipeline: "build".into(),
                         on: Some(vec![on]),
@@ -242,6 +244,27 @@ impl Scene {
         )
         .await
     }
+}
+
+/// A Job template whose pod carries `pod_annotations` (kwok's failure
+/// marker) and names every kind of variable.
+fn job_template(pod_annotations: serde_json::Value) -> serde_json::Value {
+    json!({
+            "backoffLimit": 0,
+            "template": {
+                "metadata": {"annotations": pod_annotations},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "containers": [{
+                        "name": "build",
+                        "image": "registry.example/builder:1",
+                        "args": ["build", "$(image)", "from", "$(image.digest)",
+                                 "on", "$(base.newDigest)", "because", "$(reason)",
+                                 "id", "$(rebuild.id)"]
+                    }]
+                }
+            }
+    })
 }
 
 /// The args the one Job ran with.
@@ -470,5 +493,296 @@ async fn a_failing_pipeline_backs_off_and_runs_no_second_job_across_a_restart() 
     let jobs = s.jobs().await?;
     assert_eq!(jobs.len(), 1, "one Job");
     assert!(job_finished(&jobs[0], "Failed"));
+    Ok(())
+}
+
+/// A delivery the test's receiver accepted.
+#[derive(Debug, Clone)]
+struct Delivered {
+    id: String,
+    body: serde_json::Value,
+    hub_signature: Option<String>,
+}
+
+/// A CI system's webhook receiver on loopback: it checks the Standard
+/// Webhooks signature with `key` (its own HMAC, not freshen's code) and
+/// answers 204 to a valid one, 401 to any other.
+struct Receiver {
+    addr: String,
+    delivered: tokio::sync::mpsc::UnboundedReceiver<Delivered>,
+    refused: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Receiver {
+    async fn start(key: Vec<u8>) -> anyhow::Result<Self> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?.to_string();
+        let (tx, delivered) = tokio::sync::mpsc::unbounded_channel();
+        let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let refusals = std::sync::Arc::clone(&refused);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut buf = [0_u8; 4096];
+                // Headers, then as much body as Content-Length says.
+                let complete = loop {
+                    let Ok(n) = socket.read(&mut buf).await else {
+                        break None;
+                    };
+                    if n == 0 {
+                        break None;
+                    }
+                    request.extend_from_slice(&buf[..n]);
+                    if let Some(end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&request[..end]).to_string();
+                        let length = header(&head, "content-length")
+                            .and_then(|v| v.parse::<usize>().ok())
+                            .unwrap_or(0);
+                        if request.len() >= end + 4 + length {
+                            break Some((head, request[end + 4..end + 4 + length].to_vec()));
+                        }
+                    }
+                };
+                let Some((head, body)) = complete else {
+                    continue;
+                };
+                let id = header(&head, "webhook-id").unwrap_or_default();
+                let timestamp = header(&head, "webhook-timestamp").unwrap_or_default();
+                let signature = header(&head, "webhook-signature").unwrap_or_default();
+                let valid = signature == expected_signature(&key, &id, &timestamp, &body);
+                let status = if valid {
+                    let _ = tx.send(Delivered {
+                        id,
+                        body: serde_json::from_slice(&body).unwrap_or_default(),
+                        hub_signature: header(&head, "x-hub-signature-256"),
+                    });
+                    "204 No Content"
+                } else {
+                    refusals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    "401 Unauthorized"
+                };
+                let answer =
+                    format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        Ok(Self {
+            addr,
+            delivered,
+            refused,
+        })
+    }
+}
+
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// `v1,base64(HMAC-SHA256(key, "id.timestamp.body"))`, per Standard Webhooks.
+fn expected_signature(key: &[u8], id: &str, timestamp: &str, body: &[u8]) -> String {
+    use base64::Engine as _;
+    use hmac::{KeyInit, Mac};
+    let Ok(mut mac) = <hmac::Hmac<sha2::Sha256> as KeyInit>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// A GitHub `repository_dispatch`-shaped webhook pipeline to `addr`,
+/// signed with the Secret `hook`.
+fn webhook_pipeline(addr: &str) -> Pipeline {
+    Pipeline {
+        name: "build".into(),
+        job: None,
+        webhook: Some(WebhookPipeline {
+            url: format!("http://{addr}/repos/shop/app/dispatches"),
+            body: Some(json!({
+                "event_type": "freshen-rebuild",
+                "client_payload": {"image": "$(image)", "base": "$(base.newDigest)",
+                                   "reason": "$(reason)", "rebuild": "$(rebuild.name)"}
+            })),
+            secret: SecretKey {
+                name: "hook".into(),
+                key: "secret".into(),
+            },
+            hub_signature: Some(true),
+            headers: Vec::new(),
+        }),
+    }
+}
+
+/// The Secret `hook` holding `whsec_` and the base64 of `key`.
+async fn hook_secret(s: &Scene, key: &[u8]) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    let value = format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "hook"},
+        "stringData": {"secret": value}
+    }))?;
+    Api::<Secret>::namespaced(s.client.clone(), &s.ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    Ok(())
+}
+
+/// An app on a base, deployed as `shop`, and the base's tag moved.
+async fn app_on_a_moved_base(s: &Scene) -> anyhow::Result<(Pushed, Pushed)> {
+    let base_v1 = s
+        .push(
+            "base",
+            "12",
+            &ImageSpec::built_at(Utc::now() - TimeDelta::days(30)),
+        )
+        .await?;
+    let mut app = ImageSpec::built_at(Utc::now() - TimeDelta::days(20));
+    app.base = Some((base_v1.tagged.clone(), base_v1.digest.clone()));
+    let app_v1 = s.push("app", "1", &app).await?;
+    s.deploy("shop", &app_v1.pinned()).await?;
+    Ok((app_v1, base_v1))
+}
+
+#[tokio::test]
+async fn a_signed_webhook_asks_ci_for_the_rebuild_and_its_digest_is_rolled_out()
+-> anyhow::Result<()> {
+    let s = Scene::new("rebuild-hook").await?;
+    let key = b"a key only CI and freshen know".to_vec();
+    let mut receiver = Receiver::start(key.clone()).await?;
+    hook_secret(&s, &key).await?;
+    s.policy_with(
+        RebuildOn::BaseMoved,
+        PolicyLimits::default(),
+        "1m",
+        webhook_pipeline(&receiver.addr),
+    )
+    .await?;
+    let (app_v1, _) = app_on_a_moved_base(&s).await?;
+    let _operator = Operator::start(
+        &s.harness,
+        &[
+            "--poll-interval",
+            "2s",
+            "--namespace",
+            &s.ns.name,
+            "--plain-http-registry",
+            &receiver.addr,
+        ],
+    )
+    .await?;
+    let base_v2 = s
+        .push("base", "12", &ImageSpec::built_at(Utc::now()))
+        .await?;
+
+    // CI hears of it once, signed, with the rendered body.
+    let delivered = tokio::time::timeout(Duration::from_secs(60), receiver.delivered.recv())
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the receiver stopped"))?;
+    let rebuild = s
+        .await_rebuild("delivered", |r| r.progress().attempts == 1)
+        .await?;
+    assert_eq!(
+        delivered.id,
+        format!("{}-1", rebuild.name_any()),
+        "webhook-id is the run"
+    );
+    assert_eq!(
+        delivered.body,
+        json!({"event_type": "freshen-rebuild", "client_payload": {
+            "image": app_v1.tagged, "base": base_v2.digest, "reason": "BaseMoved",
+            "rebuild": rebuild.name_any()}})
+    );
+    assert!(
+        delivered
+            .hub_signature
+            .as_deref()
+            .is_some_and(|h| h.starts_with("sha256=") && h.len() == 71),
+        "{delivered:?}"
+    );
+
+    // CI builds and pushes; freshen sees the tag move and rolls it out.
+    let mut rebuilt = ImageSpec::built_at(Utc::now());
+    rebuilt.base = Some((base_v2.tagged.clone(), base_v2.digest.clone()));
+    let app_v2 = s.push("app", "1", &rebuilt).await?;
+    let done = s
+        .await_rebuild("succeeded", |r| {
+            r.progress().phase == RebuildPhase::Succeeded
+        })
+        .await?;
+    assert_eq!(
+        done.progress().digest.as_deref(),
+        Some(app_v2.digest.as_str())
+    );
+    let refresh = s.await_refreshed("shop").await?;
+    assert_eq!(refresh.spec.digest, app_v2.digest);
+    // One delivery: the run is recorded as delivered, never sent again.
+    assert!(receiver.delivered.try_recv().is_err(), "a second delivery");
+    assert_eq!(
+        receiver.refused.load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_webhook_the_receiver_refuses_fails_the_run_with_its_status() -> anyhow::Result<()> {
+    let s = Scene::new("rebuild-hook-refused").await?;
+    let receiver = Receiver::start(b"the receiver's key".to_vec()).await?;
+    hook_secret(&s, b"another key").await?;
+    s.policy_with(
+        RebuildOn::BaseMoved,
+        PolicyLimits::default(),
+        "1h",
+        webhook_pipeline(&receiver.addr),
+    )
+    .await?;
+    app_on_a_moved_base(&s).await?;
+    let operator = Operator::start(
+        &s.harness,
+        &[
+            "--poll-interval",
+            "2s",
+            "--namespace",
+            &s.ns.name,
+            "--plain-http-registry",
+            &receiver.addr,
+        ],
+    )
+    .await?;
+    s.push("base", "12", &ImageSpec::built_at(Utc::now()))
+        .await?;
+    let failed = s
+        .await_rebuild("backing off", |r| {
+            r.progress().phase == RebuildPhase::BackingOff
+        })
+        .await?;
+    let message = failed.progress().message;
+    assert!(message.contains("401 Unauthorized"), "{message}");
+    assert!(message.contains("run 2 starts in 1h"), "{message}");
+    assert_eq!(
+        receiver.refused.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a 401 is not retried"
+    );
+    let note = await_warning(&s.client, &s.ns.name, "Deployment", "shop", "RebuildFailed").await?;
+    assert!(note.contains("401"), "{note}");
+    operator
+        .await_metric(
+            r#"freshen_rebuilds_total{kind="webhook",outcome="Failed"}"#,
+            1.0,
+        )
+        .await?;
     Ok(())
 }

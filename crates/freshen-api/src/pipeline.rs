@@ -26,8 +26,8 @@ const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A rebuild pipeline: how freshen asks for an image to be rebuilt.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.job)").message(
-    "set job: a Kubernetes Job is the pipeline kind this version runs"
+#[x_kube(validation = Rule::new("has(self.job) != has(self.webhook)").message(
+    "set exactly one of job or webhook"
 ))]
 pub struct Pipeline {
     /// The pipeline's name, unique in the policy: `spec.rebuild.pipeline`
@@ -38,6 +38,178 @@ pub struct Pipeline {
     /// A Kubernetes Job freshen creates for each run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobPipeline>,
+    /// A signed HTTP POST to a CI system for each run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<WebhookPipeline>,
+}
+
+impl Pipeline {
+    /// Which kind of pipeline it is.
+    pub fn kind(&self) -> PipelineKind {
+        if self.webhook.is_some() {
+            PipelineKind::Webhook
+        } else {
+            PipelineKind::Job
+        }
+    }
+}
+
+/// The kinds of pipeline.
+#[derive(
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    strum::IntoStaticStr,
+)]
+pub enum PipelineKind {
+    /// A `batch/v1` Job.
+    #[default]
+    Job,
+    /// A signed webhook.
+    Webhook,
+}
+
+impl PipelineKind {
+    /// The metric label: `job` or `webhook`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Job => "job",
+            Self::Webhook => "webhook",
+        }
+    }
+}
+
+/// A key of a Secret in the Rebuild's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKey {
+    /// The name of the Secret, in the Rebuild's namespace.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in the Secret's data that holds the value.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// A request header whose value comes from a Secret, e.g. `Authorization:
+/// Bearer <token>` for GitHub's API.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretHeader {
+    /// The header's name, e.g. `Authorization`. Not one freshen sets
+    /// (`Content-Type`, `webhook-*`, `X-Hub-Signature-256`).
+    #[schemars(length(min = 1, max = 64))]
+    pub name: String,
+    /// Written before the Secret's value, e.g. `Bearer ` (with its space).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub prefix: Option<String>,
+    /// Where the value is.
+    pub secret: SecretKey,
+}
+
+/// A pipeline run as a signed `POST` of a JSON body to a CI system (a
+/// GitHub `repository_dispatch` or `workflow_dispatch`, a GitLab pipeline
+/// trigger, ...), signed per Standard Webhooks: headers `webhook-id` (the
+/// run's name: a receiver deduplicates on it), `webhook-timestamp` and
+/// `webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body>`. The
+/// run counts as finished once delivered (a 2xx answer); the rebuild
+/// succeeds when the image's tag names a new digest built after it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct WebhookPipeline {
+    /// The receiver: `https://...` (TLS verified against the system's CAs
+    /// and `--registry-ca-file`), or `http://` to a host:port listed in
+    /// `--plain-http-registry`. Reached only where `--registry-allow` /
+    /// `--registry-deny` allow. At most 2048 characters.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// The JSON body; its strings may name `$(variables)` (default: an
+    /// object of every variable, keyed by its name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "any_value")]
+    pub body: Option<Value>,
+    /// The signing secret: `whsec_` and base64 (Standard Webhooks), or any
+    /// other text, used as it is.
+    pub secret: SecretKey,
+    /// Also send GitHub's `X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of
+    /// the body>`, with the same secret (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hub_signature: Option<bool>,
+    /// More headers, their values from Secrets (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub headers: Vec<SecretHeader>,
+}
+
+/// Headers freshen sets on a webhook itself.
+const OWN_HEADERS: [&str; 6] = [
+    "content-type",
+    "content-length",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "x-hub-signature-256",
+];
+
+/// A webhook's URL, body and headers can be used; else the path of the
+/// first bad part and why.
+fn check_webhook(hook: &WebhookPipeline) -> Result<(), (String, String)> {
+    let url = url::Url::parse(&hook.url).map_err(|e| {
+        (
+            ".url".to_owned(),
+            format!("{e}; expected https://host/path"),
+        )
+    })?;
+    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+        return Err((
+            ".url".into(),
+            "expected https://host/path (or http:// to a plain-HTTP host)".into(),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err((
+            ".url".into(),
+            "credentials belong in a header from a Secret, not in the URL".into(),
+        ));
+    }
+    rebuild::check(&hook.url).map_err(|e| (".url".to_owned(), e.to_string()))?;
+    if let Some(body) = &hook.body {
+        each_string(body, ".body", &mut |path, text| {
+            rebuild::check(text).map_err(|e| (path.to_owned(), e.to_string()))
+        })?;
+    }
+    for (i, h) in hook.headers.iter().enumerate() {
+        let valid = !h.name.is_empty()
+            && h.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !valid || OWN_HEADERS.contains(&h.name.to_ascii_lowercase().as_str()) {
+            return Err((
+                format!(".headers[{i}].name"),
+                format!(
+                    "{:?} is not a header freshen may set from a Secret (letters, digits, '-', \
+                     not one of {})",
+                    h.name,
+                    OWN_HEADERS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Any JSON value, kept as written.
+fn any_value(_: &mut schemars::SchemaGenerator) -> Schema {
+    schemars::json_schema!({
+        "x-kubernetes-preserve-unknown-fields": true
+    })
 }
 
 /// A pipeline run as a `batch/v1` Job, one per run, named after the
@@ -150,11 +322,20 @@ impl PolicyPipelines {
                     message: format!("{:?} names two pipelines; names must be unique", p.name),
                 });
             }
+            if let Some(hook) = &p.webhook {
+                check_webhook(hook).map_err(|(path, message)| SpecError::Pipeline {
+                    field: field(&format!(".webhook{path}")),
+                    message,
+                })?;
+            }
             let Some(job) = &p.job else {
-                return Err(SpecError::Pipeline {
-                    field: field(""),
-                    message: "set job".into(),
-                });
+                if p.webhook.is_none() {
+                    return Err(SpecError::Pipeline {
+                        field: field(""),
+                        message: "set exactly one of job or webhook".into(),
+                    });
+                }
+                continue;
             };
             if namespaced && job.namespace.is_some() {
                 return Err(SpecError::Pipeline {
@@ -284,6 +465,7 @@ fn any_object(_: &mut schemars::SchemaGenerator) -> Schema {
     category = "freshen",
     printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".spec.reason"}"#,
+    printcolumn = r#"{"name":"Kind","type":"string","jsonPath":".spec.kind"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Runs","type":"integer","jsonPath":".status.attempts"}"#,
     printcolumn = r#"{"name":"Run","type":"string","jsonPath":".status.run"}"#,
@@ -313,6 +495,9 @@ pub struct RebuildSpec {
     /// The pipeline's name in that policy.
     #[schemars(length(min = 1, max = 63))]
     pub pipeline: String,
+    /// The pipeline's kind when the rebuild was recorded.
+    #[serde(default)]
+    pub kind: PipelineKind,
     /// The workload whose measurement asked first, as `namespace/name`
     /// (its pull secrets read the tag).
     #[schemars(length(min = 1, max = 512))]
@@ -332,9 +517,26 @@ pub struct RebuildStatus {
     /// Where the rebuild is, its runs, and the rebuilt digest.
     #[serde(flatten)]
     pub progress: RebuildProgress,
-    /// The current (or last) run: the Job's name.
+    /// The current (or last) run: the Job's name, or the webhook
+    /// delivery's `webhook-id`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
+    /// A webhook pipeline: the last run delivered (answered 2xx).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivered: Option<String>,
+    /// A webhook pipeline: the last run whose delivery failed, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub undelivered: Option<Undelivered>,
+}
+
+/// A webhook delivery that failed.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Undelivered {
+    /// The run (`webhook-id`) that was not delivered.
+    pub run: String,
+    /// Why: the receiver's status, or the connection's error.
+    pub message: String,
 }
 
 impl Rebuild {
@@ -359,6 +561,7 @@ mod tests {
                 namespace: None,
                 template,
             }),
+            webhook: None,
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Context {
     pub rebuilds: Store<Rebuild>,
     /// The Jobs of rebuild pipelines (labelled `freshen.dev/rebuild`).
     pub jobs: Store<Job>,
+    /// Delivers the webhooks of webhook pipelines.
+    pub webhooks: crate::webhook::WebhookClient,
     /// Which watches have listed everything.
     pub readiness: crate::Readiness,
     /// Where canary metric queries go, when configured.

@@ -22,6 +22,7 @@ pub mod records;
 pub mod refresh;
 pub mod report;
 pub mod server;
+pub mod webhook;
 pub mod workload;
 
 use std::fmt::Debug;
@@ -243,6 +244,9 @@ pub enum RunError {
     /// The Prometheus client could not be built.
     #[error("the Prometheus client could not be built: {0}")]
     Prometheus(#[source] reqwest::Error),
+    /// The webhook client could not be built (a bad CA file).
+    #[error("the webhook client could not be built: {0}")]
+    Webhooks(#[source] reqwest::Error),
     /// The cluster could not be asked whether the CRDs are installed.
     #[error("checking for the freshen CRDs failed: {0}")]
     CrdCheck(#[source] kube::Error),
@@ -366,9 +370,12 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             readiness.watch(Watch::Rebuilds),
         )
         .inspect_ok(move |_| {
-            metrics
-                .rebuilds
-                .count_active(store.state().iter().map(|r| r.progress().phase))
+            metrics.rebuilds.count_active(
+                store
+                    .state()
+                    .iter()
+                    .map(|r| (r.spec.kind, r.progress().phase)),
+            )
         })
         .applied_objects()
     };
@@ -503,7 +510,16 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         workload_tx.clone(),
     );
 
+    // Webhook receivers are reached like registries: the same CAs, the
+    // same allow and deny lists, plain HTTP only to the hosts listed.
+    let webhooks = webhook::WebhookClient::new(
+        &config.registry.extra_root_certificates,
+        config.registry.reach.clone(),
+        config.registry.plain_http.clone(),
+    )
+    .map_err(RunError::Webhooks)?;
     let ctx = Arc::new(Context {
+        webhooks,
         recorder: Recorder::new(
             client.clone(),
             Reporter {

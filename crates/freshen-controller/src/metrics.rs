@@ -6,6 +6,7 @@
 //! at scrape time with `freshen_core`'s rules. A workload's series vanish as
 //! soon as its entry is removed (deleted, or opted out).
 
+use freshen_api::pipeline::PipelineKind;
 use freshen_core::rebuild::{RebuildOutcome, RebuildPhase, RebuildProgress};
 use std::sync::Arc;
 
@@ -266,22 +267,35 @@ impl RebuildMetrics {
     }
 
     /// Counts a run that ended with `outcome`.
-    pub fn finished(&self, progress: &RebuildProgress, outcome: RebuildOutcome) {
+    pub fn finished(
+        &self,
+        kind: PipelineKind,
+        progress: &RebuildProgress,
+        outcome: RebuildOutcome,
+    ) {
         let outcome: &'static str = outcome.into();
-        self.total.with_label_values(&["job", outcome]).inc();
+        let kind = kind.label();
+        self.total.with_label_values(&[kind, outcome]).inc();
         if let (Some(started), Some(finished)) = (progress.started_at, progress.finished_at) {
             self.duration
-                .with_label_values(&["job", outcome])
+                .with_label_values(&[kind, outcome])
                 .observe(freshen_core::age::elapsed(started, finished).as_secs_f64());
         }
     }
 
-    /// Sets `freshen_rebuilds_active` from every Rebuild's phase.
-    pub fn count_active(&self, phases: impl IntoIterator<Item = RebuildPhase>) {
-        let active = phases.into_iter().filter(|p| !p.is_terminal()).count();
-        self.active
-            .with_label_values(&["job"])
-            .set(i64::try_from(active).unwrap_or(i64::MAX));
+    /// Sets `freshen_rebuilds_active` from every Rebuild's kind and phase.
+    pub fn count_active(&self, rebuilds: impl IntoIterator<Item = (PipelineKind, RebuildPhase)>) {
+        let mut counts = [(PipelineKind::Job, 0_i64), (PipelineKind::Webhook, 0)];
+        for (kind, phase) in rebuilds {
+            if let Some((_, n)) = counts.iter_mut().find(|(k, _)| *k == kind)
+                && !phase.is_terminal()
+            {
+                *n += 1;
+            }
+        }
+        for (kind, n) in counts {
+            self.active.with_label_values(&[kind.label()]).set(n);
+        }
     }
 }
 

@@ -13,7 +13,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use freshen_api::pipeline::{JobPipeline, Rebuild, RebuildSpec, RebuildStatus, render_template};
+use freshen_api::pipeline::{
+    JobPipeline, Pipeline, Rebuild, RebuildSpec, RebuildStatus, SecretKey, WebhookPipeline,
+    render_template,
+};
 use freshen_core::event::{EventKind, EventReason};
 use freshen_core::plan;
 use freshen_core::policy::Judgement;
@@ -24,12 +27,14 @@ use freshen_core::rollout::Reason;
 use freshen_core::{Digest, ImageReference};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, PostParams, PropagationPolicy};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
+use serde_json::json;
 use tokio::time::Instant;
 use tracing::{info, instrument, warn};
 
@@ -37,6 +42,7 @@ use crate::assess::{Accounts, Configuration, Measurement, pull_credentials};
 use crate::context::Context;
 use crate::deployment::FIELD_MANAGER;
 use crate::error::Error;
+use crate::webhook::{Delivery, signing_key};
 
 /// The label on a rebuild's runs (and their pods): the Rebuild's name.
 pub const REBUILD_LABEL: &str = "freshen.dev/rebuild";
@@ -171,6 +177,7 @@ async fn record(
                 base: need.base.clone(),
                 policy: plan.policy.clone(),
                 pipeline: plan.pipeline.name.clone(),
+                kind: plan.pipeline.kind(),
                 requested_by: format!(
                     "{}/{}",
                     deploy.namespace().unwrap_or_default(),
@@ -229,6 +236,196 @@ pub(crate) trait Runner {
     ) -> Result<(), Error>;
     /// Stops the run of `attempt`, if it exists.
     async fn cancel(&self, rebuild: &Rebuild, attempt: u32) -> Result<(), Error>;
+}
+
+/// A pipeline's runner, by kind.
+enum Run<'a> {
+    Job(Jobs<'a>),
+    Webhook(Webhooks<'a>),
+}
+
+impl<'a> Run<'a> {
+    fn of(ctx: &'a Context, pipeline: &'a Pipeline) -> Option<Self> {
+        match (&pipeline.job, &pipeline.webhook) {
+            (Some(job), _) => Some(Self::Job(Jobs { ctx, pipeline: job })),
+            (None, Some(hook)) => Some(Self::Webhook(Webhooks { ctx, hook })),
+            (None, None) => None,
+        }
+    }
+}
+
+impl Runner for Run<'_> {
+    fn run_name(&self, rebuild: &Rebuild, attempt: u32) -> String {
+        match self {
+            Self::Job(r) => r.run_name(rebuild, attempt),
+            Self::Webhook(r) => r.run_name(rebuild, attempt),
+        }
+    }
+
+    fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState {
+        match self {
+            Self::Job(r) => r.observe(rebuild, attempt),
+            Self::Webhook(r) => r.observe(rebuild, attempt),
+        }
+    }
+
+    async fn trigger(
+        &self,
+        rebuild: &Rebuild,
+        attempt: u32,
+        values: &BTreeMap<&'static str, String>,
+    ) -> Result<(), Error> {
+        match self {
+            Self::Job(r) => r.trigger(rebuild, attempt, values).await,
+            Self::Webhook(r) => r.trigger(rebuild, attempt, values).await,
+        }
+    }
+
+    async fn cancel(&self, rebuild: &Rebuild, attempt: u32) -> Result<(), Error> {
+        match self {
+            Self::Job(r) => r.cancel(rebuild, attempt).await,
+            Self::Webhook(r) => r.cancel(rebuild, attempt).await,
+        }
+    }
+}
+
+/// Runs as signed webhook deliveries. A run is finished once delivered
+/// (recorded in the Rebuild's status, so a restart does not deliver it
+/// again; a receiver deduplicates on `webhook-id` should it be); the
+/// build it starts is seen when the tag moves.
+struct Webhooks<'a> {
+    ctx: &'a Context,
+    hook: &'a WebhookPipeline,
+}
+
+impl Runner for Webhooks<'_> {
+    fn run_name(&self, rebuild: &Rebuild, attempt: u32) -> String {
+        format!("{}-{attempt}", rebuild.name_any())
+    }
+
+    fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState {
+        let run = self.run_name(rebuild, attempt);
+        let status = rebuild.status.clone().unwrap_or_default();
+        if status.delivered.as_ref() == Some(&run) {
+            return RunState::Succeeded;
+        }
+        match status.undelivered {
+            Some(u) if u.run == run => RunState::Failed(format!("webhook {run}: {}", u.message)),
+            _ => RunState::Missing,
+        }
+    }
+
+    async fn trigger(
+        &self,
+        rebuild: &Rebuild,
+        attempt: u32,
+        values: &BTreeMap<&'static str, String>,
+    ) -> Result<(), Error> {
+        let run = self.run_name(rebuild, attempt);
+        let namespace = rebuild.namespace().unwrap_or_default();
+        let api: Api<Rebuild> = Api::namespaced(self.ctx.client.clone(), &namespace);
+        // The cache may not show a delivery this run made a moment ago.
+        let fresh = api
+            .get(&rebuild.name_any())
+            .await
+            .map_err(Error::StoreRebuild)?;
+        let status = fresh.status.clone().unwrap_or_default();
+        if status.delivered.as_ref() == Some(&run)
+            || status.undelivered.as_ref().is_some_and(|u| u.run == run)
+        {
+            return Ok(());
+        }
+        let outcome = match self.delivery(&namespace, &run, values).await {
+            Ok(delivery) => {
+                self.ctx
+                    .webhooks
+                    .deliver(&delivery, Utc::now().timestamp())
+                    .await
+            }
+            Err(why) => Err(why),
+        };
+        let patch = match &outcome {
+            Ok(()) => {
+                info!(run = %run, "rebuild webhook delivered");
+                json!({"status": {"delivered": run, "undelivered": null}})
+            }
+            Err(why) => {
+                warn!(run = %run, error = %why, "rebuild webhook not delivered");
+                json!({"status": {"undelivered": {"run": run, "message": why}}})
+            }
+        };
+        api.patch_status(
+            &rebuild.name_any(),
+            &PatchParams {
+                field_manager: Some(FIELD_MANAGER.into()),
+                ..PatchParams::default()
+            },
+            &Patch::Merge(patch),
+        )
+        .await
+        .map_err(Error::StoreRebuild)?;
+        Ok(())
+    }
+
+    async fn cancel(&self, _rebuild: &Rebuild, _attempt: u32) -> Result<(), Error> {
+        // A delivered webhook cannot be taken back; the build it started
+        // is no longer waited for.
+        Ok(())
+    }
+}
+
+impl Webhooks<'_> {
+    /// The delivery of `run`: URL and body rendered, secrets read (from
+    /// the Rebuild's namespace); an error says which Secret is missing.
+    async fn delivery(
+        &self,
+        namespace: &str,
+        run: &str,
+        values: &BTreeMap<&'static str, String>,
+    ) -> Result<Delivery, String> {
+        let url = rebuild::render(&self.hook.url, values).map_err(|e| e.to_string())?;
+        let body = match &self.hook.body {
+            Some(template) => render_template(template, values).map_err(|e| e.to_string())?,
+            None => serde_json::to_value(values).map_err(|e| e.to_string())?,
+        };
+        let key = self.secret(namespace, &self.hook.secret).await?;
+        let mut headers = Vec::new();
+        for h in &self.hook.headers {
+            let value = self.secret(namespace, &h.secret).await?;
+            let value = String::from_utf8(value).map_err(|_| {
+                format!("Secret {} key {} is not text", h.secret.name, h.secret.key)
+            })?;
+            headers.push((
+                h.name.clone(),
+                format!(
+                    "{}{}",
+                    h.prefix.as_deref().unwrap_or_default(),
+                    value.trim()
+                ),
+            ));
+        }
+        Ok(Delivery {
+            url,
+            id: run.to_owned(),
+            body: serde_json::to_vec(&body).map_err(|e| e.to_string())?,
+            key: signing_key(&key),
+            hub_signature: self.hook.hub_signature == Some(true),
+            headers,
+        })
+    }
+
+    /// The value of `key` in the Secret it names.
+    async fn secret(&self, namespace: &str, key: &SecretKey) -> Result<Vec<u8>, String> {
+        let api: Api<Secret> = Api::namespaced(self.ctx.client.clone(), namespace);
+        match api.get_opt(&key.name).await {
+            Ok(Some(secret)) => secret
+                .data
+                .and_then(|d| d.get(&key.key).map(|v| v.0.clone()))
+                .ok_or_else(|| format!("Secret {namespace}/{} has no key {}", key.name, key.key)),
+            Ok(None) => Err(format!("Secret {namespace}/{} does not exist", key.name)),
+            Err(e) => Err(format!("Secret {namespace}/{} not read: {e}", key.name)),
+        }
+    }
 }
 
 /// Runs as `batch/v1` Jobs in the Rebuild's namespace, owned by it, read
@@ -371,44 +568,40 @@ pub async fn reconcile(rebuild: Arc<Rebuild>, ctx: Arc<Context>) -> Result<Actio
     let now = Utc::now();
     let target = target(&rebuild)?;
     let pipeline = pipeline_of(&ctx, &rebuild);
-    let run = match (&pipeline, progress.attempts) {
-        (_, 0) => RunState::Missing,
-        (Ok(job), attempt) => Jobs {
-            ctx: &ctx,
-            pipeline: job,
-        }
-        .observe(&rebuild, attempt),
-        (Err(gone), _) => RunState::Failed(gone.clone()),
+    let runner = pipeline.as_ref().ok().and_then(|p| Run::of(&ctx, p));
+    let run = match (&runner, &pipeline, progress.attempts) {
+        (_, _, 0) => RunState::Missing,
+        (Some(r), _, attempt) => r.observe(&rebuild, attempt),
+        (None, Err(gone), _) => RunState::Failed(gone.clone()),
+        (None, Ok(_), _) => RunState::Failed("the pipeline sets no kind".into()),
     };
-    let tag_digest = match (&run, progress.phase) {
+    let (tag_digest, tag_built) = match (&run, progress.phase) {
         (RunState::Succeeded, RebuildPhase::Running) => tag_now(&ctx, &rebuild).await,
-        _ => None,
+        _ => (None, None),
     };
     let observed = RebuildObserved {
         run,
         tag_digest,
+        tag_built,
         superseded: superseded(&ctx, &rebuild),
     };
     let step = rebuild::step(&target, &progress, &observed, now);
-    let run_name = match &pipeline {
-        Ok(job) if step.progress.attempts > 0 => Some(
-            Jobs {
-                ctx: &ctx,
-                pipeline: job,
-            }
-            .run_name(&rebuild, step.progress.attempts),
-        ),
-        _ => rebuild.status.as_ref().and_then(|s| s.run.clone()),
-    };
+    let old = rebuild.status.clone().unwrap_or_default();
     let status = RebuildStatus {
         progress: step.progress.clone(),
-        run: run_name,
+        run: match &runner {
+            Some(r) if step.progress.attempts > 0 => {
+                Some(r.run_name(&rebuild, step.progress.attempts))
+            }
+            _ => old.run.clone(),
+        },
+        ..old
     };
     if rebuild.status.as_ref() != Some(&status) && !store(&ctx, &rebuild, status).await? {
         return Ok(Action::requeue(Duration::from_millis(200)));
     }
-    if let Ok(job) = &pipeline {
-        act(&ctx, &rebuild, job, &step.changes, step.progress.attempts).await?;
+    if let Some(runner) = &runner {
+        act(&rebuild, runner, &step.changes, step.progress.attempts).await?;
     }
     announce(&ctx, &rebuild, &step).await;
     Ok(step
@@ -429,8 +622,8 @@ fn target(rebuild: &Rebuild) -> Result<RebuildTarget, Error> {
     })
 }
 
-/// The Job pipeline the rebuild names, or why it cannot be used.
-fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<JobPipeline, String> {
+/// The pipeline the rebuild names, or why it cannot be used.
+fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<Pipeline, String> {
     let spec = &rebuild.spec;
     let parts: Vec<&str> = spec.policy.split('/').collect();
     let pipelines = match parts.as_slice() {
@@ -449,7 +642,7 @@ fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<JobPipeline, String> 
     pipelines
         .as_ref()
         .and_then(|p| p.get(&spec.pipeline))
-        .and_then(|p| p.job.clone())
+        .cloned()
         .ok_or_else(|| {
             format!(
                 "pipeline {} of {} is gone or invalid (the policy's Ready condition says why)",
@@ -459,10 +652,18 @@ fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<JobPipeline, String> 
 }
 
 /// The digest the rebuilt image's tag names now, asked of the registry
-/// (past the cache), with the pull secrets of the workload that asked.
-async fn tag_now(ctx: &Context, rebuild: &Rebuild) -> Option<Digest> {
-    let image = ImageReference::parse(&rebuild.spec.image).ok()?;
-    let (namespace, name) = rebuild.spec.requested_by.split_once('/')?;
+/// (past the cache), with the pull secrets of the workload that asked; and
+/// when a new one was built.
+async fn tag_now(
+    ctx: &Context,
+    rebuild: &Rebuild,
+) -> (Option<Digest>, Option<chrono::DateTime<Utc>>) {
+    let Ok(image) = ImageReference::parse(&rebuild.spec.image) else {
+        return (None, None);
+    };
+    let Some((namespace, name)) = rebuild.spec.requested_by.split_once('/') else {
+        return (None, None);
+    };
     let keychain = match ctx.deployments.get(&ObjectRef::new(name).within(namespace)) {
         Some(deploy) => {
             pull_credentials(
@@ -476,17 +677,32 @@ async fn tag_now(ctx: &Context, rebuild: &Rebuild) -> Option<Digest> {
         None => freshen_registry::Keychain::default(),
     };
     let credential = ctx.registry.credential_for(&keychain, &image.registry);
-    match ctx
+    let digest = match ctx
         .registry
         .resolve_tag_now(&image, credential, Instant::now())
         .await
     {
-        Ok(digest) => Some(digest),
+        Ok(digest) => digest,
         Err(e) => {
             warn!(error = %e, "rebuilt tag not read");
+            return (None, None);
+        }
+    };
+    if digest.to_string() == rebuild.spec.from_digest {
+        return (Some(digest), None);
+    }
+    let built = match ctx
+        .registry
+        .image_facts(&image, &digest, None, credential)
+        .await
+    {
+        Ok(facts) => facts.created,
+        Err(e) => {
+            warn!(error = %e, "rebuilt image's build time not read");
             None
         }
-    }
+    };
+    (Some(digest), built)
 }
 
 /// A newer rebuild of the same image by the same pipeline exists.
@@ -522,19 +738,17 @@ async fn store(ctx: &Context, rebuild: &Rebuild, status: RebuildStatus) -> Resul
 
 /// Carries out the step's changes.
 async fn act(
-    ctx: &Context,
     rebuild: &Rebuild,
-    pipeline: &JobPipeline,
+    runner: &Run<'_>,
     changes: &[RebuildChange],
     attempts: u32,
 ) -> Result<(), Error> {
-    let jobs = Jobs { ctx, pipeline };
     for change in changes {
         match change {
             RebuildChange::Trigger { attempt } => {
-                jobs.trigger(rebuild, *attempt, &values(rebuild)).await?;
+                runner.trigger(rebuild, *attempt, &values(rebuild)).await?;
             }
-            RebuildChange::Cancel => jobs.cancel(rebuild, attempts).await?,
+            RebuildChange::Cancel => runner.cancel(rebuild, attempts).await?,
         }
     }
     Ok(())
@@ -601,7 +815,9 @@ async fn announce(ctx: &Context, rebuild: &Rebuild, step: &rebuild::RebuildStep)
     }
     ctx.publish(type_, reason, "Rebuild", note, &targets).await;
     if let Some(outcome) = step.outcome {
-        ctx.metrics.rebuilds.finished(&step.progress, outcome);
+        ctx.metrics
+            .rebuilds
+            .finished(rebuild.spec.kind, &step.progress, outcome);
     }
     if reason == EventReason::RebuildSucceeded {
         for d in &dependants {

@@ -273,6 +273,9 @@ pub struct RebuildObserved {
     pub run: RunState,
     /// The digest the image's tag names now, read past the cache.
     pub tag_digest: Option<Digest>,
+    /// When that digest was built, when it says (reproducible builds do
+    /// not).
+    pub tag_built: Option<DateTime<Utc>>,
     /// A newer rebuild of the same image and pipeline exists.
     pub superseded: bool,
 }
@@ -339,6 +342,10 @@ pub struct RebuildStep {
     /// When to look again (a watch event may come sooner).
     pub requeue: Option<Duration>,
 }
+
+/// How much earlier than the run's start a rebuilt digest's build time
+/// may be (the builder's clock and the cluster's disagree).
+const BUILD_CLOCK_SKEW: Duration = Duration::from_secs(600);
 
 /// How often a finished run's tag is read again while its digest is
 /// awaited.
@@ -410,10 +417,16 @@ fn running(
 ) {
     let started = next.started_at.unwrap_or(now);
     let deadline = later(started, target.timeout);
+    // A digest built well before the run started is someone else's push,
+    // not this rebuild's (a build time that is unknown is not held against
+    // it; ten minutes allow for clocks that disagree).
+    let ours = observed
+        .tag_built
+        .is_none_or(|built| later(built, BUILD_CLOCK_SKEW) >= started);
     let moved = observed
         .tag_digest
         .as_ref()
-        .filter(|d| **d != target.from_digest);
+        .filter(|d| **d != target.from_digest && ours);
     if let (Some(digest), Some(_)) = (moved, next.run_finished_at) {
         next.phase = RebuildPhase::Succeeded;
         next.digest = Some(digest.to_string());
@@ -534,6 +547,7 @@ mod tests {
         RebuildObserved {
             run,
             tag_digest: Some(digest(tag)),
+            tag_built: None,
             superseded: false,
         }
     }

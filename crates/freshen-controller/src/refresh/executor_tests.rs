@@ -210,6 +210,8 @@ fn context(
         refreshes: reflector::store().0,
         rebuilds: reflector::store().0,
         jobs: reflector::store().0,
+        webhooks: crate::webhook::WebhookClient::new(&[], Default::default(), Vec::new())
+            .unwrap_or_else(|e| panic!("{e}")),
         readiness: crate::Readiness::default(),
         prometheus: None,
         workload_trigger,
