@@ -786,3 +786,247 @@ async fn a_webhook_the_receiver_refuses_fails_the_run_with_its_status() -> anyho
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pipeline_that_cannot_run_makes_its_policy_not_ready_naming_the_field()
+-> anyhow::Result<()> {
+    let s = Scene::new("rebuild-invalid").await?;
+    let _operator = s.operator().await?;
+    // A webhook whose Secret does not exist (yet).
+    s.policy_with(
+        RebuildOn::BaseMoved,
+        PolicyLimits::default(),
+        "1m",
+        webhook_pipeline("ci.example.com"),
+    )
+    .await?;
+    let ready = |name: &'static str| {
+        let api: Api<RefreshPolicy> = Api::namespaced(s.client.clone(), &s.ns.name);
+        move || {
+            let api = api.clone();
+            async move {
+                let p = api.get(name).await?;
+                Ok(p.status
+                    .and_then(|st| st.conditions.into_iter().find(|c| c.type_ == "Ready"))
+                    .map(|c| (c.status, c.message)))
+            }
+        }
+    };
+    let (status, message) = wait_for(
+        "the policy's Ready condition",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        ready("shop"),
+    )
+    .await?;
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with(&format!(
+            "spec.pipelines[0].webhook.secret: Secret {}/hook does not exist",
+            s.ns.name
+        )),
+        "{message}"
+    );
+    // The Secret appears: Ready within a poll interval or two.
+    hook_secret(&s, b"key").await?;
+    wait_for(
+        "the policy to become Ready",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let r = ready("shop")().await?;
+            Ok(r.filter(|(status, _)| status == "True"))
+        },
+    )
+    .await?;
+
+    // A Job template naming a variable that does not exist.
+    let mut bad = job_template(json!({}));
+    bad["template"]["spec"]["containers"][0]["args"] = json!(["$(image.sha)"]);
+    let policy = RefreshPolicy::new(
+        "typo",
+        RefreshPolicySpec {
+            selector: LabelSelector {
+                match_labels: Some([("tier".to_owned(), "other".to_owned())].into()),
+                match_expressions: None,
+            },
+            limits: PolicyLimits::default(),
+            refresh: PolicyRefresh::default(),
+            pipelines: PolicyPipelines {
+                pipelines: vec![Pipeline {
+                    name: "build".into(),
+                    job: Some(JobPipeline {
+                        namespace: None,
+                        template: bad,
+                    }),
+                    webhook: None,
+                }],
+                rebuild: None,
+            },
+        },
+    );
+    Api::<RefreshPolicy>::namespaced(s.client.clone(), &s.ns.name)
+        .create(&PostParams::default(), &policy)
+        .await?;
+    let (status, message) = wait_for(
+        "the typo policy's Ready condition",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        ready("typo"),
+    )
+    .await?;
+    assert_eq!(status, "False");
+    assert!(
+        message.starts_with(
+            "spec.pipelines[0].job.template.template.spec.containers[0].args[0]: unknown \
+             variable $(image.sha)"
+        ),
+        "{message}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_whoever_may_create_jobs_there_may_add_a_pipeline_and_only_freshen_records_rebuilds()
+-> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+    let s = Scene::new("rebuild-authors").await?;
+    let ns = s.ns.name.clone();
+    let rule = |group: &str, resources: &[&str], verbs: &[&str]| PolicyRule {
+        api_groups: Some(vec![group.to_owned()]),
+        resources: Some(resources.iter().map(|r| (*r).to_owned()).collect()),
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..PolicyRule::default()
+    };
+    let grant = |name: &str, rules: Vec<PolicyRule>| {
+        let (client, ns, name) = (s.client.clone(), ns.clone(), name.to_owned());
+        async move {
+            let role: Role = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+            let role = Role {
+                rules: Some(rules),
+                ..role
+            };
+            Api::<Role>::namespaced(client.clone(), &ns)
+                .create(&PostParams::default(), &role)
+                .await?;
+            let binding: RoleBinding = serde_json::from_value(json!({"metadata": {"name": name}}))?;
+            let binding = RoleBinding {
+                role_ref: RoleRef {
+                    api_group: Some("rbac.authorization.k8s.io".into()),
+                    kind: "Role".into(),
+                    name: name.clone(),
+                },
+                subjects: Some(vec![Subject {
+                    kind: "ServiceAccount".into(),
+                    name: "tenant".into(),
+                    namespace: Some(ns.clone()),
+                    ..Subject::default()
+                }]),
+                ..binding
+            };
+            Api::<RoleBinding>::namespaced(client, &ns)
+                .create(&PostParams::default(), &binding)
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "tenant"}}))?;
+    Api::<ServiceAccount>::namespaced(s.client.clone(), &ns)
+        .create(&PostParams::default(), &sa)
+        .await?;
+    grant(
+        "policy-writer",
+        vec![
+            rule(
+                "freshen.dev",
+                &["refreshpolicies"],
+                &["get", "create", "update", "delete"],
+            ),
+            rule("freshen.dev", &["rebuilds"], &["get", "create"]),
+        ],
+    )
+    .await?;
+    let tenant = Harness::client_from(&s.harness.kubeconfig_for(&ns, "tenant")?).await?;
+    let policies: Api<RefreshPolicy> = Api::namespaced(tenant.clone(), &ns);
+    let with_pipeline = |name: &str| {
+        RefreshPolicy::new(
+            name,
+            RefreshPolicySpec {
+                selector: LabelSelector {
+                    match_labels: Some([("tier".to_owned(), "shop".to_owned())].into()),
+                    match_expressions: None,
+                },
+                limits: PolicyLimits::default(),
+                refresh: PolicyRefresh::default(),
+                pipelines: PolicyPipelines {
+                    pipelines: vec![Pipeline {
+                        name: "build".into(),
+                        job: Some(JobPipeline {
+                            namespace: None,
+                            template: job_template(json!({})),
+                        }),
+                        webhook: None,
+                    }],
+                    rebuild: None,
+                },
+            },
+        )
+    };
+    // A policy without pipelines: the tenant's to write.
+    let mut plain = with_pipeline("plain");
+    plain.spec.pipelines = PolicyPipelines::default();
+    policies.create(&PostParams::default(), &plain).await?;
+    // With a Job pipeline, but no right to create Jobs here: refused.
+    let refused = policies
+        .create(&PostParams::default(), &with_pipeline("builds"))
+        .await;
+    match refused {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 403, "{e:?}");
+            assert!(e.message.contains("may not create Jobs"), "{}", e.message);
+        }
+        other => anyhow::bail!("a pipeline without the right to run it was accepted: {other:?}"),
+    }
+    // A Rebuild by hand: only freshen records them.
+    let rebuild: Rebuild = serde_json::from_value(json!({
+        "apiVersion": "freshen.dev/v1alpha1", "kind": "Rebuild",
+        "metadata": {"name": "rebuild-0000000000000000"},
+        "spec": {"image": "reg.example/app:1", "fromDigest": format!("sha256:{}", "0".repeat(64)),
+                 "reason": "BaseMoved", "policy": format!("RefreshPolicy/{ns}/plain"),
+                 "pipeline": "build", "requestedBy": format!("{ns}/shop"),
+                 "timeoutSeconds": 60, "backoffSeconds": 60}
+    }))?;
+    match Api::<Rebuild>::namespaced(tenant.clone(), &ns)
+        .create(&PostParams::default(), &rebuild)
+        .await
+    {
+        Err(kube::Error::Api(e)) => {
+            assert_eq!(e.code, 403, "{e:?}");
+            assert!(
+                e.message.contains("only freshen records Rebuilds"),
+                "{}",
+                e.message
+            );
+        }
+        other => anyhow::bail!("a hand-made Rebuild was accepted: {other:?}"),
+    }
+    // Allowed to create Jobs here: the same policy is accepted.
+    grant("job-runner", vec![rule("batch", &["jobs"], &["create"])]).await?;
+    wait_for(
+        "the policy with a pipeline to be accepted",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            match policies
+                .create(&PostParams::default(), &with_pipeline("builds"))
+                .await
+            {
+                Ok(_) => Ok(Some(())),
+                Err(e) => anyhow::bail!("{e}"),
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}

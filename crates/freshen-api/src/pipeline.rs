@@ -373,6 +373,22 @@ impl PolicyPipelines {
         }))
     }
 
+    /// The Secrets its webhook pipelines read, each with its field.
+    pub fn secrets(&self) -> Vec<(String, &SecretKey)> {
+        let mut out = Vec::new();
+        for (i, p) in self.pipelines.iter().enumerate() {
+            let Some(hook) = &p.webhook else { continue };
+            out.push((format!("spec.pipelines[{i}].webhook.secret"), &hook.secret));
+            for (j, h) in hook.headers.iter().enumerate() {
+                out.push((
+                    format!("spec.pipelines[{i}].webhook.headers[{j}].secret"),
+                    &h.secret,
+                ));
+            }
+        }
+        out
+    }
+
     /// The pipeline named `name`.
     pub fn get(&self, name: &str) -> Option<&Pipeline> {
         self.pipelines.iter().find(|p| p.name == name)

@@ -15,8 +15,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use freshen_api::policy::{OVERLAPPING, READY, condition, set_condition};
 use freshen_api::time::to_time;
-use freshen_api::{ClusterRefreshPolicy, PolicyStatus, RefreshPolicy, SpecError};
+use freshen_api::{ClusterRefreshPolicy, PolicyPipelines, PolicyStatus, RefreshPolicy, SpecError};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -43,6 +44,11 @@ pub trait Policy:
     fn api(&self, client: kube::Client) -> Api<Self>;
     /// The Deployments it could match: re-measured when it changes.
     fn scope(&self, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>>;
+    /// Its pipelines.
+    fn pipelines(&self) -> &PolicyPipelines;
+    /// Where its webhook pipelines' Secrets are: its own namespace, or
+    /// (a cluster policy) freshen's.
+    fn secret_namespace(&self, freshen: &str) -> String;
 }
 
 impl Policy for RefreshPolicy {
@@ -57,6 +63,12 @@ impl Policy for RefreshPolicy {
     }
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::namespaced(client, &self.namespace().unwrap_or_default())
+    }
+    fn pipelines(&self) -> &PolicyPipelines {
+        &self.spec.pipelines
+    }
+    fn secret_namespace(&self, _freshen: &str) -> String {
+        self.namespace().unwrap_or_default()
     }
     fn scope(&self, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
         let namespace = self.namespace();
@@ -82,6 +94,12 @@ impl Policy for ClusterRefreshPolicy {
     fn api(&self, client: kube::Client) -> Api<Self> {
         Api::all(client)
     }
+    fn pipelines(&self) -> &PolicyPipelines {
+        &self.spec.pipelines
+    }
+    fn secret_namespace(&self, freshen: &str) -> String {
+        freshen.to_owned()
+    }
     fn scope(&self, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
         deployments
             .state()
@@ -89,6 +107,37 @@ impl Policy for ClusterRefreshPolicy {
             .map(|d| ObjectRef::from_obj(d.as_ref()))
             .collect()
     }
+}
+
+/// The Secrets the policy's webhook pipelines name exist; else the first
+/// missing one, naming its field. A Secret that cannot be read (say, no
+/// right to) is not reported here: the run that needs it says why.
+async fn secrets_exist<P: Policy>(ctx: &Context, policy: &P) -> Result<(), SpecError> {
+    let namespace = policy.secret_namespace(&ctx.config.rebuild_namespace);
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    for (field, key) in policy.pipelines().secrets() {
+        match api.get_opt(&key.name).await {
+            Ok(Some(secret))
+                if secret
+                    .data
+                    .as_ref()
+                    .is_some_and(|d| d.contains_key(&key.key)) => {}
+            Ok(Some(_)) => {
+                return Err(SpecError::Pipeline {
+                    field,
+                    message: format!("Secret {namespace}/{} has no key {}", key.name, key.key),
+                });
+            }
+            Ok(None) => {
+                return Err(SpecError::Pipeline {
+                    field,
+                    message: format!("Secret {namespace}/{} does not exist", key.name),
+                });
+            }
+            Err(e) => debug!(error = %e, secret = %key.name, "pipeline Secret not checked"),
+        }
+    }
+    Ok(())
 }
 
 /// Reconciles one policy: re-measures its scope after a spec change, then
@@ -104,10 +153,20 @@ pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<Context>) -> Result<A
             let _ = ctx.workload_trigger.unbounded_send(workload);
         }
     }
+    // A missing Secret is looked for again each poll interval: Secrets
+    // are not watched.
+    let (valid, recheck) = match policy.validate() {
+        Ok(()) => {
+            let secrets = secrets_exist(&ctx, policy.as_ref()).await;
+            let recheck = secrets.is_err();
+            (secrets, recheck)
+        }
+        invalid => (invalid, false),
+    };
     let new = status_for(
         &old,
         generation,
-        policy.validate(),
+        valid,
         &policy.stats(&ctx.records),
         Utc::now(),
     );
@@ -146,7 +205,11 @@ pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<Context>) -> Result<A
             .await
             .map_err(Error::PolicyStatus)?;
     }
-    Ok(Action::await_change())
+    Ok(if recheck {
+        Action::requeue(ctx.config.poll_interval)
+    } else {
+        Action::await_change()
+    })
 }
 
 /// The status a policy should have: its spec's validity, its counts, and
