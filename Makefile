@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo bench-registry bench-refresh test clean
+.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo bench-registry bench-refresh bench-velocity test clean
 
 all: build
 
@@ -64,6 +64,14 @@ bench-registry: e2e-up
 bench-refresh: e2e-up
 	$(CARGO) build --release -p freshen -p freshen-e2e
 	FRESHEN_BIN=target/release/freshen ./target/release/freshen-e2e bench-refresh $(BENCH_ARGS)
+
+# Patch velocity (not a test: it prints figures): base pushed -> pipeline
+# triggered -> rebuilt digest seen -> every dependant Succeeded, with
+# notifications on and an hour-long poll. BENCH_ARGS, e.g.
+# `--runs 10 --dependants 1,10,50`.
+bench-velocity: e2e-up
+	$(CARGO) build --release -p freshen -p freshen-e2e
+	FRESHEN_BIN=target/release/freshen ./target/release/freshen-e2e bench-velocity $(BENCH_ARGS)
 
 test: fmt-check clippy unit e2e
 

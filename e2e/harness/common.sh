@@ -18,6 +18,12 @@ E2E_REGISTRY_ADDR=${FRESHEN_E2E_REGISTRY_ADDR:-127.0.0.1:15000}
 E2E_PRIVATE_REGISTRY_ADDR=${FRESHEN_E2E_PRIVATE_REGISTRY_ADDR:-127.0.0.1:15001}
 E2E_PRIVATE_USER=freshen
 E2E_PRIVATE_PASSWORD=freshen-e2e-password
+# A third registry that sends push notifications to the operator under test
+# (only the notification tests push to it, so no other test's pushes queue
+# up in front of theirs).
+E2E_NOTIFY_REGISTRY_ADDR=${FRESHEN_E2E_NOTIFY_REGISTRY_ADDR:-127.0.0.1:15002}
+# Where the operator under test accepts notifications when asked to.
+E2E_NOTIFY_ADDR=${FRESHEN_E2E_NOTIFY_ADDR:-127.0.0.1:18081}
 E2E_PROMETHEUS_ADDR=${FRESHEN_E2E_PROMETHEUS_ADDR:-127.0.0.1:19090}
 # Where the operator under test serves /metrics; Prometheus scrapes it.
 E2E_OPERATOR_METRICS_ADDR=${FRESHEN_E2E_OPERATOR_METRICS_ADDR:-127.0.0.1:18080}

@@ -131,6 +131,55 @@ YAML
   launch registry "http://$E2E_REGISTRY_ADDR/v2/" docker-registry serve "$dir/config.yml"
 }
 
+# The notifying registry: like the first, and it POSTs every manifest push
+# to the operator's notification endpoint with a bearer token generated
+# here, once. Restarted when its configuration changes.
+start_notify_registry() {
+  local dir="$E2E_STATE/notify-registry"
+  mkdir -p "$dir/data"
+  [ -f "$dir/token" ] || head -c 24 /dev/urandom | base64 | tr -d '/+=' >"$dir/token"
+  cat >"$dir/config.yml.next" <<YAML
+version: 0.1
+log:
+  level: info
+  formatter: text
+  accesslog:
+    disabled: false
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+  delete:
+    enabled: true
+http:
+  addr: $E2E_NOTIFY_REGISTRY_ADDR
+notifications:
+  endpoints:
+    - name: freshen
+      url: http://$E2E_NOTIFY_ADDR/notify
+      headers:
+        Authorization: [Bearer $(cat "$dir/token")]
+      timeout: 2s
+      threshold: 3
+      backoff: 1s
+      ignoredmediatypes:
+        - application/octet-stream
+      ignore:
+        actions:
+          - pull
+YAML
+  if cmp -s "$dir/config.yml.next" "$dir/config.yml" &&
+    service_up notify-registry "http://$E2E_NOTIFY_REGISTRY_ADDR/v2/"; then
+    return
+  fi
+  if alive "$dir/pid"; then
+    log "notify-registry configuration changed; restarting it"
+    kill "$(cat "$dir/pid")" 2>/dev/null || true
+    wait_until "notify-registry to stop" 20 bash -c "! kill -0 $(cat "$dir/pid") 2>/dev/null"
+  fi
+  mv "$dir/config.yml.next" "$dir/config.yml"
+  launch notify-registry "http://$E2E_NOTIFY_REGISTRY_ADDR/v2/" docker-registry serve "$dir/config.yml"
+}
+
 # The private registry: htpasswd (bcrypt) basic auth, TLS with a server
 # certificate for 127.0.0.1 signed by a CA generated here, once.
 start_private_registry() {
@@ -210,6 +259,7 @@ apply_crds
 apply_operator_identity
 start_registry
 start_private_registry
+start_notify_registry
 start_prometheus
 
 cat >"$E2E_ENV_FILE" <<ENV
@@ -222,6 +272,9 @@ FRESHEN_E2E_PRIVATE_REGISTRY=$E2E_PRIVATE_REGISTRY_ADDR
 FRESHEN_E2E_PRIVATE_REGISTRY_USER=$E2E_PRIVATE_USER
 FRESHEN_E2E_PRIVATE_REGISTRY_PASSWORD=$E2E_PRIVATE_PASSWORD
 FRESHEN_E2E_PRIVATE_REGISTRY_CA=$E2E_STATE/private-registry/ca.crt
+FRESHEN_E2E_NOTIFY_REGISTRY=$E2E_NOTIFY_REGISTRY_ADDR
+FRESHEN_E2E_NOTIFY_ADDR=$E2E_NOTIFY_ADDR
+FRESHEN_E2E_NOTIFY_TOKEN_FILE=$E2E_STATE/notify-registry/token
 FRESHEN_E2E_PROMETHEUS_URL=http://$E2E_PROMETHEUS_ADDR
 FRESHEN_E2E_OPERATOR_METRICS_ADDR=$E2E_OPERATOR_METRICS_ADDR
 FRESHEN_E2E_SCRAPE_INTERVAL=$E2E_SCRAPE_INTERVAL

@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bench_refresh;
+pub mod bench_velocity;
 pub mod image;
 pub mod operator;
 pub mod prometheus;
@@ -55,6 +56,19 @@ pub struct Harness {
     pub operator_metrics_addr: String,
     /// Prometheus' scrape interval, e.g. `2s`.
     pub scrape_interval: Duration,
+    /// The registry that notifies the operator of pushes.
+    pub notify: NotifyingRegistry,
+}
+
+/// A registry that POSTs every manifest push to the operator under test.
+#[derive(Debug, Clone)]
+pub struct NotifyingRegistry {
+    /// Its `host:port` (plain HTTP, loopback).
+    pub addr: String,
+    /// Where the operator must listen for its notifications.
+    pub endpoint: String,
+    /// The bearer token it presents.
+    pub token_file: PathBuf,
 }
 
 impl Harness {
@@ -97,6 +111,11 @@ impl Harness {
             prometheus_url: get("FRESHEN_E2E_PROMETHEUS_URL")?,
             operator_metrics_addr: get("FRESHEN_E2E_OPERATOR_METRICS_ADDR")?,
             scrape_interval: freshen_core::parse_duration(&get("FRESHEN_E2E_SCRAPE_INTERVAL")?)?,
+            notify: NotifyingRegistry {
+                addr: get("FRESHEN_E2E_NOTIFY_REGISTRY")?,
+                endpoint: get("FRESHEN_E2E_NOTIFY_ADDR")?,
+                token_file: get("FRESHEN_E2E_NOTIFY_TOKEN_FILE")?.into(),
+            },
         })
     }
 

@@ -77,7 +77,7 @@ impl Operator {
     }
 
     /// Whether `/readyz` answers 2xx.
-    async fn ready(&self) -> anyhow::Result<bool> {
+    pub async fn ready(&self) -> anyhow::Result<bool> {
         let status = reqwest::get(format!("{}/readyz", self.url)).await?.status();
         Ok(status.is_success())
     }

@@ -76,6 +76,8 @@ pub struct Context {
     pub prometheus: Option<crate::promql::PrometheusClient>,
     /// Asks the workload controller to measure a Deployment again.
     pub workload_trigger: UnboundedSender<ObjectRef<Deployment>>,
+    /// Asks the rebuild controller to look at a Rebuild again.
+    pub rebuild_trigger: UnboundedSender<ObjectRef<Rebuild>>,
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// The last failure announced per object (one Event per failure).

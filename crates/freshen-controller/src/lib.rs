@@ -14,6 +14,7 @@ pub mod failures;
 pub mod leader;
 pub mod ledger;
 pub mod metrics;
+pub mod notify;
 pub mod planner;
 pub mod policy_status;
 pub mod promql;
@@ -67,6 +68,8 @@ pub struct Config {
     /// Leader election; `None` acts at once (one replica, or tests of two
     /// racing operators).
     pub leader: Option<leader::LeaderConfig>,
+    /// The registry notification endpoint, when enabled.
+    pub notify: Option<notify::NotifyConfig>,
 }
 
 /// A watch the operator keeps, named as `/readyz` reports it.
@@ -290,6 +293,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let (cluster_policy_tx, cluster_policy_rx) = mpsc::unbounded();
     let (workload_tx, workload_rx) = mpsc::unbounded();
     let (refresh_tx, refresh_rx) = mpsc::unbounded();
+    let (rebuild_tx, rebuild_rx) = mpsc::unbounded();
     let prometheus = config
         .prometheus_url
         .as_deref()
@@ -544,6 +548,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         prometheus,
         readiness: readiness.clone(),
         workload_trigger: workload_tx,
+        rebuild_trigger: rebuild_tx,
         planning: tokio::sync::Mutex::new(ledger::Ledger::default()),
         failures: failures::Failures::default(),
         config: config.controller,
@@ -604,6 +609,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .for_each(log_failure);
     let rebuilds = Controller::for_stream(rebuild_trigger, rebuild_store)
         .watches_stream(job_trigger, |job| rebuild::of_job(&job))
+        .reconcile_on(rebuild_rx)
         .shutdown_on_signal()
         .run(
             contain::contained(rebuild::reconcile),
@@ -611,6 +617,17 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             Arc::clone(&ctx),
         )
         .for_each(log_failure);
+    // Served by the leader only: a standby's port is closed, so a registry
+    // retries and reaches whichever replica leads.
+    let notifications = {
+        let (ctx, counts) = (Arc::clone(&ctx), metrics.notifications.clone());
+        async move {
+            match config.notify {
+                Some(c) => notify::serve(c, ctx, counts).await,
+                None => std::future::pending().await,
+            }
+        }
+    };
     let cluster_policies = Controller::for_stream(cluster_policy_trigger, cluster_policy_store)
         .reconcile_on(cluster_policy_rx)
         .shutdown_on_signal()
@@ -636,6 +653,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             info!("controllers stopped");
         }
         served = &mut server => served?,
+        served = notifications => served?,
         lost = lost => return Err(lost.into()),
     }
     if let Some(e) = &elector {

@@ -217,6 +217,8 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// The rebuild metrics.
     pub rebuilds: RebuildMetrics,
+    /// `freshen_notifications_total{outcome}`.
+    pub notifications: IntCounterVec,
 }
 
 /// `freshen_rebuilds_total{kind,outcome}`,
@@ -373,6 +375,15 @@ impl Metrics {
         registry.register(Box::new(reconcile_errors.clone()))?;
         registry.register(Box::new(AgeCollector::new(records)?))?;
         let rebuilds = RebuildMetrics::register(&registry)?;
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "freshen_notifications_total",
+                "Registry notifications, by outcome (accepted, ignored, unknown, unauthorized, \
+                 too_large, bad_request, rate_limited).",
+            ),
+            &["outcome"],
+        )?;
+        registry.register(Box::new(notifications.clone()))?;
         Ok(Self {
             registry,
             reconcile_duration,
@@ -383,6 +394,7 @@ impl Metrics {
             rollbacks,
             leader,
             rebuilds,
+            notifications,
         })
     }
 

@@ -231,6 +231,21 @@ impl WorkloadRecords {
         self.inner.read().ok().and_then(|m| m.get(key).cloned())
     }
 
+    /// The workloads a container of which was measured on the base image
+    /// `image` (`registry/repository:tag`).
+    pub fn based_on(&self, image: &str) -> Vec<WorkloadKey> {
+        let mut out = Vec::new();
+        self.for_each(|k, r| {
+            if r.containers
+                .iter()
+                .any(|c| c.base_image.as_deref() == Some(image))
+            {
+                out.push(k.clone());
+            }
+        });
+        out
+    }
+
     /// Calls `f` on every record, under the read lock.
     pub fn for_each(&self, mut f: impl FnMut(&WorkloadKey, &WorkloadRecord)) {
         if let Ok(map) = self.inner.read() {

@@ -193,6 +193,24 @@ where
         }
     }
 
+    /// Forgets the cached values of every key `matches` selects.
+    pub fn invalidate_where(&self, matches: impl Fn(&K) -> bool) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let keys: Vec<K> = state
+            .slots
+            .iter()
+            .filter(|(k, slot)| matches!(slot, Slot::Ready { .. }) && matches(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            if let Some(Slot::Ready { weight, .. }) = state.slots.remove(&key) {
+                state.weight -= weight;
+            }
+        }
+    }
+
     /// Total weight of the cached entries.
     pub fn weight(&self) -> usize {
         self.state.lock().map(|s| s.weight).unwrap_or(0)

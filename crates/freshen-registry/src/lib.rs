@@ -361,6 +361,17 @@ impl RegistryClient {
         self.resolve_tag(image, credential, now).await
     }
 
+    /// Forgets what `image`'s tag was resolved to, for every credential: a
+    /// push moved it (a registry notification said so).
+    pub fn forget_tag(&self, image: &ImageReference) {
+        let tag = image
+            .effective_tag()
+            .unwrap_or(freshen_core::image::DEFAULT_TAG);
+        self.tags.invalidate_where(|(registry, repository, t, _)| {
+            *registry == image.registry && *repository == image.repository && t == tag
+        });
+    }
+
     /// Facts of `image` at `digest` (the digest the pods run), read for
     /// `platform` when the digest is a multi-arch index (the configured
     /// platform when `None`). A digest's content never changes, so this

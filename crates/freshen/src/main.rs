@@ -95,6 +95,63 @@ struct RunArgs {
     registry: RegistryArgs,
     #[command(flatten)]
     defaults: DefaultLimits,
+    #[command(flatten)]
+    notify: NotifyArgs,
+}
+
+/// Registry push notifications (off unless --notify-addr is given).
+#[derive(Debug, clap::Args)]
+struct NotifyArgs {
+    /// Address to accept registry push notifications on (POST /notify),
+    /// e.g. 0.0.0.0:8081. Needs a token or a signing secret.
+    #[arg(long, env = "FRESHEN_NOTIFY_ADDR")]
+    notify_addr: Option<SocketAddr>,
+    /// File holding the bearer token notifications must present
+    /// (`Authorization: Bearer <token>`).
+    #[arg(long, value_name = "PATH")]
+    notify_token_file: Option<std::path::PathBuf>,
+    /// File holding a Standard Webhooks signing secret (`whsec_...`)
+    /// notifications may be signed with instead.
+    #[arg(long, value_name = "PATH")]
+    notify_signing_secret_file: Option<std::path::PathBuf>,
+    /// Pushes to one tag within this window count once, e.g. 500ms, 2s.
+    #[arg(long, default_value = "500ms", value_parser = short_duration_arg)]
+    notify_debounce: Duration,
+}
+
+impl NotifyArgs {
+    fn config(&self) -> anyhow::Result<Option<freshen_controller::notify::NotifyConfig>> {
+        let Some(addr) = self.notify_addr else {
+            return Ok(None);
+        };
+        let read = |path: &std::path::Path| {
+            std::fs::read(path).with_context(|| format!("reading {}", path.display()))
+        };
+        let token = self
+            .notify_token_file
+            .as_deref()
+            .map(read)
+            .transpose()?
+            .map(|t| String::from_utf8_lossy(&t).trim().to_owned());
+        let signing_key = self
+            .notify_signing_secret_file
+            .as_deref()
+            .map(read)
+            .transpose()?
+            .map(|s| freshen_controller::webhook::signing_key(&s));
+        if token.is_none() && signing_key.is_none() {
+            anyhow::bail!(
+                "--notify-addr needs --notify-token-file or --notify-signing-secret-file: \
+                 notifications are accepted only from callers that prove who they are"
+            );
+        }
+        Ok(Some(freshen_controller::notify::NotifyConfig {
+            addr,
+            token,
+            signing_key,
+            debounce: self.notify_debounce,
+        }))
+    }
 }
 
 /// Leader election among replicas.
@@ -321,6 +378,19 @@ fn duration_arg(s: &str) -> Result<Duration, String> {
     freshen_core::parse_duration(s).map_err(|e| e.to_string())
 }
 
+/// A duration that may be in milliseconds, e.g. `500ms`, or as
+/// [`duration_arg`] reads it.
+fn short_duration_arg(s: &str) -> Result<Duration, String> {
+    match s.strip_suffix("ms") {
+        Some(ms) => ms
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("{s:?}: expected milliseconds like 500ms, or 1s")),
+        None if s == "0" || s == "0s" => Ok(Duration::ZERO),
+        None => duration_arg(s),
+    }
+}
+
 fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
@@ -411,6 +481,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         registry: args.registry.config(args.poll_interval)?,
         prometheus_url: args.prometheus_url,
+        notify: args.notify.config()?,
     };
     freshen_controller::run(client().await?, config).await?;
     Ok(())

@@ -65,6 +65,16 @@ enum Command {
         #[arg(long, default_value = "5s")]
         poll_interval: String,
     },
+    /// Time base pushed -> pipeline triggered -> rebuilt digest seen ->
+    /// every dependant Succeeded, for N dependants (`make bench-velocity`).
+    BenchVelocity {
+        /// Runs (base moves) per number of dependants.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Numbers of dependants, comma-separated.
+        #[arg(long, default_value = "1,10,50", value_delimiter = ',')]
+        dependants: Vec<usize>,
+    },
     /// Build a small OCI image and push it to the harness registry.
     PushImage {
         /// Repository, e.g. `demo/app`.
@@ -113,6 +123,17 @@ async fn main() -> anyhow::Result<()> {
             let poll = freshen_core::parse_duration(&poll_interval)?;
             let report = freshen_e2e::bench_refresh::run(&harness, runs, poll).await?;
             println!("{report}");
+            Ok(())
+        }
+        Command::BenchVelocity { runs, dependants } => {
+            let mut rows = Vec::new();
+            for n in dependants {
+                rows.push(freshen_e2e::bench_velocity::run(&harness, runs, n).await?);
+            }
+            println!("{}", freshen_e2e::bench_velocity::HEADER);
+            for row in rows {
+                println!("{row}");
+            }
             Ok(())
         }
         Command::PushImage {

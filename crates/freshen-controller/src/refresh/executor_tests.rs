@@ -185,6 +185,7 @@ fn context(
         Metrics::new(Arc::clone(&records), &registry_metrics).unwrap_or_else(|e| panic!("{e}")),
     );
     let (workload_trigger, _) = futures::channel::mpsc::unbounded();
+    let (rebuild_trigger, _) = futures::channel::mpsc::unbounded();
     let ctx = Context {
         recorder: Recorder::new(
             client.clone(),
@@ -215,6 +216,7 @@ fn context(
         readiness: crate::Readiness::default(),
         prometheus: None,
         workload_trigger,
+        rebuild_trigger,
         failures: crate::failures::Failures::default(),
         planning: tokio::sync::Mutex::new(crate::ledger::Ledger::default()),
         config: ControllerConfig {

@@ -1,0 +1,559 @@
+//! Registry push notifications: instant detection instead of the next poll.
+//!
+//! An endpoint (its own address, off unless `--notify-addr` is given)
+//! accepts the CNCF distribution envelope (`events[]` with `action: push`),
+//! Harbor's `PUSH_ARTIFACT` and a generic `{"image", "digest"}` body. A
+//! push of a tag a workload follows, a base a workload tracks or an image
+//! a rebuild waits for drops that tag from the cache and measures its
+//! dependants at once. Pushes to one tag within the debounce window (a
+//! multi-arch index lands one manifest at a time) count once.
+//!
+//! Everything here is input from outside the cluster: the caller must
+//! present the bearer token or a Standard Webhooks signature (compared in
+//! constant time), bodies are capped, each source address is rate-limited,
+//! and nothing it sends is logged beyond the image it names.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use freshen_core::ImageReference;
+use kube::ResourceExt;
+use kube::runtime::reflector::ObjectRef;
+use prometheus::IntCounterVec;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::context::Context;
+use crate::webhook::signature;
+
+/// How the endpoint is set up.
+#[derive(Debug, Clone)]
+pub struct NotifyConfig {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The bearer token callers present (`Authorization: Bearer ...`).
+    pub token: Option<String>,
+    /// The Standard Webhooks signing key callers may sign with instead.
+    pub signing_key: Option<Vec<u8>>,
+    /// Pushes to one tag within this window count once.
+    pub debounce: Duration,
+}
+
+/// The largest body accepted: a distribution envelope batches events, and
+/// 1 MiB holds thousands.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Events read from one body, at most.
+const MAX_EVENTS: usize = 1000;
+/// Requests one source address may make per second, and in a burst.
+const RATE: f64 = 20.0;
+const BURST: f64 = 40.0;
+/// Source addresses whose rate is tracked, at most.
+const MAX_SOURCES: usize = 4096;
+/// How far a signed request's timestamp may be from now.
+const SIGNATURE_TOLERANCE_SECONDS: i64 = 300;
+
+/// A push freshen may care about: a tag of a repository on a registry.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Push {
+    /// The image, tagged, normalized (`registry/repository:tag`).
+    pub image: String,
+}
+
+/// Why a body was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadBody(pub String);
+
+/// The pushes a notification body reports: tag pushes only (a push by
+/// digest, a layer, a pull or a delete is nobody's new tag).
+pub fn parse(body: &[u8]) -> Result<Vec<Push>, BadBody> {
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| BadBody(format!("not JSON: {e}")))?;
+    let pushes = if let Some(events) = value.get("events").and_then(Value::as_array) {
+        events
+            .iter()
+            .take(MAX_EVENTS)
+            .filter_map(distribution)
+            .collect()
+    } else if value.get("type").and_then(Value::as_str) == Some("PUSH_ARTIFACT") {
+        value
+            .pointer("/event_data/resources")
+            .and_then(Value::as_array)
+            .map(|rs| rs.iter().take(MAX_EVENTS).filter_map(harbor).collect())
+            .unwrap_or_default()
+    } else if let Some(image) = value.get("image").and_then(Value::as_str) {
+        let parsed = ImageReference::parse(image).map_err(|e| BadBody(format!("image: {e}")))?;
+        if parsed.tag.is_none() {
+            return Err(BadBody(
+                "image: name the tag that moved, e.g. reg.example/app:1".into(),
+            ));
+        }
+        vec![push_of(&parsed)]
+    } else {
+        return Err(BadBody(
+            "expected a distribution envelope ({\"events\": [...]}), a Harbor PUSH_ARTIFACT \
+             event, or {\"image\": \"registry/repository:tag\"}"
+                .into(),
+        ));
+    };
+    Ok(pushes)
+}
+
+fn push_of(image: &ImageReference) -> Push {
+    Push {
+        image: image.without_digest().to_string(),
+    }
+}
+
+/// A distribution event: `action: push` of a manifest by tag. The registry
+/// is the host the push was made to (`request.host`), else the target
+/// URL's.
+fn distribution(event: &Value) -> Option<Push> {
+    if event.get("action").and_then(Value::as_str) != Some("push") {
+        return None;
+    }
+    let target = event.get("target")?;
+    let tag = target.get("tag").and_then(Value::as_str)?;
+    let media_type = target
+        .get("mediaType")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if media_type.contains("layer") || media_type.contains("rootfs") {
+        return None;
+    }
+    let repository = target.get("repository").and_then(Value::as_str)?;
+    let host = event
+        .pointer("/request/host")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| {
+            let url = target.get("url").and_then(Value::as_str)?;
+            let url = reqwest::Url::parse(url).ok()?;
+            Some(match url.port() {
+                Some(p) => format!("{}:{p}", url.host_str()?),
+                None => url.host_str()?.to_owned(),
+            })
+        })?;
+    let image = ImageReference::parse(&format!("{host}/{repository}:{tag}")).ok()?;
+    Some(push_of(&image))
+}
+
+/// A Harbor resource: `resource_url` is `host/project/repository:tag`.
+fn harbor(resource: &Value) -> Option<Push> {
+    let url = resource.get("resource_url").and_then(Value::as_str)?;
+    let image = ImageReference::parse(url).ok()?;
+    image.tag.as_ref()?;
+    Some(push_of(&image))
+}
+
+/// Whether two secrets are equal, in time that does not depend on where
+/// they differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0_u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Whether the request carries the token or a valid, timely signature.
+pub fn authorized(config: &NotifyConfig, headers: &HeaderMap, body: &[u8], now_unix: i64) -> bool {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let (Some(token), Some(given)) = (
+        &config.token,
+        get("authorization").and_then(|v| v.strip_prefix("Bearer ")),
+    ) && same(token.as_bytes(), given.trim().as_bytes())
+    {
+        return true;
+    }
+    let (Some(key), Some(id), Some(timestamp), Some(signatures)) = (
+        &config.signing_key,
+        get("webhook-id"),
+        get("webhook-timestamp"),
+        get("webhook-signature"),
+    ) else {
+        return false;
+    };
+    let timely = timestamp
+        .parse::<i64>()
+        .is_ok_and(|t| (now_unix - t).abs() <= SIGNATURE_TOLERANCE_SECONDS);
+    let expected = signature(key, id, timestamp, body);
+    // Several signatures may be sent, space-separated (key rotation).
+    timely
+        && signatures
+            .split(' ')
+            .any(|s| same(s.as_bytes(), expected.as_bytes()))
+}
+
+/// A token bucket per source address.
+#[derive(Default)]
+struct Limiter {
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl Limiter {
+    fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
+        if self.buckets.len() >= MAX_SOURCES && !self.buckets.contains_key(&source) {
+            // Forget sources idle longest; a flood of addresses cannot grow
+            // the map.
+            let cutoff = now.checked_sub(Duration::from_secs(60)).unwrap_or(now);
+            self.buckets.retain(|_, (_, at)| *at > cutoff);
+            if self.buckets.len() >= MAX_SOURCES {
+                return false;
+            }
+        }
+        let (tokens, at) = self.buckets.entry(source).or_insert((BURST, now));
+        let refill = now.saturating_duration_since(*at).as_secs_f64() * RATE;
+        *tokens = (*tokens + refill).min(BURST);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Endpoint {
+    config: Arc<NotifyConfig>,
+    ctx: Arc<Context>,
+    pushes: mpsc::UnboundedSender<Push>,
+    limiter: Arc<Mutex<Limiter>>,
+    counts: IntCounterVec,
+}
+
+impl Endpoint {
+    fn answer(&self, outcome: &str, status: StatusCode, message: String) -> Response {
+        self.counts.with_label_values(&[outcome]).inc();
+        (status, message).into_response()
+    }
+}
+
+/// Serves the endpoint on `config.addr` (POST `/notify`) until dropped.
+pub async fn serve(
+    config: NotifyConfig,
+    ctx: Arc<Context>,
+    counts: IntCounterVec,
+) -> std::io::Result<()> {
+    if config.token.is_none() && config.signing_key.is_none() {
+        return Err(std::io::Error::other(
+            "--notify-addr needs --notify-token-file or --notify-signing-secret-file",
+        ));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(debounce(rx, config.debounce, Arc::clone(&ctx)));
+    let addr = config.addr;
+    let endpoint = Endpoint {
+        config: Arc::new(config),
+        ctx,
+        pushes: tx,
+        limiter: Arc::new(Mutex::new(Limiter::default())),
+        counts,
+    };
+    let app = Router::new()
+        .route("/notify", post(notify))
+        // Read to MAX_BODY by the handler itself, which counts a refusal.
+        .layer(DefaultBodyLimit::disable())
+        .with_state(endpoint);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    info!(%addr, "serving registry notifications on /notify");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+}
+
+async fn notify(
+    State(endpoint): State<Endpoint>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let allowed = endpoint
+        .limiter
+        .lock()
+        .map(|mut l| l.allow(peer.ip(), Instant::now()))
+        .unwrap_or(false);
+    if !allowed {
+        let mut response = endpoint.answer(
+            "rate_limited",
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many notifications from this address; retry in a second".into(),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        return response;
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let too_large = || {
+        endpoint.answer(
+            "too_large",
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("bodies are at most {MAX_BODY} bytes"),
+        )
+    };
+    if declared.is_some_and(|n| n > MAX_BODY) {
+        return too_large();
+    }
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        return too_large();
+    };
+    if !authorized(
+        &endpoint.config,
+        &headers,
+        &body,
+        chrono::Utc::now().timestamp(),
+    ) {
+        warn!(%peer, "notification refused: no valid token or signature");
+        return endpoint.answer(
+            "unauthorized",
+            StatusCode::UNAUTHORIZED,
+            "present the bearer token or a Standard Webhooks signature".into(),
+        );
+    }
+    let pushes = match parse(&body) {
+        Ok(p) => p,
+        Err(BadBody(why)) => return endpoint.answer("bad_request", StatusCode::BAD_REQUEST, why),
+    };
+    let generic = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .is_some_and(|v| v.get("image").is_some());
+    let known: Vec<&Push> = pushes
+        .iter()
+        .filter(|p| !dependants(&endpoint.ctx, p).is_empty())
+        .collect();
+    if known.is_empty() {
+        // A registry sends every push; it must not retry those nobody
+        // follows. Someone naming an image by hand learns it is unknown.
+        return if generic {
+            endpoint.answer(
+                "unknown",
+                StatusCode::NOT_FOUND,
+                format!(
+                    "no workload or rebuild follows {}",
+                    pushes.first().map(|p| p.image.as_str()).unwrap_or_default()
+                ),
+            )
+        } else {
+            endpoint.answer(
+                "ignored",
+                StatusCode::ACCEPTED,
+                "no push concerns freshen".into(),
+            )
+        };
+    }
+    for push in &known {
+        debug!(image = %push.image, "push notified");
+        let _ = endpoint.pushes.send((*push).clone());
+    }
+    endpoint.answer(
+        "accepted",
+        StatusCode::ACCEPTED,
+        format!("{} push(es) accepted", known.len()),
+    )
+}
+
+/// What a push concerns: the Deployments whose template names the tag or
+/// whose recorded base is it, and the Rebuilds waiting for it.
+struct Dependants {
+    deployments: Vec<ObjectRef<k8s_openapi::api::apps::v1::Deployment>>,
+    rebuilds: Vec<ObjectRef<freshen_api::Rebuild>>,
+}
+
+impl Dependants {
+    fn is_empty(&self) -> bool {
+        self.deployments.is_empty() && self.rebuilds.is_empty()
+    }
+}
+
+fn dependants(ctx: &Context, push: &Push) -> Dependants {
+    let names_it = |image: &str| {
+        ImageReference::parse(image).is_ok_and(|i| i.without_digest().to_string() == push.image)
+    };
+    let bases: BTreeSet<(String, String)> = ctx
+        .records
+        .based_on(&push.image)
+        .into_iter()
+        .map(|k| (k.namespace, k.name))
+        .collect();
+    let deployments = ctx
+        .deployments
+        .state()
+        .iter()
+        .filter(|d| {
+            let key = (d.namespace().unwrap_or_default(), d.name_any());
+            bases.contains(&key)
+                || crate::assess::template_containers(d)
+                    .iter()
+                    .any(|c| names_it(&c.image))
+        })
+        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .collect();
+    let rebuilds = ctx
+        .rebuilds
+        .state()
+        .iter()
+        .filter(|r| !r.progress().phase.is_terminal() && r.spec.image == push.image)
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect();
+    Dependants {
+        deployments,
+        rebuilds,
+    }
+}
+
+/// Collects pushes for `window` after the first, then, once per tag, drops
+/// the tag from the cache and wakes what depends on it.
+async fn debounce(mut rx: mpsc::UnboundedReceiver<Push>, window: Duration, ctx: Arc<Context>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = BTreeSet::from([first]);
+        let until = Instant::now() + window;
+        while let Ok(Some(push)) = tokio::time::timeout_at(until, rx.recv()).await {
+            batch.insert(push);
+        }
+        for push in batch {
+            if let Ok(image) = ImageReference::parse(&push.image) {
+                ctx.registry.forget_tag(&image);
+            }
+            let found = dependants(&ctx, &push);
+            info!(
+                image = %push.image,
+                workloads = found.deployments.len(),
+                rebuilds = found.rebuilds.len(),
+                "push notified; measuring its dependants now"
+            );
+            for d in found.deployments {
+                let _ = ctx.workload_trigger.unbounded_send(d);
+            }
+            for r in found.rebuilds {
+                let _ = ctx.rebuild_trigger.unbounded_send(r);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn pushes(body: Value) -> Result<Vec<String>, BadBody> {
+        parse(&serde_json::to_vec(&body).unwrap_or_default())
+            .map(|ps| ps.into_iter().map(|p| p.image).collect())
+    }
+
+    #[test]
+    fn a_distribution_envelope_reports_manifest_pushes_by_tag_only() {
+        let manifest = "application/vnd.oci.image.manifest.v1+json";
+        let body = json!({"events": [
+            {"action": "push", "target": {"mediaType": manifest, "repository": "shop/app",
+             "tag": "1", "digest": "sha256:aa"}, "request": {"host": "127.0.0.1:15000"}},
+            {"action": "push", "target": {"mediaType": "application/vnd.oci.image.layer.v1.tar",
+             "repository": "shop/app", "digest": "sha256:bb"}, "request": {"host": "127.0.0.1:15000"}},
+            {"action": "push", "target": {"mediaType": manifest, "repository": "shop/app",
+             "digest": "sha256:cc"}, "request": {"host": "127.0.0.1:15000"}},
+            {"action": "pull", "target": {"mediaType": manifest, "repository": "shop/app",
+             "tag": "1"}, "request": {"host": "127.0.0.1:15000"}},
+            {"action": "push", "target": {"mediaType": manifest, "repository": "library/debian",
+             "tag": "12", "url": "https://registry-1.docker.io/v2/library/debian/manifests/sha256:dd"}}
+        ]});
+        assert_eq!(
+            pushes(body),
+            Ok(vec![
+                "127.0.0.1:15000/shop/app:1".to_owned(),
+                // Docker Hub's API host is Docker Hub.
+                "docker.io/library/debian:12".to_owned(),
+            ])
+        );
+    }
+
+    #[test]
+    fn harbor_and_generic_bodies_name_their_image() {
+        let harbor = json!({"type": "PUSH_ARTIFACT", "event_data": {"resources": [
+            {"digest": "sha256:aa", "tag": "v2",
+             "resource_url": "harbor.example.com/library/nginx:v2"}]}});
+        assert_eq!(
+            pushes(harbor),
+            Ok(vec!["harbor.example.com/library/nginx:v2".to_owned()])
+        );
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let generic = json!({"image": format!("reg.example/app:1@{digest}"), "digest": digest});
+        assert_eq!(pushes(generic), Ok(vec!["reg.example/app:1".to_owned()]));
+        assert!(pushes(json!({"image": format!("reg.example/app@{digest}")})).is_err());
+        assert!(pushes(json!({"hello": 1})).is_err());
+        assert!(parse(b"{not json").is_err());
+    }
+
+    #[test]
+    fn only_the_token_or_a_timely_signature_is_authorized() {
+        let config = NotifyConfig {
+            addr: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+            token: Some("s3cret".into()),
+            signing_key: Some(b"key".to_vec()),
+            debounce: Duration::ZERO,
+        };
+        let with = |pairs: &[(&'static str, String)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                if let Ok(v) = v.parse() {
+                    h.insert(*k, v);
+                }
+            }
+            h
+        };
+        let body = br#"{"image":"r/a:1"}"#;
+        assert!(authorized(
+            &config,
+            &with(&[("authorization", "Bearer s3cret".into())]),
+            body,
+            0
+        ));
+        assert!(!authorized(
+            &config,
+            &with(&[("authorization", "Bearer s3cre".into())]),
+            body,
+            0
+        ));
+        assert!(!authorized(&config, &HeaderMap::new(), body, 0));
+        let signed = |ts: i64, body: &[u8]| {
+            with(&[
+                ("webhook-id", "m1".into()),
+                ("webhook-timestamp", ts.to_string()),
+                (
+                    "webhook-signature",
+                    signature(b"key", "m1", &ts.to_string(), body),
+                ),
+            ])
+        };
+        assert!(authorized(&config, &signed(1000, body), body, 1000));
+        // Another body, or too old a timestamp: refused.
+        assert!(!authorized(&config, &signed(1000, b"{}"), body, 1000));
+        assert!(!authorized(&config, &signed(1000, body), body, 1000 + 301));
+    }
+
+    #[test]
+    fn each_source_gets_a_burst_then_its_rate() {
+        let mut limiter = Limiter::default();
+        let now = Instant::now();
+        let a: IpAddr = [10, 0, 0, 1].into();
+        let allowed = (0..100).filter(|_| limiter.allow(a, now)).count();
+        assert_eq!(allowed, 40);
+        // Another source is not held back by the first.
+        assert!(limiter.allow([10, 0, 0, 2].into(), now));
+        // A second later, twenty more.
+        let later = now + Duration::from_secs(1);
+        assert_eq!((0..100).filter(|_| limiter.allow(a, later)).count(), 20);
+    }
+}
