@@ -242,7 +242,8 @@ YAML
 apply_crds() {
   kubectl apply --server-side --force-conflicts -f "$repo_root/config/crd" >/dev/null
   kubectl wait --for condition=established --timeout=60s -f "$repo_root/config/crd" >/dev/null
-  log "CRDs applied from config/crd"
+  kubectl apply --server-side --force-conflicts -f "$harness_dir/tekton-pipelinerun-crd.yaml" >/dev/null
+  log "CRDs applied from config/crd (and a stand-in for Tekton's PipelineRun)"
 }
 
 # The operator's identity (config/rbac/) and the admission policy that lets

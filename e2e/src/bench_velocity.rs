@@ -273,6 +273,7 @@ async fn policy(client: &Client, namespace: &str) -> anyhow::Result<()> {
                         namespace: None,
                         template,
                     }),
+                    tekton: None,
                     webhook: None,
                 }],
                 rebuild: Some(RebuildSettings {

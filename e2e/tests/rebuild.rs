@@ -76,6 +76,7 @@ impl Scene {
                 namespace: None,
                 template: job_template(pod_annotations),
             }),
+            tekton: None,
             webhook: None,
         };
         self.policy_with(on, limits, backoff, pipeline).await
@@ -605,6 +606,7 @@ fn webhook_pipeline(addr: &str) -> Pipeline {
     Pipeline {
         name: "build".into(),
         job: None,
+        tekton: None,
         webhook: Some(WebhookPipeline {
             url: format!("http://{addr}/repos/shop/app/dispatches"),
             body: Some(json!({
@@ -859,6 +861,7 @@ async fn a_pipeline_that_cannot_run_makes_its_policy_not_ready_naming_the_field(
                         namespace: None,
                         template: bad,
                     }),
+                    tekton: None,
                     webhook: None,
                 }],
                 rebuild: None,
@@ -966,6 +969,7 @@ async fn only_whoever_may_create_jobs_there_may_add_a_pipeline_and_only_freshen_
                             namespace: None,
                             template: job_template(json!({})),
                         }),
+                        tekton: None,
                         webhook: None,
                     }],
                     rebuild: None,
@@ -1028,5 +1032,147 @@ async fn only_whoever_may_create_jobs_there_may_add_a_pipeline_and_only_freshen_
         },
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_tekton_pipeline_run_is_created_cancelled_when_superseded_and_its_success_rolled_out()
+-> anyhow::Result<()> {
+    use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+    let s = Scene::new("rebuild-tekton").await?;
+    let pipeline = Pipeline {
+        name: "build".into(),
+        job: None,
+        tekton: Some(freshen_api::pipeline::TektonPipeline {
+            namespace: None,
+            pipeline_ref: "build-image".into(),
+            params: vec![
+                freshen_api::pipeline::TektonParam {
+                    name: "image".into(),
+                    value: "$(image)".into(),
+                },
+                freshen_api::pipeline::TektonParam {
+                    name: "base".into(),
+                    value: "$(base.name)@$(base.newDigest)".into(),
+                },
+            ],
+            service_account_name: Some("builder".into()),
+        }),
+        webhook: None,
+    };
+    s.policy_with(
+        RebuildOn::BaseMoved,
+        PolicyLimits::default(),
+        "1m",
+        pipeline,
+    )
+    .await?;
+    let (_, base_v1) = app_on_a_moved_base(&s).await?;
+    let _operator = s.operator().await?;
+    let runs: Api<DynamicObject> = Api::namespaced_with(
+        s.client.clone(),
+        &s.ns.name,
+        &ApiResource {
+            group: "tekton.dev".into(),
+            version: "v1".into(),
+            api_version: "tekton.dev/v1".into(),
+            kind: "PipelineRun".into(),
+            plural: "pipelineruns".into(),
+        },
+    );
+    let await_run = |name: String| {
+        let runs = runs.clone();
+        async move {
+            wait_for(
+                &format!("PipelineRun {name}"),
+                Duration::from_secs(60),
+                Duration::from_millis(100),
+                || {
+                    let (runs, name) = (runs.clone(), name.clone());
+                    async move { Ok(runs.get_opt(&name).await?) }
+                },
+            )
+            .await
+        }
+    };
+
+    // The base moves: a PipelineRun of the named Pipeline, its params
+    // rendered, owned by the Rebuild.
+    let base_v2 = s
+        .push("base", "12", &ImageSpec::built_at(Utc::now()))
+        .await?;
+    let first = s
+        .await_rebuild("running", |r| r.progress().attempts == 1)
+        .await?;
+    let run = await_run(format!("{}-1", first.name_any())).await?;
+    assert_eq!(run.data["spec"]["pipelineRef"]["name"], "build-image");
+    assert_eq!(
+        run.data["spec"]["params"],
+        json!([{"name": "image", "value": first.spec.image},
+               {"name": "base", "value": format!("{}@{}", base_v1.tagged, base_v2.digest)}])
+    );
+    assert_eq!(
+        run.data["spec"]["taskRunTemplate"]["serviceAccountName"],
+        "builder"
+    );
+    assert_eq!(run.data["spec"]["timeouts"]["pipeline"], "120s");
+    assert_eq!(
+        run.metadata
+            .owner_references
+            .as_ref()
+            .and_then(|o| o.first())
+            .map(|o| o.name.clone()),
+        Some(first.name_any())
+    );
+
+    // It moves again before the run ends: a newer rebuild, and the first
+    // run is cancelled the Tekton way.
+    let base_v3 = s
+        .push("base", "12", &ImageSpec::built_at(Utc::now()))
+        .await?;
+    let newer = wait_for(
+        "a newer Rebuild",
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || async {
+            Ok(s.rebuilds()
+                .await?
+                .into_iter()
+                .find(|r| r.name_any() != first.name_any()))
+        },
+    )
+    .await?;
+    wait_for(
+        "the first run to be cancelled",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || async {
+            let run = runs.get(&format!("{}-1", first.name_any())).await?;
+            Ok((run.data["spec"]["status"] == "Cancelled").then_some(()))
+        },
+    )
+    .await?;
+    let old = Api::<Rebuild>::namespaced(s.client.clone(), &s.ns.name)
+        .get(&first.name_any())
+        .await?;
+    assert_eq!(old.progress().phase, RebuildPhase::Superseded);
+
+    // Tekton (played here) reports success; the build system pushed.
+    let run_name = format!("{}-1", newer.name_any());
+    await_run(run_name.clone()).await?;
+    runs.patch_status(
+        &run_name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": [
+            {"type": "Succeeded", "status": "True", "reason": "Succeeded"}]}})),
+    )
+    .await?;
+    let mut rebuilt = ImageSpec::built_at(Utc::now());
+    rebuilt.base = Some((base_v3.tagged.clone(), base_v3.digest.clone()));
+    let app_v2 = s.push("app", "1", &rebuilt).await?;
+    let refresh = s.await_refreshed("shop").await?;
+    assert_eq!(refresh.spec.digest, app_v2.digest);
+    let rebuilds = s.rebuilds().await?;
+    assert_eq!(rebuilds.len(), 2, "one per base move");
     Ok(())
 }

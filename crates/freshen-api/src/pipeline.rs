@@ -26,9 +26,9 @@ const NAME_PATTERN: &str = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
 /// A rebuild pipeline: how freshen asks for an image to be rebuilt.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("has(self.job) != has(self.webhook)").message(
-    "set exactly one of job or webhook"
-))]
+#[x_kube(validation = Rule::new(
+    "(has(self.job) ? 1 : 0) + (has(self.tekton) ? 1 : 0) + (has(self.webhook) ? 1 : 0) == 1"
+).message("set exactly one of job, tekton or webhook"))]
 pub struct Pipeline {
     /// The pipeline's name, unique in the policy: `spec.rebuild.pipeline`
     /// and the `freshen.dev/pipeline` annotation name it. A DNS label of at
@@ -38,6 +38,9 @@ pub struct Pipeline {
     /// A Kubernetes Job freshen creates for each run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobPipeline>,
+    /// A Tekton PipelineRun freshen creates for each run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tekton: Option<TektonPipeline>,
     /// A signed HTTP POST to a CI system for each run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookPipeline>,
@@ -48,9 +51,20 @@ impl Pipeline {
     pub fn kind(&self) -> PipelineKind {
         if self.webhook.is_some() {
             PipelineKind::Webhook
+        } else if self.tekton.is_some() {
+            PipelineKind::Tekton
         } else {
             PipelineKind::Job
         }
+    }
+
+    /// The namespace a ClusterRefreshPolicy's pipeline runs in, when it
+    /// names one.
+    pub fn namespace(&self) -> Option<&str> {
+        self.job
+            .as_ref()
+            .and_then(|j| j.namespace.as_deref())
+            .or_else(|| self.tekton.as_ref().and_then(|t| t.namespace.as_deref()))
     }
 }
 
@@ -71,6 +85,8 @@ pub enum PipelineKind {
     /// A `batch/v1` Job.
     #[default]
     Job,
+    /// A `tekton.dev/v1` PipelineRun.
+    Tekton,
     /// A signed webhook.
     Webhook,
 }
@@ -80,9 +96,49 @@ impl PipelineKind {
     pub fn label(self) -> &'static str {
         match self {
             Self::Job => "job",
+            Self::Tekton => "tekton",
             Self::Webhook => "webhook",
         }
     }
+}
+
+/// A pipeline run as a Tekton `tekton.dev/v1` PipelineRun of an existing
+/// Pipeline, one per run, named after the rebuild and the run, owned by the
+/// Rebuild. Finished on its `Succeeded` condition; cancelled by setting
+/// `spec.status: Cancelled`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TektonPipeline {
+    /// The namespace the PipelineRuns and their Rebuild records live in.
+    /// Only a ClusterRefreshPolicy may set it (default: freshen's own
+    /// namespace); a RefreshPolicy's run in the policy's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
+    pub namespace: Option<String>,
+    /// The Tekton Pipeline to run (`spec.pipelineRef.name`).
+    #[schemars(length(min = 1, max = 253))]
+    pub pipeline_ref: String,
+    /// Its parameters; values may name `$(variables)` (at most 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub params: Vec<TektonParam>,
+    /// The ServiceAccount its TaskRuns run as
+    /// (`spec.taskRunTemplate.serviceAccountName`; default Tekton's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub service_account_name: Option<String>,
+}
+
+/// One parameter the PipelineRun passes to the Pipeline.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TektonParam {
+    /// The parameter's name in the Pipeline.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Its value; may name `$(variables)`.
+    #[schemars(length(max = 4096))]
+    pub value: String,
 }
 
 /// A key of a Secret in the Rebuild's namespace.
@@ -328,13 +384,32 @@ impl PolicyPipelines {
                     message,
                 })?;
             }
-            let Some(job) = &p.job else {
-                if p.webhook.is_none() {
+            if let Some(tekton) = &p.tekton {
+                if namespaced && tekton.namespace.is_some() {
                     return Err(SpecError::Pipeline {
-                        field: field(""),
-                        message: "set exactly one of job or webhook".into(),
+                        field: field(".tekton.namespace"),
+                        message: "a RefreshPolicy's PipelineRuns run in its own namespace; only \
+                                  a ClusterRefreshPolicy may name one"
+                            .into(),
                     });
                 }
+                for (j, param) in tekton.params.iter().enumerate() {
+                    rebuild::check(&param.value).map_err(|e| SpecError::Pipeline {
+                        field: field(&format!(".tekton.params[{j}].value")),
+                        message: e.to_string(),
+                    })?;
+                }
+            }
+            let kinds = usize::from(p.job.is_some())
+                + usize::from(p.tekton.is_some())
+                + usize::from(p.webhook.is_some());
+            if kinds != 1 {
+                return Err(SpecError::Pipeline {
+                    field: field(""),
+                    message: "set exactly one of job, tekton or webhook".into(),
+                });
+            }
+            let Some(job) = &p.job else {
                 continue;
             };
             if namespaced && job.namespace.is_some() {
@@ -577,6 +652,7 @@ mod tests {
                 namespace: None,
                 template,
             }),
+            tekton: None,
             webhook: None,
         }
     }
@@ -654,6 +730,88 @@ mod tests {
         let e = error(&with(vec![elsewhere.clone()], None), true);
         assert!(e.starts_with("spec.pipelines[0].job.namespace"), "{e}");
         assert_eq!(with(vec![elsewhere], None).parse(false), Ok(None));
+    }
+
+    #[test]
+    fn tekton_and_webhook_pipelines_are_checked_too() {
+        let tekton = |value: &str, namespace: Option<&str>| Pipeline {
+            name: "tekton".into(),
+            job: None,
+            tekton: Some(TektonPipeline {
+                namespace: namespace.map(str::to_owned),
+                pipeline_ref: "build".into(),
+                params: vec![TektonParam {
+                    name: "image".into(),
+                    value: value.into(),
+                }],
+                service_account_name: None,
+            }),
+            webhook: None,
+        };
+        assert_eq!(
+            with(vec![tekton("$(image)", None)], None).parse(true),
+            Ok(None)
+        );
+        let e = error(&with(vec![tekton("$(imag)", None)], None), true);
+        assert!(
+            e.starts_with("spec.pipelines[0].tekton.params[0].value: unknown variable"),
+            "{e}"
+        );
+        let e = error(&with(vec![tekton("x", Some("ci"))], None), true);
+        assert!(e.starts_with("spec.pipelines[0].tekton.namespace"), "{e}");
+        let mut both = tekton("x", None);
+        both.job = job(valid()).job;
+        let e = error(&with(vec![both], None), true);
+        assert!(
+            e.contains("set exactly one of job, tekton or webhook"),
+            "{e}"
+        );
+        let hook = |url: &str| Pipeline {
+            name: "hook".into(),
+            job: None,
+            tekton: None,
+            webhook: Some(WebhookPipeline {
+                url: url.into(),
+                body: Some(json!({"image": "$(image)"})),
+                secret: SecretKey {
+                    name: "s".into(),
+                    key: "k".into(),
+                },
+                hub_signature: None,
+                headers: vec![SecretHeader {
+                    name: "Authorization".into(),
+                    prefix: Some("Bearer ".into()),
+                    secret: SecretKey {
+                        name: "t".into(),
+                        key: "k".into(),
+                    },
+                }],
+            }),
+        };
+        assert_eq!(
+            with(vec![hook("https://ci.example/hook")], None).parse(true),
+            Ok(None)
+        );
+        let e = error(&with(vec![hook("ftp://ci.example/hook")], None), true);
+        assert!(e.starts_with("spec.pipelines[0].webhook.url"), "{e}");
+        let e = error(&with(vec![hook("https://user:pw@ci.example/")], None), true);
+        assert!(e.contains("credentials belong in a header"), "{e}");
+        let mut own = hook("https://ci.example/");
+        if let Some(h) = own.webhook.as_mut() {
+            h.headers[0].name = "webhook-signature".into();
+        }
+        let e = error(&with(vec![own], None), true);
+        assert!(
+            e.starts_with("spec.pipelines[0].webhook.headers[0].name"),
+            "{e}"
+        );
+        assert_eq!(
+            with(vec![hook("https://ci.example/")], None)
+                .secrets()
+                .len(),
+            2,
+            "the signing Secret and the header's"
+        );
     }
 
     #[test]

@@ -255,7 +255,7 @@ impl Valid<'_> {
                 expected: "the name of a pipeline in the governing policy's spec.pipelines",
             });
         };
-        let namespace = own_namespace.or_else(|| pipeline.job.as_ref()?.namespace.clone());
+        let namespace = own_namespace.or_else(|| pipeline.namespace().map(str::to_owned));
         Ok(Some(RebuildPlan {
             policy,
             pipeline: pipeline.clone(),

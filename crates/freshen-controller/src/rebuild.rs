@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use freshen_api::pipeline::{
-    JobPipeline, Pipeline, Rebuild, RebuildSpec, RebuildStatus, SecretKey, WebhookPipeline,
-    render_template,
+    JobPipeline, Pipeline, PipelineKind, Rebuild, RebuildSpec, RebuildStatus, SecretKey,
+    WebhookPipeline, render_template,
 };
 use freshen_core::event::{EventKind, EventReason};
 use freshen_core::plan;
@@ -43,6 +43,8 @@ use crate::context::Context;
 use crate::deployment::FIELD_MANAGER;
 use crate::error::Error;
 use crate::webhook::{Delivery, signing_key};
+
+mod tekton;
 
 /// The label on a rebuild's runs (and their pods): the Rebuild's name.
 pub const REBUILD_LABEL: &str = "freshen.dev/rebuild";
@@ -226,7 +228,7 @@ pub(crate) trait Runner {
     /// The run of `attempt`'s name.
     fn run_name(&self, rebuild: &Rebuild, attempt: u32) -> String;
     /// How the run of `attempt` is doing.
-    fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState;
+    async fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState;
     /// Starts the run of `attempt` from the template, with `values`.
     async fn trigger(
         &self,
@@ -241,16 +243,23 @@ pub(crate) trait Runner {
 /// A pipeline's runner, by kind.
 enum Run<'a> {
     Job(Jobs<'a>),
+    Tekton(tekton::PipelineRuns<'a>),
     Webhook(Webhooks<'a>),
 }
 
 impl<'a> Run<'a> {
     fn of(ctx: &'a Context, pipeline: &'a Pipeline) -> Option<Self> {
-        match (&pipeline.job, &pipeline.webhook) {
-            (Some(job), _) => Some(Self::Job(Jobs { ctx, pipeline: job })),
-            (None, Some(hook)) => Some(Self::Webhook(Webhooks { ctx, hook })),
-            (None, None) => None,
+        if let Some(job) = &pipeline.job {
+            return Some(Self::Job(Jobs { ctx, pipeline: job }));
         }
+        if let Some(tekton) = &pipeline.tekton {
+            return Some(Self::Tekton(tekton::PipelineRuns {
+                ctx,
+                pipeline: tekton,
+            }));
+        }
+        let hook = pipeline.webhook.as_ref()?;
+        Some(Self::Webhook(Webhooks { ctx, hook }))
     }
 }
 
@@ -258,14 +267,16 @@ impl Runner for Run<'_> {
     fn run_name(&self, rebuild: &Rebuild, attempt: u32) -> String {
         match self {
             Self::Job(r) => r.run_name(rebuild, attempt),
+            Self::Tekton(r) => r.run_name(rebuild, attempt),
             Self::Webhook(r) => r.run_name(rebuild, attempt),
         }
     }
 
-    fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState {
+    async fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState {
         match self {
-            Self::Job(r) => r.observe(rebuild, attempt),
-            Self::Webhook(r) => r.observe(rebuild, attempt),
+            Self::Job(r) => r.observe(rebuild, attempt).await,
+            Self::Tekton(r) => r.observe(rebuild, attempt).await,
+            Self::Webhook(r) => r.observe(rebuild, attempt).await,
         }
     }
 
@@ -277,6 +288,7 @@ impl Runner for Run<'_> {
     ) -> Result<(), Error> {
         match self {
             Self::Job(r) => r.trigger(rebuild, attempt, values).await,
+            Self::Tekton(r) => r.trigger(rebuild, attempt, values).await,
             Self::Webhook(r) => r.trigger(rebuild, attempt, values).await,
         }
     }
@@ -284,6 +296,7 @@ impl Runner for Run<'_> {
     async fn cancel(&self, rebuild: &Rebuild, attempt: u32) -> Result<(), Error> {
         match self {
             Self::Job(r) => r.cancel(rebuild, attempt).await,
+            Self::Tekton(r) => r.cancel(rebuild, attempt).await,
             Self::Webhook(r) => r.cancel(rebuild, attempt).await,
         }
     }
@@ -303,7 +316,7 @@ impl Runner for Webhooks<'_> {
         format!("{}-{attempt}", rebuild.name_any())
     }
 
-    fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState {
+    async fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState {
         let run = self.run_name(rebuild, attempt);
         let status = rebuild.status.clone().unwrap_or_default();
         if status.delivered.as_ref() == Some(&run) {
@@ -440,7 +453,7 @@ impl Runner for Jobs<'_> {
         format!("{}-{attempt}", rebuild.name_any())
     }
 
-    fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState {
+    async fn observe(&self, rebuild: &Rebuild, attempt: u32) -> RunState {
         let namespace = rebuild.namespace().unwrap_or_default();
         let name = self.run_name(rebuild, attempt);
         match self.ctx.jobs.get(&ObjectRef::new(&name).within(&namespace)) {
@@ -571,7 +584,7 @@ pub async fn reconcile(rebuild: Arc<Rebuild>, ctx: Arc<Context>) -> Result<Actio
     let runner = pipeline.as_ref().ok().and_then(|p| Run::of(&ctx, p));
     let run = match (&runner, &pipeline, progress.attempts) {
         (_, _, 0) => RunState::Missing,
-        (Some(r), _, attempt) => r.observe(&rebuild, attempt),
+        (Some(r), _, attempt) => r.observe(&rebuild, attempt).await,
         (None, Err(gone), _) => RunState::Failed(gone.clone()),
         (None, Ok(_), _) => RunState::Failed("the pipeline sets no kind".into()),
     };
@@ -604,9 +617,14 @@ pub async fn reconcile(rebuild: Arc<Rebuild>, ctx: Arc<Context>) -> Result<Actio
         act(&rebuild, runner, &step.changes, step.progress.attempts).await?;
     }
     announce(&ctx, &rebuild, &step).await;
-    Ok(step
-        .requeue
-        .map_or_else(Action::await_change, Action::requeue))
+    // PipelineRuns are not watched: a running one is read again soon.
+    let requeue = match (rebuild.spec.kind, step.progress.phase) {
+        (PipelineKind::Tekton, RebuildPhase::Running) => {
+            Some(step.requeue.map_or(tekton::POLL, |r| r.min(tekton::POLL)))
+        }
+        _ => step.requeue,
+    };
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// The frozen facts of the rebuild.
@@ -705,16 +723,24 @@ async fn tag_now(
     (Some(digest), built)
 }
 
-/// A newer rebuild of the same image by the same pipeline exists.
+/// A newer rebuild of the same image by the same pipeline exists (created
+/// later; within the same second, the one whose name sorts last is newer,
+/// so exactly one of any set is not superseded).
 fn superseded(ctx: &Context, rebuild: &Rebuild) -> bool {
-    let created = rebuild.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    let age = |r: &Rebuild| {
+        (
+            r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            r.name_any(),
+        )
+    };
+    let mine = age(rebuild);
     ctx.rebuilds.state().iter().any(|other| {
         other.namespace() == rebuild.namespace()
             && other.name_any() != rebuild.name_any()
             && other.spec.image == rebuild.spec.image
             && other.spec.policy == rebuild.spec.policy
             && other.spec.pipeline == rebuild.spec.pipeline
-            && other.metadata.creation_timestamp.as_ref().map(|t| t.0) > created
+            && age(other) > mine
     })
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, is_canary};
-use freshen_api::{ClusterRefreshPolicy, Refresh, RefreshMode, RefreshPolicy};
+use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshMode, RefreshPolicy};
+use freshen_core::rebuild::RebuildPhase;
 use freshen_core::observe::PodFacts;
 use freshen_core::plan::parse_rejected;
 use freshen_core::policy::{self, Limits, Sourced};
@@ -26,6 +27,7 @@ use serde::Serialize;
 
 use crate::assess::{
     Accounts, Lookup, Problem, configure, measure, node_platform, platform_of, pull_credentials,
+    template_containers,
 };
 use crate::deployment::owning_deployment;
 use crate::scoped;
@@ -97,6 +99,10 @@ pub struct Row {
     /// Digests rolled back and never proposed again for the container.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected_digests: Vec<String>,
+    /// The rebuild of the container's image under way or last finished,
+    /// as `namespace/name (Phase)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rebuild: Option<String>,
 }
 
 impl Row {
@@ -216,6 +222,14 @@ pub async fn build(
     )
     .await;
     add_refreshes(&mut rows, &refreshes, &deployments);
+    let rebuilds = list_optional(
+        Api::<Rebuild>::all(client.clone()),
+        "rebuilds",
+        "rebuilds are not shown",
+        &mut warnings,
+    )
+    .await;
+    add_rebuilds(&mut rows, &rebuilds, &deployments);
     sort_worst_first(&mut rows);
     Ok(Report {
         generated_at: Some(now),
@@ -423,6 +437,40 @@ fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[De
     }
 }
 
+/// Each row's newest Rebuild of its image (a superseded one is not shown).
+fn add_rebuilds(rows: &mut [Row], rebuilds: &[Arc<Rebuild>], deployments: &[Deployment]) {
+    for row in rows {
+        let Some(image) = deployments
+            .iter()
+            .find(|d| {
+                d.namespace().as_deref() == Some(row.namespace.as_str())
+                    && d.name_any() == row.workload
+            })
+            .and_then(|d| {
+                template_containers(d)
+                    .into_iter()
+                    .find(|c| c.name == row.container)
+            })
+            .and_then(|c| freshen_core::ImageReference::parse(&c.image).ok())
+            .map(|i| i.without_digest().to_string())
+        else {
+            continue;
+        };
+        row.rebuild = rebuilds
+            .iter()
+            .filter(|r| r.spec.image == image && r.progress().phase != RebuildPhase::Superseded)
+            .max_by_key(|r| r.metadata.creation_timestamp.as_ref().map(|t| t.0))
+            .map(|r| {
+                format!(
+                    "{}/{} ({})",
+                    r.namespace().unwrap_or_default(),
+                    r.name_any(),
+                    r.progress().phase
+                )
+            });
+    }
+}
+
 /// The rows of one measured Deployment: one per measured container, and one
 /// per container that could not be measured at all.
 fn rows_of(
@@ -461,6 +509,7 @@ fn rows_of(
         problems: Vec::new(),
         refresh: None,
         rejected_digests: Vec::new(),
+        rebuild: None,
     };
     let problems_of = |container: &str| -> Vec<String> {
         let registry = measurement
@@ -623,10 +672,11 @@ fn cells_of(r: &Row) -> [String; 12] {
     } else {
         "ok"
     };
-    let refresh = match (&r.refresh, r.rejected_digests.len()) {
-        (Some(active), _) => active.clone(),
-        (None, 0) => "-".to_owned(),
-        (None, n) => format!("{n} digest(s) rejected"),
+    let refresh = match (&r.refresh, &r.rebuild, r.rejected_digests.len()) {
+        (Some(active), _, _) => active.clone(),
+        (None, Some(rebuild), _) => format!("rebuild {rebuild}"),
+        (None, None, 0) => "-".to_owned(),
+        (None, None, n) => format!("{n} digest(s) rejected"),
     };
     [
         r.namespace.clone(),
@@ -736,6 +786,7 @@ mod tests {
             problems: Vec::new(),
             refresh: None,
             rejected_digests: Vec::new(),
+            rebuild: None,
         }
     }
 
