@@ -588,14 +588,15 @@ pub async fn reconcile(rebuild: Arc<Rebuild>, ctx: Arc<Context>) -> Result<Actio
         (None, Err(gone), _) => RunState::Failed(gone.clone()),
         (None, Ok(_), _) => RunState::Failed("the pipeline sets no kind".into()),
     };
-    let (tag_digest, tag_built) = match (&run, progress.phase) {
+    let tag = match (&run, progress.phase) {
         (RunState::Succeeded, RebuildPhase::Running) => tag_now(&ctx, &rebuild).await,
-        _ => (None, None),
+        _ => TagNow::default(),
     };
     let observed = RebuildObserved {
         run,
-        tag_digest,
-        tag_built,
+        tag_digest: tag.digest,
+        tag_built: tag.built,
+        tag_base: tag.base,
         superseded: superseded(&ctx, &rebuild),
     };
     let step = rebuild::step(&target, &progress, &observed, now);
@@ -637,6 +638,11 @@ fn target(rebuild: &Rebuild) -> Result<RebuildTarget, Error> {
             .map_err(|_| Error::MissingField("spec.fromDigest"))?,
         timeout: Duration::from_secs(rebuild.spec.timeout_seconds.max(1)),
         backoff: Duration::from_secs(rebuild.spec.backoff_seconds.clamp(1, 86_400)),
+        new_base: rebuild
+            .spec
+            .base
+            .as_ref()
+            .and_then(|b| b.new_digest.parse().ok()),
     })
 }
 
@@ -669,18 +675,23 @@ fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<Pipeline, String> {
         })
 }
 
+/// What the rebuilt image's tag names now.
+#[derive(Default)]
+struct TagNow {
+    digest: Option<Digest>,
+    built: Option<chrono::DateTime<Utc>>,
+    base: Option<Digest>,
+}
+
 /// The digest the rebuilt image's tag names now, asked of the registry
 /// (past the cache), with the pull secrets of the workload that asked; and
-/// when a new one was built.
-async fn tag_now(
-    ctx: &Context,
-    rebuild: &Rebuild,
-) -> (Option<Digest>, Option<chrono::DateTime<Utc>>) {
+/// for a new one, when it was built and on which base digest.
+async fn tag_now(ctx: &Context, rebuild: &Rebuild) -> TagNow {
     let Ok(image) = ImageReference::parse(&rebuild.spec.image) else {
-        return (None, None);
+        return TagNow::default();
     };
     let Some((namespace, name)) = rebuild.spec.requested_by.split_once('/') else {
-        return (None, None);
+        return TagNow::default();
     };
     let keychain = match ctx.deployments.get(&ObjectRef::new(name).within(namespace)) {
         Some(deploy) => {
@@ -703,24 +714,33 @@ async fn tag_now(
         Ok(digest) => digest,
         Err(e) => {
             warn!(error = %e, "rebuilt tag not read");
-            return (None, None);
+            return TagNow::default();
         }
     };
     if digest.to_string() == rebuild.spec.from_digest {
-        return (Some(digest), None);
+        return TagNow {
+            digest: Some(digest),
+            ..TagNow::default()
+        };
     }
-    let built = match ctx
+    match ctx
         .registry
         .image_facts(&image, &digest, None, credential)
         .await
     {
-        Ok(facts) => facts.created,
+        Ok(facts) => TagNow {
+            digest: Some(digest),
+            built: facts.created,
+            base: facts.base_digest.clone(),
+        },
         Err(e) => {
-            warn!(error = %e, "rebuilt image's build time not read");
-            None
+            warn!(error = %e, "rebuilt image's facts not read");
+            TagNow {
+                digest: Some(digest),
+                ..TagNow::default()
+            }
         }
-    };
-    (Some(digest), built)
+    }
 }
 
 /// A newer rebuild of the same image by the same pipeline exists (created

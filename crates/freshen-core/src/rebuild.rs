@@ -276,6 +276,8 @@ pub struct RebuildObserved {
     /// When that digest was built, when it says (reproducible builds do
     /// not).
     pub tag_built: Option<DateTime<Utc>>,
+    /// The base digest that digest records being built on, if it does.
+    pub tag_base: Option<Digest>,
     /// A newer rebuild of the same image and pipeline exists.
     pub superseded: bool,
 }
@@ -291,6 +293,9 @@ pub struct RebuildTarget {
     /// The first backoff after a failure; it doubles per failure, up to
     /// [`MAX_BACKOFF`].
     pub backoff: Duration,
+    /// For a moved base: the base digest the rebuilt image must be built
+    /// on (when it records one).
+    pub new_base: Option<Digest>,
 }
 
 /// The longest backoff between two runs of one rebuild.
@@ -420,9 +425,15 @@ fn running(
     // A digest built well before the run started is someone else's push,
     // not this rebuild's (a build time that is unknown is not held against
     // it; ten minutes allow for clocks that disagree).
+    // A rebuild for a moved base must be on the new base, when the image
+    // says what it was built on.
     let ours = observed
         .tag_built
-        .is_none_or(|built| later(built, BUILD_CLOCK_SKEW) >= started);
+        .is_none_or(|built| later(built, BUILD_CLOCK_SKEW) >= started)
+        && match (&target.new_base, &observed.tag_base) {
+            (Some(wanted), Some(built_on)) => wanted == built_on,
+            _ => true,
+        };
     let moved = observed
         .tag_digest
         .as_ref()
@@ -540,6 +551,7 @@ mod tests {
             from_digest: digest('a'),
             timeout: Duration::from_secs(600),
             backoff: Duration::from_secs(60),
+            new_base: Some(digest('b')),
         }
     }
 
@@ -548,6 +560,7 @@ mod tests {
             run,
             tag_digest: Some(digest(tag)),
             tag_built: None,
+            tag_base: None,
             superseded: false,
         }
     }
@@ -657,6 +670,23 @@ mod tests {
         assert_eq!(done.progress.phase, RebuildPhase::Running);
         assert_eq!(done.progress.run_finished_at, Some(at(30)));
         assert_eq!(done.requeue, Some(Duration::from_secs(5)));
+        // A digest built long before the run is someone else's push.
+        let stale_push = RebuildObserved {
+            tag_built: Some(at(-3600)),
+            ..observed(RunState::Succeeded, 'b')
+        };
+        let early_build = step(&t, &done.progress, &stale_push, at(33));
+        assert_eq!(early_build.progress.phase, RebuildPhase::Running);
+        // Built on the old base: not the rebuild asked for; on the new: it is.
+        let on = |base: char| RebuildObserved {
+            tag_built: Some(at(31)),
+            tag_base: Some(digest(base)),
+            ..observed(RunState::Succeeded, 'b')
+        };
+        let old_base = step(&t, &done.progress, &on('0'), at(34));
+        assert_eq!(old_base.progress.phase, RebuildPhase::Running);
+        let new_base = step(&t, &done.progress, &on('b'), at(34));
+        assert_eq!(new_base.progress.phase, RebuildPhase::Succeeded);
         let moved = step(
             &t,
             &done.progress,

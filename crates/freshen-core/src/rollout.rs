@@ -1167,7 +1167,12 @@ fn canary(
             message: message.clone(),
         },
     );
-    next.checks = next.checks.saturating_add(1);
+    // Waiting for pods to become Ready is bounded by the readiness timeout,
+    // not by the analysis: only checks of a Ready canary count towards the
+    // inconclusive limit.
+    if all_ready {
+        next.checks = next.checks.saturating_add(1);
+    }
     if verdict == Verdict::Pass {
         next.passes = next.passes.saturating_add(1);
     }
@@ -2135,6 +2140,39 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_canary_gets_its_readiness_timeout_not_the_analysis_limit() {
+        // One passing check promotes, two checks without a pass are
+        // inconclusive; the pods take two minutes to become Ready, well
+        // within the five-minute readiness timeout.
+        let t = Target {
+            settings: Settings {
+                iterations: 1,
+                ..Settings::default()
+            },
+            ..target(Strategy::Canary)
+        };
+        let slow = Observed {
+            canary_exists: true,
+            canary_pods: vec![pod(false, 0, &[])],
+            ..observed(FROM)
+        };
+        let waited = run(&t, &slow, &[0, 30, 60, 90, 120]);
+        assert_eq!(
+            waited.progress.phase,
+            Phase::Canary,
+            "{}",
+            waited.progress.message
+        );
+        assert_eq!(waited.progress.checks, 0, "waiting is not analysis");
+        let ready = step(&t, &waited.progress, &healthy_canary(), secs(150));
+        assert_eq!(ready.progress.phase, Phase::Promoting);
+        // Never Ready: the readiness timeout ends it, as a timeout.
+        let never = run(&t, &slow, &[0, 60, 120, 180, 240, 300]);
+        assert_eq!(never.progress.phase, Phase::RollingBack);
+        assert_eq!(never.progress.failure, Some(Failure::Timeout));
+    }
+
+    #[test]
     fn promotes_after_the_frozen_number_of_passing_checks() {
         let t = target(Strategy::Canary);
         let times = [0, 30, 60, 90, 120];
@@ -2202,10 +2240,21 @@ mod tests {
                 .map(|c| (c.verdict, c.ready, c.desired)),
             Some((Verdict::Wait, 1, 2))
         );
-        // Never all Ready: inconclusive after twice the iterations.
+        // Never all Ready: the wait is bounded by the readiness timeout,
+        // not by the analysis (no check of an unready canary counts).
         let s = run(&t, &waiting, &(0..=80).collect::<Vec<_>>());
+        assert_eq!(s.progress.phase, Phase::Canary);
+        assert_eq!(s.progress.checks, 0);
+        let short = Target {
+            settings: Settings {
+                readiness_timeout_seconds: 60,
+                ..t.settings.clone()
+            },
+            ..t.clone()
+        };
+        let s = run(&short, &waiting, &(0..=80).collect::<Vec<_>>());
         assert_eq!(s.progress.phase, Phase::RollingBack);
-        assert_eq!(s.progress.failure, Some(Failure::Inconclusive));
+        assert_eq!(s.progress.failure, Some(Failure::Timeout));
     }
 
     fn with_metric(on_no_data: OnNoData) -> Target {
