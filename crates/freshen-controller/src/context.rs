@@ -33,6 +33,8 @@ pub struct ControllerConfig {
     pub max_concurrent_refreshes_per_namespace: u32,
     /// Finished Refreshes kept per workload.
     pub refresh_history: usize,
+    /// Ended Rebuilds kept per image and pipeline (at least one).
+    pub rebuild_history: usize,
     /// Where the Jobs and Rebuild records of ClusterRefreshPolicy pipelines
     /// that name no namespace live: freshen's own namespace.
     pub rebuild_namespace: String,

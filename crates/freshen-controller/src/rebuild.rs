@@ -865,11 +865,59 @@ async fn announce(ctx: &Context, rebuild: &Rebuild, step: &rebuild::RebuildStep)
             .rebuilds
             .finished(rebuild.spec.kind, &step.progress, outcome);
     }
+    if step.progress.phase.is_terminal() {
+        prune(ctx, rebuild).await;
+    }
     if reason == EventReason::RebuildSucceeded {
         for d in &dependants {
             let _ = ctx
                 .workload_trigger
                 .unbounded_send(ObjectRef::from_obj(d.as_ref()));
+        }
+    }
+}
+
+/// Deletes the ended Rebuilds of the same image and pipeline beyond the
+/// newest `--rebuild-history` (their runs go with them: they are owned).
+/// Each delete is guarded by the uid seen; a failure is logged, never
+/// fatal: the next rebuild to end tries again.
+async fn prune(ctx: &Context, rebuild: &Rebuild) {
+    let mut ended: Vec<Arc<Rebuild>> = ctx
+        .rebuilds
+        .state()
+        .into_iter()
+        .filter(|r| {
+            r.namespace() == rebuild.namespace()
+                && r.spec.image == rebuild.spec.image
+                && r.spec.policy == rebuild.spec.policy
+                && r.spec.pipeline == rebuild.spec.pipeline
+                && r.progress().phase.is_terminal()
+                && r.name_any() != rebuild.name_any()
+        })
+        .collect();
+    // This one just ended and is the newest; the cache may not show it yet.
+    ended.sort_by_key(|r| {
+        std::cmp::Reverse((
+            r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            r.name_any(),
+        ))
+    });
+    let api: Api<Rebuild> =
+        Api::namespaced(ctx.client.clone(), &rebuild.namespace().unwrap_or_default());
+    let keep = ctx.config.rebuild_history.max(1);
+    for old in ended.iter().skip(keep - 1) {
+        let params = DeleteParams {
+            preconditions: Some(kube::api::Preconditions {
+                uid: old.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            propagation_policy: Some(PropagationPolicy::Background),
+            ..DeleteParams::default()
+        };
+        match api.delete(&old.name_any(), &params).await {
+            Ok(_) => info!(rebuild = %old.name_any(), "old rebuild deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => warn!(error = %e, rebuild = %old.name_any(), "old rebuild not deleted"),
         }
     }
 }

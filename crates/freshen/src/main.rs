@@ -86,6 +86,10 @@ struct RunArgs {
     /// Finished Refresh objects kept per workload; older ones are deleted.
     #[arg(long, default_value_t = 10)]
     refresh_history: usize,
+    /// Ended Rebuild objects kept per image and pipeline (at least 1);
+    /// older ones, and their runs, are deleted.
+    #[arg(long, default_value_t = 5)]
+    rebuild_history: usize,
     /// Prometheus server for canary metric checks, e.g. http://prometheus:9090.
     #[arg(long)]
     prometheus_url: Option<String>,
@@ -477,6 +481,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             max_concurrent_refreshes: args.max_concurrent_refreshes,
             max_concurrent_refreshes_per_namespace: args.max_concurrent_refreshes_per_namespace,
             refresh_history: args.refresh_history,
+            rebuild_history: args.rebuild_history,
             rebuild_namespace,
         },
         registry: args.registry.config(args.poll_interval)?,

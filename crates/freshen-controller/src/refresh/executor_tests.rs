@@ -226,6 +226,7 @@ fn context(
             max_concurrent_refreshes: 10,
             max_concurrent_refreshes_per_namespace: 3,
             refresh_history: 5,
+            rebuild_history: 5,
             rebuild_namespace: "freshen-system".into(),
         },
     };
