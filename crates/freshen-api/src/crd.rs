@@ -9,6 +9,7 @@ use kube::CustomResourceExt;
 use crate::pipeline::Rebuild;
 use crate::policy::{ClusterRefreshPolicy, RefreshPolicy};
 use crate::refresh::Refresh;
+use crate::tag::TagRecord;
 
 /// Every CRD of freshen, with the file name of its copy in `config/crd/`.
 pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -17,6 +18,7 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("clusterrefreshpolicies.yaml", ClusterRefreshPolicy::crd()),
         ("refreshes.yaml", Refresh::crd()),
         ("rebuilds.yaml", Rebuild::crd()),
+        ("tagrecords.yaml", TagRecord::crd()),
     ]
 }
 

@@ -7,6 +7,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod promql;
 pub mod refresh;
+pub mod tag;
 pub mod time;
 pub mod validation;
 
@@ -17,3 +18,4 @@ pub use policy::{
     RefreshPolicySpec, SpecError,
 };
 pub use refresh::{PolicyRefresh, Refresh, RefreshSpec, RefreshStatus};
+pub use tag::{TagRecord, TagRecordSpec};

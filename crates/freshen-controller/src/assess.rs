@@ -30,6 +30,7 @@ use tokio::time::Instant;
 use tracing::debug;
 
 use crate::records::{ContainerRecord, PolicyBinding, WorkloadRecord};
+use crate::tags::TagClock;
 
 const PINNED_POLICY_FORM: &str = "the name of an existing, valid RefreshPolicy in the \
                                   workload's namespace, or of a ClusterRefreshPolicy whose \
@@ -465,6 +466,8 @@ pub struct Lookup<'a> {
     pub platform: Option<&'a Platform>,
     /// The moment of the measurement.
     pub now: DateTime<Utc>,
+    /// Since when each tag has named its digest.
+    pub tags: &'a TagClock,
 }
 
 impl Lookup<'_> {
@@ -595,10 +598,19 @@ async fn measure_container(
     let update_available = tag_digest
         .as_ref()
         .and_then(|d| observation.update_available(d));
+    let now = lookup.now;
+    let tagged = image.without_digest().to_string();
+    // Since when the tag has named its digest: when an update became
+    // available, or (when the pods run it) how long what they run has been
+    // what the tag names.
+    let tag_since = tag_digest
+        .as_ref()
+        .map(|d| lookup.tags.since(&tagged, d, now));
     let mut build_times = Vec::new();
     let mut verdicts = Vec::new();
     let mut base_image = None;
     let mut base_move = None;
+    let mut base_first_seen = None;
     for digest in observation.digests() {
         let Some(facts) = failed.keep(lookup.facts(image, digest).await, "image facts") else {
             continue;
@@ -608,13 +620,20 @@ async fn measure_container(
         if let Some((followed, verdict)) = base_verdict(lookup, base, &facts, failed).await {
             if let Some((Some(true), _, moved)) = &verdict {
                 base_move.get_or_insert_with(|| moved.clone());
+                if let Ok(new) = moved.new_digest.parse::<Digest>() {
+                    base_first_seen
+                        .get_or_insert_with(|| lookup.tags.since(&moved.name, &new, now));
+                }
             }
             verdicts.extend(verdict.map(|(stale, created, _)| (stale, created)));
             base_image.get_or_insert(followed);
         }
     }
     let (base_stale, stale_base_created) = base::combine(&verdicts);
-    let now = lookup.now;
+    let running = match (observation.digests().len(), observation.pods_without_digest) {
+        (1, 0) => observation.digests().into_iter().next().cloned(),
+        _ => None,
+    };
     ContainerRecord {
         container: observation.name.clone(),
         image: image.name(),
@@ -622,23 +641,21 @@ async fn measure_container(
         oldest_start: observation.oldest_start,
         update_available,
         update_available_since: (update_available == Some(true)).then(|| {
-            previous
-                .and_then(|p| p.update_available_since)
+            tag_since
+                .or_else(|| previous.and_then(|p| p.update_available_since))
                 .unwrap_or(now)
         }),
         base_stale,
         base_stale_since: (base_stale == Some(true)).then(|| {
             base::stale_since(
                 stale_base_created,
-                previous.and_then(|p| p.base_stale_since),
+                base_first_seen.or_else(|| previous.and_then(|p| p.base_stale_since)),
                 now,
             )
         }),
         base_image,
-        running: match (observation.digests().len(), observation.pods_without_digest) {
-            (1, 0) => observation.digests().into_iter().next().cloned(),
-            _ => None,
-        },
+        digest_since: tag_since.filter(|_| running.is_some() && running == tag_digest),
+        running,
         tag_digest,
         base_move,
     }

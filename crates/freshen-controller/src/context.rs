@@ -70,6 +70,8 @@ pub struct Context {
     pub rebuilds: Store<Rebuild>,
     /// The Jobs of rebuild pipelines (labelled `freshen.dev/rebuild`).
     pub jobs: Store<Job>,
+    /// Since when each tag has named its digest (TagRecords).
+    pub tags: Arc<crate::tags::TagClock>,
     /// Delivers the webhooks of webhook pipelines.
     pub webhooks: crate::webhook::WebhookClient,
     /// Which watches have listed everything.

@@ -23,6 +23,7 @@ pub mod records;
 pub mod refresh;
 pub mod report;
 pub mod server;
+pub mod tags;
 pub mod webhook;
 pub mod workload;
 
@@ -31,7 +32,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy};
+use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy, TagRecord};
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
@@ -96,6 +97,8 @@ pub enum Watch {
     Rebuilds,
     /// The Jobs of rebuild pipelines.
     Jobs,
+    /// The TagRecords in freshen's namespace.
+    TagRecords,
 }
 
 /// A watch and whether it has completed its first list.
@@ -261,7 +264,11 @@ pub enum RunError {
 
 /// Fails fast when the policy CRDs are missing: their watches would
 /// otherwise retry forever and the operator would never become ready.
-async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), RunError> {
+async fn check_crds(
+    client: &Client,
+    namespace: Option<&str>,
+    rebuild_namespace: &str,
+) -> Result<(), RunError> {
     let probe = kube::api::ListParams::default().limit(1);
     let policies: Api<RefreshPolicy> = scoped(client, namespace);
     for result in [
@@ -271,6 +278,14 @@ async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), RunE
             .await
             .map(|_| ()),
         scoped::<Refresh>(client, namespace)
+            .list_metadata(&probe)
+            .await
+            .map(|_| ()),
+        scoped::<Rebuild>(client, namespace)
+            .list_metadata(&probe)
+            .await
+            .map(|_| ()),
+        Api::<TagRecord>::namespaced(client.clone(), rebuild_namespace)
             .list_metadata(&probe)
             .await
             .map(|_| ()),
@@ -288,7 +303,12 @@ async fn check_crds(client: &Client, namespace: Option<&str>) -> Result<(), RunE
 
 /// Runs the operator until SIGTERM or Ctrl-C.
 pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
-    check_crds(&client, config.namespace.as_deref()).await?;
+    check_crds(
+        &client,
+        config.namespace.as_deref(),
+        &config.controller.rebuild_namespace,
+    )
+    .await?;
     let (policy_tx, policy_rx) = mpsc::unbounded();
     let (cluster_policy_tx, cluster_policy_rx) = mpsc::unbounded();
     let (workload_tx, workload_rx) = mpsc::unbounded();
@@ -391,6 +411,23 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         readiness.watch(Watch::Jobs),
     )
     .touched_objects();
+
+    // Since when each tag has named its digest: freshen's own records, in
+    // its own namespace, whatever namespace it watches.
+    let (tag_store, tag_writer) = reflector::store();
+    let tag_watch = reflected(
+        Api::<TagRecord>::namespaced(client.clone(), &config.controller.rebuild_namespace),
+        watcher::Config::default(),
+        tag_writer,
+        readiness.watch(Watch::TagRecords),
+    )
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(tag_watch);
+    let tags = tags::TagClock::recorded(
+        tag_store,
+        config.controller.rebuild_namespace.clone(),
+        client.clone(),
+    );
 
     // One watch of all pods serves both as reconcile trigger and as the cache
     // reconciles read from; a pod of a canary or of a workload under refresh
@@ -524,6 +561,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     .map_err(RunError::Webhooks)?;
     let ctx = Arc::new(Context {
         webhooks,
+        tags,
         recorder: Recorder::new(
             client.clone(),
             Reporter {
@@ -581,6 +619,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
                     Watch::Nodes,
                     Watch::Refreshes,
                     Watch::Rebuilds,
+                    Watch::TagRecords,
                 ])
                 .await;
             workloads.await;

@@ -35,6 +35,7 @@ pub struct AgeCollector {
     base_stale: GaugeVec,
     base_stale_seconds: GaugeVec,
     update_available_seconds: GaugeVec,
+    digest_seen: GaugeVec,
     max_image_age: GaugeVec,
     max_container_age: GaugeVec,
     config_errors: IntGaugeVec,
@@ -75,6 +76,13 @@ impl AgeCollector {
              pods runs (since this operator process started, at the earliest). Present only \
              while an update is available.",
         )?;
+        let digest_seen = gauge(
+            "freshen_image_digest_seen_seconds",
+            "Seconds since the container's tag was first seen naming the digest its pods run \
+             (by freshen, kept across restarts; a lower bound). The age of an image whose build \
+             time is unknown (reproducible builds), never mixed into freshen_image_age_seconds. \
+             Absent when its pods do not run what the tag names.",
+        )?;
         let max_image_age = gauge(
             "freshen_policy_max_image_age_seconds",
             "The image age limit in force for the container (annotation, policy or \
@@ -100,6 +108,7 @@ impl AgeCollector {
             &base_stale,
             &base_stale_seconds,
             &update_available_seconds,
+            &digest_seen,
             &max_image_age,
             &max_container_age,
         ]
@@ -116,6 +125,7 @@ impl AgeCollector {
             base_stale,
             base_stale_seconds,
             update_available_seconds,
+            digest_seen,
             max_image_age,
             max_container_age,
             config_errors,
@@ -138,6 +148,7 @@ impl Collector for AgeCollector {
             &self.base_stale,
             &self.base_stale_seconds,
             &self.update_available_seconds,
+            &self.digest_seen,
             &self.max_image_age,
             &self.max_container_age,
         ];
@@ -179,6 +190,10 @@ impl Collector for AgeCollector {
                     &labels,
                     waiting.map(seconds),
                 );
+                let seen = c
+                    .digest_since
+                    .map(|since| freshen_core::age::elapsed(since, now));
+                set(&self.digest_seen, &labels, seen.map(seconds));
                 set(
                     &self.max_image_age,
                     &labels,
@@ -499,6 +514,7 @@ mod tests {
             running: None,
             tag_digest: None,
             base_move: None,
+            digest_since: None,
         }
     }
 

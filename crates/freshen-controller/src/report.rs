@@ -31,6 +31,7 @@ use crate::assess::{
 };
 use crate::deployment::owning_deployment;
 use crate::scoped;
+use crate::tags::TagClock;
 use crate::workload::pod_facts;
 
 /// What to scan.
@@ -212,6 +213,7 @@ pub async fn build(
         cluster: &cluster,
         defaults: &options.defaults,
         now,
+        tags: TagClock::in_memory(),
     };
     let mut rows = scan.measure_all(&deployments, &pods).await;
     let refreshes = list_optional(
@@ -341,6 +343,8 @@ struct Scan<'a> {
     cluster: &'a Cluster,
     defaults: &'a Limits,
     now: DateTime<Utc>,
+    /// A one-shot scan knows no tag's history: first seen is now.
+    tags: TagClock,
 }
 
 impl Scan<'_> {
@@ -390,6 +394,7 @@ impl Scan<'_> {
             keychain: &keychain,
             platform: platform.as_ref(),
             now: self.now,
+            tags: &self.tags,
         };
         let track_base = config.resolution.limits.track_base_image.value;
         let measurement = measure(&lookup, deploy, pods, track_base, None).await;

@@ -60,6 +60,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
         keychain: &gathered.keychain,
         platform: gathered.platform.as_ref(),
         now,
+        tags: &ctx.tags,
     };
     let track_base = config.resolution.limits.track_base_image.value;
     let measurement = measure(

@@ -211,6 +211,7 @@ fn context(
         refreshes: reflector::store().0,
         rebuilds: reflector::store().0,
         jobs: reflector::store().0,
+        tags: Arc::new(crate::tags::TagClock::in_memory()),
         webhooks: crate::webhook::WebhookClient::new(&[], Default::default(), Vec::new())
             .unwrap_or_else(|e| panic!("{e}")),
         readiness: crate::Readiness::default(),
