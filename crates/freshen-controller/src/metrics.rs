@@ -46,102 +46,72 @@ impl AgeCollector {
     fn new(records: Arc<WorkloadRecords>) -> prometheus::Result<Self> {
         let gauge =
             |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &CONTAINER_LABELS);
-        let image_age = gauge(
-            "freshen_image_age_seconds",
-            "Seconds since the image the container runs was built (the oldest build when \
-             its pods run several digests). Absent when the build time is unknown.",
-        )?;
-        let container_age = gauge(
-            "freshen_container_age_seconds",
-            "Seconds since the oldest running instance of the container started.",
-        )?;
-        let update_available = gauge(
-            "freshen_image_update_available",
-            "1 when the container's tag now names a digest none of its pods runs, else 0. \
-             Absent when unknown.",
-        )?;
-        let base_stale = gauge(
-            "freshen_base_image_stale",
-            "1 when the base image of a running digest has moved on (its tag names another \
-             digest, or a newer build), else 0. Absent when unknown.",
-        )?;
-        let base_stale_seconds = gauge(
-            "freshen_base_image_stale_seconds",
-            "Seconds since the base image moved on: since the newer base was built, else \
-             since freshen first saw it. Present only while stale.",
-        )?;
-        let update_available_seconds = gauge(
-            "freshen_image_update_available_seconds",
-            "Seconds since freshen first saw the container's tag name a digest none of its \
-             pods runs (since this operator process started, at the earliest). Present only \
-             while an update is available.",
-        )?;
-        let digest_seen = gauge(
-            "freshen_image_digest_seen_seconds",
-            "Seconds since the container's tag was first seen naming the digest its pods run \
-             (by freshen, kept across restarts; a lower bound). The age of an image whose build \
-             time is unknown (reproducible builds), never mixed into freshen_image_age_seconds. \
-             Absent when its pods do not run what the tag names.",
-        )?;
-        let max_image_age = gauge(
-            "freshen_policy_max_image_age_seconds",
-            "The image age limit in force for the container (annotation, policy or \
-             default). Absent when no limit applies.",
-        )?;
-        let max_container_age = gauge(
-            "freshen_policy_max_container_age_seconds",
-            "The container age limit in force for the container. Absent when no limit \
-             applies.",
-        )?;
-        let config_errors = IntGaugeVec::new(
-            Opts::new(
-                "freshen_workload_config_errors",
-                "Invalid freshen.dev/* annotations (and unknown policy names) on the workload; \
-                 the Warning Events name them.",
-            ),
-            &["namespace", "workload"],
-        )?;
-        let mut descs: Vec<Desc> = [
-            &image_age,
-            &container_age,
-            &update_available,
-            &base_stale,
-            &base_stale_seconds,
-            &update_available_seconds,
-            &digest_seen,
-            &max_image_age,
-            &max_container_age,
-        ]
-        .into_iter()
-        .flat_map(|g| g.desc())
-        .cloned()
-        .collect();
-        descs.extend(config_errors.desc().into_iter().cloned());
-        Ok(Self {
+        let mut collector = Self {
             records,
-            image_age,
-            container_age,
-            update_available,
-            base_stale,
-            base_stale_seconds,
-            update_available_seconds,
-            digest_seen,
-            max_image_age,
-            max_container_age,
-            config_errors,
-            descs,
-        })
+            image_age: gauge(
+                "freshen_image_age_seconds",
+                "Seconds since the image the container runs was built (the oldest build when \
+                 its pods run several digests). Absent when the build time is unknown.",
+            )?,
+            container_age: gauge(
+                "freshen_container_age_seconds",
+                "Seconds since the oldest running instance of the container started.",
+            )?,
+            update_available: gauge(
+                "freshen_image_update_available",
+                "1 when the container's tag now names a digest none of its pods runs, else 0. \
+                 Absent when unknown.",
+            )?,
+            base_stale: gauge(
+                "freshen_base_image_stale",
+                "1 when the base image of a running digest has moved on (its tag names another \
+                 digest, or a newer build), else 0. Absent when unknown.",
+            )?,
+            base_stale_seconds: gauge(
+                "freshen_base_image_stale_seconds",
+                "Seconds since the base image moved on: since the newer base was built, else \
+                 since freshen first saw it. Present only while stale.",
+            )?,
+            update_available_seconds: gauge(
+                "freshen_image_update_available_seconds",
+                "Seconds since freshen first saw the container's tag name a digest none of its \
+                 pods runs (since this operator process started, at the earliest). Present only \
+                 while an update is available.",
+            )?,
+            digest_seen: gauge(
+                "freshen_image_digest_seen_seconds",
+                "Seconds since the container's tag was first seen naming the digest its pods run \
+                 (by freshen, kept across restarts; a lower bound). The age of an image whose build \
+                 time is unknown (reproducible builds), never mixed into freshen_image_age_seconds. \
+                 Absent when its pods do not run what the tag names.",
+            )?,
+            max_image_age: gauge(
+                "freshen_policy_max_image_age_seconds",
+                "The image age limit in force for the container (annotation, policy or \
+                 default). Absent when no limit applies.",
+            )?,
+            max_container_age: gauge(
+                "freshen_policy_max_container_age_seconds",
+                "The container age limit in force for the container. Absent when no limit \
+                 applies.",
+            )?,
+            config_errors: IntGaugeVec::new(
+                Opts::new(
+                    "freshen_workload_config_errors",
+                    "Invalid freshen.dev/* annotations (and unknown policy names) on the workload; \
+                     the Warning Events name them.",
+                ),
+                &["namespace", "workload"],
+            )?,
+            descs: Vec::new(),
+        };
+        collector.descs = descriptions(&collector.gauges(), &collector.config_errors);
+        Ok(collector)
     }
-}
 
-impl Collector for AgeCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let now = Utc::now();
-        let gauges = [
+    /// Every per-container gauge.
+    fn gauges(&self) -> [&GaugeVec; 9] {
+        [
             &self.image_age,
             &self.container_age,
             &self.update_available,
@@ -151,7 +121,28 @@ impl Collector for AgeCollector {
             &self.digest_seen,
             &self.max_image_age,
             &self.max_container_age,
-        ];
+        ]
+    }
+}
+
+/// The descriptions of the collector's series.
+fn descriptions(gauges: &[&GaugeVec], config_errors: &IntGaugeVec) -> Vec<Desc> {
+    gauges
+        .iter()
+        .flat_map(|g| g.desc())
+        .chain(config_errors.desc())
+        .cloned()
+        .collect()
+}
+
+impl Collector for AgeCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let now = Utc::now();
+        let gauges = self.gauges();
         gauges.iter().for_each(|g| g.reset());
         self.config_errors.reset();
         let set = |gauge: &GaugeVec, labels: &[&str], value: Option<f64>| {
@@ -234,6 +225,43 @@ pub struct Metrics {
     pub rebuilds: RebuildMetrics,
     /// `freshen_notifications_total{outcome}`.
     pub notifications: IntCounterVec,
+}
+
+/// Makes metrics and registers them, in one step each.
+struct Registered<'a>(&'a Registry);
+
+impl Registered<'_> {
+    fn counter(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        let m = IntCounterVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(m.clone()))?;
+        Ok(m)
+    }
+
+    fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+        let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
+        self.0.register(Box::new(m.clone()))?;
+        Ok(m)
+    }
+
+    fn histogram(
+        &self,
+        name: &str,
+        help: &str,
+        buckets: &[f64],
+        labels: &[&str],
+    ) -> prometheus::Result<HistogramVec> {
+        let m = HistogramVec::new(
+            HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+            labels,
+        )?;
+        self.0.register(Box::new(m.clone()))?;
+        Ok(m)
+    }
 }
 
 /// `freshen_rebuilds_total{kind,outcome}`,
@@ -325,92 +353,66 @@ impl Metrics {
     ) -> prometheus::Result<Self> {
         let registry = Registry::new();
         registry_metrics.register(&registry)?;
-        let reconcile_duration = HistogramVec::new(
-            HistogramOpts::new(
+        let r = Registered(&registry);
+        let metrics = Self {
+            reconcile_duration: r.histogram(
                 "freshen_reconcile_duration_seconds",
                 "Duration of one reconcile of one object, by controller (deployment, \
-                 refreshpolicy, clusterrefreshpolicy, refresh).",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            ]),
-            &["controller"],
-        )?;
-        let reconcile_errors = IntCounterVec::new(
-            Opts::new(
+                 refreshpolicy, clusterrefreshpolicy, refresh, rebuild).",
+                &[
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                ],
+                &["controller"],
+            )?,
+            reconcile_errors: r.counter(
                 "freshen_reconcile_errors_total",
                 "Reconciles that failed, by controller and by the step that failed.",
-            ),
-            &["controller", "category"],
-        )?;
-        let refreshes = IntCounterVec::new(
-            Opts::new(
+                &["controller", "category"],
+            )?,
+            refreshes: r.counter(
                 "freshen_refreshes_total",
                 "Refreshes that finished, by why they started and how they ended \
                  (Succeeded, RolledBack, Failed).",
-            ),
-            &["reason", "outcome"],
-        )?;
-        let refresh_duration = HistogramVec::new(
-            HistogramOpts::new(
+                &["reason", "outcome"],
+            )?,
+            refresh_duration: r.histogram(
                 "freshen_refresh_duration_seconds",
                 "Seconds from a Refresh's creation to its terminal phase.",
-            )
-            .buckets(vec![
-                5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
-            ]),
-            &["reason", "outcome"],
-        )?;
-        let refreshes_active = IntGaugeVec::new(
-            Opts::new(
+                &[
+                    5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0,
+                ],
+                &["reason", "outcome"],
+            )?,
+            refreshes_active: r.gauge(
                 "freshen_refreshes_active",
                 "Refreshes not yet finished, by phase.",
-            ),
-            &["phase"],
-        )?;
-        let rollbacks = IntCounterVec::new(
-            Opts::new(
+                &["phase"],
+            )?,
+            rollbacks: r.counter(
                 "freshen_rollbacks_total",
                 "Refreshes rolled back, by the failure that caused it.",
-            ),
-            &["reason"],
-        )?;
-        for m in [&refreshes, &rollbacks] {
-            registry.register(Box::new(m.clone()))?;
-        }
-        let leader = IntGauge::new(
-            "freshen_leader",
-            "1 while this process acts (it holds the leader Lease, or leader election is off), \
-             0 while it stands by.",
-        )?;
-        registry.register(Box::new(leader.clone()))?;
-        registry.register(Box::new(refresh_duration.clone()))?;
-        registry.register(Box::new(refreshes_active.clone()))?;
-        registry.register(Box::new(reconcile_duration.clone()))?;
-        registry.register(Box::new(reconcile_errors.clone()))?;
-        registry.register(Box::new(AgeCollector::new(records)?))?;
-        let rebuilds = RebuildMetrics::register(&registry)?;
-        let notifications = IntCounterVec::new(
-            Opts::new(
+                &["reason"],
+            )?,
+            leader: {
+                let leader = IntGauge::new(
+                    "freshen_leader",
+                    "1 while this process acts (it holds the leader Lease, or leader election \
+                     is off), 0 while it stands by.",
+                )?;
+                registry.register(Box::new(leader.clone()))?;
+                leader
+            },
+            rebuilds: RebuildMetrics::register(&registry)?,
+            notifications: r.counter(
                 "freshen_notifications_total",
                 "Registry notifications, by outcome (accepted, ignored, unknown, unauthorized, \
                  too_large, bad_request, rate_limited).",
-            ),
-            &["outcome"],
-        )?;
-        registry.register(Box::new(notifications.clone()))?;
-        Ok(Self {
-            registry,
-            reconcile_duration,
-            reconcile_errors,
-            refreshes,
-            refresh_duration,
-            refreshes_active,
-            rollbacks,
-            leader,
-            rebuilds,
-            notifications,
-        })
+                &["outcome"],
+            )?,
+            registry: registry.clone(),
+        };
+        registry.register(Box::new(AgeCollector::new(records)?))?;
+        Ok(metrics)
     }
 
     /// Counts a Refresh that moved to `progress.phase`: a terminal phase

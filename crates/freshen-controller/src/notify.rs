@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -271,58 +271,18 @@ pub async fn serve(
     .await
 }
 
+/// One notification: admitted (rate, size, caller) -> parsed -> the
+/// pushes that concern freshen handed to the debouncer.
 async fn notify(
     State(endpoint): State<Endpoint>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let allowed = endpoint
-        .limiter
-        .lock()
-        .map(|mut l| l.allow(peer.ip(), Instant::now()))
-        .unwrap_or(false);
-    if !allowed {
-        let mut response = endpoint.answer(
-            "rate_limited",
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many notifications from this address; retry in a second".into(),
-        );
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-        return response;
-    }
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let too_large = || {
-        endpoint.answer(
-            "too_large",
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("bodies are at most {MAX_BODY} bytes"),
-        )
+    let body = match endpoint.admit(peer, &headers, body).await {
+        Ok(body) => body,
+        Err(refused) => return refused,
     };
-    if declared.is_some_and(|n| n > MAX_BODY) {
-        return too_large();
-    }
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
-        return too_large();
-    };
-    if !authorized(
-        &endpoint.config,
-        &headers,
-        &body,
-        chrono::Utc::now().timestamp(),
-    ) {
-        warn!(%peer, "notification refused: no valid token or signature");
-        return endpoint.answer(
-            "unauthorized",
-            StatusCode::UNAUTHORIZED,
-            "present the bearer token or a Standard Webhooks signature".into(),
-        );
-    }
     let pushes = match parse(&body) {
         Ok(p) => p,
         Err(BadBody(why)) => return endpoint.answer("bad_request", StatusCode::BAD_REQUEST, why),
@@ -330,39 +290,96 @@ async fn notify(
     let generic = serde_json::from_slice::<Value>(&body)
         .ok()
         .is_some_and(|v| v.get("image").is_some());
-    let known: Vec<&Push> = pushes
-        .iter()
-        .filter(|p| !dependants(&endpoint.ctx, p).is_empty())
-        .collect();
-    if known.is_empty() {
-        // A registry sends every push; it must not retry those nobody
-        // follows. Someone naming an image by hand learns it is unknown.
-        return if generic {
-            endpoint.answer(
+    endpoint.route(&pushes, generic)
+}
+
+impl Endpoint {
+    /// The body, if the source is within its rate, the body within its
+    /// cap (a declared larger one is refused before it is read), and the
+    /// caller proves who it is; else the answer.
+    async fn admit(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<Bytes, Response> {
+        let allowed = self
+            .limiter
+            .lock()
+            .map(|mut l| l.allow(peer.ip(), Instant::now()))
+            .unwrap_or(false);
+        if !allowed {
+            let mut response = self.answer(
+                "rate_limited",
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many notifications from this address; retry in a second".into(),
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            return Err(response);
+        }
+        let too_large = || {
+            self.answer(
+                "too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("bodies are at most {MAX_BODY} bytes"),
+            )
+        };
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<usize>().ok());
+        if declared.is_some_and(|n| n > MAX_BODY) {
+            return Err(too_large());
+        }
+        let body = axum::body::to_bytes(body, MAX_BODY)
+            .await
+            .map_err(|_| too_large())?;
+        if !authorized(&self.config, headers, &body, chrono::Utc::now().timestamp()) {
+            warn!(%peer, "notification refused: no valid token or signature");
+            return Err(self.answer(
+                "unauthorized",
+                StatusCode::UNAUTHORIZED,
+                "present the bearer token or a Standard Webhooks signature".into(),
+            ));
+        }
+        Ok(body)
+    }
+
+    /// Hands the pushes that concern freshen to the debouncer. A registry
+    /// sends every push and must not retry those nobody follows (202);
+    /// someone naming an image by hand (`generic`) learns it is unknown.
+    fn route(&self, pushes: &[Push], generic: bool) -> Response {
+        let known: Vec<&Push> = pushes
+            .iter()
+            .filter(|p| !dependants(&self.ctx, p).is_empty())
+            .collect();
+        if known.is_empty() && generic {
+            let image = pushes.first().map(|p| p.image.as_str()).unwrap_or_default();
+            return self.answer(
                 "unknown",
                 StatusCode::NOT_FOUND,
-                format!(
-                    "no workload or rebuild follows {}",
-                    pushes.first().map(|p| p.image.as_str()).unwrap_or_default()
-                ),
-            )
-        } else {
-            endpoint.answer(
+                format!("no workload or rebuild follows {image}"),
+            );
+        }
+        if known.is_empty() {
+            return self.answer(
                 "ignored",
                 StatusCode::ACCEPTED,
                 "no push concerns freshen".into(),
-            )
-        };
+            );
+        }
+        for push in &known {
+            debug!(image = %push.image, "push notified");
+            let _ = self.pushes.send((*push).clone());
+        }
+        self.answer(
+            "accepted",
+            StatusCode::ACCEPTED,
+            format!("{} push(es) accepted", known.len()),
+        )
     }
-    for push in &known {
-        debug!(image = %push.image, "push notified");
-        let _ = endpoint.pushes.send((*push).clone());
-    }
-    endpoint.answer(
-        "accepted",
-        StatusCode::ACCEPTED,
-        format!("{} push(es) accepted", known.len()),
-    )
 }
 
 /// What a push concerns: the Deployments whose template names the tag or
