@@ -115,3 +115,61 @@ async fn read(
         .find(|l| labels.iter().all(|label| l.contains(label.as_str())))
         .and_then(|l| l.rsplit(' ').next()?.parse().ok()))
 }
+
+#[tokio::test]
+async fn a_policy_may_judge_a_reproducible_build_by_how_long_its_digest_was_seen()
+-> anyhow::Result<()> {
+    use freshen_api::policy::UnknownBuildAge;
+    use freshen_api::{PolicyLimits, RefreshPolicy, RefreshPolicySpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use kube::api::PostParams;
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "first-seen").await?;
+    let image = push(
+        &harness.registry,
+        &format!("e2e/{}/ko-built", ns.name),
+        "1",
+        &ImageSpec {
+            created: None,
+            ..ImageSpec::built_at(Utc::now())
+        },
+    )
+    .await?;
+    let policy = RefreshPolicy::new(
+        "by-first-seen",
+        RefreshPolicySpec {
+            selector: LabelSelector {
+                match_labels: Some([("app".to_owned(), "ko".to_owned())].into()),
+                match_expressions: None,
+            },
+            limits: PolicyLimits {
+                max_image_age: Some("3s".into()),
+                unknown_build_age: Some(UnknownBuildAge::FirstSeen),
+                ..PolicyLimits::default()
+            },
+            refresh: Default::default(),
+            pipelines: Default::default(),
+        },
+    );
+    Api::<RefreshPolicy>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &policy)
+        .await?;
+    ns.deploy_ready(&client, "ko", &image.pinned(), 1, &[])
+        .await?;
+    let _operator = Operator::start(
+        &harness,
+        &["--poll-interval", "2s", "--namespace", ns.name.as_str()],
+    )
+    .await?;
+    // Unknown build time, so never old by build; by first seen, past 3s
+    // moments after freshen first looked.
+    let note =
+        freshen_e2e::await_warning(&client, &ns.name, "Deployment", "ko", "MaxAgeExceeded").await?;
+    assert!(
+        note.contains("exceeds 3s") && note.contains("since its digest was first seen"),
+        "{note}"
+    );
+    Ok(())
+}

@@ -44,6 +44,20 @@ pub struct PolicyLimits {
     /// Whether freshen checks if the images' base moved on (default true).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub track_base_image: Option<bool>,
+    /// What `maxImageAge` judges when an image's build time is unknown
+    /// (reproducible builds write 1970): Unknown (default: never old) or
+    /// FirstSeen (how long its digest has been what its tag names).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_build_age: Option<UnknownBuildAge>,
+}
+
+/// What an unknown build time counts as.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownBuildAge {
+    /// Unknown: such an image is never called old.
+    Unknown,
+    /// How long its digest has been what its tag names, as first seen.
+    FirstSeen,
 }
 
 impl PolicyLimits {
@@ -53,6 +67,9 @@ impl PolicyLimits {
             max_image_age: spec_duration("maxImageAge", self.max_image_age.as_deref())?,
             max_container_age: spec_duration("maxContainerAge", self.max_container_age.as_deref())?,
             track_base_image: self.track_base_image,
+            unknown_build_as_first_seen: self
+                .unknown_build_age
+                .map(|a| a == UnknownBuildAge::FirstSeen),
         })
     }
 }

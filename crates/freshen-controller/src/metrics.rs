@@ -485,6 +485,7 @@ mod tests {
         WorkloadRecord {
             containers,
             limits: EffectiveLimits {
+                unknown_build_as_first_seen: false,
                 max_image_age: Some(Sourced {
                     value: Duration::from_secs(5 * 86_400),
                     source: Source::Default,

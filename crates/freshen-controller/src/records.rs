@@ -90,6 +90,9 @@ impl ContainerRecord {
         Ages {
             image: self.image_age(now),
             container: self.container_age(now),
+            first_seen: self
+                .digest_since
+                .map(|since| freshen_core::age::elapsed(since, now)),
         }
     }
 }
@@ -354,6 +357,7 @@ mod tests {
         WorkloadRecord {
             containers: Vec::new(),
             limits: EffectiveLimits {
+                unknown_build_as_first_seen: false,
                 max_image_age: None,
                 max_container_age: None,
                 track_base_image: Sourced {

@@ -145,6 +145,7 @@ mod tests {
                 value: Duration::from_secs(7 * 86_400),
                 source,
             },
+            first_seen: false,
         }
     }
 

@@ -1120,6 +1120,7 @@ mod tests {
     fn image_age_and_a_moved_base_need_a_rebuild_not_a_rollout() {
         use crate::policy::{Source, Sourced};
         let old = [Violation {
+            first_seen: false,
             kind: LimitKind::MaxImageAge,
             age: Duration::from_secs(40 * 86_400),
             limit: Sourced {

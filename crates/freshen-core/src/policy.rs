@@ -59,6 +59,9 @@ pub struct Limits {
     pub max_container_age: Option<Duration>,
     /// Whether base-image staleness is tracked (registry look-ups of bases).
     pub track_base_image: Option<bool>,
+    /// Whether an image whose build time is unknown is as old as its digest
+    /// has been what its tag names (first seen), for `max_image_age`.
+    pub unknown_build_as_first_seen: Option<bool>,
 }
 
 /// A policy that matches a workload, as the precedence rules see it.
@@ -90,6 +93,9 @@ pub struct EffectiveLimits {
     pub max_container_age: Option<Sourced<Duration>>,
     /// Whether the base image is tracked (default: yes).
     pub track_base_image: Sourced<bool>,
+    /// Whether an unknown build time counts as first seen (default: no:
+    /// an image of unknown age is never called old).
+    pub unknown_build_as_first_seen: bool,
 }
 
 /// The outcome of [`resolve`].
@@ -164,6 +170,8 @@ pub fn resolve(
                 value: true,
                 source: Source::Default,
             }),
+            unknown_build_as_first_seen: first(&levels, |l| l.unknown_build_as_first_seen)
+                .is_some_and(|s| s.value),
         },
         policy: policy.map(|p| p.name.clone()),
         cluster_policy: cluster_policy.map(|p| p.name.clone()),
@@ -198,6 +206,9 @@ pub struct Violation {
     pub age: Duration,
     /// The limit it is past, and who set it.
     pub limit: Sourced<Duration>,
+    /// The age is how long the digest has been what its tag names: the
+    /// image's build time is unknown, and the limits say to use it.
+    pub first_seen: bool,
 }
 
 impl fmt::Display for Violation {
@@ -209,7 +220,11 @@ impl fmt::Display for Violation {
             crate::short_age(self.age),
             crate::HumanDuration(self.limit.value),
             self.limit.source
-        )
+        )?;
+        if self.first_seen {
+            f.write_str("; its build time is unknown, so this is since its digest was first seen")?;
+        }
+        Ok(())
     }
 }
 
@@ -250,6 +265,7 @@ pub fn violations(
                 kind,
                 age,
                 limit: limit.clone(),
+                first_seen: false,
             })
         })
         .collect()
@@ -286,6 +302,21 @@ pub struct Ages {
     pub image: Option<Duration>,
     /// How long its oldest instance has run.
     pub container: Option<Duration>,
+    /// How long the digest it runs has been what its tag names.
+    pub first_seen: Option<Duration>,
+}
+
+impl Ages {
+    /// The image age the limits judge: the build age, else (when the
+    /// limits say so) how long the digest has been what its tag names; and
+    /// whether it is the latter.
+    pub fn image_age(&self, limits: &EffectiveLimits) -> (Option<Duration>, bool) {
+        match (self.image, self.first_seen) {
+            (Some(built), _) => (Some(built), false),
+            (None, Some(seen)) if limits.unknown_build_as_first_seen => (Some(seen), true),
+            _ => (None, false),
+        }
+    }
 }
 
 /// A workload's verdict against its limits, from [`judge`].
@@ -322,7 +353,14 @@ pub fn judge(
     let snoozed = snoozed(snooze_until, now);
     let violations: Vec<Vec<Violation>> = containers
         .iter()
-        .map(|a| self::violations(limits, a.image, a.container))
+        .map(|a| {
+            let (image, first_seen) = a.image_age(limits);
+            let mut found = self::violations(limits, image, a.container);
+            for v in &mut found {
+                v.first_seen = first_seen && v.kind == LimitKind::MaxImageAge;
+            }
+            found
+        })
         .collect();
     let violating = if snoozed {
         BTreeSet::new()
@@ -338,7 +376,7 @@ pub fn judge(
         .and_then(|until| (until - now).to_std().ok());
     let next = containers
         .iter()
-        .filter_map(|a| next_crossing(limits, a.image, a.container))
+        .filter_map(|a| next_crossing(limits, a.image_age(limits).0, a.container))
         .chain(snooze_ends)
         .min();
     let requeue = next
@@ -378,6 +416,7 @@ mod tests {
             name: name.into(),
             created: at(created),
             limits: Limits {
+                unknown_build_as_first_seen: None,
                 max_image_age: image.map(days),
                 max_container_age: container.map(days),
                 track_base_image: None,
@@ -401,6 +440,7 @@ mod tests {
         let ns = [candidate("team", 1, Some(30), None)];
         let cluster = [candidate("baseline", 1, Some(90), Some(60))];
         let defaults = Limits {
+            unknown_build_as_first_seen: None,
             max_image_age: Some(days(365)),
             max_container_age: Some(days(365)),
             track_base_image: Some(false),
@@ -473,12 +513,46 @@ mod tests {
         assert_eq!(governing(&[]), None);
     }
 
+    #[test]
+    fn an_unknown_build_time_is_judged_by_first_seen_only_when_the_limits_say() {
+        let reproducible = [Ages {
+            image: None,
+            container: None,
+            first_seen: Some(days(40)),
+        }];
+        let now = Utc::now();
+        let strict = limits(Some(30), None);
+        let quiet = judge(&strict, &reproducible, None, now, days(1));
+        assert!(quiet.violations[0].is_empty(), "unknown is never old");
+        let by_seen = EffectiveLimits {
+            unknown_build_as_first_seen: true,
+            ..strict
+        };
+        let old = judge(&by_seen, &reproducible, None, now, days(1));
+        assert_eq!(old.violations[0].len(), 1);
+        assert!(old.violations[0][0].first_seen);
+        assert!(
+            old.violations[0][0]
+                .to_string()
+                .ends_with("its build time is unknown, so this is since its digest was first seen"),
+            "{}",
+            old.violations[0][0]
+        );
+        // A known build time always wins.
+        let built = [Ages {
+            image: Some(days(2)),
+            ..reproducible[0]
+        }];
+        assert!(judge(&by_seen, &built, None, now, days(1)).violations[0].is_empty());
+    }
+
     fn limits(image: Option<u64>, container: Option<u64>) -> EffectiveLimits {
         let sourced = |d| Sourced {
             value: days(d),
             source: policy("team"),
         };
         EffectiveLimits {
+            unknown_build_as_first_seen: false,
             max_image_age: image.map(sourced),
             max_container_age: container.map(sourced),
             track_base_image: Sourced {
@@ -570,6 +644,7 @@ mod tests {
             let s = Duration::from_secs;
             let sourced = |d| Sourced { value: s(d), source: Source::Default };
             let l = EffectiveLimits {
+                unknown_build_as_first_seen: false,
                 max_image_age: Some(sourced(image_limit)),
                 max_container_age: Some(sourced(container_limit)),
                 track_base_image: Sourced { value: true, source: Source::Default },
@@ -617,10 +692,12 @@ mod tests {
         let poll = Duration::from_secs(300);
         let ages = [
             Ages {
+                first_seen: None,
                 image: Some(days(10)),
                 container: Some(days(1)),
             },
             Ages {
+                first_seen: None,
                 image: Some(Duration::from_secs(5 * DAY - 60)),
                 container: None,
             },
@@ -636,6 +713,7 @@ mod tests {
 
         // Nothing approaching: the poll interval.
         let calm = [Ages {
+            first_seen: None,
             image: Some(days(1)),
             container: None,
         }];
@@ -647,6 +725,7 @@ mod tests {
         let now = at(10).unwrap_or_default();
         let l = limits(Some(5), None);
         let old = [Ages {
+            first_seen: None,
             image: Some(days(10)),
             container: None,
         }];

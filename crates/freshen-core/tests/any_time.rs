@@ -138,6 +138,7 @@ const TO: &str = "reg.example/shop/api:1.4@sha256:222222222222222222222222222222
 
 fn limits(image: Option<Duration>, container: Option<Duration>) -> EffectiveLimits {
     EffectiveLimits {
+        unknown_build_as_first_seen: false,
         max_image_age: image.map(|value| Sourced {
             value,
             source: Source::Annotation,
@@ -254,7 +255,7 @@ proptest! {
     ) {
         let limits = limits(max_image, max_container);
         let _ = next_crossing(&limits, image, container);
-        let verdict = judge(&limits, &[Ages { image, container }], snooze, now, poll);
+        let verdict = judge(&limits, &[Ages { image, container, first_seen: image }], snooze, now, poll);
         prop_assert!(verdict.requeue <= poll.max(Duration::from_secs(1)));
     }
 

@@ -361,6 +361,7 @@ impl DefaultLimits {
             max_image_age: self.default_max_image_age,
             max_container_age: self.default_max_container_age,
             track_base_image: None,
+            unknown_build_as_first_seen: None,
         }
     }
 }
