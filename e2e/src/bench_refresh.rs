@@ -37,7 +37,8 @@ pub struct RefreshBench {
     pub to_rollback: Vec<Duration>,
 }
 
-fn median_max(samples: &[Duration]) -> (Duration, Duration) {
+/// The median and the largest of `samples`.
+pub fn median_max(samples: &[Duration]) -> (Duration, Duration) {
     let mut sorted = samples.to_vec();
     sorted.sort();
     let median = match sorted.len() {

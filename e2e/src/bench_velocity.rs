@@ -30,6 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ListParams, PostParams};
 use kube::{Api, Client};
 
+use crate::bench_refresh::median_max;
 use crate::image::{ImageSpec, Pushed, push};
 use crate::operator::Operator;
 use crate::{Harness, TestNamespace, deployment_with, wait_for, wait_ready_pods};
@@ -45,17 +46,6 @@ pub struct VelocityBench {
     pub rebuilt: Vec<Duration>,
     /// Base pushed -> every dependant Succeeded, per run.
     pub done: Vec<Duration>,
-}
-
-fn median_max(samples: &[Duration]) -> (Duration, Duration) {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    let median = match sorted.len() {
-        0 => Duration::ZERO,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2,
-    };
-    (median, sorted.last().copied().unwrap_or_default())
 }
 
 impl fmt::Display for VelocityBench {

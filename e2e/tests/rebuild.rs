@@ -134,6 +134,21 @@ impl Scene {
         Ok(())
     }
 
+    /// Plays the build system: pushes `app:1` rebuilt now on `base`, and
+    /// waits for the Rebuild to succeed with that digest.
+    async fn push_rebuilt(&self, base: &Pushed) -> anyhow::Result<Pushed> {
+        let mut rebuilt = ImageSpec::built_at(Utc::now());
+        rebuilt.base = Some((base.tagged.clone(), base.digest.clone()));
+        let app = self.push("app", "1", &rebuilt).await?;
+        let done = self
+            .await_rebuild("succeeded", |r| {
+                r.progress().phase == RebuildPhase::Succeeded
+            })
+            .await?;
+        assert_eq!(done.progress().digest.as_deref(), Some(app.digest.as_str()));
+        Ok(app)
+    }
+
     /// Deployment `name` (label `tier=shop`) running `image`, its pods
     /// Ready.
     async fn deploy(&self, name: &str, image: &str) -> anyhow::Result<()> {
@@ -363,18 +378,7 @@ async fn a_moved_base_rebuilds_the_image_once_and_every_dependant_moves_through_
     );
 
     // The build system pushes the rebuilt image, on the new base.
-    let mut rebuilt = ImageSpec::built_at(Utc::now());
-    rebuilt.base = Some((base_v2.tagged.clone(), base_v2.digest.clone()));
-    let app_v2 = s.push("app", "1", &rebuilt).await?;
-    let done = s
-        .await_rebuild("succeeded", |r| {
-            r.progress().phase == RebuildPhase::Succeeded
-        })
-        .await?;
-    assert_eq!(
-        done.progress().digest.as_deref(),
-        Some(app_v2.digest.as_str())
-    );
+    let app_v2 = s.push_rebuilt(&base_v2).await?;
 
     // Every dependant moves to the rebuilt digest through its own canary.
     for name in dependants {
@@ -715,18 +719,7 @@ async fn a_signed_webhook_asks_ci_for_the_rebuild_and_its_digest_is_rolled_out()
     );
 
     // CI builds and pushes; freshen sees the tag move and rolls it out.
-    let mut rebuilt = ImageSpec::built_at(Utc::now());
-    rebuilt.base = Some((base_v2.tagged.clone(), base_v2.digest.clone()));
-    let app_v2 = s.push("app", "1", &rebuilt).await?;
-    let done = s
-        .await_rebuild("succeeded", |r| {
-            r.progress().phase == RebuildPhase::Succeeded
-        })
-        .await?;
-    assert_eq!(
-        done.progress().digest.as_deref(),
-        Some(app_v2.digest.as_str())
-    );
+    let app_v2 = s.push_rebuilt(&base_v2).await?;
     let refresh = s.await_refreshed("shop").await?;
     assert_eq!(refresh.spec.digest, app_v2.digest);
     // One delivery: the run is recorded as delivered, never sent again.

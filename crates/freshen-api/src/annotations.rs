@@ -138,81 +138,72 @@ impl WorkloadSettings {
         let Some(annotations) = annotations else {
             return (settings, errors);
         };
-        let invalid = |key: &str, value: &str, expected| AnnotationError {
-            key: key.to_owned(),
-            value: value.to_owned(),
-            expected,
-        };
         for (key, value) in annotations.range(PREFIX.to_owned()..) {
             if !key.starts_with(PREFIX) {
                 break;
             }
-            let duration = || {
-                parse_duration(value)
-                    .map(Some)
-                    .map_err(|_| invalid(key, value, DURATION_FORM))
-            };
-            let parsed = match key.as_str() {
-                REFRESH => Ok(()),
-                MAX_IMAGE_AGE => duration().map(|d| settings.limits.max_image_age = d),
-                MAX_CONTAINER_AGE => duration().map(|d| settings.limits.max_container_age = d),
-                PIPELINE => {
-                    if is_dns_label(value) {
-                        settings.pipeline = Some(value.clone());
-                        Ok(())
-                    } else {
-                        Err(invalid(key, value, PIPELINE_FORM))
-                    }
-                }
-                POLICY => {
-                    if is_object_name(value) {
-                        settings.policy = Some(value.clone());
-                        Ok(())
-                    } else {
-                        Err(invalid(key, value, POLICY_FORM))
-                    }
-                }
-                FOLLOW_TAG => match value.as_str() {
-                    "true" => Ok(true),
-                    "false" => Ok(false),
-                    _ => Err(invalid(key, value, "\"true\" or \"false\"")),
-                }
-                .map(|follow| settings.refresh_prefs.follow_tag = Some(follow)),
-                STRATEGY => match value.as_str() {
-                    "canary" | "Canary" => Ok(Strategy::Canary),
-                    "rolling" | "Rolling" => Ok(Strategy::Rolling),
-                    _ => Err(invalid(key, value, "\"canary\" or \"rolling\"")),
-                }
-                .map(|strategy| settings.refresh_prefs.strategy = Some(strategy)),
-                WINDOW => value
-                    .split(';')
-                    .map(|w| w.parse::<Window>())
-                    .collect::<Result<Vec<_>, _>>()
-                    .map(|ws| settings.refresh_prefs.windows = Some(ws))
-                    .map_err(|_| invalid(key, value, WINDOWS_FORM)),
-                SNOOZE_UNTIL => DateTime::parse_from_rfc3339(value)
-                    .map(|t| settings.snooze_until = Some(t.with_timezone(&Utc)))
-                    .map_err(|_| invalid(key, value, SNOOZE_FORM)),
-                k if k == BASE_IMAGE || k.starts_with(&format!("{BASE_IMAGE}.")) => {
-                    let container = k.strip_prefix(&format!("{BASE_IMAGE}.")).unwrap_or("");
-                    base_image(
-                        Some(&BTreeMap::from([(key.clone(), value.clone())])),
-                        container,
-                    )
-                    .map(|_| ())
-                }
-                k if RESERVED.contains(&k) => Ok(()),
-                _ => Err(AnnotationError {
-                    key: key.clone(),
-                    value: value.clone(),
-                    expected: KNOWN_FORM,
-                }),
-            };
-            if let Err(e) = parsed {
+            if let Err(e) = settings.apply(key, value) {
                 errors.push(e);
             }
         }
         (settings, errors)
+    }
+
+    /// Applies one `freshen.dev/*` annotation, or says what it should be.
+    fn apply(&mut self, key: &str, value: &str) -> Result<(), AnnotationError> {
+        let invalid = |expected| AnnotationError {
+            key: key.to_owned(),
+            value: value.to_owned(),
+            expected,
+        };
+        let duration = || {
+            parse_duration(value)
+                .map(Some)
+                .map_err(|_| invalid(DURATION_FORM))
+        };
+        let name = |valid: fn(&str) -> bool, form| {
+            valid(value)
+                .then(|| value.to_owned())
+                .ok_or_else(|| invalid(form))
+        };
+        match key {
+            REFRESH => Ok(()),
+            MAX_IMAGE_AGE => duration().map(|d| self.limits.max_image_age = d),
+            MAX_CONTAINER_AGE => duration().map(|d| self.limits.max_container_age = d),
+            PIPELINE => name(is_dns_label, PIPELINE_FORM).map(|p| self.pipeline = Some(p)),
+            POLICY => name(is_object_name, POLICY_FORM).map(|p| self.policy = Some(p)),
+            FOLLOW_TAG => match value {
+                "true" => Ok(true),
+                "false" => Ok(false),
+                _ => Err(invalid("\"true\" or \"false\"")),
+            }
+            .map(|follow| self.refresh_prefs.follow_tag = Some(follow)),
+            STRATEGY => match value {
+                "canary" | "Canary" => Ok(Strategy::Canary),
+                "rolling" | "Rolling" => Ok(Strategy::Rolling),
+                _ => Err(invalid("\"canary\" or \"rolling\"")),
+            }
+            .map(|strategy| self.refresh_prefs.strategy = Some(strategy)),
+            WINDOW => value
+                .split(';')
+                .map(|w| w.parse::<Window>())
+                .collect::<Result<Vec<_>, _>>()
+                .map(|ws| self.refresh_prefs.windows = Some(ws))
+                .map_err(|_| invalid(WINDOWS_FORM)),
+            SNOOZE_UNTIL => DateTime::parse_from_rfc3339(value)
+                .map(|t| self.snooze_until = Some(t.with_timezone(&Utc)))
+                .map_err(|_| invalid(SNOOZE_FORM)),
+            k if k == BASE_IMAGE || k.starts_with(&format!("{BASE_IMAGE}.")) => {
+                let container = k.strip_prefix(&format!("{BASE_IMAGE}.")).unwrap_or("");
+                base_image(
+                    Some(&BTreeMap::from([(key.to_owned(), value.to_owned())])),
+                    container,
+                )
+                .map(|_| ())
+            }
+            k if RESERVED.contains(&k) => Ok(()),
+            _ => Err(invalid(KNOWN_FORM)),
+        }
     }
 
     /// Whether freshen measures the workload: `refresh: enabled` always,
