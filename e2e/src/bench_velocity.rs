@@ -106,7 +106,7 @@ pub async fn run(
     }
     let token_file = harness.notify.token_file.display().to_string();
     let limit = (dependants + 1).to_string();
-    let _operator = Operator::start(
+    let operator = Operator::start(
         harness,
         &[
             "--poll-interval",
@@ -126,9 +126,19 @@ pub async fn run(
         ],
     )
     .await?;
-    // The first measurement (from the watches' initial lists) must be
-    // done before a push can be a change.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Every dependant measured once (from the watches' initial lists)
+    // before a push can be a change.
+    let measured = r#"freshen_reconcile_duration_seconds_count{controller="deployment"}"#;
+    wait_for(
+        "every dependant's first measurement",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || async {
+            let n = operator.metric(measured).await?;
+            Ok((n >= dependants as f64).then_some(()))
+        },
+    )
+    .await?;
 
     let mut bench = VelocityBench {
         dependants,

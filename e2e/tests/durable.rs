@@ -81,8 +81,14 @@ async fn a_restart_changes_no_age_kept_in_tag_records() -> anyhow::Result<()> {
         .collect();
     assert_eq!(records.len(), 1, "one record per tag");
     assert_eq!(records[0].spec.digest, v2.digest, "the tag's latest digest");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let before = read(&operator, waiting).await?.unwrap_or_default();
+    // Old enough that an age restarted from zero would show.
+    let before = wait_for(
+        "the update to be waiting three seconds",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async { Ok(read(&operator, waiting).await?.filter(|age| *age >= 3.0)) },
+    )
+    .await?;
 
     // A restart: the ages carry on from the records, not from zero.
     operator.kill()?;
