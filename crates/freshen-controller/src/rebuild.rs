@@ -743,25 +743,31 @@ async fn tag_now(ctx: &Context, rebuild: &Rebuild) -> TagNow {
     }
 }
 
-/// A newer rebuild of the same image by the same pipeline exists (created
-/// later; within the same second, the one whose name sorts last is newer,
-/// so exactly one of any set is not superseded).
+/// A newer rebuild of the same image by the same pipeline exists
+/// ([`rebuild::superseded`]).
 fn superseded(ctx: &Context, rebuild: &Rebuild) -> bool {
-    let age = |r: &Rebuild| {
+    let seniority = |r: &Rebuild| -> rebuild::Seniority {
         (
-            r.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            r.metadata
+                .creation_timestamp
+                .as_ref()
+                .and_then(|t| freshen_api::time::to_chrono(&t.0)),
             r.name_any(),
         )
     };
-    let mine = age(rebuild);
-    ctx.rebuilds.state().iter().any(|other| {
-        other.namespace() == rebuild.namespace()
-            && other.name_any() != rebuild.name_any()
-            && other.spec.image == rebuild.spec.image
-            && other.spec.policy == rebuild.spec.policy
-            && other.spec.pipeline == rebuild.spec.pipeline
-            && age(other) > mine
-    })
+    let same: Vec<rebuild::Seniority> = ctx
+        .rebuilds
+        .state()
+        .iter()
+        .filter(|other| {
+            other.namespace() == rebuild.namespace()
+                && other.spec.image == rebuild.spec.image
+                && other.spec.policy == rebuild.spec.policy
+                && other.spec.pipeline == rebuild.spec.pipeline
+        })
+        .map(|other| seniority(other))
+        .collect();
+    rebuild::superseded(&seniority(rebuild), &same)
 }
 
 /// Stores the status, guarded by the resourceVersion read; `false` when

@@ -298,6 +298,18 @@ pub struct RebuildTarget {
     pub new_base: Option<Digest>,
 }
 
+/// When a rebuild was recorded (the second its object was created, when
+/// known) and its name: what decides which of two rebuilds is newer.
+pub type Seniority = (Option<DateTime<Utc>>, String);
+
+/// Whether the rebuild `mine` is superseded by one of `others` (the
+/// rebuilds of the same image by the same pipeline): one recorded later,
+/// or in the same second with a name that sorts later, so that exactly one
+/// of any set is not superseded.
+pub fn superseded(mine: &Seniority, others: &[Seniority]) -> bool {
+    others.iter().any(|other| other.1 != mine.1 && other > mine)
+}
+
 /// The longest backoff between two runs of one rebuild.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(24 * 3600);
 
@@ -778,6 +790,26 @@ mod tests {
             hung.progress.message
         );
         assert_eq!(backoff(Duration::from_secs(60), 40), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn exactly_one_of_a_set_of_rebuilds_is_the_newest() {
+        let named = |t: i64, name: &str| (Some(at(t)), name.to_owned());
+        let set = [
+            named(0, "rebuild-b"),
+            named(5, "rebuild-a"),
+            named(5, "rebuild-c"),
+        ];
+        let current: Vec<bool> = set.iter().map(|r| !superseded(r, &set)).collect();
+        assert_eq!(
+            current,
+            [false, false, true],
+            "same second: the later name wins"
+        );
+        // Alone (itself in the list), nothing supersedes it.
+        assert!(!superseded(&set[0], &set[..1]));
+        // An unknown creation time sorts first.
+        assert!(superseded(&(None, "rebuild-z".into()), &set));
     }
 
     #[test]
