@@ -13,9 +13,11 @@ all: build
 build:
 	$(CARGO) build --workspace --all-targets
 
-# Regenerates config/crd/ from the Rust types (a unit test fails when stale).
+# Regenerates config/crd/ and the chart's CRD templates from the Rust types (a unit test fails when stale).
 crds:
 	$(CARGO) run -q -p freshen -- crd --output-dir config/crd
+	mkdir -p charts/freshen/templates/crds
+	$(CARGO) run -q -p freshen -- crd --helm --output-dir charts/freshen/templates/crds
 
 fmt:
 	$(CARGO) fmt --all

@@ -8,7 +8,7 @@ source "$(dirname "$0")/common.sh"
 
 start=$SECONDS
 "$harness_dir/install-deps.sh"
-"$harness_dir/build-tools.sh" etcd kwok kubernetes
+"$harness_dir/build-tools.sh" etcd kwok kubernetes helm
 mkdir -p "$E2E_STATE"
 
 # Up means: our kubeconfig exists and the API server it names answers. Another
@@ -237,27 +237,31 @@ YAML
     --storage.tsdb.path="$dir/data" --web.listen-address="$E2E_PROMETHEUS_ADDR" --web.enable-lifecycle
 }
 
-# The CRDs are applied on every run: the generated files may have changed
-# since the cluster was created.
-apply_crds() {
-  kubectl apply --server-side --force-conflicts -f "$repo_root/config/crd" >/dev/null
-  kubectl wait --for condition=established --timeout=60s -f "$repo_root/config/crd" >/dev/null
+# The stand-in for Tekton's PipelineRun CRD (Tekton's own module is not
+# served here); freshen's CRDs come with the chart.
+apply_tekton_crd() {
   kubectl apply --server-side --force-conflicts -f "$harness_dir/tekton-pipelinerun-crd.yaml" >/dev/null
-  log "CRDs applied from config/crd (and a stand-in for Tekton's PipelineRun)"
 }
 
-# The operator's identity (config/rbac/) and the admission policy that lets
-# only it write Refreshes (config/admission/): every e2e operator runs as
-# that ServiceAccount, so the shipped rights are what the tests exercise.
-apply_operator_identity() {
-  kubectl apply --server-side --force-conflicts -f "$repo_root/config/rbac" >/dev/null
-  kubectl apply --server-side --force-conflicts -f "$repo_root/config/admission" >/dev/null
-  log "operator RBAC and admission policy applied from config/"
+# freshen's chart, installed (or upgraded) the way a platform team would:
+# `helm upgrade --install` against the real API server. It brings the CRDs,
+# the operator's ServiceAccount and RBAC, and the admission policies. The
+# operator's own Deployment is scaled to 0 (its pods could not run under
+# kwok); every e2e operator runs on this machine with a token of the
+# chart's ServiceAccount, so a verb the chart lacks fails a test. Upgraded
+# on every run: the chart may have changed since the cluster was created.
+install_chart() {
+  "$E2E_BIN/helm-$HELM_VERSION" --kubeconfig "$E2E_STATE/kubeconfig" upgrade --install \
+    "$E2E_RELEASE" "$repo_root/charts/freshen" --namespace "$E2E_OPERATOR_NAMESPACE" --create-namespace \
+    --set replicaCount=0 --set pipelines.job.enabled=true --set pipelines.tekton.enabled=true \
+    --wait --timeout 2m >/dev/null
+  kubectl wait --for condition=established --timeout=60s crd -l app.kubernetes.io/part-of=freshen >/dev/null
+  log "chart charts/freshen installed as release $E2E_RELEASE in $E2E_OPERATOR_NAMESPACE (operator replicas 0)"
 }
 
 start_cluster
-apply_crds
-apply_operator_identity
+apply_tekton_crd
+install_chart
 start_registry
 start_private_registry
 start_notify_registry
@@ -267,6 +271,7 @@ cat >"$E2E_ENV_FILE" <<ENV
 # Written by e2e/harness/up.sh; read by the e2e tests and the demo.
 KUBECONFIG=$E2E_STATE/kubeconfig
 FRESHEN_E2E_KUBECTL=$E2E_BIN/kubectl-$KUBE_VERSION
+FRESHEN_E2E_HELM=$E2E_BIN/helm-$HELM_VERSION
 FRESHEN_E2E_REGISTRY=$E2E_REGISTRY_ADDR
 FRESHEN_E2E_REGISTRY_LOG=$E2E_STATE/registry/registry.log
 FRESHEN_E2E_PRIVATE_REGISTRY=$E2E_PRIVATE_REGISTRY_ADDR

@@ -189,9 +189,9 @@ pub fn registry_config(tag_ttl: Duration) -> freshen_registry::RegistryConfig {
     config
 }
 
-/// The namespace of the operator's ServiceAccount (`config/rbac/`).
+/// The namespace of the operator's ServiceAccount (the chart's release namespace).
 pub const OPERATOR_NAMESPACE: &str = "freshen-system";
-/// The operator's ServiceAccount (`config/rbac/`): every e2e operator runs
+/// The operator's ServiceAccount (the chart's, `charts/freshen`): every e2e operator runs
 /// as it, so the shipped RBAC and admission policy are what the tests prove.
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "freshen";
 

@@ -98,9 +98,10 @@ impl Operator {
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3f");
         let log = logs.join(format!("operator-{stamp}.log"));
         let out = std::fs::File::create(&log)?;
-        // The operator's own identity, bound to config/rbac/: a verb the
-        // shipped role lacks fails a test, and the admission policy in
-        // config/admission/ sees the operator as it would in a cluster.
+        // The operator's own identity, the chart's ServiceAccount with the
+        // chart's RBAC (e2e/harness/up.sh installs charts/freshen): a verb
+        // the chart lacks fails a test, and the chart's admission policies
+        // see the operator as they would in a cluster.
         let kubeconfig = harness.kubeconfig_for(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)?;
         let child = Command::new(&bin)
             .args(["run", "--metrics-addr", addr])

@@ -79,8 +79,12 @@ impl Pipeline {
     Default,
     PartialEq,
     Eq,
+    Hash,
     strum::IntoStaticStr,
+    strum::EnumString,
+    strum::VariantArray,
 )]
+#[strum(ascii_case_insensitive)]
 pub enum PipelineKind {
     /// A `batch/v1` Job.
     #[default]

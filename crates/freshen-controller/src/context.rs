@@ -38,6 +38,11 @@ pub struct ControllerConfig {
     /// Where the Jobs and Rebuild records of ClusterRefreshPolicy pipelines
     /// that name no namespace live: freshen's own namespace.
     pub rebuild_namespace: String,
+    /// The kinds of pipeline this installation runs (`--pipeline-kinds`):
+    /// its RBAC may lack the rights the others need, so a Rebuild of
+    /// another kind fails at once and says so, and Jobs are watched only
+    /// when Job pipelines are enabled.
+    pub pipeline_kinds: Vec<freshen_api::pipeline::PipelineKind>,
 }
 
 /// Shared by every reconcile.

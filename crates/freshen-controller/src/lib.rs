@@ -403,14 +403,25 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         })
         .applied_objects()
     };
+    // Jobs are watched only where Job pipelines run: without them the
+    // installation may lack the right to.
     let (job_store, job_writer) = reflector::store();
-    let job_trigger = reflected(
-        scoped::<Job>(&client, namespace),
-        watcher::Config::default().labels(rebuild::REBUILD_LABEL),
-        job_writer,
-        readiness.watch(Watch::Jobs),
-    )
-    .touched_objects();
+    let job_trigger = if config
+        .controller
+        .pipeline_kinds
+        .contains(&freshen_api::pipeline::PipelineKind::Job)
+    {
+        reflected(
+            scoped::<Job>(&client, namespace),
+            watcher::Config::default().labels(rebuild::REBUILD_LABEL),
+            job_writer,
+            readiness.watch(Watch::Jobs),
+        )
+        .touched_objects()
+        .left_stream()
+    } else {
+        futures::stream::pending().right_stream()
+    };
 
     // Since when each tag has named its digest: freshen's own records, in
     // its own namespace, whatever namespace it watches.

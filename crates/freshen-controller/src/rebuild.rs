@@ -663,7 +663,7 @@ fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<Pipeline, String> {
             .map(|p| p.spec.pipelines.clone()),
         _ => None,
     };
-    pipelines
+    let pipeline = pipelines
         .as_ref()
         .and_then(|p| p.get(&spec.pipeline))
         .cloned()
@@ -672,7 +672,26 @@ fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<Pipeline, String> {
                 "pipeline {} of {} is gone or invalid (the policy's Ready condition says why)",
                 spec.pipeline, spec.policy
             )
-        })
+        })?;
+    let kind = pipeline.kind();
+    if !ctx.config.pipeline_kinds.contains(&kind) {
+        return Err(format!(
+            "{} pipelines are not enabled in this installation (freshen runs with \
+             --pipeline-kinds {}; the Helm chart's pipelines.{}.enabled)",
+            <&str>::from(kind),
+            kinds_list(&ctx.config.pipeline_kinds),
+            kind.label()
+        ));
+    }
+    Ok(pipeline)
+}
+
+/// `--pipeline-kinds` as written on the command line.
+fn kinds_list(kinds: &[PipelineKind]) -> String {
+    if kinds.is_empty() {
+        return "none".to_owned();
+    }
+    kinds.iter().map(|k| k.label()).collect::<Vec<_>>().join(",")
 }
 
 /// What the rebuilt image's tag names now.

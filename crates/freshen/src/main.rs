@@ -60,6 +60,9 @@ struct CrdArgs {
     /// Write `<plural>.yaml` files into this directory instead of printing.
     #[arg(long, value_name = "DIR")]
     output_dir: Option<std::path::PathBuf>,
+    /// Write them as the Helm chart's templates (`charts/freshen/templates/crds/`).
+    #[arg(long)]
+    helm: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -90,6 +93,18 @@ struct RunArgs {
     /// older ones, and their runs, are deleted.
     #[arg(long, default_value_t = 5)]
     rebuild_history: usize,
+    /// The kinds of rebuild pipeline to run, comma-separated (job, tekton,
+    /// webhook), or `none`. A Rebuild of another kind fails and says so;
+    /// Jobs are watched only when `job` is listed. Match it to the rights
+    /// granted (the Helm chart's `pipelines.*.enabled` does both).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "job,tekton,webhook",
+        env = "FRESHEN_PIPELINE_KINDS",
+        value_parser = parse_pipeline_kind
+    )]
+    pipeline_kinds: Vec<KindArg>,
     /// Prometheus server for canary metric checks, e.g. http://prometheus:9090.
     #[arg(long)]
     prometheus_url: Option<String>,
@@ -457,6 +472,19 @@ fn error_chain(error: &anyhow::Error) -> String {
     line
 }
 
+/// A `--pipeline-kinds` entry: a kind, or `none`.
+#[derive(Debug, Clone, Copy)]
+struct KindArg(Option<freshen_api::pipeline::PipelineKind>);
+
+fn parse_pipeline_kind(text: &str) -> Result<KindArg, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(KindArg(None));
+    }
+    text.trim().parse().map(|k| KindArg(Some(k))).map_err(|_| {
+        format!("unknown pipeline kind {text:?}: expected job, tekton, webhook or none")
+    })
+}
+
 async fn client() -> anyhow::Result<kube::Client> {
     kube::Client::try_default().await.context(
         "no Kubernetes cluster: set KUBECONFIG (or ~/.kube/config), or run inside a cluster",
@@ -484,6 +512,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             refresh_history: args.refresh_history,
             rebuild_history: args.rebuild_history,
             rebuild_namespace,
+            pipeline_kinds: args.pipeline_kinds.iter().filter_map(|k| k.0).collect(),
         },
         registry: args.registry.config(args.poll_interval)?,
         prometheus_url: args.prometheus_url,
@@ -523,7 +552,11 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
 fn crd(args: &CrdArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     for (file, crd) in freshen_api::crd::crds() {
-        let yaml = freshen_api::crd::to_yaml(&crd)?;
+        let yaml = if args.helm {
+            freshen_api::crd::to_helm_template(&crd)?
+        } else {
+            freshen_api::crd::to_yaml(&crd)?
+        };
         match &args.output_dir {
             Some(dir) => {
                 let path = dir.join(file);

@@ -229,6 +229,7 @@ fn context(
             refresh_history: 5,
             rebuild_history: 5,
             rebuild_namespace: "freshen-system".into(),
+            pipeline_kinds: vec![],
         },
     };
     (Arc::new(ctx), calls)
