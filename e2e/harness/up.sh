@@ -237,10 +237,12 @@ YAML
     --storage.tsdb.path="$dir/data" --web.listen-address="$E2E_PROMETHEUS_ADDR" --web.enable-lifecycle
 }
 
-# The stand-in for Tekton's PipelineRun CRD (Tekton's own module is not
-# served here); freshen's CRDs come with the chart.
-apply_tekton_crd() {
-  kubectl apply --server-side --force-conflicts -f "$harness_dir/tekton-pipelinerun-crd.yaml" >/dev/null
+# Stand-ins for CRDs of other projects: Tekton's PipelineRun (its module is
+# not served here) and the Prometheus Operator's ServiceMonitor and
+# PrometheusRule (the chart renders them). freshen's CRDs come with the chart.
+apply_standin_crds() {
+  kubectl apply --server-side --force-conflicts -f "$harness_dir/tekton-pipelinerun-crd.yaml" \
+    -f "$harness_dir/monitoring-crds.yaml" >/dev/null
 }
 
 # freshen's chart, installed (or upgraded) the way a platform team would:
@@ -260,7 +262,7 @@ install_chart() {
 }
 
 start_cluster
-apply_tekton_crd
+apply_standin_crds
 install_chart
 start_registry
 start_private_registry

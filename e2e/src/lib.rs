@@ -44,6 +44,8 @@ pub struct Harness {
     pub kubeconfig: PathBuf,
     /// The kubectl binary built for the harness.
     pub kubectl: PathBuf,
+    /// The helm binary built for the harness.
+    pub helm: PathBuf,
     /// Registry `host:port` (plain HTTP, loopback).
     pub registry: String,
     /// The registry's log, which includes its access log.
@@ -100,6 +102,7 @@ impl Harness {
         Ok(Self {
             kubeconfig: get("KUBECONFIG")?.into(),
             kubectl: get("FRESHEN_E2E_KUBECTL")?.into(),
+            helm: get("FRESHEN_E2E_HELM")?.into(),
             registry: get("FRESHEN_E2E_REGISTRY")?,
             registry_log: get("FRESHEN_E2E_REGISTRY_LOG")?.into(),
             private: PrivateRegistry {
@@ -276,6 +279,22 @@ pub struct DeleteOnDrop {
 }
 
 impl Harness {
+    /// Runs kubectl against the harness with `args` (and `stdin`, when
+    /// given) and returns its output, whatever its status.
+    pub fn kubectl(
+        &self,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> anyhow::Result<std::process::Output> {
+        run_tool(&self.kubectl, &self.kubeconfig, args, stdin)
+    }
+
+    /// Runs helm against the harness with `args` and returns its output,
+    /// whatever its status.
+    pub fn helm(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        run_tool(&self.helm, &self.kubeconfig, args, None)
+    }
+
     /// Deletes object `name` of `kind` (e.g. `node`, `namespace`) when the
     /// returned guard is dropped.
     pub fn delete_on_drop(&self, kind: &str, name: &str) -> DeleteOnDrop {
@@ -285,6 +304,29 @@ impl Harness {
             kubeconfig: self.kubeconfig.clone(),
         }
     }
+}
+
+/// Runs `tool --kubeconfig <kubeconfig> args...`, feeding it `stdin`.
+fn run_tool(
+    tool: &Path,
+    kubeconfig: &Path,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> anyhow::Result<std::process::Output> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new(tool)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {}", tool.display()))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        pipe.write_all(stdin.unwrap_or_default())?;
+    }
+    Ok(child.wait_with_output()?)
 }
 
 impl Drop for DeleteOnDrop {

@@ -142,3 +142,25 @@ pub async fn await_value(
     .await
     .map(drop)
 }
+
+/// Every expression of the dashboard, with Grafana's variables replaced as
+/// Grafana would for "All" and a 1m step.
+pub fn dashboard_queries() -> anyhow::Result<Vec<(String, String)>> {
+    let dashboard: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        crate::repo_root()
+            .join("charts/freshen")
+            .join("files/dashboard.json"),
+    )?)?;
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().context("panels")? {
+        for target in panel["targets"].as_array().context("targets")? {
+            let expr = target["expr"].as_str().context("expr")?;
+            out.push((
+                panel["title"].as_str().unwrap_or_default().to_owned(),
+                expr.replace("$__rate_interval", "1m")
+                    .replace("$namespace", ".*"),
+            ));
+        }
+    }
+    Ok(out)
+}

@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn the_chart_crds_match_the_rust_types() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../charts/freshen/templates/crds");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../charts/freshen/templates/crds"
+        );
         for (file, crd) in crds() {
             let generated = to_helm_template(&crd).unwrap_or_default();
             assert!(generated.contains("helm.sh/resource-policy"), "{file}");

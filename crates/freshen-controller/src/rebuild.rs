@@ -691,7 +691,11 @@ fn kinds_list(kinds: &[PipelineKind]) -> String {
     if kinds.is_empty() {
         return "none".to_owned();
     }
-    kinds.iter().map(|k| k.label()).collect::<Vec<_>>().join(",")
+    kinds
+        .iter()
+        .map(|k| k.label())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// What the rebuilt image's tag names now.
