@@ -9,9 +9,11 @@ use base64::Engine as _;
 use chrono::{TimeDelta, Utc};
 use freshen_core::ImageReference;
 use freshen_e2e::image::{ImageSpec, push_private};
-use freshen_e2e::operator::{Operator, report};
+use freshen_e2e::operator::{Operator, report, report_as};
 use freshen_e2e::prometheus::await_series;
-use freshen_e2e::{Harness, TestNamespace, deployment, init_tls, wait_ready_pods};
+use freshen_e2e::{
+    Harness, OPERATOR_NAMESPACE, TestNamespace, deployment, init_tls, wait_ready_pods,
+};
 use freshen_registry::{Credential, RegistryClient, RegistryMetrics};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -219,6 +221,132 @@ async fn workloads_are_measured_with_their_pull_secrets() -> anyhow::Result<()> 
     assert!(
         problems.to_lowercase().contains("not authorized"),
         "the row says why: {problems}"
+    );
+    Ok(())
+}
+
+/// A second release of the chart, uninstalled when dropped.
+struct Release<'a> {
+    harness: &'a Harness,
+    name: String,
+}
+
+impl Drop for Release<'_> {
+    fn drop(&mut self) {
+        let _ = self
+            .harness
+            .helm(&["uninstall", &self.name, "--namespace", OPERATOR_NAMESPACE]);
+    }
+}
+
+#[tokio::test]
+async fn with_secret_reading_restricted_a_private_image_elsewhere_is_reported_unreadable()
+-> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let allowed = TestNamespace::create(&harness, &client, "secrets-allowed").await?;
+    let denied = TestNamespace::create(&harness, &client, "secrets-denied").await?;
+    let pushed = push_private(
+        &harness.private,
+        &format!("e2e/{}/app", allowed.name),
+        "v1",
+        &ImageSpec::built_at(Utc::now() - TimeDelta::days(10)),
+    )
+    .await?;
+    let params = PostParams::default();
+    for ns in [&allowed.name, &denied.name] {
+        Api::<Secret>::namespaced(client.clone(), ns)
+            .create(&params, &docker_config_secret(&harness))
+            .await?;
+        let mut d = deployment(
+            "app",
+            &pushed.pinned(),
+            1,
+            &[("freshen.dev/enabled", "true")],
+        )?;
+        if let Some(spec) = d.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            spec.image_pull_secrets = Some(vec![LocalObjectReference {
+                name: "regcred".into(),
+            }]);
+        }
+        Api::<Deployment>::namespaced(client.clone(), ns)
+            .create(&params, &d)
+            .await?;
+        wait_ready_pods(&client, ns, "app", 1, Duration::from_secs(60)).await?;
+    }
+
+    // The chart again, as a release whose identity may read the Secrets of
+    // one namespace only (the cluster-wide pieces belong to the harness'
+    // release).
+    let release = Release {
+        harness: &harness,
+        name: format!("restricted-{:08x}", freshen_e2e::rand_suffix()),
+    };
+    let chart = freshen_e2e::repo_root().join("charts/freshen");
+    let installed = harness.helm(&[
+        "install",
+        &release.name,
+        chart.to_str().unwrap_or_default(),
+        "--namespace",
+        OPERATOR_NAMESPACE,
+        "--set",
+        "crds.enabled=false,admissionPolicies.enabled=false,replicaCount=0",
+        "--set",
+        "dashboard.enabled=false,podDisruptionBudget.enabled=false",
+        "--set",
+        "secrets.read=namespaces",
+        "--set",
+        &format!("secrets.namespaces={{{}}}", allowed.name),
+        "--wait",
+    ])?;
+    anyhow::ensure!(
+        installed.status.success(),
+        "helm install: {}",
+        String::from_utf8_lossy(&installed.stderr)
+    );
+    let account = format!("{}-freshen", release.name);
+    let kubeconfig = harness.kubeconfig_for(OPERATOR_NAMESPACE, &account)?;
+
+    // The identity itself: Secrets of the allowed namespace only.
+    let restricted = Harness::client_from(&kubeconfig).await?;
+    Api::<Secret>::namespaced(restricted.clone(), &allowed.name)
+        .get("regcred")
+        .await?;
+    let refused = Api::<Secret>::namespaced(restricted, &denied.name)
+        .get("regcred")
+        .await;
+    assert!(
+        matches!(&refused, Err(kube::Error::Api(e)) if e.code == 403),
+        "{refused:?}"
+    );
+
+    // The report run as that identity: the allowed namespace's workload is
+    // measured; the other's row says the pull secret could not be read.
+    let ca = harness.private.ca_file.display().to_string();
+    let rows = |namespace: &str| -> anyhow::Result<serde_json::Value> {
+        let out = report_as(
+            &harness,
+            &kubeconfig,
+            &["-n", namespace, "-o", "json", "--registry-ca-file", &ca],
+        )?;
+        anyhow::ensure!(
+            out.status.code() == Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        Ok(json["rows"][0].clone())
+    };
+    let measured = rows(&allowed.name)?;
+    let age = measured["imageAgeSeconds"].as_f64().unwrap_or_default();
+    assert!((age - TEN_DAYS).abs() < 120.0, "{measured}");
+    let unreadable = rows(&denied.name)?;
+    assert!(unreadable["imageAgeSeconds"].is_null(), "{unreadable}");
+    let problems = unreadable["problems"].to_string();
+    assert!(
+        problems.contains("imagePullSecret regcred") && problems.contains("forbidden"),
+        "the row says the pull secret could not be read: {problems}"
     );
     Ok(())
 }
