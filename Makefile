@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools demo bench-registry bench-refresh bench-velocity test clean
+.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools static image chart-check demo plots bench-registry bench-refresh bench-velocity test clean
 
 all: build
 
@@ -43,15 +43,35 @@ e2e-up:
 e2e-down:
 	$(HARNESS)/down.sh
 
+# The statically linked release binary the container image carries
+# (glibc's static build on the installed target: no musl target needed).
+STATIC_TARGET := x86_64-unknown-linux-gnu
+static:
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p freshen --target $(STATIC_TARGET)
+
+# freshen's OCI image, assembled without a Docker engine (the Dockerfile
+# builds the same for people with one) and pushed to the harness registry.
+image: e2e-up static
+	$(CARGO) build -p freshen-e2e
+	./target/debug/freshen-e2e image
+
 # End-to-end tests on the harness. They share one operator address (the one
 # Prometheus scrapes), so they run one at a time.
-e2e: e2e-up
+e2e: e2e-up static
 	$(CARGO) build -p freshen
 	$(CARGO) test -p freshen-e2e --tests -- --test-threads=1
 
 demo: e2e-up
 	$(CARGO) build -p freshen -p freshen-e2e
 	./target/debug/freshen-e2e demo $(ARGS)
+
+# PNG plots of the dashboard's figures from the harness' Prometheus (after
+# `make demo`), with matplotlib from PyPI in a virtualenv under target/.
+PLOTS_VENV := target/plots-venv
+plots:
+	[ -x $(PLOTS_VENV)/bin/python ] || python3 -m venv $(PLOTS_VENV)
+	$(PLOTS_VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(PLOTS_VENV)/bin/pip install -q matplotlib==3.11.2
+	$(PLOTS_VENV)/bin/python charts/freshen/hack/plots.py --out docs/plots
 
 # Registry cost at scale (not a test: it prints figures). BENCH_ARGS, e.g.
 # `--workloads 500 --images 5 --intervals 3 --poll-interval 10s`.

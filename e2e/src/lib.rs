@@ -8,9 +8,11 @@
 pub mod bench;
 pub mod bench_refresh;
 pub mod bench_velocity;
+pub mod demo;
 pub mod image;
 pub mod operator;
 pub mod prometheus;
+pub mod ship;
 
 use std::collections::BTreeMap;
 use std::future::Future;

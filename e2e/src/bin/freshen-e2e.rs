@@ -1,25 +1,14 @@
-//! Tools around the e2e harness: `demo` (what `make demo` runs) and
-//! `push-image` (push a small real OCI image with a chosen build time).
+//! Tools around the e2e harness: `demo` (what `make demo` runs), `image`
+//! (freshen's own image, `make image`), the benchmarks, and `push-image`
+//! (push a small real OCI image with a chosen build time).
 
 // This binary is a command-line tool whose output is its purpose.
 #![allow(clippy::print_stdout)]
 
-use std::collections::BTreeMap;
-use std::time::Duration;
-
-use anyhow::Context as _;
 use chrono::{TimeDelta, Utc};
 use clap::{Parser, Subcommand};
 use freshen_e2e::image::{ImageSpec, push};
-use freshen_e2e::operator::Operator;
-use freshen_e2e::prometheus::query;
-use freshen_e2e::{Harness, deployment, init_tls, wait_for, wait_ready_pods};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
-
-const DEMO_NAMESPACE: &str = "freshen-demo";
+use freshen_e2e::{Harness, init_tls};
 
 #[derive(Parser)]
 #[command(
@@ -33,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Deploy sample workloads, run the operator, print the ages it measured.
+    /// The story of freshen on the harness: a stale image flagged, a canary
+    /// promoted, a bad digest rolled back, a moved base rebuilt.
     Demo {
         /// Keep the operator running (Prometheus keeps scraping) until Ctrl-C.
         #[arg(long)]
@@ -75,6 +65,16 @@ enum Command {
         #[arg(long, default_value = "1,10,50", value_delimiter = ',')]
         dependants: Vec<usize>,
     },
+    /// Assemble freshen's own OCI image (a static base and the static
+    /// release binary) and push it to the harness registry (`make image`).
+    Image {
+        /// The statically linked freshen binary.
+        #[arg(long, default_value = freshen_e2e::ship::STATIC_BINARY)]
+        binary: std::path::PathBuf,
+        /// Repository prefix: pushes <prefix>/static-base and <prefix>/freshen.
+        #[arg(long, default_value = "freshen-dev")]
+        repository: String,
+    },
     /// Build a small OCI image and push it to the harness registry.
     PushImage {
         /// Repository, e.g. `demo/app`.
@@ -99,7 +99,7 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let harness = Harness::load()?;
     match cli.command {
-        Command::Demo { keep_running } => demo(&harness, keep_running).await,
+        Command::Demo { keep_running } => freshen_e2e::demo::run(&harness, keep_running).await,
         Command::BenchRegistry {
             workloads,
             images,
@@ -136,6 +136,17 @@ async fn main() -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Image { binary, repository } => {
+            let recipe = freshen_e2e::ship::Recipe::at_head(binary)?;
+            let shipped = freshen_e2e::ship::ship(&harness.registry, &repository, &recipe).await?;
+            println!("base   {}", shipped.base.pinned());
+            println!("image  {}", shipped.image.pinned());
+            println!(
+                "created {} (the commit time: the same commit gives the same digest)",
+                recipe.created.to_rfc3339()
+            );
+            Ok(())
+        }
         Command::PushImage {
             repository,
             tag,
@@ -151,171 +162,4 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
-}
-
-struct Sample {
-    name: &'static str,
-    repository: &'static str,
-    age_days: i64,
-    replicas: i32,
-    opted_in: bool,
-}
-
-const SAMPLES: [Sample; 3] = [
-    Sample {
-        name: "checkout",
-        repository: "demo/checkout",
-        age_days: 45,
-        replicas: 3,
-        opted_in: true,
-    },
-    Sample {
-        name: "catalog",
-        repository: "demo/catalog",
-        age_days: 2,
-        replicas: 2,
-        opted_in: true,
-    },
-    Sample {
-        name: "legacy",
-        repository: "demo/legacy",
-        age_days: 400,
-        replicas: 1,
-        opted_in: false,
-    },
-];
-
-async fn demo(harness: &Harness, keep_running: bool) -> anyhow::Result<()> {
-    let client = harness.client().await?;
-    let apply = PatchParams::apply("freshen-demo").force();
-    let namespace: Namespace = serde_json::from_value(serde_json::json!({
-        "apiVersion": "v1", "kind": "Namespace", "metadata": { "name": DEMO_NAMESPACE }
-    }))?;
-    Api::<Namespace>::all(client.clone())
-        .patch(DEMO_NAMESPACE, &apply, &Patch::Apply(&namespace))
-        .await
-        .context("creating the demo namespace")?;
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), DEMO_NAMESPACE);
-
-    println!(
-        "Pushing sample images to {} and deploying them to namespace {DEMO_NAMESPACE}:",
-        harness.registry
-    );
-    for s in &SAMPLES {
-        let spec = ImageSpec::built_at(Utc::now() - TimeDelta::days(s.age_days));
-        let image = push(&harness.registry, s.repository, "v1", &spec).await?;
-        let annotations: &[(&str, &str)] = if s.opted_in {
-            &[("freshen.dev/refresh", "enabled")]
-        } else {
-            &[]
-        };
-        let mut deploy = deployment(s.name, &image.pinned(), s.replicas, annotations)?;
-        deploy.metadata.namespace = Some(DEMO_NAMESPACE.into());
-        deployments
-            .patch(s.name, &apply, &Patch::Apply(&deploy))
-            .await?;
-        println!(
-            "  {:<9} {} replica(s), image built {:>3} days ago, {}",
-            s.name,
-            s.replicas,
-            s.age_days,
-            if s.opted_in {
-                "freshen.dev/refresh=enabled"
-            } else {
-                "not opted in"
-            }
-        );
-    }
-    for s in &SAMPLES {
-        wait_ready_pods(
-            &client,
-            DEMO_NAMESPACE,
-            s.name,
-            s.replicas as usize,
-            Duration::from_secs(120),
-        )
-        .await?;
-    }
-
-    println!("\nStarting the operator (log: target/e2e-logs/) ...");
-    let operator = Operator::start(harness, &["--poll-interval", "1m"]).await?;
-    println!(
-        "Waiting for Prometheus ({}) to scrape it ...\n",
-        harness.prometheus_url
-    );
-    let opted_in = SAMPLES.iter().filter(|s| s.opted_in).count();
-    let image_ages = wait_for(
-        "Prometheus to have the demo's image ages",
-        Duration::from_secs(90),
-        harness.scrape_interval,
-        || async {
-            let samples = query(
-                &harness.prometheus_url,
-                &format!(r#"freshen_image_age_seconds{{namespace="{DEMO_NAMESPACE}"}}"#),
-            )
-            .await?;
-            Ok((samples.len() >= opted_in).then_some(samples))
-        },
-    )
-    .await?;
-    let container_ages = query(
-        &harness.prometheus_url,
-        &format!(r#"freshen_container_age_seconds{{namespace="{DEMO_NAMESPACE}"}}"#),
-    )
-    .await?;
-    let container_age: BTreeMap<String, f64> = container_ages
-        .iter()
-        .filter_map(|s| Some((s.labels.get("workload")?.clone(), s.value)))
-        .collect();
-
-    println!(
-        "{:<10} {:<10} {:<36} {:>10} {:>14}",
-        "WORKLOAD", "CONTAINER", "IMAGE", "IMAGE AGE", "CONTAINER AGE"
-    );
-    let mut rows = image_ages;
-    rows.sort_by(|a, b| b.value.total_cmp(&a.value));
-    for s in &rows {
-        let label = |k: &str| s.labels.get(k).cloned().unwrap_or_default();
-        let workload = label("workload");
-        let running = container_age.get(&workload).map_or_else(
-            || "-".to_owned(),
-            |v| freshen_core::short_age(Duration::from_secs_f64(*v)),
-        );
-        println!(
-            "{:<10} {:<10} {:<36} {:>10} {:>14}",
-            workload,
-            label("container"),
-            label("image"),
-            freshen_core::short_age(Duration::from_secs_f64(s.value)),
-            running
-        );
-    }
-    let legacy_seen = rows
-        .iter()
-        .any(|s| s.labels.get("workload").is_some_and(|w| w == "legacy"));
-    println!(
-        "\n`legacy` runs a 400-day-old image but did not opt in, so it is {}.",
-        if legacy_seen {
-            "UNEXPECTEDLY measured"
-        } else {
-            "not measured"
-        }
-    );
-    println!(
-        "Query them yourself: {}/graph?g0.expr=freshen_image_age_seconds",
-        harness.prometheus_url
-    );
-    println!("Or the operator directly: curl {}/metrics", operator.url);
-    if keep_running {
-        println!(
-            "\nThe operator keeps running; Ctrl-C stops it. `make e2e-down` stops the harness."
-        );
-        tokio::signal::ctrl_c().await?;
-    } else {
-        println!(
-            "\nThe operator stops now; `make demo ARGS=--keep-running` keeps it up. `make e2e-down` stops the harness."
-        );
-    }
-    drop(operator);
-    Ok(())
 }
