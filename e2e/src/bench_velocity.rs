@@ -278,7 +278,7 @@ async fn policy(client: &Client, namespace: &str) -> anyhow::Result<()> {
                 }],
                 rebuild: Some(RebuildSettings {
                     pipeline: "build".into(),
-                    on: Some(vec![RebuildOn::BaseMoved]),
+                    triggers: Some(vec![RebuildOn::BaseMoved]),
                     timeout: Some("5m".into()),
                     backoff: Some("1m".into()),
                 }),

@@ -40,6 +40,7 @@ const STEP: Duration = Duration::from_secs(90);
 struct Images {
     base: Pushed,
     checkout: Pushed,
+    search: Pushed,
     catalog: Pushed,
     payments: Pushed,
     payments_bad: ImageSpec,
@@ -174,6 +175,13 @@ async fn push_images(harness: &Harness, run: &str) -> anyhow::Result<Images> {
         &built(45, &format!("checkout {run}"), Some(&base)),
     )
     .await?;
+    let search = push(
+        registry,
+        "demo/search",
+        "stable",
+        &built(20, &format!("search {run}"), Some(&base)),
+    )
+    .await?;
     let catalog = push(
         registry,
         "demo/catalog",
@@ -208,6 +216,7 @@ async fn push_images(harness: &Harness, run: &str) -> anyhow::Result<Images> {
     Ok(Images {
         base,
         checkout,
+        search,
         catalog,
         payments,
         payments_bad,
@@ -221,6 +230,7 @@ async fn deploy(harness: &Harness, client: &Client, images: &Images) -> anyhow::
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
     let workloads = [
         ("checkout", &images.checkout, "shop", None),
+        ("search", &images.search, "shop", None),
         ("catalog", &images.catalog, "shop", None),
         (
             "payments",
@@ -269,7 +279,7 @@ async fn stale_image(harness: &Harness, client: &Client) -> anyhow::Result<()> {
                 &format!(r#"freshen_image_age_seconds{{namespace="{NAMESPACE}"}}"#),
             )
             .await?;
-            Ok((samples.len() >= 3).then_some(samples))
+            Ok((samples.len() >= 4).then_some(samples))
         },
     )
     .await?;
@@ -309,7 +319,7 @@ async fn follow_refresh(
     done: impl Fn(&Refresh) -> bool,
 ) -> anyhow::Result<Refresh> {
     let refreshes: Api<Refresh> = Api::namespaced(client.clone(), NAMESPACE);
-    let seen = std::sync::Mutex::new(None::<Phase>);
+    let seen = std::sync::Mutex::new(None::<(String, Phase)>);
     let done = &done;
     let found = wait_for(what, STEP, Duration::from_millis(200), || {
         let refreshes = refreshes.clone();
@@ -326,10 +336,10 @@ async fn follow_refresh(
             let Some(latest) = mine.pop() else {
                 return Ok(None);
             };
-            let phase = latest.progress().phase;
+            let now = (latest.name_any(), latest.progress().phase);
             let changed = seen
                 .lock()
-                .map(|mut s| s.replace(phase) != Some(phase))
+                .map(|mut s| s.replace(now.clone()) != Some(now))
                 .unwrap_or(false);
             if changed {
                 get_refreshes(harness, &latest.name_any())?;
@@ -464,13 +474,20 @@ async fn moved_base(
         short(&base_v2.digest)
     );
     let rebuilds: Api<Rebuild> = Api::namespaced(client.clone(), NAMESPACE);
+    // One Rebuild per image built on the old base (checkout and search),
+    // each running its Job.
     let rebuild = wait_for(
-        "the Rebuild to start its Job",
+        "a running Rebuild of each image on the old base",
         STEP,
         Duration::from_millis(200),
         || async {
             let all = rebuilds.list(&ListParams::default()).await?.items;
-            Ok(all.into_iter().find(|r| r.progress().attempts >= 1))
+            let running = |image: &str| {
+                all.iter()
+                    .find(|r| r.spec.image == image && r.progress().attempts >= 1)
+                    .cloned()
+            };
+            Ok(running(&images.search.tagged).and(running(&images.checkout.tagged)))
         },
     )
     .await?;
@@ -514,6 +531,9 @@ async fn moved_base(
     )
     .await?;
     events_of(client, "Refresh", &done.name_any()).await?;
+    println!(
+        "  search's image was built on the old base too: its Rebuild waits for CI, and its base shows stale."
+    );
     Ok(())
 }
 

@@ -121,7 +121,7 @@ impl Scene {
                     pipelines: vec![pipeline],
                     rebuild: Some(RebuildSettings {
                         pipeline: "build".into(),
-                        on: Some(vec![on]),
+                        triggers: Some(vec![on]),
                         timeout: Some("2m".into()),
                         backoff: Some(backoff.into()),
                     }),

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Renders the Grafana dashboard's panels (files/dashboard.json) as PNG
 plots from the harness' real Prometheus: the same expressions, evaluated
-over the last --minutes (what `make demo` produced). `make plots` runs it.
+over the --minutes before the operator was last scraped (what the last
+`make demo` produced). `make plots` runs it.
 
 Grafana is not packaged here; these plots are how README shows what the
 dashboard shows.
@@ -9,6 +10,7 @@ dashboard shows.
 import argparse
 import datetime as dt
 import json
+import re
 import pathlib
 import urllib.parse
 import urllib.request
@@ -49,7 +51,7 @@ def legend(fmt, labels):
     out = fmt
     for k, v in labels.items():
         out = out.replace("{{" + k + "}}", v)
-    return out
+    return re.sub(r"\{\{[a-z_]+\}\}", "all", out)
 
 
 def draw(ax, panel, url, start, end):
@@ -60,18 +62,25 @@ def draw(ax, panel, url, start, end):
         for target in panel["targets"]:
             series = get(url, "/api/v1/query_range", query=expand(target["expr"], "1m"),
                          start=start.timestamp(), end=end.timestamp(), step="10s")
-            for s in series:
+            # Series that stayed 0 the whole time (outcomes that did not
+            # happen) would only crowd the legend.
+            moving = [s for s in series if any(float(v) != 0 for _, v in s["values"])]
+            for s in moving or series[:1]:
                 xs = [dt.datetime.fromtimestamp(float(t)) for t, _ in s["values"]]
                 ys = [float(v) for _, v in s["values"]]
                 ax.plot(xs, ys, label=legend(target.get("legendFormat"), s["metric"])[:40])
-        ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%H:%M"))
+        ax.xaxis.set_major_formatter(matplotlib.dates.DateFormatter("%H:%M:%S"))
         if ax.lines:
             ax.legend(fontsize=6, loc="upper left")
         return
     results = []
     for target in panel["targets"]:
         for s in get(url, "/api/v1/query", query=expand(target["expr"], "1m"), time=end.timestamp()):
-            results.append((legend(target.get("legendFormat"), s["metric"]), float(s["value"][1])))
+            labels = s["metric"]
+            name = legend(target.get("legendFormat"), labels)
+            if "workload" in labels:
+                name = f'{labels["workload"]}/{labels.get("container", "")}'
+            results.append((name, float(s["value"][1])))
     if kind == "stat":
         value = results[0][1] if results else float("nan")
         ax.text(0.5, 0.45, f"{value:g}", ha="center", va="center", fontsize=28)
@@ -82,22 +91,34 @@ def draw(ax, panel, url, start, end):
         ax.set_ylabel("containers", fontsize=7)
     else:  # table: one bar per row
         results.sort(key=lambda r: r[1])
-        names = [n.replace("namespace=", "").replace("workload=", "")[:48] for n, _ in results[-12:]]
+        names = [n[:40] for n, _ in results[-12:]]
         ax.barh(names, [v for _, v in results[-12:]])
-        ax.tick_params(axis="y", labelsize=5)
+        ax.tick_params(axis="y", labelsize=7)
         if panel["fieldConfig"]["defaults"].get("unit") == "percentunit":
             ax.axvline(1.0, color="red", linewidth=1)
             ax.set_xlabel("share of the limit (1 = at the limit)", fontsize=7)
 
 
+def last_scrape(url):
+    """When the operator was last scraped: the demo's operator has stopped
+    by now, and its series went stale with it."""
+    now = dt.datetime.now()
+    series = get(url, "/api/v1/query_range", query="freshen_leader",
+                 start=(now - dt.timedelta(hours=6)).timestamp(), end=now.timestamp(), step="5s")
+    times = [float(t) for s in series for t, _ in s["values"]]
+    if not times:
+        raise SystemExit("Prometheus has no freshen_leader in the last 6 hours: run `make demo` first")
+    return dt.datetime.fromtimestamp(max(times))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="docs/plots")
-    parser.add_argument("--minutes", type=int, default=15)
+    parser.add_argument("--minutes", type=int, default=3)
     args = parser.parse_args()
     url = prometheus_url()
     dashboard = json.loads(DASHBOARD.read_text())
-    end = dt.datetime.now()
+    end = last_scrape(url)
     start = end - dt.timedelta(minutes=args.minutes)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)

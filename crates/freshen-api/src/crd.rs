@@ -54,6 +54,53 @@ pub fn to_helm_template(crd: &CustomResourceDefinition) -> Result<String, serde_
 mod tests {
     use super::*;
 
+    /// Every property name in a schema, with its path.
+    fn property_names(value: &serde_json::Value, path: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::Object(props)) = map.get("properties") {
+                    out.extend(props.keys().map(|k| format!("{path}.{k}")));
+                }
+                for (key, v) in map {
+                    property_names(v, &format!("{path}.{key}"), out);
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for v in items {
+                    property_names(v, path, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn no_field_is_a_word_yaml_1_1_reads_as_a_boolean() {
+        // kubectl and helm parse YAML 1.1: a key `on:` (or yes, no, off, y,
+        // n) becomes `true`/`false`, in the CRD itself and in every object
+        // a user writes, and the field silently vanishes.
+        const YAML_11_SCALARS: [&str; 11] = [
+            "y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", "",
+        ];
+        for (file, crd) in crds() {
+            let mut names = Vec::new();
+            property_names(
+                &serde_json::to_value(&crd).unwrap_or_default(),
+                file,
+                &mut names,
+            );
+            let bad: Vec<_> = names
+                .iter()
+                .filter(|n| {
+                    let last = n.rsplit('.').next().unwrap_or_default();
+                    YAML_11_SCALARS.contains(&last.to_ascii_lowercase().as_str())
+                })
+                .collect();
+            assert!(bad.is_empty(), "fields YAML 1.1 misreads: {bad:?}");
+            assert!(names.len() > 3, "{file}: {names:?}");
+        }
+    }
+
     #[test]
     fn the_chart_crds_match_the_rust_types() {
         let dir = concat!(

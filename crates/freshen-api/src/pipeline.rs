@@ -320,9 +320,11 @@ pub struct RebuildSettings {
     #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub pipeline: String,
     /// What asks for a rebuild: BaseMoved, ImageTooOld (default both).
+    /// (Not `on`: YAML 1.1 parsers, kubectl's among them, read that key as
+    /// `true`.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2))]
-    pub on: Option<Vec<RebuildOn>>,
+    pub triggers: Option<Vec<RebuildOn>>,
     /// How long a run, and the wait for its rebuilt digest, may take
     /// (default 1h).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -439,7 +441,7 @@ impl PolicyPipelines {
             });
         }
         let on = spec
-            .on
+            .triggers
             .clone()
             .unwrap_or_else(|| vec![RebuildOn::BaseMoved, RebuildOn::ImageTooOld]);
         Ok(Some(Rebuilds {
@@ -671,7 +673,7 @@ mod tests {
             pipelines,
             rebuild: rebuild.map(|p| RebuildSettings {
                 pipeline: p.into(),
-                on: None,
+                triggers: None,
                 timeout: None,
                 backoff: None,
             }),

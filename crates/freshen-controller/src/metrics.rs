@@ -412,7 +412,33 @@ impl Metrics {
             registry: registry.clone(),
         };
         registry.register(Box::new(AgeCollector::new(records)?))?;
+        metrics.start_outcomes_at_zero();
         Ok(metrics)
+    }
+
+    /// Creates every outcome series at 0 (the label values are closed
+    /// sets), so that the first refresh, rollback or rebuild of a kind is an
+    /// increase `rate()` and `increase()` see, not a series appearing at 1.
+    fn start_outcomes_at_zero(&self) {
+        use strum::VariantArray as _;
+        const TERMINAL: [Phase; 3] = [Phase::Succeeded, Phase::RolledBack, Phase::Failed];
+        for reason in freshen_core::rollout::Reason::VARIANTS {
+            for phase in TERMINAL {
+                self.refreshes
+                    .with_label_values(&[reason.as_str(), phase.as_str()]);
+            }
+        }
+        for failure in freshen_core::rollout::Failure::VARIANTS {
+            self.rollbacks.with_label_values(&[failure.as_str()]);
+        }
+        for kind in PipelineKind::VARIANTS {
+            for outcome in freshen_core::rebuild::RebuildOutcome::VARIANTS {
+                let outcome: &'static str = outcome.into();
+                self.rebuilds
+                    .total
+                    .with_label_values(&[kind.label(), outcome]);
+            }
+        }
     }
 
     /// Counts a Refresh that moved to `progress.phase`: a terminal phase

@@ -74,10 +74,10 @@ pub fn needs(
             .iter()
             .zip(&judgement.violations)
             .map(|(c, v)| (c.container.as_str(), c.base_stale, v.as_slice())),
+        &plan.settings.on,
     );
     wanted
         .into_iter()
-        .filter(|(_, reason)| plan.settings.on.contains(reason))
         .filter_map(|(name, reason)| {
             let record = measurement
                 .containers

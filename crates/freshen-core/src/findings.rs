@@ -40,6 +40,7 @@ impl Findings {
                 .iter()
                 .zip(&judgement.violations)
                 .map(|((name, base_stale), v)| (*name, *base_stale, v.as_slice())),
+            &plan::ALL_TRIGGERS,
         )
         .into_iter()
         .map(|(container, reason)| format!("container {container}: {}", why_rebuild(reason)))
@@ -103,7 +104,9 @@ pub fn news(
         && (now.rebuild != before.rebuild || now.requested != before.requested)
     {
         let how = if now.requested.is_empty() {
-            "no rebuild pipeline is configured for it (spec.rebuild of its policy)".to_owned()
+            "no pipeline was asked: its policy has no spec.rebuild, or spec.rebuild.triggers \
+             leaves out this cause"
+                .to_owned()
         } else {
             format!(
                 "asked of its pipeline: Rebuild {}; the rebuilt digest is rolled out through a \

@@ -554,20 +554,33 @@ impl Preferences {
 
 /// The containers only a rebuild can freshen, and why: the image is past
 /// `maxImageAge`, or its base moved on. A rollout of the same image cannot
-/// help; until rebuild pipelines exist this is reported, not acted on.
+/// help. Of the causes a container has, the first of `triggers` wins (an
+/// image both too old and on a moved base is rebuilt for its base when
+/// only `BaseMoved` triggers a rebuild); [`ALL_TRIGGERS`] names every
+/// cause, for reporting.
 pub fn rebuilds<'a>(
     containers: impl IntoIterator<Item = (&'a str, Option<bool>, &'a [Violation])>,
+    triggers: &[Reason],
 ) -> Vec<(String, Reason)> {
     let mut out = Vec::new();
     for (name, base_stale, violations) in containers {
-        if violations.iter().any(|v| v.kind == LimitKind::MaxImageAge) {
-            out.push((name.to_owned(), Reason::ImageTooOld));
-        } else if base_stale == Some(true) {
-            out.push((name.to_owned(), Reason::BaseMoved));
+        let too_old = violations.iter().any(|v| v.kind == LimitKind::MaxImageAge);
+        let causes = [
+            (Reason::ImageTooOld, too_old),
+            (Reason::BaseMoved, base_stale == Some(true)),
+        ];
+        if let Some((reason, _)) = causes
+            .into_iter()
+            .find(|(reason, applies)| *applies && triggers.contains(reason))
+        {
+            out.push((name.to_owned(), reason));
         }
     }
     out
 }
+
+/// Every cause of a rebuild, in the order [`rebuilds`] prefers them.
+pub const ALL_TRIGGERS: [Reason; 2] = [Reason::ImageTooOld, Reason::BaseMoved];
 
 /// Most Kubernetes names here are also label values: at most 63 characters.
 const MAX_NAME: usize = 63;
@@ -1132,18 +1145,31 @@ mod tests {
             kind: LimitKind::MaxContainerAge,
             ..old[0].clone()
         }];
-        let r = rebuilds([
+        let containers = [
             ("old", Some(true), &old[..]),
             ("moved", Some(true), &[][..]),
             ("restart-only", Some(false), &long_running[..]),
             ("unknown", None, &[][..]),
-        ]);
+        ];
         assert_eq!(
-            r,
+            rebuilds(containers, &ALL_TRIGGERS),
             [
                 ("old".to_owned(), Reason::ImageTooOld),
                 ("moved".to_owned(), Reason::BaseMoved)
             ]
+        );
+        // Rebuilt on BaseMoved only: the old image on a moved base is
+        // rebuilt for its base, not skipped for being too old.
+        assert_eq!(
+            rebuilds(containers, &[Reason::BaseMoved]),
+            [
+                ("old".to_owned(), Reason::BaseMoved),
+                ("moved".to_owned(), Reason::BaseMoved)
+            ]
+        );
+        assert_eq!(
+            rebuilds(containers, &[Reason::ImageTooOld]),
+            [("old".to_owned(), Reason::ImageTooOld)]
         );
     }
 

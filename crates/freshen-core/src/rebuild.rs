@@ -333,7 +333,7 @@ pub enum RebuildChange {
 }
 
 /// How a run ended, for `freshen_rebuilds_total{outcome}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
 pub enum RebuildOutcome {
     /// The tag names the rebuilt digest.
     Succeeded,
