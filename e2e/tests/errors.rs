@@ -68,7 +68,10 @@ async fn a_registry_that_answers_500_is_a_warning_event_on_the_workload() -> any
         "RegistryUnavailable",
     )
     .await?;
-    assert!(note.contains("500 (the registry failed)"), "{note}");
+    assert!(
+        note.starts_with(&format!("500 from {registry}: the registry failed for ")),
+        "{note}"
+    );
     assert!(note.contains(&format!("{registry}/team/app:1")), "{note}");
     wait_for(
         "the failure counted by controller and category",

@@ -218,9 +218,14 @@ async fn workloads_are_measured_with_their_pull_secrets() -> anyhow::Result<()> 
     let blocked = row("no-secret");
     assert!(blocked["imageAgeSeconds"].is_null(), "{blocked}");
     let problems = blocked["problems"].to_string();
+    let registry = &harness.private.addr;
     assert!(
-        problems.to_lowercase().contains("not authorized"),
-        "the row says why: {problems}"
+        problems.contains(&format!("401 from {registry}"))
+            && problems.contains(&format!(
+                "the workload names no pull secret (pod spec or ServiceAccount imagePullSecrets) \
+                 with credentials for {registry}"
+            )),
+        "the row says who refused and why: {problems}"
     );
     Ok(())
 }
@@ -345,8 +350,15 @@ async fn with_secret_reading_restricted_a_private_image_elsewhere_is_reported_un
     assert!(unreadable["imageAgeSeconds"].is_null(), "{unreadable}");
     let problems = unreadable["problems"].to_string();
     assert!(
-        problems.contains("imagePullSecret regcred") && problems.contains("forbidden"),
+        problems.contains("imagePullSecret regcred not read") && problems.contains("forbidden"),
         "the row says the pull secret could not be read: {problems}"
+    );
+    assert!(
+        problems.contains(&format!(
+            "401 from {}: it asks for credentials",
+            harness.private.addr
+        )) && problems.contains("freshen could not use the pull secret regcred"),
+        "and that this is why the registry refused: {problems}"
     );
     Ok(())
 }

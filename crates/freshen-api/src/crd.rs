@@ -20,6 +20,45 @@ pub fn crds() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("rebuilds.yaml", Rebuild::crd()),
         ("tagrecords.yaml", TagRecord::crd()),
     ]
+    .into_iter()
+    .map(|(file, crd)| (file, known_formats_only(crd)))
+    .collect()
+}
+
+/// schemars writes Rust's integer widths as formats (`uint32`, `uint64`,
+/// ...) that Kubernetes does not know, so kubectl and helm warn about each
+/// on every apply. They become `int32`/`int64`, with `minimum: 0` for the
+/// unsigned ones (schemars already writes it for most).
+fn known_formats_only(crd: CustomResourceDefinition) -> CustomResourceDefinition {
+    fn walk(value: &mut serde_json::Value) {
+        match value {
+            serde_json::Value::Object(map) => {
+                let known = match map.get("format").and_then(|f| f.as_str()) {
+                    Some("uint8" | "uint16" | "uint32" | "int8" | "int16") => Some("int32"),
+                    Some("uint64" | "uint") => Some("int64"),
+                    _ => None,
+                };
+                if let Some(known) = known {
+                    let unsigned = map
+                        .get("format")
+                        .and_then(|f| f.as_str())
+                        .is_some_and(|f| f.starts_with('u'));
+                    map.insert("format".into(), known.into());
+                    if unsigned && !map.contains_key("minimum") {
+                        map.insert("minimum".into(), 0.into());
+                    }
+                }
+                map.values_mut().for_each(walk);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    walk(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
 }
 
 /// One CRD as the YAML document `config/crd/` holds.

@@ -332,6 +332,7 @@ pub async fn pull_credentials(
     }
     let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
     for name in names {
+        keychain.consulted(&name);
         let parsed = match secrets.get_opt(&name).await {
             Ok(Some(secret)) => keychain_of(&secret),
             Ok(None) => Err(format!("imagePullSecret {name} does not exist")),
@@ -339,7 +340,10 @@ pub async fn pull_credentials(
         };
         match parsed {
             Ok(found) => keychain.merge(found),
-            Err(problem) => problems.push(problem),
+            Err(problem) => {
+                keychain.unusable(&name);
+                problems.push(problem);
+            }
         }
     }
     (keychain, problems)
@@ -371,7 +375,9 @@ fn keychain_of(secret: &Secret) -> Result<Keychain, String> {
             "imagePullSecret {name} has no .dockerconfigjson (type kubernetes.io/dockerconfigjson)"
         ));
     };
-    parsed.map_err(|e| format!("imagePullSecret {name}: {e}"))
+    parsed
+        .map(|k| k.from_secret(&name))
+        .map_err(|e| format!("imagePullSecret {name}: {e}"))
 }
 
 /// The platform of a node, from what its kubelet reports
@@ -421,9 +427,15 @@ pub enum Problem {
     /// The template's image is not a valid reference; nothing is measured.
     #[error("invalid image: {0}")]
     InvalidImage(String),
-    /// A registry look-up failed; what could be learned is recorded.
-    #[error("{0}")]
-    Registry(Arc<RegistryError>),
+    /// A registry look-up failed; what could be learned is recorded. A
+    /// refusal (401/403) says which pull secret was tried.
+    #[error("{error}{}", credentials.as_deref().map(|c| format!("; {c}")).unwrap_or_default())]
+    Registry {
+        /// The failure.
+        error: Arc<RegistryError>,
+        /// For a refusal: the credentials shown, or that none were.
+        credentials: Option<String>,
+    },
 }
 
 /// What [`measure`] learned.
@@ -529,12 +541,15 @@ pub async fn measure(
         let record =
             measure_container(lookup, &image, &observation, base, before, &mut failures).await;
         out.containers.push(record);
-        out.problems.extend(
-            failures
-                .errors
-                .into_iter()
-                .map(|e| (name.clone(), Problem::Registry(e))),
-        );
+        out.problems
+            .extend(failures.errors.into_iter().map(|error| {
+                let credentials = (error.category() == "registry_unauthorized").then(|| {
+                    lookup
+                        .keychain
+                        .refusal_hint(lookup.registry.host_for(&image.registry))
+                });
+                (name.clone(), Problem::Registry { error, credentials })
+            }));
     }
     out
 }

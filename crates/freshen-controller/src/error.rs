@@ -16,6 +16,15 @@ pub enum Error {
     /// (`Arc`) because one failed request answers every workload that asked.
     #[error(transparent)]
     Registry(#[from] Arc<RegistryError>),
+    /// A registry refused the credentials shown (or their absence); the
+    /// note says which pull secret was tried. Retried later.
+    #[error("{source}; {credentials}")]
+    RegistryRefused {
+        /// The refusal.
+        source: Arc<RegistryError>,
+        /// Which pull secret's credentials were shown, or that none were.
+        credentials: String,
+    },
     /// Writing a policy's status failed; retried later.
     #[error("writing policy status failed: {0}")]
     PolicyStatus(#[source] kube::Error),
@@ -76,7 +85,7 @@ impl Error {
     pub fn category(&self) -> &'static str {
         match self {
             Self::MissingField(_) => "missing_field",
-            Self::Registry(e) => e.category(),
+            Self::Registry(e) | Self::RegistryRefused { source: e, .. } => e.category(),
             Self::PolicyStatus(_) => "policy_status",
             Self::StoreProgress(_) => "refresh_store_progress",
             Self::ClearEvents(_) => "refresh_clear_events",

@@ -37,7 +37,7 @@ use crate::error::Error;
 use crate::planner::{self, Outcome};
 use crate::rebuild;
 use crate::records::{WorkloadKey, WorkloadRecord};
-use freshen_registry::{Keychain, Platform, RegistryError};
+use freshen_registry::{Keychain, Platform};
 
 /// Reconciles one Deployment: configure -> gather -> measure -> judge ->
 /// plan -> announce -> record -> requeue.
@@ -113,7 +113,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
     outcome?;
     rebuilds.result?;
     match registry_error {
-        Some(e) => Err(e.into()),
+        Some(e) => Err(e),
         None => Ok(Action::requeue(requeue)),
     }
 }
@@ -197,7 +197,7 @@ async fn report_problems(
     ctx: &Context,
     deploy: &Deployment,
     measurement: &Measurement,
-) -> Option<Arc<RegistryError>> {
+) -> Option<Error> {
     let mut registry_error = None;
     let mut invalid_images = Vec::new();
     for (container, problem) in &measurement.problems {
@@ -205,9 +205,15 @@ async fn report_problems(
             Problem::InvalidImage(_) => {
                 invalid_images.push(format!("container {container}: {problem}"));
             }
-            Problem::Registry(e) => {
-                warn!(error = %e, %container, "registry look-up failed");
-                registry_error.get_or_insert_with(|| Arc::clone(e));
+            Problem::Registry { error, credentials } => {
+                warn!(%error, %container, "registry look-up failed");
+                registry_error.get_or_insert_with(|| match credentials {
+                    Some(credentials) => Error::RegistryRefused {
+                        source: Arc::clone(error),
+                        credentials: credentials.clone(),
+                    },
+                    None => Error::Registry(Arc::clone(error)),
+                });
             }
         }
     }

@@ -29,13 +29,79 @@ impl fmt::Debug for Credential {
     }
 }
 
-/// Credentials by registry host (`host[:port]`, Docker Hub as `docker.io`).
+/// Credentials by registry host (`host[:port]`, Docker Hub as `docker.io`),
+/// with the pull secret each came from, so that a refusal can name it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Keychain {
     entries: BTreeMap<String, Credential>,
+    /// The pull secret each entry came from.
+    sources: BTreeMap<String, String>,
+    /// Every pull secret consulted, in order, readable or not.
+    consulted: Vec<String>,
+    /// The consulted pull secrets that could not be read or parsed.
+    unreadable: Vec<String>,
 }
 
 impl Keychain {
+    /// Marks every entry as coming from the pull secret `name`.
+    #[must_use]
+    pub fn from_secret(mut self, name: &str) -> Self {
+        for registry in self.entries.keys() {
+            self.sources.insert(registry.clone(), name.to_owned());
+        }
+        self
+    }
+
+    /// Notes that the pull secret `name` was consulted (whether or not it
+    /// could be read).
+    pub fn consulted(&mut self, name: &str) {
+        if !self.consulted.iter().any(|n| n == name) {
+            self.consulted.push(name.to_owned());
+        }
+    }
+
+    /// Notes that the consulted pull secret `name` could not be used (not
+    /// found, not readable, not a docker config).
+    pub fn unusable(&mut self, name: &str) {
+        self.consulted(name);
+        if !self.unreadable.iter().any(|n| n == name) {
+            self.unreadable.push(name.to_owned());
+        }
+    }
+
+    /// Why a registry refused: which pull secret's credentials it was
+    /// shown, or that no consulted pull secret holds any for it.
+    pub fn refusal_hint(&self, registry: &str) -> String {
+        let registry = normalize_host(registry);
+        if self.entries.contains_key(&registry) {
+            return match self.sources.get(&registry) {
+                Some(secret) => {
+                    format!("the credentials for {registry} in pull secret {secret} were refused")
+                }
+                None => format!("the credentials for {registry} were refused"),
+            };
+        }
+        if !self.unreadable.is_empty() {
+            return format!(
+                "freshen could not use the pull secret{} {} (see PullSecretUnusable), and no \
+                 other holds credentials for {registry}",
+                if self.unreadable.len() == 1 { "" } else { "s" },
+                self.unreadable.join(", ")
+            );
+        }
+        match self.consulted.as_slice() {
+            [] => format!(
+                "the workload names no pull secret (pod spec or ServiceAccount imagePullSecrets) \
+                 with credentials for {registry}"
+            ),
+            [one] => format!("the pull secret {one} has no credentials for {registry}"),
+            many => format!(
+                "none of the pull secrets {} has credentials for {registry}",
+                many.join(", ")
+            ),
+        }
+    }
+
     /// The credential for `registry`, if any.
     pub fn get(&self, registry: &str) -> Option<&Credential> {
         self.entries.get(registry)
@@ -45,7 +111,18 @@ impl Keychain {
     /// first secret that names a registry wins, as with the kubelet.
     pub fn merge(&mut self, other: Keychain) {
         for (registry, credential) in other.entries {
-            self.entries.entry(registry).or_insert(credential);
+            if !self.entries.contains_key(&registry) {
+                if let Some(source) = other.sources.get(&registry) {
+                    self.sources.insert(registry.clone(), source.clone());
+                }
+                self.entries.insert(registry, credential);
+            }
+        }
+        for name in other.consulted {
+            self.consulted(&name);
+        }
+        for name in other.unreadable {
+            self.unusable(&name);
         }
     }
 

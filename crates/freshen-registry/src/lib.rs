@@ -110,7 +110,7 @@ impl RegistryConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     /// Resolving a tag to a digest failed.
-    #[error("{image}: resolving the tag failed: {source}")]
+    #[error("{}", describe(Step::Resolve, image, source))]
     Resolve {
         /// The image (with tag).
         image: String,
@@ -128,7 +128,7 @@ pub enum RegistryError {
         digest: String,
     },
     /// Fetching the manifest failed.
-    #[error("{image}: fetching manifest failed: {source}")]
+    #[error("{}", describe(Step::Manifest, image, source))]
     Manifest {
         /// The image (with digest).
         image: String,
@@ -190,7 +190,7 @@ pub enum RegistryError {
         why: String,
     },
     /// Fetching the config blob failed.
-    #[error("{image}: fetching image config failed: {source}")]
+    #[error("{}", describe(Step::Config, image, source))]
     Config {
         /// The image.
         image: String,
@@ -201,6 +201,74 @@ pub enum RegistryError {
     /// certificate).
     #[error("setting up registry access failed: {0}")]
     Setup(String),
+}
+
+/// Which registry call failed, for [`describe`].
+#[derive(Clone, Copy)]
+enum Step {
+    Resolve,
+    Manifest,
+    Config,
+}
+
+/// A failed registry call as a person would say it: what was not found,
+/// who refused, who is failing. The URL and the registry's own words stay
+/// at the end where they add something; the category (for metrics) is
+/// [`RegistryError::category`].
+fn describe(step: Step, image: &str, source: &HttpError) -> String {
+    // `host/path:tag` or `host/path@digest`.
+    let (repository, reference) = match image.rsplit_once('@') {
+        Some((repo, digest)) => (repo, digest),
+        None => match image.rsplit_once(':') {
+            Some((repo, tag)) if !tag.contains('/') => (repo, tag),
+            _ => (image, ""),
+        },
+    };
+    let registry = repository.split('/').next().unwrap_or(repository);
+    let short = reference
+        .strip_prefix("sha256:")
+        .and_then(|hex| hex.get(..12))
+        .unwrap_or(reference);
+    let what = match step {
+        Step::Resolve => format!("tag {reference}"),
+        Step::Manifest => format!("manifest {short}"),
+        Step::Config => format!("the image config of {short}"),
+    };
+    let detail = match source {
+        HttpError::Status {
+            detail: Some(d), ..
+        } => format!(" ({d})"),
+        _ => String::new(),
+    };
+    match source.status() {
+        Some(404) => format!("{what} not found in {repository} (404)"),
+        Some(status @ (401 | 403)) => match source {
+            HttpError::Realm { .. } | HttpError::Token { .. } => {
+                format!("{status} from {registry}: {source}")
+            }
+            _ if status == 401 => format!(
+                "401 from {registry}: it asks for credentials to read {repository}, and those \
+                 presented (if any) were not accepted{detail}"
+            ),
+            _ => format!(
+                "403 from {registry}: the credentials presented may not read {repository}{detail}"
+            ),
+        },
+        Some(429) => format!("429 from {registry}: it is rate-limiting freshen{detail}"),
+        Some(status @ 500..=599) => {
+            format!("{status} from {registry}: the registry failed for {image}{detail}")
+        }
+        _ => match source {
+            HttpError::Request { .. } => {
+                let mut cause: &dyn std::error::Error = source;
+                while let Some(next) = cause.source() {
+                    cause = next;
+                }
+                format!("{registry} could not be reached for {what} of {repository}: {cause}")
+            }
+            _ => format!("{what} of {repository}: {source}"),
+        },
+    }
 }
 
 impl RegistryError {
@@ -755,6 +823,36 @@ fn facts_weight(facts: &ImageFacts) -> usize {
             .map_or(0, |d| d.as_str().len())
         + facts.base_name.as_ref().map_or(0, String::len)
         + facts.base_digest.as_ref().map_or(0, |d| d.as_str().len())
+}
+
+#[cfg(test)]
+mod describe_tests {
+    use super::*;
+
+    fn status(code: u16, detail: Option<&str>) -> HttpError {
+        HttpError::Status {
+            status: code,
+            url: "http://reg.example/v2/team/app/manifests/v1".into(),
+            detail: detail.map(str::to_owned),
+            retry_after: None,
+        }
+    }
+
+    #[test]
+    fn failures_read_as_a_person_would_say_them() {
+        let tag = "reg.example/team/app:v1";
+        let digest = format!("reg.example/team/app@sha256:{}", "ab".repeat(32));
+        for (step, image, source, want) in [
+            (Step::Resolve, tag, status(404, Some("manifest unknown")), "tag v1 not found in reg.example/team/app (404)".to_owned()),
+            (Step::Manifest, digest.as_str(), status(404, None), "manifest abababababab not found in reg.example/team/app (404)".to_owned()),
+            (Step::Resolve, tag, status(401, None), "401 from reg.example: it asks for credentials to read reg.example/team/app, and those presented (if any) were not accepted".to_owned()),
+            (Step::Resolve, tag, status(403, Some("denied")), "403 from reg.example: the credentials presented may not read reg.example/team/app (denied)".to_owned()),
+            (Step::Resolve, tag, status(429, None), "429 from reg.example: it is rate-limiting freshen".to_owned()),
+            (Step::Config, digest.as_str(), status(503, None), format!("503 from reg.example: the registry failed for {digest}")),
+        ] {
+            assert_eq!(describe(step, image, &source), want);
+        }
+    }
 }
 
 #[cfg(test)]
