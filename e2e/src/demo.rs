@@ -64,6 +64,7 @@ fn heading(text: &str) {
 /// Runs the demo; with `keep_running`, leaves the operator up until Ctrl-C.
 pub async fn run(harness: &Harness, keep_running: bool) -> anyhow::Result<()> {
     let client = harness.client().await?;
+    let started = Utc::now();
     fresh_namespace(harness, &client).await?;
     let run = Utc::now().format("%H%M%S").to_string();
     let images = push_images(harness, &run).await?;
@@ -86,6 +87,12 @@ pub async fn run(harness: &Harness, keep_running: bool) -> anyhow::Result<()> {
     moved_base(harness, &client, &images, &run).await?;
     heading("What an SRE sees");
     dashboard(harness).await?;
+    // `make plots` draws this run's window, not whatever ran before it.
+    let window = crate::repo_root().join("target/demo-window");
+    std::fs::write(
+        &window,
+        format!("{} {}\n", started.timestamp(), Utc::now().timestamp()),
+    )?;
 
     println!(
         "\nPrometheus: {}/graph?g0.expr=freshen_image_age_seconds",

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Renders the Grafana dashboard's panels (files/dashboard.json) as PNG
 plots from the harness' real Prometheus: the same expressions, evaluated
-over the --minutes before the operator was last scraped (what the last
-`make demo` produced). `make plots` runs it.
+over the window of the last `make demo` run (target/demo-window), else the
+--minutes before the operator was last scraped. `make plots` runs it.
 
 Grafana is not packaged here; these plots are how README shows what the
 dashboard shows.
@@ -61,7 +61,7 @@ def draw(ax, panel, url, start, end):
     if kind == "timeseries":
         for target in panel["targets"]:
             series = get(url, "/api/v1/query_range", query=expand(target["expr"], "1m"),
-                         start=start.timestamp(), end=end.timestamp(), step="10s")
+                         start=start.timestamp(), end=end.timestamp(), step="2s")
             # Series that stayed 0 the whole time (outcomes that did not
             # happen) would only crowd the legend.
             moving = [s for s in series if any(float(v) != 0 for _, v in s["values"])]
@@ -118,8 +118,15 @@ def main():
     args = parser.parse_args()
     url = prometheus_url()
     dashboard = json.loads(DASHBOARD.read_text())
-    end = last_scrape(url)
-    start = end - dt.timedelta(minutes=args.minutes)
+    window = ROOT / "target" / "demo-window"
+    if window.exists():
+        # The last `make demo` run.
+        first, last = (float(x) for x in window.read_text().split())
+        start = dt.datetime.fromtimestamp(first)
+        end = dt.datetime.fromtimestamp(last)
+    else:
+        end = last_scrape(url)
+        start = end - dt.timedelta(minutes=args.minutes)
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
     panels = dashboard["panels"]
