@@ -524,3 +524,58 @@ async fn every_dashboard_and_alert_expression_is_valid_promql_over_exported_metr
     }
     Ok(())
 }
+
+#[test]
+fn the_operator_pod_passes_the_restricted_pod_security_standard() -> anyhow::Result<()> {
+    // The API server's own Pod Security admission judges the chart's pod
+    // template, as a pod, in a namespace that enforces `restricted`.
+    let harness = Harness::load()?;
+    let namespace = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: freshen-chart-restricted\n  \
+                     labels:\n    pod-security.kubernetes.io/enforce: restricted\n";
+    let out = harness.kubectl(&["apply", "-f", "-"], Some(namespace.as_bytes()))?;
+    ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rendered = template(&harness, "pss", &[])?;
+    let deployment = rendered
+        .split("\n---\n")
+        .find(|d| d.contains("\nkind: Deployment\n"))
+        .context("a Deployment")?;
+    let deployment: serde_json::Value = serde_yaml::from_str(deployment)?;
+    let template = &deployment["spec"]["template"];
+    let pod = |spec: &serde_json::Value| {
+        serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "freshen-pss", "namespace": "freshen-chart-restricted"},
+            "spec": spec,
+        })
+    };
+    let create = |pod: serde_json::Value| -> anyhow::Result<std::process::Output> {
+        harness.kubectl(
+            &["create", "--dry-run=server", "-f", "-"],
+            Some(pod.to_string().as_bytes()),
+        )
+    };
+    let out = create(pod(&template["spec"]))?;
+    ensure!(
+        out.status.success(),
+        "the restricted standard refused the operator's pod: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The check has teeth: the same pod without its security context is
+    // refused.
+    let mut loose = template["spec"].clone();
+    loose["securityContext"] = serde_json::json!({});
+    loose["containers"][0]["securityContext"] = serde_json::json!({});
+    let out = create(pod(&loose))?;
+    ensure!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("violates PodSecurity \"restricted"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}

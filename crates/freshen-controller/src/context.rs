@@ -59,6 +59,8 @@ pub struct Context {
     pub deployments: Store<Deployment>,
     /// Every pod, from one shared watch.
     pub pods: Store<Pod>,
+    /// The pods of each Deployment, from the same watch.
+    pub pod_index: crate::pod_index::PodIndex,
     /// Every ServiceAccount, for the imagePullSecrets they add.
     pub service_accounts: Store<ServiceAccount>,
     /// Every node, for the platform a workload's pods run on.
@@ -96,4 +98,16 @@ pub struct Context {
     pub planning: tokio::sync::Mutex<crate::ledger::Ledger>,
     /// Settings.
     pub config: ControllerConfig,
+}
+
+impl Context {
+    /// The pods (from the shared store) of Deployment `namespace/name`,
+    /// found through the pod index: no scan of every pod.
+    pub fn pods_of(&self, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
+        self.pod_index
+            .pods_of(&ObjectRef::new(name).within(namespace))
+            .iter()
+            .filter_map(|r| self.pods.get(r))
+            .collect()
+    }
 }

@@ -16,6 +16,7 @@ pub mod ledger;
 pub mod metrics;
 pub mod notify;
 pub mod planner;
+pub mod pod_index;
 pub mod policy_status;
 pub mod promql;
 pub mod rebuild;
@@ -24,6 +25,7 @@ pub mod refresh;
 pub mod report;
 pub mod server;
 pub mod tags;
+pub mod trim;
 pub mod webhook;
 pub mod workload;
 
@@ -196,9 +198,26 @@ fn reflected<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
 {
+    reflected_trimmed(api, config, writer, synced, |o| {
+        o.managed_fields_mut().clear()
+    })
+}
+
+/// [`reflected`], keeping of each object only what `trim` leaves
+/// ([`trim`]): the store holds no more than freshen reads.
+fn reflected_trimmed<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: reflector::store::Writer<K>,
+    synced: Synced,
+    trim: fn(&mut K),
+) -> impl Stream<Item = Result<watcher::Event<K>, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Debug + DeserializeOwned + Send + Sync + 'static,
+{
     watcher(api, config)
         .default_backoff()
-        .modify(|o| o.managed_fields_mut().clear())
+        .modify(trim)
         .reflect(writer)
         .inspect_ok(move |event| {
             if matches!(event, watcher::Event::InitDone) {
@@ -444,12 +463,18 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     // reconciles read from; a pod of a canary or of a workload under refresh
     // also wakes its Refresh.
     let (pod_store, pod_writer) = reflector::store();
-    let pod_trigger = reflected(
+    let pod_index = pod_index::PodIndex::default();
+    let pod_trigger = reflected_trimmed(
         pods,
         watcher::Config::default(),
         pod_writer,
         readiness.watch(Watch::Pods),
+        trim::pod,
     )
+    .inspect_ok({
+        let index = pod_index.clone();
+        move |event| index.apply(event)
+    })
     .touched_objects()
     .inspect_ok(wake_refresh(&refresh_store, &refresh_tx, refresh::of_pod));
 
@@ -490,11 +515,12 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     // Namespace labels decide which ClusterRefreshPolicies apply; a change
     // re-measures the namespace's workloads.
     let (namespace_store, namespace_writer) = reflector::store();
-    let namespace_trigger = reflected(
+    let namespace_trigger = reflected_trimmed(
         Api::<Namespace>::all(client.clone()),
         namespace_watch,
         namespace_writer,
         readiness.watch(Watch::Namespaces),
+        trim::namespace,
     )
     .applied_objects();
     let in_namespace = {
@@ -517,12 +543,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let nodes_synced = readiness.watch(Watch::Nodes);
     let node_watch = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .modify(|node| {
-            node.managed_fields_mut().clear();
-            if let Some(status) = node.status.as_mut() {
-                status.images = None;
-            }
-        })
+        .modify(trim::node)
         .reflect(node_writer)
         .for_each(move |event| {
             if matches!(event, Ok(watcher::Event::InitDone)) {
@@ -536,11 +557,12 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     // cached so that a reconcile costs no request for them.
     let (account_store, account_writer) = reflector::store();
     let accounts_api: Api<ServiceAccount> = scoped(&client, config.namespace.as_deref());
-    let account_watch = reflected(
+    let account_watch = reflected_trimmed(
         accounts_api,
         watcher::Config::default(),
         account_writer,
         readiness.watch(Watch::ServiceAccounts),
+        trim::service_account,
     )
     .for_each(|_| futures::future::ready(()));
     tokio::spawn(account_watch);
@@ -586,6 +608,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         records,
         deployments: deploy_store.clone(),
         pods: pod_store,
+        pod_index,
         service_accounts: account_store,
         nodes: node_store,
         namespaces: namespace_store,

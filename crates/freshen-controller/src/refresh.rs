@@ -133,20 +133,18 @@ async fn observe(
     let holder = canary
         .as_deref()
         .map_or(CanaryHolder::Nobody, |c| canary_holder(c, refresh));
-    let pods = ctx.pods.state();
-    let live = |p: &&Arc<Pod>| {
-        p.namespace().as_deref() == Some(&namespace) && p.metadata.deletion_timestamp.is_none()
-    };
-    let canary_pods = pods
+    let live = |p: &&Arc<Pod>| p.metadata.deletion_timestamp.is_none();
+    let canary_pods = ctx
+        .pods_of(&namespace, &canary_name)
         .iter()
         .filter(live)
         .filter(|p| p.labels().get(REFRESH_LABEL) == Some(&name))
         .map(|p| pod_health(p))
         .collect();
-    let new_pods = pods
+    let new_pods = ctx
+        .pods_of(&namespace, &refresh.spec.workload)
         .iter()
         .filter(live)
-        .filter(|p| owning_deployment(p).is_some_and(|d| d.name == refresh.spec.workload))
         .filter(|p| runs_target(p, &target))
         .map(|p| pod_health(p))
         .collect();

@@ -32,7 +32,6 @@ use crate::assess::{
     platform_of, pull_credentials,
 };
 use crate::context::Context;
-use crate::deployment::owning_deployment;
 use crate::error::Error;
 use crate::planner::{self, Outcome};
 use crate::rebuild;
@@ -164,11 +163,8 @@ struct Gathered {
 /// for unusable secrets) and the platform most of its pods' nodes run.
 async fn gather(ctx: &Context, deploy: &Deployment, key: &WorkloadKey) -> Gathered {
     let pods: Vec<PodFacts> = ctx
-        .pods
-        .state()
+        .pods_of(&key.namespace, &key.name)
         .iter()
-        .filter(|p| p.namespace().as_deref() == Some(&key.namespace))
-        .filter(|p| owning_deployment(p).is_some_and(|d| d.name == key.name))
         .map(|p| pod_facts(p))
         .collect();
     let (keychain, secret_problems) =
@@ -338,7 +334,7 @@ pub fn pod_facts(pod: &Pod) -> PodFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deployment::POD_TEMPLATE_HASH;
+    use crate::deployment::{POD_TEMPLATE_HASH, owning_deployment};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;
 

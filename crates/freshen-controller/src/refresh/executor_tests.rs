@@ -203,6 +203,7 @@ fn context(
         records,
         deployments: deploy_store,
         pods: reflector::store().0,
+        pod_index: crate::pod_index::PodIndex::default(),
         service_accounts: reflector::store().0,
         nodes: reflector::store().0,
         namespaces: reflector::store().0,
