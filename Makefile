@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools static image chart-check demo plots bench-registry bench-refresh bench-velocity test clean
+.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-registry bench-refresh bench-velocity test clean
 
 all: build
 
@@ -94,6 +94,18 @@ bench-refresh: e2e-up
 bench-velocity: e2e-up
 	$(CARGO) build --release -p freshen -p freshen-e2e
 	FRESHEN_BIN=target/release/freshen ./target/release/freshen-e2e bench-velocity $(BENCH_ARGS)
+
+# Scale (not a test: it writes bench/results/scale-<date>.md and a plot):
+# first complete assessment, RSS and idle CPU of a cluster-wide operator at
+# growing numbers of Deployments, 2,000 ignored ones beside them. 44 kwok
+# nodes hold the pods. BENCH_ARGS, e.g. `--sizes 1000,2500`.
+bench-scale:
+	FRESHEN_E2E_NODES=44 $(HARNESS)/up.sh
+	$(CARGO) build --release -p freshen -p freshen-e2e
+	FRESHEN_BIN=target/release/freshen ./target/release/freshen-e2e bench-scale $(BENCH_ARGS)
+	[ -x $(PLOTS_VENV)/bin/python ] || python3 -m venv $(PLOTS_VENV)
+	$(PLOTS_VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(PLOTS_VENV)/bin/pip install -q matplotlib==3.11.2
+	$(PLOTS_VENV)/bin/python bench/plot_scale.py
 
 test: fmt-check clippy unit e2e
 

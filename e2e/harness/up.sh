@@ -76,14 +76,6 @@ YAML
     echo "$cluster_sum" >"$E2E_STATE/cluster.sum"
   fi
   wait_until "the API server" 60 cluster_up
-  # Simulated nodes, so that replicas spread as they would for real. kwok's
-  # default node holds 110 pods (a kubelet's default); 250 each gives the
-  # scale benchmark room for 1000 pods within each node's /24 pod CIDR.
-  if [ "$(kubectl get nodes -o name 2>/dev/null | wc -l)" -lt "$E2E_NODES" ]; then
-    kwokctl scale node --replicas "$E2E_NODES" --param '.allocatable.pods=250' >&2
-  fi
-  wait_until "$E2E_NODES Ready nodes" 60 bash -c \
-    "[ \$('$E2E_BIN/kubectl-$KUBE_VERSION' --kubeconfig '$E2E_STATE/kubeconfig' get nodes --no-headers | grep -c ' Ready') -ge $E2E_NODES ]"
   # The default ServiceAccount is what test pods run as; its creation is
   # asynchronous in a new cluster.
   wait_until "the default ServiceAccount" 60 kubectl -n default get serviceaccount default
@@ -261,7 +253,21 @@ install_chart() {
   log "chart charts/freshen installed as release $E2E_RELEASE in $E2E_OPERATOR_NAMESPACE (operator replicas 0)"
 }
 
+# Simulated nodes, so that replicas spread as they would for real. kwok's
+# default node holds 110 pods (a kubelet's default); 250 each gives the
+# scale benchmarks room (FRESHEN_E2E_NODES=44 holds 11,000 pods). Applied to
+# a cluster that is already up too, so a benchmark can ask for more nodes.
+scale_nodes() {
+  if [ "$(kubectl get nodes -o name 2>/dev/null | wc -l)" -lt "$E2E_NODES" ]; then
+    log "scaling to $E2E_NODES simulated nodes"
+    kwokctl scale node --replicas "$E2E_NODES" --param '.allocatable.pods=250' >&2
+  fi
+  wait_until "$E2E_NODES Ready nodes" 120 bash -c \
+    "[ \$('$E2E_BIN/kubectl-$KUBE_VERSION' --kubeconfig '$E2E_STATE/kubeconfig' get nodes --no-headers | grep -c ' Ready') -ge $E2E_NODES ]"
+}
+
 start_cluster
+scale_nodes
 apply_standin_crds
 install_chart
 start_registry

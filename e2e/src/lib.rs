@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod bench_refresh;
+pub mod bench_scale;
 pub mod bench_velocity;
 pub mod demo;
 pub mod image;

@@ -50,7 +50,17 @@ impl Operator {
     /// Prometheus scrapes) with `extra` arguments, and waits until /readyz
     /// says its caches are synced.
     pub async fn start(harness: &Harness, extra: &[&str]) -> anyhow::Result<Self> {
-        let operator = Self::start_at(harness, &harness.operator_metrics_addr, extra).await?;
+        Self::start_with(harness, &binary(), extra).await
+    }
+
+    /// [`Operator::start`] of another build of freshen (a benchmark's
+    /// baseline).
+    pub async fn start_with(
+        harness: &Harness,
+        bin: &std::path::Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let operator = Self::launch(harness, bin, &harness.operator_metrics_addr, extra).await?;
         operator.await_leading().await?;
         Ok(operator)
     }
@@ -86,7 +96,15 @@ impl Operator {
     /// beside the one Prometheus scrapes) and waits until it serves /readyz,
     /// as leader or standby.
     pub async fn start_at(harness: &Harness, addr: &str, extra: &[&str]) -> anyhow::Result<Self> {
-        let bin = binary();
+        Self::launch(harness, &binary(), addr, extra).await
+    }
+
+    async fn launch(
+        harness: &Harness,
+        bin: &std::path::Path,
+        addr: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
         if !bin.exists() {
             bail!(
                 "{} does not exist: build it with `cargo build -p freshen` (make e2e does)",
@@ -103,7 +121,7 @@ impl Operator {
         // the chart lacks fails a test, and the chart's admission policies
         // see the operator as they would in a cluster.
         let kubeconfig = harness.kubeconfig_for(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT)?;
-        let child = Command::new(&bin)
+        let child = Command::new(bin)
             .args(["run", "--metrics-addr", addr])
             .args(["--plain-http-registry", &harness.registry])
             .args(["--registry-allow", crate::HARNESS_REGISTRY_HOST])

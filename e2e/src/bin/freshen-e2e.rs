@@ -75,6 +75,25 @@ enum Command {
         #[arg(long, default_value = "freshen-dev")]
         repository: String,
     },
+    /// First complete assessment, RSS and idle CPU of a cluster-wide
+    /// operator at growing numbers of Deployments (`make bench-scale`).
+    BenchScale {
+        /// Numbers of opted-in Deployments, comma-separated, ascending.
+        #[arg(long, default_value = "1000,2500,5000,10000", value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Deployments that did not opt in, beside them.
+        #[arg(long, default_value_t = 2000)]
+        ignored: usize,
+        /// Distinct images.
+        #[arg(long, default_value_t = 10)]
+        images: usize,
+        /// The operator's poll interval.
+        #[arg(long, default_value = "2m")]
+        poll_interval: String,
+        /// Another freshen binary to measure at each size too (a baseline).
+        #[arg(long)]
+        baseline: Option<std::path::PathBuf>,
+    },
     /// Build a small OCI image and push it to the harness registry.
     PushImage {
         /// Repository, e.g. `demo/app`.
@@ -134,6 +153,29 @@ async fn main() -> anyhow::Result<()> {
             for row in rows {
                 println!("{row}");
             }
+            Ok(())
+        }
+        Command::BenchScale {
+            sizes,
+            ignored,
+            images,
+            poll_interval,
+            baseline,
+        } => {
+            let config = freshen_e2e::bench_scale::ScaleConfig {
+                sizes,
+                ignored,
+                images,
+                poll_interval: freshen_core::parse_duration(&poll_interval)?,
+                baseline,
+            };
+            let rows = freshen_e2e::bench_scale::run(&harness, &config).await?;
+            println!("{}", freshen_e2e::bench_scale::HEADER);
+            for row in &rows {
+                println!("{}", freshen_e2e::bench_scale::row_line(row));
+            }
+            let path = freshen_e2e::bench_scale::write_results(&config, &rows)?;
+            println!("written to {}", path.display());
             Ok(())
         }
         Command::Image { binary, repository } => {

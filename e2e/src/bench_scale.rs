@@ -1,0 +1,316 @@
+//! `make bench-scale`: the first complete assessment, memory and idle CPU
+//! of a cluster-wide operator (release build) at growing numbers of
+//! opted-in Deployments, beside Deployments that did not opt in, and the
+//! cold `freshen report` over the same.
+//!
+//! The workloads grow in place (1,000, then 2,500, ...): each size starts a
+//! fresh operator, so every figure is a first assessment from nothing.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use chrono::Utc;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use kube::Api;
+use kube::api::{ListParams, Patch, PatchParams};
+
+use crate::image::{ImageSpec, Pushed, push};
+use crate::operator::Operator;
+use crate::{Harness, deployment, wait_for};
+
+/// The benchmark's namespaces: the governed workloads, and the others.
+const GOVERNED: &str = "scale-governed";
+const IGNORED: &str = "scale-ignored";
+
+/// Benchmark settings.
+#[derive(Debug, Clone)]
+pub struct ScaleConfig {
+    /// Numbers of opted-in Deployments, ascending.
+    pub sizes: Vec<usize>,
+    /// Deployments that did not opt in (present at every size).
+    pub ignored: usize,
+    /// Distinct images the workloads share.
+    pub images: usize,
+    /// The operator's poll interval.
+    pub poll_interval: Duration,
+    /// Another build to measure at each size too (e.g. the previous
+    /// commit's), as the baseline.
+    pub baseline: Option<std::path::PathBuf>,
+}
+
+/// What one size measured.
+#[derive(Debug, Clone)]
+pub struct ScaleRow {
+    /// Which build: `freshen` or `baseline`.
+    pub build: &'static str,
+    /// Opted-in Deployments.
+    pub workloads: usize,
+    /// Operator start -> every workload has an image-age series.
+    pub first_assessment: Duration,
+    /// Resident memory once assessed, and after the idle window.
+    pub rss_mib: (f64, f64),
+    /// CPU between polls, share of one core, over the idle window.
+    pub idle_cpu: f64,
+    /// Mean reconcile of the deployment controller.
+    pub mean_reconcile: Duration,
+    /// `freshen report` over the governed namespace, cold.
+    pub report: Duration,
+}
+
+/// Runs every size; returns one row each.
+pub async fn run(harness: &Harness, config: &ScaleConfig) -> anyhow::Result<Vec<ScaleRow>> {
+    let client = harness.client().await?;
+    for ns in [GOVERNED, IGNORED] {
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                ns,
+                &PatchParams::apply("freshen-bench").force(),
+                &Patch::Apply(&namespace),
+            )
+            .await?;
+    }
+    let mut images = Vec::new();
+    for i in 0..config.images {
+        images.push(
+            push(
+                &harness.registry,
+                &format!("scale/img{i}"),
+                "v1",
+                &ImageSpec::built_at(Utc::now()),
+            )
+            .await?,
+        );
+    }
+    ensure_workloads(harness, IGNORED, config.ignored, &images, false).await?;
+    let mut rows = Vec::new();
+    for &n in &config.sizes {
+        ensure_workloads(harness, GOVERNED, n, &images, true).await?;
+        let mut builds = vec![("freshen", crate::operator::binary())];
+        builds.extend(config.baseline.iter().map(|b| ("baseline", b.clone())));
+        for (build, binary) in builds {
+            rows.push(measure(harness, config, n, build, &binary).await?);
+            eprintln!("{}", row_line(rows.last().context("a row")?));
+        }
+    }
+    Ok(rows)
+}
+
+/// Creates Deployments `w00000`.. up to `count` in `namespace` (server-side
+/// apply, 32 at a time; those already there are left) and waits for their
+/// pods.
+async fn ensure_workloads(
+    harness: &Harness,
+    namespace: &str,
+    count: usize,
+    images: &[Pushed],
+    opted_in: bool,
+) -> anyhow::Result<()> {
+    let client = harness.client().await?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    let existing = deployments
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .len();
+    if existing < count {
+        eprintln!("creating Deployments {existing}..{count} in {namespace} ...");
+        let started = Instant::now();
+        let apply = PatchParams::apply("freshen-bench").force();
+        futures::stream::iter(existing..count)
+            .map(|i| {
+                let deployments = deployments.clone();
+                let apply = apply.clone();
+                let image = images[i % images.len()].pinned();
+                async move {
+                    let name = format!("w{i:05}");
+                    let annotations: &[(&str, &str)] = if opted_in {
+                        &[("freshen.dev/refresh", "enabled")]
+                    } else {
+                        &[]
+                    };
+                    let mut d = deployment(&name, &image, 1, annotations)?;
+                    d.metadata.namespace = Some(namespace.to_owned());
+                    deployments.patch(&name, &apply, &Patch::Apply(&d)).await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await?;
+        eprintln!("  created in {:.1}s", started.elapsed().as_secs_f64());
+    }
+    let pods: Api<Pod> = Api::namespaced(client, namespace);
+    let started = Instant::now();
+    wait_for(
+        &format!("{count} Ready pods in {namespace}"),
+        Duration::from_secs(1800),
+        Duration::from_secs(3),
+        || {
+            let pods = pods.clone();
+            async move {
+                let ready = pods
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .filter(|p| {
+                        p.status
+                            .as_ref()
+                            .and_then(|s| s.container_statuses.as_ref())
+                            .is_some_and(|cs| cs.iter().all(|c| c.ready))
+                    })
+                    .count();
+                Ok((ready >= count).then_some(()))
+            }
+        },
+    )
+    .await?;
+    eprintln!(
+        "  {count} pods Ready in {namespace} after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// CPU time (user + system) of process `pid`, from `/proc/<pid>/stat`.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command (which may hold spaces) in parentheses.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("no ) in stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).context("utime")?.parse::<u64>()?
+        + fields.get(12).context("stime")?.parse::<u64>()?;
+    // Linux reports in clock ticks of 100 Hz (USER_HZ).
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+async fn measure(
+    harness: &Harness,
+    config: &ScaleConfig,
+    n: usize,
+    build: &'static str,
+    binary: &std::path::Path,
+) -> anyhow::Result<ScaleRow> {
+    let poll = freshen_core::HumanDuration(config.poll_interval).to_string();
+    let started = Instant::now();
+    // Cluster-wide, as production runs it.
+    let operator = Operator::start_with(harness, binary, &["--poll-interval", &poll]).await?;
+    let series = r#"freshen_image_age_seconds{container="app","#;
+    let namespace = format!(r#"namespace="{GOVERNED}""#);
+    wait_for(
+        &format!("all {n} workloads assessed"),
+        Duration::from_secs(1200),
+        Duration::from_secs(1),
+        || async {
+            let text = operator.scrape().await?;
+            let measured = text
+                .lines()
+                .filter(|l| l.starts_with(series) && l.contains(&namespace))
+                .count();
+            Ok((measured >= n).then_some(()))
+        },
+    )
+    .await?;
+    let first_assessment = started.elapsed();
+    let rss_assessed = operator.rss_bytes()? as f64 / 1_048_576.0;
+    // Idle: between polls nothing should happen. 20 s of CPU time.
+    let window = Duration::from_secs(20);
+    let cpu_before = cpu_time(operator.pid())?;
+    tokio::time::sleep(window).await;
+    let idle_cpu = (cpu_time(operator.pid())? - cpu_before).as_secs_f64() / window.as_secs_f64();
+    let rss_idle = operator.rss_bytes()? as f64 / 1_048_576.0;
+    let text = operator.scrape().await?;
+    let metric = |name: &str| crate::operator::metric_value(&text, name).unwrap_or(0.0);
+    let count = metric(r#"freshen_reconcile_duration_seconds_count{controller="deployment"}"#);
+    let mean_reconcile = if count > 0.0 {
+        Duration::from_secs_f64(
+            metric(r#"freshen_reconcile_duration_seconds_sum{controller="deployment"}"#) / count,
+        )
+    } else {
+        Duration::ZERO
+    };
+    drop(operator);
+    let started = Instant::now();
+    let out = crate::operator::report(harness, &["-n", GOVERNED, "-o", "json"])?;
+    let report = started.elapsed();
+    anyhow::ensure!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(ScaleRow {
+        build,
+        workloads: n,
+        first_assessment,
+        rss_mib: (rss_assessed, rss_idle),
+        idle_cpu,
+        mean_reconcile,
+        report,
+    })
+}
+
+/// The table's header.
+pub const HEADER: &str = "| build | opted-in Deployments (+ ignored) | first complete assessment | operator RSS assessed / idle | idle CPU (one core) | mean reconcile | `freshen report`, cold |\n|---|---|---|---|---|---|---|";
+
+/// One row of the table.
+pub fn row_line(r: &ScaleRow) -> String {
+    format!(
+        "| {} | {} | {:.1} s | {:.0} / {:.0} MiB | {:.1} % | {:.1} ms | {:.2} s |",
+        r.build,
+        r.workloads,
+        r.first_assessment.as_secs_f64(),
+        r.rss_mib.0,
+        r.rss_mib.1,
+        r.idle_cpu * 100.0,
+        r.mean_reconcile.as_secs_f64() * 1e3,
+        r.report.as_secs_f64()
+    )
+}
+
+/// Writes `bench/results/scale-<date>.md` (the table and how it was made)
+/// and `.csv` (for the plot); returns the markdown's path.
+pub fn write_results(
+    config: &ScaleConfig,
+    rows: &[ScaleRow],
+) -> anyhow::Result<std::path::PathBuf> {
+    let dir = crate::repo_root().join("bench/results");
+    std::fs::create_dir_all(&dir)?;
+    let date = Utc::now().format("%Y-%m-%d");
+    let mut md = format!(
+        "# Scale, {date}\n\n`make bench-scale` (release build, cluster-wide operator, {} ignored \
+         Deployments beside the opted-in ones, {} images, poll interval {}; 2 cores).\n\n{HEADER}\n",
+        config.ignored,
+        config.images,
+        freshen_core::HumanDuration(config.poll_interval)
+    );
+    let mut csv = String::from(
+        "workloads,first_assessment_s,rss_assessed_mib,rss_idle_mib,idle_cpu,mean_reconcile_ms,report_s\n",
+    );
+    for r in rows {
+        md.push_str(&row_line(r));
+        md.push('\n');
+        csv.push_str(&format!(
+            "{},{},{:.3},{:.1},{:.1},{:.4},{:.3},{:.3}\n",
+            r.build,
+            r.workloads,
+            r.first_assessment.as_secs_f64(),
+            r.rss_mib.0,
+            r.rss_mib.1,
+            r.idle_cpu,
+            r.mean_reconcile.as_secs_f64() * 1e3,
+            r.report.as_secs_f64()
+        ));
+    }
+    let path = dir.join(format!("scale-{date}.md"));
+    std::fs::write(&path, md)?;
+    std::fs::write(dir.join(format!("scale-{date}.csv")), csv)?;
+    Ok(path)
+}
