@@ -68,9 +68,13 @@ async fn tags_resolve_to_their_digest_and_a_missing_tag_says_not_found() -> anyh
         .err()
         .ok_or_else(|| anyhow::anyhow!("a missing tag resolved"))?;
     assert_eq!(missing.category(), "registry_not_found", "{missing}");
-    assert!(
-        missing.to_string().contains(&format!("{repository}:nope")),
-        "the error names the image: {missing}"
+    assert_eq!(
+        missing.to_string(),
+        format!(
+            "tag nope not found in {}/{repository} (404)",
+            harness.registry
+        ),
+        "the error names the tag and the repository"
     );
     Ok(())
 }

@@ -55,6 +55,9 @@ use policy_status::Policy;
 use promql::PrometheusClient;
 use records::{PolicyNotifier, WorkloadKey, WorkloadRecords};
 
+/// Workload reconciles in flight at once.
+const WORKLOAD_CONCURRENCY: u16 = 32;
+
 /// Everything `freshen run` is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -152,6 +155,11 @@ impl Readiness {
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// Whether the watches `names` have all listed everything.
+    pub fn listed(&self, names: &[Watch]) -> bool {
+        !self.pending().iter().any(|p| names.contains(p))
     }
 
     /// Every watch has listed everything: metrics are complete.
@@ -626,7 +634,11 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         config: config.controller,
     });
 
+    // Reconciles in flight at once are bounded: each takes a few
+    // milliseconds, and thousands at once (the first assessment) only
+    // raise the peak memory the allocator then keeps.
     let workloads = Controller::for_stream(deploy_trigger, deploy_store)
+        .with_config(kube::runtime::controller::Config::default().concurrency(WORKLOAD_CONCURRENCY))
         .watches_stream(pod_trigger, |pod| deployment::owning_deployment(&pod))
         .watches_stream(namespace_trigger, in_namespace)
         .reconcile_on(workload_rx)
@@ -639,9 +651,9 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .for_each(log_failure);
     // A workload judged before the policies are listed would look ungoverned
     // and be dropped until its next change; so workloads start once the
-    // caches a judgement reads have listed. (Namespaces and pods are the
-    // workload controller's own triggers: whatever lists later re-triggers
-    // the workloads it concerns.)
+    // caches a judgement reads have listed. Namespaces and pods are the
+    // workload controller's own triggers, so it cannot wait for them here;
+    // its reconcile waits for them instead (`workload::reconcile`).
     let workloads = {
         let readiness = readiness.clone();
         async move {
