@@ -97,10 +97,10 @@ bench-velocity: e2e-up
 
 # Scale (not a test: it writes bench/results/scale-<date>.md and a plot):
 # first complete assessment, RSS and idle CPU of a cluster-wide operator at
-# growing numbers of Deployments, 2,000 ignored ones beside them. 44 kwok
+# growing numbers of Deployments, 2,000 ignored ones beside them. 52 kwok
 # nodes hold the pods. BENCH_ARGS, e.g. `--sizes 1000,2500`.
 bench-scale:
-	FRESHEN_E2E_NODES=44 $(HARNESS)/up.sh
+	FRESHEN_E2E_NODES=52 $(HARNESS)/up.sh
 	$(CARGO) build --release -p freshen -p freshen-e2e
 	FRESHEN_BIN=target/release/freshen ./target/release/freshen-e2e bench-scale $(BENCH_ARGS)
 	[ -x $(PLOTS_VENV)/bin/python ] || python3 -m venv $(PLOTS_VENV)

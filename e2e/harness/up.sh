@@ -255,7 +255,7 @@ install_chart() {
 
 # Simulated nodes, so that replicas spread as they would for real. kwok's
 # default node holds 110 pods (a kubelet's default); 250 each gives the
-# scale benchmarks room (FRESHEN_E2E_NODES=44 holds 11,000 pods). Applied to
+# scale benchmarks room (FRESHEN_E2E_NODES=52 holds 13,000 pods). Applied to
 # a cluster that is already up too, so a benchmark can ask for more nodes.
 scale_nodes() {
   if [ "$(kubectl get nodes -o name 2>/dev/null | wc -l)" -lt "$E2E_NODES" ]; then
