@@ -10,7 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
-use kube::api::{ListParams, PostParams};
+use kube::api::PostParams;
 
 use crate::image::{ImageSpec, push};
 use crate::operator::Operator;
@@ -100,32 +100,11 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
         .await?;
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
     let want = config.workloads;
-    wait_for(
-        &format!("{want} Ready pods"),
+    crate::await_ready_pods(
+        &pods,
+        want,
         Duration::from_secs(600),
         Duration::from_secs(1),
-        || {
-            let pods = pods.clone();
-            async move {
-                let ready = pods
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .filter(|p| {
-                        p.status
-                            .as_ref()
-                            .and_then(|s| s.container_statuses.as_ref())
-                            .is_some_and(|cs| cs.iter().all(|c| c.ready))
-                    })
-                    .count();
-                if ready >= want {
-                    Ok(Some(()))
-                } else {
-                    anyhow::bail!("{ready} of {want} Ready")
-                }
-            }
-        },
     )
     .await?;
 

@@ -146,28 +146,11 @@ async fn ensure_workloads(
     }
     let pods: Api<Pod> = Api::namespaced(client, namespace);
     let started = Instant::now();
-    wait_for(
-        &format!("{count} Ready pods in {namespace}"),
+    crate::await_ready_pods(
+        &pods,
+        count,
         Duration::from_secs(1800),
         Duration::from_secs(3),
-        || {
-            let pods = pods.clone();
-            async move {
-                let ready = pods
-                    .list(&ListParams::default())
-                    .await?
-                    .items
-                    .iter()
-                    .filter(|p| {
-                        p.status
-                            .as_ref()
-                            .and_then(|s| s.container_statuses.as_ref())
-                            .is_some_and(|cs| cs.iter().all(|c| c.ready))
-                    })
-                    .count();
-                Ok((ready >= count).then_some(()))
-            }
-        },
     )
     .await?;
     eprintln!(

@@ -606,3 +606,38 @@ fn is_ready(pod: &Pod) -> bool {
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
+
+/// Waits until at least `count` pods of `pods` (an Api over a namespace)
+/// have every container ready, listing every `every`, for at most `limit`.
+pub async fn await_ready_pods(
+    pods: &Api<k8s_openapi::api::core::v1::Pod>,
+    count: usize,
+    limit: Duration,
+    every: Duration,
+) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{count} Ready pods"),
+        limit,
+        every,
+        || async move {
+            let ready = pods
+                .list(&ListParams::default())
+                .await?
+                .items
+                .iter()
+                .filter(|p| {
+                    p.status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some_and(|cs| cs.iter().all(|c| c.ready))
+                })
+                .count();
+            if ready >= count {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("{ready} of {count} Ready")
+            }
+        },
+    )
+    .await
+}
