@@ -139,22 +139,14 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
         &["--poll-interval", &poll, "--namespace", &ns.name],
     )
     .await?;
-    let series = r#"freshen_image_age_seconds{container="app","#;
-    let namespace = format!(r#"namespace="{}""#, ns.name);
-    wait_for(
-        "every workload to be measured",
-        Duration::from_secs(300),
-        Duration::from_millis(200),
-        || async {
-            let text = operator.scrape().await?;
-            let measured = text
-                .lines()
-                .filter(|l| l.starts_with(series) && l.contains(&namespace))
-                .count();
-            Ok((measured >= want).then_some(()))
-        },
-    )
-    .await?;
+    operator
+        .await_assessed(
+            &ns.name,
+            want,
+            Duration::from_secs(300),
+            Duration::from_millis(200),
+        )
+        .await?;
     let first_measurement = started.elapsed();
     registry_log_barrier(harness).await?;
     let first = sub(counts()?, before);
@@ -186,16 +178,7 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
-    let metric = |name: &str| -> f64 { crate::operator::metric_value(&text, name).unwrap_or(0.0) };
-    let reconciles = metric(r#"freshen_reconcile_duration_seconds_count{controller="deployment"}"#);
-    let mean_reconcile = if reconciles > 0.0 {
-        Duration::from_secs_f64(
-            metric(r#"freshen_reconcile_duration_seconds_sum{controller="deployment"}"#)
-                / reconciles,
-        )
-    } else {
-        Duration::ZERO
-    };
+    let mean_reconcile = crate::operator::mean_reconcile(&text);
     let rss_bytes = operator
         .rss_bytes()
         .context("reading the operator's memory")?;

@@ -18,7 +18,7 @@ use kube::api::{ListParams, Patch, PatchParams};
 
 use crate::image::{ImageSpec, Pushed, push};
 use crate::operator::Operator;
-use crate::{Harness, deployment, wait_for};
+use crate::{Harness, deployment};
 
 /// The benchmark's namespaces: the governed workloads, and the others.
 const GOVERNED: &str = "scale-governed";
@@ -186,22 +186,14 @@ async fn measure(
     let started = Instant::now();
     // Cluster-wide, as production runs it.
     let operator = Operator::start_with(harness, binary, &["--poll-interval", &poll]).await?;
-    let series = r#"freshen_image_age_seconds{container="app","#;
-    let namespace = format!(r#"namespace="{GOVERNED}""#);
-    wait_for(
-        &format!("all {n} workloads assessed"),
-        Duration::from_secs(1200),
-        Duration::from_secs(1),
-        || async {
-            let text = operator.scrape().await?;
-            let measured = text
-                .lines()
-                .filter(|l| l.starts_with(series) && l.contains(&namespace))
-                .count();
-            Ok((measured >= n).then_some(()))
-        },
-    )
-    .await?;
+    operator
+        .await_assessed(
+            GOVERNED,
+            n,
+            Duration::from_secs(1200),
+            Duration::from_secs(1),
+        )
+        .await?;
     let first_assessment = started.elapsed();
     let rss_assessed = operator.rss_bytes()? as f64 / 1_048_576.0;
     // Idle: between polls nothing should happen. 20 s of CPU time.
@@ -211,15 +203,7 @@ async fn measure(
     let idle_cpu = (cpu_time(operator.pid())? - cpu_before).as_secs_f64() / window.as_secs_f64();
     let rss_idle = operator.rss_bytes()? as f64 / 1_048_576.0;
     let text = operator.scrape().await?;
-    let metric = |name: &str| crate::operator::metric_value(&text, name).unwrap_or(0.0);
-    let count = metric(r#"freshen_reconcile_duration_seconds_count{controller="deployment"}"#);
-    let mean_reconcile = if count > 0.0 {
-        Duration::from_secs_f64(
-            metric(r#"freshen_reconcile_duration_seconds_sum{controller="deployment"}"#) / count,
-        )
-    } else {
-        Duration::ZERO
-    };
+    let mean_reconcile = crate::operator::mean_reconcile(&text);
     drop(operator);
     let started = Instant::now();
     let out = crate::operator::report(harness, &["-n", GOVERNED, "-o", "json"])?;
@@ -275,7 +259,7 @@ pub fn write_results(
         freshen_core::HumanDuration(config.poll_interval)
     );
     let mut csv = String::from(
-        "workloads,first_assessment_s,rss_assessed_mib,rss_idle_mib,idle_cpu,mean_reconcile_ms,report_s\n",
+        "build,workloads,first_assessment_s,rss_assessed_mib,rss_idle_mib,idle_cpu,mean_reconcile_ms,report_s\n",
     );
     for r in rows {
         md.push_str(&row_line(r));

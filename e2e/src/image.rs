@@ -13,9 +13,9 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest as _, Sha256};
 
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+pub(crate) const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// An image to build: what its config and manifest say.
 #[derive(Debug, Clone)]
@@ -189,7 +189,7 @@ async fn connect(
 
 /// Pushes a manifest or index body under `reference`; its digest is that of
 /// the exact bytes sent.
-async fn put_manifest(
+pub(crate) async fn put_manifest(
     client: &Client,
     reference: &Reference,
     tagged: String,

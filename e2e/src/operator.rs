@@ -168,6 +168,54 @@ impl Operator {
         Ok(self.child.try_wait()?.is_none())
     }
 
+    /// Whether the process has exited (a zombie not yet reaped counts),
+    /// e.g. a leader that lost its Lease; from `/proc` (Linux).
+    pub fn exited(&self) -> bool {
+        std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).map_or(true, |stat| {
+            stat.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    }
+
+    /// Waits until at least `n` containers in `namespace` have an image-age
+    /// series (the workloads' first assessment), scraping every `every`;
+    /// fails at once, with its log, if the operator exits.
+    pub async fn await_assessed(
+        &self,
+        namespace: &str,
+        n: usize,
+        limit: Duration,
+        every: Duration,
+    ) -> anyhow::Result<()> {
+        let series = r#"freshen_image_age_seconds{container="app","#;
+        let namespace = format!(r#"namespace="{namespace}""#);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            anyhow::ensure!(
+                !self.exited(),
+                "the operator exited before {n} workloads were assessed; log: {}",
+                self.log.display()
+            );
+            let measured = self
+                .scrape()
+                .await
+                .map(|text| {
+                    text.lines()
+                        .filter(|l| l.starts_with(series) && l.contains(&namespace))
+                        .count()
+                })
+                .unwrap_or(0);
+            if measured >= n {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?}: {measured} of {n} workloads assessed"
+            );
+            tokio::time::sleep(every).await;
+        }
+    }
+
     /// The operator's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
@@ -217,6 +265,20 @@ impl Operator {
             .error_for_status()?
             .text()
             .await?)
+    }
+}
+
+/// The mean duration of the deployment controller's reconciles so far,
+/// from its histogram in an exposition `text`; zero before the first.
+pub fn mean_reconcile(text: &str) -> Duration {
+    let metric = |name: &str| metric_value(text, name).unwrap_or(0.0);
+    let count = metric(r#"freshen_reconcile_duration_seconds_count{controller="deployment"}"#);
+    if count > 0.0 {
+        Duration::from_secs_f64(
+            metric(r#"freshen_reconcile_duration_seconds_sum{controller="deployment"}"#) / count,
+        )
+    } else {
+        Duration::ZERO
     }
 }
 

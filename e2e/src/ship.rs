@@ -21,11 +21,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use oci_client::Reference;
 use oci_client::secrets::RegistryAuth;
 
-use crate::image::{Pushed, client, sha256};
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar";
+use crate::image::{OCI_CONFIG, OCI_LAYER, OCI_MANIFEST, Pushed, client, put_manifest, sha256};
 
 /// Where `make image` builds the statically linked binary (relative to
 /// the repository root).
@@ -242,21 +238,7 @@ async fn push_image(
         })).collect::<Vec<_>>(),
         "annotations": annotations,
     }))?;
-    let digest = sha256(&manifest);
-    let size = manifest.len();
-    client
-        .push_manifest_raw(
-            &reference,
-            manifest,
-            reqwest::header::HeaderValue::from_static(OCI_MANIFEST),
-        )
-        .await
-        .with_context(|| format!("pushing {tagged}"))?;
-    Ok(Pushed {
-        tagged,
-        digest,
-        size,
-    })
+    put_manifest(&client, &reference, tagged, manifest, OCI_MANIFEST).await
 }
 
 /// The config of an image made on this machine (linux/amd64), created at

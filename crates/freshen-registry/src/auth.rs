@@ -214,6 +214,42 @@ pub fn normalize_host(key: &str) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_refusal_names_the_pull_secret_tried_or_missing() {
+        let credential = || Credential {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let mut none = Keychain::default();
+        assert_eq!(
+            none.refusal_hint("reg.io"),
+            "the workload names no pull secret (pod spec or ServiceAccount imagePullSecrets) \
+             with credentials for reg.io"
+        );
+        none.consulted("other");
+        assert_eq!(
+            none.refusal_hint("reg.io"),
+            "the pull secret other has no credentials for reg.io"
+        );
+        let mut shown = Keychain::default();
+        shown.insert("reg.io", credential());
+        let mut merged = Keychain::default();
+        merged.consulted("regcred");
+        merged.merge(shown.from_secret("regcred"));
+        assert_eq!(
+            merged.refusal_hint("reg.io"),
+            "the credentials for reg.io in pull secret regcred were refused"
+        );
+        let mut unreadable = Keychain::default();
+        unreadable.unusable("regcred");
+        unreadable.consulted("other");
+        assert_eq!(
+            unreadable.refusal_hint("reg.io"),
+            "freshen could not use the pull secret regcred (see PullSecretUnusable), and no \
+             other holds credentials for reg.io"
+        );
+    }
+
     fn b64(s: &str) -> String {
         base64::engine::general_purpose::STANDARD.encode(s)
     }
