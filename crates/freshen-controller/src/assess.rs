@@ -313,6 +313,7 @@ pub async fn pull_credentials(
         .unwrap_or_else(|| "default".to_owned());
     let found = match accounts {
         Accounts::Cached(store) => Ok(store.get(&ObjectRef::new(&account).within(&namespace))),
+        Accounts::Listed(listed) => Ok(listed.get(&(namespace.clone(), account.clone())).cloned()),
         Accounts::Fetch => Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
             .get_opt(&account)
             .await
@@ -354,7 +355,10 @@ pub async fn pull_credentials(
 pub enum Accounts<'a> {
     /// In the operator's ServiceAccount watch: no request per reconcile.
     Cached(&'a Store<ServiceAccount>),
-    /// By a GET each (one-shot commands).
+    /// Listed once by a one-shot command, by namespace and name: one
+    /// request for every workload. An account not listed does not exist.
+    Listed(&'a BTreeMap<(String, String), Arc<ServiceAccount>>),
+    /// By a GET each (one-shot commands that could not list them).
     Fetch,
 }
 

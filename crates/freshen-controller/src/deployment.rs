@@ -44,10 +44,42 @@ pub fn owned_by(refresh: &Refresh, workload: &Deployment) -> bool {
         .any(|o| o.controller == Some(true) && o.kind == "Deployment" && o.uid == uid)
 }
 
+/// The pod-template annotation marking a Deployment trimmed for the cache
+/// ([`crate::trim::deployment`]): its template is partial, and each
+/// container's fingerprint, computed from the whole template, is kept
+/// under this prefix plus the container's name. Only ever in memory; a
+/// tenant's annotation of the same name is replaced when trimmed.
+pub const CACHED_FINGERPRINT: &str = "cache.freshen.dev/template-fingerprint";
+
+/// Where a trimmed Deployment keeps `container`'s template fingerprint.
+pub fn cached_fingerprint_key(container: &str) -> String {
+    format!("{CACHED_FINGERPRINT}.{container}")
+}
+
 /// The fingerprint of `deploy`'s pod template apart from what a refresh
 /// itself changes: `container`'s image and freshen's restart stamp. Any
 /// other edit (an env var, a limit, `kubectl rollout restart`) changes it.
+/// Of a trimmed Deployment (from the cache), the one computed before it
+/// was trimmed.
 pub fn template_fingerprint(deploy: &Deployment, container: &str) -> Option<String> {
+    let template_annotations = deploy
+        .spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref());
+    if let Some(annotations) = template_annotations
+        && annotations.contains_key(CACHED_FINGERPRINT)
+    {
+        return annotations.get(&cached_fingerprint_key(container)).cloned();
+    }
+    computed_fingerprint(deploy, container)
+}
+
+/// [`template_fingerprint`] computed from the template as it is, whatever
+/// its annotations say: for a whole Deployment from the API server.
+pub fn computed_fingerprint(deploy: &Deployment, container: &str) -> Option<String> {
     let mut template = serde_json::to_value(&deploy.spec.as_ref()?.template).ok()?;
     if let Some(containers) = template
         .pointer_mut("/spec/containers")

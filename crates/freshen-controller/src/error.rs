@@ -37,6 +37,10 @@ pub enum Error {
     /// Adding or removing a Refresh's finalizer failed; retried.
     #[error("updating the Refresh's finalizer failed: {0}")]
     Finalizer(#[source] kube::Error),
+    /// Reading the whole workload (to copy its template into the canary)
+    /// failed; retried.
+    #[error("reading the workload failed: {0}")]
+    ReadWorkload(#[source] kube::Error),
     /// Creating the canary Deployment failed; retried.
     #[error("creating the canary failed: {0}")]
     CreateCanary(#[source] kube::Error),
@@ -90,6 +94,7 @@ impl Error {
             Self::StoreProgress(_) => "refresh_store_progress",
             Self::ClearEvents(_) => "refresh_clear_events",
             Self::Finalizer(_) => "refresh_finalizer",
+            Self::ReadWorkload(_) => "refresh_read_workload",
             Self::CreateCanary(_) => "refresh_create_canary",
             Self::DeleteCanary(_) => "refresh_delete_canary",
             Self::PatchImage(_) => "refresh_patch_image",

@@ -495,7 +495,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let deployments_synced = readiness.watch(Watch::Deployments);
     let deploy_trigger = watcher(deployments, watcher::Config::default())
         .default_backoff()
-        .modify(|d| d.managed_fields_mut().clear())
+        .modify(trim::deployment)
         .reflect(deploy_writer)
         .inspect_ok(move |event| match event {
             watcher::Event::Delete(d) => {

@@ -10,200 +10,182 @@ use freshen_api::pipeline::PipelineKind;
 use freshen_core::rebuild::{RebuildOutcome, RebuildPhase, RebuildProgress};
 use std::sync::Arc;
 
-use chrono::Utc;
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::MetricFamily;
+use std::fmt::Write as _;
+
+use chrono::{DateTime, Utc};
 use prometheus::{
-    Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use freshen_core::rollout::{Phase, Progress};
 
-use crate::records::WorkloadRecords;
+use crate::records::{ContainerRecord, WorkloadRecord, WorkloadRecords};
 
-const CONTAINER_LABELS: [&str; 4] = ["namespace", "workload", "container", "image"];
+/// One per-container family: name, help, and how its value is read.
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    value: fn(&ContainerRecord, &WorkloadRecord, DateTime<Utc>) -> Option<f64>,
+}
 
-/// Exports the per-container series (ages, base staleness, update
-/// available, the limits in force) and per-workload configuration errors,
-/// computed at scrape time from [`WorkloadRecords`].
+/// Seconds in `d`.
+fn seconds(d: std::time::Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+/// Seconds from `since` to `now` (0 when `since` is later).
+fn elapsed(since: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<f64> {
+    since.map(|since| seconds(freshen_core::age::elapsed(since, now)))
+}
+
+/// 1 for true, 0 for false.
+fn flag(b: Option<bool>) -> Option<f64> {
+    b.map(|b| f64::from(u8::from(b)))
+}
+
+/// The per-container families, labelled `namespace`, `workload`,
+/// `container` and `image`.
+const FAMILIES: [Family; 9] = [
+    Family {
+        name: "freshen_image_age_seconds",
+        help: "Seconds since the image the container runs was built (the oldest build when \
+               its pods run several digests). Absent when the build time is unknown.",
+        value: |c, _, now| c.image_age(now).map(seconds),
+    },
+    Family {
+        name: "freshen_container_age_seconds",
+        help: "Seconds since the oldest running instance of the container started.",
+        value: |c, _, now| c.container_age(now).map(seconds),
+    },
+    Family {
+        name: "freshen_image_update_available",
+        help: "1 when the container's tag now names a digest none of its pods runs, else 0. \
+               Absent when unknown.",
+        value: |c, _, _| flag(c.update_available),
+    },
+    Family {
+        name: "freshen_base_image_stale",
+        help: "1 when the base image of a running digest has moved on (its tag names another \
+               digest, or a newer build), else 0. Absent when unknown.",
+        value: |c, _, _| flag(c.base_stale),
+    },
+    Family {
+        name: "freshen_base_image_stale_seconds",
+        help: "Seconds since the base image moved on: since the newer base was built, else \
+               since freshen first saw it. Present only while stale.",
+        value: |c, _, now| elapsed(c.base_stale_since, now),
+    },
+    Family {
+        name: "freshen_image_update_available_seconds",
+        help: "Seconds since freshen first saw the container's tag name a digest none of its \
+               pods runs (since this operator process started, at the earliest). Present only \
+               while an update is available.",
+        value: |c, _, now| elapsed(c.update_available_since, now),
+    },
+    Family {
+        name: "freshen_image_digest_seen_seconds",
+        help: "Seconds since the container's tag was first seen naming the digest its pods run \
+               (by freshen, kept across restarts; a lower bound). The age of an image whose build \
+               time is unknown (reproducible builds), never mixed into freshen_image_age_seconds. \
+               Absent when its pods do not run what the tag names.",
+        value: |c, _, now| elapsed(c.digest_since, now),
+    },
+    Family {
+        name: "freshen_policy_max_image_age_seconds",
+        help: "The image age limit in force for the container (annotation, policy or \
+               default). Absent when no limit applies.",
+        value: |_, w, _| w.limits.max_image_age.as_ref().map(|l| seconds(l.value)),
+    },
+    Family {
+        name: "freshen_policy_max_container_age_seconds",
+        help: "The container age limit in force for the container. Absent when no limit \
+               applies.",
+        value: |_, w, _| {
+            w.limits
+                .max_container_age
+                .as_ref()
+                .map(|l| seconds(l.value))
+        },
+    },
+];
+
+/// The per-workload family, labelled `namespace` and `workload`.
+const CONFIG_ERRORS: (&str, &str) = (
+    "freshen_workload_config_errors",
+    "Invalid freshen.dev/* annotations (and unknown policy names) on the workload; \
+     the Warning Events name them.",
+);
+
+/// Writes the per-container series (ages, base staleness, update
+/// available, the limits in force) and per-workload configuration errors
+/// in the text exposition format, computed at scrape time from
+/// [`WorkloadRecords`].
+///
+/// They are written straight from the records: a vector of gauges would
+/// hash, allocate and keep about 80,000 children at 10,000 workloads, on
+/// every scrape.
 pub struct AgeCollector {
     records: Arc<WorkloadRecords>,
-    image_age: GaugeVec,
-    container_age: GaugeVec,
-    update_available: GaugeVec,
-    base_stale: GaugeVec,
-    base_stale_seconds: GaugeVec,
-    update_available_seconds: GaugeVec,
-    digest_seen: GaugeVec,
-    max_image_age: GaugeVec,
-    max_container_age: GaugeVec,
-    config_errors: IntGaugeVec,
-    descs: Vec<Desc>,
 }
 
 impl AgeCollector {
-    fn new(records: Arc<WorkloadRecords>) -> prometheus::Result<Self> {
-        let gauge =
-            |name: &str, help: &str| GaugeVec::new(Opts::new(name, help), &CONTAINER_LABELS);
-        let mut collector = Self {
-            records,
-            image_age: gauge(
-                "freshen_image_age_seconds",
-                "Seconds since the image the container runs was built (the oldest build when \
-                 its pods run several digests). Absent when the build time is unknown.",
-            )?,
-            container_age: gauge(
-                "freshen_container_age_seconds",
-                "Seconds since the oldest running instance of the container started.",
-            )?,
-            update_available: gauge(
-                "freshen_image_update_available",
-                "1 when the container's tag now names a digest none of its pods runs, else 0. \
-                 Absent when unknown.",
-            )?,
-            base_stale: gauge(
-                "freshen_base_image_stale",
-                "1 when the base image of a running digest has moved on (its tag names another \
-                 digest, or a newer build), else 0. Absent when unknown.",
-            )?,
-            base_stale_seconds: gauge(
-                "freshen_base_image_stale_seconds",
-                "Seconds since the base image moved on: since the newer base was built, else \
-                 since freshen first saw it. Present only while stale.",
-            )?,
-            update_available_seconds: gauge(
-                "freshen_image_update_available_seconds",
-                "Seconds since freshen first saw the container's tag name a digest none of its \
-                 pods runs (since this operator process started, at the earliest). Present only \
-                 while an update is available.",
-            )?,
-            digest_seen: gauge(
-                "freshen_image_digest_seen_seconds",
-                "Seconds since the container's tag was first seen naming the digest its pods run \
-                 (by freshen, kept across restarts; a lower bound). The age of an image whose build \
-                 time is unknown (reproducible builds), never mixed into freshen_image_age_seconds. \
-                 Absent when its pods do not run what the tag names.",
-            )?,
-            max_image_age: gauge(
-                "freshen_policy_max_image_age_seconds",
-                "The image age limit in force for the container (annotation, policy or \
-                 default). Absent when no limit applies.",
-            )?,
-            max_container_age: gauge(
-                "freshen_policy_max_container_age_seconds",
-                "The container age limit in force for the container. Absent when no limit \
-                 applies.",
-            )?,
-            config_errors: IntGaugeVec::new(
-                Opts::new(
-                    "freshen_workload_config_errors",
-                    "Invalid freshen.dev/* annotations (and unknown policy names) on the workload; \
-                     the Warning Events name them.",
-                ),
-                &["namespace", "workload"],
-            )?,
-            descs: Vec::new(),
-        };
-        collector.descs = descriptions(&collector.gauges(), &collector.config_errors);
-        Ok(collector)
-    }
-
-    /// Every per-container gauge.
-    fn gauges(&self) -> [&GaugeVec; 9] {
-        [
-            &self.image_age,
-            &self.container_age,
-            &self.update_available,
-            &self.base_stale,
-            &self.base_stale_seconds,
-            &self.update_available_seconds,
-            &self.digest_seen,
-            &self.max_image_age,
-            &self.max_container_age,
-        ]
-    }
-}
-
-/// The descriptions of the collector's series.
-fn descriptions(gauges: &[&GaugeVec], config_errors: &IntGaugeVec) -> Vec<Desc> {
-    gauges
-        .iter()
-        .flat_map(|g| g.desc())
-        .chain(config_errors.desc())
-        .cloned()
-        .collect()
-}
-
-impl Collector for AgeCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
+    /// Appends every series to `out`.
+    fn encode(&self, out: &mut String) {
         let now = Utc::now();
-        let gauges = self.gauges();
-        gauges.iter().for_each(|g| g.reset());
-        self.config_errors.reset();
-        let set = |gauge: &GaugeVec, labels: &[&str], value: Option<f64>| {
-            if let Some(value) = value {
-                gauge.with_label_values(labels).set(value);
-            }
-        };
-        let flag = |b: Option<bool>| b.map(|b| f64::from(u8::from(b)));
+        let mut bodies: Vec<String> = FAMILIES.iter().map(|_| String::new()).collect();
+        let mut errors = String::new();
         self.records.for_each(|key, workload| {
-            let count = i64::try_from(workload.config_errors.len()).unwrap_or(i64::MAX);
-            self.config_errors
-                .with_label_values(&[&*key.namespace, &*key.name])
-                .set(count);
-            let max_image = workload.limits.max_image_age.as_ref();
-            let max_container = workload.limits.max_container_age.as_ref();
+            let (namespace, name) = (escape(&key.namespace), escape(&key.name));
+            let count = workload.config_errors.len();
+            let _ = writeln!(
+                errors,
+                "{}{{namespace=\"{namespace}\",workload=\"{name}\"}} {count}",
+                CONFIG_ERRORS.0
+            );
             for c in &workload.containers {
-                let labels = [&*key.namespace, &*key.name, &*c.container, &*c.image];
-                let seconds = |d: std::time::Duration| d.as_secs_f64();
-                set(&self.image_age, &labels, c.image_age(now).map(seconds));
-                set(
-                    &self.container_age,
-                    &labels,
-                    c.container_age(now).map(seconds),
+                // In name order, as the prometheus crate writes them.
+                let labels = format!(
+                    "{{container=\"{}\",image=\"{}\",namespace=\"{namespace}\",workload=\"{name}\"}}",
+                    escape(&c.container),
+                    escape(&c.image)
                 );
-                set(&self.update_available, &labels, flag(c.update_available));
-                set(&self.base_stale, &labels, flag(c.base_stale));
-                let stale_for = c
-                    .base_stale_since
-                    .map(|since| freshen_core::age::elapsed(since, now));
-                set(&self.base_stale_seconds, &labels, stale_for.map(seconds));
-                let waiting = c
-                    .update_available_since
-                    .map(|since| freshen_core::age::elapsed(since, now));
-                set(
-                    &self.update_available_seconds,
-                    &labels,
-                    waiting.map(seconds),
-                );
-                let seen = c
-                    .digest_since
-                    .map(|since| freshen_core::age::elapsed(since, now));
-                set(&self.digest_seen, &labels, seen.map(seconds));
-                set(
-                    &self.max_image_age,
-                    &labels,
-                    max_image.map(|l| seconds(l.value)),
-                );
-                set(
-                    &self.max_container_age,
-                    &labels,
-                    max_container.map(|l| seconds(l.value)),
-                );
+                for (family, body) in FAMILIES.iter().zip(bodies.iter_mut()) {
+                    if let Some(value) = (family.value)(c, workload, now) {
+                        let _ = writeln!(body, "{}{labels} {value}", family.name);
+                    }
+                }
             }
         });
-        gauges
-            .iter()
-            .flat_map(|g| g.collect())
-            .chain(self.config_errors.collect())
-            .collect()
+        for (family, body) in FAMILIES.iter().zip(&bodies) {
+            header(out, family.name, family.help);
+            out.push_str(body);
+        }
+        header(out, CONFIG_ERRORS.0, CONFIG_ERRORS.1);
+        out.push_str(&errors);
     }
 }
+
+/// A family's `# HELP` and `# TYPE` lines.
+fn header(out: &mut String, name: &str, help: &str) {
+    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+}
+
+/// A label value escaped for the text format: backslash, double quote and
+/// line feed.
+fn escape(value: &str) -> std::borrow::Cow<'_, str> {
+    if !value.contains(['\\', '"', '\n']) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    std::borrow::Cow::Owned(
+        value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n"),
+    )
+}
+
 /// The operator's metrics registry and its own instruments.
 pub struct Metrics {
     registry: Registry,
@@ -225,6 +207,8 @@ pub struct Metrics {
     pub rebuilds: RebuildMetrics,
     /// `freshen_notifications_total{outcome}`.
     pub notifications: IntCounterVec,
+    /// The per-container series, written at scrape time.
+    ages: AgeCollector,
 }
 
 /// Makes metrics and registers them, in one step each.
@@ -410,8 +394,8 @@ impl Metrics {
                 &["outcome"],
             )?,
             registry: registry.clone(),
+            ages: AgeCollector { records },
         };
-        registry.register(Box::new(AgeCollector::new(records)?))?;
         metrics.start_outcomes_at_zero();
         Ok(metrics)
     }
@@ -484,7 +468,9 @@ impl Metrics {
     pub fn render(&self) -> Result<String, prometheus::Error> {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
-        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+        let mut text = String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))?;
+        self.ages.encode(&mut text);
+        Ok(text)
     }
 }
 
@@ -639,6 +625,15 @@ mod tests {
                     == "freshen_workload_config_errors{namespace=\"shop\",workload=\"web\"} 2"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn label_values_and_help_are_escaped_for_the_text_format() {
+        assert_eq!(escape("plain"), "plain");
+        assert_eq!(escape("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
+        let mut out = String::new();
+        header(&mut out, "m", "line\\one\ntwo");
+        assert_eq!(out, "# HELP m line\\\\one\\ntwo\n# TYPE m gauge\n");
     }
 
     #[test]

@@ -38,7 +38,9 @@ use tracing::{info, instrument, warn};
 
 use crate::Watch;
 use crate::context::Context;
-use crate::deployment::{FIELD_MANAGER, owned_by, owning_deployment, template_fingerprint};
+use crate::deployment::{
+    FIELD_MANAGER, computed_fingerprint, owned_by, owning_deployment, template_fingerprint,
+};
 use crate::error::Error;
 
 /// Reconciles one Refresh: publish leftovers -> observe -> (deleted?) ->
@@ -628,22 +630,36 @@ pub fn canary_deployment(
     })
 }
 
+/// Creates the canary from the whole workload, read afresh (the cache
+/// keeps a trimmed template): only if it is still the one the decision saw
+/// (same uid, same template fingerprint and image), else the next step sees
+/// the change.
 async fn create_canary(
     ctx: &Context,
     refresh: &Refresh,
-    workload: &Deployment,
+    cached: &Deployment,
     name: &str,
     replicas: u32,
 ) -> Result<(), Error> {
-    let Some(canary) = canary_deployment(refresh, workload, name, replicas) else {
+    let api: Api<Deployment> =
+        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
+    let workload = api
+        .get(&cached.name_any())
+        .await
+        .map_err(Error::ReadWorkload)?;
+    let container = &refresh.spec.container;
+    let same = workload.metadata.uid == cached.metadata.uid
+        && computed_fingerprint(&workload, container) == template_fingerprint(cached, container)
+        && workload_state(&workload, container).map(|s| s.image)
+            == workload_state(cached, container).map(|s| s.image);
+    if !same {
+        return Err(Error::Stale("the workload changed since it was read"));
+    }
+    let Some(canary) = canary_deployment(refresh, &workload, name, replicas) else {
         return Err(Error::MissingField(
             "the Refresh's container in the workload's pod template",
         ));
     };
-    let api: Api<Deployment> = Api::namespaced(
-        ctx.client.clone(),
-        &workload.namespace().unwrap_or_default(),
-    );
     let params = PostParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PostParams::default()

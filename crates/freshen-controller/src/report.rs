@@ -20,7 +20,7 @@ use freshen_core::{HumanDuration, short_age};
 use freshen_registry::{Platform, RegistryClient};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
 use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -214,6 +214,7 @@ pub async fn build(
         defaults: &options.defaults,
         now,
         tags: TagClock::in_memory(),
+        accounts: list_accounts(&client, options.namespace.as_deref()).await,
     };
     let mut rows = scan.measure_all(&deployments, &pods).await;
     let refreshes = list_optional(
@@ -273,6 +274,31 @@ async fn list_workloads(
         .map_err(failed("pods"))?
         .items;
     Ok((deployments, pods))
+}
+
+/// Every ServiceAccount in scope, by namespace and name: one request for
+/// every workload's imagePullSecrets. `None` when they cannot be listed:
+/// each is then read on its own, and a failure shows on its rows.
+async fn list_accounts(
+    client: &Client,
+    namespace: Option<&str>,
+) -> Option<BTreeMap<(String, String), Arc<ServiceAccount>>> {
+    let accounts = scoped::<ServiceAccount>(client, namespace)
+        .list(&ListParams::default())
+        .await
+        .ok()?
+        .items;
+    Some(
+        accounts
+            .into_iter()
+            .map(|sa| {
+                (
+                    (sa.namespace().unwrap_or_default(), sa.name_any()),
+                    Arc::new(sa),
+                )
+            })
+            .collect(),
+    )
 }
 
 /// What configures workloads besides their own annotations: policies, the
@@ -345,6 +371,8 @@ struct Scan<'a> {
     now: DateTime<Utc>,
     /// A one-shot scan knows no tag's history: first seen is now.
     tags: TagClock,
+    /// The ServiceAccounts in scope, when they could be listed.
+    accounts: Option<BTreeMap<(String, String), Arc<ServiceAccount>>>,
 }
 
 impl Scan<'_> {
@@ -387,8 +415,11 @@ impl Scan<'_> {
             return Vec::new();
         }
         let platform = platform_of(pods, |node| cluster.nodes.get(node).cloned());
-        let (keychain, secret_problems) =
-            pull_credentials(self.client, deploy, Accounts::Fetch).await;
+        let accounts = self
+            .accounts
+            .as_ref()
+            .map_or(Accounts::Fetch, Accounts::Listed);
+        let (keychain, secret_problems) = pull_credentials(self.client, deploy, accounts).await;
         let lookup = Lookup {
             registry: self.registry,
             keychain: &keychain,

@@ -4,26 +4,112 @@
 //! hundreds of MiB. Each function here is applied to every object as it
 //! arrives (`WatchStreamExt::modify`), before it reaches the store.
 //!
-//! Deployments are kept whole (but for managed fields): a canary copies the
-//! workload's pod template, and the template fingerprint covers all of it.
+//! Deployments keep their pod template's containers (names and images),
+//! pull secrets and service account, and the template's fingerprint per
+//! container, computed from the whole template as it arrives
+//! ([`deployment`]). A canary, which copies the whole template, is made
+//! from a fresh GET: one read per refresh, not a cache of every template.
 
+use std::collections::BTreeMap;
+
+use freshen_api::refresh::RESTARTED_BY;
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{
     Container, ContainerStatus, Namespace, Node, NodeStatus, NodeSystemInfo, Pod, PodCondition,
-    PodSpec, PodStatus, ServiceAccount,
+    PodSpec, PodStatus, PodTemplateSpec, ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
+/// Annotations of other tools freshen reads: Argo CD's tracking id (which
+/// marks a workload a GitOps reconciler manages).
+const FOREIGN_ANNOTATIONS: [&str; 1] = ["argocd.argoproj.io/tracking-id"];
+
 /// The metadata every kept object needs: identity, labels, owners,
-/// deletion; of the annotations only freshen's own (`freshen.dev/...`).
+/// deletion; of the annotations only freshen's own (`freshen.dev/...`) and
+/// the [`FOREIGN_ANNOTATIONS`].
 fn metadata(meta: &mut ObjectMeta) {
     meta.managed_fields = None;
     meta.finalizers = None;
     if let Some(annotations) = meta.annotations.as_mut() {
-        annotations.retain(|k, _| k.starts_with("freshen.dev/"));
+        annotations.retain(|k, _| {
+            k.starts_with("freshen.dev/") || FOREIGN_ANNOTATIONS.contains(&k.as_str())
+        });
         if annotations.is_empty() {
             meta.annotations = None;
         }
     }
+}
+
+/// A Deployment: metadata, replicas, selector and rollout status; of its
+/// pod template the containers' names and images, the pull secrets, the
+/// service account, freshen's restart stamp, and (under
+/// [`crate::deployment::CACHED_FINGERPRINT`]) each container's template
+/// fingerprint, computed here from the whole template before it is
+/// dropped.
+pub fn deployment(deploy: &mut Deployment) {
+    metadata(&mut deploy.metadata);
+    let fingerprints: BTreeMap<String, String> = deploy
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .map(|s| {
+            s.containers
+                .iter()
+                .map(|c| c.name.clone())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|name| {
+            let fingerprint = crate::deployment::computed_fingerprint(deploy, &name)?;
+            Some((
+                crate::deployment::cached_fingerprint_key(&name),
+                fingerprint,
+            ))
+        })
+        .collect();
+    deploy.spec = deploy.spec.take().map(|spec| {
+        let template = spec.template;
+        let mut annotations = fingerprints;
+        annotations.insert(
+            crate::deployment::CACHED_FINGERPRINT.to_owned(),
+            String::new(),
+        );
+        if let Some(stamp) = template
+            .metadata
+            .as_ref()
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(RESTARTED_BY))
+        {
+            annotations.insert(RESTARTED_BY.to_owned(), stamp.clone());
+        }
+        DeploymentSpec {
+            replicas: spec.replicas,
+            selector: spec.selector,
+            paused: spec.paused,
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: template.metadata.and_then(|m| m.labels),
+                    annotations: Some(annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: template.spec.map(|pod| PodSpec {
+                    containers: pod.containers.iter().map(container).collect(),
+                    init_containers: pod
+                        .init_containers
+                        .map(|cs| cs.iter().map(container).collect()),
+                    image_pull_secrets: pod.image_pull_secrets,
+                    service_account_name: pod.service_account_name,
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        }
+    });
+    deploy.status = deploy.status.take().map(|status| DeploymentStatus {
+        conditions: None,
+        ..status
+    });
 }
 
 /// A container: its name and image.
@@ -113,6 +199,7 @@ pub fn node(node: &mut Node) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::ResourceExt;
     use serde_json::json;
 
     #[test]
@@ -159,6 +246,134 @@ mod tests {
             value["spec"]["volumes"].is_null() && value["spec"]["containers"][0]["env"].is_null()
         );
         assert!(value["metadata"]["managedFields"].is_null() && value["status"]["podIP"].is_null());
+        Ok(())
+    }
+
+    fn whole_deployment() -> Result<Deployment, serde_json::Error> {
+        serde_json::from_value(json!({
+            "metadata": {
+                "name": "web", "namespace": "shop", "uid": "u1", "generation": 3,
+                "labels": {"app": "web", "argocd.argoproj.io/instance": "shop"},
+                "annotations": {
+                    "freshen.dev/rejected-digests": "app=sha256:1",
+                    "argocd.argoproj.io/tracking-id": "shop:apps/Deployment:shop/web",
+                    "kubectl.kubernetes.io/last-applied-configuration": "{...}",
+                },
+                "managedFields": [{"manager": "kubectl"}],
+            },
+            "spec": {
+                "replicas": 3,
+                "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"type": "RollingUpdate"},
+                "template": {
+                    "metadata": {
+                        "labels": {"app": "web"},
+                        "annotations": {
+                            "freshen.dev/restarted-by": "r1",
+                            "prometheus.io/scrape": "true",
+                        },
+                    },
+                    "spec": {
+                        "serviceAccountName": "web",
+                        "imagePullSecrets": [{"name": "regcred"}],
+                        "volumes": [{"name": "v", "emptyDir": {}}],
+                        "initContainers": [{"name": "init", "image": "reg/init:1", "args": ["x"]}],
+                        "containers": [
+                            {"name": "app", "image": "reg/app:1", "env": [{"name": "A", "value": "b"}]},
+                            {"name": "side", "image": "reg/side:2", "resources": {"limits": {"cpu": "1"}}},
+                        ],
+                    },
+                },
+            },
+            "status": {
+                "observedGeneration": 3, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3,
+                "conditions": [{"type": "Available", "status": "True"}],
+            },
+        }))
+    }
+
+    #[test]
+    fn a_trimmed_deployment_keeps_what_freshen_reads() -> Result<(), serde_json::Error> {
+        let whole = whole_deployment()?;
+        let mut d = whole.clone();
+        deployment(&mut d);
+        for container in ["app", "side"] {
+            let state =
+                |d: &Deployment| format!("{:?}", crate::refresh::workload_state(d, container));
+            assert_eq!(state(&d), state(&whole));
+            assert_eq!(
+                crate::deployment::template_fingerprint(&d, container),
+                crate::deployment::computed_fingerprint(&whole, container)
+            );
+        }
+        assert_eq!(
+            format!("{:?}", crate::assess::template_containers(&d)),
+            format!("{:?}", crate::assess::template_containers(&whole))
+        );
+        assert_eq!(d.annotations().len(), 2, "{:?}", d.annotations());
+        assert_eq!(d.labels(), whole.labels());
+        let value = serde_json::to_value(&d)?;
+        let pod = &value["spec"]["template"]["spec"];
+        assert_eq!(pod["serviceAccountName"], "web");
+        assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
+        assert_eq!(
+            pod["initContainers"],
+            json!([{"name": "init", "image": "reg/init:1"}])
+        );
+        assert!(pod["volumes"].is_null() && pod["containers"][0]["env"].is_null());
+        assert!(
+            value["status"]["conditions"].is_null() && value["metadata"]["managedFields"].is_null()
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn any_edit_of_the_whole_template_changes_the_trimmed_fingerprint()
+    -> Result<(), serde_json::Error> {
+        let trimmed = |d: &Deployment| {
+            let mut d = d.clone();
+            deployment(&mut d);
+            crate::deployment::template_fingerprint(&d, "app")
+        };
+        let whole = whole_deployment()?;
+        let mut edited = whole.clone();
+        if let Some(pod) = edited.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
+            pod.volumes = None;
+        }
+        assert_ne!(trimmed(&whole), trimmed(&edited));
+        // What a refresh itself changes does not count.
+        let mut refreshed = whole.clone();
+        if let Some(pod) = refreshed
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.spec.as_mut())
+        {
+            pod.containers[0].image = Some("reg/app@sha256:2".into());
+        }
+        assert_eq!(trimmed(&whole), trimmed(&refreshed));
+        // A tenant's forgery of the cache keys is hashed as part of the
+        // template, never taken as the fingerprint.
+        let mut forged = whole.clone();
+        if let Some(meta) = forged
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.metadata.as_mut())
+        {
+            let annotations = meta.annotations.get_or_insert_with(Default::default);
+            annotations.insert(
+                "cache.freshen.dev/template-fingerprint".into(),
+                String::new(),
+            );
+            annotations.insert(
+                "cache.freshen.dev/template-fingerprint.app".into(),
+                "forged".into(),
+            );
+        }
+        assert_eq!(
+            trimmed(&forged),
+            crate::deployment::computed_fingerprint(&forged, "app")
+        );
+        assert_ne!(trimmed(&forged).as_deref(), Some("forged"));
         Ok(())
     }
 

@@ -88,26 +88,31 @@ fn serve(
             if let Ok(mut calls) = log.lock() {
                 calls.push(call);
             }
-            let (code, answer) =
-                if path.ends_with("/status") && status_writes == StatusWrites::Conflict {
-                    (
-                        StatusCode::CONFLICT,
-                        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+            let (code, answer) = if method == "GET" && path.ends_with("/deployments/web") {
+                // The canary is made from the whole workload, read afresh.
+                (
+                    StatusCode::OK,
+                    serde_json::to_value(workload()).unwrap_or_default(),
+                )
+            } else if path.ends_with("/status") && status_writes == StatusWrites::Conflict {
+                (
+                    StatusCode::CONFLICT,
+                    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                            "reason": "Conflict", "code": 409,
                            "message": "the object has been modified"}),
-                    )
+                )
+            } else {
+                version += 1;
+                if body.is_object() {
+                    body["metadata"]["resourceVersion"] = json!(version.to_string());
+                }
+                let code = if method == "POST" {
+                    StatusCode::CREATED
                 } else {
-                    version += 1;
-                    if body.is_object() {
-                        body["metadata"]["resourceVersion"] = json!(version.to_string());
-                    }
-                    let code = if method == "POST" {
-                        StatusCode::CREATED
-                    } else {
-                        StatusCode::OK
-                    };
-                    (code, body)
+                    StatusCode::OK
                 };
+                (code, body)
+            };
             let response = Response::builder()
                 .status(code)
                 .header("content-type", "application/json")
