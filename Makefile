@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-registry bench-refresh bench-velocity test clean
+.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-peers bench-registry bench-refresh bench-velocity test clean
 
 all: build
 
@@ -106,6 +106,18 @@ bench-scale:
 	[ -x $(PLOTS_VENV)/bin/python ] || python3 -m venv $(PLOTS_VENV)
 	$(PLOTS_VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(PLOTS_VENV)/bin/pip install -q matplotlib==3.11.2
 	$(PLOTS_VENV)/bin/python bench/plot_scale.py
+
+# freshen beside crane (image age), descheduler PodLifeTime (container age),
+# Argo Rollouts and Flagger (rollback), built from their Go modules into the
+# harness' tool cache. Writes bench/results/peers-<date>.{md,png}.
+bench-peers:
+	FRESHEN_E2E_NODES=52 $(HARNESS)/up.sh
+	$(HARNESS)/build-tools.sh crane descheduler flagger argo_rollouts
+	$(CARGO) build --release -p freshen -p freshen-e2e
+	FRESHEN_BIN=target/release/freshen ./target/release/freshen-e2e bench-peers $(BENCH_ARGS)
+	[ -x $(PLOTS_VENV)/bin/python ] || python3 -m venv $(PLOTS_VENV)
+	$(PLOTS_VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(PLOTS_VENV)/bin/pip install -q matplotlib==3.11.2
+	$(PLOTS_VENV)/bin/python bench/plot_peers.py
 
 test: fmt-check clippy unit e2e
 

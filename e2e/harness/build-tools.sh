@@ -102,6 +102,48 @@ build_kwok() {
 
 build_helm() { go_install helm helm.sh/helm/v4/cmd/helm "$HELM_VERSION"; }
 
+# The tools `make bench-peers` compares freshen with (not built by default).
+
+# go_wrapped TOOL MODULE VERSION PACKAGE [GOTOOLCHAIN]: builds PACKAGE of
+# MODULE@VERSION through a wrapper module that copies MODULE's replace
+# directives (`go install` refuses a module that has any).
+go_wrapped() {
+  local tool=$1 module=$2 version=$3 pkg=$4 toolchain=${5:-local}
+  have "$tool" "$version" && return 0
+  log "building $tool $version"
+  local work="$cache/src/$tool-$version"
+  mkdir -p "$work"
+  local gomod
+  gomod=$(cd "$work" && GOTOOLCHAIN=$toolchain go mod download -json "$module@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  {
+    echo "module freshen.dev/e2e/$tool"
+    echo
+    sed -n 's/^go \(.*\)/go \1/p' "$gomod" | head -n1
+    echo
+    echo "require $module $version"
+    echo
+    sed -n '/^replace (/,/^)/p' "$gomod"
+    grep '^replace [^(]' "$gomod" || true
+  } >"$work/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$pkg" >"$work/tools.go"
+  (cd "$work" && GOTOOLCHAIN=$toolchain go mod tidy >/dev/null 2>&1 || true)
+  (cd "$work" && GOTOOLCHAIN=$toolchain go build -trimpath -ldflags "-s -w" -o "$bin/$tool-$version.tmp" "$pkg")
+  mv "$bin/$tool-$version.tmp" "$bin/$tool-$version"
+}
+
+build_crane() { go_install crane github.com/google/go-containerregistry/cmd/crane "$CRANE_VERSION"; }
+build_descheduler() {
+  go_wrapped descheduler sigs.k8s.io/descheduler "$DESCHEDULER_VERSION" sigs.k8s.io/descheduler/cmd/descheduler
+}
+build_flagger() {
+  go_wrapped flagger github.com/fluxcd/flagger "$FLAGGER_VERSION" github.com/fluxcd/flagger/cmd/flagger
+}
+# Argo Rollouts needs Go >= 1.26.10: the approved go1.27.3 toolchain.
+build_argo_rollouts() {
+  go_wrapped argo-rollouts github.com/argoproj/argo-rollouts "$ARGO_ROLLOUTS_VERSION" \
+    github.com/argoproj/argo-rollouts/cmd/rollouts-controller go1.27.3
+}
+
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(etcd kwok kubernetes helm)
 start=$(date +%s)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the e2e harness needs from Debian's packages, when missing:
 # the OCI registry (docker-registry), Prometheus (with promtool), htpasswd and
-# openssl for registry auth/TLS tests, and curl.
+# openssl for registry auth/TLS tests, curl; jq and time for make bench-peers.
 set -euo pipefail
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
@@ -10,6 +10,9 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+# make bench-peers: its image-age script, and peak memory of one-shot tools.
+command -v jq >/dev/null || need+=(jq)
+[ -x /usr/bin/time ] || need+=(time)
 [ ${#need[@]} -gt 0 ] || exit 0
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo=sudo

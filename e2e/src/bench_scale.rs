@@ -21,8 +21,9 @@ use crate::operator::Operator;
 use crate::{Harness, deployment};
 
 /// The benchmark's namespaces: the governed workloads, and the others.
-const GOVERNED: &str = "scale-governed";
-const IGNORED: &str = "scale-ignored";
+pub const GOVERNED: &str = "scale-governed";
+/// The namespace of the Deployments that did not opt in.
+pub const IGNORED: &str = "scale-ignored";
 
 /// Benchmark settings.
 #[derive(Debug, Clone)]
@@ -61,31 +62,7 @@ pub struct ScaleRow {
 
 /// Runs every size; returns one row each.
 pub async fn run(harness: &Harness, config: &ScaleConfig) -> anyhow::Result<Vec<ScaleRow>> {
-    let client = harness.client().await?;
-    for ns in [GOVERNED, IGNORED] {
-        let namespace: Namespace = serde_json::from_value(serde_json::json!({
-            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
-        }))?;
-        Api::<Namespace>::all(client.clone())
-            .patch(
-                ns,
-                &PatchParams::apply("freshen-bench").force(),
-                &Patch::Apply(&namespace),
-            )
-            .await?;
-    }
-    let mut images = Vec::new();
-    for i in 0..config.images {
-        images.push(
-            push(
-                &harness.registry,
-                &format!("scale/img{i}"),
-                "v1",
-                &ImageSpec::built_at(Utc::now()),
-            )
-            .await?,
-        );
-    }
+    let images = prepare(harness, config.images).await?;
     ensure_workloads(harness, IGNORED, config.ignored, &images, false).await?;
     let mut rows = Vec::new();
     for &n in &config.sizes {
@@ -100,10 +77,41 @@ pub async fn run(harness: &Harness, config: &ScaleConfig) -> anyhow::Result<Vec<
     Ok(rows)
 }
 
+/// Creates the benchmark's namespaces and pushes `count` images
+/// (`scale/img<i>:v1`); returns them.
+pub async fn prepare(harness: &Harness, count: usize) -> anyhow::Result<Vec<Pushed>> {
+    let client = harness.client().await?;
+    for ns in [GOVERNED, IGNORED] {
+        let namespace: Namespace = serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
+        }))?;
+        Api::<Namespace>::all(client.clone())
+            .patch(
+                ns,
+                &PatchParams::apply("freshen-bench").force(),
+                &Patch::Apply(&namespace),
+            )
+            .await?;
+    }
+    let mut images = Vec::new();
+    for i in 0..count {
+        images.push(
+            push(
+                &harness.registry,
+                &format!("scale/img{i}"),
+                "v1",
+                &ImageSpec::built_at(Utc::now()),
+            )
+            .await?,
+        );
+    }
+    Ok(images)
+}
+
 /// Creates Deployments `w00000`.. up to `count` in `namespace` (server-side
 /// apply, 32 at a time; those already there are left) and waits for their
 /// pods.
-async fn ensure_workloads(
+pub async fn ensure_workloads(
     harness: &Harness,
     namespace: &str,
     count: usize,
@@ -161,7 +169,7 @@ async fn ensure_workloads(
 }
 
 /// CPU time (user + system) of process `pid`, from `/proc/<pid>/stat`.
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command (which may hold spaces) in parentheses.
     let rest = stat

@@ -6,6 +6,7 @@
 //! with a bound, saying what they last saw when the bound runs out.
 
 pub mod bench;
+pub mod bench_peers;
 pub mod bench_refresh;
 pub mod bench_scale;
 pub mod bench_velocity;

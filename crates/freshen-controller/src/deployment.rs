@@ -45,7 +45,7 @@ pub fn owned_by(refresh: &Refresh, workload: &Deployment) -> bool {
 }
 
 /// The pod-template annotation marking a Deployment trimmed for the cache
-/// ([`crate::trim::deployment`]): its template is partial, and each
+/// (by the cache's trim of Deployments): its template is partial, and each
 /// container's fingerprint, computed from the whole template, is kept
 /// under this prefix plus the container's name. Only ever in memory; a
 /// tenant's annotation of the same name is replaced when trimmed.

@@ -94,6 +94,26 @@ enum Command {
         #[arg(long)]
         baseline: Option<std::path::PathBuf>,
     },
+    /// freshen beside the tools a user would run instead: image age
+    /// (crane script), container age (descheduler PodLifeTime), rollback
+    /// (Argo Rollouts, Flagger) (`make bench-peers`).
+    BenchPeers {
+        /// Numbers of opted-in Deployments, comma-separated, ascending.
+        #[arg(long, default_value = "1000,2500,5000,10000", value_delimiter = ',')]
+        sizes: Vec<usize>,
+        /// Deployments that did not opt in, beside them.
+        #[arg(long, default_value_t = 2000)]
+        ignored: usize,
+        /// Distinct images.
+        #[arg(long, default_value_t = 10)]
+        images: usize,
+        /// Rollback runs per tool.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// freshen's poll interval while a warm interval is measured.
+        #[arg(long, default_value = "60s")]
+        poll_interval: String,
+    },
     /// Build a small OCI image and push it to the harness registry.
     PushImage {
         /// Repository, e.g. `demo/app`.
@@ -175,6 +195,36 @@ async fn main() -> anyhow::Result<()> {
                 println!("{}", freshen_e2e::bench_scale::row_line(row));
             }
             let path = freshen_e2e::bench_scale::write_results(&config, &rows)?;
+            println!("written to {}", path.display());
+            Ok(())
+        }
+        Command::BenchPeers {
+            sizes,
+            ignored,
+            images,
+            runs,
+            poll_interval,
+        } => {
+            let config = freshen_e2e::bench_peers::PeersConfig {
+                sizes,
+                ignored,
+                images,
+                runs,
+                poll_interval: freshen_core::parse_duration(&poll_interval)?,
+            };
+            let report = freshen_e2e::bench_peers::run(&harness, &config).await?;
+            println!("{}", freshen_e2e::bench_peers::AGE_HEADER);
+            for row in &report.ages {
+                println!("{}", freshen_e2e::bench_peers::age_line(row));
+            }
+            println!("{}", freshen_e2e::bench_peers::ROLLBACK_HEADER);
+            for row in &report.rollbacks {
+                println!("{}", freshen_e2e::bench_peers::rollback_line(row));
+            }
+            for skipped in &report.skipped {
+                println!("not measured: {skipped}");
+            }
+            let path = freshen_e2e::bench_peers::write_results(&config, &report)?;
             println!("written to {}", path.display());
             Ok(())
         }
