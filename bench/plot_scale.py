@@ -14,7 +14,9 @@ results = pathlib.Path(__file__).resolve().parent / "results"
 latest = sorted(results.glob("scale-*.csv"))[-1]
 rows = list(csv.DictReader(latest.open()))
 fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-for build, style in (("freshen", "o-"), ("baseline", "s--")):
+styles = ["o-", "s--", "^:", "d-."]
+builds = list(dict.fromkeys(r["build"] for r in rows))
+for build, style in zip(builds, styles):
     mine = [r for r in rows if r["build"] == build]
     if not mine:
         continue
@@ -29,7 +31,7 @@ for ax in (left, right):
     ax.set_xlabel("opted-in Deployments (+2,000 ignored)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
-fig.suptitle("freshen at scale: release build, cluster-wide, 2 cores (baseline: 35245e6, before the pod index)")
+fig.suptitle("freshen at scale: release build, cluster-wide, 2 cores ('freshen': this build; others: earlier commits)")
 fig.tight_layout()
 out = latest.with_suffix(".png")
 fig.savefig(out, dpi=110)
