@@ -456,10 +456,14 @@ fn exported_metrics() -> anyhow::Result<BTreeSet<String>> {
                 dirs.push(path);
             } else if path.extension().is_some_and(|e| e == "rs") {
                 let text = std::fs::read_to_string(&path)?;
-                for part in text.split('"').skip(1).step_by(2) {
-                    if part.starts_with("freshen_")
-                        && part.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                    {
+                // Every `"freshen_..."` literal, wherever it starts (escaped
+                // quotes elsewhere in a file must not shift what is inside
+                // a string and what is not).
+                for (at, _) in text.match_indices("\"freshen_") {
+                    let rest = &text[at + 1..];
+                    let Some(end) = rest.find('"') else { continue };
+                    let part = &rest[..end];
+                    if part.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
                         names.insert(part.to_owned());
                     }
                 }
