@@ -153,25 +153,16 @@ pub async fn run(harness: &Harness, config: &PeersConfig) -> anyhow::Result<Peer
         samples: freshen.to_rollback,
         idle_rss_mib: None,
     });
-    for (name, bench) in [
-        ("Argo Rollouts", argo_rollouts as RollbackBench),
-        ("Flagger", flagger as RollbackBench),
-    ] {
-        match bench(harness, &tools, config.runs).await {
+    let argo = argo_rollouts(harness, &tools, config.runs).await;
+    let flagger = flagger(harness, &tools, config.runs).await;
+    for (name, measured) in [("Argo Rollouts", argo), ("Flagger", flagger)] {
+        match measured {
             Ok(row) => report.rollbacks.push(row),
             Err(e) => report.skipped.push(format!("{name}: {e:#}")),
         }
     }
     Ok(report)
 }
-
-type RollbackBench = for<'a> fn(
-    &'a Harness,
-    &'a Tools,
-    usize,
-) -> std::pin::Pin<
-    Box<dyn std::future::Future<Output = anyhow::Result<RollbackRow>> + Send + 'a>,
->;
 
 /// The peers' binaries, from the harness' tool cache (built by
 /// `build-tools.sh crane descheduler flagger argo_rollouts`).
@@ -705,49 +696,48 @@ async fn status_field(
     Ok(object.data["status"][field].clone())
 }
 
-fn argo_rollouts<'a>(
-    harness: &'a Harness,
-    tools: &'a Tools,
+async fn argo_rollouts(
+    harness: &Harness,
+    tools: &Tools,
     runs: usize,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<RollbackRow>> + Send + 'a>> {
-    Box::pin(async move {
-        let client = harness.client().await?;
-        let crds = tools.modcache.join(format!(
-            "github.com/argoproj/argo-rollouts@{}/manifests/crds",
-            tools.version("ARGO_ROLLOUTS_VERSION")
-        ));
-        let files: Vec<PathBuf> = std::fs::read_dir(&crds)
-            .with_context(|| {
-                format!(
-                    "{} (build-tools.sh argo_rollouts downloads it)",
-                    crds.display()
-                )
-            })?
-            .filter_map(|e| Some(e.ok()?.path()))
-            .filter(|p| {
-                p.file_name()
-                    .is_some_and(|f| f.to_string_lossy().ends_with("-crd.yaml"))
-            })
-            .collect();
-        apply_files(harness, &files)?;
-        let ns = TestNamespace::create(harness, &client, "peers-argo").await?;
-        let mut command = Command::new(&tools.argo_rollouts);
-        command
-            .arg("--kubeconfig")
-            .arg(&harness.kubeconfig)
-            .args(["--namespaced", "--namespace", &ns.name])
-            .args([
-                "--metricsport",
-                "18091",
-                "--healthzPort",
-                "18092",
-                "--leader-elect=false",
-            ]);
-        let mut peer = Peer::start("argo-rollouts", command)?;
-        let good = format!("{}/peers/app:good", harness.registry);
-        let rollout = |image: &str| {
+) -> anyhow::Result<RollbackRow> {
+    let client = harness.client().await?;
+    let crds = tools.modcache.join(format!(
+        "github.com/argoproj/argo-rollouts@{}/manifests/crds",
+        tools.version("ARGO_ROLLOUTS_VERSION")
+    ));
+    let files: Vec<PathBuf> = std::fs::read_dir(&crds)
+        .with_context(|| {
             format!(
-                r#"apiVersion: argoproj.io/v1alpha1
+                "{} (build-tools.sh argo_rollouts downloads it)",
+                crds.display()
+            )
+        })?
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|f| f.to_string_lossy().ends_with("-crd.yaml"))
+        })
+        .collect();
+    apply_files(harness, &files)?;
+    let ns = TestNamespace::create(harness, &client, "peers-argo").await?;
+    let mut command = Command::new(&tools.argo_rollouts);
+    command
+        .arg("--kubeconfig")
+        .arg(&harness.kubeconfig)
+        .args(["--namespaced", "--namespace", &ns.name])
+        .args([
+            "--metricsport",
+            "18091",
+            "--healthzPort",
+            "18092",
+            "--leader-elect=false",
+        ]);
+    let mut peer = Peer::start("argo-rollouts", command)?;
+    let good = format!("{}/peers/app:good", harness.registry);
+    let rollout = |image: &str| {
+        format!(
+            r#"apiVersion: argoproj.io/v1alpha1
 kind: Rollout
 metadata: {{name: app}}
 spec:
@@ -762,91 +752,85 @@ spec:
     canary:
       steps: [{{setWeight: 50}}, {{pause: {{}}}}]
 "#
-            )
-        };
+        )
+    };
+    apply_yaml(harness, &ns.name, &rollout(&good))?;
+    let rollouts = custom(&client, &ns.name, "argoproj.io", "v1alpha1", "Rollout");
+    let healthy = || async {
+        let phase = status_field(&rollouts, "app", "phase").await?;
+        let abort = status_field(&rollouts, "app", "abort").await?;
+        Ok((phase == "Healthy" && abort != true).then_some(()))
+    };
+    wait_for(
+        "the Rollout Healthy",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        healthy,
+    )
+    .await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let mut samples = Vec::new();
+    for run in 0..runs {
+        peer.alive()?;
+        let bad = format!("{}/peers/crashloop:r{run}", harness.registry);
+        apply_yaml(harness, &ns.name, &rollout(&bad))?;
+        let latency = crash_to_rollback(&pods, &bad, Duration::from_secs(180), || async {
+            Ok(status_field(&rollouts, "app", "abort").await? == true)
+        })
+        .await
+        .with_context(|| format!("run {run}; log: {}", peer.log.display()))?;
+        eprintln!("  Argo Rollouts run {run}: {latency:.2?}");
+        samples.push(latency);
         apply_yaml(harness, &ns.name, &rollout(&good))?;
-        let rollouts = custom(&client, &ns.name, "argoproj.io", "v1alpha1", "Rollout");
-        let healthy = || async {
-            let phase = status_field(&rollouts, "app", "phase").await?;
-            let abort = status_field(&rollouts, "app", "abort").await?;
-            Ok((phase == "Healthy" && abort != true).then_some(()))
-        };
         wait_for(
-            "the Rollout Healthy",
+            "the Rollout Healthy again",
             Duration::from_secs(120),
             Duration::from_millis(200),
             healthy,
         )
         .await?;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-        let mut samples = Vec::new();
-        for run in 0..runs {
-            peer.alive()?;
-            let bad = format!("{}/peers/crashloop:r{run}", harness.registry);
-            apply_yaml(harness, &ns.name, &rollout(&bad))?;
-            let latency = crash_to_rollback(&pods, &bad, Duration::from_secs(180), || async {
-                Ok(status_field(&rollouts, "app", "abort").await? == true)
-            })
-            .await
-            .with_context(|| format!("run {run}; log: {}", peer.log.display()))?;
-            eprintln!("  Argo Rollouts run {run}: {latency:.2?}");
-            samples.push(latency);
-            apply_yaml(harness, &ns.name, &rollout(&good))?;
-            wait_for(
-                "the Rollout Healthy again",
-                Duration::from_secs(120),
-                Duration::from_millis(200),
-                healthy,
-            )
-            .await?;
-        }
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        Ok(RollbackRow {
-            tool: "Argo Rollouts",
-            how: format!(
-                "{} (rollouts-controller): progressDeadlineSeconds {PROGRESS_DEADLINE_S}, \
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    Ok(RollbackRow {
+        tool: "Argo Rollouts",
+        how: format!(
+            "{} (rollouts-controller): progressDeadlineSeconds {PROGRESS_DEADLINE_S}, \
                  progressDeadlineAbort, canary steps setWeight 50 + pause; until status.abort",
-                tools.version("ARGO_ROLLOUTS_VERSION")
-            ),
-            samples,
-            idle_rss_mib: Some(peer.rss_mib()?),
-        })
+            tools.version("ARGO_ROLLOUTS_VERSION")
+        ),
+        samples,
+        idle_rss_mib: Some(peer.rss_mib()?),
     })
 }
 
-fn flagger<'a>(
-    harness: &'a Harness,
-    tools: &'a Tools,
-    runs: usize,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<RollbackRow>> + Send + 'a>> {
-    Box::pin(async move {
-        let client = harness.client().await?;
-        let crd = tools.modcache.join(format!(
-            "github.com/fluxcd/flagger@{}/artifacts/flagger/crd.yaml",
-            tools.version("FLAGGER_VERSION")
-        ));
-        apply_files(harness, &[crd])?;
-        let ns = TestNamespace::create(harness, &client, "peers-flagger").await?;
-        let mut command = Command::new(&tools.flagger);
-        command
-            .arg("-kubeconfig")
-            .arg(&harness.kubeconfig)
-            .args(["-mesh-provider", "kubernetes", "-namespace", &ns.name])
-            .args(["-metrics-server", &harness.prometheus_url])
-            .args([
-                "-port",
-                "18093",
-                "-control-loop-interval",
-                "1s",
-                "-log-level",
-                "info",
-            ])
-            .arg("-enable-config-tracking=false");
-        let mut peer = Peer::start("flagger", command)?;
-        let good = format!("{}/peers/app:good", harness.registry);
-        let deployment = |image: &str| {
-            format!(
-                r#"apiVersion: apps/v1
+async fn flagger(harness: &Harness, tools: &Tools, runs: usize) -> anyhow::Result<RollbackRow> {
+    let client = harness.client().await?;
+    let crd = tools.modcache.join(format!(
+        "github.com/fluxcd/flagger@{}/artifacts/flagger/crd.yaml",
+        tools.version("FLAGGER_VERSION")
+    ));
+    apply_files(harness, &[crd])?;
+    let ns = TestNamespace::create(harness, &client, "peers-flagger").await?;
+    let mut command = Command::new(&tools.flagger);
+    command
+        .arg("-kubeconfig")
+        .arg(&harness.kubeconfig)
+        .args(["-mesh-provider", "kubernetes", "-namespace", &ns.name])
+        .args(["-metrics-server", &harness.prometheus_url])
+        .args([
+            "-port",
+            "18093",
+            "-control-loop-interval",
+            "1s",
+            "-log-level",
+            "info",
+        ])
+        .arg("-enable-config-tracking=false");
+    let mut peer = Peer::start("flagger", command)?;
+    let good = format!("{}/peers/app:good", harness.registry);
+    let deployment = |image: &str| {
+        format!(
+            r#"apiVersion: apps/v1
 kind: Deployment
 metadata: {{name: app}}
 spec:
@@ -856,14 +840,14 @@ spec:
     metadata: {{labels: {{app: app}}}}
     spec: {{containers: [{{name: app, image: "{image}"}}]}}
 "#
-            )
-        };
-        apply_yaml(harness, &ns.name, &deployment(&good))?;
-        apply_yaml(
-            harness,
-            &ns.name,
-            &format!(
-                r#"apiVersion: flagger.app/v1beta1
+        )
+    };
+    apply_yaml(harness, &ns.name, &deployment(&good))?;
+    apply_yaml(
+        harness,
+        &ns.name,
+        &format!(
+            r#"apiVersion: flagger.app/v1beta1
 kind: Canary
 metadata: {{name: app}}
 spec:
@@ -873,74 +857,73 @@ spec:
   service: {{port: 80}}
   analysis: {{interval: 1s, threshold: 1, iterations: 1}}
 "#
-            ),
-        )?;
-        let canaries = custom(&client, &ns.name, "flagger.app", "v1beta1", "Canary");
-        let settled = || async {
+        ),
+    )?;
+    let canaries = custom(&client, &ns.name, "flagger.app", "v1beta1", "Canary");
+    let settled = || async {
+        let phase = status_field(&canaries, "app", "phase").await?;
+        Ok((phase == "Initialized" || phase == "Succeeded").then_some(()))
+    };
+    wait_for(
+        "the Canary Initialized",
+        Duration::from_secs(180),
+        Duration::from_millis(200),
+        settled,
+    )
+    .await
+    .with_context(|| format!("log: {}", peer.log.display()))?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(client.clone(), &ns.name);
+    let set_image = |image: String| {
+        let deployments = deployments.clone();
+        async move {
+            let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+            deployments
+                .patch("app", &PatchParams::default(), &Patch::Strategic(patch))
+                .await?;
+            anyhow::Ok(())
+        }
+    };
+    let mut samples = Vec::new();
+    for run in 0..runs {
+        peer.alive()?;
+        let bad = format!("{}/peers/crashloop:r{run}", harness.registry);
+        set_image(bad.clone()).await?;
+        let latency = crash_to_rollback(&pods, &bad, Duration::from_secs(180), || async {
+            Ok(status_field(&canaries, "app", "phase").await? == "Failed")
+        })
+        .await
+        .with_context(|| format!("run {run}; log: {}", peer.log.display()))?;
+        eprintln!("  Flagger run {run}: {latency:.2?}");
+        samples.push(latency);
+        // Back to a good build: a new tag, so that Flagger analyses and
+        // promotes it (the spec it last promoted would not count as a
+        // new revision, and the Canary would stay Failed).
+        set_image(format!("{good}-{run}")).await?;
+        let promoted = || async {
             let phase = status_field(&canaries, "app", "phase").await?;
-            Ok((phase == "Initialized" || phase == "Succeeded").then_some(()))
+            Ok((phase == "Succeeded").then_some(()))
         };
         wait_for(
-            "the Canary Initialized",
+            "the Canary to promote a good build",
             Duration::from_secs(180),
             Duration::from_millis(200),
-            settled,
+            promoted,
         )
         .await
         .with_context(|| format!("log: {}", peer.log.display()))?;
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
-        let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
-            Api::namespaced(client.clone(), &ns.name);
-        let set_image = |image: String| {
-            let deployments = deployments.clone();
-            async move {
-                let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
-                deployments
-                    .patch("app", &PatchParams::default(), &Patch::Strategic(patch))
-                    .await?;
-                anyhow::Ok(())
-            }
-        };
-        let mut samples = Vec::new();
-        for run in 0..runs {
-            peer.alive()?;
-            let bad = format!("{}/peers/crashloop:r{run}", harness.registry);
-            set_image(bad.clone()).await?;
-            let latency = crash_to_rollback(&pods, &bad, Duration::from_secs(180), || async {
-                Ok(status_field(&canaries, "app", "phase").await? == "Failed")
-            })
-            .await
-            .with_context(|| format!("run {run}; log: {}", peer.log.display()))?;
-            eprintln!("  Flagger run {run}: {latency:.2?}");
-            samples.push(latency);
-            // Back to a good build: a new tag, so that Flagger analyses and
-            // promotes it (the spec it last promoted would not count as a
-            // new revision, and the Canary would stay Failed).
-            set_image(format!("{good}-{run}")).await?;
-            let promoted = || async {
-                let phase = status_field(&canaries, "app", "phase").await?;
-                Ok((phase == "Succeeded").then_some(()))
-            };
-            wait_for(
-                "the Canary to promote a good build",
-                Duration::from_secs(180),
-                Duration::from_millis(200),
-                promoted,
-            )
-            .await
-            .with_context(|| format!("log: {}", peer.log.display()))?;
-        }
-        tokio::time::sleep(Duration::from_secs(10)).await;
-        Ok(RollbackRow {
-            tool: "Flagger",
-            how: format!(
-                "{} (kubernetes provider): progressDeadlineSeconds {PROGRESS_DEADLINE_S}, analysis \
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    Ok(RollbackRow {
+        tool: "Flagger",
+        how: format!(
+            "{} (kubernetes provider): progressDeadlineSeconds {PROGRESS_DEADLINE_S}, analysis \
                  interval 1s, threshold 1, control loop 1s; until phase Failed",
-                tools.version("FLAGGER_VERSION")
-            ),
-            samples,
-            idle_rss_mib: Some(peer.rss_mib()?),
-        })
+            tools.version("FLAGGER_VERSION")
+        ),
+        samples,
+        idle_rss_mib: Some(peer.rss_mib()?),
     })
 }
 
