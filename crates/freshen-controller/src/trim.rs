@@ -48,18 +48,9 @@ fn metadata(meta: &mut ObjectMeta) {
 /// dropped.
 pub fn deployment(deploy: &mut Deployment) {
     metadata(&mut deploy.metadata);
-    let fingerprints: BTreeMap<String, String> = deploy
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|s| {
-            s.containers
-                .iter()
-                .map(|c| c.name.clone())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
+    let fingerprints: BTreeMap<String, String> = crate::assess::template_containers(deploy)
         .into_iter()
+        .map(|c| c.name)
         .filter_map(|name| {
             let fingerprint = crate::deployment::computed_fingerprint(deploy, &name)?;
             Some((
