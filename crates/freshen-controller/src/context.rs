@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cached::CachedPod;
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy};
 use freshen_core::policy::Limits;
 use freshen_registry::RegistryClient;
 use futures::channel::mpsc::UnboundedSender;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -58,7 +59,7 @@ pub struct Context {
     /// Every Deployment, from the workload controller's watch.
     pub deployments: Store<Deployment>,
     /// Every pod, from one shared watch.
-    pub pods: Store<Pod>,
+    pub pods: Store<CachedPod>,
     /// The pods of each Deployment, from the same watch.
     pub pod_index: crate::pod_index::PodIndex,
     /// Every ServiceAccount, for the imagePullSecrets they add.
@@ -103,7 +104,7 @@ pub struct Context {
 impl Context {
     /// The pods (from the shared store) of Deployment `namespace/name`,
     /// found through the pod index: no scan of every pod.
-    pub fn pods_of(&self, namespace: &str, name: &str) -> Vec<Arc<Pod>> {
+    pub fn pods_of(&self, namespace: &str, name: &str) -> Vec<Arc<CachedPod>> {
         self.pod_index
             .pods_of(&ObjectRef::new(name).within(namespace))
             .iter()

@@ -3,9 +3,10 @@
 //! fingerprint of a pod template, and the field manager of every write.
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
+
+use crate::cached::CachedPod;
 
 use freshen_api::Refresh;
 use freshen_api::refresh::RESTARTED_BY;
@@ -20,7 +21,7 @@ pub const FIELD_MANAGER: &str = "freshen";
 /// The Deployment a pod belongs to: its controlling ReplicaSet is named
 /// `<deployment>-<pod-template-hash>`. Pods of bare ReplicaSets or other
 /// controllers yield `None`.
-pub fn owning_deployment(pod: &Pod) -> Option<ObjectRef<Deployment>> {
+pub fn owning_deployment(pod: &CachedPod) -> Option<ObjectRef<Deployment>> {
     let hash = pod.labels().get(POD_TEMPLATE_HASH)?;
     let owner = pod
         .owner_references()

@@ -5,6 +5,7 @@
 //! the two policy status controllers, and the HTTP server.
 
 pub mod assess;
+pub mod cached;
 pub mod contain;
 pub mod context;
 pub mod deployment;
@@ -34,13 +35,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use crate::cached::CachedPod;
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy, TagRecord};
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
@@ -382,7 +384,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     }
 
     let namespace = config.namespace.as_deref();
-    let (deployments, pods, policies): (Api<Deployment>, Api<Pod>, Api<RefreshPolicy>) = (
+    let (deployments, pods, policies): (Api<Deployment>, Api<CachedPod>, Api<RefreshPolicy>) = (
         scoped(&client, namespace),
         scoped(&client, namespace),
         scoped(&client, namespace),

@@ -11,21 +11,21 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
+use crate::cached::CachedPod;
 use crate::deployment::owning_deployment;
 
 /// Pod references by owning Deployment, and the owner of each pod.
 #[derive(Debug, Default)]
 struct Index {
-    by_owner: HashMap<ObjectRef<Deployment>, HashSet<ObjectRef<Pod>>>,
-    owner_of: HashMap<ObjectRef<Pod>, ObjectRef<Deployment>>,
+    by_owner: HashMap<ObjectRef<Deployment>, HashSet<ObjectRef<CachedPod>>>,
+    owner_of: HashMap<ObjectRef<CachedPod>, ObjectRef<Deployment>>,
 }
 
 impl Index {
-    fn insert(&mut self, pod: &Pod) {
+    fn insert(&mut self, pod: &CachedPod) {
         let key = ObjectRef::from_obj(pod);
         let Some(owner) = owning_deployment(pod) else {
             // A pod's owner does not change; one without a Deployment is
@@ -41,7 +41,7 @@ impl Index {
         self.by_owner.entry(owner).or_default().insert(key);
     }
 
-    fn remove(&mut self, pod: &Pod) {
+    fn remove(&mut self, pod: &CachedPod) {
         let key = ObjectRef::from_obj(pod);
         if let Some(owner) = self.owner_of.remove(&key)
             && let Some(pods) = self.by_owner.get_mut(&owner)
@@ -64,7 +64,7 @@ pub struct PodIndex {
 
 impl PodIndex {
     /// Applies one event of the pod watch.
-    pub fn apply(&self, event: &watcher::Event<Pod>) {
+    pub fn apply(&self, event: &watcher::Event<CachedPod>) {
         match event {
             watcher::Event::Apply(pod) => {
                 if let Ok(mut live) = self.live.write() {
@@ -98,7 +98,7 @@ impl PodIndex {
     }
 
     /// The pods of Deployment `owner`, as references into the pod store.
-    pub fn pods_of(&self, owner: &ObjectRef<Deployment>) -> Vec<ObjectRef<Pod>> {
+    pub fn pods_of(&self, owner: &ObjectRef<Deployment>) -> Vec<ObjectRef<CachedPod>> {
         self.live
             .read()
             .ok()
@@ -116,9 +116,9 @@ mod tests {
     use super::*;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-    fn pod(name: &str, deployment: &str) -> Pod {
+    fn pod(name: &str, deployment: &str) -> CachedPod {
         let hash = "7d9f8c6b5";
-        Pod {
+        CachedPod {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("shop".into()),
@@ -131,7 +131,7 @@ mod tests {
                 }]),
                 ..ObjectMeta::default()
             },
-            ..Pod::default()
+            ..CachedPod::default()
         }
     }
 

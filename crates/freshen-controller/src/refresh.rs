@@ -26,7 +26,6 @@ use freshen_core::rollout::{
     WorkloadState,
 };
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::controller::Action;
@@ -37,6 +36,7 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::Watch;
+use crate::cached::CachedPod;
 use crate::context::Context;
 use crate::deployment::{
     FIELD_MANAGER, computed_fingerprint, owned_by, owning_deployment, template_fingerprint,
@@ -135,7 +135,7 @@ async fn observe(
     let holder = canary
         .as_deref()
         .map_or(CanaryHolder::Nobody, |c| canary_holder(c, refresh));
-    let live = |p: &&Arc<Pod>| p.metadata.deletion_timestamp.is_none();
+    let live = |p: &&Arc<CachedPod>| p.metadata.deletion_timestamp.is_none();
     let canary_pods = ctx
         .pods_of(&namespace, &canary_name)
         .iter()
@@ -509,7 +509,7 @@ pub fn active_for(refreshes: &Store<Refresh>, namespace: &str, name: &str) -> Op
 
 /// The Refresh a pod's change concerns: its canary's, or the active one of
 /// its workload.
-pub fn of_pod(pod: &Pod, refreshes: &Store<Refresh>) -> Option<ObjectRef<Refresh>> {
+pub fn of_pod(pod: &CachedPod, refreshes: &Store<Refresh>) -> Option<ObjectRef<Refresh>> {
     let namespace = pod.namespace()?;
     if let Some(name) = pod.labels().get(REFRESH_LABEL) {
         return Some(ObjectRef::new(name).within(&namespace));
@@ -532,7 +532,7 @@ pub fn of_deployment(
 }
 
 /// Whether a workload pod runs the refresh's change.
-fn runs_target(pod: &Pod, target: &rollout::Target) -> bool {
+fn runs_target(pod: &CachedPod, target: &rollout::Target) -> bool {
     let image = pod
         .spec
         .as_ref()
@@ -544,7 +544,7 @@ fn runs_target(pod: &Pod, target: &rollout::Target) -> bool {
 
 /// A pod's health as the state machine reads it: Ready, restarts, and the
 /// waiting and termination reasons of its containers, current and last.
-pub fn pod_health(pod: &Pod) -> PodHealth {
+pub fn pod_health(pod: &CachedPod) -> PodHealth {
     let status = pod.status.clone().unwrap_or_default();
     let ready = status
         .conditions
@@ -1122,7 +1122,7 @@ mod tests {
 
     #[test]
     fn pod_health_collects_restarts_and_reasons_of_now_and_before() {
-        let pod: Pod = serde_json::from_value(json!({
+        let pod: CachedPod = serde_json::from_value(json!({
             "metadata": {"name": "p"},
             "status": {
                 "conditions": [{"type": "Ready", "status": "False"}],

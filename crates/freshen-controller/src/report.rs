@@ -8,6 +8,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cached::CachedPod;
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, is_canary};
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshMode, RefreshPolicy};
@@ -20,7 +21,7 @@ use freshen_core::{HumanDuration, short_age};
 use freshen_registry::{Platform, RegistryClient};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
@@ -246,7 +247,7 @@ pub async fn build(
 async fn list_workloads(
     client: &Client,
     options: &ReportOptions,
-) -> Result<(Vec<Deployment>, Vec<Pod>), ReportError> {
+) -> Result<(Vec<Deployment>, Vec<CachedPod>), ReportError> {
     let namespace = options.namespace.as_deref();
     let scope = namespace
         .map(|n| format!(" in namespace {n}"))
@@ -268,7 +269,7 @@ async fn list_workloads(
         .await
         .map_err(failed("deployments"))?
         .items;
-    let pods = scoped::<Pod>(client, namespace)
+    let pods = scoped::<CachedPod>(client, namespace)
         .list(&ListParams::default())
         .await
         .map_err(failed("pods"))?
@@ -379,7 +380,7 @@ impl Scan<'_> {
     /// The rows of every Deployment in scope. Workloads are measured
     /// concurrently; the registry client bounds requests per registry and
     /// coalesces identical look-ups.
-    async fn measure_all(&self, deployments: &[Deployment], pods: &[Pod]) -> Vec<Row> {
+    async fn measure_all(&self, deployments: &[Deployment], pods: &[CachedPod]) -> Vec<Row> {
         let mut pods_of: BTreeMap<(String, String), Vec<PodFacts>> = BTreeMap::new();
         for pod in pods {
             if let Some(owner) = owning_deployment(pod) {

@@ -4,6 +4,10 @@
 //! hundreds of MiB. Each function here is applied to every object as it
 //! arrives (`WatchStreamExt::modify`), before it reaches the store.
 //!
+//! Pods arrive already small: they are read into `CachedPod`
+//! ([`crate::cached`]), which has only the fields freshen reads; [`pod`]
+//! drops the metadata and conditions it does not.
+//!
 //! Deployments keep their pod template's containers (names and images),
 //! pull secrets and service account, and the template's fingerprint per
 //! container, computed from the whole template as it arrives
@@ -15,10 +19,12 @@ use std::collections::BTreeMap;
 use freshen_api::refresh::RESTARTED_BY;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{
-    Container, ContainerStatus, Namespace, Node, NodeStatus, NodeSystemInfo, Pod, PodCondition,
-    PodSpec, PodStatus, PodTemplateSpec, ServiceAccount,
+    Container, Namespace, Node, NodeStatus, NodeSystemInfo, PodSpec, PodTemplateSpec,
+    ServiceAccount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::cached::CachedPod;
 
 /// Annotations of other tools freshen reads: Argo CD's tracking id (which
 /// marks a workload a GitOps reconciler manages).
@@ -112,49 +118,12 @@ fn container(c: &Container) -> Container {
     }
 }
 
-/// A pod: its containers' names and images, its node; its Ready condition
-/// and its containers' statuses (image id, state, restarts).
-pub fn pod(pod: &mut Pod) {
+/// A pod (already only what [`CachedPod`] reads): its metadata as
+/// [`metadata`] keeps it, and of its conditions only Ready.
+pub fn pod(pod: &mut CachedPod) {
     metadata(&mut pod.metadata);
-    pod.spec = pod.spec.take().map(|spec| PodSpec {
-        containers: spec.containers.iter().map(container).collect(),
-        node_name: spec.node_name,
-        ..PodSpec::default()
-    });
-    pod.status = pod.status.take().map(|status| PodStatus {
-        conditions: status.conditions.map(|cs| {
-            cs.into_iter()
-                .filter(|c| c.type_ == "Ready")
-                .map(|c| PodCondition {
-                    type_: c.type_,
-                    status: c.status,
-                    ..PodCondition::default()
-                })
-                .collect()
-        }),
-        container_statuses: status
-            .container_statuses
-            .map(|s| s.into_iter().map(status_of).collect()),
-        init_container_statuses: status
-            .init_container_statuses
-            .map(|s| s.into_iter().map(status_of).collect()),
-        phase: status.phase,
-        ..PodStatus::default()
-    });
-}
-
-/// A container status without what freshen does not read.
-fn status_of(s: ContainerStatus) -> ContainerStatus {
-    ContainerStatus {
-        name: s.name,
-        image: s.image,
-        image_id: s.image_id,
-        restart_count: s.restart_count,
-        ready: s.ready,
-        started: s.started,
-        state: s.state,
-        last_state: s.last_state,
-        ..ContainerStatus::default()
+    if let Some(conditions) = pod.status.as_mut().and_then(|s| s.conditions.as_mut()) {
+        conditions.retain(|c| c.type_ == "Ready");
     }
 }
 
@@ -195,7 +164,7 @@ mod tests {
 
     #[test]
     fn a_trimmed_pod_keeps_what_freshen_reads() -> Result<(), serde_json::Error> {
-        let mut p: Pod = serde_json::from_value(json!({
+        let mut p: CachedPod = serde_json::from_value(json!({
             "metadata": {
                 "name": "web-1", "namespace": "shop", "uid": "u1",
                 "labels": {"app": "web", "pod-template-hash": "abc"},

@@ -21,7 +21,6 @@ use freshen_core::plan::Hold;
 use freshen_core::policy;
 use freshen_core::policy::Violation;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -31,6 +30,7 @@ use crate::assess::{
     Accounts, Configuration, Lookup, Measurement, Problem, configure, measure, node_platform,
     platform_of, pull_credentials,
 };
+use crate::cached::CachedPod;
 use crate::context::Context;
 use crate::error::Error;
 use crate::planner::{self, Outcome};
@@ -308,7 +308,7 @@ fn workload_key(deploy: &Deployment) -> Result<WorkloadKey, Error> {
 }
 
 /// Copies the fields freshen reads out of a pod.
-pub fn pod_facts(pod: &Pod) -> PodFacts {
+pub fn pod_facts(pod: &CachedPod) -> PodFacts {
     let spec_images = pod
         .spec
         .as_ref()
@@ -352,8 +352,8 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;
 
-    fn pod(owner_kind: &str, owner: &str, hash: Option<&str>) -> Pod {
-        Pod {
+    fn pod(owner_kind: &str, owner: &str, hash: Option<&str>) -> CachedPod {
+        CachedPod {
             metadata: ObjectMeta {
                 name: Some("p".into()),
                 namespace: Some("shop".into()),
@@ -369,7 +369,7 @@ mod tests {
                 }]),
                 ..ObjectMeta::default()
             },
-            ..Pod::default()
+            ..CachedPod::default()
         }
     }
 
