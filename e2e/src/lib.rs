@@ -11,6 +11,7 @@ pub mod bench_refresh;
 pub mod bench_scale;
 pub mod bench_velocity;
 pub mod demo;
+pub mod faults;
 pub mod image;
 pub mod operator;
 pub mod prometheus;

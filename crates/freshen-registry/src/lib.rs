@@ -259,12 +259,18 @@ fn describe(step: Step, image: &str, source: &HttpError) -> String {
             format!("{status} from {registry}: the registry failed for {image}{detail}")
         }
         _ => match source {
-            HttpError::Request { .. } => {
+            HttpError::Request {
+                source: request, ..
+            } => {
                 let mut cause: &dyn std::error::Error = source;
                 while let Some(next) = cause.source() {
                     cause = next;
                 }
-                format!("{registry} could not be reached for {what} of {repository}: {cause}")
+                if request.is_timeout() {
+                    format!("{registry} did not answer in time for {what} of {repository}: {cause}")
+                } else {
+                    format!("{registry} could not be reached for {what} of {repository}: {cause}")
+                }
             }
             _ => format!("{what} of {repository}: {source}"),
         },
@@ -284,6 +290,11 @@ impl RegistryError {
             Some(HttpError::TooLarge { .. }) => return "registry_too_large",
             Some(HttpError::DigestMismatch { .. }) => return "registry_bad_digest",
             Some(HttpError::Deadline { .. }) => return "registry_timeout",
+            // A read or connect that timed out is the same fault as the
+            // whole call's deadline (whichever fires first).
+            Some(HttpError::Request { source, .. }) if source.is_timeout() => {
+                return "registry_timeout";
+            }
             Some(HttpError::Realm { .. }) => return "registry_realm_refused",
             _ => {}
         }
