@@ -10,6 +10,7 @@ pub mod bench_peers;
 pub mod bench_refresh;
 pub mod bench_scale;
 pub mod bench_velocity;
+pub mod control_plane;
 pub mod demo;
 pub mod faults;
 pub mod image;
@@ -642,4 +643,38 @@ pub async fn await_ready_pods(
         },
     )
     .await
+}
+
+/// A RefreshPolicy spec for the Deployments labelled `key=value`: follow
+/// the tag, a 50 % canary checked every `interval`, `iterations` passes to
+/// promote, pods Ready within `readiness`.
+pub fn canary_policy(
+    (key, value): (&str, &str),
+    interval: &str,
+    iterations: u32,
+    readiness: &str,
+) -> freshen_api::RefreshPolicySpec {
+    use freshen_api::refresh::{AnalysisSpec, RolloutSpec};
+    freshen_api::RefreshPolicySpec {
+        pipelines: Default::default(),
+        selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+            match_labels: Some([(key.to_owned(), value.to_owned())].into()),
+            ..Default::default()
+        },
+        limits: Default::default(),
+        refresh: freshen_api::PolicyRefresh {
+            follow_tag: Some(true),
+            rollout: Some(RolloutSpec {
+                strategy: None,
+                canary_weight: Some(50),
+                analysis: Some(AnalysisSpec {
+                    interval: Some(interval.into()),
+                    iterations: Some(iterations),
+                    readiness_timeout: Some(readiness.into()),
+                    ..AnalysisSpec::default()
+                }),
+            }),
+            ..freshen_api::PolicyRefresh::default()
+        },
+    }
 }

@@ -86,6 +86,13 @@ impl Operator {
         .with_context(|| format!("operator log: {}", self.log.display()))
     }
 
+    /// `/readyz`'s status and text.
+    pub async fn readyz(&self) -> anyhow::Result<(u16, String)> {
+        let response = reqwest::get(format!("{}/readyz", self.url)).await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
     /// Whether `/readyz` answers 2xx.
     pub async fn ready(&self) -> anyhow::Result<bool> {
         let status = reqwest::get(format!("{}/readyz", self.url)).await?.status();

@@ -8,6 +8,7 @@
 //! for the renew deadline or sees someone else holding the Lease. It
 //! releases the Lease on shutdown, so a standby takes over at once.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -87,8 +88,50 @@ enum Attempt {
     Held,
     /// Someone else holds it.
     Other(String),
-    /// Our write lost a race, or the API failed: try again.
+    /// Our write lost a race: try again.
     Retry(String),
+    /// The API server did not answer, or failed: try again.
+    Failed(String),
+}
+
+/// Whether the API server answers the Lease's reads and writes, for
+/// `/readyz`: an outage (since when, and the last error) shows there while
+/// it lasts, on the leader and on a standby alike.
+#[derive(Debug, Clone, Default)]
+pub struct ApiHealth(Arc<std::sync::Mutex<Option<(tokio::time::Instant, String)>>>);
+
+impl ApiHealth {
+    /// The API server failed a request sent at `sent` (`why`); the outage
+    /// began with the first such request since the last answer.
+    pub fn failed(&self, sent: tokio::time::Instant, why: &str) {
+        if let Ok(mut outage) = self.0.lock() {
+            let since = outage.as_ref().map_or(sent, |(since, _)| *since);
+            *outage = Some((since, why.chars().take(256).collect()));
+        }
+    }
+
+    /// The API server answered.
+    pub fn answered(&self) {
+        if let Ok(mut outage) = self.0.lock() {
+            *outage = None;
+        }
+    }
+
+    /// How long the API server has not answered, and its last error; `None`
+    /// when it answered last.
+    pub fn outage(&self) -> Option<(Duration, String)> {
+        let outage = self.0.lock().ok()?;
+        outage
+            .as_ref()
+            .map(|(since, why)| (since.elapsed(), why.clone()))
+    }
+
+    fn saw(&self, sent: tokio::time::Instant, attempt: &Attempt) {
+        match attempt {
+            Attempt::Failed(why) => self.failed(sent, why),
+            Attempt::Held | Attempt::Other(_) | Attempt::Retry(_) => self.answered(),
+        }
+    }
 }
 
 /// Takes part in the election for one Lease.
@@ -98,6 +141,8 @@ pub struct Elector {
     /// The Lease's resourceVersion as last seen, and when (our clock): a
     /// record unchanged for its duration has expired.
     observed: std::sync::Mutex<Option<(String, DateTime<Utc>)>>,
+    /// Where each attempt's answer (or its absence) is reported.
+    health: ApiHealth,
 }
 
 impl Elector {
@@ -107,7 +152,14 @@ impl Elector {
             api: Api::namespaced(client, &config.namespace),
             config,
             observed: std::sync::Mutex::new(None),
+            health: ApiHealth::default(),
         }
+    }
+
+    /// Reports whether the API server answers each attempt to `health`.
+    pub fn reporting_to(mut self, health: ApiHealth) -> Self {
+        self.health = health;
+        self
     }
 
     /// When this process first saw the Lease record `lease` (by its
@@ -129,10 +181,13 @@ impl Elector {
     /// One attempt, bounded: an API server that stalls must not keep a
     /// leader believing it leads past its renew deadline.
     async fn attempt_within(&self, limit: Duration) -> Attempt {
-        match tokio::time::timeout(limit, self.attempt()).await {
+        let sent = tokio::time::Instant::now();
+        let attempt = match tokio::time::timeout(limit, self.attempt()).await {
             Ok(attempt) => attempt,
-            Err(_) => Attempt::Retry(format!("no answer from the API server in {limit:?}")),
-        }
+            Err(_) => Attempt::Failed(format!("no answer from the API server in {limit:?}")),
+        };
+        self.health.saw(sent, &attempt);
+        attempt
     }
 
     fn lease_name(&self) -> String {
@@ -154,7 +209,7 @@ impl Elector {
                         said = Some(holder);
                     }
                 }
-                Attempt::Retry(why) => {
+                Attempt::Retry(why) | Attempt::Failed(why) => {
                     warn!(lease = %self.lease_name(), %why, "lease attempt failed")
                 }
             }
@@ -180,7 +235,7 @@ impl Elector {
                         holder,
                     };
                 }
-                Attempt::Retry(error) => {
+                Attempt::Retry(error) | Attempt::Failed(error) => {
                     let elapsed = renewed.elapsed();
                     warn!(lease = %self.lease_name(), %error, ?elapsed, "lease renewal failed");
                     if elapsed >= self.config.renew_deadline {
@@ -220,7 +275,7 @@ impl Elector {
     async fn attempt(&self) -> Attempt {
         let current = match self.api.get_opt(&self.config.name).await {
             Ok(l) => l,
-            Err(e) => return Attempt::Retry(e.to_string()),
+            Err(e) => return Attempt::Failed(e.to_string()),
         };
         let now = Utc::now();
         let view = current.as_ref().map(|l| Holder {
@@ -269,7 +324,7 @@ impl Elector {
             Err(kube::Error::Api(e)) if e.code == 409 => {
                 Attempt::Retry("another process wrote the Lease first".into())
             }
-            Err(e) => Attempt::Retry(e.to_string()),
+            Err(e) => Attempt::Failed(e.to_string()),
         }
     }
 
@@ -308,6 +363,36 @@ fn holder(lease: &Lease) -> Holder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_outage_lasts_from_the_first_failure_until_an_answer() {
+        let health = ApiHealth::default();
+        assert_eq!(health.outage(), None);
+        health.saw(
+            tokio::time::Instant::now(),
+            &Attempt::Failed("connection refused".into()),
+        );
+        health.saw(
+            tokio::time::Instant::now(),
+            &Attempt::Failed("no answer from the API server in 2s".into()),
+        );
+        let (_, why) = health.outage().unwrap_or_default();
+        assert_eq!(why, "no answer from the API server in 2s", "the last error");
+        // A lost race is an answer: the API server is up.
+        health.saw(
+            tokio::time::Instant::now(),
+            &Attempt::Retry("another process wrote the Lease first".into()),
+        );
+        assert_eq!(health.outage(), None);
+        health.saw(
+            tokio::time::Instant::now(),
+            &Attempt::Failed("x".repeat(10_000).as_str().into()),
+        );
+        let (_, why) = health.outage().unwrap_or_default();
+        assert_eq!(why.len(), 256, "bounded");
+        health.saw(tokio::time::Instant::now(), &Attempt::Other("b".into()));
+        assert_eq!(health.outage(), None);
+    }
 
     #[test]
     fn a_lease_reads_as_its_holder_and_renewal() {

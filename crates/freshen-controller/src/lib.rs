@@ -116,6 +116,8 @@ type WatchFlag = (Watch, Arc<AtomicBool>);
 pub struct Readiness {
     watches: Arc<std::sync::Mutex<Vec<WatchFlag>>>,
     changed: Arc<tokio::sync::Notify>,
+    /// Whether the API server answers (the Lease's attempts tell).
+    pub api: leader::ApiHealth,
 }
 
 /// Set once its watch has listed everything.
@@ -371,7 +373,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let elector = config
         .leader
         .clone()
-        .map(|c| leader::Elector::new(client.clone(), c));
+        .map(|c| leader::Elector::new(client.clone(), c).reporting_to(readiness.api.clone()));
     if let Some(elector) = &elector {
         // A standby serves /healthz, /readyz and /metrics (freshen_leader 0)
         // and watches nothing.

@@ -54,6 +54,15 @@ async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<ServerState>) -> impl IntoResponse {
+    if let Some((lasted, why)) = state.readiness.api.outage() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the API server has not answered for {}s: {why}",
+                lasted.as_secs()
+            ),
+        );
+    }
     let pending = state.readiness.pending();
     if pending.is_empty() {
         (StatusCode::OK, "ready".to_owned())
