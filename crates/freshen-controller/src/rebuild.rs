@@ -538,6 +538,10 @@ impl Runner for Jobs<'_> {
     }
 }
 
+/// How soon a Rebuild reconciled before the caches it reads have listed
+/// looks again.
+const LISTING_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// A Job's state from its conditions: `Complete` or `SuccessCriteriaMet`
 /// is success, `Failed` or `FailureTarget` failure (with its reason).
 pub fn job_state(job: &Job) -> RunState {
@@ -577,6 +581,16 @@ pub async fn reconcile(rebuild: Arc<Rebuild>, ctx: Arc<Context>) -> Result<Actio
     let progress = rebuild.progress();
     if progress.phase.is_terminal() {
         return Ok(Action::await_change());
+    }
+    if !ctx.readiness.listed(&[
+        crate::Watch::RefreshPolicies,
+        crate::Watch::ClusterRefreshPolicies,
+        crate::Watch::Jobs,
+    ]) {
+        // Not listed yet (an operator just started): the pipeline would
+        // look gone, failing the run and starting another (found by the
+        // chaos test: a second Job for one change), and the Job missing.
+        return Ok(Action::requeue(LISTING_RETRY));
     }
     let now = Utc::now();
     let target = target(&rebuild)?;
