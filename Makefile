@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build crds fmt fmt-check clippy unit e2e e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-peers bench-registry bench-refresh bench-velocity test clean
+.PHONY: all build crds fmt fmt-check clippy unit e2e test-chaos fuzz e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-peers bench-registry bench-refresh bench-velocity test clean
 
 all: build
 
@@ -60,6 +60,21 @@ image: e2e-up static
 e2e: e2e-up static
 	$(CARGO) build -p freshen
 	$(CARGO) test -p freshen-e2e --tests -- --test-threads=1
+
+# The chaos test at length: 50 SIGKILLs at seeded random moments (the
+# short run of 5 is part of `make e2e`). FRESHEN_CHAOS_SEED=<n> replays one.
+CHAOS_KILLS ?= 50
+test-chaos: e2e-up
+	$(CARGO) build -p freshen
+	FRESHEN_CHAOS_KILLS=$(CHAOS_KILLS) $(CARGO) test -p freshen-e2e --test chaos -- --nocapture
+
+# Fuzzing (not in `make test`): every target for FUZZ_SECONDS (600 s) with
+# cargo-fuzz, installed once outside the clone, keyed by its version.
+CARGO_FUZZ_VERSION := 0.13.2
+CARGO_FUZZ_ROOT := $(HOME)/.cache/freshen-tools/cargo-fuzz-$(CARGO_FUZZ_VERSION)
+fuzz:
+	[ -x $(CARGO_FUZZ_ROOT)/bin/cargo-fuzz ] || $(CARGO) install cargo-fuzz --version $(CARGO_FUZZ_VERSION) --locked --root $(CARGO_FUZZ_ROOT)
+	CARGO_FUZZ=$(CARGO_FUZZ_ROOT)/bin/cargo-fuzz fuzz/run.sh
 
 demo: e2e-up
 	$(CARGO) build -p freshen -p freshen-e2e

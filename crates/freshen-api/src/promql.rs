@@ -16,8 +16,60 @@ const MAX_DEPTH: usize = 64;
 /// Whether every series selector of `query` is confined to `namespace`;
 /// otherwise what is wrong, in words a policy author can act on.
 pub fn confined_to(query: &str, namespace: &str) -> Result<(), String> {
-    let expr = parser::parse(query).map_err(|e| format!("is not PromQL: {e}"))?;
+    // promql-parser panics on a duration past what `Duration` holds (found
+    // by `make fuzz`): such durations are refused before parsing, and any
+    // other panic of the parser is a refusal too, never the operator's end.
+    durations_fit(query)?;
+    let parsed = std::panic::catch_unwind(|| parser::parse(query))
+        .map_err(|_| "is not PromQL: the parser could not read it")?;
+    let expr = parsed.map_err(|e| format!("is not PromQL: {e}"))?;
     walk(&expr, namespace, 0)
+}
+
+/// Digits a duration's number may have: 999,999,999 years still fit in a
+/// `Duration`; a few more do not.
+const MAX_DURATION_DIGITS: usize = 9;
+
+/// Refuses a number of more than [`MAX_DURATION_DIGITS`] digits where a
+/// duration may be: inside `[...]` (ranges, subqueries), or followed by a
+/// unit (an `offset`). Quoted strings are skipped.
+fn durations_fit(query: &str) -> Result<(), String> {
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    let mut depth = 0usize;
+    let mut run = 0usize;
+    let chars: Vec<char> = query.chars().collect();
+    for (i, &c) in chars.iter().enumerate() {
+        if let Some(q) = quote {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' if q != '`' => escaped = true,
+                _ if c == q => quote = None,
+                _ => {}
+            }
+            continue;
+        }
+        if c.is_ascii_digit() {
+            run += 1;
+            let next = chars.get(i + 1).copied().unwrap_or(' ');
+            let unit = matches!(next, 's' | 'm' | 'h' | 'd' | 'w' | 'y');
+            if run > MAX_DURATION_DIGITS && (depth > 0 || unit) && !next.is_ascii_digit() {
+                return Err(format!(
+                    "is not PromQL freshen accepts: a duration of more than \
+                     {MAX_DURATION_DIGITS} digits"
+                ));
+            }
+            continue;
+        }
+        run = 0;
+        match c {
+            '"' | '\'' | '`' => quote = Some(c),
+            '[' => depth += 1,
+            ']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 fn walk(expr: &Expr, namespace: &str, depth: usize) -> Result<(), String> {
@@ -69,6 +121,33 @@ fn selector(vs: &VectorSelector, namespace: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found by `make fuzz` (target `promql`): promql-parser panicked
+    /// converting this subquery's range to a `Duration`.
+    #[test]
+    fn a_duration_the_parser_cannot_hold_is_refused_not_a_panic() {
+        for query in [
+            r#"sum(rame{nace="p"}[444444444444444444444444444441:0])"#,
+            r#"sum(rate(a{namespace="shop"}[666666666666666666666666:66666666666666666666666666660m]))"#,
+            r#"a{namespace="shop"} offset 99999999999999999999y"#,
+        ] {
+            let refused = confined_to(query, "shop");
+            assert!(
+                refused
+                    .as_ref()
+                    .is_err_and(|e| e.starts_with("is not PromQL")),
+                "{query}: {refused:?}"
+            );
+        }
+        // Long numbers elsewhere are fine: in strings, and as thresholds.
+        assert_eq!(
+            confined_to(
+                r#"sum(rate(a{namespace="shop",id="123456789012345s"}[5m])) > 0.000000000001"#,
+                "shop"
+            ),
+            Ok(())
+        );
+    }
 
     #[test]
     fn every_selector_must_name_the_namespace() {

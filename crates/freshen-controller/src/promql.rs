@@ -54,17 +54,25 @@ impl PrometheusClient {
             },
             Err(e) => return MetricReading::Error(format!("request failed: {e}")),
         };
-        let answer: Answer = match serde_json::from_slice(&body) {
-            Ok(a) => a,
-            Err(e) => return MetricReading::Error(format!("unreadable answer: {e}")),
-        };
-        if answer.status != "success" {
-            return MetricReading::Error(answer.error.unwrap_or(answer.status));
-        }
-        match answer.data {
-            Some(data) => reading(&data.result_type, &data.result),
-            None => MetricReading::Error("answer without data".into()),
-        }
+        read_answer(&body)
+    }
+}
+
+/// What a Prometheus query answer (`/api/v1/query`'s body) says: the first
+/// sample's value, no data, or why it cannot be read. Any bytes give one of
+/// the three.
+pub fn read_answer(body: &[u8]) -> MetricReading {
+    let answer: Answer = match serde_json::from_slice(body) {
+        Ok(a) => a,
+        Err(e) => return MetricReading::Error(format!("unreadable answer: {e}")),
+    };
+    if answer.status != "success" {
+        let why = answer.error.unwrap_or(answer.status);
+        return MetricReading::Error(why.chars().take(256).collect());
+    }
+    match answer.data {
+        Some(data) => reading(&data.result_type, &data.result),
+        None => MetricReading::Error("answer without data".into()),
     }
 }
 
@@ -119,6 +127,24 @@ fn reading(result_type: &str, result: &serde_json::Value) -> MetricReading {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn any_answer_reads_as_a_value_no_data_or_an_error() {
+        let ok = br#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"2"]}]}}"#;
+        assert_eq!(read_answer(ok), MetricReading::Value(2.0));
+        assert!(
+            matches!(read_answer(b"<html>"), MetricReading::Error(e) if e.contains("unreadable"))
+        );
+        let failed = format!(r#"{{"status":"error","error":"{}"}}"#, "x".repeat(5000));
+        assert!(
+            matches!(read_answer(failed.as_bytes()), MetricReading::Error(e) if e.len() == 256),
+            "a Prometheus error is bounded"
+        );
+        assert!(matches!(
+            read_answer(br#"{"status":"success"}"#),
+            MetricReading::Error(e) if e.contains("without data")
+        ));
+    }
 
     #[test]
     fn results_read_as_the_first_sample() {
