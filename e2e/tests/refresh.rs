@@ -493,12 +493,15 @@ async fn a_refresh_deleted_while_it_changes_the_workload_finishes_first() -> any
     let bad_spec = spec("bad-in-rollout-deleted", 1);
     let bad = s.push_spec("candidate", &bad_spec).await?;
     s.policy("till", canary("1s", 1)).await?;
+    // minReadySeconds keeps the change (and its rollback) under way for
+    // seconds: kwok crashes the new pods at once, and the restore of a
+    // template whose pods still run otherwise completes between two looks.
     s.deploy(
         "till",
         &v1.pinned(),
         2,
         &[("e2e.freshen.dev/crash-on-rollout", &bad.digest)],
-        serde_json::json!({}),
+        serde_json::json!({"spec": {"minReadySeconds": 5}}),
     )
     .await?;
     let mut operator = s.operator(&[]).await?;
