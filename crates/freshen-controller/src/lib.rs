@@ -238,6 +238,25 @@ where
         })
 }
 
+/// Asks the API server for its version every 2 s (each ask bounded at
+/// 5 s), reporting to `health` whether it answered.
+async fn probe_api(client: Client, health: leader::ApiHealth) {
+    loop {
+        let sent = tokio::time::Instant::now();
+        match tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            client.apiserver_version(),
+        )
+        .await
+        {
+            Ok(Ok(_)) => health.answered(),
+            Ok(Err(e)) => health.failed(sent, &e.to_string()),
+            Err(_) => health.failed(sent, "no answer from the API server in 5s"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
+}
+
 /// Drops a controller's results: failures are logged, counted and
 /// announced by [`contain`].
 async fn log_failure<T, E>(_result: Result<T, E>) {}
@@ -374,6 +393,12 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .leader
         .clone()
         .map(|c| leader::Elector::new(client.clone(), c).reporting_to(readiness.api.clone()));
+    if elector.is_none() {
+        // Without an election no Lease attempt tells whether the API server
+        // answers: ask it for its version instead, as often, so /readyz
+        // reports an outage either way.
+        tokio::spawn(probe_api(client.clone(), readiness.api.clone()));
+    }
     if let Some(elector) = &elector {
         // A standby serves /healthz, /readyz and /metrics (freshen_leader 0)
         // and watches nothing.
