@@ -29,7 +29,9 @@ use kube::{Api, Client, ResourceExt};
 const STANDBY_ADDR: &str = "127.0.0.1:18089";
 
 /// A namespace with one workload `web` (2 replicas) on `v1`, its policy (a
-/// canary of `iterations` checks 2 s apart), and `v2` ready to push.
+/// canary of `iterations` checks 2 s apart, pods Ready within 180 s: the
+/// 30 s outage and the control plane's restart count against it), and
+/// `v2` ready to push.
 struct Scene {
     harness: Harness,
     client: Client,
@@ -48,7 +50,7 @@ impl Scene {
         let v1 = push(&harness.registry, &repo, "stable", &spec("v1", 48)).await?;
         let policy = RefreshPolicy::new(
             "web",
-            canary_policy(("app", "web"), "2s", iterations, "60s"),
+            canary_policy(("app", "web"), "2s", iterations, "180s"),
         );
         Api::<RefreshPolicy>::namespaced(client.clone(), &ns.name)
             .create(&PostParams::default(), &policy)
