@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::cached::CachedDeployment;
 use chrono::{DateTime, Utc};
 use freshen_api::annotations::{PIPELINE, POLICY};
 use freshen_api::pipeline::{Pipeline, Rebuilds};
@@ -22,7 +23,6 @@ use freshen_core::rebuild::BaseMove;
 use freshen_registry::{
     Credential, ImageFacts, Keychain, Platform, RegistryClient, RegistryError, auth,
 };
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Secret, ServiceAccount};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Client, ResourceExt};
@@ -93,7 +93,7 @@ impl Configuration {
 /// `namespace_labels`) and which limits are in force. Policies whose spec is
 /// invalid match nothing (their status says why).
 pub fn configure(
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     namespace_labels: &BTreeMap<String, String>,
     policies: &[Arc<RefreshPolicy>],
     cluster_policies: &[Arc<ClusterRefreshPolicy>],
@@ -291,22 +291,17 @@ impl Valid<'_> {
 /// anonymous.
 pub async fn pull_credentials(
     client: &Client,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     accounts: Accounts<'_>,
 ) -> (Keychain, Vec<String>) {
     let mut keychain = Keychain::default();
     let mut problems = Vec::new();
     let namespace = deploy.namespace().unwrap_or_default();
-    let Some(spec) = deploy.spec.as_ref().and_then(|s| s.template.spec.as_ref()) else {
+    let Some(template) = deploy.template() else {
         return (keychain, problems);
     };
-    let mut names: Vec<String> = spec
-        .image_pull_secrets
-        .iter()
-        .flatten()
-        .map(|r| r.name.clone())
-        .collect();
-    let account = spec
+    let mut names: Vec<String> = template.image_pull_secrets.clone();
+    let account = template
         .service_account_name
         .clone()
         .filter(|a| !a.is_empty())
@@ -452,21 +447,15 @@ pub struct Measurement {
 }
 
 /// The template's containers of a Deployment.
-pub fn template_containers(deploy: &Deployment) -> Vec<ContainerSpec> {
+pub fn template_containers(deploy: &CachedDeployment) -> Vec<ContainerSpec> {
     deploy
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .map(|s| {
-            s.containers
-                .iter()
-                .map(|c| ContainerSpec {
-                    name: c.name.clone(),
-                    image: c.image.clone().unwrap_or_default(),
-                })
-                .collect()
+        .containers()
+        .iter()
+        .map(|c| ContainerSpec {
+            name: c.name.clone(),
+            image: c.image.clone().unwrap_or_default(),
         })
-        .unwrap_or_default()
+        .collect()
 }
 
 /// What every registry look-up of one workload shares: the client (and its
@@ -518,7 +507,7 @@ impl Lookup<'_> {
 /// forward.
 pub async fn measure(
     lookup: &Lookup<'_>,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     pods: &[PodFacts],
     track_base: bool,
     previous: Option<&WorkloadRecord>,
@@ -736,8 +725,8 @@ mod tests {
             .collect()
     }
 
-    fn deploy(annotations: &[(&str, &str)]) -> Deployment {
-        let mut d = Deployment::default();
+    fn deploy(annotations: &[(&str, &str)]) -> CachedDeployment {
+        let mut d = CachedDeployment::default();
         d.metadata.name = Some("web".into());
         d.metadata.namespace = Some("shop".into());
         d.metadata.labels = Some(labels(&[("tier", "web")]));

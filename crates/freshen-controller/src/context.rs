@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cached::CachedPod;
+use crate::cached::{CachedDeployment, CachedPod};
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy};
 use freshen_core::policy::Limits;
 use freshen_registry::RegistryClient;
 use futures::channel::mpsc::UnboundedSender;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::Client;
@@ -57,7 +56,7 @@ pub struct Context {
     /// What was last measured of each workload.
     pub records: Arc<WorkloadRecords>,
     /// Every Deployment, from the workload controller's watch.
-    pub deployments: Store<Deployment>,
+    pub deployments: Store<CachedDeployment>,
     /// Every pod, from one shared watch.
     pub pods: Store<CachedPod>,
     /// The pods of each Deployment, from the same watch.
@@ -87,7 +86,7 @@ pub struct Context {
     /// Where canary metric queries go, when configured.
     pub prometheus: Option<crate::promql::PrometheusClient>,
     /// Asks the workload controller to measure a Deployment again.
-    pub workload_trigger: UnboundedSender<ObjectRef<Deployment>>,
+    pub workload_trigger: UnboundedSender<ObjectRef<CachedDeployment>>,
     /// Asks the rebuild controller to look at a Rebuild again.
     pub rebuild_trigger: UnboundedSender<ObjectRef<Rebuild>>,
     /// Publishes Kubernetes Events.

@@ -3,8 +3,8 @@
 //! [`Context::publish_failure`] (a failed reconcile, its reason the error's
 //! category), which bound the note and never fail a reconcile.
 
+use crate::cached::CachedDeployment;
 use freshen_core::event::EventReason;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
@@ -83,7 +83,7 @@ impl Context {
     }
 
     /// Publishes a Warning Event on a workload.
-    pub(crate) async fn warn(&self, deploy: &Deployment, reason: EventReason, note: String) {
+    pub(crate) async fn warn(&self, deploy: &CachedDeployment, reason: EventReason, note: String) {
         let target = deploy.object_ref(&());
         self.publish(EventType::Warning, reason, "Measure", note, &[target])
             .await;

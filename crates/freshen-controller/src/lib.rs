@@ -35,12 +35,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cached::CachedPod;
+use crate::cached::{CachedDeployment, CachedPod};
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy, TagRecord};
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::channel::mpsc;
 use futures::{Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
@@ -268,8 +267,8 @@ fn policy_watch<P: Policy>(
     api: Api<P>,
     writer: reflector::store::Writer<P>,
     synced: Synced,
-    deployments: Store<Deployment>,
-    workload_trigger: mpsc::UnboundedSender<ObjectRef<Deployment>>,
+    deployments: Store<CachedDeployment>,
+    workload_trigger: mpsc::UnboundedSender<ObjectRef<CachedDeployment>>,
 ) -> impl Stream<Item = Result<P, watcher::Error>> + Send + 'static {
     reflected(api, watcher::Config::default(), writer, synced)
         .inspect_ok(move |event| {
@@ -411,7 +410,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     }
 
     let namespace = config.namespace.as_deref();
-    let (deployments, pods, policies): (Api<Deployment>, Api<CachedPod>, Api<RefreshPolicy>) = (
+    let (deployments, pods, policies): (Api<CachedDeployment>, Api<CachedPod>, Api<RefreshPolicy>) = (
         scoped(&client, namespace),
         scoped(&client, namespace),
         scoped(&client, namespace),

@@ -385,7 +385,7 @@ impl Endpoint {
 /// What a push concerns: the Deployments whose template names the tag or
 /// whose recorded base is it, and the Rebuilds waiting for it.
 struct Dependants {
-    deployments: Vec<ObjectRef<k8s_openapi::api::apps::v1::Deployment>>,
+    deployments: Vec<ObjectRef<crate::cached::CachedDeployment>>,
     rebuilds: Vec<ObjectRef<freshen_api::Rebuild>>,
 }
 

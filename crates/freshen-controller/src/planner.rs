@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::cached::CachedDeployment;
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, WORKLOAD_LABEL};
 use freshen_api::{Refresh, RefreshSpec};
@@ -16,7 +17,6 @@ use freshen_core::plan::{
 use freshen_core::rollout::Phase;
 use freshen_core::rollout::Reason;
 use freshen_core::{Digest, ImageReference};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::PostParams;
 use kube::runtime::reflector::ObjectRef;
@@ -48,7 +48,7 @@ pub enum Outcome {
 /// a name no other workload holds -> create.
 pub async fn consider(
     ctx: &Context,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     config: &Configuration,
     containers: &[ContainerRecord],
     lookup: &Lookup<'_>,
@@ -100,7 +100,7 @@ pub async fn consider(
 /// What the workload's settings ask for, and the digests rejected for it.
 fn wants(
     ctx: &Context,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     config: &Configuration,
     rebuilt: Vec<(String, Digest, Reason)>,
 ) -> Wants {
@@ -122,7 +122,7 @@ fn wants(
 /// Each measured container as the planner sees it; the build time of a new
 /// digest is read only when a soak time needs it.
 async fn views(
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     containers: &[ContainerRecord],
     wants: &Wants,
     lookup: &Lookup<'_>,
@@ -162,7 +162,7 @@ async fn views(
 
 /// The policy governing the workload, as the [`GOVERNED_BY`] record names
 /// it (`RefreshPolicy/<namespace>/<name>` or `ClusterRefreshPolicy/<name>`).
-fn governed_by(deploy: &Deployment, config: &Configuration) -> Option<String> {
+fn governed_by(deploy: &CachedDeployment, config: &Configuration) -> Option<String> {
     let namespace = deploy.namespace().unwrap_or_default();
     let resolution = &config.resolution;
     resolution
@@ -181,7 +181,7 @@ fn governed_by(deploy: &Deployment, config: &Configuration) -> Option<String> {
 /// limits, counted over every Refresh under way (the ledger's too).
 fn gates(
     ctx: &Context,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     config: &Configuration,
     governed_by: Option<&String>,
     ledger: &mut Ledger,
@@ -221,7 +221,7 @@ fn gates(
 /// already this target's (see [`plan::name_for`]).
 fn name_for(
     ctx: &Context,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     proposal: &plan::Proposal,
     view: Option<&ContainerView>,
 ) -> Named {
@@ -243,7 +243,7 @@ fn name_for(
 /// The Refresh for a proposal: owned by the workload, the rollout settings
 /// frozen into its spec.
 fn build(
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     config: &Configuration,
     proposal: &plan::Proposal,
     name: String,
@@ -309,7 +309,7 @@ async fn create(
 
 /// What a Refresh found under a candidate name is to this workload: its
 /// own (same workload and container, owned by it by uid) or another's.
-fn slot_of(refresh: &Refresh, deploy: &Deployment, container: &str) -> Slot {
+fn slot_of(refresh: &Refresh, deploy: &CachedDeployment, container: &str) -> Slot {
     if refresh.spec.workload == deploy.name_any()
         && refresh.spec.container == container
         && owned_by(refresh, deploy)
@@ -326,7 +326,7 @@ fn slot_of(refresh: &Refresh, deploy: &Deployment, container: &str) -> Slot {
 
 /// The digests rejected for `deploy`: its annotation, and the targets of its
 /// rolled-back Refreshes (either survives the loss of the other).
-pub fn rejected(ctx: &Context, deploy: &Deployment) -> Vec<(String, freshen_core::Digest)> {
+pub fn rejected(ctx: &Context, deploy: &CachedDeployment) -> Vec<(String, freshen_core::Digest)> {
     let mut list = plan::parse_rejected(
         deploy
             .annotations()

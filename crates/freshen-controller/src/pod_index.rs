@@ -7,46 +7,50 @@
 //! the old one and swaps it in at `InitDone`, as the reflector swaps its
 //! store, so readers never see a half-listed index.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use k8s_openapi::api::apps::v1::Deployment;
+use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
-use crate::cached::CachedPod;
+use crate::cached::{CachedDeployment, CachedPod};
 use crate::deployment::owning_deployment;
 
-/// Pod references by owning Deployment, and the owner of each pod.
+/// The names of the pods of each Deployment. A pod's owner never changes
+/// (its ReplicaSet's name carries the Deployment's), so every event reads
+/// it from the pod itself: no reverse map. Names, not `ObjectRef`s: a
+/// pod's reference with its uid and resourceVersion costs four strings,
+/// and this index holds one per pod in the cluster.
 #[derive(Debug, Default)]
 struct Index {
-    by_owner: HashMap<ObjectRef<Deployment>, HashSet<ObjectRef<CachedPod>>>,
-    owner_of: HashMap<ObjectRef<CachedPod>, ObjectRef<Deployment>>,
+    by_owner: HashMap<ObjectRef<CachedDeployment>, Vec<String>>,
 }
 
 impl Index {
     fn insert(&mut self, pod: &CachedPod) {
-        let key = ObjectRef::from_obj(pod);
-        let Some(owner) = owning_deployment(pod) else {
-            // A pod's owner does not change; one without a Deployment is
-            // not indexed (nor was it before, if it is an update).
+        // One without a Deployment is not indexed.
+        let (Some(owner), Some(name)) = (owning_deployment(pod), pod.metadata.name.as_ref()) else {
             return;
         };
-        if let Some(old) = self.owner_of.insert(key.clone(), owner.clone())
-            && old != owner
-            && let Some(pods) = self.by_owner.get_mut(&old)
-        {
-            pods.remove(&key);
+        // Most Deployments have a pod or a few: a linear look is cheaper
+        // than a set's table, and the vector starts with room for one.
+        let pods = self
+            .by_owner
+            .entry(owner)
+            .or_insert_with(|| Vec::with_capacity(1));
+        if !pods.contains(name) {
+            pods.push(name.clone());
         }
-        self.by_owner.entry(owner).or_default().insert(key);
     }
 
     fn remove(&mut self, pod: &CachedPod) {
-        let key = ObjectRef::from_obj(pod);
-        if let Some(owner) = self.owner_of.remove(&key)
-            && let Some(pods) = self.by_owner.get_mut(&owner)
-        {
-            pods.remove(&key);
+        let Some(owner) = owning_deployment(pod) else {
+            return;
+        };
+        let name = pod.name_any();
+        if let Some(pods) = self.by_owner.get_mut(&owner) {
+            pods.retain(|p| *p != name);
             if pods.is_empty() {
                 self.by_owner.remove(&owner);
             }
@@ -98,14 +102,18 @@ impl PodIndex {
     }
 
     /// The pods of Deployment `owner`, as references into the pod store.
-    pub fn pods_of(&self, owner: &ObjectRef<Deployment>) -> Vec<ObjectRef<CachedPod>> {
+    pub fn pods_of(&self, owner: &ObjectRef<CachedDeployment>) -> Vec<ObjectRef<CachedPod>> {
         self.live
             .read()
             .ok()
             .and_then(|live| {
-                live.by_owner
-                    .get(owner)
-                    .map(|p| p.iter().cloned().collect())
+                let namespace = owner.namespace.as_deref().unwrap_or_default();
+                live.by_owner.get(owner).map(|names| {
+                    names
+                        .iter()
+                        .map(|name| ObjectRef::new(name).within(namespace))
+                        .collect()
+                })
             })
             .unwrap_or_default()
     }

@@ -12,11 +12,11 @@ use freshen_core::event::EventReason;
 use std::fmt::Debug;
 use std::sync::Arc;
 
+use crate::cached::CachedDeployment;
 use chrono::{DateTime, Utc};
 use freshen_api::policy::{OVERLAPPING, READY, condition, set_condition};
 use freshen_api::time::to_time;
 use freshen_api::{ClusterRefreshPolicy, PolicyPipelines, PolicyStatus, RefreshPolicy, SpecError};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -43,7 +43,7 @@ pub trait Policy:
     /// The API to write its status through.
     fn api(&self, client: kube::Client) -> Api<Self>;
     /// The Deployments it could match: re-measured when it changes.
-    fn scope(&self, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>>;
+    fn scope(&self, deployments: &Store<CachedDeployment>) -> Vec<ObjectRef<CachedDeployment>>;
     /// Its pipelines.
     fn pipelines(&self) -> &PolicyPipelines;
     /// Where its webhook pipelines' Secrets are: its own namespace, or
@@ -70,7 +70,7 @@ impl Policy for RefreshPolicy {
     fn secret_namespace(&self, _freshen: &str) -> String {
         self.namespace().unwrap_or_default()
     }
-    fn scope(&self, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
+    fn scope(&self, deployments: &Store<CachedDeployment>) -> Vec<ObjectRef<CachedDeployment>> {
         let namespace = self.namespace();
         deployments
             .state()
@@ -100,7 +100,7 @@ impl Policy for ClusterRefreshPolicy {
     fn secret_namespace(&self, freshen: &str) -> String {
         freshen.to_owned()
     }
-    fn scope(&self, deployments: &Store<Deployment>) -> Vec<ObjectRef<Deployment>> {
+    fn scope(&self, deployments: &Store<CachedDeployment>) -> Vec<ObjectRef<CachedDeployment>> {
         deployments
             .state()
             .iter()

@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cached::CachedDeployment;
 use chrono::Utc;
 use freshen_api::pipeline::{
     JobPipeline, Pipeline, PipelineKind, Rebuild, RebuildSpec, RebuildStatus, SecretKey,
@@ -25,7 +26,6 @@ use freshen_core::rebuild::{
 };
 use freshen_core::rollout::Reason;
 use freshen_core::{Digest, ImageReference};
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -60,7 +60,7 @@ const MAX_ANNOUNCED_DEPENDANTS: usize = 20;
 /// the plan rebuilds on that), for containers running one known digest of
 /// a tagged image.
 pub fn needs(
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     config: &Configuration,
     measurement: &Measurement,
     judgement: &Judgement,
@@ -101,7 +101,7 @@ pub fn needs(
 
 /// The tagged image a container's template names (a digest-only image has
 /// no tag a rebuild could move).
-fn template_image(deploy: &Deployment, container: &str) -> Option<ImageReference> {
+fn template_image(deploy: &CachedDeployment, container: &str) -> Option<ImageReference> {
     let template = crate::assess::template_containers(deploy);
     let image = template.iter().find(|c| c.name == container)?;
     let parsed = ImageReference::parse(&image.image).ok()?;
@@ -138,7 +138,7 @@ impl Requested {
 /// [`needs`]) that has none yet.
 pub async fn request(
     ctx: &Context,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     config: &Configuration,
     (measurement, judgement): (&Measurement, &Judgement),
 ) -> Requested {
@@ -152,7 +152,7 @@ pub async fn request(
 /// Rebuild of each (existing, or just created).
 async fn record(
     ctx: &Context,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     config: &Configuration,
     needs: &[(String, Need)],
 ) -> Result<Vec<(String, Arc<Rebuild>)>, Error> {
@@ -966,7 +966,7 @@ async fn prune(ctx: &Context, rebuild: &Rebuild) {
 }
 
 /// The Deployments whose template names `image` (repository and tag).
-fn dependants(ctx: &Context, image: &str) -> Vec<Arc<Deployment>> {
+fn dependants(ctx: &Context, image: &str) -> Vec<Arc<CachedDeployment>> {
     ctx.deployments
         .state()
         .into_iter()

@@ -192,7 +192,10 @@ impl WorkloadRecords {
     }
 
     /// Replaces a workload's record.
-    pub fn set(&self, key: WorkloadKey, record: WorkloadRecord) {
+    pub fn set(&self, key: WorkloadKey, mut record: WorkloadRecord) {
+        // Measured one by one, the containers' vector has room for four
+        // (1 KiB); kept for every workload, only what it holds.
+        record.containers.shrink_to_fit();
         let Ok(mut map) = self.inner.write() else {
             return;
         };
@@ -257,6 +260,32 @@ impl WorkloadRecords {
         if let Ok(map) = self.inner.read() {
             map.iter().for_each(|(k, r)| f(k, r));
         }
+    }
+
+    /// Calls `f` on at most `limit` records in key order, from the one
+    /// after `after` (from the first when `None`), under the read lock.
+    /// Returns the last key visited when `limit` were, for the next call to
+    /// go on from; `None` once the records are exhausted.
+    pub fn for_each_after(
+        &self,
+        after: Option<&WorkloadKey>,
+        limit: usize,
+        mut f: impl FnMut(&WorkloadKey, &WorkloadRecord),
+    ) -> Option<WorkloadKey> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let map = self.inner.read().ok()?;
+        let range = match after {
+            Some(key) => map.range::<WorkloadKey, _>((Excluded(key), Unbounded)),
+            None => map.range::<WorkloadKey, _>(..),
+        };
+        let mut visited = 0;
+        let mut last = None;
+        for (k, r) in range.take(limit) {
+            f(k, r);
+            visited += 1;
+            last = Some(k);
+        }
+        (visited == limit).then(|| last.cloned()).flatten()
     }
 
     /// How many workloads are recorded.

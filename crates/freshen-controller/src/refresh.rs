@@ -36,11 +36,9 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::Watch;
-use crate::cached::CachedPod;
+use crate::cached::{CachedDeployment, CachedPod};
 use crate::context::Context;
-use crate::deployment::{
-    FIELD_MANAGER, computed_fingerprint, owned_by, owning_deployment, template_fingerprint,
-};
+use crate::deployment::{FIELD_MANAGER, owned_by, owning_deployment, template_fingerprint};
 use crate::error::Error;
 
 /// Reconciles one Refresh: publish leftovers -> observe -> (deleted?) ->
@@ -84,10 +82,10 @@ struct Scene {
     /// The stored progress.
     progress: rollout::Progress,
     /// The workload, when it exists.
-    workload: Option<Arc<Deployment>>,
+    workload: Option<Arc<CachedDeployment>>,
     /// The canary's name, and the Deployment holding it, if any.
     canary_name: String,
-    canary: Option<Arc<Deployment>>,
+    canary: Option<Arc<CachedDeployment>>,
     /// Who holds the canary's name.
     holder: CanaryHolder,
     /// The facts `step` decides on.
@@ -101,7 +99,7 @@ async fn publish_leftovers(
     ctx: &Context,
     api: &Api<Refresh>,
     refresh: Arc<Refresh>,
-    workload: Option<&Deployment>,
+    workload: Option<&CachedDeployment>,
 ) -> Result<Option<Arc<Refresh>>, Error> {
     if refresh.progress().pending_events.is_empty() {
         return Ok(Some(refresh));
@@ -117,7 +115,7 @@ async fn publish_leftovers(
 async fn observe(
     ctx: &Context,
     refresh: &Refresh,
-    workload: Option<Arc<Deployment>>,
+    workload: Option<Arc<CachedDeployment>>,
     now: chrono::DateTime<Utc>,
 ) -> Result<Scene, Error> {
     let namespace = refresh.namespace().unwrap_or_default();
@@ -426,7 +424,7 @@ async fn publish_pending(
     ctx: &Context,
     api: &Api<Refresh>,
     refresh: &Refresh,
-    workload: Option<&Deployment>,
+    workload: Option<&CachedDeployment>,
 ) -> Result<Option<Refresh>, Error> {
     let mut status = refresh.status.clone().unwrap_or_default();
     let pending = std::mem::take(&mut status.progress.pending_events);
@@ -462,15 +460,10 @@ async fn publish_pending(
 }
 
 /// The state machine's view of a Deployment's `container`.
-pub fn workload_state(deploy: &Deployment, container: &str) -> Option<WorkloadState> {
+pub fn workload_state(deploy: &CachedDeployment, container: &str) -> Option<WorkloadState> {
     let spec = deploy.spec.as_ref()?;
-    let image = spec
-        .template
-        .spec
-        .as_ref()?
-        .containers
-        .iter()
-        .find(|c| c.name == container)
+    let image = deploy
+        .container(container)
         .and_then(|c| c.image.clone())
         .unwrap_or_default();
     let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
@@ -487,12 +480,7 @@ pub fn workload_state(deploy: &Deployment, container: &str) -> Option<WorkloadSt
     Some(WorkloadState {
         image,
         template: template_fingerprint(deploy, container).unwrap_or_default(),
-        restart_token: spec
-            .template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(RESTARTED_BY).cloned()),
+        restart_token: spec.template.restarted_by.clone(),
         replicas,
         rolled_out,
     })
@@ -521,7 +509,7 @@ pub fn of_pod(pod: &CachedPod, refreshes: &Store<Refresh>) -> Option<ObjectRef<R
 /// The Refresh a Deployment's change concerns: its canary's, or the active
 /// one of the workload.
 pub fn of_deployment(
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     refreshes: &Store<Refresh>,
 ) -> Option<ObjectRef<Refresh>> {
     let namespace = deploy.namespace()?;
@@ -631,13 +619,13 @@ pub fn canary_deployment(
 }
 
 /// Creates the canary from the whole workload, read afresh (the cache
-/// keeps a trimmed template): only if it is still the one the decision saw
+/// keeps only part of the template): only if it is still the one the decision saw
 /// (same uid, same template fingerprint and image), else the next step sees
 /// the change.
 async fn create_canary(
     ctx: &Context,
     refresh: &Refresh,
-    cached: &Deployment,
+    cached: &CachedDeployment,
     name: &str,
     replicas: u32,
 ) -> Result<(), Error> {
@@ -648,9 +636,10 @@ async fn create_canary(
         .await
         .map_err(Error::ReadWorkload)?;
     let container = &refresh.spec.container;
+    let fresh = CachedDeployment::from(&workload);
     let same = workload.metadata.uid == cached.metadata.uid
-        && computed_fingerprint(&workload, container) == template_fingerprint(cached, container)
-        && workload_state(&workload, container).map(|s| s.image)
+        && template_fingerprint(&fresh, container) == template_fingerprint(cached, container)
+        && workload_state(&fresh, container).map(|s| s.image)
             == workload_state(cached, container).map(|s| s.image);
     if !same {
         return Err(Error::Stale("the workload changed since it was read"));
@@ -696,7 +685,7 @@ impl CanaryHolder {
 
 /// Who holds the canary's name: judged by freshen's label and a
 /// controller owner reference to a Refresh (by uid), never by name alone.
-pub fn canary_holder(canary: &Deployment, refresh: &Refresh) -> CanaryHolder {
+pub fn canary_holder(canary: &CachedDeployment, refresh: &Refresh) -> CanaryHolder {
     let owner = canary.owner_references().iter().find(|o| {
         o.controller == Some(true)
             && o.kind == Refresh::kind(&())
@@ -713,26 +702,19 @@ pub fn canary_holder(canary: &Deployment, refresh: &Refresh) -> CanaryHolder {
 }
 
 /// What the executor checks the Refresh against before acting.
-fn provenance(refresh: &Refresh, workload: &Deployment) -> rollout::Provenance {
+fn provenance(refresh: &Refresh, workload: &CachedDeployment) -> rollout::Provenance {
     rollout::Provenance {
         owned_by_workload: owned_by(refresh, workload),
         digest: refresh.spec.digest.clone(),
         container_image: workload
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.spec.as_ref())
-            .and_then(|s| {
-                s.containers
-                    .iter()
-                    .find(|c| c.name == refresh.spec.container)
-            })
+            .container(&refresh.spec.container)
             .map(|c| c.image.clone().unwrap_or_default()),
     }
 }
 
 /// Deletes a canary freshen created, by uid: if the name now belongs to
 /// another object, the API server refuses (409) and nothing is deleted.
-async fn delete_canary(ctx: &Context, canary: &Deployment) -> Result<(), Error> {
+async fn delete_canary(ctx: &Context, canary: &CachedDeployment) -> Result<(), Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = DeleteParams {
@@ -755,7 +737,7 @@ async fn delete_canary(ctx: &Context, canary: &Deployment) -> Result<(), Error> 
 /// fails and the next step sees their change.
 async fn set_image(
     ctx: &Context,
-    workload: &Deployment,
+    workload: &CachedDeployment,
     container: &str,
     image: &str,
     stamp: Option<&str>,
@@ -791,13 +773,13 @@ async fn set_image(
 /// Adds the Refresh's digest to the workload's rejected digests.
 async fn reject_digest(
     ctx: &Context,
-    workload: &Deployment,
+    workload: &CachedDeployment,
     refresh: &Refresh,
 ) -> Result<(), Error> {
     let Ok(digest) = refresh.spec.digest.parse() else {
         return Err(Error::MissingField("spec.digest"));
     };
-    let api: Api<Deployment> = Api::namespaced(
+    let api: Api<CachedDeployment> = Api::namespaced(
         ctx.client.clone(),
         &workload.namespace().unwrap_or_default(),
     );
@@ -903,7 +885,7 @@ impl Context {
     async fn refresh_event(
         &self,
         refresh: &Refresh,
-        workload: Option<&Deployment>,
+        workload: Option<&CachedDeployment>,
         kind: EventKind,
         reason: EventReason,
         note: String,
@@ -947,6 +929,11 @@ mod tests {
         .unwrap_or_default()
     }
 
+    /// [`deploy`] as the cache holds it.
+    fn cached() -> CachedDeployment {
+        CachedDeployment::from(&deploy())
+    }
+
     fn refresh() -> Refresh {
         let mut r = Refresh::new(
             "web-app-222222222222",
@@ -969,7 +956,7 @@ mod tests {
 
     #[test]
     fn the_workload_state_reads_the_container_and_the_rollout() {
-        let d = deploy();
+        let d = cached();
         let w = workload_state(&d, "app");
         assert_eq!(
             w,
@@ -1006,7 +993,7 @@ mod tests {
             if let Some(s) = d.spec.as_mut() {
                 edit(&mut s.template);
             }
-            template_fingerprint(&d, "app")
+            template_fingerprint(&CachedDeployment::from(&d), "app")
         };
         let container = |t: &mut k8s_openapi::api::core::v1::PodTemplateSpec, i: usize| {
             t.spec

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cached::CachedPod;
+use crate::cached::{CachedDeployment, CachedPod};
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, is_canary};
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshMode, RefreshPolicy};
@@ -20,7 +20,6 @@ use freshen_core::rollout::Phase;
 use freshen_core::{HumanDuration, short_age};
 use freshen_registry::{Platform, RegistryClient};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -28,7 +27,6 @@ use serde::Serialize;
 
 use crate::assess::{
     Accounts, Lookup, Problem, configure, measure, node_platform, platform_of, pull_credentials,
-    template_containers,
 };
 use crate::deployment::owning_deployment;
 use crate::scoped;
@@ -247,7 +245,7 @@ pub async fn build(
 async fn list_workloads(
     client: &Client,
     options: &ReportOptions,
-) -> Result<(Vec<Deployment>, Vec<CachedPod>), ReportError> {
+) -> Result<(Vec<CachedDeployment>, Vec<CachedPod>), ReportError> {
     let namespace = options.namespace.as_deref();
     let scope = namespace
         .map(|n| format!(" in namespace {n}"))
@@ -264,7 +262,7 @@ async fn list_workloads(
     if let Some(selector) = &options.selector {
         params = params.labels(selector);
     }
-    let deployments = scoped::<Deployment>(client, namespace)
+    let deployments = scoped::<CachedDeployment>(client, namespace)
         .list(&params)
         .await
         .map_err(failed("deployments"))?
@@ -380,7 +378,7 @@ impl Scan<'_> {
     /// The rows of every Deployment in scope. Workloads are measured
     /// concurrently; the registry client bounds requests per registry and
     /// coalesces identical look-ups.
-    async fn measure_all(&self, deployments: &[Deployment], pods: &[CachedPod]) -> Vec<Row> {
+    async fn measure_all(&self, deployments: &[CachedDeployment], pods: &[CachedPod]) -> Vec<Row> {
         let mut pods_of: BTreeMap<(String, String), Vec<PodFacts>> = BTreeMap::new();
         for pod in pods {
             if let Some(owner) = owning_deployment(pod) {
@@ -401,7 +399,7 @@ impl Scan<'_> {
     }
 
     /// The rows of one Deployment; none when it opted out or is a canary.
-    async fn measure_one(&self, deploy: &Deployment, pods: &[PodFacts]) -> Vec<Row> {
+    async fn measure_one(&self, deploy: &CachedDeployment, pods: &[PodFacts]) -> Vec<Row> {
         let empty = BTreeMap::new();
         let namespace = deploy.namespace().unwrap_or_default();
         let cluster = self.cluster;
@@ -436,8 +434,8 @@ impl Scan<'_> {
 
 /// Each row's active Refresh and the digests rejected for its container
 /// (the workload's annotation and rolled-back Refreshes).
-fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[Deployment]) {
-    let by_name: BTreeMap<(String, String), &Deployment> = deployments
+fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[CachedDeployment]) {
+    let by_name: BTreeMap<(String, String), &CachedDeployment> = deployments
         .iter()
         .map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), d))
         .collect();
@@ -475,20 +473,16 @@ fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[De
 }
 
 /// Each row's newest Rebuild of its image (a superseded one is not shown).
-fn add_rebuilds(rows: &mut [Row], rebuilds: &[Arc<Rebuild>], deployments: &[Deployment]) {
+fn add_rebuilds(rows: &mut [Row], rebuilds: &[Arc<Rebuild>], deployments: &[CachedDeployment]) {
+    let by_name: BTreeMap<(String, String), &CachedDeployment> = deployments
+        .iter()
+        .map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), d))
+        .collect();
     for row in rows {
-        let Some(image) = deployments
-            .iter()
-            .find(|d| {
-                d.namespace().as_deref() == Some(row.namespace.as_str())
-                    && d.name_any() == row.workload
-            })
-            .and_then(|d| {
-                template_containers(d)
-                    .into_iter()
-                    .find(|c| c.name == row.container)
-            })
-            .and_then(|c| freshen_core::ImageReference::parse(&c.image).ok())
+        let Some(image) = by_name
+            .get(&(row.namespace.clone(), row.workload.clone()))
+            .and_then(|d| d.container(&row.container))
+            .and_then(|c| freshen_core::ImageReference::parse(c.image.as_deref()?).ok())
             .map(|i| i.without_digest().to_string())
         else {
             continue;
@@ -511,7 +505,7 @@ fn add_rebuilds(rows: &mut [Row], rebuilds: &[Arc<Rebuild>], deployments: &[Depl
 /// The rows of one measured Deployment: one per measured container, and one
 /// per container that could not be measured at all.
 fn rows_of(
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     config: &crate::assess::Configuration,
     measurement: crate::assess::Measurement,
     secret_problems: &[String],

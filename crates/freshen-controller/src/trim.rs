@@ -8,23 +8,17 @@
 //! ([`crate::cached`]), which has only the fields freshen reads; [`pod`]
 //! drops the metadata and conditions it does not.
 //!
-//! Deployments keep their pod template's containers (names and images),
-//! pull secrets and service account, and the template's fingerprint per
-//! container, computed from the whole template as it arrives
-//! ([`deployment`]). A canary, which copies the whole template, is made
-//! from a fresh GET: one read per refresh, not a cache of every template.
+//! Deployments arrive already small too: read into `CachedDeployment`,
+//! which keeps of the pod template the containers (names, images and each
+//! one's fingerprint of the whole template), the pull secrets, the service
+//! account and freshen's restart stamp. A canary, which copies the whole
+//! template, is made from a fresh GET: one read per refresh, not a cache
+//! of every template.
 
-use std::collections::BTreeMap;
-
-use freshen_api::refresh::RESTARTED_BY;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
-use k8s_openapi::api::core::v1::{
-    Container, Namespace, Node, NodeStatus, NodeSystemInfo, PodSpec, PodTemplateSpec,
-    ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{Namespace, Node, NodeStatus, NodeSystemInfo, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::cached::CachedPod;
+use crate::cached::{CachedDeployment, CachedPod};
 
 /// Annotations of other tools freshen reads: Argo CD's tracking id (which
 /// marks a workload a GitOps reconciler manages).
@@ -46,76 +40,10 @@ fn metadata(meta: &mut ObjectMeta) {
     }
 }
 
-/// A Deployment: metadata, replicas, selector and rollout status; of its
-/// pod template the containers' names and images, the pull secrets, the
-/// service account, freshen's restart stamp, and (under
-/// [`crate::deployment::CACHED_FINGERPRINT`]) each container's template
-/// fingerprint, computed here from the whole template before it is
-/// dropped.
-pub fn deployment(deploy: &mut Deployment) {
+/// A Deployment (already only what [`CachedDeployment`] reads): its
+/// metadata as [`metadata`] keeps it.
+pub fn deployment(deploy: &mut CachedDeployment) {
     metadata(&mut deploy.metadata);
-    let fingerprints: BTreeMap<String, String> = crate::assess::template_containers(deploy)
-        .into_iter()
-        .map(|c| c.name)
-        .filter_map(|name| {
-            let fingerprint = crate::deployment::computed_fingerprint(deploy, &name)?;
-            Some((
-                crate::deployment::cached_fingerprint_key(&name),
-                fingerprint,
-            ))
-        })
-        .collect();
-    deploy.spec = deploy.spec.take().map(|spec| {
-        let template = spec.template;
-        let mut annotations = fingerprints;
-        annotations.insert(
-            crate::deployment::CACHED_FINGERPRINT.to_owned(),
-            String::new(),
-        );
-        if let Some(stamp) = template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(RESTARTED_BY))
-        {
-            annotations.insert(RESTARTED_BY.to_owned(), stamp.clone());
-        }
-        DeploymentSpec {
-            replicas: spec.replicas,
-            selector: spec.selector,
-            paused: spec.paused,
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: template.metadata.and_then(|m| m.labels),
-                    annotations: Some(annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: template.spec.map(|pod| PodSpec {
-                    containers: pod.containers.iter().map(container).collect(),
-                    init_containers: pod
-                        .init_containers
-                        .map(|cs| cs.iter().map(container).collect()),
-                    image_pull_secrets: pod.image_pull_secrets,
-                    service_account_name: pod.service_account_name,
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        }
-    });
-    deploy.status = deploy.status.take().map(|status| DeploymentStatus {
-        conditions: None,
-        ..status
-    });
-}
-
-/// A container: its name and image.
-fn container(c: &Container) -> Container {
-    Container {
-        name: c.name.clone(),
-        image: c.image.clone(),
-        ..Container::default()
-    }
 }
 
 /// A pod (already only what [`CachedPod`] reads): its metadata as
@@ -159,6 +87,7 @@ pub fn node(node: &mut Node) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::apps::v1::Deployment;
     use kube::ResourceExt;
     use serde_json::json;
 
@@ -209,8 +138,8 @@ mod tests {
         Ok(())
     }
 
-    fn whole_deployment() -> Result<Deployment, serde_json::Error> {
-        serde_json::from_value(json!({
+    fn whole_deployment() -> serde_json::Value {
+        json!({
             "metadata": {
                 "name": "web", "namespace": "shop", "uid": "u1", "generation": 3,
                 "labels": {"app": "web", "argocd.argoproj.io/instance": "shop"},
@@ -227,6 +156,7 @@ mod tests {
                 "strategy": {"type": "RollingUpdate"},
                 "template": {
                     "metadata": {
+                        "creationTimestamp": null,
                         "labels": {"app": "web"},
                         "annotations": {
                             "freshen.dev/restarted-by": "r1",
@@ -249,91 +179,91 @@ mod tests {
                 "observedGeneration": 3, "replicas": 3, "updatedReplicas": 3, "availableReplicas": 3,
                 "conditions": [{"type": "Available", "status": "True"}],
             },
-        }))
+        })
+    }
+
+    /// What the watch caches of `whole`: read as `CachedDeployment`, then
+    /// trimmed.
+    fn cached(whole: &serde_json::Value) -> Result<CachedDeployment, serde_json::Error> {
+        let mut d: CachedDeployment = serde_json::from_value(whole.clone())?;
+        deployment(&mut d);
+        Ok(d)
     }
 
     #[test]
-    fn a_trimmed_deployment_keeps_what_freshen_reads() -> Result<(), serde_json::Error> {
-        let whole = whole_deployment()?;
-        let mut d = whole.clone();
-        deployment(&mut d);
-        for container in ["app", "side"] {
-            let state =
-                |d: &Deployment| format!("{:?}", crate::refresh::workload_state(d, container));
-            assert_eq!(state(&d), state(&whole));
+    fn a_cached_deployment_keeps_what_freshen_reads() -> Result<(), serde_json::Error> {
+        let whole = whole_deployment();
+        let typed: Deployment = serde_json::from_value(whole.clone())?;
+        let d = cached(&whole)?;
+        let template = typed.spec.as_ref().map(|s| &s.template);
+        let containers: Vec<_> = d
+            .containers()
+            .iter()
+            .map(|c| (c.name.as_str(), c.image.as_deref()))
+            .collect();
+        assert_eq!(
+            containers,
+            [("app", Some("reg/app:1")), ("side", Some("reg/side:2"))]
+        );
+        for c in d.containers() {
             assert_eq!(
-                crate::deployment::template_fingerprint(&d, container),
-                crate::deployment::computed_fingerprint(&whole, container)
+                Some(c.fingerprint.clone()),
+                template.map(|t| crate::cached::fingerprint_of(t, &c.name))
             );
         }
+        let kept = d.template().cloned().unwrap_or_default();
+        assert_eq!(kept.image_pull_secrets, ["regcred"]);
+        assert_eq!(kept.service_account_name.as_deref(), Some("web"));
+        assert_eq!(kept.restarted_by.as_deref(), Some("r1"));
+        assert_eq!(d.spec.as_ref().and_then(|s| s.replicas), Some(3));
         assert_eq!(
-            format!("{:?}", crate::assess::template_containers(&d)),
-            format!("{:?}", crate::assess::template_containers(&whole))
+            d.status.as_ref().and_then(|s| s.available_replicas),
+            Some(3)
         );
         assert_eq!(d.annotations().len(), 2, "{:?}", d.annotations());
-        assert_eq!(d.labels(), whole.labels());
-        let value = serde_json::to_value(&d)?;
-        let pod = &value["spec"]["template"]["spec"];
-        assert_eq!(pod["serviceAccountName"], "web");
-        assert_eq!(pod["imagePullSecrets"], json!([{"name": "regcred"}]));
-        assert_eq!(
-            pod["initContainers"],
-            json!([{"name": "init", "image": "reg/init:1"}])
-        );
-        assert!(pod["volumes"].is_null() && pod["containers"][0]["env"].is_null());
-        assert!(
-            value["status"]["conditions"].is_null() && value["metadata"]["managedFields"].is_null()
-        );
+        assert_eq!(d.labels(), typed.labels());
+        assert!(d.metadata.managed_fields.is_none());
+        // A fresh read, converted, is what the cache holds (bar the
+        // metadata the cache trims): the two are compared before a canary
+        // is made.
+        let mut converted = CachedDeployment::from(&typed);
+        deployment(&mut converted);
+        assert_eq!(converted, d);
         Ok(())
     }
 
     #[test]
-    fn any_edit_of_the_whole_template_changes_the_trimmed_fingerprint()
+    fn any_edit_of_the_whole_template_changes_the_cached_fingerprint()
     -> Result<(), serde_json::Error> {
-        let trimmed = |d: &Deployment| {
-            let mut d = d.clone();
-            deployment(&mut d);
-            crate::deployment::template_fingerprint(&d, "app")
+        let fingerprint = |d: &serde_json::Value| -> Result<Option<String>, serde_json::Error> {
+            Ok(crate::deployment::template_fingerprint(&cached(d)?, "app"))
         };
-        let whole = whole_deployment()?;
+        let whole = whole_deployment();
+        let before = fingerprint(&whole)?;
+        assert!(before.is_some());
         let mut edited = whole.clone();
-        if let Some(pod) = edited.spec.as_mut().and_then(|s| s.template.spec.as_mut()) {
-            pod.volumes = None;
-        }
-        assert_ne!(trimmed(&whole), trimmed(&edited));
-        // What a refresh itself changes does not count.
+        edited["spec"]["template"]["spec"]["volumes"] = json!(null);
+        assert_ne!(fingerprint(&edited)?, before);
+        let mut init = whole.clone();
+        init["spec"]["template"]["spec"]["initContainers"][0]["image"] = json!("reg/init:2");
+        assert_ne!(fingerprint(&init)?, before);
+        // What a refresh itself changes does not count: the container's
+        // image, and freshen's restart stamp (even as the only annotation).
         let mut refreshed = whole.clone();
-        if let Some(pod) = refreshed
-            .spec
-            .as_mut()
-            .and_then(|s| s.template.spec.as_mut())
-        {
-            pod.containers[0].image = Some("reg/app@sha256:2".into());
-        }
-        assert_eq!(trimmed(&whole), trimmed(&refreshed));
-        // A tenant's forgery of the cache keys is hashed as part of the
-        // template, never taken as the fingerprint.
-        let mut forged = whole.clone();
-        if let Some(meta) = forged
-            .spec
-            .as_mut()
-            .and_then(|s| s.template.metadata.as_mut())
-        {
-            let annotations = meta.annotations.get_or_insert_with(Default::default);
-            annotations.insert(
-                "cache.freshen.dev/template-fingerprint".into(),
-                String::new(),
-            );
-            annotations.insert(
-                "cache.freshen.dev/template-fingerprint.app".into(),
-                "forged".into(),
-            );
-        }
-        assert_eq!(
-            trimmed(&forged),
-            crate::deployment::computed_fingerprint(&forged, "app")
-        );
-        assert_ne!(trimmed(&forged).as_deref(), Some("forged"));
+        refreshed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("reg/app@sha256:2");
+        assert_eq!(fingerprint(&refreshed)?, before);
+        let mut restarted = whole.clone();
+        restarted["spec"]["template"]["metadata"]["annotations"]["freshen.dev/restarted-by"] =
+            json!("r2");
+        assert_eq!(fingerprint(&restarted)?, before);
+        let mut unstamped = whole.clone();
+        unstamped["spec"]["template"]["metadata"]["annotations"] =
+            json!({"prometheus.io/scrape": "true"});
+        assert_eq!(fingerprint(&unstamped)?, before);
+        // Another container's image does.
+        let mut side = whole.clone();
+        side["spec"]["template"]["spec"]["containers"][1]["image"] = json!("reg/side:3");
+        assert_ne!(fingerprint(&side)?, before);
         Ok(())
     }
 

@@ -20,7 +20,6 @@ use freshen_core::observe::{ContainerFacts, PodFacts};
 use freshen_core::plan::Hold;
 use freshen_core::policy;
 use freshen_core::policy::Violation;
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
@@ -30,7 +29,7 @@ use crate::assess::{
     Accounts, Configuration, Lookup, Measurement, Problem, configure, measure, node_platform,
     platform_of, pull_credentials,
 };
-use crate::cached::CachedPod;
+use crate::cached::{CachedDeployment, CachedPod};
 use crate::context::Context;
 use crate::error::Error;
 use crate::planner::{self, Outcome};
@@ -45,7 +44,7 @@ const LISTING_RETRY: Duration = Duration::from_millis(500);
 /// Reconciles one Deployment: configure -> gather -> measure -> judge ->
 /// plan -> announce -> record -> requeue.
 #[instrument(skip_all, fields(workload = %deploy.namespace().unwrap_or_default() + "/" + &deploy.name_any()))]
-pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(deploy: Arc<CachedDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = workload_key(&deploy)?;
     let now = Utc::now();
     if is_canary(deploy.labels()) {
@@ -136,7 +135,7 @@ pub async fn reconcile(deploy: Arc<Deployment>, ctx: Arc<Context>) -> Result<Act
 /// `None` when freshen does not measure it.
 async fn configure_workload(
     ctx: &Context,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     key: &WorkloadKey,
 ) -> Option<Configuration> {
     let namespace_labels = ctx
@@ -175,7 +174,7 @@ struct Gathered {
 
 /// The workload's pods (shared store), its pull credentials (one Warning
 /// for unusable secrets) and the platform most of its pods' nodes run.
-async fn gather(ctx: &Context, deploy: &Deployment, key: &WorkloadKey) -> Gathered {
+async fn gather(ctx: &Context, deploy: &CachedDeployment, key: &WorkloadKey) -> Gathered {
     let pods: Vec<PodFacts> = ctx
         .pods_of(&key.namespace, &key.name)
         .iter()
@@ -205,7 +204,7 @@ async fn gather(ctx: &Context, deploy: &Deployment, key: &WorkloadKey) -> Gather
 /// first registry failure, which fails the reconcile after recording.
 async fn report_problems(
     ctx: &Context,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     measurement: &Measurement,
 ) -> Option<Error> {
     let mut registry_error = None;
@@ -258,7 +257,7 @@ fn judge(
 /// exceeded, what only a rebuild can fix, a hold someone must act on.
 async fn announce(
     ctx: &Context,
-    deploy: &Deployment,
+    deploy: &CachedDeployment,
     (measurement, judgement): (&Measurement, &policy::Judgement),
     hold: Option<(&Hold, Option<DateTime<Utc>>)>,
     requested: &[String],
@@ -294,7 +293,7 @@ fn requeue(judged: Duration, hold_ends: Option<DateTime<Utc>>, now: DateTime<Utc
     }
 }
 
-fn workload_key(deploy: &Deployment) -> Result<WorkloadKey, Error> {
+fn workload_key(deploy: &CachedDeployment) -> Result<WorkloadKey, Error> {
     Ok(WorkloadKey {
         namespace: deploy
             .namespace()

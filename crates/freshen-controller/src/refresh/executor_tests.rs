@@ -14,6 +14,8 @@ use freshen_core::rollout::{PendingEvent, Phase, Progress, Settings};
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::Deployment;
+
+use crate::cached::CachedDeployment;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
@@ -142,11 +144,16 @@ fn workload() -> Deployment {
     .unwrap_or_default()
 }
 
+/// The workload as the cache holds it.
+fn cached() -> CachedDeployment {
+    CachedDeployment::from(&workload())
+}
+
 const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
 
 /// A Refresh of `web`'s `app` owned by the workload, in `progress`.
 fn refresh(progress: Progress) -> Refresh {
-    let fingerprint = crate::deployment::template_fingerprint(&workload(), "app");
+    let fingerprint = crate::deployment::template_fingerprint(&cached(), "app");
     serde_json::from_value(json!({
         "apiVersion": "freshen.dev/v1alpha1",
         "kind": "Refresh",
@@ -173,14 +180,14 @@ fn refresh(progress: Progress) -> Refresh {
 /// hold `deployments`.
 fn context(
     status_writes: StatusWrites,
-    deployments: Vec<Deployment>,
+    deployments: Vec<CachedDeployment>,
 ) -> (Arc<Context>, Arc<Mutex<Vec<Call>>>) {
     // The registry client builds an HTTPS client (never used here).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = serve(handle, status_writes);
     let client = Client::new(service, "default");
-    let (deploy_store, mut writer) = reflector::store::<Deployment>();
+    let (deploy_store, mut writer) = reflector::store::<CachedDeployment>();
     for d in deployments {
         writer.apply_watcher_event(&watcher::Event::Apply(d));
     }
@@ -255,7 +262,7 @@ fn is_event(c: &Call) -> bool {
 
 #[tokio::test]
 async fn the_next_phase_is_stored_before_the_canary_is_made_and_announced_after() {
-    let (ctx, calls) = context(StatusWrites::Accept, vec![workload()]);
+    let (ctx, calls) = context(StatusWrites::Accept, vec![cached()]);
     let action = reconcile(Arc::new(refresh(Progress::default())), ctx).await;
     assert!(action.is_ok(), "{action:?}");
     let calls = recorded(&calls);
@@ -295,7 +302,7 @@ async fn the_next_phase_is_stored_before_the_canary_is_made_and_announced_after(
 
 #[tokio::test]
 async fn a_store_lost_to_another_writer_changes_nothing() {
-    let (ctx, calls) = context(StatusWrites::Conflict, vec![workload()]);
+    let (ctx, calls) = context(StatusWrites::Conflict, vec![cached()]);
     let action = reconcile(Arc::new(refresh(Progress::default())), ctx).await;
     assert!(action.is_ok(), "a lost race is no error: {action:?}");
     let calls = recorded(&calls);
@@ -327,7 +334,7 @@ async fn a_leftover_outbox_is_published_first_then_cleared() {
         }],
         ..Progress::default()
     };
-    let (ctx, calls) = context(StatusWrites::Accept, vec![workload()]);
+    let (ctx, calls) = context(StatusWrites::Accept, vec![cached()]);
     let action = reconcile(Arc::new(refresh(leftover)), ctx).await;
     assert!(action.is_ok(), "{action:?}");
     let calls = recorded(&calls);
