@@ -58,6 +58,73 @@ pub struct ScaleRow {
     pub mean_reconcile: Duration,
     /// `freshen report` over the governed namespace, cold.
     pub report: Duration,
+    /// The operator's requests to the API server from its start to the
+    /// first complete assessment.
+    pub api_first: ApiCounts,
+    /// Its requests during the idle window.
+    pub api_idle: ApiCounts,
+}
+
+/// Requests to the API server by kind, from `freshen_api_requests_total`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApiCounts {
+    /// LISTs.
+    pub list: u64,
+    /// GETs of one object.
+    pub get: u64,
+    /// WATCHes started.
+    pub watch: u64,
+    /// Creates, updates, patches and deletes.
+    pub write: u64,
+}
+
+impl ApiCounts {
+    /// The counts in an exposition `text`.
+    pub fn of(text: &str) -> Self {
+        let mut counts = Self::default();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("freshen_api_requests_total{"))
+        {
+            let (Some(labels), Some(value)) = (line.split('}').next(), line.rsplit(' ').next())
+            else {
+                continue;
+            };
+            let n = value.parse::<f64>().unwrap_or(0.0) as u64;
+            let verb = labels
+                .split(',')
+                .find_map(|l| l.trim_start_matches('{').split_once("verb=\""))
+                .map(|(_, v)| v.trim_end_matches('"'))
+                .unwrap_or_default();
+            match verb {
+                "list" => counts.list += n,
+                "get" => counts.get += n,
+                "watch" => counts.watch += n,
+                _ => counts.write += n,
+            }
+        }
+        counts
+    }
+
+    /// What was counted since `before`.
+    pub fn since(self, before: Self) -> Self {
+        Self {
+            list: self.list.saturating_sub(before.list),
+            get: self.get.saturating_sub(before.get),
+            watch: self.watch.saturating_sub(before.watch),
+            write: self.write.saturating_sub(before.write),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiCounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} list, {} get, {} watch, {} write",
+            self.list, self.get, self.watch, self.write
+        )
+    }
 }
 
 /// Runs every size; returns one row each.
@@ -204,6 +271,7 @@ async fn measure(
         .await?;
     let first_assessment = started.elapsed();
     let rss_assessed = operator.rss_bytes()? as f64 / 1_048_576.0;
+    let api_first = ApiCounts::of(&operator.scrape().await?);
     // Idle: between polls nothing should happen. 20 s of CPU time.
     let window = Duration::from_secs(20);
     let cpu_before = cpu_time(operator.pid())?;
@@ -212,6 +280,7 @@ async fn measure(
     let rss_idle = operator.rss_bytes()? as f64 / 1_048_576.0;
     let text = operator.scrape().await?;
     let mean_reconcile = crate::operator::mean_reconcile(&text);
+    let api_idle = ApiCounts::of(&text).since(api_first);
     drop(operator);
     let started = Instant::now();
     let out = crate::operator::report(harness, &["-n", GOVERNED, "-o", "json"])?;
@@ -229,16 +298,18 @@ async fn measure(
         idle_cpu,
         mean_reconcile,
         report,
+        api_first,
+        api_idle,
     })
 }
 
 /// The table's header.
-pub const HEADER: &str = "| build | opted-in Deployments (+ ignored) | first complete assessment | operator RSS assessed / idle | idle CPU (one core) | mean reconcile | `freshen report`, cold |\n|---|---|---|---|---|---|---|";
+pub const HEADER: &str = "| build | opted-in Deployments (+ ignored) | first complete assessment | operator RSS assessed / idle | idle CPU (one core) | mean reconcile | `freshen report`, cold | API requests to the first assessment | API requests while idle (20 s) |\n|---|---|---|---|---|---|---|---|---|";
 
 /// One row of the table.
 pub fn row_line(r: &ScaleRow) -> String {
     format!(
-        "| {} | {} | {:.1} s | {:.0} / {:.0} MiB | {:.1} % | {:.1} ms | {:.2} s |",
+        "| {} | {} | {:.1} s | {:.0} / {:.0} MiB | {:.1} % | {:.1} ms | {:.2} s | {} | {} |",
         r.build,
         r.workloads,
         r.first_assessment.as_secs_f64(),
@@ -246,7 +317,9 @@ pub fn row_line(r: &ScaleRow) -> String {
         r.rss_mib.1,
         r.idle_cpu * 100.0,
         r.mean_reconcile.as_secs_f64() * 1e3,
-        r.report.as_secs_f64()
+        r.report.as_secs_f64(),
+        r.api_first,
+        r.api_idle,
     )
 }
 
@@ -267,13 +340,13 @@ pub fn write_results(
         freshen_core::HumanDuration(config.poll_interval)
     );
     let mut csv = String::from(
-        "build,workloads,first_assessment_s,rss_assessed_mib,rss_idle_mib,idle_cpu,mean_reconcile_ms,report_s\n",
+        "build,workloads,first_assessment_s,rss_assessed_mib,rss_idle_mib,idle_cpu,mean_reconcile_ms,report_s,api_first_list,api_first_get,api_first_watch,api_first_write,api_idle_list,api_idle_get,api_idle_watch,api_idle_write\n",
     );
     for r in rows {
         md.push_str(&row_line(r));
         md.push('\n');
         csv.push_str(&format!(
-            "{},{},{:.3},{:.1},{:.1},{:.4},{:.3},{:.3}\n",
+            "{},{},{:.3},{:.1},{:.1},{:.4},{:.3},{:.3},{},{},{},{},{},{},{},{}\n",
             r.build,
             r.workloads,
             r.first_assessment.as_secs_f64(),
@@ -281,11 +354,61 @@ pub fn write_results(
             r.rss_mib.1,
             r.idle_cpu,
             r.mean_reconcile.as_secs_f64() * 1e3,
-            r.report.as_secs_f64()
+            r.report.as_secs_f64(),
+            r.api_first.list,
+            r.api_first.get,
+            r.api_first.watch,
+            r.api_first.write,
+            r.api_idle.list,
+            r.api_idle.get,
+            r.api_idle.watch,
+            r.api_idle.write,
         ));
     }
     let path = dir.join(format!("scale-{date}.md"));
     std::fs::write(&path, md)?;
     std::fs::write(dir.join(format!("scale-{date}.csv")), csv)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_requests_are_summed_by_verb() {
+        let text = "# TYPE freshen_api_requests_total counter\n\
+            freshen_api_requests_total{resource=\"pods\",verb=\"list\"} 2\n\
+            freshen_api_requests_total{resource=\"deployments\",verb=\"list\"} 1\n\
+            freshen_api_requests_total{resource=\"pods\",verb=\"watch\"} 3\n\
+            freshen_api_requests_total{resource=\"secrets\",verb=\"get\"} 4\n\
+            freshen_api_requests_total{resource=\"leases\",verb=\"update\"} 5\n\
+            freshen_api_requests_total{resource=\"refreshes/status\",verb=\"patch\"} 6\n\
+            freshen_leader 1\n";
+        let counts = ApiCounts::of(text);
+        assert_eq!(
+            counts,
+            ApiCounts {
+                list: 3,
+                get: 4,
+                watch: 3,
+                write: 11
+            }
+        );
+        assert_eq!(
+            counts.since(ApiCounts {
+                list: 3,
+                get: 0,
+                watch: 1,
+                write: 10
+            }),
+            ApiCounts {
+                list: 0,
+                get: 4,
+                watch: 2,
+                write: 1
+            }
+        );
+        assert_eq!(counts.to_string(), "3 list, 4 get, 3 watch, 11 write");
+    }
 }

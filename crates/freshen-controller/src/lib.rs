@@ -4,6 +4,7 @@
 //! policy kinds (each cached in a reflector store), the workload controller,
 //! the two policy status controllers, and the HTTP server.
 
+pub mod api_requests;
 pub mod assess;
 pub mod cached;
 pub mod contain;
@@ -77,6 +78,9 @@ pub struct Config {
     pub leader: Option<leader::LeaderConfig>,
     /// The registry notification endpoint, when enabled.
     pub notify: Option<notify::NotifyConfig>,
+    /// The count of the client's requests (see [`api_requests`]), exported
+    /// with the other metrics; `None` when the client does not count.
+    pub api_requests: Option<api_requests::ApiRequests>,
 }
 
 /// A watch the operator keeps, named as `/readyz` reports it.
@@ -375,6 +379,9 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     }));
     let registry_metrics = RegistryMetrics::new()?;
     let metrics = Arc::new(Metrics::new(Arc::clone(&records), &registry_metrics)?);
+    if let Some(api_requests) = &config.api_requests {
+        metrics.register_api_requests(api_requests)?;
+    }
     // Ready once every watch has listed everything. Taken from the streams'
     // own InitDone events: `Store::wait_until_ready` wakes only its latest
     // waiter (kube-runtime 5's DelayedInit keeps one oneshot receiver), and

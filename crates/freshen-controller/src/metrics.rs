@@ -450,6 +450,14 @@ impl Metrics {
         Ok(metrics)
     }
 
+    /// Exports the count of the API client's requests.
+    pub fn register_api_requests(
+        &self,
+        api_requests: &crate::api_requests::ApiRequests,
+    ) -> prometheus::Result<()> {
+        api_requests.register(&self.registry)
+    }
+
     /// Creates every outcome series at 0 (the label values are closed
     /// sets), so that the first refresh, rollback or rebuild of a kind is an
     /// increase `rate()` and `increase()` see, not a series appearing at 1.

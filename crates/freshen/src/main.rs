@@ -485,13 +485,20 @@ fn parse_pipeline_kind(text: &str) -> Result<KindArg, String> {
     })
 }
 
+/// Why no client could be made.
+const NO_CLUSTER: &str =
+    "no Kubernetes cluster: set KUBECONFIG (or ~/.kube/config), or run inside a cluster";
+
 async fn client() -> anyhow::Result<kube::Client> {
-    kube::Client::try_default().await.context(
-        "no Kubernetes cluster: set KUBECONFIG (or ~/.kube/config), or run inside a cluster",
-    )
+    kube::Client::try_default().await.context(NO_CLUSTER)
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
+    // Every request the operator sends is counted (freshen_api_requests_total).
+    let api_requests = freshen_controller::api_requests::ApiRequests::new()?;
+    let counted = api_requests
+        .client(kube::Config::infer().await.context(NO_CLUSTER)?)
+        .context("a Kubernetes client")?;
     // Rebuilds of ClusterRefreshPolicy pipelines that name no namespace
     // live with freshen.
     let rebuild_namespace = std::env::var("POD_NAMESPACE")
@@ -517,8 +524,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         registry: args.registry.config(args.poll_interval)?,
         prometheus_url: args.prometheus_url,
         notify: args.notify.config()?,
+        api_requests: Some(api_requests.clone()),
     };
-    freshen_controller::run(client().await?, config).await?;
+    freshen_controller::run(counted, config).await?;
     Ok(())
 }
 
