@@ -8,7 +8,6 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::cached::CachedDeployment;
 use chrono::{DateTime, Utc};
 use freshen_api::annotations::{PIPELINE, POLICY};
 use freshen_api::pipeline::{Pipeline, Rebuilds};
@@ -29,6 +28,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 use tracing::debug;
 
+use crate::cached::CachedDeployment;
 use crate::records::{ContainerRecord, PolicyBinding, WorkloadRecord};
 use crate::tags::TagClock;
 

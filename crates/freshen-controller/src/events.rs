@@ -3,13 +3,13 @@
 //! [`Context::publish_failure`] (a failed reconcile, its reason the error's
 //! category), which bound the note and never fail a reconcile.
 
-use crate::cached::CachedDeployment;
 use freshen_core::event::EventReason;
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 use tracing::warn;
 
+use crate::cached::CachedDeployment;
 use crate::context::Context;
 use crate::error::Error;
 

@@ -7,7 +7,6 @@
 
 use std::collections::BTreeMap;
 
-use crate::cached::CachedDeployment;
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, WORKLOAD_LABEL};
 use freshen_api::{Refresh, RefreshSpec};
@@ -24,6 +23,7 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info};
 
 use crate::assess::{Configuration, Lookup, template_containers};
+use crate::cached::CachedDeployment;
 use crate::context::Context;
 use crate::deployment::{FIELD_MANAGER, owned_by, template_fingerprint};
 use crate::error::Error;

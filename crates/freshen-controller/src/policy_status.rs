@@ -12,7 +12,6 @@ use freshen_core::event::EventReason;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use crate::cached::CachedDeployment;
 use chrono::{DateTime, Utc};
 use freshen_api::policy::{OVERLAPPING, READY, condition, set_condition};
 use freshen_api::time::to_time;
@@ -26,6 +25,7 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, instrument};
 
+use crate::cached::CachedDeployment;
 use crate::context::Context;
 use crate::error::Error;
 use crate::records::{PolicyStats, WorkloadRecords};

@@ -12,7 +12,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cached::CachedDeployment;
 use chrono::Utc;
 use freshen_api::pipeline::{
     JobPipeline, Pipeline, PipelineKind, Rebuild, RebuildSpec, RebuildStatus, SecretKey,
@@ -39,6 +38,7 @@ use tokio::time::Instant;
 use tracing::{info, instrument, warn};
 
 use crate::assess::{Accounts, Configuration, Measurement, pull_credentials};
+use crate::cached::CachedDeployment;
 use crate::context::Context;
 use crate::deployment::FIELD_MANAGER;
 use crate::error::Error;
