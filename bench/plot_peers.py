@@ -18,7 +18,7 @@ ages = list(csv.DictReader(ages_csv.open()))
 rollback_csv = results / f"peers-{date}-rollback.csv"
 rollbacks = list(csv.DictReader(rollback_csv.open())) if rollback_csv.exists() else []
 
-fig, (time_ax, rss_ax, rb_ax) = plt.subplots(1, 3, figsize=(15, 4.2))
+fig, (time_ax, rss_ax, rb_ax) = plt.subplots(1, 3, figsize=(15, 4.8))
 styles = {"freshen": "o-", "crane script": "s--", "descheduler PodLifeTime": "^:"}
 notes = {"descheduler PodLifeTime": ", one pass over its synced cache", "freshen": ", from process start"}
 for tool, style in styles.items():
@@ -34,7 +34,9 @@ rss_ax.set_title("peak resident memory (MiB)")
 for ax in (time_ax, rss_ax):
     ax.set_xlabel("opted-in Deployments (+2,000 ignored)")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8)
+# One legend under the two line plots: inside them it hid the largest points.
+handles, labels = time_ax.get_legend_handles_labels()
+fig.legend(handles, labels, loc="lower left", ncol=3, fontsize=8, frameon=False)
 
 tools = list(dict.fromkeys(r["tool"] for r in rollbacks))
 for i, tool in enumerate(tools):
@@ -48,7 +50,7 @@ rb_ax.set_ylim(bottom=0)
 rb_ax.set_title("crash-looping canary -> rollback started (s)\n(dots: runs; bar: median)")
 
 fig.suptitle("freshen beside its peers, one 2-core machine, same cluster and workloads")
-fig.tight_layout()
+fig.tight_layout(rect=(0, 0.06, 1, 1))
 out = results / f"peers-{date}.png"
 fig.savefig(out, dpi=110)
 print(f"wrote {out}")
