@@ -275,9 +275,12 @@ async fn policy(client: &Client, namespace: &str) -> anyhow::Result<()> {
                     }),
                     tekton: None,
                     webhook: None,
+                    images: Vec::new(),
+                    allow_annotated_base: None,
                 }],
                 rebuild: Some(RebuildSettings {
                     pipeline: "build".into(),
+                    selectable: None,
                     triggers: Some(vec![RebuildOn::BaseMoved]),
                     timeout: Some("5m".into()),
                     backoff: Some("1m".into()),

@@ -539,9 +539,12 @@ fn rebuild_policy() -> RefreshPolicySpec {
             }),
             tekton: None,
             webhook: None,
+            images: Vec::new(),
+            allow_annotated_base: None,
         }],
         rebuild: Some(RebuildSettings {
             pipeline: "build".into(),
+            selectable: None,
             triggers: Some(vec![RebuildOn::BaseMoved]),
             timeout: Some("2m".into()),
             backoff: Some("5s".into()),

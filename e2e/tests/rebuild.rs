@@ -78,6 +78,8 @@ impl Scene {
             }),
             tekton: None,
             webhook: None,
+            images: Vec::new(),
+            allow_annotated_base: None,
         };
         self.policy_with(on, limits, backoff, pipeline).await
     }
@@ -121,6 +123,7 @@ impl Scene {
                     pipelines: vec![pipeline],
                     rebuild: Some(RebuildSettings {
                         pipeline: "build".into(),
+                        selectable: None,
                         triggers: Some(vec![on]),
                         timeout: Some("2m".into()),
                         backoff: Some(backoff.into()),
@@ -625,6 +628,8 @@ fn webhook_pipeline(addr: &str) -> Pipeline {
             hub_signature: Some(true),
             headers: Vec::new(),
         }),
+        images: Vec::new(),
+        allow_annotated_base: None,
     }
 }
 
@@ -856,6 +861,8 @@ async fn a_pipeline_that_cannot_run_makes_its_policy_not_ready_naming_the_field(
                     }),
                     tekton: None,
                     webhook: None,
+                    images: Vec::new(),
+                    allow_annotated_base: None,
                 }],
                 rebuild: None,
             },
@@ -964,6 +971,8 @@ async fn only_whoever_may_create_jobs_there_may_add_a_pipeline_and_only_freshen_
                         }),
                         tekton: None,
                         webhook: None,
+                        images: Vec::new(),
+                        allow_annotated_base: None,
                     }],
                     rebuild: None,
                 },
@@ -1052,6 +1061,8 @@ async fn a_tekton_pipeline_run_is_created_cancelled_when_superseded_and_its_succ
             service_account_name: Some("builder".into()),
         }),
         webhook: None,
+        images: Vec::new(),
+        allow_annotated_base: None,
     };
     s.policy_with(
         RebuildOn::BaseMoved,

@@ -44,6 +44,24 @@ pub struct Pipeline {
     /// A signed HTTP POST to a CI system for each run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookPipeline>,
+    /// The images this pipeline builds, as `registry/repository` patterns
+    /// (at most 32): a segment may be `**` (any number of segments),
+    /// contain `*` (any characters within it) or `{namespace}` (the
+    /// namespace of the workload asking), e.g.
+    /// `registry.corp/{namespace}/**`. An image no pattern matches for the
+    /// asking namespace is not rebuilt (a `RebuildRefused` Event says so).
+    /// Required in a ClusterRefreshPolicy, whose pipelines every governed
+    /// namespace shares; default in a RefreshPolicy: any image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub images: Vec<String>,
+    /// Whether a base named by a workload's `freshen.dev/base-image`
+    /// annotation may feed `$(base.*)` and trigger a rebuild (default
+    /// false: only the base the image itself records does). A base image
+    /// runs code at build time: allow this only where whoever writes the
+    /// workload's annotations may choose what the image is built on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_annotated_base: Option<bool>,
 }
 
 impl Pipeline {
@@ -316,9 +334,15 @@ impl RebuildOn {
 #[serde(rename_all = "camelCase")]
 pub struct RebuildSettings {
     /// The pipeline (of `spec.pipelines`) that rebuilds; a workload's
-    /// `freshen.dev/pipeline` annotation may pick another of them.
+    /// `freshen.dev/pipeline` annotation may pick another of `selectable`.
     #[schemars(length(min = 1, max = 63), regex(pattern = NAME_PATTERN))]
     pub pipeline: String,
+    /// The pipelines a workload may pick with `freshen.dev/pipeline`
+    /// (at most 16). Default: every pipeline of a RefreshPolicy; none of a
+    /// ClusterRefreshPolicy (its workloads use `pipeline`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub selectable: Option<Vec<String>>,
     /// What asks for a rebuild: BaseMoved, ImageTooOld (default both).
     /// (Not `on`: YAML 1.1 parsers, kubectl's among them, read that key as
     /// `true`.)
@@ -358,6 +382,8 @@ pub struct PolicyPipelines {
 pub struct Rebuilds {
     /// The pipeline that rebuilds by default.
     pub pipeline: String,
+    /// The pipelines a workload may pick by annotation; `None`: any.
+    pub selectable: Option<Vec<String>>,
     /// What asks for a rebuild.
     pub on: Vec<Reason>,
     /// How long a run may take.
@@ -406,6 +432,21 @@ impl PolicyPipelines {
                     })?;
                 }
             }
+            if p.images.is_empty() && !namespaced {
+                return Err(SpecError::Pipeline {
+                    field: field(".images"),
+                    message: "a ClusterRefreshPolicy's pipeline is shared by every namespace it \
+                              governs: declare the images it builds for each, e.g. \
+                              [\"registry.corp/{namespace}/**\"]"
+                        .into(),
+                });
+            }
+            for (j, pattern) in p.images.iter().enumerate() {
+                rebuild::check_image_pattern(pattern).map_err(|e| SpecError::Pipeline {
+                    field: field(&format!(".images[{j}]")),
+                    message: e.to_string(),
+                })?;
+            }
             let kinds = usize::from(p.job.is_some())
                 + usize::from(p.tekton.is_some())
                 + usize::from(p.webhook.is_some());
@@ -440,12 +481,26 @@ impl PolicyPipelines {
                 message: format!("names no pipeline of spec.pipelines: {:?}", spec.pipeline),
             });
         }
+        for (j, name) in spec.selectable.iter().flatten().enumerate() {
+            if !self.pipelines.iter().any(|p| &p.name == name) {
+                return Err(SpecError::Pipeline {
+                    field: format!("spec.rebuild.selectable[{j}]"),
+                    message: format!("names no pipeline of spec.pipelines: {name:?}"),
+                });
+            }
+        }
+        let selectable = match (&spec.selectable, namespaced) {
+            (Some(names), _) => Some(names.clone()),
+            (None, true) => None,
+            (None, false) => Some(Vec::new()),
+        };
         let on = spec
             .triggers
             .clone()
             .unwrap_or_else(|| vec![RebuildOn::BaseMoved, RebuildOn::ImageTooOld]);
         Ok(Some(Rebuilds {
             pipeline: spec.pipeline.clone(),
+            selectable,
             on: on.into_iter().map(RebuildOn::reason).collect(),
             timeout: spec_duration("rebuild.timeout", spec.timeout.as_deref())?
                 .unwrap_or(DEFAULT_TIMEOUT),
@@ -660,6 +715,8 @@ mod tests {
             }),
             tekton: None,
             webhook: None,
+            images: Vec::new(),
+            allow_annotated_base: None,
         }
     }
 
@@ -673,6 +730,7 @@ mod tests {
             pipelines,
             rebuild: rebuild.map(|p| RebuildSettings {
                 pipeline: p.into(),
+                selectable: None,
                 triggers: None,
                 timeout: None,
                 backoff: None,
@@ -695,6 +753,7 @@ mod tests {
             rebuilds,
             Some(Rebuilds {
                 pipeline: "build".into(),
+                selectable: None,
                 on: vec![Reason::BaseMoved, Reason::ImageTooOld],
                 timeout: DEFAULT_TIMEOUT,
                 backoff: DEFAULT_BACKOFF,
@@ -735,7 +794,44 @@ mod tests {
         }
         let e = error(&with(vec![elsewhere.clone()], None), true);
         assert!(e.starts_with("spec.pipelines[0].job.namespace"), "{e}");
-        assert_eq!(with(vec![elsewhere], None).parse(false), Ok(None));
+        // A ClusterRefreshPolicy's pipeline declares what it builds.
+        let e = error(&with(vec![elsewhere.clone()], None), false);
+        assert!(
+            e.starts_with("spec.pipelines[0].images: a ClusterRefreshPolicy"),
+            "{e}"
+        );
+        elsewhere.images = vec!["reg.corp/{namespace}/**".into()];
+        assert_eq!(with(vec![elsewhere.clone()], None).parse(false), Ok(None));
+        elsewhere.images.push("*/x".into());
+        let e = error(&with(vec![elsewhere.clone()], None), false);
+        assert!(
+            e.starts_with("spec.pipelines[0].images[1]: \"*/x\" is not an image pattern"),
+            "{e}"
+        );
+        elsewhere.images.pop();
+        // Which pipelines a workload may pick is the policy's decision.
+        let mut cluster = with(vec![elsewhere.clone()], Some("build"));
+        let picked = cluster.parse(false).ok().flatten().map(|r| r.selectable);
+        assert_eq!(
+            picked,
+            Some(Some(Vec::new())),
+            "a cluster policy: none by default"
+        );
+        if let Some(r) = cluster.rebuild.as_mut() {
+            r.selectable = Some(vec!["deploy".into()]);
+        }
+        let e = error(&cluster, false);
+        assert!(
+            e.starts_with("spec.rebuild.selectable[0]: names no pipeline"),
+            "{e}"
+        );
+        let own = with(vec![job(valid())], Some("build"));
+        let picked = own.parse(true).ok().flatten().map(|r| r.selectable);
+        assert_eq!(
+            picked,
+            Some(None),
+            "a namespace's own policy: any by default"
+        );
     }
 
     #[test]
@@ -753,6 +849,8 @@ mod tests {
                 service_account_name: None,
             }),
             webhook: None,
+            images: Vec::new(),
+            allow_annotated_base: None,
         };
         assert_eq!(
             with(vec![tekton("$(image)", None)], None).parse(true),
@@ -793,6 +891,8 @@ mod tests {
                     },
                 }],
             }),
+            images: Vec::new(),
+            allow_annotated_base: None,
         };
         assert_eq!(
             with(vec![hook("https://ci.example/hook")], None).parse(true),

@@ -72,12 +72,39 @@ pub struct RebuildPlan {
     pub namespace: Option<String>,
     /// When, how long, how to back off.
     pub settings: Rebuilds,
+    /// The pipeline is a ClusterRefreshPolicy's, shared by every namespace
+    /// it governs.
+    pub shared: bool,
 }
 
 impl RebuildPlan {
-    /// The pipeline's identity in rebuild names: policy and pipeline.
-    pub fn id(&self) -> String {
-        format!("{}/{}", self.policy, self.pipeline.name)
+    /// The pipeline's identity in rebuild names: policy and pipeline, and
+    /// for a shared pipeline the namespace asking (so one namespace's
+    /// rebuild is never another's to supersede, cancel or prune).
+    pub fn id(&self, asking: &str) -> String {
+        match self.shared {
+            true => format!("{}/{}@{asking}", self.policy, self.pipeline.name),
+            false => format!("{}/{}", self.policy, self.pipeline.name),
+        }
+    }
+
+    /// The gate of [`freshen_core::rebuild::admit`] for a workload of
+    /// `asking` with `settings`.
+    pub fn asker<'a>(
+        &'a self,
+        asking: &'a str,
+        prefs: &Preferences,
+        settings: &WorkloadSettings,
+    ) -> freshen_core::rebuild::Asker<'a> {
+        freshen_core::rebuild::Asker {
+            namespace: asking,
+            pipeline: &self.pipeline.name,
+            shared: self.shared,
+            images: &self.pipeline.images,
+            allow_annotated_base: self.pipeline.allow_annotated_base == Some(true),
+            suspended: prefs.suspend == Some(true),
+            snooze_until: settings.snooze_until,
+        }
     }
 }
 
@@ -256,12 +283,26 @@ impl Valid<'_> {
                 expected: "the name of a pipeline in the governing policy's spec.pipelines",
             });
         };
+        let selectable = settings_
+            .selectable
+            .as_ref()
+            .is_none_or(|names| names.iter().any(|n| n == name));
+        if name != settings_.pipeline && !selectable {
+            return Err(AnnotationError {
+                key: PIPELINE.to_owned(),
+                value: name.to_owned(),
+                expected: "a pipeline the governing policy's spec.rebuild.selectable lists \
+                           (a ClusterRefreshPolicy lists none unless it says)",
+            });
+        }
+        let shared = own_namespace.is_none();
         let namespace = own_namespace.or_else(|| pipeline.namespace().map(str::to_owned));
         Ok(Some(RebuildPlan {
             policy,
             pipeline: pipeline.clone(),
             namespace,
             settings: settings_,
+            shared,
         }))
     }
 
@@ -618,6 +659,7 @@ async fn measure_container(
     let mut verdicts = Vec::new();
     let mut base_image = None;
     let mut base_move = None;
+    let mut base_annotated = false;
     let mut base_first_seen = None;
     for digest in observation.digests() {
         let Some(facts) = failed.keep(lookup.facts(image, digest).await, "image facts") else {
@@ -626,8 +668,11 @@ async fn measure_container(
         build_times.push(facts.created);
         let Some(base) = &base else { continue };
         if let Some((followed, verdict)) = base_verdict(lookup, base, &facts, failed).await {
-            if let Some((Some(true), _, moved)) = &verdict {
-                base_move.get_or_insert_with(|| moved.clone());
+            if let Some((Some(true), _, moved)) = &verdict
+                && base_move.is_none()
+            {
+                base_move = Some(moved.clone());
+                base_annotated = annotated_base(base, &facts);
                 if let Ok(new) = moved.new_digest.parse::<Digest>() {
                     base_first_seen
                         .get_or_insert_with(|| lookup.tags.since(&moved.name, &new, now));
@@ -666,7 +711,22 @@ async fn measure_container(
         running,
         tag_digest,
         base_move,
+        base_annotated,
     }
+}
+
+/// Whether the base followed is the workload's word, not the image's: the
+/// `freshen.dev/base-image` annotation names another base (repository or
+/// tag) than the one the image records, or the image records none.
+fn annotated_base(base: &BaseToFollow, facts: &ImageFacts) -> bool {
+    let Some(named) = &base.annotated else {
+        return false;
+    };
+    let own = facts
+        .base_name
+        .as_deref()
+        .and_then(|b| ImageReference::parse(b).ok());
+    own.is_none_or(|own| own.without_digest() != named.without_digest())
 }
 
 /// Whether the base one running image was built on moved on: the base it

@@ -597,6 +597,7 @@ mod tests {
             running: None,
             tag_digest: None,
             base_move: None,
+            base_annotated: false,
             digest_since: None,
         }
     }

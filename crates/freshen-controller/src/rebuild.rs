@@ -79,19 +79,28 @@ pub fn needs(
     wanted
         .into_iter()
         .filter_map(|(name, reason)| {
-            let record = measurement
+            let at = measurement
                 .containers
                 .iter()
-                .find(|c| c.container == name)?;
+                .position(|c| c.container == name)?;
+            let record = &measurement.containers[at];
+            let limit_source = judgement.violations.get(at).and_then(|vs| {
+                vs.iter()
+                    .find(|v| v.kind == freshen_core::policy::LimitKind::MaxImageAge)
+                    .map(|v| v.limit.source.clone())
+            });
             let image = template_image(deploy, &name)?;
+            let moved = reason == Reason::BaseMoved;
             Some((
                 name,
                 Need {
                     image,
                     digest: record.running.clone()?,
                     reason,
-                    base: (reason == Reason::BaseMoved)
-                        .then(|| record.base_move.clone())
+                    base: moved.then(|| record.base_move.clone()).flatten(),
+                    base_annotated: moved && record.base_annotated,
+                    limit_source: (reason == Reason::ImageTooOld)
+                        .then_some(limit_source)
                         .flatten(),
                 },
             ))
@@ -110,10 +119,13 @@ fn template_image(deploy: &CachedDeployment, container: &str) -> Option<ImageRef
 }
 
 /// The rebuilds a workload's containers asked for: each container's
-/// Rebuild, or why recording one failed.
+/// Rebuild, or why recording one failed; and the needs refused.
 pub struct Requested {
     /// Per container, its Rebuild (existing or just recorded).
     pub result: Result<Vec<(String, Arc<Rebuild>)>, Error>,
+    /// Per container, a needed rebuild that was not asked for and why, as
+    /// `container <name>: <why>` (holds the workload chose left out).
+    pub refused: Vec<String>,
 }
 
 impl Requested {
@@ -135,16 +147,32 @@ impl Requested {
 }
 
 /// Records the Rebuild of every need of the measured workload (see
-/// [`needs`]) that has none yet.
+/// [`needs`]) that its pipeline admits ([`rebuild::admit`]) and that has
+/// none yet.
 pub async fn request(
     ctx: &Context,
     deploy: &CachedDeployment,
     config: &Configuration,
     (measurement, judgement): (&Measurement, &Judgement),
 ) -> Requested {
-    let needs = needs(deploy, config, measurement, judgement);
+    let mut refused = Vec::new();
+    let mut admitted = Vec::new();
+    let namespace = deploy.namespace().unwrap_or_default();
+    for (container, need) in needs(deploy, config, measurement, judgement) {
+        let Some(plan) = &config.rebuild else { break };
+        let asker = plan.asker(&namespace, &config.refresh, &config.settings);
+        match rebuild::admit(&need, &asker, Utc::now()) {
+            Ok(()) => admitted.push((container, need)),
+            Err(why) if why.is_hold() => {}
+            Err(why) => {
+                warn!(container = %container, image = %need.image, reason = %why, "rebuild refused");
+                refused.push(format!("container {container}: {why}"));
+            }
+        }
+    }
     Requested {
-        result: record(ctx, deploy, config, &needs).await,
+        result: record(ctx, deploy, config, &admitted).await,
+        refused,
     }
 }
 
@@ -165,7 +193,7 @@ async fn record(
         .unwrap_or_else(|| ctx.config.rebuild_namespace.clone());
     let mut out = Vec::new();
     for (container, need) in needs {
-        let name = need.rebuild_name(&plan.id());
+        let name = need.rebuild_name(&plan.id(&deploy.namespace().unwrap_or_default()));
         if let Some(existing) = ctx.rebuilds.get(&ObjectRef::new(&name).within(&namespace)) {
             out.push((container.clone(), existing));
             continue;
@@ -687,6 +715,7 @@ fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<Pipeline, String> {
                 spec.pipeline, spec.policy
             )
         })?;
+    fits(ctx, rebuild, &pipeline)?;
     let kind = pipeline.kind();
     if !ctx.config.pipeline_kinds.contains(&kind) {
         return Err(format!(
@@ -698,6 +727,53 @@ fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<Pipeline, String> {
         ));
     }
     Ok(pipeline)
+}
+
+/// Whether the rebuild is one its pipeline's policy could have asked for:
+/// it lives where the policy's rebuilds live, it was asked by a workload
+/// the policy may serve, and a shared pipeline declares its image for that
+/// workload's namespace. A Rebuild is freshen's own record, but the
+/// executor does not take its word for what to build.
+fn fits(ctx: &Context, rebuild: &Rebuild, pipeline: &Pipeline) -> Result<(), String> {
+    let spec = &rebuild.spec;
+    let here = rebuild.namespace().unwrap_or_default();
+    let asking = asking(rebuild);
+    let (home, shared) = match spec.policy.split('/').collect::<Vec<_>>().as_slice() {
+        ["RefreshPolicy", namespace, _] => ((*namespace).to_owned(), false),
+        _ => (
+            pipeline
+                .namespace()
+                .unwrap_or(&ctx.config.rebuild_namespace)
+                .to_owned(),
+            true,
+        ),
+    };
+    let refuse = |why: String| {
+        Err(format!(
+            "not run: {why}; only freshen records Rebuilds, so delete this one"
+        ))
+    };
+    if here != home {
+        return refuse(format!(
+            "{} keeps its rebuilds in namespace {home}, not {here}",
+            spec.policy
+        ));
+    }
+    if !shared && asking != home {
+        return refuse(format!(
+            "spec.requestedBy {} is not in {}'s namespace",
+            spec.requested_by, spec.policy
+        ));
+    }
+    let image = ImageReference::parse(&spec.image).map_err(|e| format!("spec.image: {e}"))?;
+    if !rebuild::declares(&pipeline.images, shared, asking, &image.name()) {
+        return refuse(format!(
+            "pipeline {} declares no image {} for namespace {asking}",
+            pipeline.name,
+            image.name()
+        ));
+    }
+    Ok(())
 }
 
 /// `--pipeline-kinds` as written on the command line.
@@ -798,6 +874,7 @@ fn superseded(ctx: &Context, rebuild: &Rebuild) -> bool {
         .iter()
         .filter(|other| {
             other.namespace() == rebuild.namespace()
+                && asking(other) == asking(rebuild)
                 && other.spec.image == rebuild.spec.image
                 && other.spec.policy == rebuild.spec.policy
                 && other.spec.pipeline == rebuild.spec.pipeline
@@ -805,6 +882,16 @@ fn superseded(ctx: &Context, rebuild: &Rebuild) -> bool {
         .map(|other| seniority(other))
         .collect();
     rebuild::superseded(&seniority(rebuild), &same)
+}
+
+/// The namespace of the workload that asked for a rebuild: a rebuild is
+/// superseded or pruned only by rebuilds that namespace asked for.
+fn asking(rebuild: &Rebuild) -> &str {
+    rebuild
+        .spec
+        .requested_by
+        .split_once('/')
+        .map_or("", |(namespace, _)| namespace)
 }
 
 /// Stores the status, guarded by the resourceVersion read; `false` when
@@ -856,6 +943,8 @@ fn values(rebuild: &Rebuild) -> BTreeMap<&'static str, String> {
             digest,
             reason: spec.reason,
             base: spec.base.clone(),
+            base_annotated: false,
+            limit_source: None,
         }
         .values(),
         _ => BTreeMap::new(),
@@ -931,6 +1020,7 @@ async fn prune(ctx: &Context, rebuild: &Rebuild) {
         .into_iter()
         .filter(|r| {
             r.namespace() == rebuild.namespace()
+                && asking(r) == asking(rebuild)
                 && r.spec.image == rebuild.spec.image
                 && r.spec.policy == rebuild.spec.policy
                 && r.spec.pipeline == rebuild.spec.pipeline

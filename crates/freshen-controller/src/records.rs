@@ -65,6 +65,9 @@ pub struct ContainerRecord {
     pub tag_digest: Option<Digest>,
     /// The base move that made it stale (what a rebuild is asked for).
     pub base_move: Option<BaseMove>,
+    /// That base was named by the workload's `freshen.dev/base-image`
+    /// annotation, not recorded by the image.
+    pub base_annotated: bool,
     /// When its pods run what its tag names: since when the tag has named
     /// that digest (first seen by freshen; kept in a TagRecord).
     pub digest_since: Option<DateTime<Utc>>,

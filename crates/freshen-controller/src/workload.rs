@@ -104,7 +104,7 @@ pub async fn reconcile(deploy: Arc<CachedDeployment>, ctx: Arc<Context>) -> Resu
         &deploy,
         (&measurement, &judgement),
         hold,
-        &rebuilds.names(),
+        (&rebuilds.names(), &rebuilds.refused),
         previous.as_ref(),
     )
     .await;
@@ -260,7 +260,7 @@ async fn announce(
     deploy: &CachedDeployment,
     (measurement, judgement): (&Measurement, &policy::Judgement),
     hold: Option<(&Hold, Option<DateTime<Utc>>)>,
-    requested: &[String],
+    (requested, refused): (&[String], &[String]),
     previous: Option<&WorkloadRecord>,
 ) -> Findings {
     let hold = hold.map(|(hold, _)| hold);
@@ -271,6 +271,7 @@ async fn announce(
         .collect();
     let mut now = Findings::of(judgement, &containers, hold);
     now.requested = requested.to_vec();
+    now.refused = refused.to_vec();
     let violations: Vec<(&str, &[Violation])> = containers
         .iter()
         .zip(&judgement.violations)

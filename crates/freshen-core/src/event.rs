@@ -81,6 +81,10 @@ pub enum EventReason {
     RebuildFailed,
     /// A newer rebuild of the image replaced a rebuild.
     RebuildSuperseded,
+    /// A rebuild a workload needs was not asked for: the governing
+    /// pipeline may not build it for the workload's namespace, or not from
+    /// what the workload says (see the message).
+    RebuildRefused,
 }
 
 impl EventReason {

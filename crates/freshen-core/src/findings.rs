@@ -25,6 +25,9 @@ pub struct Findings {
     pub hold: Option<String>,
     /// The rebuilds asked of a pipeline for it, as `namespace/name`.
     pub requested: Vec<String>,
+    /// The rebuilds it needs that were refused, as
+    /// `container <name>: <why>`.
+    pub refused: Vec<String>,
 }
 
 impl Findings {
@@ -50,6 +53,7 @@ impl Findings {
             rebuild,
             hold: hold.map(ToString::to_string),
             requested: Vec::new(),
+            refused: Vec::new(),
         }
     }
 }
@@ -78,6 +82,8 @@ pub struct Announcement {
 /// - `MaxAgeExceeded` when it violates a limit of a source it did not
 ///   violate before, naming every violation (`violations`, per container);
 /// - `RebuildRequired` when what only a rebuild can fix appears or changes;
+/// - `RebuildRefused` when a needed rebuild is refused, or its refusal
+///   changes;
 /// - the hold's own reason when a hold someone must act on appears or
 ///   changes (see [`Hold::warning_reason`]).
 pub fn news(
@@ -120,6 +126,12 @@ pub fn news(
                 "{}; a rollout of the same image cannot fix this, the image must be rebuilt: {how}",
                 now.rebuild.join("; ")
             ),
+        });
+    }
+    if !now.refused.is_empty() && now.refused != before.refused {
+        out.push(Announcement {
+            reason: EventReason::RebuildRefused,
+            note: format!("rebuild not asked for: {}", now.refused.join("; ")),
         });
     }
     if let (Some(hold), Some(text)) = (hold, &now.hold)
@@ -220,6 +232,20 @@ mod tests {
         // Fixed: nothing to say.
         let none = Findings::of(&j, &[("app", Some(false)), ("proxy", None)], None);
         assert!(news(&two, &none, &[], None).is_empty());
+    }
+
+    #[test]
+    fn a_refused_rebuild_warns_once_per_change() {
+        let j = judged(vec![vec![]]);
+        let mut refused = Findings::of(&j, &[("app", Some(true))], None);
+        refused.refused = vec!["container app: pipeline build builds only ...".into()];
+        let first = news(&Findings::default(), &refused, &[], None);
+        assert_eq!(
+            reasons(&first),
+            [EventReason::RebuildRequired, EventReason::RebuildRefused]
+        );
+        assert!(first[1].note.contains("pipeline build builds only"));
+        assert!(news(&refused, &refused, &[], None).is_empty());
     }
 
     #[test]

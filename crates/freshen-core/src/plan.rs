@@ -601,6 +601,15 @@ pub fn fingerprint(text: &str) -> String {
     format!("{hash:016x}")
 }
 
+/// A fingerprint nobody can aim at (SHA-256, 80 bits, 20 hex digits): for
+/// names of objects shared between tenants, where a chosen input must not
+/// collide with another's.
+pub fn strong_fingerprint(text: &str) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(text.as_bytes());
+    hash.iter().take(10).map(|b| format!("{b:02x}")).collect()
+}
+
 /// The deterministic name of the Refresh for a proposal: the same target
 /// always gets the same name, so a retried create cannot make a second one.
 /// At most 63 characters (it is also a label value).

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::age::{elapsed, later};
 use crate::event::{EventKind, EventReason};
 use crate::image::{Digest, ImageReference};
-use crate::plan::fingerprint;
+use crate::policy::Source;
 use crate::rollout::Reason;
 
 /// The variables a pipeline template may name, as `$(name)`.
@@ -130,6 +130,13 @@ pub struct Need {
     pub reason: Reason,
     /// The moved base, for [`Reason::BaseMoved`].
     pub base: Option<BaseMove>,
+    /// The base was named by the workload's `freshen.dev/base-image`
+    /// annotation, not recorded by the image itself (a tenant's word, not
+    /// the image's).
+    pub base_annotated: bool,
+    /// For [`Reason::ImageTooOld`]: who set the `maxImageAge` the image is
+    /// past.
+    pub limit_source: Option<Source>,
 }
 
 impl Need {
@@ -142,15 +149,17 @@ impl Need {
         }
     }
 
-    /// The rebuild's name: `rebuild-` and 16 hex digits of the pipeline
-    /// (`pipeline` names its policy too), the image without digest and
-    /// the cause. Stable across versions: it is how a second create finds
-    /// the first.
+    /// The rebuild's name: `rebuild-` and 20 hex digits of SHA-256 over
+    /// the pipeline (`pipeline` names its policy too, and for a shared
+    /// pipeline the requesting namespace), the image without digest and the
+    /// cause. Stable across versions: it is how a second create finds the
+    /// first. A cryptographic hash, so nobody can choose inputs whose name
+    /// is another team's rebuild.
     pub fn rebuild_name(&self, pipeline: &str) -> String {
         let image = self.image.without_digest();
         format!(
             "rebuild-{}",
-            fingerprint(&format!("{pipeline}\n{image}\n{}", self.cause()))
+            crate::plan::strong_fingerprint(&format!("{pipeline}\n{image}\n{}", self.cause()))
         )
     }
 
@@ -181,6 +190,240 @@ impl Need {
         }
         values
     }
+}
+
+/// The most image patterns a pipeline declares.
+pub const MAX_IMAGE_PATTERNS: usize = 32;
+/// The longest image pattern.
+pub const MAX_IMAGE_PATTERN: usize = 512;
+/// The placeholder an image pattern names the requesting namespace with.
+pub const NAMESPACE_PLACEHOLDER: &str = "{namespace}";
+
+/// Why an image pattern is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PatternError {
+    /// Too long.
+    #[error("longer than {MAX_IMAGE_PATTERN} characters")]
+    TooLong,
+    /// Empty, or a character that no repository has.
+    #[error(
+        "{0:?} is not an image pattern; expected a registry and repository path whose segments \
+         may be *, ** or contain {{namespace}}, e.g. registry.corp/{{namespace}}/**"
+    )]
+    Malformed(String),
+}
+
+/// Checks an image pattern of a pipeline's `images`: `registry/path`
+/// segments of lower-case letters, digits, `.`, `_`, `-` and `:` (a port),
+/// where a segment may be `**` (any number of segments), contain `*` (any
+/// characters within the segment) or `{namespace}` (the namespace that
+/// asks for the rebuild). The registry is the first segment and is never a
+/// wildcard: a pattern names where the images are pushed.
+pub fn check_image_pattern(pattern: &str) -> Result<(), PatternError> {
+    if pattern.len() > MAX_IMAGE_PATTERN {
+        return Err(PatternError::TooLong);
+    }
+    let bad = || PatternError::Malformed(pattern.chars().take(80).collect());
+    let segments: Vec<&str> = pattern.split('/').collect();
+    if segments.len() < 2 || segments.iter().any(|s| s.is_empty()) {
+        return Err(bad());
+    }
+    if segments[0].contains('*') || segments[0].contains(NAMESPACE_PLACEHOLDER) {
+        return Err(bad());
+    }
+    for segment in &segments {
+        let rest = segment.replace(NAMESPACE_PLACEHOLDER, "");
+        let valid = rest
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-:*".contains(&b));
+        if !valid || (segment.contains("**") && *segment != "**") {
+            return Err(bad());
+        }
+    }
+    Ok(())
+}
+
+/// Whether `image` (`registry/repository`, as [`ImageReference::name`]
+/// spells it) is one `pattern` declares for `namespace`.
+pub fn image_matches(pattern: &str, namespace: &str, image: &str) -> bool {
+    if check_image_pattern(pattern).is_err() {
+        return false;
+    }
+    let pattern = pattern.replace(NAMESPACE_PLACEHOLDER, namespace);
+    let want: Vec<&str> = pattern.split('/').collect();
+    let have: Vec<&str> = image.split('/').collect();
+    segments_match(&want, &have)
+}
+
+fn segments_match(want: &[&str], have: &[&str]) -> bool {
+    match want.split_first() {
+        None => have.is_empty(),
+        Some((&"**", rest)) => (0..=have.len()).any(|skip| segments_match(rest, &have[skip..])),
+        Some((first, rest)) => have
+            .split_first()
+            .is_some_and(|(h, more)| glob(first, h) && segments_match(rest, more)),
+    }
+}
+
+/// `*` matches any run of characters within one segment.
+fn glob(pattern: &str, text: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let Some(first) = parts.next() else {
+        return text.is_empty();
+    };
+    let Some(mut rest) = text.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    let Some((last, middle)) = parts.split_last() else {
+        return rest.is_empty();
+    };
+    for part in middle {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// Whether a pipeline declaring `images` builds `image` for `namespace`:
+/// one pattern matches; none declared means every image for a namespace's
+/// own pipeline and no image for a `shared` one.
+pub fn declares(images: &[String], shared: bool, namespace: &str, image: &str) -> bool {
+    if images.is_empty() {
+        return !shared;
+    }
+    images.iter().any(|p| image_matches(p, namespace, image))
+}
+
+/// Who is asking for a rebuild, through which pipeline, and what the
+/// pipeline and the workload's state allow.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asker<'a> {
+    /// The namespace of the workload asking.
+    pub namespace: &'a str,
+    /// The pipeline's name, for messages.
+    pub pipeline: &'a str,
+    /// The pipeline is a ClusterRefreshPolicy's, shared by every namespace
+    /// the policy governs.
+    pub shared: bool,
+    /// The images the pipeline declares it builds (`{namespace}` is the
+    /// asking namespace); none: every image for a namespace's own
+    /// pipeline, no image for a shared one.
+    pub images: &'a [String],
+    /// The pipeline accepts a base named by a workload's annotation.
+    pub allow_annotated_base: bool,
+    /// Refreshes of the workload are suspended.
+    pub suspended: bool,
+    /// The workload's `freshen.dev/snooze-until`, if set.
+    pub snooze_until: Option<DateTime<Utc>>,
+}
+
+/// Why a needed rebuild is not asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// Refreshes of the workload are suspended (a rebuild leads to one).
+    #[error("refreshes of the workload are suspended, so no rebuild is asked for")]
+    Suspended,
+    /// The workload is snoozed.
+    #[error("the workload is snoozed until {0}, so no rebuild is asked for")]
+    Snoozed(DateTime<Utc>),
+    /// The pipeline does not declare the image for the asking namespace.
+    #[error(
+        "pipeline {pipeline} builds only the images its spec.pipelines[].images declare for \
+         namespace {namespace} ({declared}); {image} is not one of them"
+    )]
+    NotDeclared {
+        /// The pipeline.
+        pipeline: String,
+        /// The asking namespace.
+        namespace: String,
+        /// The image.
+        image: String,
+        /// The declared patterns, as written (or "none").
+        declared: String,
+    },
+    /// The moved base was named by the workload's annotation, which the
+    /// pipeline does not accept.
+    #[error(
+        "the base {base} comes from the freshen.dev/base-image annotation, not from the image; \
+         pipeline {pipeline} builds only on the base an image records (its allowAnnotatedBase \
+         is false), since a base image runs code at build time"
+    )]
+    AnnotatedBase {
+        /// The pipeline.
+        pipeline: String,
+        /// The annotated base.
+        base: String,
+    },
+    /// A shared pipeline rebuilds too-old images only for the cluster
+    /// policy's (or the operator's) own limit, not a tenant's.
+    #[error(
+        "the image is past a maxImageAge set by {set_by}; shared pipeline {pipeline} rebuilds \
+         too-old images only for the ClusterRefreshPolicy's own maxImageAge"
+    )]
+    TenantLimit {
+        /// The pipeline.
+        pipeline: String,
+        /// Who set the limit.
+        set_by: Source,
+    },
+}
+
+impl Refusal {
+    /// A hold the workload's own settings chose (suspend, snooze): not
+    /// worth a Warning, unlike a refusal someone must act on.
+    pub fn is_hold(&self) -> bool {
+        matches!(self, Self::Suspended | Self::Snoozed(_))
+    }
+}
+
+/// Whether `need` may be asked of the pipeline `asker` describes, at `now`:
+/// the one gate every rebuild request passes, and which the rebuild
+/// controller applies again before each run.
+pub fn admit(need: &Need, asker: &Asker<'_>, now: DateTime<Utc>) -> Result<(), Refusal> {
+    if asker.suspended {
+        return Err(Refusal::Suspended);
+    }
+    if let Some(until) = asker.snooze_until.filter(|u| *u > now) {
+        return Err(Refusal::Snoozed(until));
+    }
+    let image = need.image.name();
+    if !declares(asker.images, asker.shared, asker.namespace, &image) {
+        return Err(Refusal::NotDeclared {
+            pipeline: asker.pipeline.to_owned(),
+            namespace: asker.namespace.to_owned(),
+            image,
+            declared: if asker.images.is_empty() {
+                "none".to_owned()
+            } else {
+                asker.images.join(", ")
+            },
+        });
+    }
+    if need.reason == Reason::BaseMoved && need.base_annotated && !asker.allow_annotated_base {
+        return Err(Refusal::AnnotatedBase {
+            pipeline: asker.pipeline.to_owned(),
+            base: need
+                .base
+                .as_ref()
+                .map(|b| b.name.clone())
+                .unwrap_or_default(),
+        });
+    }
+    if asker.shared && need.reason == Reason::ImageTooOld {
+        match &need.limit_source {
+            Some(Source::ClusterPolicy { .. } | Source::Default) | None => {}
+            Some(source) => {
+                return Err(Refusal::TenantLimit {
+                    pipeline: asker.pipeline.to_owned(),
+                    set_by: source.clone(),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Where a rebuild is.
@@ -555,7 +798,155 @@ mod tests {
                 old_digest: Some(digest('0').to_string()),
                 new_digest: digest(base_digest).to_string(),
             }),
+            base_annotated: false,
+            limit_source: None,
         }
+    }
+
+    fn asker<'a>(shared: bool, images: &'a [String]) -> Asker<'a> {
+        Asker {
+            namespace: "shop",
+            pipeline: "build",
+            shared,
+            images,
+            allow_annotated_base: false,
+            suspended: false,
+            snooze_until: None,
+        }
+    }
+
+    #[test]
+    fn image_patterns_declare_images_per_namespace() {
+        let p = "reg.io/{namespace}/**";
+        assert!(image_matches(p, "shop", "reg.io/shop/app"));
+        assert!(image_matches(p, "shop", "reg.io/shop/team/app"));
+        assert!(!image_matches(p, "shop", "reg.io/payments/api"));
+        // `**` is any number of segments, none included.
+        assert!(image_matches(p, "shop", "reg.io/shop"));
+        assert!(!image_matches(p, "shop", "reg.io/shopping/app"));
+        assert!(!image_matches(p, "shop", "other.io/shop/app"));
+        assert!(image_matches(
+            "reg.io/team-{namespace}/*",
+            "shop",
+            "reg.io/team-shop/app"
+        ));
+        assert!(!image_matches(
+            "reg.io/team-{namespace}/*",
+            "shop",
+            "reg.io/team-shop/a/b"
+        ));
+        assert!(image_matches(
+            "reg.io/base/*-build",
+            "x",
+            "reg.io/base/go-build"
+        ));
+        assert!(!image_matches(
+            "reg.io/base/*-build",
+            "x",
+            "reg.io/base/go-builder"
+        ));
+        assert!(image_matches(
+            "localhost:5000/**",
+            "x",
+            "localhost:5000/a/b"
+        ));
+        for bad in [
+            "",
+            "reg.io",
+            "*/x",
+            "{namespace}.io/x",
+            "reg.io//x",
+            "reg.io/a**",
+            "reg.io/A",
+        ] {
+            assert!(check_image_pattern(bad).is_err(), "{bad:?}");
+            assert!(!image_matches(bad, "x", "reg.io/x"), "{bad:?}");
+        }
+        assert_eq!(
+            check_image_pattern(&"a/".repeat(300)),
+            Err(PatternError::TooLong)
+        );
+    }
+
+    #[test]
+    fn a_shared_pipeline_builds_only_declared_images_on_recorded_bases() {
+        let now = Utc::now();
+        let mine = vec!["reg.io/{namespace}/**".to_owned()];
+        let none: Vec<String> = Vec::new();
+        let need = need(Reason::BaseMoved, 'b');
+        assert_eq!(admit(&need, &asker(true, &mine), now), Ok(()));
+        // A shared pipeline that declares nothing builds nothing; a
+        // namespace's own pipeline builds its own images.
+        assert!(matches!(
+            admit(&need, &asker(true, &none), now),
+            Err(Refusal::NotDeclared { .. })
+        ));
+        assert_eq!(admit(&need, &asker(false, &none), now), Ok(()));
+        // Another team's image.
+        let theirs = Need {
+            image: ImageReference::parse("reg.io/payments/api:prod")
+                .unwrap_or_else(|e| panic!("{e}")),
+            ..need.clone()
+        };
+        let refused = admit(&theirs, &asker(true, &mine), now);
+        assert!(
+            matches!(&refused, Err(Refusal::NotDeclared { image, .. }) if image == "reg.io/payments/api"),
+            "{refused:?}"
+        );
+        // A base the workload names, not the image.
+        let annotated = Need {
+            base_annotated: true,
+            ..need.clone()
+        };
+        let e = admit(&annotated, &asker(true, &mine), now);
+        assert!(matches!(e, Err(Refusal::AnnotatedBase { .. })), "{e:?}");
+        assert!(e.is_err_and(|e| e.to_string().contains("runs code at build time")));
+        let mut allowing = asker(true, &mine);
+        allowing.allow_annotated_base = true;
+        assert_eq!(admit(&annotated, &allowing, now), Ok(()));
+        // A namespace's own pipeline takes the same rule about bases.
+        assert!(admit(&annotated, &asker(false, &none), now).is_err());
+    }
+
+    #[test]
+    fn a_shared_pipeline_rebuilds_too_old_images_for_the_cluster_limit_only() {
+        let now = Utc::now();
+        let mine = vec!["reg.io/{namespace}/**".to_owned()];
+        let with = |source: Source| Need {
+            limit_source: Some(source),
+            ..need(Reason::ImageTooOld, 'b')
+        };
+        let cluster = Source::ClusterPolicy { name: "all".into() };
+        assert_eq!(admit(&with(cluster), &asker(true, &mine), now), Ok(()));
+        assert_eq!(
+            admit(&with(Source::Default), &asker(true, &mine), now),
+            Ok(())
+        );
+        let e = admit(&with(Source::Annotation), &asker(true, &mine), now);
+        assert!(matches!(e, Err(Refusal::TenantLimit { .. })), "{e:?}");
+        let policy = Source::Policy {
+            namespace: "shop".into(),
+            name: "p".into(),
+        };
+        assert!(admit(&with(policy.clone()), &asker(true, &mine), now).is_err());
+        // A namespace's own pipeline: its own limits.
+        assert_eq!(admit(&with(policy), &asker(false, &mine), now), Ok(()));
+    }
+
+    #[test]
+    fn no_rebuild_is_asked_for_while_suspended_or_snoozed() {
+        let now = Utc::now();
+        let none: Vec<String> = Vec::new();
+        let need = need(Reason::BaseMoved, 'b');
+        let mut a = asker(false, &none);
+        a.suspended = true;
+        assert_eq!(admit(&need, &a, now), Err(Refusal::Suspended));
+        a.suspended = false;
+        let until = now + chrono::TimeDelta::hours(1);
+        a.snooze_until = Some(until);
+        assert_eq!(admit(&need, &a, now), Err(Refusal::Snoozed(until)));
+        a.snooze_until = Some(now - chrono::TimeDelta::hours(1));
+        assert_eq!(admit(&need, &a, now), Ok(()));
     }
 
     fn target() -> RebuildTarget {
@@ -613,7 +1004,7 @@ mod tests {
         };
         let name = one.rebuild_name("RefreshPolicy/shop/p/job");
         assert_eq!(name, other.rebuild_name("RefreshPolicy/shop/p/job"));
-        assert!(name.starts_with("rebuild-") && name.len() == 24, "{name}");
+        assert!(name.starts_with("rebuild-") && name.len() == 28, "{name}");
         // A newer base move, another pipeline, or age: another rebuild.
         assert_ne!(
             name,
