@@ -62,6 +62,7 @@ impl WebhookClient {
             .collect::<Result<Vec<_>, _>>()?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(reach::Resolver::new(reach.clone()))
             .user_agent(concat!("freshen/", env!("CARGO_PKG_VERSION")))
             .tls_certs_merge(certificates)
             .connect_timeout(TRY_TIMEOUT)

@@ -593,8 +593,9 @@ impl RegistryClient {
     }
 
     /// Whether `registry` may be reached ([`reach`]): judged by name, then
-    /// by every address it resolves to. A name that does not resolve is let
-    /// through: its request fails on its own.
+    /// by every address it resolves to; a name that does not resolve is
+    /// refused (fail closed). The connection itself is judged again by the
+    /// transport's resolver.
     async fn check_reach(&self, registry: &str, image: &str) -> Result<(), RegistryError> {
         reach::check(&self.reach, reach::host_of(registry))
             .await

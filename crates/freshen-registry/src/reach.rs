@@ -15,7 +15,12 @@
 //! 4. anything else is reached.
 //!
 //! `--registry-deny '*'` with `--registry-allow` entries admits only those.
-//! Pure: the caller resolves names and passes the addresses.
+//!
+//! Hosts are read as the URL parser reads them ([`parse_host`]: the
+//! WHATWG forms of IPv4 literals, lower-cased names without a trailing
+//! dot), names are resolved once by the HTTP clients' own [`Resolver`],
+//! every address judged and only those connected to; anything that cannot
+//! be judged is refused.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -175,6 +180,7 @@ impl Reach {
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
+            .trim_end_matches('.')
             .to_ascii_lowercase();
         if self.allow.iter().any(|p| p.matches_name(&host)) {
             return ByName::Allowed;
@@ -207,50 +213,169 @@ impl Reach {
     }
 }
 
-/// Judges a host without resolving it: its name, and when it is an address
-/// literal, that address. For redirects, which are judged synchronously.
-pub fn judge_literal(reach: &Reach, host: &str) -> Result<(), String> {
-    match reach.judge_name(host) {
-        ByName::Allowed => Ok(()),
-        ByName::Refused(why) => Err(why),
-        ByName::Resolve => match host.trim_start_matches('[').trim_end_matches(']').parse() {
-            Ok(addr) => reach.judge_addresses(host, &[addr]),
-            Err(_) => Ok(()),
-        },
+/// A host as the URL parser reads it, which is what the HTTP client
+/// connects to: `0x7f.0x.0x.0x1`, `2130706433` and `127.1` are all the
+/// address 127.0.0.1, and a name is lower-cased, IDNA-mapped and loses a
+/// trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A domain name.
+    Name(String),
+    /// An address literal.
+    Addr(IpAddr),
+}
+
+/// Reads `host` (no port; an IPv6 literal with or without brackets) as the
+/// URL parser does; a host it cannot read is refused.
+pub fn parse_host(host: &str) -> Result<Host, String> {
+    let bracketed = match host.contains(':') && !host.starts_with('[') {
+        true => format!("[{host}]"),
+        false => host.to_owned(),
+    };
+    match url::Host::parse(&bracketed) {
+        Ok(url::Host::Domain(name)) => Ok(Host::Name(name.trim_end_matches('.').to_owned())),
+        Ok(url::Host::Ipv4(a)) => Ok(Host::Addr(IpAddr::V4(a))),
+        Ok(url::Host::Ipv6(a)) => Ok(Host::Addr(IpAddr::V6(a))),
+        Err(e) => Err(format!(
+            "{:?} is not a host name or address: {e}",
+            host.chars().take(256).collect::<String>()
+        )),
+    }
+}
+
+impl Reach {
+    /// Judges a host without resolving it: an address literal by its
+    /// address, a name by the lists; a name that may be reached still has
+    /// every address it resolves to judged ([`resolve`]) before any
+    /// connection is made to it.
+    pub fn judge_host(&self, host: &Host) -> Result<(), String> {
+        match host {
+            Host::Addr(addr) => match self.judge_name(&addr.to_string()) {
+                ByName::Allowed => Ok(()),
+                ByName::Refused(why) => Err(why),
+                ByName::Resolve => self.judge_addresses(&addr.to_string(), &[*addr]),
+            },
+            Host::Name(name) => match self.judge_name(name) {
+                ByName::Refused(why) => Err(why),
+                ByName::Allowed | ByName::Resolve => Ok(()),
+            },
+        }
     }
 }
 
 /// How long the check waits for a name to resolve.
 pub const RESOLVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Judges a host by its name, then by every address it resolves to. A name
-/// that does not resolve passes (a request to it fails on its own); one
-/// whose DNS does not answer within [`RESOLVE_TIMEOUT`] is refused.
-pub async fn check(reach: &Reach, host: &str) -> Result<(), String> {
-    match reach.judge_name(host) {
-        ByName::Allowed => return Ok(()),
+/// The addresses freshen may connect to for the name `name` (canonical, see
+/// [`parse_host`]): every address it resolves to, each judged. Fails
+/// closed: a refused name, a name that does not resolve or whose DNS does
+/// not answer within [`RESOLVE_TIMEOUT`], a single-label name (resolved
+/// through the pod's DNS search path, so not the name judged) unless it is
+/// allowed by name, or any refused address. A name not allowed by name is
+/// resolved as an absolute name (with a trailing dot), so the search path
+/// cannot make it another host than the one judged.
+pub async fn resolve(reach: &Reach, name: &str) -> Result<Vec<IpAddr>, String> {
+    let lookup = match reach.judge_name(name) {
         ByName::Refused(why) => return Err(why),
-        ByName::Resolve => {}
-    }
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let addresses: Vec<IpAddr> = match bare.parse() {
-        Ok(addr) => vec![addr],
-        Err(_) => match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((bare, 443)))
-            .await
-        {
-            Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
-            Ok(Err(_)) => return Ok(()),
-            // A tenant can name a host whose DNS never answers: the check
-            // must not hold a reconcile, nor let an unchecked name through.
-            Err(_) => {
-                return Err(format!(
-                    "{host}'s addresses could not be checked: no DNS answer within {}s",
-                    RESOLVE_TIMEOUT.as_secs()
-                ));
-            }
-        },
+        ByName::Allowed => name.to_owned(),
+        ByName::Resolve if !name.contains('.') => {
+            return Err(format!(
+                "{name} is a single-label name, resolved through the DNS search path; name the \
+                 host fully (with its domain) or list it with --registry-allow"
+            ));
+        }
+        ByName::Resolve => format!("{name}."),
     };
-    reach.judge_addresses(host, &addresses)
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((lookup, 0))).await;
+    let addresses: Vec<IpAddr> = match found {
+        Ok(Ok(found)) => found.map(|a| a.ip()).collect(),
+        Ok(Err(e)) => return Err(format!("{name} does not resolve: {e}")),
+        // A tenant can name a host whose DNS never answers: the check
+        // must not hold a reconcile, nor let an unchecked name through.
+        Err(_) => {
+            return Err(format!(
+                "{name}'s addresses could not be checked: no DNS answer within {}s",
+                RESOLVE_TIMEOUT.as_secs()
+            ));
+        }
+    };
+    if addresses.is_empty() {
+        return Err(format!("{name} resolves to no address"));
+    }
+    if reach.judge_name(name) != ByName::Allowed {
+        reach.judge_addresses(name, &addresses)?;
+    }
+    Ok(addresses)
+}
+
+/// Judges a host (no port) by its name, then by every address it resolves
+/// to, failing closed (see [`resolve`]). A check before a request, for a
+/// clear error; the connection itself goes only to addresses the
+/// [`Resolver`] judged again, so DNS answering differently the second time
+/// (rebinding) gains nothing.
+pub async fn check(reach: &Reach, host: &str) -> Result<(), String> {
+    let host = parse_host(host)?;
+    reach.judge_host(&host)?;
+    match host {
+        Host::Addr(_) => Ok(()),
+        Host::Name(name) => resolve(reach, &name).await.map(drop),
+    }
+}
+
+/// The HTTP clients' resolver: every name they connect to is resolved here
+/// and judged ([`resolve`]), and only the judged addresses are connected
+/// to. Address literals never reach a resolver; [`check`] and the redirect
+/// policy judge those.
+#[derive(Debug, Clone)]
+pub struct Resolver {
+    reach: Reach,
+}
+
+impl Resolver {
+    /// A resolver judging by `reach`.
+    pub fn new(reach: Reach) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { reach })
+    }
+}
+
+impl reqwest::dns::Resolve for Resolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let reach = self.reach.clone();
+        let name = name.as_str().to_owned();
+        Box::pin(async move {
+            let canonical = match parse_host(&name)? {
+                Host::Name(n) => n,
+                Host::Addr(a) => return Ok(one(a)),
+            };
+            let addresses = resolve(&reach, &canonical).await.map_err(|why| {
+                Box::new(std::io::Error::other(format!("refused: {why}")))
+                    as Box<dyn std::error::Error + Send + Sync>
+            })?;
+            let addrs: reqwest::dns::Addrs = Box::new(
+                addresses
+                    .into_iter()
+                    .map(|ip| std::net::SocketAddr::new(ip, 0)),
+            );
+            Ok(addrs)
+        })
+    }
+}
+
+fn one(addr: IpAddr) -> reqwest::dns::Addrs {
+    Box::new(std::iter::once(std::net::SocketAddr::new(addr, 0)))
+}
+
+/// Judges the host a redirect goes to, as the URL parser read it: an
+/// address by its address, a name by the lists (its addresses are judged
+/// by the [`Resolver`] when it is connected to).
+pub fn judge_redirect(reach: &Reach, host: Option<url::Host<&str>>) -> Result<(), String> {
+    let host = match host {
+        Some(url::Host::Domain(name)) => Host::Name(name.trim_end_matches('.').to_owned()),
+        Some(url::Host::Ipv4(a)) => Host::Addr(IpAddr::V4(a)),
+        Some(url::Host::Ipv6(a)) => Host::Addr(IpAddr::V6(a)),
+        None => return Err("the redirect names no host".into()),
+    };
+    reach.judge_host(&host)
 }
 
 /// The host of a `host[:port]` registry, without the port (IPv6 literals
@@ -335,6 +460,87 @@ mod tests {
         // A public name that resolves into a denied range (DNS smuggling).
         let e = r.judge_addresses("sneaky.example", &[ip("10.96.0.1")]);
         assert!(e.is_err_and(|e| e.contains("10.96.0.1") && e.contains("10.0.0.0/8")));
+    }
+
+    #[tokio::test]
+    async fn every_spelling_of_a_refused_address_is_refused() {
+        let r = Reach::default();
+        for host in [
+            "0x7f.0x.0x.0x1",
+            "0x7f000001",
+            "2130706433",
+            "127.1",
+            "0177.0.0.1",
+            "127.0.0.1.",
+            "[::ffff:7f00:1]",
+            "::ffff:127.0.0.1",
+            "0",
+            "0xa9.0xfe.0xa9.0xfe",
+            "[fe80::1]",
+        ] {
+            let host_read = parse_host(host);
+            assert!(
+                matches!(host_read, Ok(Host::Addr(_))),
+                "{host} reads as {host_read:?}"
+            );
+            let e = check(&r, host).await;
+            assert!(e.is_err(), "{host} passed");
+        }
+        assert_eq!(
+            parse_host("0x7f.0x.0x.0x1"),
+            Ok(Host::Addr(ip("127.0.0.1")))
+        );
+        // A listed address is reached however it is spelled.
+        let harness = reach(&["127.0.0.1"], &[]);
+        assert_eq!(check(&harness, "0x7f.0x.0x.0x1").await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn names_are_judged_as_they_are_resolved_and_fail_closed() {
+        let r = reach(&[], &["kubernetes.default.svc", "*.internal"]);
+        // Trailing dots and capitals name the same host.
+        for host in [
+            "kubernetes.default.svc.",
+            "KUBERNETES.default.svc",
+            "a.Internal.",
+        ] {
+            let e = check(&r, host).await;
+            assert!(
+                e.as_ref().is_err_and(|e| e.contains("--registry-deny")),
+                "{host}: {e:?}"
+            );
+        }
+        // A short name goes through the search path: not the name judged.
+        let e = check(&r, "kubernetes").await;
+        assert!(e.is_err_and(|e| e.contains("single-label")));
+        // A name that does not resolve is refused, not let through.
+        let e = check(&r, "no-such-host.invalid").await;
+        assert!(e.is_err_and(|e| e.contains("does not resolve")));
+        // The clients' resolver judges the same way.
+        let resolver = Resolver::new(r.clone());
+        let name = "kubernetes".parse::<reqwest::dns::Name>();
+        let resolved = match name {
+            Ok(name) => reqwest::dns::Resolve::resolve(resolver.as_ref(), name).await,
+            Err(_) => panic!("a name"),
+        };
+        assert!(resolved.is_err_and(|e| e.to_string().contains("single-label")));
+        // A name listed by name is resolved as it is.
+        let allowed = reach(&["localhost"], &[]);
+        assert!(resolve(&allowed, "localhost").await.is_ok());
+    }
+
+    #[test]
+    fn redirects_are_judged_on_the_host_the_parser_read() {
+        let r = Reach::default();
+        let url = |u: &str| url::Url::parse(u).unwrap_or_else(|e| panic!("{e}"));
+        let to = url("http://0x7f.0x.0x.0x1:5000/v2/");
+        assert!(judge_redirect(&r, to.host()).is_err());
+        let to = url("http://[::ffff:169.254.169.254]/");
+        assert!(judge_redirect(&r, to.host()).is_err());
+        let to = url("https://registry.example.com./v2/");
+        assert_eq!(judge_redirect(&r, to.host()), Ok(()));
+        let denied = reach(&[], &["registry.example.com"]);
+        assert!(judge_redirect(&denied, to.host()).is_err());
     }
 
     #[test]

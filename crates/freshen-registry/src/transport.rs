@@ -190,8 +190,7 @@ impl Transport {
             if downgrade {
                 return attempt.error("refused a redirect from https to http");
             }
-            let host = attempt.url().host_str().unwrap_or_default().to_owned();
-            match reach::judge_literal(&redirect_reach, &host) {
+            match reach::judge_redirect(&redirect_reach, attempt.url().host()) {
                 Err(why) => attempt.error(format!("refused a redirect: {why}")),
                 Ok(()) => attempt.follow(),
             }
@@ -202,6 +201,7 @@ impl Transport {
             .collect::<Result<Vec<_>, _>>()?;
         let mut builder = reqwest::Client::builder()
             .redirect(policy)
+            .dns_resolver(reach::Resolver::new(reach.clone()))
             .user_agent(concat!("freshen/", env!("CARGO_PKG_VERSION")))
             .tls_certs_merge(certificates);
         if let Some(timeout) = timeout {
