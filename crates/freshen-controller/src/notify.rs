@@ -61,6 +61,18 @@ const BURST: f64 = 40.0;
 const MAX_SOURCES: usize = 4096;
 /// How far a signed request's timestamp may be from now.
 const SIGNATURE_TOLERANCE_SECONDS: i64 = 300;
+/// Connections served at once; more wait in the kernel's backlog.
+pub const MAX_CONNECTIONS: usize = 256;
+/// How long one connection may last, however slowly it sends: a stalled
+/// caller holds a connection slot this long at most.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(30);
+/// How long a body may take to arrive once its headers passed.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Body bytes being read at once, over every connection, in KiB: what
+/// callers who have not yet proven who they are can make freshen hold.
+pub const MAX_BODIES_IN_FLIGHT_KIB: u32 = 8 * 1024;
+/// Signed deliveries remembered (by `webhook-id`) to refuse a replay.
+const MAX_REPLAYS: usize = 16_384;
 
 /// A push freshen may care about: a tag of a repository on a registry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -190,6 +202,73 @@ pub fn authorized(config: &NotifyConfig, headers: &HeaderMap, body: &[u8], now_u
             .any(|s| same(s.as_bytes(), expected.as_bytes()))
 }
 
+/// What the headers alone say of a caller, before any body is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// The bearer token matches: authorized.
+    Token,
+    /// A timely Standard Webhooks delivery `id`: the body decides.
+    Signed(String),
+    /// Neither: refused without reading the body.
+    Refused,
+}
+
+/// Judges a caller on its headers: the bearer token, or the presence of a
+/// timely signature (verified once the body is read, see [`authorized`]).
+pub fn gate(config: &NotifyConfig, headers: &HeaderMap, now_unix: i64) -> Gate {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let (Some(token), Some(given)) = (
+        &config.token,
+        get("authorization").and_then(|v| v.strip_prefix("Bearer ")),
+    ) && same(token.as_bytes(), given.trim().as_bytes())
+    {
+        return Gate::Token;
+    }
+    let (Some(_), Some(id), Some(timestamp), Some(_)) = (
+        &config.signing_key,
+        get("webhook-id"),
+        get("webhook-timestamp"),
+        get("webhook-signature"),
+    ) else {
+        return Gate::Refused;
+    };
+    let timely = timestamp
+        .parse::<i64>()
+        .is_ok_and(|t| (now_unix - t).abs() <= SIGNATURE_TOLERANCE_SECONDS);
+    if !timely || id.is_empty() || id.len() > 256 {
+        return Gate::Refused;
+    }
+    Gate::Signed(id.to_owned())
+}
+
+/// The `webhook-id`s of signed deliveries accepted within the signature
+/// tolerance: a captured delivery sent again is not acted on twice.
+#[derive(Default)]
+struct Replays {
+    seen: HashMap<String, i64>,
+}
+
+impl Replays {
+    /// Whether `id` is new (and now remembered); `None` when the cache is
+    /// full of unexpired ids (refuse: fail closed).
+    fn first(&mut self, id: &str, now_unix: i64) -> Option<bool> {
+        if self.seen.get(id).is_some_and(|until| *until >= now_unix) {
+            return Some(false);
+        }
+        if self.seen.len() >= MAX_REPLAYS {
+            self.seen.retain(|_, until| *until >= now_unix);
+            if self.seen.len() >= MAX_REPLAYS {
+                return None;
+            }
+        }
+        self.seen.insert(
+            id.to_owned(),
+            now_unix.saturating_add(2 * SIGNATURE_TOLERANCE_SECONDS),
+        );
+        Some(true)
+    }
+}
+
 /// A token bucket per source address.
 #[derive(Default)]
 struct Limiter {
@@ -226,6 +305,8 @@ struct Endpoint {
     ctx: Arc<Context>,
     pushes: mpsc::UnboundedSender<Push>,
     limiter: Arc<Mutex<Limiter>>,
+    replays: Arc<Mutex<Replays>>,
+    bodies: Arc<tokio::sync::Semaphore>,
     counts: IntCounterVec,
 }
 
@@ -247,6 +328,14 @@ pub async fn serve(
             "--notify-addr needs --notify-token-file or --notify-signing-secret-file",
         ));
     }
+    if config.token.as_deref().is_some_and(|t| t.trim().is_empty())
+        || config.signing_key.as_deref().is_some_and(<[u8]>::is_empty)
+    {
+        return Err(std::io::Error::other(
+            "the notification token or signing secret is empty: anyone could present it; \
+             write a secret into --notify-token-file / --notify-signing-secret-file",
+        ));
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(debounce(rx, config.debounce, Arc::clone(&ctx)));
     let addr = config.addr;
@@ -255,6 +344,10 @@ pub async fn serve(
         ctx,
         pushes: tx,
         limiter: Arc::new(Mutex::new(Limiter::default())),
+        replays: Arc::new(Mutex::new(Replays::default())),
+        bodies: Arc::new(tokio::sync::Semaphore::new(
+            MAX_BODIES_IN_FLIGHT_KIB as usize,
+        )),
         counts,
     };
     let app = Router::new()
@@ -262,20 +355,130 @@ pub async fn serve(
         // Read to MAX_BODY by the handler itself, which counts a refusal.
         .layer(DefaultBodyLimit::disable())
         .with_state(endpoint);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = Guarded {
+        listener: tokio::net::TcpListener::bind(addr).await?,
+        slots: Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS)),
+    };
     info!(%addr, "serving registry notifications on /notify");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+    axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+}
+
+/// The address a notification came from.
+#[derive(Debug, Clone, Copy)]
+struct Peer(SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, Guarded>> for Peer {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, Guarded>) -> Self {
+        Self(*stream.remote_addr())
+    }
+}
+
+/// The endpoint's listener: at most [`MAX_CONNECTIONS`] connections at once
+/// (the next is accepted when one closes), each closed after
+/// [`CONNECTION_LIFETIME`] however slowly it sends.
+struct Guarded {
+    listener: tokio::net::TcpListener,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl axum::serve::Listener for Guarded {
+    type Io = Bounded;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok(slot) = Arc::clone(&self.slots).acquire_owned().await else {
+                // The semaphore is never closed; wait as the backlog would.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            match self.listener.accept().await {
+                Ok((stream, peer)) => {
+                    let bounded = Bounded {
+                        stream,
+                        deadline: Box::pin(tokio::time::sleep(CONNECTION_LIFETIME)),
+                        _slot: slot,
+                    };
+                    return (bounded, peer);
+                }
+                Err(e) => {
+                    debug!(error = %e, "notification connection not accepted");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// A connection that ends at its deadline and frees its slot when dropped.
+struct Bounded {
+    stream: tokio::net::TcpStream,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Bounded {
+    fn expired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn lifetime_over() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "the notification connection outlived its deadline",
     )
-    .await
+}
+
+impl tokio::io::AsyncRead for Bounded {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for Bounded {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.expired(cx) {
+            return std::task::Poll::Ready(Err(lifetime_over()));
+        }
+        std::pin::Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
 }
 
 /// One notification: admitted (rate, size, caller) -> parsed -> the
 /// pushes that concern freshen handed to the debouncer.
 async fn notify(
     State(endpoint): State<Endpoint>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(Peer(peer)): ConnectInfo<Peer>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -294,9 +497,12 @@ async fn notify(
 }
 
 impl Endpoint {
-    /// The body, if the source is within its rate, the body within its
-    /// cap (a declared larger one is refused before it is read), and the
-    /// caller proves who it is; else the answer.
+    /// The body, if the source is within its rate, the caller proves who
+    /// it is and the body fits: the bearer token is checked (and a
+    /// signature's headers) before a byte of the body is read; a body is
+    /// read only within its cap, the budget of bodies in flight and
+    /// [`BODY_TIMEOUT`]; a signed delivery is verified against its body and
+    /// acted on once per `webhook-id`. Else the answer.
     async fn admit(
         &self,
         peer: SocketAddr,
@@ -309,15 +515,16 @@ impl Endpoint {
             .map(|mut l| l.allow(peer.ip(), Instant::now()))
             .unwrap_or(false);
         if !allowed {
-            let mut response = self.answer(
+            return Err(self.retry_later(
                 "rate_limited",
                 StatusCode::TOO_MANY_REQUESTS,
-                "too many notifications from this address; retry in a second".into(),
-            );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-            return Err(response);
+                "too many notifications from this address; retry in a second",
+            ));
+        }
+        let now = chrono::Utc::now().timestamp();
+        let gate = gate(&self.config, headers, now);
+        if gate == Gate::Refused {
+            return Err(self.unauthorized(peer));
         }
         let too_large = || {
             self.answer(
@@ -333,18 +540,69 @@ impl Endpoint {
         if declared.is_some_and(|n| n > MAX_BODY) {
             return Err(too_large());
         }
-        let body = axum::body::to_bytes(body, MAX_BODY)
-            .await
-            .map_err(|_| too_large())?;
-        if !authorized(&self.config, headers, &body, chrono::Utc::now().timestamp()) {
-            warn!(%peer, "notification refused: no valid token or signature");
-            return Err(self.answer(
-                "unauthorized",
-                StatusCode::UNAUTHORIZED,
-                "present the bearer token or a Standard Webhooks signature".into(),
+        let kib = declared.unwrap_or(MAX_BODY).div_ceil(1024).max(1);
+        let Ok(_budget) = Arc::clone(&self.bodies)
+            .try_acquire_many_owned(u32::try_from(kib).unwrap_or(MAX_BODIES_IN_FLIGHT_KIB))
+        else {
+            return Err(self.retry_later(
+                "busy",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many notification bodies are being read; retry in a second",
             ));
+        };
+        let body =
+            match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+                Ok(Ok(body)) => body,
+                Ok(Err(_)) => return Err(too_large()),
+                Err(_) => {
+                    return Err(self.answer(
+                        "timed_out",
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+                    ));
+                }
+            };
+        if let Gate::Signed(id) = gate {
+            if !authorized(&self.config, headers, &body, now) {
+                return Err(self.unauthorized(peer));
+            }
+            let first = self.replays.lock().ok().and_then(|mut r| r.first(&id, now));
+            match first {
+                Some(true) => {}
+                Some(false) => {
+                    return Err(self.answer(
+                        "duplicate",
+                        StatusCode::OK,
+                        format!("delivery {id} was already received"),
+                    ));
+                }
+                None => {
+                    return Err(self.retry_later(
+                        "busy",
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many signed deliveries to remember; retry later",
+                    ));
+                }
+            }
         }
         Ok(body)
+    }
+
+    fn unauthorized(&self, peer: SocketAddr) -> Response {
+        warn!(%peer, "notification refused: no valid token or signature");
+        self.answer(
+            "unauthorized",
+            StatusCode::UNAUTHORIZED,
+            "present the bearer token or a Standard Webhooks signature".into(),
+        )
+    }
+
+    fn retry_later(&self, outcome: &str, status: StatusCode, message: &str) -> Response {
+        let mut response = self.answer(outcome, status, message.to_owned());
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        response
     }
 
     /// Hands the pushes that concern freshen to the debouncer. A registry
@@ -558,6 +816,77 @@ mod tests {
         // Another body, or too old a timestamp: refused.
         assert!(!authorized(&config, &signed(1000, b"{}"), body, 1000));
         assert!(!authorized(&config, &signed(1000, body), body, 1000 + 301));
+    }
+
+    #[test]
+    fn the_headers_decide_before_any_body_is_read() {
+        let config = NotifyConfig {
+            addr: "127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")),
+            token: Some("s3cret".into()),
+            signing_key: Some(b"key".to_vec()),
+            debounce: Duration::ZERO,
+        };
+        let with = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                if let Ok(v) = v.parse() {
+                    h.insert(*k, v);
+                }
+            }
+            h
+        };
+        assert_eq!(
+            gate(&config, &with(&[("authorization", "Bearer s3cret")]), 0),
+            Gate::Token
+        );
+        assert_eq!(
+            gate(&config, &with(&[("authorization", "Bearer nope")]), 0),
+            Gate::Refused
+        );
+        assert_eq!(gate(&config, &HeaderMap::new(), 0), Gate::Refused);
+        let signed = |ts: &str| {
+            with(&[
+                ("webhook-id", "m1"),
+                ("webhook-timestamp", ts),
+                ("webhook-signature", "v1,anything"),
+            ])
+        };
+        // A timely signature's headers let the body be read (and checked).
+        assert_eq!(
+            gate(&config, &signed("1000"), 1000),
+            Gate::Signed("m1".into())
+        );
+        assert_eq!(gate(&config, &signed("1000"), 1400), Gate::Refused);
+        assert_eq!(gate(&config, &signed("soon"), 1000), Gate::Refused);
+        let unsigned = NotifyConfig {
+            signing_key: None,
+            ..config
+        };
+        assert_eq!(gate(&unsigned, &signed("1000"), 1000), Gate::Refused);
+    }
+
+    #[test]
+    fn a_signed_delivery_is_acted_on_once() {
+        let mut replays = Replays::default();
+        assert_eq!(replays.first("m1", 1000), Some(true));
+        assert_eq!(replays.first("m1", 1200), Some(false));
+        assert_eq!(replays.first("m2", 1200), Some(true));
+        // Past twice the tolerance the id may come again: its timestamp
+        // would be refused by then anyway.
+        assert_eq!(replays.first("m1", 1000 + 601), Some(true));
+        for i in 0..MAX_REPLAYS {
+            let _ = replays.first(&format!("x{i}"), 2000);
+        }
+        assert_eq!(
+            replays.first("full", 2000),
+            None,
+            "full: refuse, not forget"
+        );
+        assert_eq!(
+            replays.first("later", 4000),
+            Some(true),
+            "expired ids make room"
+        );
     }
 
     #[test]
