@@ -236,6 +236,27 @@ const OWN_HEADERS: [&str; 6] = [
     "x-hub-signature-256",
 ];
 
+/// Headers that steer where a request goes or how it is framed: a
+/// tenant's pipeline must not set them (a proxy or ingress in front of the
+/// receiver would route or trust on them).
+fn routing_header(lower: &str) -> bool {
+    const NAMED: [&str; 12] = [
+        "host",
+        "forwarded",
+        "via",
+        "x-real-ip",
+        "connection",
+        "keep-alive",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+        "content-encoding",
+    ];
+    NAMED.contains(&lower) || lower.starts_with("x-forwarded-") || lower.starts_with("proxy-")
+}
+
 /// A webhook's URL, body and headers can be used; else the path of the
 /// first bad part and why.
 fn check_webhook(hook: &WebhookPipeline) -> Result<(), (String, String)> {
@@ -268,12 +289,14 @@ fn check_webhook(hook: &WebhookPipeline) -> Result<(), (String, String)> {
             && h.name
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
-        if !valid || OWN_HEADERS.contains(&h.name.to_ascii_lowercase().as_str()) {
+        let lower = h.name.to_ascii_lowercase();
+        if !valid || OWN_HEADERS.contains(&lower.as_str()) || routing_header(&lower) {
             return Err((
                 format!(".headers[{i}].name"),
                 format!(
                     "{:?} is not a header freshen may set from a Secret (letters, digits, '-', \
-                     not one of {})",
+                     not one of {}, nor one that routes or frames the request: Host, \
+                     Forwarded, X-Forwarded-*, X-Real-IP, Via, hop-by-hop headers)",
                     h.name,
                     OWN_HEADERS.join(", ")
                 ),
@@ -911,6 +934,23 @@ mod tests {
             e.starts_with("spec.pipelines[0].webhook.headers[0].name"),
             "{e}"
         );
+        for routing in [
+            "Host",
+            "X-Forwarded-For",
+            "x-forwarded-host",
+            "Forwarded",
+            "Connection",
+            "Transfer-Encoding",
+            "Proxy-Authorization",
+            "X-Real-IP",
+        ] {
+            let mut steering = hook("https://ci.example/");
+            if let Some(h) = steering.webhook.as_mut() {
+                h.headers[0].name = routing.into();
+            }
+            let e = error(&with(vec![steering], None), true);
+            assert!(e.contains("routes or frames the request"), "{routing}: {e}");
+        }
         assert_eq!(
             with(vec![hook("https://ci.example/")], None)
                 .secrets()
