@@ -485,6 +485,47 @@ impl TestNamespace {
 }
 
 impl TestNamespace {
+    /// A client for a new ServiceAccount `tenant` here, bound to the
+    /// built-in `admin` ClusterRole in this namespace only: what a
+    /// namespace owner has, the identity every hostile-tenant test acts
+    /// as (never cluster-admin).
+    pub async fn tenant_client(&self, harness: &Harness, admin: &Client) -> anyhow::Result<Client> {
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+        let ns = &self.name;
+        let sa = ServiceAccount {
+            metadata: kube::api::ObjectMeta {
+                name: Some("tenant".into()),
+                ..Default::default()
+            },
+            ..ServiceAccount::default()
+        };
+        Api::<ServiceAccount>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &sa)
+            .await?;
+        let binding = RoleBinding {
+            metadata: kube::api::ObjectMeta {
+                name: Some("tenant-admin".into()),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: "admin".into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: "tenant".into(),
+                namespace: Some(ns.clone()),
+                ..Subject::default()
+            }]),
+        };
+        Api::<RoleBinding>::namespaced(admin.clone(), ns)
+            .create(&PostParams::default(), &binding)
+            .await?;
+        Harness::client_from(&harness.kubeconfig_for(ns, "tenant")?).await
+    }
+
     /// Creates Deployment `name` here (see [`deployment`]) and waits until
     /// its `replicas` pods are Ready.
     pub async fn deploy_ready(

@@ -161,6 +161,12 @@ impl Operator {
         Ok(operator)
     }
 
+    /// What the operator has logged so far.
+    pub fn log_text(&self) -> anyhow::Result<String> {
+        std::fs::read_to_string(&self.log)
+            .with_context(|| format!("reading {}", self.log.display()))
+    }
+
     /// Kills the operator with SIGKILL, as a node failure or OOM kill would:
     /// no shutdown code runs.
     pub fn kill(&mut self) -> anyhow::Result<()> {

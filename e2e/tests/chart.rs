@@ -187,7 +187,7 @@ fn each_values_set_renders_what_it_says() -> anyhow::Result<()> {
     let cluster_role = |rendered: &str| -> anyhow::Result<String> {
         rendered
             .split("\n---\n")
-            .find(|d| d.contains("kind: ClusterRole\n"))
+            .find(|d| d.contains("kind: ClusterRole\n") && d.contains("\"deployments\""))
             .map(str::to_owned)
             .context("a ClusterRole")
     };

@@ -24,48 +24,10 @@ use freshen_e2e::{
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::ServiceAccount;
-use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use kube::api::{ListParams, ObjectMeta, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::json;
-
-/// A client for ServiceAccount `tenant` of `ns`, bound to the built-in
-/// `admin` ClusterRole in that namespace only: what a namespace owner has.
-async fn tenant_client(harness: &Harness, admin: &Client, ns: &str) -> anyhow::Result<Client> {
-    let sa = ServiceAccount {
-        metadata: ObjectMeta {
-            name: Some("tenant".into()),
-            ..ObjectMeta::default()
-        },
-        ..ServiceAccount::default()
-    };
-    Api::<ServiceAccount>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &sa)
-        .await?;
-    let binding = RoleBinding {
-        metadata: ObjectMeta {
-            name: Some("tenant-admin".into()),
-            ..ObjectMeta::default()
-        },
-        role_ref: RoleRef {
-            api_group: Some("rbac.authorization.k8s.io".into()),
-            kind: "ClusterRole".into(),
-            name: "admin".into(),
-        },
-        subjects: Some(vec![Subject {
-            kind: "ServiceAccount".into(),
-            name: "tenant".into(),
-            namespace: Some(ns.to_owned()),
-            ..Subject::default()
-        }]),
-    };
-    Api::<RoleBinding>::namespaced(admin.clone(), ns)
-        .create(&PostParams::default(), &binding)
-        .await?;
-    Harness::client_from(&harness.kubeconfig_for(ns, "tenant")?).await
-}
 
 /// The platform team's policy: every workload of `tenant` is rebuilt when
 /// its base moves or it is older than 30 days, by a Job pipeline that
@@ -177,7 +139,7 @@ async fn a_tenant_cannot_steer_a_shared_pipeline() -> anyhow::Result<()> {
     let admin = harness.client().await?;
     let payments = TestNamespace::create(&harness, &admin, "payments").await?;
     let ns = TestNamespace::create(&harness, &admin, "tenant-steer").await?;
-    let tenant = tenant_client(&harness, &admin, &ns.name).await?;
+    let tenant = ns.tenant_client(&harness, &admin).await?;
     let policy = format!("platform-{}", ns.name);
     let _cleanup = harness.delete_on_drop("clusterrefreshpolicy", &policy);
     Api::<ClusterRefreshPolicy>::all(admin.clone())

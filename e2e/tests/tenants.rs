@@ -247,3 +247,157 @@ async fn a_pin_cannot_borrow_a_cluster_policy_written_for_other_namespaces() -> 
     assert!(note.contains("namespaceSelector selects"), "{note}");
     Ok(())
 }
+
+/// Waits until `ns` has exactly `n` Refreshes in their canary, returning
+/// them.
+async fn await_canaries(client: &Client, ns: &str, n: usize) -> anyhow::Result<Vec<Refresh>> {
+    await_active(client, ns, n).await?;
+    active(client, ns).await
+}
+
+#[tokio::test]
+async fn four_namespaces_hogging_the_operator_leave_a_fifth_its_share() -> anyhow::Result<()> {
+    use freshen_api::RefreshPolicy;
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Patch, PatchParams};
+    init_tls();
+    let harness = Harness::load()?;
+    let admin = harness.client().await?;
+    let mut spaces = Vec::new();
+    for prefix in ["hog-a", "hog-b", "hog-c", "hog-d", "fifth"] {
+        spaces.push(TestNamespace::create(&harness, &admin, prefix).await?);
+    }
+    let mut tenants = Vec::new();
+    for ns in &spaces {
+        tenants.push(ns.tenant_client(&harness, &admin).await?);
+    }
+    // The platform's ClusterRefreshPolicy governs hog-a and hog-b, three
+    // refreshes at a time, with an hour of analysis: its maxConcurrent
+    // applies in each namespace, not once for both.
+    let label = format!("hogs-{}", spaces[0].name);
+    for ns in &spaces[..2] {
+        Api::<Namespace>::all(admin.clone())
+            .patch(
+                &ns.name,
+                &PatchParams::default(),
+                &Patch::Merge(
+                    serde_json::json!({"metadata": {"labels": {"freshen-e2e/hogs": label}}}),
+                ),
+            )
+            .await?;
+    }
+    let cluster_policy = format!("platform-{}", spaces[0].name);
+    let _cleanup = harness.delete_on_drop("clusterrefreshpolicy", &cluster_policy);
+    let platform = team_policy(Some(3)).spec;
+    Api::<ClusterRefreshPolicy>::all(admin.clone())
+        .create(
+            &PostParams::default(),
+            &ClusterRefreshPolicy::new(
+                &cluster_policy,
+                ClusterRefreshPolicySpec {
+                    namespace_selector: Some(LabelSelector {
+                        match_labels: Some([("freshen-e2e/hogs".to_owned(), label)].into()),
+                        ..LabelSelector::default()
+                    }),
+                    selector: None,
+                    limits: PolicyLimits::default(),
+                    refresh: platform.refresh,
+                    pipelines: Default::default(),
+                },
+            ),
+        )
+        .await?;
+    // hog-c and hog-d: the tenants themselves ask for a century of
+    // analysis (the most a duration may say), to hold their slots forever.
+    let mut century = team_policy(None);
+    if let Some(analysis) = century
+        .spec
+        .refresh
+        .rollout
+        .as_mut()
+        .and_then(|r| r.analysis.as_mut())
+    {
+        analysis.interval = Some("36500d".into());
+        analysis.readiness_timeout = Some("36500d".into());
+    }
+    for (ns, tenant) in spaces[2..4].iter().zip(&tenants[2..4]) {
+        Api::<RefreshPolicy>::namespaced(tenant.clone(), &ns.name)
+            .create(&PostParams::default(), &century)
+            .await?;
+    }
+    Api::<RefreshPolicy>::namespaced(tenants[4].clone(), &spaces[4].name)
+        .create(&PostParams::default(), &team_policy(None))
+        .await?;
+    // Three workloads in each hog namespace, one in the fifth, all on an
+    // image built two days ago; the tenants deploy them.
+    for (i, (ns, tenant)) in spaces.iter().zip(&tenants).enumerate() {
+        let v1 = push_at(&harness, &format!("e2e/{}", ns.name), 48).await?;
+        let count = if i < 4 { 3 } else { 1 };
+        for n in 0..count {
+            deploy(tenant, &ns.name, &format!("app-{n}"), &v1.pinned()).await?;
+        }
+    }
+    wait_for(
+        "no active Refresh left by earlier tests",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async {
+            let all = Api::<Refresh>::all(admin.clone())
+                .list(&Default::default())
+                .await?;
+            let left = all
+                .items
+                .iter()
+                .filter(|r| !r.progress().phase.is_terminal())
+                .count();
+            if left == 0 {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("{left} active")
+            }
+        },
+    )
+    .await?;
+    // The defaults: 10 refreshes operator-wide, 3 per namespace; analyses
+    // capped at 30 minutes.
+    let _operator = Operator::start(
+        &harness,
+        &["--poll-interval", "2s", "--max-analysis-time", "30m"],
+    )
+    .await?;
+    let new_digest = |i: usize| {
+        let repo = format!("e2e/{}", spaces[i].name);
+        let harness = &harness;
+        async move { push_at(harness, &repo, 1).await }
+    };
+    // hog-a and hog-b each get the cluster policy's three.
+    new_digest(0).await?;
+    await_canaries(&admin, &spaces[0].name, 3).await?;
+    new_digest(1).await?;
+    await_canaries(&admin, &spaces[1].name, 3).await?;
+    // hog-c gets two: its third would take one of the last two slots,
+    // which are kept for namespaces with nothing under way. Its century
+    // of analysis is cut to the operator's 30 minutes.
+    new_digest(2).await?;
+    let hog_c = await_canaries(&admin, &spaces[2].name, 2).await?;
+    for refresh in &hog_c {
+        let settings = &refresh.spec.rollout;
+        assert_eq!(settings.interval_seconds, 600, "30m over 3 iterations");
+        assert_eq!(settings.readiness_timeout_seconds, 1800);
+    }
+    // hog-d, arriving as the fourth namespace, starts one.
+    new_digest(3).await?;
+    await_canaries(&admin, &spaces[3].name, 1).await?;
+    // Nine slots held by canaries that would never end on their own; the
+    // fifth namespace's refresh still starts.
+    new_digest(4).await?;
+    await_canaries(&admin, &spaces[4].name, 1).await?;
+    let mut total = 0;
+    for ns in &spaces {
+        let n = active(&admin, &ns.name).await?.len();
+        assert!(n <= 3, "{}: {n} under way", ns.name);
+        total += n;
+    }
+    assert_eq!(total, 10, "the operator-wide limit holds");
+    Ok(())
+}

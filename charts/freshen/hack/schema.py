@@ -50,7 +50,7 @@ SCHEMA = {
         "crds": obj({"enabled": BOOL, "keep": BOOL}),
         "admissionPolicies": obj({"enabled": BOOL}),
         "serviceAccount": obj({"create": BOOL, "name": STR, "annotations": MAP}),
-        "rbac": obj({"create": BOOL}),
+        "rbac": obj({"create": BOOL, "aggregateToDefaultRoles": BOOL}),
         "watchNamespaces": {"type": "array", "items": NS, "maxItems": 1,
                             "description": "Empty (all namespaces) or one namespace"},
         "secrets": obj({
@@ -71,6 +71,7 @@ SCHEMA = {
             "retryInterval": DURATION,
             "maxConcurrentRefreshes": INT,
             "maxConcurrentRefreshesPerNamespace": INT,
+            "maxAnalysisTime": DURATION,
             "refreshHistory": INT,
             "rebuildHistory": POS,
             "prometheusUrl": {"type": "string", "pattern": "^(https?://.+)?$"},

@@ -241,7 +241,8 @@ pub struct PolicyRefresh {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 20), inner(length(max = 128)))]
     pub windows: Option<Vec<String>>,
-    /// Active refreshes of this policy's workloads, at most (1 to 10000).
+    /// Active refreshes of this policy's workloads, at most (1 to 10000);
+    /// a ClusterRefreshPolicy's applies in each namespace it governs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000))]
     pub max_concurrent: Option<u32>,

@@ -31,6 +31,10 @@ pub struct ControllerConfig {
     /// Active refreshes in one namespace, at most: its fair share of
     /// `max_concurrent_refreshes`.
     pub max_concurrent_refreshes_per_namespace: u32,
+    /// The longest a canary analysis (`interval x iterations`) or a
+    /// readiness timeout may take, whatever a policy asks
+    /// (`--max-analysis-time`).
+    pub max_analysis_time: Duration,
     /// Finished Refreshes kept per workload.
     pub refresh_history: usize,
     /// Ended Rebuilds kept per image and pipeline (at least one).

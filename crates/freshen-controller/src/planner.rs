@@ -5,7 +5,7 @@
 //! gates), and creates the Refresh it proposes. The name is deterministic, so
 //! a retried create never makes a second Refresh for the same target.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, WORKLOAD_LABEL};
@@ -93,6 +93,7 @@ pub async fn consider(
         refresh_name,
         running,
         governed_by,
+        ctx.config.max_analysis_time,
     );
     create(ctx, refresh, &proposal, &mut ledger).await
 }
@@ -202,9 +203,14 @@ fn gates(
         windows: prefs.windows.clone().unwrap_or_default(),
         policy_active: (
             governed_by.map_or(0, |g| {
+                // A ClusterRefreshPolicy's maxConcurrent applies in each
+                // namespace it governs: one pool for all would let one
+                // namespace's stuck canaries hold every other's refreshes.
+                let per_namespace = g.starts_with("ClusterRefreshPolicy/");
                 underway
                     .iter()
                     .filter(|u| u.governed_by.as_ref() == Some(g))
+                    .filter(|u| !per_namespace || u.namespace == namespace)
                     .count()
             }),
             prefs.max_concurrent,
@@ -214,6 +220,12 @@ fn gates(
             underway.iter().filter(|u| u.namespace == namespace).count(),
             ctx.config.max_concurrent_refreshes_per_namespace,
         ),
+        other_namespaces: underway
+            .iter()
+            .map(|u| u.namespace.as_str())
+            .filter(|n| *n != namespace)
+            .collect::<BTreeSet<_>>()
+            .len(),
     }
 }
 
@@ -241,7 +253,7 @@ fn name_for(
 }
 
 /// The Refresh for a proposal: owned by the workload, the rollout settings
-/// frozen into its spec.
+/// (within `max_analysis_time`) frozen into its spec.
 fn build(
     deploy: &CachedDeployment,
     config: &Configuration,
@@ -249,6 +261,7 @@ fn build(
     name: String,
     running: Option<&freshen_core::Digest>,
     governed_by: Option<String>,
+    max_analysis_time: std::time::Duration,
 ) -> Refresh {
     let workload = deploy.name_any();
     let short = |d: &freshen_core::Digest| d.short().to_owned();
@@ -273,7 +286,10 @@ fn build(
             from_digest: running.map_or_else(|| "unknown".to_owned(), short),
             to_digest: short(&proposal.digest),
             digest: proposal.digest.to_string(),
-            rollout: config.refresh.settings_for(proposal.reason),
+            rollout: config
+                .refresh
+                .settings_for(proposal.reason)
+                .capped(max_analysis_time),
             template_fingerprint: template_fingerprint(deploy, &proposal.container),
         },
         status: None,

@@ -42,7 +42,7 @@ use crate::cached::CachedDeployment;
 use crate::context::Context;
 use crate::deployment::FIELD_MANAGER;
 use crate::error::Error;
-use crate::webhook::{Delivery, signing_key};
+use crate::webhook::{Delivery, Undelivered, signing_key};
 
 mod tekton;
 
@@ -383,7 +383,7 @@ impl Runner for Webhooks<'_> {
                     .deliver(&delivery, Utc::now().timestamp())
                     .await
             }
-            Err(why) => Err(why),
+            Err(why) => Err(Undelivered::Unusable(why)),
         };
         let patch = match &outcome {
             Ok(()) => {
@@ -391,8 +391,8 @@ impl Runner for Webhooks<'_> {
                 json!({"status": {"delivered": run, "undelivered": null}})
             }
             Err(why) => {
-                warn!(run = %run, error = %why, "rebuild webhook not delivered");
-                json!({"status": {"undelivered": {"run": run, "message": why}}})
+                warn!(run = %run, error = %why.detail(), "rebuild webhook not delivered");
+                json!({"status": {"undelivered": {"run": run, "message": why.public(&run)}}})
             }
         };
         api.patch_status(

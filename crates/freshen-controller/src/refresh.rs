@@ -124,7 +124,10 @@ async fn observe(
         .name
         .clone()
         .ok_or(Error::MissingField("metadata.name"))?;
-    let target = refresh.target(&name);
+    // Refreshes created before --max-analysis-time was lowered (or set)
+    // are held to it too.
+    let mut target = refresh.target(&name);
+    target.settings = target.settings.capped(ctx.config.max_analysis_time);
     let progress = refresh.progress();
     let canary_name = canary_name(&refresh.spec.workload);
     let canary = ctx

@@ -34,6 +34,41 @@ pub struct Delivery {
     pub headers: Vec<(String, String)>,
 }
 
+/// Why a delivery did not happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Undelivered {
+    /// Nothing was sent: the pipeline's own URL is unusable (not a URL, a
+    /// scheme not allowed). Its author wrote it, so saying why leaks
+    /// nothing.
+    Unusable(String),
+    /// The receiver was not reached or did not accept the delivery: its
+    /// answer, a TLS or connection error, or a reach refusal (which names
+    /// what the host resolves to). For the log only: a Rebuild's status
+    /// records [`Undelivered::public`], so a pipeline cannot be used to
+    /// probe what lies behind a URL.
+    Failed(String),
+}
+
+impl Undelivered {
+    /// What the Rebuild's status may say.
+    pub fn public(&self, id: &str) -> String {
+        match self {
+            Self::Unusable(why) => why.clone(),
+            Self::Failed(_) => format!(
+                "not delivered (webhook-id {id}); the receiver's answer or the error is in \
+                 freshen's log"
+            ),
+        }
+    }
+
+    /// The whole reason, for the log.
+    pub fn detail(&self) -> &str {
+        match self {
+            Self::Unusable(why) | Self::Failed(why) => why,
+        }
+    }
+}
+
 /// How many tries one delivery gets.
 const TRIES: u32 = 3;
 /// The deadline of one try.
@@ -78,9 +113,11 @@ impl WebhookClient {
     /// Delivers `delivery`: up to [`TRIES`] tries, retrying a connection
     /// failure, a timeout, a 429 or a 5xx after a growing wait; a 2xx is
     /// delivered, anything else refused. The error says why, without the
-    /// secret.
-    pub async fn deliver(&self, delivery: &Delivery, now_unix: i64) -> Result<(), String> {
-        let url = reqwest::Url::parse(&delivery.url).map_err(|e| format!("bad URL: {e}"))?;
+    /// secret; only [`Undelivered::public`] may be shown to the pipeline's
+    /// author.
+    pub async fn deliver(&self, delivery: &Delivery, now_unix: i64) -> Result<(), Undelivered> {
+        let url = reqwest::Url::parse(&delivery.url)
+            .map_err(|e| Undelivered::Unusable(format!("bad URL: {e}")))?;
         let host = url.host_str().unwrap_or_default().to_owned();
         let authority = match url.port() {
             Some(port) => format!("{host}:{port}"),
@@ -90,13 +127,15 @@ impl WebhookClient {
             "https" => {}
             "http" if self.plain_http.contains(&authority) => {}
             scheme => {
-                return Err(format!(
+                return Err(Undelivered::Unusable(format!(
                     "{scheme}:// to {authority} is not allowed: use https, or list the host with \
                      --plain-http-registry"
-                ));
+                )));
             }
         }
-        reach::check(&self.reach, &host).await?;
+        reach::check(&self.reach, &host)
+            .await
+            .map_err(Undelivered::Failed)?;
         let timestamp = now_unix.to_string();
         let signature = signature(&delivery.key, &delivery.id, &timestamp, &delivery.body);
         let mut wait = RETRY_WAIT;
@@ -128,7 +167,7 @@ impl WebhookClient {
                     let status = response.status();
                     last = format!("{authority} answered {status}");
                     if !(status.is_server_error() || status.as_u16() == 429) {
-                        return Err(last);
+                        return Err(Undelivered::Failed(last));
                     }
                 }
                 Err(e) => {
@@ -141,7 +180,7 @@ impl WebhookClient {
                 wait *= 2;
             }
         }
-        Err(format!("{last} ({TRIES} tries)"))
+        Err(Undelivered::Failed(format!("{last} ({TRIES} tries)")))
     }
 }
 

@@ -114,6 +114,27 @@ pub struct Gates {
     /// Active refreshes in the workload's namespace, and the most one
     /// namespace may have.
     pub namespace_active: (usize, u32),
+    /// Other namespaces with refreshes under way: the operator-wide limit
+    /// is shared fairly among them and this one (see [`fair_share`]).
+    pub other_namespaces: usize,
+}
+
+/// A namespace's fair share of the operator-wide `limit` while it and
+/// `others` namespaces have refreshes under way: an equal part, at least
+/// one. A namespace at its share starts no more until others' end (nothing
+/// under way is taken away), so a namespace that came first cannot keep
+/// the slots that free up from those that came later.
+pub fn fair_share(limit: u32, others: usize) -> u32 {
+    let namespaces = u32::try_from(others.saturating_add(1)).unwrap_or(u32::MAX);
+    (limit / namespaces).max(1)
+}
+
+/// Slots of the operator-wide `limit` kept for namespaces with nothing
+/// under way: a fifth of it (none below five). A namespace's second and
+/// later refreshes may not take them, so namespaces that hold slots for a
+/// long time (stuck canaries) still leave a newcomer room to start.
+pub fn headroom(limit: u32) -> u32 {
+    limit / 5
 }
 
 /// A refresh to start.
@@ -151,6 +172,17 @@ pub enum Hold {
     /// The workload's namespace has its share of the operator-wide limit
     /// under way: one namespace's stuck canaries cannot starve the others.
     NamespaceLimit(u32),
+    /// The workload's namespace has its fair share of the operator-wide
+    /// limit (`share`) under way while `namespaces` namespaces refresh.
+    FairShare {
+        /// Refreshes one namespace may have under way now.
+        share: u32,
+        /// Namespaces with refreshes under way, this one included.
+        namespaces: usize,
+    },
+    /// Only the slots kept for namespaces with nothing under way are free
+    /// (see [`headroom`]), and this namespace has a refresh under way.
+    Headroom(u32),
     /// The new digest is younger than `minDigestAge`; old enough then.
     Soaking(DateTime<Utc>),
     /// The Refresh for this very target already ended (failed, rolled back,
@@ -208,6 +240,16 @@ impl fmt::Display for Hold {
                 f,
                 "its namespace has {n} refreshes under way, the operator's \
                  --max-concurrent-refreshes-per-namespace"
+            ),
+            Self::FairShare { share, namespaces } => write!(
+                f,
+                "its namespace has {share} refreshes under way, its fair share of the \
+                 operator's --max-concurrent-refreshes while {namespaces} namespaces refresh"
+            ),
+            Self::Headroom(n) => write!(
+                f,
+                "the operator's last {n} refresh slots are kept for namespaces with none under \
+                 way, and its namespace has one"
             ),
             Self::OperatorLimit(n) => {
                 write!(
@@ -447,11 +489,30 @@ pub fn decide(
     } else if gates.operator_active.0 >= gates.operator_active.1 as usize {
         Some(Hold::OperatorLimit(gates.operator_active.1))
     } else {
-        None
+        share_hold(gates)
     };
     match hold {
         Some(h) => Decision::Held(proposal, h),
         None => Decision::Start(proposal),
+    }
+}
+
+/// The fair-share holds: below the operator-wide limit, a namespace may
+/// still be at its [`fair_share`], or only the [`headroom`] be left.
+fn share_hold(gates: &Gates) -> Option<Hold> {
+    let (operator, limit) = gates.operator_active;
+    let mine = gates.namespace_active.0;
+    let share = fair_share(limit, gates.other_namespaces);
+    let free = (limit as usize).saturating_sub(operator);
+    if mine >= share as usize {
+        Some(Hold::FairShare {
+            share,
+            namespaces: gates.other_namespaces.saturating_add(1),
+        })
+    } else if mine > 0 && free <= headroom(limit) as usize {
+        Some(Hold::Headroom(headroom(limit)))
+    } else {
+        None
     }
 }
 
@@ -810,6 +871,36 @@ mod tests {
     }
 
     #[test]
+    fn four_namespaces_that_never_finish_leave_a_fifth_room() {
+        // The defaults: 10 operator-wide, 3 per namespace. Namespaces come
+        // one after another and each starts all it can; nothing ends.
+        let mut active = [0usize; 6];
+        for ns in 0..active.len() {
+            loop {
+                let gates = Gates {
+                    operator_active: (active.iter().sum(), 10),
+                    namespace_active: (active[ns], 3),
+                    other_namespaces: (0..active.len())
+                        .filter(|&o| o != ns && active[o] > 0)
+                        .count(),
+                    ..Gates::default()
+                };
+                match decide(&[container('a', 'b')], &follow(), &gates, now()) {
+                    Decision::Start(_) => active[ns] += 1,
+                    _ => break,
+                }
+            }
+        }
+        // The first two take their per-namespace 3, the third is stopped
+        // by the headroom, the fourth by its fair share; the fifth still
+        // starts one, and the operator-wide limit holds for the sixth.
+        assert_eq!(active, [3, 3, 2, 1, 1, 0]);
+        assert_eq!(fair_share(10, 4), 2);
+        assert_eq!(fair_share(2, 9), 1);
+        assert_eq!(headroom(4), 0);
+    }
+
+    #[test]
     fn a_young_digest_soaks_for_min_digest_age() {
         let soak = Wants {
             min_digest_age: Duration::from_secs(3 * 3600),
@@ -901,6 +992,7 @@ mod tests {
             policy_active: (2, Some(2)),
             operator_active: (5, 5),
             namespace_active: (3, 3),
+            other_namespaces: 1,
         };
         assert_eq!(hold(all.clone()), Some(Hold::GitOps(GitOps::ArgoCd)));
         let g = Gates {
@@ -938,8 +1030,28 @@ mod tests {
             ..g
         };
         assert_eq!(hold(g.clone()), Some(Hold::OperatorLimit(5)));
+        // Below the operator's limit, the namespace (2 under way) is at its
+        // fair share of 5 with one other namespace refreshing.
         let g = Gates {
             operator_active: (4, 5),
+            ..g
+        };
+        assert_eq!(
+            hold(g.clone()),
+            Some(Hold::FairShare {
+                share: 2,
+                namespaces: 2
+            })
+        );
+        // Alone it is not; but the last slot is kept for a namespace with
+        // nothing under way.
+        let g = Gates {
+            other_namespaces: 0,
+            ..g
+        };
+        assert_eq!(hold(g.clone()), Some(Hold::Headroom(1)));
+        let g = Gates {
+            operator_active: (3, 5),
             ..g
         };
         assert_eq!(hold(g), None);
@@ -1072,6 +1184,11 @@ mod tests {
             Hold::PolicyLimit(1),
             Hold::OperatorLimit(1),
             Hold::NamespaceLimit(1),
+            Hold::FairShare {
+                share: 1,
+                namespaces: 2,
+            },
+            Hold::Headroom(1),
             Hold::Active("x".into()),
         ] {
             assert_eq!(quiet.warning_reason(), None, "{quiet}");

@@ -223,6 +223,23 @@ impl Settings {
         u32::try_from(weighted).unwrap_or(u32::MAX).max(1)
     }
 
+    /// These settings within the operator's `--max-analysis-time`: the
+    /// analysis (`interval x iterations`) and the readiness timeout each
+    /// take at most `cap` (the interval shortened, never the iterations,
+    /// so as many checks still decide). A canary then ends within about
+    /// `3 x cap` (readiness, then at most twice the iterations of checks),
+    /// a promotion within `cap`, however long a policy asks to wait: a
+    /// namespace cannot hold an operator-wide slot for a hundred years.
+    pub fn capped(&self, cap: Duration) -> Self {
+        let cap_seconds = cap.as_secs().max(1);
+        let iterations = u64::from(self.iterations.max(1));
+        Self {
+            interval_seconds: self.interval_seconds.min((cap_seconds / iterations).max(1)),
+            readiness_timeout_seconds: self.readiness_timeout_seconds.min(cap_seconds),
+            ..self.clone()
+        }
+    }
+
     fn interval(&self) -> Duration {
         Duration::from_secs(self.interval_seconds.max(1))
     }
@@ -2137,6 +2154,28 @@ mod tests {
             last = Some(s);
         }
         last.unwrap_or_else(|| step(target, &progress, observed, t0()))
+    }
+
+    #[test]
+    fn the_operator_caps_how_long_an_analysis_may_take() {
+        let century = crate::duration::MAX_DURATION_SECONDS;
+        let asked = Settings {
+            interval_seconds: century,
+            iterations: 4,
+            readiness_timeout_seconds: century,
+            ..Settings::default()
+        };
+        let capped = asked.capped(Duration::from_secs(3600));
+        assert_eq!(capped.interval_seconds, 900);
+        assert_eq!(capped.iterations, 4);
+        assert_eq!(capped.readiness_timeout_seconds, 3600);
+        // Within the cap: as asked.
+        assert_eq!(
+            Settings::default().capped(Duration::from_secs(3600)),
+            Settings::default()
+        );
+        // A cap shorter than the iterations still leaves 1 s between checks.
+        assert_eq!(asked.capped(Duration::from_secs(2)).interval_seconds, 1);
     }
 
     #[test]

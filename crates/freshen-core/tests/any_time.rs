@@ -237,6 +237,7 @@ proptest! {
                 policy_active: (0, Some(u32::MAX)),
                 operator_active: (0, u32::MAX),
                 namespace_active: (0, u32::MAX),
+                other_namespaces: 0,
             };
             let _ = decide(&views, &wants, &gates, now);
         }

@@ -86,6 +86,12 @@ struct RunArgs {
     /// stuck canaries cannot use up --max-concurrent-refreshes for all.
     #[arg(long, default_value_t = 3)]
     max_concurrent_refreshes_per_namespace: u32,
+    /// The longest a canary's analysis (interval x iterations) or a
+    /// readiness timeout may take, whatever a policy or annotation asks:
+    /// a Refresh ends within about three times this, so no namespace holds
+    /// a share of --max-concurrent-refreshes for longer, e.g. 6h, 30m.
+    #[arg(long, default_value = "6h", value_parser = duration_arg)]
+    max_analysis_time: Duration,
     /// Finished Refresh objects kept per workload; older ones are deleted.
     #[arg(long, default_value_t = 10)]
     refresh_history: usize,
@@ -516,6 +522,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             defaults: args.defaults.limits(),
             max_concurrent_refreshes: args.max_concurrent_refreshes,
             max_concurrent_refreshes_per_namespace: args.max_concurrent_refreshes_per_namespace,
+            max_analysis_time: args.max_analysis_time,
             refresh_history: args.refresh_history,
             rebuild_history: args.rebuild_history,
             rebuild_namespace,
