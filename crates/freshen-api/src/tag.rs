@@ -39,10 +39,22 @@ pub struct TagRecordSpec {
     /// When freshen first saw the tag name that digest (a lower bound: the
     /// tag may have named it before freshen looked).
     pub since: DateTime<Utc>,
+    /// The namespace of the workload that first named the tag: records are
+    /// capped per namespace (`--max-tag-records-per-namespace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub origin: Option<String>,
 }
 
-/// The name of the record of `image` (`registry/repository:tag`):
-/// `tag-` and 16 hex digits of it.
+/// The name of the record of `image` (`registry/repository:tag`): `tag-`
+/// and 20 hex digits (80 bits) of its SHA-256, so no one can choose a tag
+/// whose record takes another tag's name.
 pub fn record_name(image: &str) -> String {
+    format!("tag-{}", freshen_core::plan::strong_fingerprint(image))
+}
+
+/// The name records had before [`record_name`] used SHA-256 (FNV-64): read
+/// once so ages survive the upgrade, then rewritten under the new name.
+pub fn legacy_record_name(image: &str) -> String {
     format!("tag-{}", freshen_core::plan::fingerprint(image))
 }

@@ -30,7 +30,7 @@ use tracing::debug;
 
 use crate::cached::CachedDeployment;
 use crate::records::{ContainerRecord, PolicyBinding, WorkloadRecord};
-use crate::tags::TagClock;
+use crate::tags::{Origin, TagClock};
 
 const PINNED_POLICY_FORM: &str = "the name of an existing, valid RefreshPolicy in the \
                                   workload's namespace, or of a ClusterRefreshPolicy whose \
@@ -514,6 +514,8 @@ pub struct Lookup<'a> {
     pub now: DateTime<Utc>,
     /// Since when each tag has named its digest.
     pub tags: &'a TagClock,
+    /// The workload measured, which new tags are counted against.
+    pub origin: Origin<'a>,
 }
 
 impl Lookup<'_> {
@@ -654,7 +656,7 @@ async fn measure_container(
     // what the tag names.
     let tag_since = tag_digest
         .as_ref()
-        .map(|d| lookup.tags.since(&tagged, d, now));
+        .map(|d| lookup.tags.since(&tagged, d, now, lookup.origin));
     let mut build_times = Vec::new();
     let mut verdicts = Vec::new();
     let mut base_image = None;
@@ -674,8 +676,9 @@ async fn measure_container(
                 base_move = Some(moved.clone());
                 base_annotated = annotated_base(base, &facts);
                 if let Ok(new) = moved.new_digest.parse::<Digest>() {
-                    base_first_seen
-                        .get_or_insert_with(|| lookup.tags.since(&moved.name, &new, now));
+                    base_first_seen.get_or_insert_with(|| {
+                        lookup.tags.since(&moved.name, &new, now, lookup.origin)
+                    });
                 }
             }
             verdicts.extend(verdict.map(|(stale, created, _)| (stale, created)));

@@ -35,6 +35,8 @@ pub struct ControllerConfig {
     /// readiness timeout may take, whatever a policy asks
     /// (`--max-analysis-time`).
     pub max_analysis_time: Duration,
+    /// How TagRecords are bounded and kept.
+    pub tags: crate::tags::TagSettings,
     /// Finished Refreshes kept per workload.
     pub refresh_history: usize,
     /// Ended Rebuilds kept per image and pipeline (at least one).

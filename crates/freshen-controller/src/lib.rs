@@ -500,6 +500,8 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         tag_store,
         config.controller.rebuild_namespace.clone(),
         client.clone(),
+        Arc::clone(&metrics),
+        config.controller.tags,
     );
 
     // One watch of all pods serves both as reconcile trigger and as the cache

@@ -257,6 +257,10 @@ pub struct Metrics {
     pub rebuilds: RebuildMetrics,
     /// `freshen_notifications_total{outcome}`.
     pub notifications: IntCounterVec,
+    /// `freshen_tag_records_total{outcome}`: new tags recorded, refused a
+    /// record (`workload_rate`, `namespace_cap`, `total_cap`), or records
+    /// deleted (`deleted`).
+    pub tag_records: IntCounterVec,
     /// The per-container series, written at scrape time.
     ages: AgeCollector,
 }
@@ -441,6 +445,13 @@ impl Metrics {
                 "freshen_notifications_total",
                 "Registry notifications, by outcome (accepted, ignored, unknown, unauthorized, \
                  too_large, bad_request, rate_limited).",
+                &["outcome"],
+            )?,
+            tag_records: r.counter(
+                "freshen_tag_records_total",
+                "TagRecords by outcome: recorded (a new tag), workload_rate, namespace_cap and \
+                 total_cap (a new tag refused a record, answered from memory), deleted (nothing \
+                 looked at it for --tag-record-retention).",
                 &["outcome"],
             )?,
             registry: registry.clone(),

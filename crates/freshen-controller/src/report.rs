@@ -425,6 +425,10 @@ impl Scan<'_> {
             platform: platform.as_ref(),
             now: self.now,
             tags: &self.tags,
+            origin: crate::tags::Origin {
+                namespace: &namespace,
+                workload: &deploy.name_any(),
+            },
         };
         let track_base = config.resolution.limits.track_base_image.value;
         let measurement = measure(&lookup, deploy, pods, track_base, None).await;

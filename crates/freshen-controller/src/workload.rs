@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use freshen_api::refresh::is_canary;
 
+use crate::tags::Origin;
 use chrono::{DateTime, Utc};
 use freshen_core::event::EventReason;
 use freshen_core::findings::{self, Findings};
@@ -73,6 +74,10 @@ pub async fn reconcile(deploy: Arc<CachedDeployment>, ctx: Arc<Context>) -> Resu
         platform: gathered.platform.as_ref(),
         now,
         tags: &ctx.tags,
+        origin: Origin {
+            namespace: &key.namespace,
+            workload: &key.name,
+        },
     };
     let track_base = config.resolution.limits.track_base_image.value;
     let measurement = measure(

@@ -17,6 +17,7 @@ pub mod plan;
 pub mod policy;
 pub mod rebuild;
 pub mod rollout;
+pub mod tag_budget;
 pub mod window;
 
 pub use age::{ImageAge, UnknownAge, container_age, image_age};

@@ -92,6 +92,20 @@ struct RunArgs {
     /// a share of --max-concurrent-refreshes for longer, e.g. 6h, 30m.
     #[arg(long, default_value = "6h", value_parser = duration_arg)]
     max_analysis_time: Duration,
+    /// TagRecords (since when a tag has named its digest) kept at most;
+    /// past it, a new tag is answered from memory only.
+    #[arg(long, default_value_t = 20_000)]
+    max_tag_records: usize,
+    /// TagRecords the workloads of one namespace may bring, at most.
+    #[arg(long, default_value_t = 1_000)]
+    max_tag_records_per_namespace: usize,
+    /// New tags one workload may have recorded at once; then one a minute
+    /// (churning `freshen.dev/base-image` cannot grow the records).
+    #[arg(long, default_value_t = 20)]
+    tag_record_burst: u32,
+    /// A TagRecord nothing has looked at for this long is deleted.
+    #[arg(long, default_value = "24h", value_parser = duration_arg)]
+    tag_record_retention: Duration,
     /// Finished Refresh objects kept per workload; older ones are deleted.
     #[arg(long, default_value_t = 10)]
     refresh_history: usize,
@@ -523,6 +537,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             max_concurrent_refreshes: args.max_concurrent_refreshes,
             max_concurrent_refreshes_per_namespace: args.max_concurrent_refreshes_per_namespace,
             max_analysis_time: args.max_analysis_time,
+            tags: freshen_controller::tags::TagSettings {
+                limits: freshen_core::tag_budget::TagLimits {
+                    total: args.max_tag_records,
+                    per_namespace: args.max_tag_records_per_namespace,
+                    burst: args.tag_record_burst,
+                    refill: Duration::from_secs(60),
+                },
+                retention: args.tag_record_retention,
+            },
             refresh_history: args.refresh_history,
             rebuild_history: args.rebuild_history,
             rebuild_namespace,

@@ -240,6 +240,7 @@ fn context(
             max_concurrent_refreshes: 10,
             max_concurrent_refreshes_per_namespace: 3,
             max_analysis_time: std::time::Duration::from_secs(6 * 3600),
+            tags: crate::tags::TagSettings::default(),
             refresh_history: 5,
             rebuild_history: 5,
             rebuild_namespace: "freshen-system".into(),
