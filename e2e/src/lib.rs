@@ -146,6 +146,27 @@ impl Harness {
     /// `namespace/name` (which must exist), with a token minted through the
     /// TokenRequest API (`kubectl create token`), and returns its path.
     pub fn kubeconfig_for(&self, namespace: &str, name: &str) -> anyhow::Result<PathBuf> {
+        let token = self.token_for(namespace, name)?;
+        let mut kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
+        for user in &mut kubeconfig.auth_infos {
+            if let Some(auth) = user.auth_info.as_mut() {
+                *auth = kube::config::AuthInfo {
+                    token: Some(token.clone().into()),
+                    ..Default::default()
+                };
+            }
+        }
+        let dir = repo_root().join("target/e2e-kubeconfigs");
+        std::fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
+        // JSON is YAML: kubectl and kube read it as a kubeconfig.
+        std::fs::write(&path, serde_json::to_vec(&kubeconfig)?)?;
+        Ok(path)
+    }
+
+    /// A token of the ServiceAccount `namespace/name` (which must exist),
+    /// minted through the TokenRequest API (`kubectl create token`).
+    pub fn token_for(&self, namespace: &str, name: &str) -> anyhow::Result<String> {
         let token = std::process::Command::new(&self.kubectl)
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)
@@ -164,22 +185,7 @@ impl Harness {
             "kubectl create token {name} -n {namespace} failed: {}",
             String::from_utf8_lossy(&token.stderr)
         );
-        let token = String::from_utf8(token.stdout)?.trim().to_owned();
-        let mut kubeconfig = Kubeconfig::read_from(&self.kubeconfig)?;
-        for user in &mut kubeconfig.auth_infos {
-            if let Some(auth) = user.auth_info.as_mut() {
-                *auth = kube::config::AuthInfo {
-                    token: Some(token.clone().into()),
-                    ..Default::default()
-                };
-            }
-        }
-        let dir = repo_root().join("target/e2e-kubeconfigs");
-        std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{namespace}-{name}.kubeconfig"));
-        // JSON is YAML: kubectl and kube read it as a kubeconfig.
-        std::fs::write(&path, serde_json::to_vec(&kubeconfig)?)?;
-        Ok(path)
+        Ok(String::from_utf8(token.stdout)?.trim().to_owned())
     }
 }
 

@@ -271,6 +271,18 @@ impl Operator {
         .await
     }
 
+    /// `/metrics`'s status and text, asked with `token` as a bearer token
+    /// (none: no `Authorization` header).
+    pub async fn scrape_as(&self, token: Option<&str>) -> anyhow::Result<(u16, String)> {
+        let mut request = reqwest::Client::new().get(format!("{}/metrics", self.url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        Ok((status, response.text().await?))
+    }
+
     /// The operator's own `/metrics` text.
     pub async fn scrape(&self) -> anyhow::Result<String> {
         Ok(reqwest::get(format!("{}/metrics", self.url))

@@ -72,6 +72,10 @@ SCHEMA = {
             "maxConcurrentRefreshes": INT,
             "maxConcurrentRefreshesPerNamespace": INT,
             "maxAnalysisTime": DURATION,
+            "tagRecordBurst": POS,
+            "maxTagRecordsPerNamespace": POS,
+            "maxTagRecords": POS,
+            "tagRecordRetention": DURATION,
             "refreshHistory": INT,
             "rebuildHistory": POS,
             "prometheusUrl": {"type": "string", "pattern": "^(https?://.+)?$"},
@@ -103,6 +107,8 @@ SCHEMA = {
         "extraVolumeMounts": OBJS,
         "metrics": obj({
             "port": PORT,
+            "auth": {"type": "string", "enum": ["kubernetes", "none"]},
+            "readers": OBJS,
             "service": obj({
                 "enabled": BOOL,
                 "type": {"type": "string", "enum": ["ClusterIP", "NodePort", "LoadBalancer"]},

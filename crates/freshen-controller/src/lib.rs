@@ -16,6 +16,7 @@ pub mod failures;
 pub mod leader;
 pub mod ledger;
 pub mod metrics;
+pub mod metrics_auth;
 pub mod notify;
 pub mod planner;
 pub mod pod_index;
@@ -65,6 +66,9 @@ const WORKLOAD_CONCURRENCY: u16 = 32;
 pub struct Config {
     /// Address of `/metrics`, `/healthz`, `/readyz`.
     pub metrics_addr: SocketAddr,
+    /// `/metrics` only for identities the API server lets `get` it
+    /// (TokenReview and SubjectAccessReview).
+    pub metrics_auth: bool,
     /// Watch only this namespace; all when `None`.
     pub namespace: Option<String>,
     /// Controller settings.
@@ -392,6 +396,9 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         server::ServerState {
             metrics: Arc::clone(&metrics),
             readiness: readiness.clone(),
+            auth: config
+                .metrics_auth
+                .then(|| Arc::new(metrics_auth::MetricsAuth::new(client.clone()))),
         },
     );
     tokio::pin!(server);

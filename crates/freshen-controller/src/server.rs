@@ -6,12 +6,13 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::Readiness;
 use crate::metrics::Metrics;
+use crate::metrics_auth::{MetricsAuth, Verdict};
 
 /// State the endpoints read.
 #[derive(Clone)]
@@ -21,6 +22,9 @@ pub struct ServerState {
     /// Until the watches have listed everything the operator would report
     /// partial metrics, so it is not ready.
     pub readiness: Readiness,
+    /// Who may read `/metrics` (`--metrics-auth kubernetes`); anyone when
+    /// `None`. `/healthz` and `/readyz` stay open for the kubelet.
+    pub auth: Option<Arc<MetricsAuth>>,
 }
 
 /// The router of the operator's endpoints.
@@ -39,7 +43,40 @@ pub async fn serve(addr: SocketAddr, state: ServerState) -> std::io::Result<()> 
     axum::serve(listener, router(state)).await
 }
 
-async fn metrics(State(state): State<ServerState>) -> impl IntoResponse {
+async fn metrics(State(state): State<ServerState>, headers: HeaderMap) -> impl IntoResponse {
+    if let Some(auth) = &state.auth {
+        let header = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        match auth.check(header).await {
+            Ok(Verdict::Allowed) => {}
+            Ok(Verdict::Unauthenticated) => {
+                return (
+                    StatusCode::UNAUTHORIZED,
+                    [(header::WWW_AUTHENTICATE, "Bearer")],
+                    "a bearer token the API server knows is needed to read /metrics",
+                )
+                    .into_response();
+            }
+            Ok(Verdict::Forbidden(user)) => {
+                return (
+                    StatusCode::FORBIDDEN,
+                    format!(
+                        "{user} may not get /metrics (grant get on the non-resource URL /metrics, as the chart's ClusterRole <release>-metrics-reader does)"
+                    ),
+                )
+                    .into_response();
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "/metrics: the token could not be reviewed");
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the API server could not review the token",
+                )
+                    .into_response();
+            }
+        }
+    }
     match state.metrics.render_chunks() {
         // Sent as written: at 10,000 workloads the text is about 9 MiB,
         // never held whole.

@@ -320,15 +320,31 @@ impl RegistryError {
     }
 }
 
-/// Who asks: answers are cached per credential, so that a look-up without
-/// the right credential never shares the answer of one with it (or the
-/// other way round). `None` is anonymous.
-type Asker = Option<u64>;
+/// Who asks: answers and bearer tokens are kept per credential, so that a
+/// look-up without the right credential never shares the answer of one
+/// with it (or the other way round). `None` is anonymous. 128 bits of a
+/// SHA-256 of the credential: a tenant cannot choose a credential that
+/// shares another's cache entries or tokens (a 64-bit unkeyed hash could
+/// be collided by search).
+type Asker = Option<[u8; 16]>;
 type TagKey = (String, String, String, Asker);
+/// A digest's facts, per registry and repository (a registry authorises
+/// per repository, and one registry's failure is not another's), platform
+/// and credential.
+type FactsKey = (String, String, Digest, Platform, Asker);
 
 pub(crate) fn asker(credential: Option<&Credential>) -> Asker {
-    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-    credential.map(|c| BuildHasherDefault::<DefaultHasher>::default().hash_one(c))
+    use sha2::Digest as _;
+    credential.map(|c| {
+        let mut hash = sha2::Sha256::new();
+        hash.update((c.username.len() as u64).to_be_bytes());
+        hash.update(c.username.as_bytes());
+        hash.update(c.password.as_bytes());
+        let full = hash.finalize();
+        let mut short = [0_u8; 16];
+        short.copy_from_slice(&full[..16]);
+        short
+    })
 }
 type Shared<T> = Result<T, Arc<RegistryError>>;
 
@@ -342,7 +358,7 @@ pub struct RegistryClient {
     timeout: Option<Duration>,
     platform: Platform,
     tags: CoalescingCache<TagKey, Digest, Arc<RegistryError>>,
-    facts: CoalescingCache<(Digest, Platform, Asker), Arc<ImageFacts>, Arc<RegistryError>>,
+    facts: CoalescingCache<FactsKey, Arc<ImageFacts>, Arc<RegistryError>>,
     limits: Mutex<HashMap<String, Arc<Semaphore>>>,
     budgets: Mutex<HashMap<String, Budget>>,
     budget: BudgetConfig,
@@ -463,7 +479,19 @@ impl RegistryClient {
         credential: Option<&Credential>,
     ) -> Shared<Arc<ImageFacts>> {
         let platform = platform.unwrap_or(&self.platform).clone();
-        let key = (digest.clone(), platform.clone(), asker(credential));
+        // The host actually asked (a mirror's, when one serves it).
+        let host = self
+            .mirrors
+            .get(&image.registry)
+            .cloned()
+            .unwrap_or_else(|| image.registry.clone());
+        let key = (
+            host,
+            image.repository.clone(),
+            digest.clone(),
+            platform.clone(),
+            asker(credential),
+        );
         let this = Arc::clone(self);
         let (image, owned, credential) = (image.clone(), digest.clone(), credential.cloned());
         let (result, how) = self
@@ -918,6 +946,61 @@ mod tests {
             "{}",
             registry.tags.len()
         );
+    }
+
+    #[tokio::test]
+    async fn a_digests_facts_are_kept_per_registry_repository_and_credential() {
+        let registry = client();
+        let digest: Digest = match format!("sha256:{}", "b".repeat(64)).parse() {
+            Ok(d) => d,
+            Err(e) => panic!("{e}"),
+        };
+        // Facts of the digest as one tenant's registry answered them.
+        let planted = Arc::new(ImageFacts {
+            digest: digest.clone(),
+            platform_digest: None,
+            created: None,
+            base_name: Some("evil.example/base:1".into()),
+            base_digest: None,
+        });
+        let key = (
+            "tenant.example".to_owned(),
+            "app".to_owned(),
+            digest.clone(),
+            registry.platform.clone(),
+            None,
+        );
+        let value = Arc::clone(&planted);
+        let _ = registry
+            .facts
+            .get(&key, Instant::now(), move || async move { Ok(value) })
+            .await;
+        let image = |s: &str| match ImageReference::parse(s) {
+            Ok(i) => i,
+            Err(e) => panic!("{e}"),
+        };
+        let same = registry
+            .image_facts(&image("tenant.example/app:1"), &digest, None, None)
+            .await;
+        assert_eq!(same.ok(), Some(Arc::clone(&planted)));
+        // Another registry, another repository, or a credential: each asks
+        // its own registry (here refused: loopback), never reads the above.
+        for other in ["127.0.0.1/app:1", "tenant.example/payments:1"] {
+            let answer = registry
+                .image_facts(&image(other), &digest, None, None)
+                .await;
+            assert!(answer.is_err(), "{other}: {answer:?}");
+        }
+        let credential = Credential {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        assert_ne!(asker(Some(&credential)), None);
+        let split = Credential {
+            username: "up".into(),
+            password: String::new(),
+        };
+        assert_ne!(asker(Some(&credential)), asker(Some(&split)));
     }
 
     #[test]

@@ -145,7 +145,7 @@ impl HttpError {
     }
 }
 
-type TokenKey = (String, String, Option<u64>);
+type TokenKey = (String, String, Option<[u8; 16]>);
 
 /// The HTTP side of [`crate::RegistryClient`].
 pub struct Transport {
@@ -743,7 +743,15 @@ mod tests {
         };
         let later = Instant::now() + Duration::from_secs(600);
         for i in 0..100_000u64 {
-            transport.store_token((format!("h{i}"), "s".into(), Some(i)), "t".into(), later);
+            transport.store_token(
+                (
+                    format!("h{i}"),
+                    "s".into(),
+                    Some(u128::from(i).to_be_bytes()),
+                ),
+                "t".into(),
+                later,
+            );
         }
         let kept = transport
             .tokens

@@ -65,11 +65,27 @@ struct CrdArgs {
     helm: bool,
 }
 
+/// Who may read /metrics.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MetricsAuthMode {
+    /// Anyone who reaches the port.
+    None,
+    /// A token the API server authenticates, allowed to `get` /metrics.
+    Kubernetes,
+}
+
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// Address to serve /metrics, /healthz and /readyz on.
     #[arg(long, default_value = "0.0.0.0:8080", env = "FRESHEN_METRICS_ADDR")]
     metrics_addr: SocketAddr,
+    /// Who may read /metrics: `none` (anyone who reaches the port) or
+    /// `kubernetes` (a bearer token the API server authenticates, whose
+    /// identity may `get` the non-resource URL /metrics: TokenReview and
+    /// SubjectAccessReview, as controller-runtime does). The metrics name
+    /// every tenant's workloads and images; the chart sets `kubernetes`.
+    #[arg(long, value_enum, default_value_t = MetricsAuthMode::None, env = "FRESHEN_METRICS_AUTH")]
+    metrics_auth: MetricsAuthMode,
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, short = 'n', env = "FRESHEN_NAMESPACE")]
     namespace: Option<String>,
@@ -528,6 +544,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| "freshen-system".to_owned());
     let config = Config {
         metrics_addr: args.metrics_addr,
+        metrics_auth: matches!(args.metrics_auth, MetricsAuthMode::Kubernetes),
         leader: args.leader.config(args.namespace.as_deref()),
         namespace: args.namespace,
         controller: ControllerConfig {
