@@ -287,6 +287,45 @@ async fn hostile_input_is_refused_with_a_reason_and_changes_nothing() -> anyhow:
         assert!(note.contains("169.254.169.254 not allowed"), "{note}");
     }
 
+    // Row: the same addresses written as the URL parser (and so the HTTP
+    // client) reads them, not as libc does: hex, octal, a single number, a
+    // short form, IPv4-mapped IPv6. Each is judged as the address it is
+    // (loopback 127.0.0.2 is not the allowed 127.0.0.1; 169.254.169.254 is
+    // the metadata service) and refused before any request.
+    let forms = [
+        ("hex", "0x7f.0x.0x.0x2:5000/app:1"),
+        ("octal", "0177.0.0.02:5000/app:1"),
+        ("number", "2130706434:5000/app:1"),
+        ("short", "127.2:5000/app:1"),
+        ("mapped", "[::ffff:7f00:2]:5000/app:1"),
+        ("metadata-hex", "0xa9fea9fe:80/latest:1"),
+        ("metadata-number", "2852039166:80/latest:1"),
+        ("metadata-short", "169.254.43518:80/latest:1"),
+    ];
+    for (name, image) in forms {
+        t.deploy(
+            &format!("form-{name}"),
+            image,
+            serde_json::json!({"freshen.dev/refresh": "enabled"}),
+        )
+        .await?;
+    }
+    for (name, image) in forms {
+        let note = await_warning(
+            &t.admin,
+            &t.ns.name,
+            "Deployment",
+            &format!("form-{name}"),
+            "RegistryNotAllowed",
+        )
+        .await?;
+        assert!(note.contains("not allowed"), "{image}: {note}");
+        assert!(
+            note.contains("loopback") || note.contains("link-local"),
+            "{image} judged as the address it is: {note}"
+        );
+    }
+
     // Row: policies with oversized values are refused by the API server,
     // naming the field.
     let policies: Api<RefreshPolicy> = Api::namespaced(t.admin.clone(), &t.ns.name);
