@@ -257,6 +257,60 @@ fn routing_header(lower: &str) -> bool {
     NAMED.contains(&lower) || lower.starts_with("x-forwarded-") || lower.starts_with("proxy-")
 }
 
+/// One pipeline can run (`namespaced`: a RefreshPolicy's); else the path
+/// of its first bad field (after `spec.pipelines[i]`) and why.
+fn check_pipeline(p: &Pipeline, namespaced: bool) -> Result<(), (String, String)> {
+    let at = |path: &str, message: String| Err((path.to_owned(), message));
+    let kinds = usize::from(p.job.is_some())
+        + usize::from(p.tekton.is_some())
+        + usize::from(p.webhook.is_some());
+    if let Some(hook) = &p.webhook {
+        check_webhook(hook).map_err(|(path, message)| (format!(".webhook{path}"), message))?;
+    }
+    if let Some(tekton) = &p.tekton {
+        if namespaced && tekton.namespace.is_some() {
+            return at(
+                ".tekton.namespace",
+                "a RefreshPolicy's PipelineRuns run in its own namespace; only a \
+                 ClusterRefreshPolicy may name one"
+                    .into(),
+            );
+        }
+        for (j, param) in tekton.params.iter().enumerate() {
+            rebuild::check(&param.value)
+                .map_err(|e| (format!(".tekton.params[{j}].value"), e.to_string()))?;
+        }
+    }
+    if p.images.is_empty() && !namespaced {
+        return at(
+            ".images",
+            "a ClusterRefreshPolicy's pipeline is shared by every namespace it governs: \
+             declare the images it builds for each, e.g. [\"registry.corp/{namespace}/**\"]"
+                .into(),
+        );
+    }
+    for (j, pattern) in p.images.iter().enumerate() {
+        rebuild::check_image_pattern(pattern)
+            .map_err(|e| (format!(".images[{j}]"), e.to_string()))?;
+    }
+    if kinds != 1 {
+        return at("", "set exactly one of job, tekton or webhook".into());
+    }
+    let Some(job) = &p.job else {
+        return Ok(());
+    };
+    if namespaced && job.namespace.is_some() {
+        return at(
+            ".job.namespace",
+            "a RefreshPolicy's Jobs run in its own namespace; only a ClusterRefreshPolicy may \
+             name one"
+                .into(),
+        );
+    }
+    check_job_template(&job.template)
+        .map_err(|(path, message)| (format!(".job.template{path}"), message))
+}
+
 /// A webhook's URL, body and headers can be used; else the path of the
 /// first bad part and why.
 fn check_webhook(hook: &WebhookPipeline) -> Result<(), (String, String)> {
@@ -426,78 +480,26 @@ impl PolicyPipelines {
     /// the policy is a RefreshPolicy (its Jobs run in its own namespace).
     pub fn parse(&self, namespaced: bool) -> Result<Option<Rebuilds>, SpecError> {
         for (i, p) in self.pipelines.iter().enumerate() {
-            let field = |rest: &str| format!("spec.pipelines[{i}]{rest}");
             if self.pipelines[..i].iter().any(|q| q.name == p.name) {
                 return Err(SpecError::Pipeline {
-                    field: field(".name"),
+                    field: format!("spec.pipelines[{i}].name"),
                     message: format!("{:?} names two pipelines; names must be unique", p.name),
                 });
             }
-            if let Some(hook) = &p.webhook {
-                check_webhook(hook).map_err(|(path, message)| SpecError::Pipeline {
-                    field: field(&format!(".webhook{path}")),
-                    message,
-                })?;
-            }
-            if let Some(tekton) = &p.tekton {
-                if namespaced && tekton.namespace.is_some() {
-                    return Err(SpecError::Pipeline {
-                        field: field(".tekton.namespace"),
-                        message: "a RefreshPolicy's PipelineRuns run in its own namespace; only \
-                                  a ClusterRefreshPolicy may name one"
-                            .into(),
-                    });
-                }
-                for (j, param) in tekton.params.iter().enumerate() {
-                    rebuild::check(&param.value).map_err(|e| SpecError::Pipeline {
-                        field: field(&format!(".tekton.params[{j}].value")),
-                        message: e.to_string(),
-                    })?;
-                }
-            }
-            if p.images.is_empty() && !namespaced {
-                return Err(SpecError::Pipeline {
-                    field: field(".images"),
-                    message: "a ClusterRefreshPolicy's pipeline is shared by every namespace it \
-                              governs: declare the images it builds for each, e.g. \
-                              [\"registry.corp/{namespace}/**\"]"
-                        .into(),
-                });
-            }
-            for (j, pattern) in p.images.iter().enumerate() {
-                rebuild::check_image_pattern(pattern).map_err(|e| SpecError::Pipeline {
-                    field: field(&format!(".images[{j}]")),
-                    message: e.to_string(),
-                })?;
-            }
-            let kinds = usize::from(p.job.is_some())
-                + usize::from(p.tekton.is_some())
-                + usize::from(p.webhook.is_some());
-            if kinds != 1 {
-                return Err(SpecError::Pipeline {
-                    field: field(""),
-                    message: "set exactly one of job, tekton or webhook".into(),
-                });
-            }
-            let Some(job) = &p.job else {
-                continue;
-            };
-            if namespaced && job.namespace.is_some() {
-                return Err(SpecError::Pipeline {
-                    field: field(".job.namespace"),
-                    message: "a RefreshPolicy's Jobs run in its own namespace; only a \
-                              ClusterRefreshPolicy may name one"
-                        .into(),
-                });
-            }
-            check_job_template(&job.template).map_err(|(path, message)| SpecError::Pipeline {
-                field: field(&format!(".job.template{path}")),
+            check_pipeline(p, namespaced).map_err(|(rest, message)| SpecError::Pipeline {
+                field: format!("spec.pipelines[{i}]{rest}"),
                 message,
             })?;
         }
-        let Some(spec) = &self.rebuild else {
-            return Ok(None);
-        };
+        match &self.rebuild {
+            Some(spec) => self.rebuilds(spec, namespaced).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// `spec.rebuild` read, its pipeline names checked against
+    /// `spec.pipelines`.
+    fn rebuilds(&self, spec: &RebuildSettings, namespaced: bool) -> Result<Rebuilds, SpecError> {
         if !self.pipelines.iter().any(|p| p.name == spec.pipeline) {
             return Err(SpecError::Pipeline {
                 field: "spec.rebuild.pipeline".into(),
@@ -521,7 +523,7 @@ impl PolicyPipelines {
             .triggers
             .clone()
             .unwrap_or_else(|| vec![RebuildOn::BaseMoved, RebuildOn::ImageTooOld]);
-        Ok(Some(Rebuilds {
+        Ok(Rebuilds {
             pipeline: spec.pipeline.clone(),
             selectable,
             on: on.into_iter().map(RebuildOn::reason).collect(),
@@ -529,7 +531,7 @@ impl PolicyPipelines {
                 .unwrap_or(DEFAULT_TIMEOUT),
             backoff: spec_duration("rebuild.backoff", spec.backoff.as_deref())?
                 .unwrap_or(DEFAULT_BACKOFF),
-        }))
+        })
     }
 
     /// The Secrets its webhook pipelines read, each with its field.

@@ -526,6 +526,17 @@ impl Endpoint {
         if gate == Gate::Refused {
             return Err(self.unauthorized(peer));
         }
+        let body = self.read_body(headers, body).await?;
+        if let Gate::Signed(id) = gate {
+            self.check_signed(peer, headers, &body, &id, now)
+                .map_err(|response| *response)?;
+        }
+        Ok(body)
+    }
+
+    /// Reads the body within [`MAX_BODY`], [`BODY_TIMEOUT`] and the budget
+    /// of bodies in flight (taken by its declared length, else the most).
+    async fn read_body(&self, headers: &HeaderMap, body: Body) -> Result<Bytes, Response> {
         let too_large = || {
             self.answer(
                 "too_large",
@@ -550,42 +561,44 @@ impl Endpoint {
                 "too many notification bodies are being read; retry in a second",
             ));
         };
-        let body =
-            match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
-                Ok(Ok(body)) => body,
-                Ok(Err(_)) => return Err(too_large()),
-                Err(_) => {
-                    return Err(self.answer(
-                        "timed_out",
-                        StatusCode::REQUEST_TIMEOUT,
-                        format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
-                    ));
-                }
-            };
-        if let Gate::Signed(id) = gate {
-            if !authorized(&self.config, headers, &body, now) {
-                return Err(self.unauthorized(peer));
-            }
-            let first = self.replays.lock().ok().and_then(|mut r| r.first(&id, now));
-            match first {
-                Some(true) => {}
-                Some(false) => {
-                    return Err(self.answer(
-                        "duplicate",
-                        StatusCode::OK,
-                        format!("delivery {id} was already received"),
-                    ));
-                }
-                None => {
-                    return Err(self.retry_later(
-                        "busy",
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "too many signed deliveries to remember; retry later",
-                    ));
-                }
-            }
+        match tokio::time::timeout(BODY_TIMEOUT, axum::body::to_bytes(body, MAX_BODY)).await {
+            Ok(Ok(body)) => Ok(body),
+            Ok(Err(_)) => Err(too_large()),
+            Err(_) => Err(self.answer(
+                "timed_out",
+                StatusCode::REQUEST_TIMEOUT,
+                format!("the body did not arrive within {}s", BODY_TIMEOUT.as_secs()),
+            )),
         }
-        Ok(body)
+    }
+
+    /// A signed delivery's signature over its body, and that its
+    /// `webhook-id` was not acted on before.
+    fn check_signed(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        body: &Bytes,
+        id: &str,
+        now: i64,
+    ) -> Result<(), Box<Response>> {
+        if !authorized(&self.config, headers, body, now) {
+            return Err(Box::new(self.unauthorized(peer)));
+        }
+        let first = self.replays.lock().ok().and_then(|mut r| r.first(id, now));
+        match first {
+            Some(true) => Ok(()),
+            Some(false) => Err(Box::new(self.answer(
+                "duplicate",
+                StatusCode::OK,
+                format!("delivery {id} was already received"),
+            ))),
+            None => Err(Box::new(self.retry_later(
+                "busy",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many signed deliveries to remember; retry later",
+            ))),
+        }
     }
 
     fn unauthorized(&self, peer: SocketAddr) -> Response {

@@ -729,51 +729,26 @@ fn pipeline_of(ctx: &Context, rebuild: &Rebuild) -> Result<Pipeline, String> {
     Ok(pipeline)
 }
 
-/// Whether the rebuild is one its pipeline's policy could have asked for:
-/// it lives where the policy's rebuilds live, it was asked by a workload
-/// the policy may serve, and a shared pipeline declares its image for that
-/// workload's namespace. A Rebuild is freshen's own record, but the
-/// executor does not take its word for what to build.
+/// [`rebuild::fits`] for this Rebuild and its pipeline: a shared
+/// pipeline's rebuilds live in its namespace, else freshen's own.
 fn fits(ctx: &Context, rebuild: &Rebuild, pipeline: &Pipeline) -> Result<(), String> {
     let spec = &rebuild.spec;
-    let here = rebuild.namespace().unwrap_or_default();
-    let asking = asking(rebuild);
-    let (home, shared) = match spec.policy.split('/').collect::<Vec<_>>().as_slice() {
-        ["RefreshPolicy", namespace, _] => ((*namespace).to_owned(), false),
-        _ => (
-            pipeline
-                .namespace()
-                .unwrap_or(&ctx.config.rebuild_namespace)
-                .to_owned(),
-            true,
-        ),
-    };
-    let refuse = |why: String| {
-        Err(format!(
-            "not run: {why}; only freshen records Rebuilds, so delete this one"
-        ))
-    };
-    if here != home {
-        return refuse(format!(
-            "{} keeps its rebuilds in namespace {home}, not {here}",
-            spec.policy
-        ));
-    }
-    if !shared && asking != home {
-        return refuse(format!(
-            "spec.requestedBy {} is not in {}'s namespace",
-            spec.requested_by, spec.policy
-        ));
-    }
     let image = ImageReference::parse(&spec.image).map_err(|e| format!("spec.image: {e}"))?;
-    if !rebuild::declares(&pipeline.images, shared, asking, &image.name()) {
-        return refuse(format!(
-            "pipeline {} declares no image {} for namespace {asking}",
-            pipeline.name,
-            image.name()
-        ));
-    }
-    Ok(())
+    let namespace = rebuild.namespace().unwrap_or_default();
+    let record = rebuild::Record {
+        namespace: &namespace,
+        policy: &spec.policy,
+        asking: asking(rebuild),
+        image: &image.name(),
+        pipeline: &pipeline.name,
+        images: &pipeline.images,
+    };
+    rebuild::fits(
+        &record,
+        pipeline
+            .namespace()
+            .unwrap_or(&ctx.config.rebuild_namespace),
+    )
 }
 
 /// `--pipeline-kinds` as written on the command line.

@@ -297,6 +297,61 @@ pub fn declares(images: &[String], shared: bool, namespace: &str, image: &str) -
     images.iter().any(|p| image_matches(p, namespace, image))
 }
 
+/// A Rebuild record as the executor re-checks it before each run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record<'a> {
+    /// The namespace the record lives in.
+    pub namespace: &'a str,
+    /// `RefreshPolicy/<namespace>/<name>` or `ClusterRefreshPolicy/<name>`.
+    pub policy: &'a str,
+    /// The namespace of the workload that asked (`spec.requestedBy`).
+    pub asking: &'a str,
+    /// The image's name (`registry/repository`).
+    pub image: &'a str,
+    /// The pipeline's name, for messages.
+    pub pipeline: &'a str,
+    /// The images the pipeline declares.
+    pub images: &'a [String],
+}
+
+/// Whether a Rebuild is one its pipeline's policy could have asked for:
+/// it lives where the policy's rebuilds live (a RefreshPolicy's namespace;
+/// for a ClusterRefreshPolicy's shared pipeline, `shared_home`: the
+/// pipeline's namespace or freshen's own), a RefreshPolicy's was asked by a
+/// workload of its namespace, and the pipeline declares the image for the
+/// asking namespace. A Rebuild is freshen's own record, but the executor
+/// does not take its word for what to build; the error says why not.
+pub fn fits(record: &Record<'_>, shared_home: &str) -> Result<(), String> {
+    let (home, shared) = match record.policy.split('/').collect::<Vec<_>>().as_slice() {
+        ["RefreshPolicy", namespace, _] => (*namespace, false),
+        _ => (shared_home, true),
+    };
+    let refuse = |why: String| {
+        Err(format!(
+            "not run: {why}; only freshen records Rebuilds, so delete this one"
+        ))
+    };
+    if record.namespace != home {
+        return refuse(format!(
+            "{} keeps its rebuilds in namespace {home}, not {}",
+            record.policy, record.namespace
+        ));
+    }
+    if !shared && record.asking != home {
+        return refuse(format!(
+            "spec.requestedBy is in namespace {}, not in {}'s",
+            record.asking, record.policy
+        ));
+    }
+    if !declares(record.images, shared, record.asking, record.image) {
+        return refuse(format!(
+            "pipeline {} declares no image {} for namespace {}",
+            record.pipeline, record.image, record.asking
+        ));
+    }
+    Ok(())
+}
+
 /// Who is asking for a rebuild, through which pipeline, and what the
 /// pipeline and the workload's state allow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -777,6 +832,63 @@ fn until(at: DateTime<Utc>, now: DateTime<Utc>) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_runs_only_where_and_for_whom_its_policy_could_ask() {
+        let images = vec!["reg.corp/{namespace}/**".to_owned()];
+        let ok = Record {
+            namespace: "freshen-system",
+            policy: "ClusterRefreshPolicy/platform",
+            asking: "shop",
+            image: "reg.corp/shop/app",
+            pipeline: "build",
+            images: &images,
+        };
+        assert_eq!(fits(&ok, "freshen-system"), Ok(()));
+        // Moved into a tenant's namespace.
+        let moved = Record {
+            namespace: "shop",
+            ..ok.clone()
+        };
+        let why = fits(&moved, "freshen-system").err().unwrap_or_default();
+        assert!(
+            why.contains("keeps its rebuilds in namespace freshen-system"),
+            "{why}"
+        );
+        // Another team's image.
+        let other = Record {
+            image: "reg.corp/payments/api",
+            ..ok.clone()
+        };
+        let why = fits(&other, "freshen-system").err().unwrap_or_default();
+        assert!(
+            why.contains("declares no image reg.corp/payments/api for namespace shop"),
+            "{why}"
+        );
+        // A RefreshPolicy's pipeline, asked for by another namespace.
+        let own = Record {
+            namespace: "shop",
+            policy: "RefreshPolicy/shop/team",
+            asking: "payments",
+            images: &[],
+            ..ok.clone()
+        };
+        let why = fits(&own, "freshen-system").err().unwrap_or_default();
+        assert!(
+            why.contains("spec.requestedBy is in namespace payments"),
+            "{why}"
+        );
+        assert_eq!(
+            fits(
+                &Record {
+                    asking: "shop",
+                    ..own
+                },
+                "freshen-system"
+            ),
+            Ok(())
+        );
+    }
 
     fn at(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_700_000_000 + seconds, 0).unwrap_or_default()
