@@ -1,0 +1,349 @@
+//! Verifies that an image digest is signed by a trusted key: sigstore
+//! bundles (what cosign v3 writes, `application/vnd.dev.sigstore.bundle.v0.3+json`,
+//! a DSSE envelope over an in-toto statement whose subject is the digest)
+//! and cosign's older simple-signing payloads (`sha256-<hex>.sig`).
+//!
+//! Pure and bounded: bytes in, a [`Verdict`] out; no I/O, no clock. Every
+//! input is tenant- or registry-supplied, so each is capped before it is
+//! parsed and nothing panics. A small verifier of our own on RustCrypto
+//! rather than the `sigstore` crate: freshen needs the key and DSSE paths,
+//! offline, over bytes its registry client already fetched and capped, and
+//! the crate brings a TUF client, an HTTP stack and OpenSSL-shaped
+//! dependencies it would not use.
+
+pub mod key;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use serde::Deserialize;
+
+pub use key::PublicKey;
+
+/// A bundle or a signed payload has at most this many bytes.
+pub const MAX_BUNDLE: usize = 256 * 1024;
+/// Signatures in one DSSE envelope, at most.
+pub const MAX_SIGNATURES: usize = 16;
+/// Subjects in one statement, at most.
+pub const MAX_SUBJECTS: usize = 1024;
+
+/// The bundle media type cosign v3 writes.
+pub const BUNDLE_V03: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// The DSSE payload type of an in-toto statement.
+pub const IN_TOTO: &str = "application/vnd.in-toto+json";
+
+/// Why an input could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// A key that is not a supported public key.
+    #[error("{0}")]
+    Key(String),
+}
+
+/// An authority: a name for messages and Events, and its key.
+#[derive(Debug, Clone)]
+pub struct Authority {
+    /// E.g. `platform`.
+    pub name: String,
+    /// Its public key.
+    pub key: PublicKey,
+}
+
+/// What one signature (or all found for a digest) says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Signed by this authority.
+    Verified {
+        /// The authority's name.
+        authority: String,
+    },
+    /// Nothing signs the digest.
+    Missing,
+    /// A signature is malformed, signs another digest, or names one of the
+    /// trusted keys and does not verify with it (tampered).
+    Invalid(String),
+    /// Well formed, but no trusted authority's key verifies it.
+    Untrusted {
+        /// The authorities tried.
+        tried: Vec<String>,
+    },
+}
+
+impl Verdict {
+    /// The verdict over several signatures of one digest: one verified
+    /// wins; else an invalid one is reported (it may be an attack); else
+    /// untrusted; none at all is missing.
+    pub fn combine(verdicts: impl IntoIterator<Item = Verdict>) -> Verdict {
+        let mut out = Verdict::Missing;
+        for v in verdicts {
+            out = match (out, v) {
+                (done @ Verdict::Verified { .. }, _) | (_, done @ Verdict::Verified { .. }) => done,
+                (invalid @ Verdict::Invalid(_), _) | (_, invalid @ Verdict::Invalid(_)) => invalid,
+                (untrusted @ Verdict::Untrusted { .. }, _)
+                | (_, untrusted @ Verdict::Untrusted { .. }) => untrusted,
+                (Verdict::Missing, Verdict::Missing) => Verdict::Missing,
+            };
+        }
+        out
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Bundle {
+    media_type: Option<String>,
+    #[serde(default)]
+    verification_material: Option<Material>,
+    dsse_envelope: Option<Envelope>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Material {
+    public_key: Option<Hint>,
+}
+
+#[derive(Deserialize)]
+struct Hint {
+    hint: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope {
+    payload: String,
+    payload_type: String,
+    signatures: Vec<EnvelopeSignature>,
+}
+
+#[derive(Deserialize)]
+struct EnvelopeSignature {
+    sig: String,
+}
+
+#[derive(Deserialize)]
+struct Statement {
+    #[serde(rename = "_type")]
+    kind: Option<String>,
+    subject: Vec<Subject>,
+    #[serde(rename = "predicateType")]
+    predicate_type: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Subject {
+    digest: std::collections::BTreeMap<String, String>,
+}
+
+/// DSSE's pre-authentication encoding: what the signature covers.
+pub fn pae(payload_type: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(payload.len() + payload_type.len() + 32);
+    out.extend_from_slice(b"DSSEv1 ");
+    out.extend_from_slice(payload_type.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload_type.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload.len().to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(payload);
+    out
+}
+
+/// What a sigstore bundle `bytes` says about `digest` (`sha256:<hex>`)
+/// under `authorities`. `predicate_type`: the statement's predicate type
+/// to accept (an image signature's, or an attestation's); `None` accepts
+/// any.
+pub fn verify_bundle(
+    bytes: &[u8],
+    digest: &str,
+    predicate_type: Option<&str>,
+    authorities: &[Authority],
+) -> Verdict {
+    if bytes.len() > MAX_BUNDLE {
+        return Verdict::Invalid(format!(
+            "a bundle of {} bytes; at most {MAX_BUNDLE} are read",
+            bytes.len()
+        ));
+    }
+    let bundle: Bundle = match serde_json::from_slice(bytes) {
+        Ok(b) => b,
+        Err(e) => return Verdict::Invalid(format!("not a sigstore bundle: {e}")),
+    };
+    if let Some(media) = &bundle.media_type
+        && !media.starts_with("application/vnd.dev.sigstore.bundle")
+    {
+        return Verdict::Invalid(format!("bundle media type {media:?}"));
+    }
+    let Some(envelope) = bundle.dsse_envelope else {
+        return Verdict::Invalid(
+            "the bundle has no DSSE envelope (an image is signed in one)".into(),
+        );
+    };
+    let hint = bundle
+        .verification_material
+        .and_then(|m| m.public_key)
+        .and_then(|k| k.hint);
+    verify_envelope(
+        &envelope,
+        hint.as_deref(),
+        digest,
+        predicate_type,
+        authorities,
+    )
+}
+
+fn verify_envelope(
+    envelope: &Envelope,
+    hint: Option<&str>,
+    digest: &str,
+    predicate_type: Option<&str>,
+    authorities: &[Authority],
+) -> Verdict {
+    if envelope.payload_type != IN_TOTO {
+        return Verdict::Invalid(format!(
+            "DSSE payload type {:?}; expected {IN_TOTO}",
+            envelope.payload_type
+        ));
+    }
+    if envelope.signatures.is_empty() || envelope.signatures.len() > MAX_SIGNATURES {
+        return Verdict::Invalid(format!(
+            "{} signatures in the envelope; expected 1 to {MAX_SIGNATURES}",
+            envelope.signatures.len()
+        ));
+    }
+    let Ok(payload) = STANDARD.decode(&envelope.payload) else {
+        return Verdict::Invalid("the DSSE payload is not base64".into());
+    };
+    let message = pae(&envelope.payload_type, &payload);
+    let signatures: Vec<Vec<u8>> = match envelope
+        .signatures
+        .iter()
+        .map(|s| STANDARD.decode(&s.sig))
+        .collect()
+    {
+        Ok(s) => s,
+        Err(_) => return Verdict::Invalid("a DSSE signature is not base64".into()),
+    };
+    let signer = authorities
+        .iter()
+        .find(|a| signatures.iter().any(|sig| a.key.verifies(&message, sig)));
+    let Some(signer) = signer else {
+        // Nothing verifies. A hint naming a trusted key means its signature
+        // was altered; otherwise another key signed.
+        if let Some(a) = hint.and_then(|h| authorities.iter().find(|a| a.key.hint() == h)) {
+            return Verdict::Invalid(format!(
+                "the signature names authority {}'s key but does not verify with it",
+                a.name
+            ));
+        }
+        return Verdict::Untrusted {
+            tried: authorities.iter().map(|a| a.name.clone()).collect(),
+        };
+    };
+    // Only a verified payload is read further.
+    match statement_names(&payload, digest, predicate_type) {
+        Ok(()) => Verdict::Verified {
+            authority: signer.name.clone(),
+        },
+        Err(why) => Verdict::Invalid(why),
+    }
+}
+
+/// The in-toto statement `payload` has `digest` among its subjects (and
+/// the predicate type asked for).
+fn statement_names(
+    payload: &[u8],
+    digest: &str,
+    predicate_type: Option<&str>,
+) -> Result<(), String> {
+    let statement: Statement = serde_json::from_slice(payload)
+        .map_err(|e| format!("the signed payload is not an in-toto statement: {e}"))?;
+    if let Some(kind) = &statement.kind
+        && !kind.starts_with("https://in-toto.io/Statement/")
+    {
+        return Err(format!("statement type {kind:?}"));
+    }
+    if statement.subject.len() > MAX_SUBJECTS {
+        return Err(format!(
+            "{} subjects; at most {MAX_SUBJECTS} are read",
+            statement.subject.len()
+        ));
+    }
+    if let Some(want) = predicate_type
+        && statement.predicate_type.as_deref() != Some(want)
+    {
+        return Err(format!(
+            "predicate type {:?}; expected {want:?}",
+            statement.predicate_type.as_deref().unwrap_or("")
+        ));
+    }
+    let (algorithm, hex) = digest.split_once(':').unwrap_or(("", digest));
+    if statement.subject.iter().any(|s| {
+        s.digest
+            .get(algorithm)
+            .is_some_and(|d| d.eq_ignore_ascii_case(hex))
+    }) {
+        Ok(())
+    } else {
+        Err(format!("signs other digests than {digest}"))
+    }
+}
+
+#[derive(Deserialize)]
+struct SimpleSigning {
+    critical: Critical,
+}
+
+#[derive(Deserialize)]
+struct Critical {
+    image: CriticalImage,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+#[derive(Deserialize)]
+struct CriticalImage {
+    #[serde(rename = "docker-manifest-digest")]
+    digest: String,
+}
+
+/// What one legacy cosign signature says about `digest`: `payload` is the
+/// simple-signing JSON (a layer of the `sha256-<hex>.sig` manifest),
+/// `signature` the base64 of its `dev.cosignproject.cosign/signature`
+/// annotation, over the payload's bytes.
+pub fn verify_simple_signing(
+    payload: &[u8],
+    signature: &str,
+    digest: &str,
+    authorities: &[Authority],
+) -> Verdict {
+    if payload.len() > MAX_BUNDLE || signature.len() > MAX_BUNDLE {
+        return Verdict::Invalid(format!("a signature payload over {MAX_BUNDLE} bytes"));
+    }
+    let Ok(sig) = STANDARD.decode(signature.trim()) else {
+        return Verdict::Invalid("the signature annotation is not base64".into());
+    };
+    let Some(signer) = authorities.iter().find(|a| a.key.verifies(payload, &sig)) else {
+        return Verdict::Untrusted {
+            tried: authorities.iter().map(|a| a.name.clone()).collect(),
+        };
+    };
+    let parsed: SimpleSigning = match serde_json::from_slice(payload) {
+        Ok(p) => p,
+        Err(e) => return Verdict::Invalid(format!("not a simple-signing payload: {e}")),
+    };
+    if parsed.critical.kind != "cosign container image signature" {
+        return Verdict::Invalid(format!("payload type {:?}", parsed.critical.kind));
+    }
+    if !parsed.critical.image.digest.eq_ignore_ascii_case(digest) {
+        return Verdict::Invalid(format!(
+            "signs {}, not {digest}",
+            parsed.critical.image.digest
+        ));
+    }
+    Verdict::Verified {
+        authority: signer.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

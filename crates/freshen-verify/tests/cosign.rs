@@ -1,0 +1,76 @@
+//! What the real cosign CLI wrote (fixtures/README.md says how) verifies
+//! with its public key, and with no other; a changed byte is caught.
+
+use freshen_verify::{Authority, PublicKey, Verdict, verify_bundle, verify_simple_signing};
+
+const SIGNED: &str = "sha256:ba439b43488518651e0f8095342f6c7fc1a892568c7056e44e823fd96942d82a";
+const LEGACY: &str = "sha256:267be4ba3a8f7b4a92b297939bbf1d38a88929ea2034be21b4d3583378e3e390";
+const IMAGE_SIGNATURE: &str = "https://sigstore.dev/cosign/sign/v1";
+
+fn fixture(name: &str) -> Vec<u8> {
+    let path = format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn platform() -> Vec<Authority> {
+    let pem = String::from_utf8(fixture("cosign-v3.1.3.pub")).unwrap_or_default();
+    match PublicKey::from_pem(&pem) {
+        Ok(key) => {
+            assert_eq!(key.algorithm(), "ecdsa-p256");
+            vec![Authority {
+                name: "platform".into(),
+                key,
+            }]
+        }
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn a_cosign_v3_bundle_verifies_with_its_key() {
+    let bundle = fixture("cosign-v3.1.3-bundle.json");
+    let trusted = platform();
+    assert_eq!(
+        verify_bundle(&bundle, SIGNED, Some(IMAGE_SIGNATURE), &trusted),
+        Verdict::Verified {
+            authority: "platform".into()
+        }
+    );
+    // cosign's hint is the base64 SHA-256 of the key's DER.
+    let text = String::from_utf8_lossy(&bundle).into_owned();
+    assert!(text.contains(&trusted[0].key.hint()));
+    // For another digest it proves nothing.
+    assert!(matches!(
+        verify_bundle(&bundle, LEGACY, Some(IMAGE_SIGNATURE), &trusted),
+        Verdict::Invalid(_)
+    ));
+    // One signature character changed: the hint still names the key.
+    let tampered = text.replacen("MEYCIQDK", "MEYCIQDL", 1);
+    assert_ne!(tampered, text);
+    assert!(matches!(
+        verify_bundle(tampered.as_bytes(), SIGNED, Some(IMAGE_SIGNATURE), &trusted),
+        Verdict::Invalid(why) if why.contains("platform")
+    ));
+}
+
+#[test]
+fn a_cosign_legacy_signature_verifies_with_its_key() {
+    let payload = fixture("cosign-v3.1.3-legacy-payload.json");
+    let signature =
+        String::from_utf8(fixture("cosign-v3.1.3-legacy-signature.txt")).unwrap_or_default();
+    let trusted = platform();
+    assert_eq!(
+        verify_simple_signing(&payload, &signature, LEGACY, &trusted),
+        Verdict::Verified {
+            authority: "platform".into()
+        }
+    );
+    let mut changed = payload.clone();
+    if let Some(b) = changed.iter_mut().find(|b| **b == b'2') {
+        *b = b'3';
+    }
+    assert!(matches!(
+        verify_simple_signing(&changed, &signature, LEGACY, &trusted),
+        Verdict::Untrusted { .. }
+    ));
+}
