@@ -8,7 +8,7 @@ source "$(dirname "$0")/common.sh"
 
 start=$SECONDS
 "$harness_dir/install-deps.sh"
-"$harness_dir/build-tools.sh" etcd kwok kubernetes helm
+"$harness_dir/build-tools.sh" etcd kwok kubernetes helm cosign
 mkdir -p "$E2E_STATE"
 
 # Up means: our kubeconfig exists and the API server it names answers. Another
@@ -280,6 +280,7 @@ cat >"$E2E_ENV_FILE" <<ENV
 KUBECONFIG=$E2E_STATE/kubeconfig
 FRESHEN_E2E_KUBECTL=$E2E_BIN/kubectl-$KUBE_VERSION
 FRESHEN_E2E_HELM=$E2E_BIN/helm-$HELM_VERSION
+FRESHEN_E2E_COSIGN=$E2E_BIN/cosign-$COSIGN_VERSION
 FRESHEN_E2E_REGISTRY=$E2E_REGISTRY_ADDR
 FRESHEN_E2E_REGISTRY_LOG=$E2E_STATE/registry/registry.log
 FRESHEN_E2E_PRIVATE_REGISTRY=$E2E_PRIVATE_REGISTRY_ADDR

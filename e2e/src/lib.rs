@@ -11,6 +11,7 @@ pub mod bench_refresh;
 pub mod bench_scale;
 pub mod bench_velocity;
 pub mod control_plane;
+pub mod cosign;
 pub mod demo;
 pub mod faults;
 pub mod image;
@@ -52,6 +53,8 @@ pub struct Harness {
     pub kubectl: PathBuf,
     /// The helm binary built for the harness.
     pub helm: PathBuf,
+    /// The cosign CLI built for the harness.
+    pub cosign: PathBuf,
     /// Registry `host:port` (plain HTTP, loopback).
     pub registry: String,
     /// The registry's log, which includes its access log.
@@ -109,6 +112,7 @@ impl Harness {
             kubeconfig: get("KUBECONFIG")?.into(),
             kubectl: get("FRESHEN_E2E_KUBECTL")?.into(),
             helm: get("FRESHEN_E2E_HELM")?.into(),
+            cosign: get("FRESHEN_E2E_COSIGN")?.into(),
             registry: get("FRESHEN_E2E_REGISTRY")?,
             registry_log: get("FRESHEN_E2E_REGISTRY_LOG")?.into(),
             private: PrivateRegistry {

@@ -19,6 +19,7 @@ pub mod cache;
 pub mod facts;
 pub mod metrics;
 pub mod reach;
+pub mod signatures;
 pub mod transport;
 
 use std::collections::HashMap;

@@ -15,6 +15,9 @@ pub mod kind {
     /// An image's facts (manifest and config), as a cache-hit kind: a hit
     /// saves both requests.
     pub const FACTS: &str = "facts";
+    /// A digest's signatures: the referrers index, the fallback and `.sig`
+    /// tags, their manifests and bundle blobs.
+    pub const SIGNATURE: &str = "signature";
 }
 
 /// Counters and histograms of registry traffic.

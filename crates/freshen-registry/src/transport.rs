@@ -267,6 +267,28 @@ impl Transport {
         Ok(body)
     }
 
+    /// A manifest (or a referrers index) that may not exist: `kind` is
+    /// `manifests` (a tag: nothing to verify it against) or `referrers` (a
+    /// digest's referrers, OCI 1.1); `None` on 404, at most `limit` bytes.
+    pub async fn optional(
+        &self,
+        call: Call<'_>,
+        kind: &str,
+        reference: &str,
+        accept: &[&str],
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, HttpError> {
+        let url = self.url(call, kind, reference);
+        let response = self.send(Method::GET, &url, accept, call).await?;
+        if response.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        let response = checked(response, &url).await?;
+        read_capped(response, limit, "manifest", &url)
+            .await
+            .map(Some)
+    }
+
     /// A blob by digest, verified against it, at most `limit` bytes (its
     /// descriptor's size).
     pub async fn blob(
