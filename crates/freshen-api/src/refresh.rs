@@ -252,6 +252,77 @@ pub struct PolicyRefresh {
     /// How new digests are rolled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
+    /// Only digests signed by one of these authorities are rolled out. A
+    /// ClusterRefreshPolicy's requirement holds for every workload it
+    /// matches; a RefreshPolicy's is added to it, never replaces it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verify: Option<VerifySpec>,
+}
+
+/// `spec.verify`: the signatures a new digest must carry.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VerifySpec {
+    /// `Enforce` (default): a digest without a trusted signature is not
+    /// rolled out; `Audit`: it is, and its verdict is reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<VerifyMode>,
+    /// Any one suffices (1 to 16).
+    #[schemars(length(min = 1, max = 16))]
+    pub authorities: Vec<KeyAuthoritySpec>,
+}
+
+/// What an unverified digest does: `Enforce` holds it, `Audit` lets it
+/// through and reports it.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyMode {
+    /// Hold the refresh.
+    Enforce,
+    /// Report only.
+    Audit,
+}
+
+/// A trusted signer: its name and public key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyAuthoritySpec {
+    /// Its name, in Events and the report (1 to 63 characters).
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// The key its signatures verify with.
+    pub key: KeySpec,
+}
+
+/// A cosign public key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeySpec {
+    /// The PEM `PUBLIC KEY` (`cosign.pub`): ECDSA P-256 or P-384, or
+    /// Ed25519; at most 16 KiB.
+    #[schemars(length(min = 1, max = 16384))]
+    pub pem: String,
+}
+
+impl VerifySpec {
+    /// The requirement this policy (`policy`, as `GOVERNED_BY` names it)
+    /// adds.
+    pub fn authority_set(&self, policy: String) -> freshen_core::verify::AuthoritySet {
+        freshen_core::verify::AuthoritySet {
+            policy,
+            mode: match self.mode {
+                Some(VerifyMode::Audit) => freshen_core::verify::Mode::Audit,
+                _ => freshen_core::verify::Mode::Enforce,
+            },
+            authorities: self
+                .authorities
+                .iter()
+                .map(|a| freshen_core::verify::KeyAuthority {
+                    name: a.name.clone(),
+                    pem: a.key.pem.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl PolicyRefresh {

@@ -54,6 +54,8 @@ pub struct Configuration {
     pub refresh: Preferences,
     /// How its images are rebuilt, when a governing policy says.
     pub rebuild: Option<RebuildPlan>,
+    /// The signatures its new digests need, when a policy says.
+    pub verify: Option<freshen_core::verify::Requirement>,
 }
 
 /// The pipeline that rebuilds a workload's images and its settings: from
@@ -170,6 +172,7 @@ pub fn configure(
             errors.push(e);
             None
         });
+    let verify = valid.verify(&resolution, &namespace);
     let binding = PolicyBinding {
         policies: matched.into_iter().map(|c| c.name).collect(),
         policy: resolution.policy.clone(),
@@ -183,6 +186,7 @@ pub fn configure(
         resolution,
         refresh,
         rebuild,
+        verify,
     }
 }
 
@@ -308,6 +312,27 @@ impl Valid<'_> {
 
     /// Refresh settings in force: annotations over the governing
     /// RefreshPolicy over the governing ClusterRefreshPolicy.
+    /// The verification requirement: the governing ClusterRefreshPolicy's
+    /// `spec.verify`, then the governing RefreshPolicy's added to it. No
+    /// annotation takes part, so nothing a workload says loosens it.
+    fn verify(
+        &self,
+        resolution: &Resolution,
+        namespace: &str,
+    ) -> Option<freshen_core::verify::Requirement> {
+        let cluster = resolution.cluster_policy.as_deref().and_then(|name| {
+            let (p, _) = self.cluster.iter().find(|(p, _)| p.name_any() == name)?;
+            let spec = p.spec.refresh.verify.as_ref()?;
+            Some(spec.authority_set(format!("ClusterRefreshPolicy/{name}")))
+        });
+        let policy = resolution.policy.as_deref().and_then(|name| {
+            let (p, _) = self.policies.iter().find(|(p, _)| p.name_any() == name)?;
+            let spec = p.spec.refresh.verify.as_ref()?;
+            Some(spec.authority_set(format!("RefreshPolicy/{namespace}/{name}")))
+        });
+        freshen_core::verify::requirement(cluster.into_iter().chain(policy))
+    }
+
     fn preferences(&self, settings: &WorkloadSettings, resolution: &Resolution) -> Preferences {
         let policy = resolution
             .policy
@@ -521,7 +546,7 @@ pub struct Lookup<'a> {
 impl Lookup<'_> {
     /// The credential for the host contacted (a mirror's), never the
     /// source's sent to its mirror.
-    fn credential(&self, image: &ImageReference) -> Option<&Credential> {
+    pub(crate) fn credential(&self, image: &ImageReference) -> Option<&Credential> {
         self.registry.credential_for(self.keychain, &image.registry)
     }
 

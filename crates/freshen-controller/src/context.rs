@@ -85,6 +85,8 @@ pub struct Context {
     pub jobs: Store<Job>,
     /// Since when each tag has named its digest (TagRecords).
     pub tags: Arc<crate::tags::TagClock>,
+    /// Signature verdicts already reached (`spec.verify`).
+    pub verdicts: crate::verification::Verdicts,
     /// Delivers the webhooks of webhook pipelines.
     pub webhooks: crate::webhook::WebhookClient,
     /// Which watches have listed everything.

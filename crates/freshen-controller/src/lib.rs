@@ -29,6 +29,7 @@ pub mod report;
 pub mod server;
 pub mod tags;
 pub mod trim;
+pub mod verification;
 pub mod webhook;
 pub mod workload;
 
@@ -647,6 +648,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let ctx = Arc::new(Context {
         webhooks,
         tags,
+        verdicts: verification::Verdicts::default(),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

@@ -61,11 +61,15 @@ pub async fn consider(
     }
     let views = views(deploy, containers, &wants, lookup).await;
     let governed_by = governed_by(deploy, config);
+    // Signatures are read and judged before the lock: no registry request
+    // is made while other workloads wait to plan.
+    let verification = verification(ctx, config, &views, &wants, lookup).await;
     // Deciding and creating happen under one lock, and Refreshes this
     // process created but its cache has not shown yet count as active:
     // workloads reconciled side by side must not all pass the same limit.
     let mut ledger = ctx.planning.lock().await;
-    let gates = gates(ctx, deploy, config, governed_by.as_ref(), &mut ledger);
+    let mut gates = gates(ctx, deploy, config, governed_by.as_ref(), &mut ledger);
+    gates.verify = verification;
     let proposal = match plan::decide(&views, &wants, &gates, now) {
         Decision::Nothing => return Ok(Outcome::Nothing),
         Decision::Held(_, hold) => {
@@ -118,6 +122,42 @@ fn wants(
         rejected: rejected(ctx, deploy),
         rebuilt,
     }
+}
+
+/// The verification gate when a policy sets `spec.verify`: the verdict on
+/// every digest the workload could be refreshed to (a followed tag's new
+/// digest, a rebuilt one), each read and judged once.
+async fn verification(
+    ctx: &Context,
+    config: &Configuration,
+    views: &[ContainerView],
+    wants: &Wants,
+    lookup: &Lookup<'_>,
+) -> Option<plan::Verification> {
+    let requirement = config.verify.as_ref()?;
+    let mut verdicts = Vec::new();
+    for view in views {
+        let followed = view
+            .tag_digest
+            .iter()
+            .filter(|d| wants.follow_tag && view.running.as_ref() != Some(*d));
+        let rebuilt = wants
+            .rebuilt
+            .iter()
+            .filter(|(c, _, _)| *c == view.container)
+            .map(|(_, d, _)| d);
+        for digest in followed.chain(rebuilt) {
+            let trust = ctx
+                .verdicts
+                .judge(lookup, &view.image, digest, requirement)
+                .await;
+            verdicts.push((view.container.clone(), digest.clone(), trust));
+        }
+    }
+    Some(plan::Verification {
+        mode: requirement.mode,
+        verdicts,
+    })
 }
 
 /// Each measured container as the planner sees it; the build time of a new
@@ -226,6 +266,7 @@ fn gates(
             .filter(|n| *n != namespace)
             .collect::<BTreeSet<_>>()
             .len(),
+        verify: None,
     }
 }
 

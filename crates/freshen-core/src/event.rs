@@ -85,6 +85,18 @@ pub enum EventReason {
     /// pipeline may not build it for the workload's namespace, or not from
     /// what the workload says (see the message).
     RebuildRefused,
+    /// A new digest is not rolled out: no signature was found
+    /// (`spec.verify`).
+    SignatureMissing,
+    /// A new digest is not rolled out: a signature is malformed, signs
+    /// another digest, or was altered.
+    SignatureInvalid,
+    /// A new digest is not rolled out: it is signed, but by none of the
+    /// authorities a policy trusts.
+    SignatureUntrusted,
+    /// A new digest is not rolled out: its signatures could not be checked
+    /// (the registry did not answer, or a policy's key is unusable).
+    SignatureUnchecked,
 }
 
 impl EventReason {

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod rebuild;
 pub mod rollout;
 pub mod tag_budget;
+pub mod verify;
 pub mod window;
 
 pub use age::{ImageAge, UnknownAge, container_age, image_age};

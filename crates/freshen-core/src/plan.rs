@@ -117,6 +117,38 @@ pub struct Gates {
     /// Other namespaces with refreshes under way: the operator-wide limit
     /// is shared fairly among them and this one (see [`fair_share`]).
     pub other_namespaces: usize,
+    /// The verification gate, when a policy sets `spec.verify`.
+    pub verify: Option<Verification>,
+}
+
+/// The verification gate for one workload: its mode and the verdict on
+/// each digest it could be refreshed to.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Verification {
+    /// Enforce holds an unverified digest; Audit lets it through.
+    pub mode: crate::verify::Mode,
+    /// `(container, digest, verdict)` for every candidate checked.
+    pub verdicts: Vec<(String, Digest, crate::verify::Trust)>,
+}
+
+impl Verification {
+    /// The hold for `proposal` under this gate: none when verified, in
+    /// Audit mode, or for a restart (which changes no digest).
+    fn hold(&self, proposal: &Proposal) -> Option<Hold> {
+        if self.mode == crate::verify::Mode::Audit || proposal.reason == Reason::ContainerTooOld {
+            return None;
+        }
+        let trust = self
+            .verdicts
+            .iter()
+            .find(|(c, d, _)| *c == proposal.container && *d == proposal.digest)
+            .map(|(_, _, t)| t.clone())
+            .unwrap_or_else(|| crate::verify::Trust::Failed {
+                policy: String::new(),
+                verdict: crate::verify::SetVerdict::Unknown("not checked yet".into()),
+            });
+        (!trust.verified()).then_some(Hold::Unverified(trust))
+    }
 }
 
 /// A namespace's fair share of the operator-wide `limit` while it and
@@ -183,6 +215,8 @@ pub enum Hold {
     /// Only the slots kept for namespaces with nothing under way are free
     /// (see [`headroom`]), and this namespace has a refresh under way.
     Headroom(u32),
+    /// The digest is not signed as `spec.verify` requires.
+    Unverified(crate::verify::Trust),
     /// The new digest is younger than `minDigestAge`; old enough then.
     Soaking(DateTime<Utc>),
     /// The Refresh for this very target already ended (failed, rolled back,
@@ -210,6 +244,17 @@ impl Hold {
             Self::GitOps(_) => Some(EventReason::GitOpsManaged),
             Self::Ended { .. } => Some(EventReason::RefreshNotRetried),
             Self::NameTaken(_) => Some(EventReason::RefreshNameTaken),
+            Self::Unverified(crate::verify::Trust::Failed { verdict, .. }) => {
+                use crate::verify::SetVerdict;
+                Some(match verdict {
+                    SetVerdict::Missing => EventReason::SignatureMissing,
+                    SetVerdict::Invalid(_) => EventReason::SignatureInvalid,
+                    SetVerdict::Untrusted(_) => EventReason::SignatureUntrusted,
+                    SetVerdict::Unknown(_) | SetVerdict::Verified(_) => {
+                        EventReason::SignatureUnchecked
+                    }
+                })
+            }
             _ => None,
         }
     }
@@ -245,6 +290,10 @@ impl fmt::Display for Hold {
                 f,
                 "its namespace has {share} refreshes under way, its fair share of the \
                  operator's --max-concurrent-refreshes while {namespaces} namespaces refresh"
+            ),
+            Self::Unverified(trust) => write!(
+                f,
+                "the new digest is {trust}; it is not rolled out (spec.verify, mode Enforce)"
             ),
             Self::Headroom(n) => write!(
                 f,
@@ -476,6 +525,8 @@ pub fn decide(
         Some(Hold::Snoozed(until))
     } else if let Some(name) = &gates.active {
         Some(Hold::Active(name.clone()))
+    } else if let Some(hold) = gates.verify.as_ref().and_then(|v| v.hold(&proposal)) {
+        Some(hold)
     } else if let Some(ripe) = soaking {
         Some(Hold::Soaking(ripe))
     } else if !window::open(&gates.windows, now) {
@@ -871,6 +922,61 @@ mod tests {
     }
 
     #[test]
+    fn an_unverified_digest_is_held_in_enforce_and_rolled_out_in_audit() {
+        use crate::verify::{Mode, SetVerdict, Trust};
+        let missing = Trust::Failed {
+            policy: "ClusterRefreshPolicy/platform".into(),
+            verdict: SetVerdict::Missing,
+        };
+        let gate = |mode, verdicts| Gates {
+            verify: Some(Verification { mode, verdicts }),
+            ..open_gates()
+        };
+        let c = [container('a', 'b')];
+        let held = decide(
+            &c,
+            &follow(),
+            &gate(
+                Mode::Enforce,
+                vec![("app".into(), digest('b'), missing.clone())],
+            ),
+            now(),
+        );
+        match &held {
+            Decision::Held(_, hold) => {
+                assert_eq!(hold.warning_reason(), Some(EventReason::SignatureMissing));
+                assert!(hold.to_string().contains("not signed"), "{hold}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not checked (yet): held too.
+        assert!(matches!(
+            decide(&c, &follow(), &gate(Mode::Enforce, vec![]), now()),
+            Decision::Held(_, Hold::Unverified(_))
+        ));
+        // Verified: started.
+        let signed = vec![(
+            "app".into(),
+            digest('b'),
+            Trust::Verified(vec!["platform".into()]),
+        )];
+        assert!(matches!(
+            decide(&c, &follow(), &gate(Mode::Enforce, signed), now()),
+            Decision::Start(_)
+        ));
+        // Audit: started anyway.
+        assert!(matches!(
+            decide(
+                &c,
+                &follow(),
+                &gate(Mode::Audit, vec![("app".into(), digest('b'), missing)]),
+                now()
+            ),
+            Decision::Start(_)
+        ));
+    }
+
+    #[test]
     fn four_namespaces_that_never_finish_leave_a_fifth_room() {
         // The defaults: 10 operator-wide, 3 per namespace. Namespaces come
         // one after another and each starts all it can; nothing ends.
@@ -993,6 +1099,7 @@ mod tests {
             operator_active: (5, 5),
             namespace_active: (3, 3),
             other_namespaces: 1,
+            verify: None,
         };
         assert_eq!(hold(all.clone()), Some(Hold::GitOps(GitOps::ArgoCd)));
         let g = Gates {

@@ -238,6 +238,7 @@ proptest! {
                 operator_active: (0, u32::MAX),
                 namespace_active: (0, u32::MAX),
                 other_namespaces: 0,
+                verify: None,
             };
             let _ = decide(&views, &wants, &gates, now);
         }

@@ -225,6 +225,7 @@ fn context(
         rebuilds: reflector::store().0,
         jobs: reflector::store().0,
         tags: Arc::new(crate::tags::TagClock::in_memory()),
+        verdicts: crate::verification::Verdicts::default(),
         webhooks: crate::webhook::WebhookClient::new(&[], Default::default(), Vec::new())
             .unwrap_or_else(|e| panic!("{e}")),
         readiness: crate::Readiness::default(),
