@@ -145,6 +145,7 @@ fn refresh_for(workload: &Deployment, from: &str, to_image: &str, settings: Sett
             digest,
             rollout: settings,
             template_fingerprint: None,
+            verification: None,
         },
     );
     refresh.metadata.owner_references = Some(vec![OwnerReference {

@@ -161,6 +161,18 @@ async fn only_digests_signed_by_a_trusted_key_are_rolled_out() -> anyhow::Result
         },
     )
     .await?;
+    let signed = Api::<Refresh>::namespaced(client.clone(), &ns.name)
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .find(|r| r.spec.workload == "signed")
+        .ok_or_else(|| anyhow::anyhow!("the signed workload's Refresh"))?;
+    assert_eq!(
+        signed.spec.verification.as_deref(),
+        Some("signed by platform"),
+        "the Refresh records who signed what it rolls out"
+    );
     // Unsigned: held, and says so.
     let note = await_warning(
         &client,

@@ -57,6 +57,7 @@ pub const REJECTED_DIGESTS: &str = "freshen.dev/rejected-digests";
     printcolumn = r#"{"name":"From","type":"string","jsonPath":".spec.fromDigest"}"#,
     printcolumn = r#"{"name":"To","type":"string","jsonPath":".spec.toDigest"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Verified","type":"string","priority":1,"jsonPath":".spec.verification"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message(
@@ -97,6 +98,12 @@ pub struct RefreshSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub template_fingerprint: Option<String>,
+    /// What the verification gate found when the Refresh was made (a
+    /// policy's `spec.verify`): `signed by <authorities>`, or in Audit mode
+    /// why the digest is unverified. Absent when no policy verifies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
+    pub verification: Option<String>,
 }
 
 /// What freshen reports on a Refresh.
@@ -304,6 +311,24 @@ pub struct KeySpec {
 }
 
 impl VerifySpec {
+    /// Every authority can be used: a key freshen can read, a name used
+    /// once; else the first bad field and why.
+    pub fn check(&self) -> Result<(), SpecError> {
+        for (i, a) in self.authorities.iter().enumerate() {
+            if self.authorities[..i].iter().any(|b| b.name == a.name) {
+                return Err(SpecError::Key {
+                    field: format!("spec.verify.authorities[{i}].name"),
+                    message: format!("{:?} names two authorities; names must be unique", a.name),
+                });
+            }
+            freshen_verify::PublicKey::from_pem(&a.key.pem).map_err(|e| SpecError::Key {
+                field: format!("spec.verify.authorities[{i}].key.pem"),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
     /// The requirement this policy (`policy`, as `GOVERNED_BY` names it)
     /// adds.
     pub fn authority_set(&self, policy: String) -> freshen_core::verify::AuthoritySet {
@@ -369,6 +394,47 @@ impl PolicyRefresh {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_authorities_must_be_usable_keys_named_once() {
+        let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEl3tXSqQKivA3qWOXfIt6dWxsbw4f\nGOCXr9H6v0gt6k/Oly99frnLrPfhhPF4s+ceW7cjlNMbqagIBxAllTK4NQ==\n-----END PUBLIC KEY-----\n";
+        let authority = |name: &str, pem: &str| KeyAuthoritySpec {
+            name: name.into(),
+            key: KeySpec { pem: pem.into() },
+        };
+        let ok = VerifySpec {
+            mode: None,
+            authorities: vec![authority("platform", pem)],
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let twice = VerifySpec {
+            authorities: vec![authority("platform", pem), authority("platform", pem)],
+            ..ok.clone()
+        };
+        let e = twice
+            .check()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.starts_with("spec.verify.authorities[1].name"), "{e}");
+        let secret = VerifySpec {
+            authorities: vec![authority(
+                "ci",
+                "-----BEGIN EC PRIVATE KEY-----\nAA==\n-----END EC PRIVATE KEY-----",
+            )],
+            ..ok
+        };
+        let e = secret
+            .check()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("spec.verify.authorities[0].key.pem: expected a PEM"),
+            "{e}"
+        );
+        assert!(e.contains("EC PRIVATE KEY"), "{e}");
+    }
 
     #[test]
     fn the_cel_duration_rule_names_the_parser_maximum() {

@@ -58,6 +58,15 @@ pub enum SpecError {
         /// Why, and what is expected.
         message: String,
     },
+    /// A `spec.verify` authority cannot be used. The policy still governs
+    /// (its gate fails closed: digests are held as `SignatureUnchecked`).
+    #[error("{field}: {message}; every new digest is held (SignatureUnchecked) until fixed")]
+    Key {
+        /// The field, e.g. `spec.verify.authorities[0].key.pem`.
+        field: String,
+        /// Why, and what is expected.
+        message: String,
+    },
 }
 
 /// An optional duration field of a spec, or an error naming it.

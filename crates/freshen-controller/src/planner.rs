@@ -90,7 +90,7 @@ pub async fn consider(
         }
     };
     let running = view.and_then(|v| v.running.as_ref());
-    let refresh = build(
+    let mut refresh = build(
         deploy,
         config,
         &proposal,
@@ -99,6 +99,7 @@ pub async fn consider(
         governed_by,
         ctx.config.max_analysis_time,
     );
+    refresh.spec.verification = gates.verify.as_ref().and_then(|v| v.record(&proposal));
     create(ctx, refresh, &proposal, &mut ledger).await
 }
 
@@ -332,6 +333,7 @@ fn build(
                 .settings_for(proposal.reason)
                 .capped(max_analysis_time),
             template_fingerprint: template_fingerprint(deploy, &proposal.container),
+            verification: None,
         },
         status: None,
     }

@@ -46,6 +46,8 @@ pub trait Policy:
     fn scope(&self, deployments: &Store<CachedDeployment>) -> Vec<ObjectRef<CachedDeployment>>;
     /// Its pipelines.
     fn pipelines(&self) -> &PolicyPipelines;
+    /// Its `spec.verify`, if any.
+    fn verify(&self) -> Option<&freshen_api::refresh::VerifySpec>;
     /// Where its webhook pipelines' Secrets are: its own namespace, or
     /// (a cluster policy) freshen's.
     fn secret_namespace(&self, freshen: &str) -> String;
@@ -66,6 +68,9 @@ impl Policy for RefreshPolicy {
     }
     fn pipelines(&self) -> &PolicyPipelines {
         &self.spec.pipelines
+    }
+    fn verify(&self) -> Option<&freshen_api::refresh::VerifySpec> {
+        self.spec.refresh.verify.as_ref()
     }
     fn secret_namespace(&self, _freshen: &str) -> String {
         self.namespace().unwrap_or_default()
@@ -96,6 +101,9 @@ impl Policy for ClusterRefreshPolicy {
     }
     fn pipelines(&self) -> &PolicyPipelines {
         &self.spec.pipelines
+    }
+    fn verify(&self) -> Option<&freshen_api::refresh::VerifySpec> {
+        self.spec.refresh.verify.as_ref()
     }
     fn secret_namespace(&self, freshen: &str) -> String {
         freshen.to_owned()
@@ -159,7 +167,8 @@ pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<Context>) -> Result<A
         Ok(()) => {
             let secrets = secrets_exist(&ctx, policy.as_ref()).await;
             let recheck = secrets.is_err();
-            (secrets, recheck)
+            let keys = policy.verify().map_or(Ok(()), |v| v.check());
+            (secrets.and(keys), recheck)
         }
         invalid => (invalid, false),
     };
@@ -240,7 +249,11 @@ pub fn status_for(
             READY,
             ConditionStatus::False,
             "InvalidSpec",
-            format!("{invalid}; the policy matches nothing until fixed"),
+            match &invalid {
+                // The policy still governs; its message says what happens.
+                SpecError::Key { .. } => invalid.to_string(),
+                _ => format!("{invalid}; the policy matches nothing until fixed"),
+            },
             generation,
             now.clone(),
         ),
@@ -327,6 +340,29 @@ mod tests {
 
         // Unchanged inputs give an equal status: nothing is written again.
         assert_eq!(status_for(&s, Some(4), Ok(()), &stats, at(999)), s);
+    }
+
+    #[test]
+    fn an_unusable_key_is_not_ready_and_says_the_gate_holds() {
+        let key = SpecError::Key {
+            field: "spec.verify.authorities[0].key.pem".into(),
+            message: "expected a PEM -----BEGIN PUBLIC KEY----- block".into(),
+        };
+        let status = status_for(
+            &PolicyStatus::default(),
+            Some(1),
+            Err(key),
+            &PolicyStats::default(),
+            at(0),
+        );
+        let (state, reason, message) = find(&status, READY);
+        assert_eq!((state, reason), ("False", "InvalidSpec"));
+        assert!(
+            message.starts_with("spec.verify.authorities[0].key.pem"),
+            "{message}"
+        );
+        assert!(message.contains("held (SignatureUnchecked)"), "{message}");
+        assert!(!message.contains("matches nothing"), "{message}");
     }
 
     #[test]

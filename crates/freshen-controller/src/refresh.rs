@@ -951,6 +951,7 @@ mod tests {
                 digest: "sha256:22".into(),
                 rollout: Settings::default(),
                 template_fingerprint: None,
+                verification: None,
             },
         );
         r.metadata.uid = Some("r-uid".into());

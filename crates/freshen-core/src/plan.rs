@@ -132,6 +132,20 @@ pub struct Verification {
 }
 
 impl Verification {
+    /// What to record in the Refresh for `proposal`: who signed it, or in
+    /// Audit mode why it is unverified (at most 512 characters).
+    pub fn record(&self, proposal: &Proposal) -> Option<String> {
+        let (_, _, trust) = self
+            .verdicts
+            .iter()
+            .find(|(c, d, _)| *c == proposal.container && *d == proposal.digest)?;
+        let text = match trust.verified() {
+            true => trust.to_string(),
+            false => format!("unverified, rolled out in Audit mode: {trust}"),
+        };
+        Some(text.chars().take(512).collect())
+    }
+
     /// The hold for `proposal` under this gate: none when verified, in
     /// Audit mode, or for a restart (which changes no digest).
     fn hold(&self, proposal: &Proposal) -> Option<Hold> {
@@ -964,16 +978,20 @@ mod tests {
             decide(&c, &follow(), &gate(Mode::Enforce, signed), now()),
             Decision::Start(_)
         ));
-        // Audit: started anyway.
-        assert!(matches!(
-            decide(
-                &c,
-                &follow(),
-                &gate(Mode::Audit, vec![("app".into(), digest('b'), missing)]),
-                now()
-            ),
-            Decision::Start(_)
-        ));
+        // Audit: started anyway, and the Refresh says why it is unverified.
+        let audit = gate(Mode::Audit, vec![("app".into(), digest('b'), missing)]);
+        let Decision::Start(p) = decide(&c, &follow(), &audit, now()) else {
+            panic!("Audit rolls out")
+        };
+        let recorded = audit
+            .verify
+            .as_ref()
+            .and_then(|v| v.record(&p))
+            .unwrap_or_default();
+        assert!(
+            recorded.starts_with("unverified, rolled out in Audit mode: not signed"),
+            "{recorded}"
+        );
     }
 
     #[test]
