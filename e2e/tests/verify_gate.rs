@@ -88,7 +88,18 @@ async fn release(
     dir: &std::path::Path,
     repo: &str,
     signer: Option<&KeyPair>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
+    release_with(harness, dir, repo, signer, false).await
+}
+
+/// [`release`], with the signature altered after signing when `tampered`.
+async fn release_with(
+    harness: &Harness,
+    dir: &std::path::Path,
+    repo: &str,
+    signer: Option<&KeyPair>,
+    tampered: bool,
+) -> anyhow::Result<String> {
     let mut spec = ImageSpec::built_at(Utc::now() - TimeDelta::hours(1));
     spec.content = format!("{repo} new");
     let candidate = push(&harness.registry, repo, "candidate", &spec).await?;
@@ -96,7 +107,98 @@ async fn release(
         let pinned = format!("{}/{repo}@{}", harness.registry, candidate.digest);
         cosign::sign(harness, dir, keys, &pinned, false)?;
     }
+    if tampered {
+        tamper(harness, repo, &candidate.digest).await?;
+    }
     push(&harness.registry, repo, "stable", &spec).await?;
+    Ok(candidate.digest)
+}
+
+/// Alters the payload of the bundle cosign stored for `digest` in `repo`
+/// (behind the referrers fallback tag) and stores it back, as an attacker
+/// with push rights would: the signature no longer matches.
+async fn tamper(harness: &Harness, repo: &str, digest: &str) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/v2/{repo}", harness.registry);
+    const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+    const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+    let get = |url: String, accept: &'static str| {
+        let http = http.clone();
+        async move {
+            let body = http
+                .get(url)
+                .header("accept", accept)
+                .send()
+                .await?
+                .error_for_status()?
+                .bytes()
+                .await?;
+            anyhow::Ok(serde_json::from_slice::<serde_json::Value>(&body)?)
+        }
+    };
+    let tag = digest.replace(':', "-");
+    let mut index = get(format!("{base}/manifests/{tag}"), INDEX).await?;
+    let manifest_digest = index["manifests"][0]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut manifest = get(format!("{base}/manifests/{manifest_digest}"), MANIFEST).await?;
+    let layer_digest = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let mut bundle = get(format!("{base}/blobs/{layer_digest}"), "*/*").await?;
+    let payload = STANDARD.decode(
+        bundle["dsseEnvelope"]["payload"]
+            .as_str()
+            .unwrap_or_default(),
+    )?;
+    let mut statement: serde_json::Value = serde_json::from_slice(&payload)?;
+    statement["predicate"] = serde_json::json!({"note": "changed after signing"});
+    bundle["dsseEnvelope"]["payload"] = STANDARD.encode(serde_json::to_vec(&statement)?).into();
+    let blob = serde_json::to_vec(&bundle)?;
+    let blob_digest = freshen_e2e::image::sha256(&blob);
+    let upload = http
+        .post(format!("{base}/blobs/uploads/"))
+        .send()
+        .await?
+        .error_for_status()?;
+    let location = upload
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let location = match location.starts_with("http") {
+        true => location,
+        false => format!("http://{}{location}", harness.registry),
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    http.put(format!("{location}{separator}digest={blob_digest}"))
+        .body(blob.clone())
+        .send()
+        .await?
+        .error_for_status()?;
+    manifest["layers"][0]["digest"] = blob_digest.into();
+    manifest["layers"][0]["size"] = blob.len().into();
+    let manifest_bytes = serde_json::to_vec(&manifest)?;
+    let new_manifest = freshen_e2e::image::sha256(&manifest_bytes);
+    http.put(format!("{base}/manifests/{new_manifest}"))
+        .header("content-type", MANIFEST)
+        .body(manifest_bytes.clone())
+        .send()
+        .await?
+        .error_for_status()?;
+    index["manifests"][0]["digest"] = new_manifest.into();
+    index["manifests"][0]["size"] = manifest_bytes.len().into();
+    http.put(format!("{base}/manifests/{tag}"))
+        .header("content-type", INDEX)
+        .body(serde_json::to_vec(&index)?)
+        .send()
+        .await?
+        .error_for_status()?;
     Ok(())
 }
 
@@ -136,7 +238,7 @@ async fn only_digests_signed_by_a_trusted_key_are_rolled_out() -> anyhow::Result
         .create(&PostParams::default(), &policy)
         .await?;
     let repo = |w: &str| format!("e2e/{}/{w}", ns.name);
-    for w in ["signed", "unsigned", "foreign"] {
+    for w in ["signed", "unsigned", "foreign", "tampered"] {
         deploy_old(&harness, &client, &ns.name, w, &repo(w)).await?;
     }
     let _operator = Operator::start(
@@ -147,6 +249,7 @@ async fn only_digests_signed_by_a_trusted_key_are_rolled_out() -> anyhow::Result
     release(&harness, &dir, &repo("signed"), Some(&platform)).await?;
     release(&harness, &dir, &repo("unsigned"), None).await?;
     release(&harness, &dir, &repo("foreign"), Some(&intruder)).await?;
+    release_with(&harness, &dir, &repo("tampered"), Some(&platform), true).await?;
 
     // Signed by the trusted key: refreshed.
     wait_for(
@@ -194,7 +297,17 @@ async fn only_digests_signed_by_a_trusted_key_are_rolled_out() -> anyhow::Result
     )
     .await?;
     assert!(note.contains("platform"), "{note}");
-    for held in ["unsigned", "foreign"] {
+    // Signed by the trusted key, then altered: invalid, naming the key.
+    let note = await_warning(
+        &client,
+        &ns.name,
+        "Deployment",
+        "tampered",
+        "SignatureInvalid",
+    )
+    .await?;
+    assert!(note.contains("authority platform's key"), "{note}");
+    for held in ["unsigned", "foreign", "tampered"] {
         assert_eq!(refreshes_of(&client, &ns.name, held).await?, 0, "{held}");
     }
     Ok(())
