@@ -99,6 +99,32 @@ async fn await_active(client: &Client, ns: &str, n: usize) -> anyhow::Result<()>
     .await
 }
 
+/// Waits until no Refresh is active cluster-wide: the operator-wide limit
+/// counts every one, and earlier tests' namespaces may still be going away.
+async fn await_no_active_refresh(client: &Client) -> anyhow::Result<()> {
+    wait_for(
+        "no active Refresh left by earlier tests",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || async {
+            let all = Api::<Refresh>::all(client.clone())
+                .list(&Default::default())
+                .await?;
+            let left = all
+                .items
+                .iter()
+                .filter(|r| !r.progress().phase.is_terminal())
+                .count();
+            if left == 0 {
+                Ok(Some(()))
+            } else {
+                anyhow::bail!("{left} active")
+            }
+        },
+    )
+    .await
+}
+
 async fn push_at(harness: &Harness, repo: &str, hours_ago: i64) -> anyhow::Result<Pushed> {
     let built = Utc::now() - TimeDelta::hours(hours_ago);
     push(
@@ -137,27 +163,7 @@ async fn one_namespace_cannot_use_up_another_namespaces_refreshes() -> anyhow::R
     // Two refreshes operator-wide, one per namespace at most. Earlier
     // tests' namespaces may still be going away: the limit counts every
     // active Refresh, so wait until theirs are gone.
-    wait_for(
-        "no active Refresh left by earlier tests",
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || async {
-            let all = Api::<Refresh>::all(client.clone())
-                .list(&Default::default())
-                .await?;
-            let left = all
-                .items
-                .iter()
-                .filter(|r| !r.progress().phase.is_terminal())
-                .count();
-            if left == 0 {
-                Ok(Some(()))
-            } else {
-                anyhow::bail!("{left} active")
-            }
-        },
-    )
-    .await?;
+    await_no_active_refresh(&client).await?;
     let _operator = Operator::start(
         &harness,
         &[
@@ -337,27 +343,7 @@ async fn four_namespaces_hogging_the_operator_leave_a_fifth_its_share() -> anyho
             deploy(tenant, &ns.name, &format!("app-{n}"), &v1.pinned()).await?;
         }
     }
-    wait_for(
-        "no active Refresh left by earlier tests",
-        Duration::from_secs(90),
-        Duration::from_millis(500),
-        || async {
-            let all = Api::<Refresh>::all(admin.clone())
-                .list(&Default::default())
-                .await?;
-            let left = all
-                .items
-                .iter()
-                .filter(|r| !r.progress().phase.is_terminal())
-                .count();
-            if left == 0 {
-                Ok(Some(()))
-            } else {
-                anyhow::bail!("{left} active")
-            }
-        },
-    )
-    .await?;
+    await_no_active_refresh(&admin).await?;
     // The defaults: 10 refreshes operator-wide, 3 per namespace; analyses
     // capped at 30 minutes.
     let _operator = Operator::start(

@@ -137,23 +137,15 @@ async fn verification(
 ) -> Option<plan::Verification> {
     let requirement = config.verify.as_ref()?;
     let mut verdicts = Vec::new();
-    for view in views {
-        let followed = view
-            .tag_digest
-            .iter()
-            .filter(|d| wants.follow_tag && view.running.as_ref() != Some(*d));
-        let rebuilt = wants
-            .rebuilt
-            .iter()
-            .filter(|(c, _, _)| *c == view.container)
-            .map(|(_, d, _)| d);
-        for digest in followed.chain(rebuilt) {
-            let trust = ctx
-                .verdicts
-                .judge(lookup, &view.image, digest, requirement)
-                .await;
-            verdicts.push((view.container.clone(), digest.clone(), trust));
-        }
+    for (container, digest) in plan::candidates(views, wants) {
+        let Some(view) = views.iter().find(|v| v.container == container) else {
+            continue;
+        };
+        let trust = ctx
+            .verdicts
+            .judge(lookup, &view.image, &digest, requirement)
+            .await;
+        verdicts.push((container, digest, trust));
     }
     Some(plan::Verification {
         mode: requirement.mode,

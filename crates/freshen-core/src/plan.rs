@@ -131,6 +131,30 @@ pub struct Verification {
     pub verdicts: Vec<(String, Digest, crate::verify::Trust)>,
 }
 
+/// Every digest a workload could be refreshed to, `(container, digest)`:
+/// a followed tag's digest its pods do not run, and each rebuilt digest.
+/// The verification gate judges exactly these, so no path to a new digest
+/// skips it; a restart keeps the running digest and is not among them.
+pub fn candidates(containers: &[ContainerView], wants: &Wants) -> Vec<(String, Digest)> {
+    let mut out = Vec::new();
+    for view in containers {
+        if wants.follow_tag
+            && let Some(tag) = &view.tag_digest
+            && view.running.as_ref() != Some(tag)
+        {
+            out.push((view.container.clone(), tag.clone()));
+        }
+        for (container, digest, _) in &wants.rebuilt {
+            if *container == view.container
+                && !out.iter().any(|(c, d)| c == container && d == digest)
+            {
+                out.push((container.clone(), digest.clone()));
+            }
+        }
+    }
+    out
+}
+
 impl Verification {
     /// What to record in the Refresh for `proposal`: who signed it, or in
     /// Audit mode why it is unverified (at most 512 characters).
@@ -933,6 +957,26 @@ mod tests {
             decide(&[mixed], &follow(), &open_gates(), now()),
             Decision::Nothing
         );
+    }
+
+    #[test]
+    fn the_gate_judges_every_digest_a_refresh_could_roll_out() {
+        let c = [container('a', 'b')];
+        assert_eq!(candidates(&c, &follow()), vec![("app".into(), digest('b'))]);
+        // Not following the tag: only rebuilt digests.
+        let rebuilt = Wants {
+            rebuilt: vec![("app".into(), digest('c'), Reason::BaseMoved)],
+            ..Wants::default()
+        };
+        assert_eq!(candidates(&c, &rebuilt), vec![("app".into(), digest('c'))]);
+        // Up to date: nothing to judge (nothing costs a request at rest).
+        assert!(candidates(&[container('a', 'a')], &follow()).is_empty());
+        // Every digest decide could propose is among them.
+        for wants in [follow(), rebuilt] {
+            if let Decision::Start(p) = decide(&c, &wants, &open_gates(), now()) {
+                assert!(candidates(&c, &wants).contains(&(p.container, p.digest)));
+            }
+        }
     }
 
     #[test]
