@@ -85,3 +85,30 @@ pub fn sign(
     command.args(["--allow-insecure-registry", "--allow-http-registry", image]);
     run(command, "sign")
 }
+
+/// Attests `image` with `key`: `kind` is cosign's `--type` (e.g.
+/// `slsaprovenance1`, `vuln`) and `predicate` the predicate's JSON, stored
+/// as a sigstore bundle referrer as cosign v3 does by default.
+pub fn attest(
+    harness: &Harness,
+    dir: &Path,
+    key: &KeyPair,
+    image: &str,
+    kind: &str,
+    predicate: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let config = dir.join("signing-config.json");
+    std::fs::write(&config, NO_SERVICES)?;
+    let file = dir.join(format!("predicate-{:08x}.json", crate::rand_suffix()));
+    std::fs::write(&file, serde_json::to_vec(predicate)?)?;
+    let mut command = cosign(harness, dir);
+    command
+        .args(["attest", "--yes", "--key"])
+        .arg(&key.private)
+        .arg("--signing-config")
+        .arg(&config)
+        .args(["--type", kind, "--predicate"])
+        .arg(&file)
+        .args(["--allow-insecure-registry", "--allow-http-registry", image]);
+    run(command, "attest")
+}

@@ -2,13 +2,19 @@
 //! `spec.verify` lets only digests signed by its authorities be rolled
 //! out; an unsigned digest, or one signed by another key, is held with a
 //! Warning naming why, and no Refresh is made. A namespace's own policy
-//! cannot loosen a ClusterRefreshPolicy's gate.
+//! cannot loosen a ClusterRefreshPolicy's gate. Attestations (SLSA
+//! provenance, vulnerability scans) made by `cosign attest` are checked
+//! as the policy says, scans compared with the running digest's; Audit
+//! mode rolls out and reports.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use freshen_api::refresh::{KeyAuthoritySpec, KeySpec, VerifyMode, VerifySpec};
+use freshen_api::refresh::{
+    AttestationSpec, KeyAuthoritySpec, KeySpec, UrgentWhen, VerifyMode, VerifySpec,
+    VulnerabilitiesSpec,
+};
 use freshen_api::{
     ClusterRefreshPolicy, ClusterRefreshPolicySpec, PolicyLimits, PolicyRefresh, Refresh,
     RefreshPolicy, RefreshPolicySpec,
@@ -42,6 +48,7 @@ fn verify(mode: VerifyMode, name: &str, keys: &KeyPair) -> VerifySpec {
                 pem: keys.public_pem.clone(),
             },
         }],
+        ..VerifySpec::default()
     }
 }
 
@@ -53,14 +60,15 @@ fn web() -> LabelSelector {
 }
 
 /// An image in `repo` built two days ago, deployed as `name` (labelled
-/// `tier=web`) pinned to its digest under the tag `stable`.
+/// `tier=web`) pinned to its digest under the tag `stable`; its reference
+/// by digest.
 async fn deploy_old(
     harness: &Harness,
     client: &Client,
     ns: &str,
     name: &str,
     repo: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let old = push(
         &harness.registry,
         repo,
@@ -78,7 +86,7 @@ async fn deploy_old(
         .create(&PostParams::default(), &deploy)
         .await?;
     wait_ready_pods(client, ns, name, 1, Duration::from_secs(60)).await?;
-    Ok(())
+    Ok(format!("{}/{repo}@{}", harness.registry, old.digest))
 }
 
 /// A new digest for `repo`'s `stable` tag, signed by `signer` (if any)
@@ -89,16 +97,19 @@ async fn release(
     repo: &str,
     signer: Option<&KeyPair>,
 ) -> anyhow::Result<String> {
-    release_with(harness, dir, repo, signer, false).await
+    release_with(harness, dir, repo, signer, false, &[]).await
 }
 
-/// [`release`], with the signature altered after signing when `tampered`.
+/// [`release`], with the signature altered after signing when `tampered`,
+/// and each of `attestations` (cosign's `--type`, the predicate) made by
+/// the signer.
 async fn release_with(
     harness: &Harness,
     dir: &std::path::Path,
     repo: &str,
     signer: Option<&KeyPair>,
     tampered: bool,
+    attestations: &[(&str, serde_json::Value)],
 ) -> anyhow::Result<String> {
     let mut spec = ImageSpec::built_at(Utc::now() - TimeDelta::hours(1));
     spec.content = format!("{repo} new");
@@ -106,6 +117,9 @@ async fn release_with(
     if let Some(keys) = signer {
         let pinned = format!("{}/{repo}@{}", harness.registry, candidate.digest);
         cosign::sign(harness, dir, keys, &pinned, false)?;
+        for (kind, predicate) in attestations {
+            cosign::attest(harness, dir, keys, &pinned, kind, predicate)?;
+        }
     }
     if tampered {
         tamper(harness, repo, &candidate.digest).await?;
@@ -249,7 +263,15 @@ async fn only_digests_signed_by_a_trusted_key_are_rolled_out() -> anyhow::Result
     release(&harness, &dir, &repo("signed"), Some(&platform)).await?;
     release(&harness, &dir, &repo("unsigned"), None).await?;
     release(&harness, &dir, &repo("foreign"), Some(&intruder)).await?;
-    release_with(&harness, &dir, &repo("tampered"), Some(&platform), true).await?;
+    release_with(
+        &harness,
+        &dir,
+        &repo("tampered"),
+        Some(&platform),
+        true,
+        &[],
+    )
+    .await?;
 
     // Signed by the trusted key: refreshed.
     wait_for(
@@ -388,5 +410,344 @@ async fn a_namespace_cannot_loosen_a_cluster_policys_gate() -> anyhow::Result<()
         "{note}"
     );
     assert_eq!(refreshes_of(&admin, &ns.name, "app").await?, 0);
+    Ok(())
+}
+
+/// SLSA provenance v1 as a builder `builder` would write it for the
+/// source `https://git.example/acme/shop`.
+fn provenance(builder: &str) -> serde_json::Value {
+    serde_json::json!({
+        "buildDefinition": {
+            "buildType": "https://ci.example/buildtypes/container/v1",
+            "externalParameters": {"source": "git+https://git.example/acme/shop@refs/heads/main"},
+            "resolvedDependencies": [{"uri": "git+https://git.example/acme/shop@refs/heads/main",
+                                      "digest": {"gitCommit": "8f2d3c1"}}]
+        },
+        "runDetails": {"builder": {"id": builder}}
+    })
+}
+
+/// cosign's vulnerability predicate carrying a Trivy report with the
+/// Critical findings `critical` and `high` High ones.
+fn scan(critical: &[&str], high: usize) -> serde_json::Value {
+    let mut vulns: Vec<serde_json::Value> = critical
+        .iter()
+        .map(|id| serde_json::json!({"VulnerabilityID": id, "Severity": "CRITICAL"}))
+        .collect();
+    vulns.extend((0..high).map(|i| {
+        serde_json::json!({"VulnerabilityID": format!("CVE-2026-10{i:02}"), "Severity": "HIGH"})
+    }));
+    serde_json::json!({
+        "invocation": {"uri": "https://ci.example/runs/1"},
+        "scanner": {"uri": "pkg:github/aquasecurity/trivy", "version": "0.60.0",
+                    "result": {"SchemaVersion": 2, "Results": [{"Target": "os", "Vulnerabilities": vulns}]}},
+        "metadata": {"scanStartedOn": "2026-12-01T10:00:00Z", "scanFinishedOn": "2026-12-01T10:01:00Z"}
+    })
+}
+
+/// A policy for `tier=web` that follows tags and verifies with `verify`.
+async fn gate(
+    client: &Client,
+    ns: &str,
+    verify: VerifySpec,
+    soak: Option<&str>,
+) -> anyhow::Result<()> {
+    let policy = RefreshPolicy::new(
+        "gate",
+        RefreshPolicySpec {
+            selector: web(),
+            limits: PolicyLimits::default(),
+            refresh: PolicyRefresh {
+                follow_tag: Some(true),
+                min_digest_age: soak.map(str::to_owned),
+                verify: Some(verify),
+                ..PolicyRefresh::default()
+            },
+            pipelines: Default::default(),
+        },
+    );
+    Api::<RefreshPolicy>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &policy)
+        .await?;
+    Ok(())
+}
+
+/// The Refresh of `workload`, once there is one.
+async fn await_refresh(client: &Client, ns: &str, workload: &str) -> anyhow::Result<Refresh> {
+    wait_for(
+        &format!("a Refresh of {workload}"),
+        Duration::from_secs(60),
+        Duration::from_millis(250),
+        || async {
+            let found = Api::<Refresh>::namespaced(client.clone(), ns)
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|r| r.spec.workload == workload);
+            match found {
+                Some(r) => Ok(Some(r)),
+                None => anyhow::bail!("none yet"),
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn provenance_from_another_builder_or_none_is_held() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "provenance").await?;
+    let dir = keys_dir()?;
+    let platform = cosign::generate_key_pair(&harness, &dir, "platform")?;
+    let mut spec = verify(VerifyMode::Enforce, "platform", &platform);
+    spec.attestations = Some(vec![AttestationSpec {
+        predicate_type: "https://slsa.dev/provenance/v1".into(),
+        builder_id: Some(vec!["https://ci.example/trusted/*".into()]),
+        source: Some(vec!["https://git.example/acme/*".into()]),
+    }]);
+    gate(&client, &ns.name, spec, None).await?;
+    let repo = |w: &str| format!("e2e/{}/{w}", ns.name);
+    for w in ["built-right", "wrong-builder", "no-provenance"] {
+        deploy_old(&harness, &client, &ns.name, w, &repo(w)).await?;
+    }
+    let _operator = Operator::start(
+        &harness,
+        &["--poll-interval", "2s", "--namespace", &ns.name],
+    )
+    .await?;
+    let trusted = [(
+        "slsaprovenance1",
+        provenance("https://ci.example/trusted/v2"),
+    )];
+    let rogue = [("slsaprovenance1", provenance("https://ci.example/rogue"))];
+    release_with(
+        &harness,
+        &dir,
+        &repo("built-right"),
+        Some(&platform),
+        false,
+        &trusted,
+    )
+    .await?;
+    release_with(
+        &harness,
+        &dir,
+        &repo("wrong-builder"),
+        Some(&platform),
+        false,
+        &rogue,
+    )
+    .await?;
+    release(&harness, &dir, &repo("no-provenance"), Some(&platform)).await?;
+
+    let refresh = await_refresh(&client, &ns.name, "built-right").await?;
+    assert_eq!(
+        refresh.spec.verification.as_deref(),
+        Some("signed by platform")
+    );
+    let note = await_warning(
+        &client,
+        &ns.name,
+        "Deployment",
+        "wrong-builder",
+        "AttestationFailed",
+    )
+    .await?;
+    assert!(
+        note.contains("provenance attestation fails")
+            && note.contains("builder.id \"https://ci.example/rogue\" matches none of https://ci.example/trusted/*"),
+        "{note}"
+    );
+    let note = await_warning(
+        &client,
+        &ns.name,
+        "Deployment",
+        "no-provenance",
+        "AttestationFailed",
+    )
+    .await?;
+    assert!(note.contains("no provenance attestation found"), "{note}");
+    for held in ["wrong-builder", "no-provenance"] {
+        assert_eq!(refreshes_of(&client, &ns.name, held).await?, 0, "{held}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn scans_hold_a_regression_and_rush_a_critical_fix() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "vulns").await?;
+    let dir = keys_dir()?;
+    let platform = cosign::generate_key_pair(&harness, &dir, "platform")?;
+    let mut spec = verify(VerifyMode::Enforce, "platform", &platform);
+    spec.vulnerabilities = Some(VulnerabilitiesSpec {
+        no_regression: Some(true),
+        urgent_when: Some(UrgentWhen::Critical),
+    });
+    // New digests soak a day: only an urgent one goes sooner.
+    gate(&client, &ns.name, spec, Some("24h")).await?;
+    let repo = |w: &str| format!("e2e/{}/{w}", ns.name);
+    for w in ["regress", "fix"] {
+        let running = deploy_old(&harness, &client, &ns.name, w, &repo(w)).await?;
+        cosign::sign(&harness, &dir, &platform, &running, false)?;
+        cosign::attest(
+            &harness,
+            &dir,
+            &platform,
+            &running,
+            "vuln",
+            &scan(&["CVE-2026-0001"], 1),
+        )?;
+    }
+    let operator = Operator::start(
+        &harness,
+        &["--poll-interval", "2s", "--namespace", &ns.name],
+    )
+    .await?;
+    let worse = [("vuln", scan(&["CVE-2026-0001", "CVE-2026-0002"], 1))];
+    let better = [("vuln", scan(&[], 1))];
+    release_with(
+        &harness,
+        &dir,
+        &repo("regress"),
+        Some(&platform),
+        false,
+        &worse,
+    )
+    .await?;
+    release_with(
+        &harness,
+        &dir,
+        &repo("fix"),
+        Some(&platform),
+        false,
+        &better,
+    )
+    .await?;
+
+    let note = await_warning(
+        &client,
+        &ns.name,
+        "Deployment",
+        "regress",
+        "VulnerabilityRegression",
+    )
+    .await?;
+    assert!(
+        note.contains("finds 2 critical, 1 high, the running digest's 1 critical, 1 high"),
+        "{note}"
+    );
+    assert_eq!(refreshes_of(&client, &ns.name, "regress").await?, 0);
+    // Built an hour ago, a day's soak: started now only because it fixes
+    // the running digest's Critical finding.
+    let refresh = await_refresh(&client, &ns.name, "fix").await?;
+    let recorded = refresh.spec.verification.unwrap_or_default();
+    assert!(
+        recorded.starts_with("signed by platform; scan 0 critical, 1 high")
+            && recorded.ends_with("fixes Critical CVE-2026-0001"),
+        "{recorded}"
+    );
+    let urgent = freshen_e2e::await_event(
+        &client,
+        &ns.name,
+        ("Deployment", "fix"),
+        "UrgentRefresh",
+        "",
+    )
+    .await?;
+    let note = urgent.note.unwrap_or_default();
+    assert!(
+        note.contains("without waiting for minDigestAge") && note.contains("CVE-2026-0001"),
+        "{note}"
+    );
+    // The fleet's verdicts and scans, as Prometheus sees them.
+    let text = operator.scrape().await?;
+    let series = |family: &str, workload: &str, label: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(&format!("{family}{{"))
+                    && l.contains(&format!("workload=\"{workload}\""))
+                    && l.contains(label)
+            })
+            .map(str::to_owned)
+    };
+    assert!(
+        series("freshen_image_verified", "regress", "result=\"verified\"")
+            .is_some_and(|l| l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(
+        series(
+            "freshen_image_vulnerabilities",
+            "regress",
+            "severity=\"critical\""
+        )
+        .is_some_and(|l| l.ends_with(" 1")),
+        "{text}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn audit_mode_rolls_out_and_reports_what_is_unverified() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "audit").await?;
+    let dir = keys_dir()?;
+    let platform = cosign::generate_key_pair(&harness, &dir, "platform")?;
+    gate(
+        &client,
+        &ns.name,
+        verify(VerifyMode::Audit, "platform", &platform),
+        None,
+    )
+    .await?;
+    let repo = format!("e2e/{}/audited", ns.name);
+    deploy_old(&harness, &client, &ns.name, "audited", &repo).await?;
+    let operator = Operator::start(
+        &harness,
+        &["--poll-interval", "2s", "--namespace", &ns.name],
+    )
+    .await?;
+    release(&harness, &dir, &repo, None).await?;
+    let refresh = await_refresh(&client, &ns.name, "audited").await?;
+    let recorded = refresh.spec.verification.unwrap_or_default();
+    assert!(
+        recorded.starts_with("unverified, rolled out in Audit mode: not signed"),
+        "{recorded}"
+    );
+    wait_for(
+        "the running digest reported unverified",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let text = operator.scrape().await?;
+            match text.lines().any(|l| {
+                l.starts_with("freshen_image_verified{")
+                    && l.contains("workload=\"audited\"")
+                    && l.contains("result=\"missing\"")
+            }) {
+                true => Ok(Some(())),
+                false => anyhow::bail!("no freshen_image_verified result=missing yet"),
+            }
+        },
+    )
+    .await?;
+    let out = freshen_e2e::operator::report(&harness, &["--namespace", &ns.name])?;
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.lines().next().is_some_and(|h| h.contains("SIGNED")),
+        "{table}"
+    );
+    assert!(
+        table.contains("audited app: unverified: the running digest is not signed"),
+        "{table}"
+    );
     Ok(())
 }

@@ -277,6 +277,57 @@ pub struct VerifySpec {
     /// Any one suffices (1 to 16).
     #[schemars(length(min = 1, max = 16))]
     pub authorities: Vec<KeyAuthoritySpec>,
+    /// Attestations a new digest must also carry, each signed by one of
+    /// the authorities (at most 8).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8))]
+    pub attestations: Option<Vec<AttestationSpec>>,
+    /// What vulnerability attestations decide. Setting either field
+    /// requires a vulnerability attestation signed by an authority.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vulnerabilities: Option<VulnerabilitiesSpec>,
+}
+
+/// An attestation a new digest must carry.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AttestationSpec {
+    /// Its predicate type: `https://slsa.dev/provenance/v1` (or `v0.2`),
+    /// `https://cosign.sigstore.dev/attestation/vuln/v1`, or
+    /// `https://in-toto.io/attestation/vulns` (any version).
+    #[schemars(length(min = 1, max = 256))]
+    pub predicate_type: String,
+    /// Provenance only: patterns the builder id must match one of (`*`
+    /// matches any characters), e.g. `https://github.com/acme/*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub builder_id: Option<Vec<String>>,
+    /// Provenance only: patterns the source repository must match one
+    /// of, e.g. `https://github.com/acme/shop`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub source: Option<Vec<String>>,
+}
+
+/// `spec.verify.vulnerabilities`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VulnerabilitiesSpec {
+    /// Never roll out a digest whose scan finds more Critical or High
+    /// vulnerabilities than the running digest's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_regression: Option<bool>,
+    /// `Critical`: a digest whose scan drops a Critical finding of the
+    /// running digest's skips `minDigestAge` and the maintenance windows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub urgent_when: Option<UrgentWhen>,
+}
+
+/// When a fix is urgent.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UrgentWhen {
+    /// It fixes a Critical finding.
+    Critical,
 }
 
 /// What an unverified digest does: `Enforce` holds it, `Audit` lets it
@@ -326,6 +377,12 @@ impl VerifySpec {
                 message: e.to_string(),
             })?;
         }
+        for (i, a) in self.attestations.iter().flatten().enumerate() {
+            check_attestation(a).map_err(|(field, message)| SpecError::Key {
+                field: format!("spec.verify.attestations[{i}].{field}"),
+                message,
+            })?;
+        }
         Ok(())
     }
 
@@ -346,8 +403,79 @@ impl VerifySpec {
                     pem: a.key.pem.clone(),
                 })
                 .collect(),
+            attestations: self.checks(),
+            vulnerabilities: freshen_core::verify::VulnPolicy {
+                no_regression: self
+                    .vulnerabilities
+                    .as_ref()
+                    .and_then(|v| v.no_regression)
+                    .unwrap_or(false),
+                urgent_when_critical: self
+                    .vulnerabilities
+                    .as_ref()
+                    .is_some_and(|v| v.urgent_when == Some(UrgentWhen::Critical)),
+            },
         }
     }
+
+    /// The attestation checks, with a vulnerability scan required when
+    /// `vulnerabilities` reads one.
+    fn checks(&self) -> Vec<freshen_core::verify::AttestationCheck> {
+        use freshen_core::verify::{AttestationCheck, is_vulnerability_scan};
+        let mut checks: Vec<AttestationCheck> = self
+            .attestations
+            .iter()
+            .flatten()
+            .map(|a| match is_vulnerability_scan(&a.predicate_type) {
+                true => AttestationCheck::Vulnerabilities,
+                false => AttestationCheck::Provenance {
+                    builder_id: a.builder_id.clone().unwrap_or_default(),
+                    source: a.source.clone().unwrap_or_default(),
+                },
+            })
+            .collect();
+        let reads_scans = self
+            .vulnerabilities
+            .as_ref()
+            .is_some_and(|v| v.no_regression == Some(true) || v.urgent_when.is_some());
+        if reads_scans && !checks.contains(&AttestationCheck::Vulnerabilities) {
+            checks.push(AttestationCheck::Vulnerabilities);
+        }
+        checks
+    }
+}
+
+/// One attestation's fields make sense: a predicate type freshen reads,
+/// patterns only for provenance, each at most 256 characters.
+fn check_attestation(a: &AttestationSpec) -> Result<(), (&'static str, String)> {
+    use freshen_core::verify::{SLSA_PROVENANCE_V1, SLSA_PROVENANCE_V02, is_vulnerability_scan};
+    let provenance =
+        a.predicate_type == SLSA_PROVENANCE_V1 || a.predicate_type == SLSA_PROVENANCE_V02;
+    if !provenance && !is_vulnerability_scan(&a.predicate_type) {
+        return Err((
+            "predicateType",
+            format!(
+                "{:?} is not one freshen checks; expected {SLSA_PROVENANCE_V1}, \
+                 {SLSA_PROVENANCE_V02}, {} or {}/<version>",
+                a.predicate_type,
+                freshen_core::verify::COSIGN_VULN,
+                freshen_core::verify::IN_TOTO_VULNS
+            ),
+        ));
+    }
+    for (field, patterns) in [("builderId", &a.builder_id), ("source", &a.source)] {
+        let Some(patterns) = patterns else { continue };
+        if !provenance {
+            return Err((field, "only a provenance attestation has one".into()));
+        }
+        if patterns.len() > 16 || patterns.iter().any(|p| p.is_empty() || p.len() > 256) {
+            return Err((
+                field,
+                "expected at most 16 patterns of 1 to 256 characters".into(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl PolicyRefresh {
@@ -405,6 +533,7 @@ mod tests {
         let ok = VerifySpec {
             mode: None,
             authorities: vec![authority("platform", pem)],
+            ..VerifySpec::default()
         };
         assert_eq!(ok.check(), Ok(()));
         let twice = VerifySpec {
@@ -434,6 +563,80 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("EC PRIVATE KEY"), "{e}");
+    }
+
+    #[test]
+    fn attestations_name_a_known_predicate_and_patterns_only_for_provenance() {
+        use freshen_core::verify::AttestationCheck;
+        let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEl3tXSqQKivA3qWOXfIt6dWxsbw4f\nGOCXr9H6v0gt6k/Oly99frnLrPfhhPF4s+ceW7cjlNMbqagIBxAllTK4NQ==\n-----END PUBLIC KEY-----\n";
+        let spec =
+            |attestations: Vec<AttestationSpec>, vulns: Option<VulnerabilitiesSpec>| VerifySpec {
+                mode: None,
+                authorities: vec![KeyAuthoritySpec {
+                    name: "platform".into(),
+                    key: KeySpec { pem: pem.into() },
+                }],
+                attestations: Some(attestations),
+                vulnerabilities: vulns,
+            };
+        let provenance = AttestationSpec {
+            predicate_type: "https://slsa.dev/provenance/v1".into(),
+            builder_id: Some(vec!["https://ci.example/*".into()]),
+            source: None,
+        };
+        let ok = spec(
+            vec![provenance.clone()],
+            Some(VulnerabilitiesSpec {
+                no_regression: Some(true),
+                urgent_when: None,
+            }),
+        );
+        assert_eq!(ok.check(), Ok(()));
+        let set = ok.authority_set("ClusterRefreshPolicy/platform".into());
+        assert_eq!(
+            set.attestations,
+            vec![
+                AttestationCheck::Provenance {
+                    builder_id: vec!["https://ci.example/*".into()],
+                    source: Vec::new()
+                },
+                AttestationCheck::Vulnerabilities
+            ],
+            "a scan is required when vulnerabilities reads one"
+        );
+        assert!(set.vulnerabilities.no_regression && !set.vulnerabilities.urgent_when_critical);
+        let unknown = spec(
+            vec![AttestationSpec {
+                predicate_type: "https://example.com/whatever".into(),
+                ..provenance.clone()
+            }],
+            None,
+        );
+        let e = unknown
+            .check()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("spec.verify.attestations[0].predicateType"),
+            "{e}"
+        );
+        let misplaced = spec(
+            vec![AttestationSpec {
+                predicate_type: "https://cosign.sigstore.dev/attestation/vuln/v1".into(),
+                ..provenance
+            }],
+            None,
+        );
+        let e = misplaced
+            .check()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            e.starts_with("spec.verify.attestations[0].builderId: only a provenance"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -740,6 +740,7 @@ async fn measure_container(
         tag_digest,
         base_move,
         base_annotated,
+        verification: None,
     }
 }
 

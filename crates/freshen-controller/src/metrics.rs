@@ -110,6 +110,48 @@ const FAMILIES: [Family; 9] = [
     },
 ];
 
+/// A per-container family with one more label: each `(label value,
+/// value)` is a series.
+struct Labelled {
+    name: &'static str,
+    help: &'static str,
+    label: &'static str,
+    series: fn(&ContainerRecord) -> Vec<(&'static str, f64)>,
+}
+
+/// The verification families, present where a policy sets `spec.verify`.
+const LABELLED: [Labelled; 2] = [
+    Labelled {
+        name: "freshen_image_verified",
+        help: "1 for the verdict of the verification gate (spec.verify) on the digest the \
+               container runs: result is verified, missing, invalid, untrusted, \
+               attestation_failed or unknown. Absent where no policy verifies.",
+        label: "result",
+        series: |c| {
+            c.verification
+                .as_ref()
+                .map(|j| vec![(crate::verification::result_label(&j.trust), 1.0)])
+                .unwrap_or_default()
+        },
+    },
+    Labelled {
+        name: "freshen_image_vulnerabilities",
+        help: "Findings by severity (critical, high, medium, low, unknown) of the verified \
+               vulnerability attestation of the digest the container runs. Absent when no \
+               policy reads scans or none was accepted.",
+        label: "severity",
+        series: |c| {
+            let Some(findings) = c.verification.as_ref().and_then(|j| j.findings.as_ref()) else {
+                return Vec::new();
+            };
+            freshen_core::verify::Severity::ALL
+                .iter()
+                .map(|s| (s.label(), f64::from(findings.count(*s))))
+                .collect()
+        },
+    },
+];
+
 /// The per-workload family, labelled `namespace` and `workload`.
 const CONFIG_ERRORS: (&str, &str) = (
     "freshen_workload_config_errors",
@@ -154,7 +196,7 @@ struct AgeChunks {
     records: Arc<WorkloadRecords>,
     now: DateTime<Utc>,
     /// The family being written: an index of [`FAMILIES`], then
-    /// `FAMILIES.len()` for the configuration errors.
+    /// [`LABELLED`] after them, then the configuration errors.
     family: usize,
     /// The last workload written of this family.
     after: Option<WorkloadKey>,
@@ -165,22 +207,28 @@ impl Iterator for AgeChunks {
 
     fn next(&mut self) -> Option<String> {
         let mut out = String::new();
-        if self.family > FAMILIES.len() {
+        let last = FAMILIES.len() + LABELLED.len();
+        if self.family > last {
             return None;
         }
+        let family = FAMILIES.get(self.family);
+        let labelled = self
+            .family
+            .checked_sub(FAMILIES.len())
+            .and_then(|i| LABELLED.get(i));
         if self.after.is_none() {
-            match FAMILIES.get(self.family) {
-                Some(family) => header(&mut out, family.name, family.help),
-                None => header(&mut out, CONFIG_ERRORS.0, CONFIG_ERRORS.1),
+            match (family, labelled) {
+                (Some(f), _) => header(&mut out, f.name, f.help),
+                (None, Some(l)) => header(&mut out, l.name, l.help),
+                (None, None) => header(&mut out, CONFIG_ERRORS.0, CONFIG_ERRORS.1),
             }
         }
         let now = self.now;
-        let family = FAMILIES.get(self.family);
         let after = self.records.for_each_after(
             self.after.as_ref(),
             WORKLOADS_PER_CHUNK,
-            |key, workload| match family {
-                Some(family) => {
+            |key, workload| match (family, labelled) {
+                (Some(family), _) => {
                     for c in &workload.containers {
                         if let Some(value) = (family.value)(c, workload, now) {
                             // In name order, as the prometheus crate writes them.
@@ -196,7 +244,25 @@ impl Iterator for AgeChunks {
                         }
                     }
                 }
-                None => {
+                (None, Some(l)) => {
+                    for c in &workload.containers {
+                        for (label, value) in (l.series)(c) {
+                            // `result` and `severity` sort between
+                            // `namespace` and `workload`.
+                            let _ = writeln!(
+                                out,
+                                "{}{{container=\"{}\",image=\"{}\",namespace=\"{}\",{}=\"{label}\",workload=\"{}\"}} {value}",
+                                l.name,
+                                escape(&c.container),
+                                escape(&c.image),
+                                escape(&key.namespace),
+                                l.label,
+                                escape(&key.name),
+                            );
+                        }
+                    }
+                }
+                (None, None) => {
                     let _ = writeln!(
                         out,
                         "{}{{namespace=\"{}\",workload=\"{}\"}} {}",
@@ -610,7 +676,67 @@ mod tests {
             base_move: None,
             base_annotated: false,
             digest_since: None,
+            verification: None,
         }
+    }
+
+    #[test]
+    fn verdicts_and_scans_are_series_with_bounded_labels() {
+        use freshen_core::verify::{Findings, Judged, SetVerdict, Severity, Trust};
+        let records = Arc::new(WorkloadRecords::default());
+        let mut scan = Findings::default();
+        scan.add("CVE-1", Severity::Critical);
+        scan.add("CVE-2", Severity::High);
+        scan.add("CVE-3", Severity::High);
+        let signed = ContainerRecord {
+            verification: Some(Judged {
+                trust: Trust::Verified(vec!["platform".into()]),
+                findings: Some(scan),
+            }),
+            ..container("signed")
+        };
+        let unsigned = ContainerRecord {
+            verification: Some(Judged {
+                trust: Trust::Failed {
+                    policy: "ClusterRefreshPolicy/platform".into(),
+                    verdict: SetVerdict::Missing,
+                },
+                findings: None,
+            }),
+            ..container("unsigned")
+        };
+        records.set(
+            key("web"),
+            workload(vec![signed, unsigned, container("plain")], 0),
+        );
+        let metrics = Metrics::new(Arc::clone(&records), &registry_metrics()).unwrap();
+        let text = metrics.render().unwrap();
+        let lines = |prefix: &str| -> Vec<&str> {
+            text.lines().filter(|l| l.starts_with(prefix)).collect()
+        };
+        assert_eq!(
+            lines("freshen_image_verified{"),
+            vec![
+                "freshen_image_verified{container=\"signed\",image=\"reg.io/shop/signed\",namespace=\"shop\",result=\"verified\",workload=\"web\"} 1",
+                "freshen_image_verified{container=\"unsigned\",image=\"reg.io/shop/unsigned\",namespace=\"shop\",result=\"missing\",workload=\"web\"} 1",
+            ]
+        );
+        let vulns = lines("freshen_image_vulnerabilities{");
+        assert_eq!(vulns.len(), 5, "one per severity, for the scanned one only");
+        assert!(
+            vulns
+                .iter()
+                .any(|l| l.contains("severity=\"critical\"") && l.ends_with(" 1"))
+        );
+        assert!(
+            vulns
+                .iter()
+                .any(|l| l.contains("severity=\"high\"") && l.ends_with(" 2"))
+        );
+        assert_eq!(
+            text.matches("# TYPE freshen_image_verified gauge").count(),
+            1
+        );
     }
 
     /// The value of `metric` for `container`, from a rendered scrape.

@@ -63,7 +63,7 @@ pub async fn consider(
     let governed_by = governed_by(deploy, config);
     // Signatures are read and judged before the lock: no registry request
     // is made while other workloads wait to plan.
-    let verification = verification(ctx, config, &views, &wants, lookup).await;
+    let verification = verification(ctx, config, (&views, containers), &wants, lookup).await;
     // Deciding and creating happen under one lock, and Refreshes this
     // process created but its cache has not shown yet count as active:
     // workloads reconciled side by side must not all pass the same limit.
@@ -100,7 +100,28 @@ pub async fn consider(
         ctx.config.max_analysis_time,
     );
     refresh.spec.verification = gates.verify.as_ref().and_then(|v| v.record(&proposal));
-    create(ctx, refresh, &proposal, &mut ledger).await
+    let urgent = gates.verify.as_ref().and_then(|v| v.urgent(&proposal));
+    let outcome = create(ctx, refresh, &proposal, &mut ledger).await?;
+    drop(ledger);
+    if let (Some(fixed), Outcome::Started(name)) = (urgent, &outcome) {
+        let note = format!(
+            "Refresh {name} started without waiting for minDigestAge or a maintenance window: \
+             {} fixes Critical {} of the running digest (spec.verify.vulnerabilities.urgentWhen: \
+             Critical)",
+            proposal.digest.short(),
+            fixed.join(", ")
+        );
+        let target = deploy.object_ref(&());
+        ctx.publish(
+            kube::runtime::events::EventType::Normal,
+            freshen_core::event::EventReason::UrgentRefresh,
+            "Plan",
+            note,
+            &[target],
+        )
+        .await;
+    }
+    Ok(outcome)
 }
 
 /// What the workload's settings ask for, and the digests rejected for it.
@@ -127,11 +148,12 @@ fn wants(
 
 /// The verification gate when a policy sets `spec.verify`: the verdict on
 /// every digest the workload could be refreshed to (a followed tag's new
-/// digest, a rebuilt one), each read and judged once.
+/// digest, a rebuilt one), each read and judged once, and the scans of the
+/// digests it runs (judged when it was measured).
 async fn verification(
     ctx: &Context,
     config: &Configuration,
-    views: &[ContainerView],
+    (views, containers): (&[ContainerView], &[ContainerRecord]),
     wants: &Wants,
     lookup: &Lookup<'_>,
 ) -> Option<plan::Verification> {
@@ -141,15 +163,30 @@ async fn verification(
         let Some(view) = views.iter().find(|v| v.container == container) else {
             continue;
         };
-        let trust = ctx
+        let judged = ctx
             .verdicts
-            .judge(lookup, &view.image, &digest, requirement)
+            .judge(
+                lookup,
+                &view.image,
+                &digest,
+                requirement,
+                crate::verification::RECHECK,
+            )
             .await;
-        verdicts.push((container, digest, trust));
+        verdicts.push((container, digest, judged));
     }
+    let running = containers
+        .iter()
+        .filter_map(|c| {
+            let findings = c.verification.as_ref()?.findings.clone()?;
+            Some((c.container.clone(), findings))
+        })
+        .collect();
     Some(plan::Verification {
         mode: requirement.mode,
+        vulnerabilities: requirement.vulnerabilities,
         verdicts,
+        running,
     })
 }
 

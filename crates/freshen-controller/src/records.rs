@@ -71,6 +71,9 @@ pub struct ContainerRecord {
     /// When its pods run what its tag names: since when the tag has named
     /// that digest (first seen by freshen; kept in a TagRecord).
     pub digest_since: Option<DateTime<Utc>>,
+    /// What the verification gate says of the digest its pods run, when a
+    /// policy sets `spec.verify`.
+    pub verification: Option<freshen_core::verify::Judged>,
 }
 
 impl ContainerRecord {

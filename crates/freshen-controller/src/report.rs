@@ -103,6 +103,14 @@ pub struct Row {
     /// as `namespace/name (Phase)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rebuild: Option<String>,
+    /// What the verification gate says of the running digest, where a
+    /// policy sets `spec.verify`: `yes (key <authorities>)`, `no`,
+    /// `invalid`, `untrusted`, `attestation failed` or `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed: Option<String>,
+    /// Why it is not verified, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verification: Option<String>,
 }
 
 impl Row {
@@ -214,6 +222,7 @@ pub async fn build(
         now,
         tags: TagClock::in_memory(),
         accounts: list_accounts(&client, options.namespace.as_deref()).await,
+        verdicts: crate::verification::Verdicts::default(),
     };
     let mut rows = scan.measure_all(&deployments, &pods).await;
     let refreshes = list_optional(
@@ -372,6 +381,8 @@ struct Scan<'a> {
     tags: TagClock,
     /// The ServiceAccounts in scope, when they could be listed.
     accounts: Option<BTreeMap<(String, String), Arc<ServiceAccount>>>,
+    /// Verification verdicts, shared by the workloads running a digest.
+    verdicts: crate::verification::Verdicts,
 }
 
 impl Scan<'_> {
@@ -431,7 +442,14 @@ impl Scan<'_> {
             },
         };
         let track_base = config.resolution.limits.track_base_image.value;
-        let measurement = measure(&lookup, deploy, pods, track_base, None).await;
+        let mut measurement = measure(&lookup, deploy, pods, track_base, None).await;
+        crate::verification::judge_running(
+            &self.verdicts,
+            &lookup,
+            config.verify.as_ref(),
+            &mut measurement.containers,
+        )
+        .await;
         rows_of(deploy, &config, measurement, &secret_problems, self.now)
     }
 }
@@ -545,6 +563,8 @@ fn rows_of(
         refresh: None,
         rejected_digests: Vec::new(),
         rebuild: None,
+        signed: None,
+        verification: None,
     };
     let problems_of = |container: &str| -> Vec<String> {
         let registry = measurement
@@ -570,6 +590,12 @@ fn rows_of(
                 .base_stale_since
                 .map(|since| freshen_core::age::elapsed(since, now).as_secs()),
             update_available: c.update_available,
+            signed: c.verification.as_ref().map(|j| signed_cell(&j.trust)),
+            verification: c
+                .verification
+                .as_ref()
+                .filter(|j| !j.trust.verified())
+                .map(|j| j.trust.to_string()),
             violations: violations.iter().map(ToString::to_string).collect(),
             problems: problems_of(&c.container),
             ..blank(&c.container)
@@ -584,6 +610,21 @@ fn rows_of(
             ..blank(container)
         });
     measured.chain(unmeasured).collect()
+}
+
+/// The SIGNED cell of a verdict.
+fn signed_cell(trust: &freshen_core::verify::Trust) -> String {
+    use freshen_core::verify::{SetVerdict, Trust};
+    match trust {
+        Trust::Verified(by) => format!("yes (key {})", by.join(", ")),
+        Trust::Failed { verdict, .. } => match verdict {
+            SetVerdict::Missing => "no".into(),
+            SetVerdict::Invalid(_) => "invalid".into(),
+            SetVerdict::Untrusted(_) => "untrusted".into(),
+            SetVerdict::Attestation { .. } => "attestation failed".into(),
+            SetVerdict::Unknown(_) | SetVerdict::Verified(_) => "unknown".into(),
+        },
+    }
 }
 
 /// A limit in force as the report shows it.
@@ -644,7 +685,7 @@ fn short_source(source: &str) -> String {
 }
 
 /// The table's columns.
-const HEADER: [&str; 12] = [
+const HEADER: [&str; 13] = [
     "NAMESPACE",
     "WORKLOAD",
     "CONTAINER",
@@ -653,6 +694,7 @@ const HEADER: [&str; 12] = [
     "RUNNING",
     "BASE",
     "UPDATE",
+    "SIGNED",
     "MAX-IMAGE-AGE",
     "MAX-CONTAINER-AGE",
     "STATUS",
@@ -662,7 +704,7 @@ const HEADER: [&str; 12] = [
 /// The report as an aligned table, then the details of every row that is
 /// not simply fine, the warnings and a count.
 pub fn render_table(report: &Report) -> String {
-    let cells: Vec<[String; 12]> = report.rows.iter().map(cells_of).collect();
+    let cells: Vec<[String; 13]> = report.rows.iter().map(cells_of).collect();
     let mut out = aligned(&cells);
     if report.rows.is_empty() {
         out.push_str("(no Deployments in scope)\n");
@@ -685,7 +727,7 @@ pub fn render_table(report: &Report) -> String {
 }
 
 /// One row's table cells, in [`HEADER`] order.
-fn cells_of(r: &Row) -> [String; 12] {
+fn cells_of(r: &Row) -> [String; 13] {
     let age =
         |s: Option<u64>| s.map_or("unknown".to_owned(), |s| short_age(Duration::from_secs(s)));
     let limit = |l: &Option<ReportLimit>| {
@@ -727,6 +769,7 @@ fn cells_of(r: &Row) -> [String; 12] {
             .map_or("-".to_owned(), |s| age(Some(s))),
         base_cell(r),
         update.to_owned(),
+        r.signed.clone().unwrap_or_else(|| "-".into()),
         limit(&r.max_image_age),
         limit(&r.max_container_age),
         status.to_owned(),
@@ -735,7 +778,7 @@ fn cells_of(r: &Row) -> [String; 12] {
 }
 
 /// The header and `rows`, each column as wide as its widest cell.
-fn aligned(rows: &[[String; 12]]) -> String {
+fn aligned(rows: &[[String; 13]]) -> String {
     let mut widths = HEADER.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -774,6 +817,12 @@ fn details(report: &Report) -> String {
         }
         for p in &r.problems {
             let _ = writeln!(details, "  {subject}: not measured: {p}");
+        }
+        if let Some(why) = &r.verification {
+            let _ = writeln!(
+                details,
+                "  {subject}: unverified: the running digest is {why}"
+            );
         }
     }
     let mut seen = std::collections::BTreeSet::new();
@@ -822,7 +871,44 @@ mod tests {
             refresh: None,
             rejected_digests: Vec::new(),
             rebuild: None,
+            signed: None,
+            verification: None,
         }
+    }
+
+    #[test]
+    fn the_signed_column_names_who_signed_or_why_not() {
+        use freshen_core::verify::{SetVerdict, Trust};
+        assert_eq!(
+            signed_cell(&Trust::Verified(vec!["platform".into()])),
+            "yes (key platform)"
+        );
+        let failed = |verdict| Trust::Failed {
+            policy: "ClusterRefreshPolicy/platform".into(),
+            verdict,
+        };
+        assert_eq!(signed_cell(&failed(SetVerdict::Missing)), "no");
+        assert_eq!(
+            signed_cell(&failed(SetVerdict::Invalid("x".into()))),
+            "invalid"
+        );
+        let mut unsigned = row("unsigned", Some(1), Some(30));
+        unsigned.signed = Some("no".into());
+        unsigned.verification =
+            Some("not signed (ClusterRefreshPolicy/platform requires a signature)".into());
+        let table = render_table(&Report {
+            rows: vec![row("plain", Some(1), Some(30)), unsigned],
+            ..Report::default()
+        });
+        let header = table.lines().next().unwrap_or_default();
+        assert!(
+            header.contains("UPDATE   SIGNED   MAX-IMAGE-AGE"),
+            "{header}"
+        );
+        assert!(
+            table.contains("shop/unsigned app: unverified: the running digest is not signed"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -1,28 +1,35 @@
-//! The verification gate's I/O: the signatures of a candidate digest
-//! (from the registry, see `freshen_registry::signatures`), judged by
-//! `freshen-verify` against each policy's authorities, concluded by
-//! `freshen_core::verify`. Verdicts are kept per image, digest and
-//! requirement, at most [`MAX_VERDICTS`]: a verified one until evicted (a
-//! digest's signatures are read once), any other for [`RECHECK`] (a
-//! signature is often pushed just after its image); a verdict the registry
-//! could not give is not kept.
+//! The verification gate's I/O: the signatures and attestations of a
+//! digest (from the registry, see `freshen_registry::signatures`), judged
+//! by `freshen-verify` against each policy's authorities and attestation
+//! checks, concluded by `freshen_core::verify`. Verdicts are kept per
+//! image, digest and requirement, at most [`MAX_VERDICTS`]: a verified one
+//! until evicted (a digest's signatures are read once), any other for as
+//! long as the caller allows (a candidate: [`RECHECK`], as a signature is
+//! often pushed just after its image; a running digest: [`RUNNING_RECHECK`]);
+//! a verdict the registry could not give is not kept.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Duration;
 
-use freshen_core::verify::{Requirement, SetVerdict, Trust};
+use freshen_core::verify::{
+    AttestationCheck, AuthoritySet, Findings, Judged, Requirement, SetVerdict, Trust,
+};
 use freshen_core::{Digest, ImageReference};
 use freshen_registry::signatures::Artifact;
-use freshen_verify::{Authority, PublicKey, Verdict};
+use freshen_verify::{Attested, Authority, Opened, PublicKey, Verdict};
 use sha2::Digest as _;
 
 use crate::assess::Lookup;
 
 /// Verdicts kept at most; past it they are all dropped.
-pub const MAX_VERDICTS: usize = 10_000;
-/// How long a digest found unsigned (or signed by others) is not asked
+pub const MAX_VERDICTS: usize = 65_536;
+/// How long a candidate found unsigned (or signed by others) is not asked
 /// about again.
-pub const RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+pub const RECHECK: Duration = Duration::from_secs(60);
+/// How long a running digest found unverified is not asked about again:
+/// the fleet's verdicts cost nothing per poll interval.
+pub const RUNNING_RECHECK: Duration = Duration::from_secs(3600);
 
 /// The statement type of a cosign image signature.
 const IMAGE_SIGNATURE: &str = "https://sigstore.dev/cosign/sign/v1";
@@ -30,11 +37,12 @@ const IMAGE_SIGNATURE: &str = "https://sigstore.dev/cosign/sign/v1";
 /// Verdicts already reached.
 #[derive(Default)]
 pub struct Verdicts {
-    kept: Mutex<HashMap<String, (Trust, std::time::Instant)>>,
+    kept: Mutex<HashMap<String, (Judged, std::time::Instant)>>,
 }
 
 impl Verdicts {
-    /// The verdict on `image` at `digest` under `requirement`: kept, or
+    /// The verdict on `image` at `digest` under `requirement`: kept (a
+    /// verified one always, another while younger than `recheck`), or
     /// reached now.
     pub async fn judge(
         &self,
@@ -42,13 +50,14 @@ impl Verdicts {
         image: &ImageReference,
         digest: &Digest,
         requirement: &Requirement,
-    ) -> Trust {
+        recheck: Duration,
+    ) -> Judged {
         let hash = sha2::Sha256::digest(format!("{requirement:?}").as_bytes());
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         let key = format!("{}@{}#{hex}", image.name(), digest);
         let now = std::time::Instant::now();
         if let Some((kept, at)) = self.kept.lock().ok().and_then(|k| k.get(&key).cloned())
-            && (kept.verified() || now.duration_since(at) < RECHECK)
+            && (kept.trust.verified() || now.duration_since(at) < recheck)
         {
             return kept;
         }
@@ -60,64 +69,254 @@ impl Verdicts {
             Ok(a) => a,
             Err(e) => {
                 let set = requirement.sets.first();
-                return Trust::Failed {
-                    policy: set.map(|s| s.policy.clone()).unwrap_or_default(),
-                    verdict: SetVerdict::Unknown(e.to_string()),
+                return Judged {
+                    trust: Trust::Failed {
+                        policy: set.map(|s| s.policy.clone()).unwrap_or_default(),
+                        verdict: SetVerdict::Unknown(e.to_string()),
+                    },
+                    findings: None,
                 };
             }
         };
-        let verdicts = requirement
-            .sets
-            .iter()
-            .map(|set| judge_set(set, &artifacts, digest))
-            .collect();
-        let trust = Trust::of(requirement, verdicts);
+        let judged = conclude(requirement, &artifacts, digest);
         if let Ok(mut kept) = self.kept.lock() {
             if kept.len() >= MAX_VERDICTS {
                 kept.clear();
             }
-            kept.insert(key, (trust.clone(), now));
+            kept.insert(key, (judged.clone(), now));
         }
-        trust
+        judged
     }
 }
 
-/// One policy's verdict over every artifact found.
+/// Judges the digest each container runs under `requirement` (the fleet's
+/// verdicts for metrics and the report, and the scans a candidate is
+/// compared with); nothing without a requirement.
+pub async fn judge_running(
+    verdicts: &Verdicts,
+    lookup: &Lookup<'_>,
+    requirement: Option<&Requirement>,
+    containers: &mut [crate::records::ContainerRecord],
+) {
+    let Some(requirement) = requirement else {
+        return;
+    };
+    for c in containers {
+        let (Some(running), Ok(image)) = (&c.running, c.image.parse::<ImageReference>()) else {
+            continue;
+        };
+        c.verification = Some(
+            verdicts
+                .judge(lookup, &image, running, requirement, RUNNING_RECHECK)
+                .await,
+        );
+    }
+}
+
+/// The gate's conclusion over every artifact found for `digest`: each
+/// set's verdict, and the scan of the first set that reads scans.
+pub fn conclude(requirement: &Requirement, artifacts: &[Artifact], digest: &Digest) -> Judged {
+    let mut findings = None;
+    let verdicts = requirement
+        .sets
+        .iter()
+        .map(|set| {
+            let (verdict, scan) = judge_set(set, artifacts, digest);
+            if findings.is_none() {
+                findings = scan;
+            }
+            verdict
+        })
+        .collect();
+    Judged {
+        trust: Trust::of(requirement, verdicts),
+        findings,
+    }
+}
+
+/// One policy's verdict over every artifact found, and the scan it
+/// accepted when it reads scans.
 fn judge_set(
-    set: &freshen_core::verify::AuthoritySet,
+    set: &AuthoritySet,
     artifacts: &[Artifact],
     digest: &Digest,
-) -> SetVerdict {
-    let mut authorities = Vec::new();
-    for (i, a) in set.authorities.iter().enumerate() {
-        match PublicKey::from_pem(&a.pem) {
-            Ok(key) => authorities.push(Authority {
-                name: a.name.clone(),
-                key,
-            }),
-            Err(e) => {
-                return SetVerdict::Unknown(format!(
-                    "{}: spec.verify.authorities[{i}].key.pem: {e}",
-                    set.policy
-                ));
+) -> (SetVerdict, Option<Findings>) {
+    let authorities = match authorities(set) {
+        Ok(a) => a,
+        Err(verdict) => return (verdict, None),
+    };
+    // Each bundle opened once; what it claims to be only says which check
+    // it is meant for, never whether it passes.
+    let opened: Vec<Opened> = artifacts
+        .iter()
+        .filter_map(|a| match a {
+            Artifact::Bundle(bytes) => Some(freshen_verify::open_bundle(
+                bytes,
+                digest.as_str(),
+                &authorities,
+            )),
+            Artifact::SimpleSigning { .. } => None,
+        })
+        .collect();
+    let signature = Verdict::combine(
+        artifacts
+            .iter()
+            .filter_map(|a| match a {
+                Artifact::SimpleSigning { payload, signature } => {
+                    Some(freshen_verify::verify_simple_signing(
+                        payload,
+                        signature,
+                        digest.as_str(),
+                        &authorities,
+                    ))
+                }
+                Artifact::Bundle(_) => None,
+            })
+            .chain(
+                opened
+                    .iter()
+                    .filter(|o| {
+                        o.claimed_type
+                            .as_deref()
+                            .is_none_or(|t| t == IMAGE_SIGNATURE)
+                    })
+                    .map(|o| signature_verdict(o, IMAGE_SIGNATURE)),
+            ),
+    );
+    let verdict = match signature {
+        Verdict::Verified { authority } => authority,
+        Verdict::Missing => return (SetVerdict::Missing, None),
+        Verdict::Invalid(why) => return (SetVerdict::Invalid(why), None),
+        Verdict::Untrusted { tried } => return (SetVerdict::Untrusted(tried), None),
+    };
+    let mut scan = None;
+    for check in &set.attestations {
+        match attestation(check, &opened) {
+            Ok(found) => scan = scan.or(found),
+            Err(why) => {
+                return (
+                    SetVerdict::Attestation {
+                        check: check.name().into(),
+                        why,
+                    },
+                    None,
+                );
             }
         }
     }
-    let verdict = Verdict::combine(artifacts.iter().map(|artifact| match artifact {
-        Artifact::Bundle(bytes) => freshen_verify::verify_bundle(
-            bytes,
-            digest.as_str(),
-            Some(IMAGE_SIGNATURE),
-            &authorities,
-        ),
-        Artifact::SimpleSigning { payload, signature } => {
-            freshen_verify::verify_simple_signing(payload, signature, digest.as_str(), &authorities)
+    (SetVerdict::Verified(verdict), scan)
+}
+
+/// The set's keys; a key that cannot be read is a verdict on its own.
+fn authorities(set: &AuthoritySet) -> Result<Vec<Authority>, SetVerdict> {
+    set.authorities
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            PublicKey::from_pem(&a.pem)
+                .map(|key| Authority {
+                    name: a.name.clone(),
+                    key,
+                })
+                .map_err(|e| {
+                    SetVerdict::Unknown(format!(
+                        "{}: spec.verify.authorities[{i}].key.pem: {e}",
+                        set.policy
+                    ))
+                })
+        })
+        .collect()
+}
+
+/// A bundle as a signature of `predicate_type`.
+fn signature_verdict(opened: &Opened, predicate_type: &str) -> Verdict {
+    match &opened.outcome {
+        Ok(a) if a.predicate_type == predicate_type => Verdict::Verified {
+            authority: a.authority.clone(),
+        },
+        Ok(a) => Verdict::Invalid(format!(
+            "predicate type {:?}; expected {predicate_type:?}",
+            a.predicate_type
+        )),
+        Err(v) => v.clone(),
+    }
+}
+
+/// Whether one of the bundles passes `check`: a verified attestation of
+/// its kind that says what the check asks. Its scan, for a scan check
+/// (the latest finished when several pass). Else why none passes.
+fn attestation(check: &AttestationCheck, opened: &[Opened]) -> Result<Option<Findings>, String> {
+    let mut failures = Vec::new();
+    let mut scans: Vec<(String, Findings)> = Vec::new();
+    for o in opened {
+        if !o.claimed_type.as_deref().is_some_and(|t| check.reads(t)) {
+            continue;
         }
-    }));
-    match verdict {
-        Verdict::Verified { authority } => SetVerdict::Verified(authority),
-        Verdict::Missing => SetVerdict::Missing,
-        Verdict::Invalid(why) => SetVerdict::Invalid(why),
-        Verdict::Untrusted { tried } => SetVerdict::Untrusted(tried),
+        let attested: &Attested = match &o.outcome {
+            Ok(a) if check.reads(&a.predicate_type) => a,
+            Ok(a) => {
+                failures.push(format!("predicate type {:?}", a.predicate_type));
+                continue;
+            }
+            Err(v) => {
+                failures.push(verdict_text(v));
+                continue;
+            }
+        };
+        let passed = match check {
+            AttestationCheck::Provenance { .. } => {
+                freshen_verify::predicate::provenance(&attested.predicate_type, &attested.predicate)
+                    .and_then(|p| check.check_provenance(&p))
+            }
+            AttestationCheck::Vulnerabilities => {
+                freshen_verify::predicate::findings(&attested.predicate_type, &attested.predicate)
+                    .map(|f| {
+                        let finished = attested.predicate["metadata"]["scanFinishedOn"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_owned();
+                        scans.push((finished, f));
+                    })
+            }
+        };
+        match passed {
+            Ok(()) if scans.is_empty() => return Ok(None),
+            Ok(()) => {}
+            Err(why) => failures.push(format!("signed by {}: {why}", attested.authority)),
+        }
+    }
+    if let Some((_, latest)) = scans.into_iter().max_by(|a, b| a.0.cmp(&b.0)) {
+        return Ok(Some(latest));
+    }
+    match failures.first() {
+        Some(first) => Err(first.clone()),
+        None => Err(format!("no {} attestation found", check.name())),
+    }
+}
+
+fn verdict_text(v: &Verdict) -> String {
+    match v {
+        Verdict::Verified { authority } => format!("signed by {authority}"),
+        Verdict::Missing => "missing".into(),
+        Verdict::Invalid(why) => format!("invalid: {why}"),
+        Verdict::Untrusted { tried } => {
+            format!("signed by none of the authorities ({})", tried.join(", "))
+        }
+    }
+}
+
+/// The `result` label of a verdict: `verified`, `missing`, `invalid`,
+/// `untrusted`, `attestation_failed` or `unknown`.
+pub fn result_label(trust: &Trust) -> &'static str {
+    match trust {
+        Trust::Verified(_) => "verified",
+        Trust::Failed { verdict, .. } => match verdict {
+            SetVerdict::Verified(_) => "verified",
+            SetVerdict::Missing => "missing",
+            SetVerdict::Invalid(_) => "invalid",
+            SetVerdict::Untrusted(_) => "untrusted",
+            SetVerdict::Attestation { .. } => "attestation_failed",
+            SetVerdict::Unknown(_) => "unknown",
+        },
     }
 }

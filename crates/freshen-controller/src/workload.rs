@@ -80,12 +80,19 @@ pub async fn reconcile(deploy: Arc<CachedDeployment>, ctx: Arc<Context>) -> Resu
         },
     };
     let track_base = config.resolution.limits.track_base_image.value;
-    let measurement = measure(
+    let mut measurement = measure(
         &lookup,
         &deploy,
         &gathered.pods,
         track_base,
         previous.as_ref(),
+    )
+    .await;
+    crate::verification::judge_running(
+        &ctx.verdicts,
+        &lookup,
+        config.verify.as_ref(),
+        &mut measurement.containers,
     )
     .await;
     let registry_error = report_problems(&ctx, &deploy, &measurement).await;

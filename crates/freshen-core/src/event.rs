@@ -97,6 +97,15 @@ pub enum EventReason {
     /// A new digest is not rolled out: its signatures could not be checked
     /// (the registry did not answer, or a policy's key is unusable).
     SignatureUnchecked,
+    /// A new digest is not rolled out: an attestation a policy requires
+    /// (provenance, a vulnerability scan) is missing or fails its check.
+    AttestationFailed,
+    /// A new digest is not rolled out: its vulnerability scan has more
+    /// Critical or High findings than the running digest's.
+    VulnerabilityRegression,
+    /// A refresh started before `minDigestAge` or outside the maintenance
+    /// windows: its digest fixes a Critical finding (`urgentWhen`).
+    UrgentRefresh,
 }
 
 impl EventReason {

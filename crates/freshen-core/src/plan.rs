@@ -127,8 +127,12 @@ pub struct Gates {
 pub struct Verification {
     /// Enforce holds an unverified digest; Audit lets it through.
     pub mode: crate::verify::Mode,
+    /// What vulnerability scans decide.
+    pub vulnerabilities: crate::verify::VulnPolicy,
     /// `(container, digest, verdict)` for every candidate checked.
-    pub verdicts: Vec<(String, Digest, crate::verify::Trust)>,
+    pub verdicts: Vec<(String, Digest, crate::verify::Judged)>,
+    /// `(container, scan)` of the digest each container runs, when known.
+    pub running: Vec<(String, crate::verify::Findings)>,
 }
 
 /// Every digest a workload could be refreshed to, `(container, digest)`:
@@ -156,36 +160,89 @@ pub fn candidates(containers: &[ContainerView], wants: &Wants) -> Vec<(String, D
 }
 
 impl Verification {
-    /// What to record in the Refresh for `proposal`: who signed it, or in
-    /// Audit mode why it is unverified (at most 512 characters).
-    pub fn record(&self, proposal: &Proposal) -> Option<String> {
-        let (_, _, trust) = self
-            .verdicts
+    fn judged(&self, proposal: &Proposal) -> Option<&crate::verify::Judged> {
+        self.verdicts
             .iter()
-            .find(|(c, d, _)| *c == proposal.container && *d == proposal.digest)?;
-        let text = match trust.verified() {
-            true => trust.to_string(),
-            false => format!("unverified, rolled out in Audit mode: {trust}"),
+            .find(|(c, d, _)| *c == proposal.container && *d == proposal.digest)
+            .map(|(_, _, j)| j)
+    }
+
+    /// The candidate's scan against the running digest's.
+    fn comparison(&self, proposal: &Proposal) -> crate::verify::Comparison {
+        let running = self
+            .running
+            .iter()
+            .find(|(c, _)| *c == proposal.container)
+            .map(|(_, f)| f);
+        let candidate = self.judged(proposal).and_then(|j| j.findings.as_ref());
+        crate::verify::compare(running, candidate)
+    }
+
+    /// What to record in the Refresh for `proposal`: who signed it, or in
+    /// Audit mode why it is unverified, with the scans compared and why it
+    /// was urgent (at most 512 characters).
+    pub fn record(&self, proposal: &Proposal) -> Option<String> {
+        use crate::verify::Comparison;
+        let judged = self.judged(proposal)?;
+        let mut text = match judged.trust.verified() {
+            true => judged.trust.to_string(),
+            false => format!("unverified, rolled out in Audit mode: {}", judged.trust),
         };
+        if let Some(findings) = &judged.findings {
+            text.push_str(&format!("; scan {findings}"));
+        }
+        match self.comparison(proposal) {
+            Comparison::Regression { running, .. } => text.push_str(&format!(
+                " (running {running}: a regression, rolled out in Audit mode)"
+            )),
+            Comparison::Fixes(fixed) => {
+                text.push_str(&format!("; fixes Critical {}", fixed.join(", ")));
+            }
+            Comparison::Same => {}
+        }
         Some(text.chars().take(512).collect())
     }
 
-    /// The hold for `proposal` under this gate: none when verified, in
-    /// Audit mode, or for a restart (which changes no digest).
+    /// Why `proposal` may skip `minDigestAge` and the maintenance windows:
+    /// the policy says `urgentWhen: Critical`, the candidate is verified,
+    /// and its scan drops a Critical finding of the running digest's.
+    pub fn urgent(&self, proposal: &Proposal) -> Option<Vec<String>> {
+        if !self.vulnerabilities.urgent_when_critical
+            || proposal.reason == Reason::ContainerTooOld
+            || !self.judged(proposal)?.trust.verified()
+        {
+            return None;
+        }
+        match self.comparison(proposal) {
+            crate::verify::Comparison::Fixes(fixed) => Some(fixed),
+            _ => None,
+        }
+    }
+
+    /// The hold for `proposal` under this gate: none when verified (and no
+    /// regression, under `noRegression`), in Audit mode, or for a restart
+    /// (which changes no digest).
     fn hold(&self, proposal: &Proposal) -> Option<Hold> {
         if self.mode == crate::verify::Mode::Audit || proposal.reason == Reason::ContainerTooOld {
             return None;
         }
-        let trust = self
-            .verdicts
-            .iter()
-            .find(|(c, d, _)| *c == proposal.container && *d == proposal.digest)
-            .map(|(_, _, t)| t.clone())
-            .unwrap_or_else(|| crate::verify::Trust::Failed {
+        let Some(judged) = self.judged(proposal) else {
+            return Some(Hold::Unverified(crate::verify::Trust::Failed {
                 policy: String::new(),
                 verdict: crate::verify::SetVerdict::Unknown("not checked yet".into()),
-            });
-        (!trust.verified()).then_some(Hold::Unverified(trust))
+            }));
+        };
+        if !judged.trust.verified() {
+            return Some(Hold::Unverified(judged.trust.clone()));
+        }
+        match self.comparison(proposal) {
+            crate::verify::Comparison::Regression { running, candidate }
+                if self.vulnerabilities.no_regression =>
+            {
+                Some(Hold::VulnerabilityRegression { running, candidate })
+            }
+            _ => None,
+        }
     }
 }
 
@@ -255,6 +312,14 @@ pub enum Hold {
     Headroom(u32),
     /// The digest is not signed as `spec.verify` requires.
     Unverified(crate::verify::Trust),
+    /// The digest's scan has more Critical or High findings than the
+    /// running digest's (`spec.verify.vulnerabilities.noRegression`).
+    VulnerabilityRegression {
+        /// The running digest's findings.
+        running: crate::verify::Findings,
+        /// The candidate's.
+        candidate: crate::verify::Findings,
+    },
     /// The new digest is younger than `minDigestAge`; old enough then.
     Soaking(DateTime<Utc>),
     /// The Refresh for this very target already ended (failed, rolled back,
@@ -282,12 +347,14 @@ impl Hold {
             Self::GitOps(_) => Some(EventReason::GitOpsManaged),
             Self::Ended { .. } => Some(EventReason::RefreshNotRetried),
             Self::NameTaken(_) => Some(EventReason::RefreshNameTaken),
+            Self::VulnerabilityRegression { .. } => Some(EventReason::VulnerabilityRegression),
             Self::Unverified(crate::verify::Trust::Failed { verdict, .. }) => {
                 use crate::verify::SetVerdict;
                 Some(match verdict {
                     SetVerdict::Missing => EventReason::SignatureMissing,
                     SetVerdict::Invalid(_) => EventReason::SignatureInvalid,
                     SetVerdict::Untrusted(_) => EventReason::SignatureUntrusted,
+                    SetVerdict::Attestation { .. } => EventReason::AttestationFailed,
                     SetVerdict::Unknown(_) | SetVerdict::Verified(_) => {
                         EventReason::SignatureUnchecked
                     }
@@ -332,6 +399,11 @@ impl fmt::Display for Hold {
             Self::Unverified(trust) => write!(
                 f,
                 "the new digest is {trust}; it is not rolled out (spec.verify, mode Enforce)"
+            ),
+            Self::VulnerabilityRegression { running, candidate } => write!(
+                f,
+                "the new digest's vulnerability scan finds {candidate}, the running digest's \
+                 {running}; it is not rolled out (spec.verify.vulnerabilities.noRegression)"
             ),
             Self::Headroom(n) => write!(
                 f,
@@ -555,6 +627,12 @@ pub fn decide(
     let Some((proposal, soaking)) = wanted(containers, wants, now) else {
         return Decision::Nothing;
     };
+    // A verified digest that fixes a Critical finding does not wait for
+    // the soak or a window (urgentWhen: Critical).
+    let urgent = gates
+        .verify
+        .as_ref()
+        .is_some_and(|v| v.urgent(&proposal).is_some());
     let hold = if let Some(g) = gates.gitops {
         Some(Hold::GitOps(g))
     } else if gates.suspended {
@@ -565,9 +643,9 @@ pub fn decide(
         Some(Hold::Active(name.clone()))
     } else if let Some(hold) = gates.verify.as_ref().and_then(|v| v.hold(&proposal)) {
         Some(hold)
-    } else if let Some(ripe) = soaking {
+    } else if let Some(ripe) = soaking.filter(|_| !urgent) {
         Some(Hold::Soaking(ripe))
-    } else if !window::open(&gates.windows, now) {
+    } else if !urgent && !window::open(&gates.windows, now) {
         Some(Hold::OutsideWindow(window::next_open(&gates.windows, now)))
     } else if let (active, Some(max)) = gates.policy_active
         && active >= max as usize
@@ -986,8 +1064,24 @@ mod tests {
             policy: "ClusterRefreshPolicy/platform".into(),
             verdict: SetVerdict::Missing,
         };
-        let gate = |mode, verdicts| Gates {
-            verify: Some(Verification { mode, verdicts }),
+        let gate = |mode, verdicts: Vec<(String, Digest, Trust)>| Gates {
+            verify: Some(Verification {
+                mode,
+                verdicts: verdicts
+                    .into_iter()
+                    .map(|(c, d, trust)| {
+                        (
+                            c,
+                            d,
+                            crate::verify::Judged {
+                                trust,
+                                findings: None,
+                            },
+                        )
+                    })
+                    .collect(),
+                ..Verification::default()
+            }),
             ..open_gates()
         };
         let c = [container('a', 'b')];
@@ -1036,6 +1130,125 @@ mod tests {
             recorded.starts_with("unverified, rolled out in Audit mode: not signed"),
             "{recorded}"
         );
+    }
+
+    #[test]
+    fn a_scan_regression_holds_and_a_critical_fix_skips_the_soak_and_windows() {
+        use crate::verify::{Findings, Judged, Mode, Severity, Trust, VulnPolicy};
+        let scan = |critical: &[&str], high: u32| {
+            let mut f = Findings::default();
+            critical.iter().for_each(|id| f.add(id, Severity::Critical));
+            (0..high).for_each(|i| f.add(&format!("H-{i}"), Severity::High));
+            f
+        };
+        let gate = |mode, policy, candidate: Findings, windows: Vec<Window>| Gates {
+            verify: Some(Verification {
+                mode,
+                vulnerabilities: policy,
+                verdicts: vec![(
+                    "app".into(),
+                    digest('b'),
+                    Judged {
+                        trust: Trust::Verified(vec!["platform".into()]),
+                        findings: Some(candidate),
+                    },
+                )],
+                running: vec![("app".into(), scan(&["CVE-2026-1"], 1))],
+            }),
+            windows,
+            ..open_gates()
+        };
+        let mut young = container('a', 'b');
+        young.tag_digest_created = Some(now());
+        let soak = Wants {
+            min_digest_age: Duration::from_secs(3 * 3600),
+            ..follow()
+        };
+        let strict = VulnPolicy {
+            no_regression: true,
+            urgent_when_critical: true,
+        };
+        // More Critical findings: held, naming both counts.
+        let worse = gate(
+            Mode::Enforce,
+            strict,
+            scan(&["CVE-2026-1", "CVE-2026-2"], 1),
+            vec![],
+        );
+        let Decision::Held(_, hold) = decide(&[young.clone()], &follow(), &worse, now()) else {
+            panic!("a regression is held")
+        };
+        assert_eq!(
+            hold.warning_reason(),
+            Some(EventReason::VulnerabilityRegression)
+        );
+        assert!(
+            hold.to_string()
+                .contains("finds 2 critical, 1 high, the running digest's 1 critical, 1 high"),
+            "{hold}"
+        );
+        // In Audit mode it goes, and the Refresh says it regressed.
+        let audit = gate(
+            Mode::Audit,
+            strict,
+            scan(&["CVE-2026-1", "CVE-2026-2"], 1),
+            vec![],
+        );
+        let Decision::Start(p) = decide(&[young.clone()], &follow(), &audit, now()) else {
+            panic!("Audit rolls out")
+        };
+        let recorded = audit
+            .verify
+            .as_ref()
+            .and_then(|v| v.record(&p))
+            .unwrap_or_default();
+        assert!(
+            recorded.contains("a regression, rolled out in Audit mode"),
+            "{recorded}"
+        );
+        // Without noRegression it is not held for it.
+        let lax = VulnPolicy::default();
+        assert!(matches!(
+            decide(
+                &[young.clone()],
+                &follow(),
+                &gate(Mode::Enforce, lax, scan(&["X", "Y"], 4), vec![]),
+                now()
+            ),
+            Decision::Start(_)
+        ));
+        // A fix of the running Critical skips minDigestAge and a closed window.
+        // now() is a Friday at 08:00 UTC.
+        let closed: Vec<Window> = "* 02:00-03:00".parse().into_iter().collect();
+        assert!(!window::open(&closed, now()));
+        let fixed = gate(Mode::Enforce, strict, scan(&[], 1), closed.clone());
+        let Decision::Start(p) = decide(&[young.clone()], &soak, &fixed, now()) else {
+            panic!("an urgent fix starts at once")
+        };
+        let v = fixed.verify.as_ref().map(|v| (v.urgent(&p), v.record(&p)));
+        assert_eq!(
+            v.as_ref().and_then(|(u, _)| u.clone()),
+            Some(vec!["CVE-2026-1".to_owned()])
+        );
+        assert!(
+            v.and_then(|(_, r)| r)
+                .unwrap_or_default()
+                .ends_with("fixes Critical CVE-2026-1")
+        );
+        // The same fix without urgentWhen soaks.
+        let plain = gate(
+            Mode::Enforce,
+            VulnPolicy {
+                urgent_when_critical: false,
+                ..strict
+            },
+            scan(&[], 1),
+            closed,
+        );
+        assert!(matches!(
+            decide(&[young], &soak, &plain, now()),
+            Decision::Held(_, Hold::Soaking(_))
+        ));
     }
 
     #[test]

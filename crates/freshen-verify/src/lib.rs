@@ -12,6 +12,7 @@
 //! dependencies it would not use.
 
 pub mod key;
+pub mod predicate;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -127,6 +128,36 @@ struct Statement {
     subject: Vec<Subject>,
     #[serde(rename = "predicateType")]
     predicate_type: Option<String>,
+    #[serde(default)]
+    predicate: serde_json::Value,
+}
+
+/// Only the predicate type of a payload not yet verified.
+#[derive(Deserialize)]
+struct Claimed {
+    #[serde(rename = "predicateType")]
+    predicate_type: Option<String>,
+}
+
+/// A statement whose signature verified, about the digest asked for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attested {
+    /// The authority whose key verified it.
+    pub authority: String,
+    /// Its predicate type.
+    pub predicate_type: String,
+    /// Its predicate.
+    pub predicate: serde_json::Value,
+}
+
+/// What one bundle says about a digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Opened {
+    /// The predicate type its payload claims, read before its signature is
+    /// checked: only to tell which check it is meant for, never trusted.
+    pub claimed_type: Option<String>,
+    /// The verified statement, or why there is none.
+    pub outcome: Result<Attested, Verdict>,
 }
 
 #[derive(Deserialize)]
@@ -158,71 +189,102 @@ pub fn verify_bundle(
     predicate_type: Option<&str>,
     authorities: &[Authority],
 ) -> Verdict {
+    match open_bundle(bytes, digest, authorities).outcome {
+        Ok(attested) => match predicate_type {
+            Some(want) if attested.predicate_type != want => Verdict::Invalid(format!(
+                "predicate type {:?}; expected {want:?}",
+                attested.predicate_type
+            )),
+            _ => Verdict::Verified {
+                authority: attested.authority,
+            },
+        },
+        Err(verdict) => verdict,
+    }
+}
+
+/// Opens a sigstore bundle `bytes` about `digest` under `authorities`: the
+/// statement it signs once a trusted key verifies it, else the verdict.
+pub fn open_bundle(bytes: &[u8], digest: &str, authorities: &[Authority]) -> Opened {
+    let failed = |verdict| Opened {
+        claimed_type: None,
+        outcome: Err(verdict),
+    };
     if bytes.len() > MAX_BUNDLE {
-        return Verdict::Invalid(format!(
+        return failed(Verdict::Invalid(format!(
             "a bundle of {} bytes; at most {MAX_BUNDLE} are read",
             bytes.len()
-        ));
+        )));
     }
     let bundle: Bundle = match serde_json::from_slice(bytes) {
         Ok(b) => b,
-        Err(e) => return Verdict::Invalid(format!("not a sigstore bundle: {e}")),
+        Err(e) => return failed(Verdict::Invalid(format!("not a sigstore bundle: {e}"))),
     };
     if let Some(media) = &bundle.media_type
         && !media.starts_with("application/vnd.dev.sigstore.bundle")
     {
-        return Verdict::Invalid(format!("bundle media type {media:?}"));
+        return failed(Verdict::Invalid(format!("bundle media type {media:?}")));
     }
     let Some(envelope) = bundle.dsse_envelope else {
-        return Verdict::Invalid(
+        return failed(Verdict::Invalid(
             "the bundle has no DSSE envelope (an image is signed in one)".into(),
-        );
+        ));
     };
     let hint = bundle
         .verification_material
         .and_then(|m| m.public_key)
         .and_then(|k| k.hint);
-    verify_envelope(
-        &envelope,
-        hint.as_deref(),
-        digest,
-        predicate_type,
-        authorities,
-    )
+    open_envelope(&envelope, hint.as_deref(), digest, authorities)
+}
+
+fn open_envelope(
+    envelope: &Envelope,
+    hint: Option<&str>,
+    digest: &str,
+    authorities: &[Authority],
+) -> Opened {
+    let Ok(payload) = STANDARD.decode(&envelope.payload) else {
+        return Opened {
+            claimed_type: None,
+            outcome: Err(Verdict::Invalid("the DSSE payload is not base64".into())),
+        };
+    };
+    let claimed_type = serde_json::from_slice::<Claimed>(&payload)
+        .ok()
+        .and_then(|c| c.predicate_type)
+        .map(|t| t.chars().take(256).collect());
+    Opened {
+        claimed_type,
+        outcome: verify_envelope(envelope, &payload, hint, digest, authorities),
+    }
 }
 
 fn verify_envelope(
     envelope: &Envelope,
+    payload: &[u8],
     hint: Option<&str>,
     digest: &str,
-    predicate_type: Option<&str>,
     authorities: &[Authority],
-) -> Verdict {
+) -> Result<Attested, Verdict> {
     if envelope.payload_type != IN_TOTO {
-        return Verdict::Invalid(format!(
+        return Err(Verdict::Invalid(format!(
             "DSSE payload type {:?}; expected {IN_TOTO}",
             envelope.payload_type
-        ));
+        )));
     }
     if envelope.signatures.is_empty() || envelope.signatures.len() > MAX_SIGNATURES {
-        return Verdict::Invalid(format!(
+        return Err(Verdict::Invalid(format!(
             "{} signatures in the envelope; expected 1 to {MAX_SIGNATURES}",
             envelope.signatures.len()
-        ));
+        )));
     }
-    let Ok(payload) = STANDARD.decode(&envelope.payload) else {
-        return Verdict::Invalid("the DSSE payload is not base64".into());
-    };
-    let message = pae(&envelope.payload_type, &payload);
-    let signatures: Vec<Vec<u8>> = match envelope
+    let message = pae(&envelope.payload_type, payload);
+    let signatures: Vec<Vec<u8>> = envelope
         .signatures
         .iter()
         .map(|s| STANDARD.decode(&s.sig))
-        .collect()
-    {
-        Ok(s) => s,
-        Err(_) => return Verdict::Invalid("a DSSE signature is not base64".into()),
-    };
+        .collect::<Result<_, _>>()
+        .map_err(|_| Verdict::Invalid("a DSSE signature is not base64".into()))?;
     let signer = authorities
         .iter()
         .find(|a| signatures.iter().any(|sig| a.key.verifies(&message, sig)));
@@ -230,31 +292,26 @@ fn verify_envelope(
         // Nothing verifies. A hint naming a trusted key means its signature
         // was altered; otherwise another key signed.
         if let Some(a) = hint.and_then(|h| authorities.iter().find(|a| a.key.hint() == h)) {
-            return Verdict::Invalid(format!(
+            return Err(Verdict::Invalid(format!(
                 "the signature names authority {}'s key but does not verify with it",
                 a.name
-            ));
+            )));
         }
-        return Verdict::Untrusted {
+        return Err(Verdict::Untrusted {
             tried: authorities.iter().map(|a| a.name.clone()).collect(),
-        };
+        });
     };
     // Only a verified payload is read further.
-    match statement_names(&payload, digest, predicate_type) {
-        Ok(()) => Verdict::Verified {
-            authority: signer.name.clone(),
-        },
-        Err(why) => Verdict::Invalid(why),
-    }
+    let statement = statement_about(payload, digest).map_err(Verdict::Invalid)?;
+    Ok(Attested {
+        authority: signer.name.clone(),
+        predicate_type: statement.predicate_type.unwrap_or_default(),
+        predicate: statement.predicate,
+    })
 }
 
-/// The in-toto statement `payload` has `digest` among its subjects (and
-/// the predicate type asked for).
-fn statement_names(
-    payload: &[u8],
-    digest: &str,
-    predicate_type: Option<&str>,
-) -> Result<(), String> {
+/// The in-toto statement `payload`, when `digest` is among its subjects.
+fn statement_about(payload: &[u8], digest: &str) -> Result<Statement, String> {
     let statement: Statement = serde_json::from_slice(payload)
         .map_err(|e| format!("the signed payload is not an in-toto statement: {e}"))?;
     if let Some(kind) = &statement.kind
@@ -268,21 +325,13 @@ fn statement_names(
             statement.subject.len()
         ));
     }
-    if let Some(want) = predicate_type
-        && statement.predicate_type.as_deref() != Some(want)
-    {
-        return Err(format!(
-            "predicate type {:?}; expected {want:?}",
-            statement.predicate_type.as_deref().unwrap_or("")
-        ));
-    }
     let (algorithm, hex) = digest.split_once(':').unwrap_or(("", digest));
     if statement.subject.iter().any(|s| {
         s.digest
             .get(algorithm)
             .is_some_and(|d| d.eq_ignore_ascii_case(hex))
     }) {
-        Ok(())
+        Ok(statement)
     } else {
         Err(format!("signs other digests than {digest}"))
     }
