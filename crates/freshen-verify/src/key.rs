@@ -23,7 +23,12 @@ enum Kind {
     P256(p256::ecdsa::VerifyingKey),
     P384(p384::ecdsa::VerifyingKey),
     Ed25519(ed25519_dalek::VerifyingKey),
+    Rsa(rsa::PublicKey),
 }
+
+/// RSA moduli accepted, in bits: 2048 (the least cosign generates with
+/// `--key`) to 4096 (a larger one costs a verifier more than it protects).
+const RSA_BITS: std::ops::RangeInclusive<usize> = 2048..=4096;
 
 impl std::fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,7 +37,7 @@ impl std::fmt::Debug for PublicKey {
 }
 
 impl PublicKey {
-    /// Reads a PEM `PUBLIC KEY` (ECDSA P-256 or P-384, Ed25519); the error
+    /// Reads a PEM `PUBLIC KEY` (ECDSA P-256 or P-384, Ed25519, RSA); the error
     /// says what was found instead.
     pub fn from_pem(pem: &str) -> Result<Self, Error> {
         if pem.len() > MAX_PEM {
@@ -54,9 +59,18 @@ impl PublicKey {
             Kind::P384(k)
         } else if let Ok(k) = ed25519_dalek::VerifyingKey::from_public_key_der(der) {
             Kind::Ed25519(k)
+        } else if let Ok(k) = rsa::PublicKey::from_public_key_der(der) {
+            use rsa::traits::PublicKeyParts as _;
+            let bits = k.size() * 8;
+            if !RSA_BITS.contains(&bits) {
+                return Err(Error::Key(format!(
+                    "an RSA key of {bits} bits; expected 2048 to 4096"
+                )));
+            }
+            Kind::Rsa(k)
         } else {
             return Err(Error::Key(
-                "not an ECDSA P-256 or P-384 or an Ed25519 public key".into(),
+                "not an ECDSA P-256 or P-384, Ed25519 or RSA public key".into(),
             ));
         };
         Ok(Self {
@@ -71,6 +85,7 @@ impl PublicKey {
             Kind::P256(_) => "ecdsa-p256",
             Kind::P384(_) => "ecdsa-p384",
             Kind::Ed25519(_) => "ed25519",
+            Kind::Rsa(_) => "rsa",
         }
     }
 
@@ -81,9 +96,10 @@ impl PublicKey {
         STANDARD.encode(sha2::Sha256::digest(&self.der))
     }
 
-    /// Whether `signature` (DER for ECDSA, 64 bytes for Ed25519) signs
-    /// `message` with this key (ECDSA over its curve's SHA-2: SHA-256 for
-    /// P-256, SHA-384 for P-384).
+    /// Whether `signature` (DER for ECDSA, 64 bytes for Ed25519, the
+    /// modulus' length for RSA) signs `message` with this key (ECDSA over
+    /// its curve's SHA-2: SHA-256 for P-256, SHA-384 for P-384; RSA
+    /// PKCS#1 v1.5 or PSS over SHA-256, as cosign signs with RSA keys).
     pub fn verifies(&self, message: &[u8], signature: &[u8]) -> bool {
         use p256::ecdsa::signature::Verifier as _;
         match &self.kind {
@@ -93,6 +109,14 @@ impl PublicKey {
                 .is_ok_and(|s| key.verify(message, &s).is_ok()),
             Kind::Ed25519(key) => ed25519_dalek::Signature::from_slice(signature)
                 .is_ok_and(|s| key.verify_strict(message, &s).is_ok()),
+            Kind::Rsa(key) => {
+                let digest = sha2::Sha256::digest(message);
+                key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, signature)
+                    .is_ok()
+                    || key
+                        .verify(rsa::Pss::<sha2::Sha256>::new(), &digest, signature)
+                        .is_ok()
+            }
         }
     }
 }
@@ -139,6 +163,13 @@ mod tests {
         let junk = "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n";
         let e = PublicKey::from_pem(junk).err().map(|e| e.to_string());
         assert!(e.is_some_and(|e| e.contains("not an ECDSA")));
+        // RSA below 2048 bits is refused, by size (`openssl genrsa 1024`).
+        let small = "-----BEGIN PUBLIC KEY-----\nMIGfMA0GCSqGSIb3DQEBAQUAA4GNADCBiQKBgQDMT5mHyWJg5H17msi6VYlzAAvR\no6WFzf9h7RTVzIRcrHLYoG3/BIRk5/RE48Yfmz9pdC/xDMJMgTdVm9y51CX02VM/\n9IGMkgnUAt0xRxGIu0cYa4AdhI+fE02W7dRNDIxm+UNmYEjFQO9weU9zb67vsHon\n0N70IjW8vIBruMtmdwIDAQAB\n-----END PUBLIC KEY-----\n";
+        let e = PublicKey::from_pem(small).err().map(|e| e.to_string());
+        assert_eq!(
+            e.as_deref(),
+            Some("an RSA key of 1024 bits; expected 2048 to 4096")
+        );
         let huge = "x".repeat(MAX_PEM + 1);
         assert!(PublicKey::from_pem(&huge).is_err());
     }

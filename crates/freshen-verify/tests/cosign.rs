@@ -74,3 +74,60 @@ fn a_cosign_legacy_signature_verifies_with_its_key() {
         Verdict::Untrusted { .. }
     ));
 }
+
+const SCRATCH: &str = "sha256:599390cf9ec803e8f603ec007806cd44ff0c2a3e940b3ebc16168843dc50b19e";
+
+fn authority(name: &str, pub_fixture: &str) -> Authority {
+    let pem = String::from_utf8(fixture(pub_fixture)).unwrap_or_default();
+    match PublicKey::from_pem(&pem) {
+        Ok(key) => Authority {
+            name: name.into(),
+            key,
+        },
+        Err(e) => panic!("{pub_fixture}: {e}"),
+    }
+}
+
+#[test]
+fn a_cosign_rsa_signature_verifies_with_its_key() {
+    let rsa = authority("rsa", "cosign-v3.1.3-rsa.pub");
+    assert_eq!(rsa.key.algorithm(), "rsa");
+    let bundle = fixture("cosign-v3.1.3-rsa-bundle.json");
+    assert_eq!(
+        verify_bundle(&bundle, SCRATCH, Some(IMAGE_SIGNATURE), &[rsa]),
+        Verdict::Verified {
+            authority: "rsa".into()
+        }
+    );
+    assert!(matches!(
+        verify_bundle(&bundle, SCRATCH, Some(IMAGE_SIGNATURE), &platform()),
+        Verdict::Untrusted { .. }
+    ));
+}
+
+#[test]
+fn a_cosign_provenance_attestation_opens_to_its_builder_and_source() {
+    let ci = authority("ci", "cosign-v3.1.3-attest.pub");
+    let bundle = fixture("cosign-v3.1.3-provenance-bundle.json");
+    let opened = freshen_verify::open_bundle(&bundle, SCRATCH, &[ci]);
+    assert_eq!(
+        opened.claimed_type.as_deref(),
+        Some("https://slsa.dev/provenance/v1")
+    );
+    let attested = opened.outcome.unwrap_or_else(|v| panic!("{v:?}"));
+    assert_eq!(attested.authority, "ci");
+    let provenance =
+        freshen_verify::predicate::provenance(&attested.predicate_type, &attested.predicate);
+    assert_eq!(
+        provenance,
+        Ok(freshen_core::verify::Provenance {
+            builder_id: Some("https://github.com/acme/builder@v1".into()),
+            sources: vec!["https://github.com/acme/shop".into()],
+        })
+    );
+    // As a signature of the image it is not one.
+    assert!(matches!(
+        verify_bundle(&bundle, SCRATCH, Some(IMAGE_SIGNATURE), &[authority("ci", "cosign-v3.1.3-attest.pub")]),
+        Verdict::Invalid(why) if why.contains("provenance")
+    ));
+}
