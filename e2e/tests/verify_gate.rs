@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use freshen_api::refresh::{
-    AttestationSpec, KeyAuthoritySpec, KeySpec, UrgentWhen, VerifyMode, VerifySpec,
+    AttestationSpec, KeyAuthoritySpec, KeyRef, KeySpec, UrgentWhen, VerifyMode, VerifySpec,
     VulnerabilitiesSpec,
 };
 use freshen_api::{
@@ -26,7 +26,7 @@ use freshen_e2e::{
     Harness, TestNamespace, await_warning, deployment_with, init_tls, wait_for, wait_ready_pods,
 };
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, Client};
@@ -44,9 +44,7 @@ fn verify(mode: VerifyMode, name: &str, keys: &KeyPair) -> VerifySpec {
         mode: Some(mode),
         authorities: vec![KeyAuthoritySpec {
             name: name.into(),
-            key: KeySpec {
-                pem: keys.public_pem.clone(),
-            },
+            key: KeySpec::inline(keys.public_pem.clone()),
         }],
         ..VerifySpec::default()
     }
@@ -748,6 +746,104 @@ async fn audit_mode_rolls_out_and_reports_what_is_unverified() -> anyhow::Result
     assert!(
         table.contains("audited app: unverified: the running digest is not signed"),
         "{table}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_key_kept_in_a_config_map_is_read_and_a_secret_that_is_no_key_is_a_condition()
+-> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "verify-keys").await?;
+    let dir = keys_dir()?;
+    let platform = cosign::generate_key_pair(&harness, &dir, "platform")?;
+    let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "signing-keys"},
+        "data": {"cosign.pub": platform.public_pem}
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &config_map)
+        .await?;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "not-a-key"},
+        "stringData": {"cosign.pub": "hunter2-do-not-echo"}
+    }))?;
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let by_ref = |config_map: bool, name: &str| VerifySpec {
+        mode: Some(VerifyMode::Enforce),
+        authorities: vec![KeyAuthoritySpec {
+            name: "platform".into(),
+            key: KeySpec {
+                config_map_ref: config_map.then(|| KeyRef {
+                    name: name.into(),
+                    key: "cosign.pub".into(),
+                }),
+                secret_ref: (!config_map).then(|| KeyRef {
+                    name: name.into(),
+                    key: "cosign.pub".into(),
+                }),
+                pem: None,
+            },
+        }],
+        ..VerifySpec::default()
+    };
+    gate(&client, &ns.name, by_ref(true, "signing-keys"), None).await?;
+    // A second policy, governing nothing, whose key Secret holds no key.
+    let broken = RefreshPolicy::new(
+        "broken",
+        RefreshPolicySpec {
+            selector: LabelSelector {
+                match_labels: Some([("tier".to_owned(), "none".to_owned())].into()),
+                ..LabelSelector::default()
+            },
+            limits: PolicyLimits::default(),
+            refresh: PolicyRefresh {
+                verify: Some(by_ref(false, "not-a-key")),
+                ..PolicyRefresh::default()
+            },
+            pipelines: Default::default(),
+        },
+    );
+    let policies = Api::<RefreshPolicy>::namespaced(client.clone(), &ns.name);
+    policies.create(&PostParams::default(), &broken).await?;
+    let repo = format!("e2e/{}/app", ns.name);
+    deploy_old(&harness, &client, &ns.name, "app", &repo).await?;
+    let _operator = Operator::start(
+        &harness,
+        &["--poll-interval", "2s", "--namespace", &ns.name],
+    )
+    .await?;
+    release(&harness, &dir, &repo, Some(&platform)).await?;
+    let refresh = await_refresh(&client, &ns.name, "app").await?;
+    assert_eq!(
+        refresh.spec.verification.as_deref(),
+        Some("signed by platform")
+    );
+    let message = wait_for(
+        "RefreshPolicy broken: Ready=False",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let status = policies.get("broken").await?.status.unwrap_or_default();
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+            match ready {
+                Some(c) if c.status == "False" => Ok(Some(c.message.clone())),
+                other => anyhow::bail!("Ready is {other:?}"),
+            }
+        },
+    )
+    .await?;
+    assert!(
+        message.starts_with("spec.verify.authorities[0].key.secretRef: expected a PEM"),
+        "{message}"
+    );
+    assert!(
+        !message.contains("hunter2"),
+        "what the Secret holds is never echoed: {message}"
     );
     Ok(())
 }

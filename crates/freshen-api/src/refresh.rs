@@ -351,14 +351,64 @@ pub struct KeyAuthoritySpec {
     pub key: KeySpec,
 }
 
-/// A cosign public key.
+/// A cosign public key: exactly one of `pem`, `secretRef`, `configMapRef`.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeySpec {
-    /// The PEM `PUBLIC KEY` (`cosign.pub`): ECDSA P-256 or P-384, or
-    /// Ed25519; at most 16 KiB.
+    /// The PEM `PUBLIC KEY` (`cosign.pub`): ECDSA P-256 or P-384, Ed25519
+    /// or RSA (2048 to 4096 bits); at most 16 KiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 16384))]
-    pub pem: String,
+    pub pem: Option<String>,
+    /// The PEM in a Secret's key, read when a digest is judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<KeyRef>,
+    /// The PEM in a ConfigMap's key (a public key is no secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<KeyRef>,
+}
+
+/// A key of a Secret's or ConfigMap's data, in the policy's namespace (a
+/// ClusterRefreshPolicy's: freshen's own namespace).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeyRef {
+    /// The name of the Secret or ConfigMap.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key in its data, e.g. `cosign.pub`.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+impl KeySpec {
+    /// An inline key.
+    pub fn inline(pem: impl Into<String>) -> Self {
+        Self {
+            pem: Some(pem.into()),
+            ..Self::default()
+        }
+    }
+
+    /// Where the key is, for a policy in `namespace` (`None`: a
+    /// ClusterRefreshPolicy); the error when not exactly one is given.
+    pub fn source(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<freshen_core::verify::KeySource, String> {
+        use freshen_core::verify::{KeySource, ObjectKey};
+        let at = |r: &KeyRef| ObjectKey {
+            namespace: namespace.map(str::to_owned),
+            name: r.name.clone(),
+            key: r.key.clone(),
+        };
+        match (&self.pem, &self.secret_ref, &self.config_map_ref) {
+            (Some(pem), None, None) => Ok(KeySource::Pem(pem.clone())),
+            (None, Some(r), None) => Ok(KeySource::Secret(at(r))),
+            (None, None, Some(r)) => Ok(KeySource::ConfigMap(at(r))),
+            _ => Err("expected exactly one of pem, secretRef and configMapRef".into()),
+        }
+    }
 }
 
 impl VerifySpec {
@@ -372,10 +422,16 @@ impl VerifySpec {
                     message: format!("{:?} names two authorities; names must be unique", a.name),
                 });
             }
-            freshen_verify::PublicKey::from_pem(&a.key.pem).map_err(|e| SpecError::Key {
-                field: format!("spec.verify.authorities[{i}].key.pem"),
-                message: e.to_string(),
+            let source = a.key.source(None).map_err(|message| SpecError::Key {
+                field: format!("spec.verify.authorities[{i}].key"),
+                message,
             })?;
+            if let freshen_core::verify::KeySource::Pem(pem) = source {
+                freshen_verify::PublicKey::from_pem(&pem).map_err(|e| SpecError::Key {
+                    field: format!("spec.verify.authorities[{i}].key.pem"),
+                    message: e.to_string(),
+                })?;
+            }
         }
         for (i, a) in self.attestations.iter().flatten().enumerate() {
             check_attestation(a).map_err(|(field, message)| SpecError::Key {
@@ -386,9 +442,15 @@ impl VerifySpec {
         Ok(())
     }
 
-    /// The requirement this policy (`policy`, as `GOVERNED_BY` names it)
-    /// adds.
-    pub fn authority_set(&self, policy: String) -> freshen_core::verify::AuthoritySet {
+    /// The requirement this policy (`policy`, as `GOVERNED_BY` names it;
+    /// in `namespace`, `None` for a ClusterRefreshPolicy) adds. A key
+    /// given more than one way (refused by [`VerifySpec::check`]) counts as
+    /// an empty PEM: the gate then fails closed.
+    pub fn authority_set(
+        &self,
+        policy: String,
+        namespace: Option<&str>,
+    ) -> freshen_core::verify::AuthoritySet {
         freshen_core::verify::AuthoritySet {
             policy,
             mode: match self.mode {
@@ -400,7 +462,10 @@ impl VerifySpec {
                 .iter()
                 .map(|a| freshen_core::verify::KeyAuthority {
                     name: a.name.clone(),
-                    pem: a.key.pem.clone(),
+                    key: a
+                        .key
+                        .source(namespace)
+                        .unwrap_or(freshen_core::verify::KeySource::Pem(String::new())),
                 })
                 .collect(),
             attestations: self.checks(),
@@ -528,7 +593,7 @@ mod tests {
         let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEl3tXSqQKivA3qWOXfIt6dWxsbw4f\nGOCXr9H6v0gt6k/Oly99frnLrPfhhPF4s+ceW7cjlNMbqagIBxAllTK4NQ==\n-----END PUBLIC KEY-----\n";
         let authority = |name: &str, pem: &str| KeyAuthoritySpec {
             name: name.into(),
-            key: KeySpec { pem: pem.into() },
+            key: KeySpec::inline(pem),
         };
         let ok = VerifySpec {
             mode: None,
@@ -574,7 +639,7 @@ mod tests {
                 mode: None,
                 authorities: vec![KeyAuthoritySpec {
                     name: "platform".into(),
-                    key: KeySpec { pem: pem.into() },
+                    key: KeySpec::inline(pem),
                 }],
                 attestations: Some(attestations),
                 vulnerabilities: vulns,
@@ -592,7 +657,7 @@ mod tests {
             }),
         );
         assert_eq!(ok.check(), Ok(()));
-        let set = ok.authority_set("ClusterRefreshPolicy/platform".into());
+        let set = ok.authority_set("ClusterRefreshPolicy/platform".into(), None);
         assert_eq!(
             set.attestations,
             vec![

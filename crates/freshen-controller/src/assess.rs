@@ -323,12 +323,12 @@ impl Valid<'_> {
         let cluster = resolution.cluster_policy.as_deref().and_then(|name| {
             let (p, _) = self.cluster.iter().find(|(p, _)| p.name_any() == name)?;
             let spec = p.spec.refresh.verify.as_ref()?;
-            Some(spec.authority_set(format!("ClusterRefreshPolicy/{name}")))
+            Some(spec.authority_set(format!("ClusterRefreshPolicy/{name}"), None))
         });
         let policy = resolution.policy.as_deref().and_then(|name| {
             let (p, _) = self.policies.iter().find(|(p, _)| p.name_any() == name)?;
             let spec = p.spec.refresh.verify.as_ref()?;
-            Some(spec.authority_set(format!("RefreshPolicy/{namespace}/{name}")))
+            Some(spec.authority_set(format!("RefreshPolicy/{namespace}/{name}"), Some(namespace)))
         });
         freshen_core::verify::requirement(cluster.into_iter().chain(policy))
     }

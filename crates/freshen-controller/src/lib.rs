@@ -648,7 +648,10 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     let ctx = Arc::new(Context {
         webhooks,
         tags,
-        verdicts: verification::Verdicts::default(),
+        verdicts: verification::Verdicts::new(
+            client.clone(),
+            config.controller.rebuild_namespace.clone(),
+        ),
         recorder: Recorder::new(
             client.clone(),
             Reporter {

@@ -148,6 +148,31 @@ async fn secrets_exist<P: Policy>(ctx: &Context, policy: &P) -> Result<(), SpecE
     Ok(())
 }
 
+/// Every verification key a policy keeps in a Secret or ConfigMap can be
+/// read and is a public key; else the first that is not. Looked for again
+/// each poll interval while one is not (they are not watched).
+async fn keys_usable<P: Policy>(ctx: &Context, policy: &P) -> Result<(), SpecError> {
+    let Some(verify) = policy.verify() else {
+        return Ok(());
+    };
+    let namespace = policy.secret_namespace(&ctx.config.rebuild_namespace);
+    for (i, a) in verify.authorities.iter().enumerate() {
+        let (field, source) = match a.key.source(Some(&namespace)) {
+            Ok(s @ freshen_core::verify::KeySource::Secret(_)) => ("secretRef", s),
+            Ok(s @ freshen_core::verify::KeySource::ConfigMap(_)) => ("configMapRef", s),
+            _ => continue,
+        };
+        ctx.verdicts
+            .usable(&source)
+            .await
+            .map_err(|message| SpecError::Key {
+                field: format!("spec.verify.authorities[{i}].key.{field}"),
+                message,
+            })?;
+    }
+    Ok(())
+}
+
 /// Reconciles one policy: re-measures its scope after a spec change, then
 /// writes its status if it changed.
 #[instrument(skip_all, fields(policy = %policy.name_any()))]
@@ -166,8 +191,11 @@ pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<Context>) -> Result<A
     let (valid, recheck) = match policy.validate() {
         Ok(()) => {
             let secrets = secrets_exist(&ctx, policy.as_ref()).await;
-            let recheck = secrets.is_err();
-            let keys = policy.verify().map_or(Ok(()), |v| v.check());
+            let keys = match policy.verify().map_or(Ok(()), |v| v.check()) {
+                Ok(()) => keys_usable(&ctx, policy.as_ref()).await,
+                invalid => invalid,
+            };
+            let recheck = secrets.is_err() || keys.is_err();
             (secrets.and(keys), recheck)
         }
         invalid => (invalid, false),

@@ -42,6 +42,9 @@ pub struct ReportOptions {
     pub selector: Option<String>,
     /// Limits for workloads no annotation or policy sets one for.
     pub defaults: Limits,
+    /// freshen's namespace, where a ClusterRefreshPolicy's key objects
+    /// are (empty: `freshen-system`).
+    pub freshen_namespace: String,
 }
 
 /// A limit in force, as the report shows it.
@@ -222,7 +225,13 @@ pub async fn build(
         now,
         tags: TagClock::in_memory(),
         accounts: list_accounts(&client, options.namespace.as_deref()).await,
-        verdicts: crate::verification::Verdicts::default(),
+        verdicts: crate::verification::Verdicts::new(
+            client.clone(),
+            match options.freshen_namespace.as_str() {
+                "" => "freshen-system".to_owned(),
+                n => n.to_owned(),
+            },
+        ),
     };
     let mut rows = scan.measure_all(&deployments, &pods).await;
     let refreshes = list_optional(

@@ -13,11 +13,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use freshen_core::verify::{
-    AttestationCheck, AuthoritySet, Findings, Judged, Requirement, SetVerdict, Trust,
+    AttestationCheck, AuthoritySet, Findings, Judged, KeySource, ObjectKey, Requirement,
+    SetVerdict, Trust,
 };
 use freshen_core::{Digest, ImageReference};
 use freshen_registry::signatures::Artifact;
 use freshen_verify::{Attested, Authority, Opened, PublicKey, Verdict};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client};
 use sha2::Digest as _;
 
 use crate::assess::Lookup;
@@ -34,13 +37,142 @@ pub const RUNNING_RECHECK: Duration = Duration::from_secs(3600);
 /// The statement type of a cosign image signature.
 const IMAGE_SIGNATURE: &str = "https://sigstore.dev/cosign/sign/v1";
 
-/// Verdicts already reached.
-#[derive(Default)]
+/// How long a key read from a Secret or ConfigMap is used before it is
+/// read again (a rotated key takes effect within it).
+pub const KEY_RECHECK: Duration = Duration::from_secs(60);
+/// Keys kept from Secrets and ConfigMaps, at most.
+const MAX_KEYS: usize = 4096;
+
+/// The PEM of each key a requirement names in a Secret or ConfigMap, or
+/// why it could not be read.
+pub type Keys = HashMap<KeySource, Result<String, String>>;
+
+/// A key read, and when.
+type KeptKey = (Result<String, String>, std::time::Instant);
+
+/// Verdicts already reached, and the keys read for them.
 pub struct Verdicts {
     kept: Mutex<HashMap<String, (Judged, std::time::Instant)>>,
+    keys: Mutex<HashMap<KeySource, KeptKey>>,
+    client: Client,
+    /// Where a ClusterRefreshPolicy's key objects are.
+    own_namespace: String,
 }
 
 impl Verdicts {
+    /// Verdicts reading key objects with `client`; a ClusterRefreshPolicy's
+    /// from `own_namespace`.
+    pub fn new(client: Client, own_namespace: String) -> Self {
+        Self {
+            kept: Mutex::default(),
+            keys: Mutex::default(),
+            client,
+            own_namespace,
+        }
+    }
+
+    /// The keys `requirement` names in Secrets and ConfigMaps: kept for
+    /// [`KEY_RECHECK`], else read now.
+    async fn keys(&self, requirement: &Requirement) -> Keys {
+        let mut out = Keys::new();
+        let now = std::time::Instant::now();
+        let sources = requirement
+            .sets
+            .iter()
+            .flat_map(|s| &s.authorities)
+            .map(|a| &a.key)
+            .filter(|k| !matches!(k, KeySource::Pem(_)));
+        for source in sources {
+            if out.contains_key(source) {
+                continue;
+            }
+            let kept = self.keys.lock().ok().and_then(|k| k.get(source).cloned());
+            let value = match kept {
+                Some((value, at)) if now.duration_since(at) < KEY_RECHECK => value,
+                _ => {
+                    let value = self.read_key(source).await;
+                    if let Ok(mut keys) = self.keys.lock() {
+                        if keys.len() >= MAX_KEYS {
+                            keys.clear();
+                        }
+                        keys.insert(source.clone(), (value.clone(), now));
+                    }
+                    value
+                }
+            };
+            out.insert(source.clone(), value);
+        }
+        out
+    }
+
+    /// Whether the key at `source` can be read and is a public key; why
+    /// not (no object content in it).
+    pub async fn usable(&self, source: &KeySource) -> Result<(), String> {
+        let pem = match source {
+            KeySource::Pem(pem) => pem.clone(),
+            other => {
+                let value = self.read_key(other).await;
+                if let Ok(mut keys) = self.keys.lock() {
+                    if keys.len() >= MAX_KEYS {
+                        keys.clear();
+                    }
+                    keys.insert(other.clone(), (value.clone(), std::time::Instant::now()));
+                }
+                value?
+            }
+        };
+        PublicKey::from_pem(&pem)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// One key's PEM from its Secret or ConfigMap. The errors name the
+    /// object and key, never what the object holds.
+    async fn read_key(&self, source: &KeySource) -> Result<String, String> {
+        let (kind, at) = match source {
+            KeySource::Pem(pem) => return Ok(pem.clone()),
+            KeySource::Secret(at) => ("Secret", at),
+            KeySource::ConfigMap(at) => ("ConfigMap", at),
+        };
+        let ObjectKey {
+            namespace,
+            name,
+            key,
+        } = at;
+        let namespace = namespace.as_deref().unwrap_or(&self.own_namespace);
+        let what = format!("{kind} {namespace}/{name}");
+        let bytes = match source {
+            KeySource::Secret(_) => Api::<Secret>::namespaced(self.client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map(|s| s.map(|s| s.data.and_then(|mut d| d.remove(key)).map(|b| b.0))),
+            _ => Api::<ConfigMap>::namespaced(self.client.clone(), namespace)
+                .get_opt(name)
+                .await
+                .map(|c| {
+                    c.map(|c| {
+                        c.data
+                            .and_then(|mut d| d.remove(key))
+                            .map(String::into_bytes)
+                            .or_else(|| c.binary_data.and_then(|mut d| d.remove(key)).map(|b| b.0))
+                    })
+                }),
+        };
+        match bytes {
+            Ok(Some(Some(bytes))) if bytes.len() <= freshen_verify::key::MAX_PEM => {
+                String::from_utf8(bytes).map_err(|_| format!("{what} key {key} is not text"))
+            }
+            Ok(Some(Some(bytes))) => Err(format!(
+                "{what} key {key} has {} bytes; a public key has at most {}",
+                bytes.len(),
+                freshen_verify::key::MAX_PEM
+            )),
+            Ok(Some(None)) => Err(format!("{what} has no key {key}")),
+            Ok(None) => Err(format!("{what} does not exist")),
+            Err(e) => Err(format!("{what} could not be read: {e}")),
+        }
+    }
+
     /// The verdict on `image` at `digest` under `requirement`: kept (a
     /// verified one always, another while younger than `recheck`), or
     /// reached now.
@@ -52,7 +184,8 @@ impl Verdicts {
         requirement: &Requirement,
         recheck: Duration,
     ) -> Judged {
-        let hash = sha2::Sha256::digest(format!("{requirement:?}").as_bytes());
+        let keys = self.keys(requirement).await;
+        let hash = sha2::Sha256::digest(format!("{requirement:?}{keys:?}").as_bytes());
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         let key = format!("{}@{}#{hex}", image.name(), digest);
         let now = std::time::Instant::now();
@@ -78,7 +211,7 @@ impl Verdicts {
                 };
             }
         };
-        let judged = conclude(requirement, &artifacts, digest);
+        let judged = conclude(requirement, &keys, &artifacts, digest);
         if let Ok(mut kept) = self.kept.lock() {
             if kept.len() >= MAX_VERDICTS {
                 kept.clear();
@@ -115,13 +248,18 @@ pub async fn judge_running(
 
 /// The gate's conclusion over every artifact found for `digest`: each
 /// set's verdict, and the scan of the first set that reads scans.
-pub fn conclude(requirement: &Requirement, artifacts: &[Artifact], digest: &Digest) -> Judged {
+pub fn conclude(
+    requirement: &Requirement,
+    keys: &Keys,
+    artifacts: &[Artifact],
+    digest: &Digest,
+) -> Judged {
     let mut findings = None;
     let verdicts = requirement
         .sets
         .iter()
         .map(|set| {
-            let (verdict, scan) = judge_set(set, artifacts, digest);
+            let (verdict, scan) = judge_set(set, keys, artifacts, digest);
             if findings.is_none() {
                 findings = scan;
             }
@@ -138,10 +276,11 @@ pub fn conclude(requirement: &Requirement, artifacts: &[Artifact], digest: &Dige
 /// accepted when it reads scans.
 fn judge_set(
     set: &AuthoritySet,
+    keys: &Keys,
     artifacts: &[Artifact],
     digest: &Digest,
 ) -> (SetVerdict, Option<Findings>) {
-    let authorities = match authorities(set) {
+    let authorities = match authorities(set, keys) {
         Ok(a) => a,
         Err(verdict) => return (verdict, None),
     };
@@ -207,23 +346,38 @@ fn judge_set(
     (SetVerdict::Verified(verdict), scan)
 }
 
-/// The set's keys; a key that cannot be read is a verdict on its own.
-fn authorities(set: &AuthoritySet) -> Result<Vec<Authority>, SetVerdict> {
+/// The set's keys; a key that cannot be read is a verdict on its own,
+/// naming the field.
+fn authorities(set: &AuthoritySet, keys: &Keys) -> Result<Vec<Authority>, SetVerdict> {
     set.authorities
         .iter()
         .enumerate()
         .map(|(i, a)| {
-            PublicKey::from_pem(&a.pem)
+            let field = match &a.key {
+                KeySource::Pem(_) => "pem",
+                KeySource::Secret(_) => "secretRef",
+                KeySource::ConfigMap(_) => "configMapRef",
+            };
+            let unusable = |why: String| {
+                SetVerdict::Unknown(format!(
+                    "{}: spec.verify.authorities[{i}].key.{field}: {why}",
+                    set.policy
+                ))
+            };
+            let pem = match &a.key {
+                KeySource::Pem(pem) => pem.clone(),
+                other => match keys.get(other) {
+                    Some(Ok(pem)) => pem.clone(),
+                    Some(Err(why)) => return Err(unusable(why.clone())),
+                    None => return Err(unusable("not read".into())),
+                },
+            };
+            PublicKey::from_pem(&pem)
                 .map(|key| Authority {
                     name: a.name.clone(),
                     key,
                 })
-                .map_err(|e| {
-                    SetVerdict::Unknown(format!(
-                        "{}: spec.verify.authorities[{i}].key.pem: {e}",
-                        set.policy
-                    ))
-                })
+                .map_err(|e| unusable(e.to_string()))
         })
         .collect()
 }

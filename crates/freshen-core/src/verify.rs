@@ -22,13 +22,36 @@ pub enum Mode {
     Audit,
 }
 
-/// A trusted key, by its name and PEM.
+/// A trusted key, by its name and where its PEM is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyAuthority {
     /// Its name, for Events and the report.
     pub name: String,
-    /// Its public key, PEM.
-    pub pem: String,
+    /// Its public key.
+    pub key: KeySource,
+}
+
+/// Where a public key's PEM is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeySource {
+    /// Inline.
+    Pem(String),
+    /// A key of a Secret's data.
+    Secret(ObjectKey),
+    /// A key of a ConfigMap's data.
+    ConfigMap(ObjectKey),
+}
+
+/// A key of a namespaced object's data.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjectKey {
+    /// The policy's namespace; `None` for a ClusterRefreshPolicy's, which
+    /// names objects in freshen's own namespace.
+    pub namespace: Option<String>,
+    /// The object's name.
+    pub name: String,
+    /// The key in its data.
+    pub key: String,
 }
 
 /// One policy's `spec.verify`: any one of its authorities suffices, for
@@ -490,7 +513,7 @@ mod tests {
                 .iter()
                 .map(|n| KeyAuthority {
                     name: (*n).into(),
-                    pem: String::new(),
+                    key: KeySource::Pem(String::new()),
                 })
                 .collect(),
             attestations: Vec::new(),

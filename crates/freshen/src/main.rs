@@ -281,6 +281,10 @@ struct ReportArgs {
     /// excepted), for CI.
     #[arg(long)]
     fail_on_violation: bool,
+    /// freshen's namespace: where a ClusterRefreshPolicy's verification
+    /// keys (secretRef, configMapRef) are read from.
+    #[arg(long, value_name = "NAMESPACE", default_value = "freshen-system")]
+    freshen_namespace: String,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -589,6 +593,7 @@ async fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
         namespace: args.namespace,
         selector: args.selector,
         defaults: args.defaults.limits(),
+        freshen_namespace: args.freshen_namespace,
     };
     let report = report::build(client, &registry, &options).await?;
     let text = match args.output {

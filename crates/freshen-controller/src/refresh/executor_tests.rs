@@ -198,6 +198,7 @@ fn context(
     );
     let (workload_trigger, _) = futures::channel::mpsc::unbounded();
     let (rebuild_trigger, _) = futures::channel::mpsc::unbounded();
+    let verdicts_client = client.clone();
     let ctx = Context {
         recorder: Recorder::new(
             client.clone(),
@@ -225,7 +226,7 @@ fn context(
         rebuilds: reflector::store().0,
         jobs: reflector::store().0,
         tags: Arc::new(crate::tags::TagClock::in_memory()),
-        verdicts: crate::verification::Verdicts::default(),
+        verdicts: crate::verification::Verdicts::new(verdicts_client, "freshen-system".into()),
         webhooks: crate::webhook::WebhookClient::new(&[], Default::default(), Vec::new())
             .unwrap_or_else(|e| panic!("{e}")),
         readiness: crate::Readiness::default(),
