@@ -10,6 +10,8 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v htpasswd >/dev/null || need+=(apache2-utils)
 command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
+# e2e/harness/keyless.py (keyless signatures) and the chart schema check.
+command -v python3 >/dev/null || need+=(python3)
 # make bench-peers: its image-age script, and peak memory of one-shot tools.
 command -v jq >/dev/null || need+=(jq)
 [ -x /usr/bin/time ] || need+=(time)

@@ -30,6 +30,10 @@ pub struct BenchConfig {
     pub intervals: usize,
     /// The operator's poll interval (= tag TTL).
     pub poll_interval: Duration,
+    /// Sign every image with cosign and govern the workloads with a
+    /// RefreshPolicy whose `spec.verify` trusts that key: the running
+    /// digests are then verified too.
+    pub verify: bool,
 }
 
 /// What one run measured.
@@ -39,10 +43,11 @@ pub struct BenchReport {
     pub config: BenchConfig,
     /// From operator start until every workload had an image-age series.
     pub first_measurement: Duration,
-    /// Requests in the first interval (cold cache): tag HEADs, manifest GETs, blob GETs.
-    pub first_interval: (usize, usize, usize),
+    /// Requests in the first interval (cold cache): tag HEADs, manifest GETs, blob GETs,
+    /// referrers GETs.
+    pub first_interval: [usize; 4],
     /// Requests per later interval (warm cache), same order, averaged.
-    pub per_interval: (f64, f64, f64),
+    pub per_interval: [f64; 4],
     /// The operator's own count of its requests to the harness registry over the run.
     pub operator_requests: f64,
     /// The operator's resident memory at the end.
@@ -53,8 +58,9 @@ pub struct BenchReport {
     pub report_duration: Duration,
     /// Its rows (one per container).
     pub report_rows: usize,
-    /// Its registry requests, from the access log: HEADs, manifest GETs, blob GETs.
-    pub report_requests: (usize, usize, usize),
+    /// Its registry requests, from the access log: HEADs, manifest GETs, blob GETs,
+    /// referrers GETs.
+    pub report_requests: [usize; 4],
 }
 
 /// Runs the benchmark once.
@@ -73,6 +79,9 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
         )
         .await?;
         images.push((repository, pushed));
+    }
+    if config.verify {
+        sign_and_govern(harness, &client, &ns.name, &images).await?;
     }
 
     eprintln!(
@@ -116,12 +125,13 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
             })
             .sum()
     };
-    let counts = || -> anyhow::Result<(usize, usize, usize)> {
-        Ok((
+    let counts = || -> anyhow::Result<[usize; 4]> {
+        Ok([
             count("\"HEAD /v2/{repo}/manifests/")?,
             count("\"GET /v2/{repo}/manifests/")?,
             count("\"GET /v2/{repo}/blobs/")?,
-        ))
+            count("\"GET /v2/{repo}/referrers/")?,
+        ])
     };
     registry_log_barrier(harness).await?;
     let before = counts()?;
@@ -152,14 +162,14 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
     let first = sub(counts()?, before);
 
     // Each later interval re-resolves every tag once: await exactly that.
-    let heads_target = first.0 + config.images * config.intervals;
+    let heads_target = first[0] + config.images * config.intervals;
     let limit = config.poll_interval * u32::try_from(config.intervals + 2)?;
     wait_for(
         "the measured intervals' tag look-ups",
         limit,
         Duration::from_millis(200),
         || async {
-            let (heads, _, _) = sub(counts()?, before);
+            let heads = sub(counts()?, before)[0];
             Ok((heads >= heads_target).then_some(()))
         },
     )
@@ -202,7 +212,7 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
         config,
         first_measurement,
         first_interval: first,
-        per_interval: (later.0 as f64 / n, later.1 as f64 / n, later.2 as f64 / n),
+        per_interval: later.map(|c| c as f64 / n),
         operator_requests,
         rss_bytes,
         mean_reconcile,
@@ -212,12 +222,61 @@ pub async fn run(harness: &Harness, config: BenchConfig) -> anyhow::Result<Bench
     })
 }
 
-fn sub(a: (usize, usize, usize), b: (usize, usize, usize)) -> (usize, usize, usize) {
-    (
-        a.0.saturating_sub(b.0),
-        a.1.saturating_sub(b.1),
-        a.2.saturating_sub(b.2),
-    )
+fn sub(a: [usize; 4], b: [usize; 4]) -> [usize; 4] {
+    std::array::from_fn(|i| a[i].saturating_sub(b[i]))
+}
+
+/// Signs every image with a new cosign key and makes a RefreshPolicy
+/// trusting it govern the namespace's workloads.
+async fn sign_and_govern(
+    harness: &Harness,
+    client: &kube::Client,
+    namespace: &str,
+    images: &[(String, crate::image::Pushed)],
+) -> anyhow::Result<()> {
+    use freshen_api::refresh::{KeyAuthoritySpec, KeySpec, VerifySpec};
+    let dir = crate::repo_root()
+        .join("target/e2e-cosign")
+        .join(format!("bench-{:08x}", rand_suffix()));
+    std::fs::create_dir_all(&dir)?;
+    let keys = crate::cosign::generate_key_pair(harness, &dir, "bench")?;
+    for (repository, pushed) in images {
+        let pinned = format!("{}/{repository}@{}", harness.registry, pushed.digest);
+        crate::cosign::sign(harness, &dir, &keys, &pinned, false)?;
+    }
+    let policy = freshen_api::RefreshPolicy::new(
+        "signed",
+        freshen_api::RefreshPolicySpec {
+            // Every bench workload: `app` is each one's own name.
+            selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector {
+                match_expressions: Some(vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement {
+                        key: "app".into(),
+                        operator: "Exists".into(),
+                        values: None,
+                    },
+                ]),
+                ..Default::default()
+            },
+            limits: Default::default(),
+            refresh: freshen_api::PolicyRefresh {
+                verify: Some(VerifySpec {
+                    authorities: vec![KeyAuthoritySpec {
+                        name: "bench".into(),
+                        key: Some(KeySpec::inline(keys.public_pem)),
+                        keyless: None,
+                    }],
+                    ..VerifySpec::default()
+                }),
+                ..Default::default()
+            },
+            pipelines: Default::default(),
+        },
+    );
+    Api::<freshen_api::RefreshPolicy>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &policy)
+        .await?;
+    Ok(())
 }
 
 impl std::fmt::Display for BenchReport {
@@ -225,17 +284,28 @@ impl std::fmt::Display for BenchReport {
         let c = &self.config;
         writeln!(
             f,
-            "W={} Deployments over U={} images, poll interval {:?}, {} warm intervals",
-            c.workloads, c.images, c.poll_interval, c.intervals
+            "W={} Deployments over U={} images, poll interval {:?}, {} warm intervals{}",
+            c.workloads,
+            c.images,
+            c.poll_interval,
+            c.intervals,
+            if c.verify {
+                ", every image signed and verified"
+            } else {
+                ""
+            }
         )?;
-        writeln!(f, "| what | tag HEADs | manifest GETs | blob GETs |")?;
-        writeln!(f, "|---|---|---|---|")?;
-        let (h, m, b) = self.first_interval;
-        writeln!(f, "| first interval (cold cache) | {h} | {m} | {b} |")?;
-        let (h, m, b) = self.per_interval;
         writeln!(
             f,
-            "| each later interval (registry access log) | {h:.1} | {m:.1} | {b:.1} |"
+            "| what | tag HEADs | manifest GETs | blob GETs | referrers GETs |"
+        )?;
+        writeln!(f, "|---|---|---|---|---|")?;
+        let [h, m, b, r] = self.first_interval;
+        writeln!(f, "| first interval (cold cache) | {h} | {m} | {b} | {r} |")?;
+        let [h, m, b, r] = self.per_interval;
+        writeln!(
+            f,
+            "| each later interval (registry access log) | {h:.1} | {m:.1} | {b:.1} | {r:.1} |"
         )?;
         writeln!(
             f,
@@ -254,10 +324,10 @@ impl std::fmt::Display for BenchReport {
             self.mean_reconcile.as_secs_f64() * 1e3,
             self.rss_bytes as f64 / 1048576.0
         )?;
-        let (h, m, b) = self.report_requests;
+        let [h, m, b, r] = self.report_requests;
         writeln!(
             f,
-            "freshen report, cold cache: {} rows in {:.2}s; registry requests: {h} HEADs, {m} manifest GETs, {b} blob GETs",
+            "freshen report, cold cache: {} rows in {:.2}s; registry requests: {h} HEADs, {m} manifest GETs, {b} blob GETs, {r} referrers GETs",
             self.report_rows,
             self.report_duration.as_secs_f64()
         )

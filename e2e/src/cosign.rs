@@ -112,3 +112,119 @@ pub fn attest(
         .args(["--allow-insecure-registry", "--allow-http-registry", image]);
     run(command, "attest")
 }
+
+/// A keyless signature of `digest` for `identity` from `issuer`, made by
+/// `e2e/harness/keyless.py` (a CA standing in for Fulcio, a log key for
+/// Rekor, kept in `ca_dir` so that bundles share one trusted root): the
+/// bundle's JSON and the `trusted_root.json`.
+pub fn keyless_sign(
+    dir: &Path,
+    ca_dir: &Path,
+    digest: &str,
+    identity: &str,
+    issuer: &str,
+) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let out = dir.join(digest.replace(':', "-"));
+    let script = crate::repo_root().join("e2e/harness/keyless.py");
+    let status = Command::new("python3")
+        .arg(&script)
+        .arg(&out)
+        .args([digest, identity, issuer, "--ca"])
+        .arg(ca_dir)
+        .output()
+        .context("running e2e/harness/keyless.py")?;
+    ensure!(
+        status.status.success(),
+        "keyless.py: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    Ok((
+        std::fs::read(out.join("bundle.json"))?,
+        std::fs::read(out.join("trusted_root.json"))?,
+    ))
+}
+
+/// Stores `bundle` as a sigstore-bundle referrer of `digest` in the
+/// harness registry's `repository`, as cosign v3 does on a registry
+/// without the referrers API: the bundle as the layer of an artifact
+/// manifest whose subject is the digest, listed by an index at the
+/// fallback tag `sha256-<hex>`.
+pub async fn attach_bundle(
+    harness: &Harness,
+    repository: &str,
+    digest: &str,
+    bundle: &[u8],
+) -> anyhow::Result<()> {
+    const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+    let http = reqwest::Client::new();
+    let base = format!("http://{}/v2/{repository}", harness.registry);
+    let upload = |blob: Vec<u8>| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let digest = crate::image::sha256(&blob);
+            let started = http
+                .post(format!("{base}/blobs/uploads/"))
+                .send()
+                .await?
+                .error_for_status()?;
+            let location = started
+                .headers()
+                .get("location")
+                .and_then(|l| l.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            let location = match location.starts_with("http") {
+                true => location,
+                false => format!("http://{}{location}", harness.registry),
+            };
+            let separator = if location.contains('?') { '&' } else { '?' };
+            http.put(format!("{location}{separator}digest={digest}"))
+                .body(blob.clone())
+                .send()
+                .await?
+                .error_for_status()?;
+            anyhow::Ok((digest, blob.len()))
+        }
+    };
+    let (config, config_size) = upload(b"{}".to_vec()).await?;
+    let (layer, layer_size) = upload(bundle.to_vec()).await?;
+    let subject = http
+        .head(format!("{base}/manifests/{digest}"))
+        .header("accept", crate::image::OCI_MANIFEST)
+        .send()
+        .await?
+        .error_for_status()?;
+    let subject_size: usize = subject
+        .headers()
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": crate::image::OCI_MANIFEST,
+        "artifactType": BUNDLE,
+        "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": config, "size": config_size},
+        "layers": [{"mediaType": BUNDLE, "digest": layer, "size": layer_size}],
+        "subject": {"mediaType": crate::image::OCI_MANIFEST, "digest": digest, "size": subject_size},
+    }))?;
+    let manifest_digest = crate::image::sha256(&manifest);
+    http.put(format!("{base}/manifests/{manifest_digest}"))
+        .header("content-type", crate::image::OCI_MANIFEST)
+        .body(manifest.clone())
+        .send()
+        .await?
+        .error_for_status()?;
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [{"mediaType": crate::image::OCI_MANIFEST, "digest": manifest_digest,
+                       "size": manifest.len(), "artifactType": BUNDLE}],
+    }))?;
+    http.put(format!("{base}/manifests/{}", digest.replace(':', "-")))
+        .header("content-type", "application/vnd.oci.image.index.v1+json")
+        .body(index)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}

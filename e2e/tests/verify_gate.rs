@@ -12,15 +12,15 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use freshen_api::refresh::{
-    AttestationSpec, KeyAuthoritySpec, KeyRef, KeySpec, UrgentWhen, VerifyMode, VerifySpec,
-    VulnerabilitiesSpec,
+    AttestationSpec, KeyAuthoritySpec, KeyRef, KeySpec, KeylessSpec, UrgentWhen, VerifyMode,
+    VerifySpec, VulnerabilitiesSpec,
 };
 use freshen_api::{
     ClusterRefreshPolicy, ClusterRefreshPolicySpec, PolicyLimits, PolicyRefresh, Refresh,
     RefreshPolicy, RefreshPolicySpec,
 };
 use freshen_e2e::cosign::{self, KeyPair};
-use freshen_e2e::image::{ImageSpec, push};
+use freshen_e2e::image::{ImageSpec, push, push_index};
 use freshen_e2e::operator::Operator;
 use freshen_e2e::{
     Harness, TestNamespace, await_warning, deployment_with, init_tls, wait_for, wait_ready_pods,
@@ -44,7 +44,8 @@ fn verify(mode: VerifyMode, name: &str, keys: &KeyPair) -> VerifySpec {
         mode: Some(mode),
         authorities: vec![KeyAuthoritySpec {
             name: name.into(),
-            key: KeySpec::inline(keys.public_pem.clone()),
+            key: Some(KeySpec::inline(keys.public_pem.clone())),
+            keyless: None,
         }],
         ..VerifySpec::default()
     }
@@ -777,7 +778,7 @@ async fn a_key_kept_in_a_config_map_is_read_and_a_secret_that_is_no_key_is_a_con
         mode: Some(VerifyMode::Enforce),
         authorities: vec![KeyAuthoritySpec {
             name: "platform".into(),
-            key: KeySpec {
+            key: Some(KeySpec {
                 config_map_ref: config_map.then(|| KeyRef {
                     name: name.into(),
                     key: "cosign.pub".into(),
@@ -787,7 +788,8 @@ async fn a_key_kept_in_a_config_map_is_read_and_a_secret_that_is_no_key_is_a_con
                     key: "cosign.pub".into(),
                 }),
                 pem: None,
-            },
+            }),
+            keyless: None,
         }],
         ..VerifySpec::default()
     };
@@ -845,5 +847,166 @@ async fn a_key_kept_in_a_config_map_is_read_and_a_secret_that_is_no_key_is_a_con
         !message.contains("hunter2"),
         "what the Secret holds is never echoed: {message}"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_signature_on_the_platform_manifest_that_runs_counts_for_its_index() -> anyhow::Result<()>
+{
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "verify-arch").await?;
+    let dir = keys_dir()?;
+    let platform = cosign::generate_key_pair(&harness, &dir, "platform")?;
+    gate(
+        &client,
+        &ns.name,
+        verify(VerifyMode::Audit, "platform", &platform),
+        None,
+    )
+    .await?;
+    // Two multi-arch images; each has only one platform manifest signed:
+    // the one the (amd64) nodes run, or the other.
+    for (name, signed_arch) in [("runs-signed", "amd64"), ("other-signed", "arm64")] {
+        let repository = format!("e2e/{}/{name}", ns.name);
+        let mut per_arch = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            let mut spec = ImageSpec::built_at(Utc::now() - TimeDelta::hours(2));
+            spec.architecture = arch.into();
+            spec.content = format!("{name} {arch}");
+            per_arch.push(push(&harness.registry, &repository, arch, &spec).await?);
+        }
+        let index = push_index(
+            &harness.registry,
+            &repository,
+            "stable",
+            &[
+                (&per_arch[0], "linux", "amd64"),
+                (&per_arch[1], "linux", "arm64"),
+            ],
+        )
+        .await?;
+        let signed = &per_arch[usize::from(signed_arch == "arm64")];
+        let pinned = format!("{}/{repository}@{}", harness.registry, signed.digest);
+        cosign::sign(&harness, &dir, &platform, &pinned, false)?;
+        let deploy = deployment_with(
+            name,
+            &index.pinned(),
+            1,
+            serde_json::json!({"metadata": {"labels": {"tier": "web"}}}),
+        )?;
+        Api::<Deployment>::namespaced(client.clone(), &ns.name)
+            .create(&PostParams::default(), &deploy)
+            .await?;
+        wait_ready_pods(&client, &ns.name, name, 1, Duration::from_secs(60)).await?;
+    }
+    let operator = Operator::start(
+        &harness,
+        &["--poll-interval", "2s", "--namespace", &ns.name],
+    )
+    .await?;
+    for (name, result) in [("runs-signed", "verified"), ("other-signed", "missing")] {
+        wait_for(
+            &format!("{name} reported {result}"),
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            || async {
+                let text = operator.scrape().await?;
+                match text.lines().any(|l| {
+                    l.starts_with("freshen_image_verified{")
+                        && l.contains(&format!("workload=\"{name}\""))
+                        && l.contains(&format!("result=\"{result}\""))
+                }) {
+                    true => Ok(Some(())),
+                    false => anyhow::bail!("not yet"),
+                }
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_keyless_signature_must_come_from_the_trusted_identity() -> anyhow::Result<()> {
+    init_tls();
+    let harness = Harness::load()?;
+    let client = harness.client().await?;
+    let ns = TestNamespace::create(&harness, &client, "keyless").await?;
+    let dir = keys_dir()?;
+    let ca = dir.join("ca");
+    const ISSUER: &str = "https://token.actions.githubusercontent.com";
+    let workflow = |repo: &str| {
+        format!("https://github.com/acme/{repo}/.github/workflows/release.yml@refs/heads/main")
+    };
+    let repo = |w: &str| format!("e2e/{}/{w}", ns.name);
+    for w in ["ours", "theirs"] {
+        deploy_old(&harness, &client, &ns.name, w, &repo(w)).await?;
+    }
+    // Each candidate signed keyless before its tag names it: `ours` by the
+    // trusted workflow, `theirs` by another repository's, same CA.
+    let mut root = Vec::new();
+    for (w, identity) in [("ours", workflow("shop")), ("theirs", workflow("fork"))] {
+        let mut spec = ImageSpec::built_at(Utc::now() - TimeDelta::hours(1));
+        spec.content = format!("{w} new");
+        let candidate = push(&harness.registry, &repo(w), "candidate", &spec).await?;
+        let (bundle, trusted_root) =
+            cosign::keyless_sign(&dir, &ca, &candidate.digest, &identity, ISSUER)?;
+        cosign::attach_bundle(&harness, &repo(w), &candidate.digest, &bundle).await?;
+        push(&harness.registry, &repo(w), "stable", &spec).await?;
+        root = trusted_root;
+    }
+    let config_map: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "sigstore"},
+        "data": {"trusted_root.json": String::from_utf8(root)?}
+    }))?;
+    Api::<ConfigMap>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &config_map)
+        .await?;
+    let spec = VerifySpec {
+        mode: Some(VerifyMode::Enforce),
+        authorities: vec![KeyAuthoritySpec {
+            name: "release-workflow".into(),
+            key: None,
+            keyless: Some(KeylessSpec {
+                issuer: ISSUER.into(),
+                subject: None,
+                subject_reg_exp: Some(
+                    r"https://github\.com/acme/shop/\.github/workflows/.*".into(),
+                ),
+                trusted_root: KeyRef {
+                    name: "sigstore".into(),
+                    key: "trusted_root.json".into(),
+                },
+                require_transparency_log: Some(true),
+            }),
+        }],
+        ..VerifySpec::default()
+    };
+    gate(&client, &ns.name, spec, None).await?;
+    let _operator = Operator::start(
+        &harness,
+        &["--poll-interval", "2s", "--namespace", &ns.name],
+    )
+    .await?;
+    let refresh = await_refresh(&client, &ns.name, "ours").await?;
+    assert_eq!(
+        refresh.spec.verification.as_deref(),
+        Some("signed by release-workflow")
+    );
+    let note = await_warning(
+        &client,
+        &ns.name,
+        "Deployment",
+        "theirs",
+        "SignatureUntrusted",
+    )
+    .await?;
+    assert!(
+        note.contains("release-workflow (its certificate's identity") && note.contains("acme/fork"),
+        "{note}"
+    );
+    assert_eq!(refreshes_of(&client, &ns.name, "theirs").await?, 0);
     Ok(())
 }

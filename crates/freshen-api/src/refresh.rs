@@ -340,7 +340,8 @@ pub enum VerifyMode {
     Audit,
 }
 
-/// A trusted signer: its name and public key.
+/// A trusted signer: its name, and a public key or a keyless identity
+/// (exactly one).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeyAuthoritySpec {
@@ -348,7 +349,102 @@ pub struct KeyAuthoritySpec {
     #[schemars(length(min = 1, max = 63))]
     pub name: String,
     /// The key its signatures verify with.
-    pub key: KeySpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<KeySpec>,
+    /// Keyless signing: a certificate authority of a trusted root
+    /// certifies the signer's identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keyless: Option<KeylessSpec>,
+}
+
+/// Keyless signatures (Fulcio certificates, or a private CA's): who must
+/// have signed, and the trusted root that certifies it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct KeylessSpec {
+    /// The OIDC issuer the certificate must name, e.g.
+    /// `https://token.actions.githubusercontent.com`.
+    #[schemars(length(min = 1, max = 512))]
+    pub issuer: String,
+    /// The identity (certificate SAN: e-mail or URI) exactly; or use
+    /// `subjectRegExp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub subject: Option<String>,
+    /// A regular expression the whole identity must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub subject_reg_exp: Option<String>,
+    /// A ConfigMap key holding sigstore's `trusted_root.json`: the
+    /// certificate authorities and transparency logs trusted.
+    pub trusted_root: KeyRef,
+    /// Refuse a signature no transparency log entry of the trusted root
+    /// vouches for (checked offline, from the bundle's signed entry
+    /// timestamp). Without it, the certificate must be valid at the time
+    /// of the check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require_transparency_log: Option<bool>,
+}
+
+impl KeyAuthoritySpec {
+    /// An authority trusting `key`.
+    pub fn with_key(name: impl Into<String>, key: KeySpec) -> Self {
+        Self {
+            name: name.into(),
+            key: Some(key),
+            keyless: None,
+        }
+    }
+
+    /// What it trusts, for a policy in `namespace` (`None`: a
+    /// ClusterRefreshPolicy); the error names the field.
+    pub fn source(
+        &self,
+        namespace: Option<&str>,
+    ) -> Result<
+        (
+            freshen_core::verify::KeySource,
+            Option<freshen_core::verify::KeylessIdentity>,
+        ),
+        (String, String),
+    > {
+        use freshen_core::verify::{KeySource, KeylessIdentity, ObjectKey, SubjectMatch};
+        match (&self.key, &self.keyless) {
+            (Some(key), None) => key
+                .source(namespace)
+                .map(|s| (s, None))
+                .map_err(|e| ("key".into(), e)),
+            (None, Some(k)) => {
+                let subject = match (&k.subject, &k.subject_reg_exp) {
+                    (Some(s), None) => SubjectMatch::Exact(s.clone()),
+                    (None, Some(p)) => SubjectMatch::Pattern(p.clone()),
+                    _ => {
+                        return Err((
+                            "keyless".into(),
+                            "expected exactly one of subject and subjectRegExp".into(),
+                        ));
+                    }
+                };
+                let root = KeySource::ConfigMap(ObjectKey {
+                    namespace: namespace.map(str::to_owned),
+                    name: k.trusted_root.name.clone(),
+                    key: k.trusted_root.key.clone(),
+                });
+                Ok((
+                    root,
+                    Some(KeylessIdentity {
+                        issuer: k.issuer.clone(),
+                        subject,
+                        require_transparency_log: k.require_transparency_log.unwrap_or(false),
+                    }),
+                ))
+            }
+            _ => Err((
+                "key".into(),
+                "expected exactly one of key and keyless".into(),
+            )),
+        }
+    }
 }
 
 /// A cosign public key: exactly one of `pem`, `secretRef`, `configMapRef`.
@@ -422,10 +518,20 @@ impl VerifySpec {
                     message: format!("{:?} names two authorities; names must be unique", a.name),
                 });
             }
-            let source = a.key.source(None).map_err(|message| SpecError::Key {
-                field: format!("spec.verify.authorities[{i}].key"),
+            let (source, keyless) = a.source(None).map_err(|(field, message)| SpecError::Key {
+                field: format!("spec.verify.authorities[{i}].{field}"),
                 message,
             })?;
+            if let Some(freshen_core::verify::KeylessIdentity {
+                subject: freshen_core::verify::SubjectMatch::Pattern(p),
+                ..
+            }) = &keyless
+            {
+                freshen_verify::keyless::Subject::pattern(p).map_err(|e| SpecError::Key {
+                    field: format!("spec.verify.authorities[{i}].keyless.subjectRegExp"),
+                    message: e.to_string(),
+                })?;
+            }
             if let freshen_core::verify::KeySource::Pem(pem) = source {
                 freshen_verify::PublicKey::from_pem(&pem).map_err(|e| SpecError::Key {
                     field: format!("spec.verify.authorities[{i}].key.pem"),
@@ -460,12 +566,15 @@ impl VerifySpec {
             authorities: self
                 .authorities
                 .iter()
-                .map(|a| freshen_core::verify::KeyAuthority {
-                    name: a.name.clone(),
-                    key: a
-                        .key
+                .map(|a| {
+                    let (key, keyless) = a
                         .source(namespace)
-                        .unwrap_or(freshen_core::verify::KeySource::Pem(String::new())),
+                        .unwrap_or((freshen_core::verify::KeySource::Pem(String::new()), None));
+                    freshen_core::verify::KeyAuthority {
+                        name: a.name.clone(),
+                        key,
+                        keyless,
+                    }
                 })
                 .collect(),
             attestations: self.checks(),
@@ -591,10 +700,8 @@ mod tests {
     #[test]
     fn verify_authorities_must_be_usable_keys_named_once() {
         let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEl3tXSqQKivA3qWOXfIt6dWxsbw4f\nGOCXr9H6v0gt6k/Oly99frnLrPfhhPF4s+ceW7cjlNMbqagIBxAllTK4NQ==\n-----END PUBLIC KEY-----\n";
-        let authority = |name: &str, pem: &str| KeyAuthoritySpec {
-            name: name.into(),
-            key: KeySpec::inline(pem),
-        };
+        let authority =
+            |name: &str, pem: &str| KeyAuthoritySpec::with_key(name, KeySpec::inline(pem));
         let ok = VerifySpec {
             mode: None,
             authorities: vec![authority("platform", pem)],
@@ -637,10 +744,7 @@ mod tests {
         let spec =
             |attestations: Vec<AttestationSpec>, vulns: Option<VulnerabilitiesSpec>| VerifySpec {
                 mode: None,
-                authorities: vec![KeyAuthoritySpec {
-                    name: "platform".into(),
-                    key: KeySpec::inline(pem),
-                }],
+                authorities: vec![KeyAuthoritySpec::with_key("platform", KeySpec::inline(pem))],
                 attestations: Some(attestations),
                 vulnerabilities: vulns,
             };

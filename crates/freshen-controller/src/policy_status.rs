@@ -157,16 +157,20 @@ async fn keys_usable<P: Policy>(ctx: &Context, policy: &P) -> Result<(), SpecErr
     };
     let namespace = policy.secret_namespace(&ctx.config.rebuild_namespace);
     for (i, a) in verify.authorities.iter().enumerate() {
-        let (field, source) = match a.key.source(Some(&namespace)) {
-            Ok(s @ freshen_core::verify::KeySource::Secret(_)) => ("secretRef", s),
-            Ok(s @ freshen_core::verify::KeySource::ConfigMap(_)) => ("configMapRef", s),
-            _ => continue,
+        let Ok((source, keyless)) = a.source(Some(&namespace)) else {
+            continue;
+        };
+        let field = match (&source, &keyless) {
+            (_, Some(_)) => "keyless.trustedRoot",
+            (freshen_core::verify::KeySource::Secret(_), None) => "key.secretRef",
+            (freshen_core::verify::KeySource::ConfigMap(_), None) => "key.configMapRef",
+            (freshen_core::verify::KeySource::Pem(_), None) => continue,
         };
         ctx.verdicts
-            .usable(&source)
+            .usable(&source, keyless.is_some())
             .await
             .map_err(|message| SpecError::Key {
-                field: format!("spec.verify.authorities[{i}].key.{field}"),
+                field: format!("spec.verify.authorities[{i}].{field}"),
                 message,
             })?;
     }

@@ -9,7 +9,7 @@
 //! a verdict the registry could not give is not kept.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use freshen_core::verify::{
@@ -54,6 +54,10 @@ type KeptKey = (Result<String, String>, std::time::Instant);
 pub struct Verdicts {
     kept: Mutex<HashMap<String, (Judged, std::time::Instant)>>,
     keys: Mutex<HashMap<KeySource, KeptKey>>,
+    /// One judgement of a key at a time: workloads running the same digest
+    /// wait for the first and take its verdict, so a digest's artifacts
+    /// are read once however many workloads run it.
+    inflight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     client: Client,
     /// Where a ClusterRefreshPolicy's key objects are.
     own_namespace: String,
@@ -66,6 +70,7 @@ impl Verdicts {
         Self {
             kept: Mutex::default(),
             keys: Mutex::default(),
+            inflight: Mutex::default(),
             client,
             own_namespace,
         }
@@ -105,9 +110,10 @@ impl Verdicts {
         out
     }
 
-    /// Whether the key at `source` can be read and is a public key; why
-    /// not (no object content in it).
-    pub async fn usable(&self, source: &KeySource) -> Result<(), String> {
+    /// Whether the key at `source` can be read and is a public key (a
+    /// trusted root, for a `keyless` authority); why not (no object
+    /// content in it).
+    pub async fn usable(&self, source: &KeySource, keyless: bool) -> Result<(), String> {
         let pem = match source {
             KeySource::Pem(pem) => pem.clone(),
             other => {
@@ -121,9 +127,11 @@ impl Verdicts {
                 value?
             }
         };
-        PublicKey::from_pem(&pem)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        match keyless {
+            true => freshen_verify::keyless::TrustedRoot::from_json(pem.as_bytes()).map(|_| ()),
+            false => PublicKey::from_pem(&pem).map(|_| ()),
+        }
+        .map_err(|e| e.to_string())
     }
 
     /// One key's PEM from its Secret or ConfigMap. The errors name the
@@ -159,13 +167,13 @@ impl Verdicts {
                 }),
         };
         match bytes {
-            Ok(Some(Some(bytes))) if bytes.len() <= freshen_verify::key::MAX_PEM => {
+            Ok(Some(Some(bytes))) if bytes.len() <= freshen_verify::keyless::MAX_TRUSTED_ROOT => {
                 String::from_utf8(bytes).map_err(|_| format!("{what} key {key} is not text"))
             }
             Ok(Some(Some(bytes))) => Err(format!(
-                "{what} key {key} has {} bytes; a public key has at most {}",
+                "{what} key {key} has {} bytes; a key or trusted root has at most {}",
                 bytes.len(),
-                freshen_verify::key::MAX_PEM
+                freshen_verify::keyless::MAX_TRUSTED_ROOT
             )),
             Ok(Some(None)) => Err(format!("{what} has no key {key}")),
             Ok(None) => Err(format!("{what} does not exist")),
@@ -188,30 +196,47 @@ impl Verdicts {
         let hash = sha2::Sha256::digest(format!("{requirement:?}{keys:?}").as_bytes());
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         let key = format!("{}@{}#{hex}", image.name(), digest);
-        let now = std::time::Instant::now();
-        if let Some((kept, at)) = self.kept.lock().ok().and_then(|k| k.get(&key).cloned())
-            && (kept.trust.verified() || now.duration_since(at) < recheck)
-        {
+        let fresh = |now: std::time::Instant| {
+            self.kept
+                .lock()
+                .ok()
+                .and_then(|k| k.get(&key).cloned())
+                .filter(|(kept, at)| kept.trust.verified() || now.duration_since(*at) < recheck)
+                .map(|(kept, _)| kept)
+        };
+        if let Some(kept) = fresh(std::time::Instant::now()) {
             return kept;
         }
-        let found = lookup
-            .registry
-            .signatures(image, digest, lookup.credential(image))
-            .await;
-        let artifacts = match found {
-            Ok(a) => a,
-            Err(e) => {
-                let set = requirement.sets.first();
-                return Judged {
-                    trust: Trust::Failed {
-                        policy: set.map(|s| s.policy.clone()).unwrap_or_default(),
-                        verdict: SetVerdict::Unknown(e.to_string()),
-                    },
-                    findings: None,
-                };
+        let turn = match self.inflight.lock() {
+            Ok(mut inflight) => {
+                if inflight.len() >= MAX_VERDICTS {
+                    inflight.retain(|_, m| Arc::strong_count(m) > 1);
+                }
+                Arc::clone(inflight.entry(key.clone()).or_default())
             }
+            Err(_) => Arc::default(),
         };
-        let judged = conclude(requirement, &keys, &artifacts, digest);
+        let _turn = turn.lock().await;
+        let now = std::time::Instant::now();
+        if let Some(kept) = fresh(now) {
+            return kept;
+        }
+        let (mut judged, answered) = judge_now(lookup, image, digest, requirement, &keys).await;
+        // Multi-arch: the index is what is signed, but a signature on the
+        // platform manifest that runs counts too.
+        if !judged.trust.verified()
+            && let Ok(facts) = lookup.facts(image, digest).await
+            && let Some(platform) = &facts.platform_digest
+        {
+            let (on_platform, _) = judge_now(lookup, image, platform, requirement, &keys).await;
+            if on_platform.trust.verified() {
+                judged = on_platform;
+            }
+        }
+        if !answered && !judged.trust.verified() {
+            // The registry could not answer: asked again on the next look.
+            return judged;
+        }
         if let Ok(mut kept) = self.kept.lock() {
             if kept.len() >= MAX_VERDICTS {
                 kept.clear();
@@ -219,6 +244,47 @@ impl Verdicts {
             kept.insert(key, (judged.clone(), now));
         }
         judged
+    }
+}
+
+/// The verdict from the registry's artifacts for `digest`, now, and
+/// whether the registry answered (else the verdict says why not).
+async fn judge_now(
+    lookup: &Lookup<'_>,
+    image: &ImageReference,
+    digest: &Digest,
+    requirement: &Requirement,
+    keys: &Keys,
+) -> (Judged, bool) {
+    match lookup
+        .registry
+        .signatures(image, digest, lookup.credential(image))
+        .await
+    {
+        Ok(artifacts) => (
+            conclude(
+                requirement,
+                keys,
+                &artifacts,
+                digest,
+                lookup.now.timestamp(),
+            ),
+            true,
+        ),
+        Err(e) => (
+            Judged {
+                trust: Trust::Failed {
+                    policy: requirement
+                        .sets
+                        .first()
+                        .map(|s| s.policy.clone())
+                        .unwrap_or_default(),
+                    verdict: SetVerdict::Unknown(e.to_string()),
+                },
+                findings: None,
+            },
+            false,
+        ),
     }
 }
 
@@ -246,20 +312,22 @@ pub async fn judge_running(
     }
 }
 
-/// The gate's conclusion over every artifact found for `digest`: each
-/// set's verdict, and the scan of the first set that reads scans.
+/// The gate's conclusion over every artifact found for `digest` at `now`
+/// (seconds since the epoch): each set's verdict, and the scan of the
+/// first set that reads scans.
 pub fn conclude(
     requirement: &Requirement,
     keys: &Keys,
     artifacts: &[Artifact],
     digest: &Digest,
+    now: i64,
 ) -> Judged {
     let mut findings = None;
     let verdicts = requirement
         .sets
         .iter()
         .map(|set| {
-            let (verdict, scan) = judge_set(set, keys, artifacts, digest);
+            let (verdict, scan) = judge_set(set, keys, artifacts, digest, now);
             if findings.is_none() {
                 findings = scan;
             }
@@ -279,8 +347,9 @@ fn judge_set(
     keys: &Keys,
     artifacts: &[Artifact],
     digest: &Digest,
+    now: i64,
 ) -> (SetVerdict, Option<Findings>) {
-    let authorities = match authorities(set, keys) {
+    let (authorities, keyless) = match authorities(set, keys) {
         Ok(a) => a,
         Err(verdict) => return (verdict, None),
     };
@@ -289,10 +358,12 @@ fn judge_set(
     let opened: Vec<Opened> = artifacts
         .iter()
         .filter_map(|a| match a {
-            Artifact::Bundle(bytes) => Some(freshen_verify::open_bundle(
+            Artifact::Bundle(bytes) => Some(freshen_verify::open_bundle_keyless(
                 bytes,
                 digest.as_str(),
                 &authorities,
+                &keyless,
+                now,
             )),
             Artifact::SimpleSigning { .. } => None,
         })
@@ -346,40 +417,62 @@ fn judge_set(
     (SetVerdict::Verified(verdict), scan)
 }
 
-/// The set's keys; a key that cannot be read is a verdict on its own,
-/// naming the field.
-fn authorities(set: &AuthoritySet, keys: &Keys) -> Result<Vec<Authority>, SetVerdict> {
-    set.authorities
-        .iter()
-        .enumerate()
-        .map(|(i, a)| {
-            let field = match &a.key {
-                KeySource::Pem(_) => "pem",
-                KeySource::Secret(_) => "secretRef",
-                KeySource::ConfigMap(_) => "configMapRef",
-            };
-            let unusable = |why: String| {
-                SetVerdict::Unknown(format!(
-                    "{}: spec.verify.authorities[{i}].key.{field}: {why}",
-                    set.policy
-                ))
-            };
-            let pem = match &a.key {
-                KeySource::Pem(pem) => pem.clone(),
-                other => match keys.get(other) {
-                    Some(Ok(pem)) => pem.clone(),
-                    Some(Err(why)) => return Err(unusable(why.clone())),
-                    None => return Err(unusable("not read".into())),
-                },
-            };
-            PublicKey::from_pem(&pem)
-                .map(|key| Authority {
+/// The set's keys and keyless authorities; one that cannot be read is a
+/// verdict on its own, naming the field.
+fn authorities(
+    set: &AuthoritySet,
+    keys: &Keys,
+) -> Result<(Vec<Authority>, Vec<freshen_verify::keyless::Keyless>), SetVerdict> {
+    let mut with_keys = Vec::new();
+    let mut keyless = Vec::new();
+    for (i, a) in set.authorities.iter().enumerate() {
+        let field = match (&a.key, &a.keyless) {
+            (_, Some(_)) => "keyless.trustedRoot",
+            (KeySource::Pem(_), None) => "key.pem",
+            (KeySource::Secret(_), None) => "key.secretRef",
+            (KeySource::ConfigMap(_), None) => "key.configMapRef",
+        };
+        let unusable = |why: String| {
+            SetVerdict::Unknown(format!(
+                "{}: spec.verify.authorities[{i}].{field}: {why}",
+                set.policy
+            ))
+        };
+        let text = match &a.key {
+            KeySource::Pem(pem) => pem.clone(),
+            other => match keys.get(other) {
+                Some(Ok(text)) => text.clone(),
+                Some(Err(why)) => return Err(unusable(why.clone())),
+                None => return Err(unusable("not read".into())),
+            },
+        };
+        match &a.keyless {
+            None => with_keys.push(Authority {
+                name: a.name.clone(),
+                key: PublicKey::from_pem(&text).map_err(|e| unusable(e.to_string()))?,
+            }),
+            Some(identity) => {
+                use freshen_core::verify::SubjectMatch;
+                use freshen_verify::keyless::{Keyless, Subject, TrustedRoot};
+                let root =
+                    TrustedRoot::from_json(text.as_bytes()).map_err(|e| unusable(e.to_string()))?;
+                let subject = match &identity.subject {
+                    SubjectMatch::Exact(s) => Subject::Exact(s.clone()),
+                    SubjectMatch::Pattern(p) => {
+                        Subject::pattern(p).map_err(|e| unusable(e.to_string()))?
+                    }
+                };
+                keyless.push(Keyless {
                     name: a.name.clone(),
-                    key,
-                })
-                .map_err(|e| unusable(e.to_string()))
-        })
-        .collect()
+                    root: Arc::new(root),
+                    issuer: identity.issuer.clone(),
+                    subject,
+                    require_transparency_log: identity.require_transparency_log,
+                });
+            }
+        }
+    }
+    Ok((with_keys, keyless))
 }
 
 /// A bundle as a signature of `predicate_type`.

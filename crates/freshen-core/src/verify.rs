@@ -22,13 +22,36 @@ pub enum Mode {
     Audit,
 }
 
-/// A trusted key, by its name and where its PEM is.
+/// A trusted signer, by its name and where its PEM is (for a keyless
+/// one, where its trusted root is).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyAuthority {
     /// Its name, for Events and the report.
     pub name: String,
-    /// Its public key.
+    /// Its public key, or a keyless one's `trusted_root.json`.
     pub key: KeySource,
+    /// Keyless: the identity its certificates must carry.
+    pub keyless: Option<KeylessIdentity>,
+}
+
+/// The identity a keyless signature's certificate must carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeylessIdentity {
+    /// The OIDC issuer.
+    pub issuer: String,
+    /// The subject (SAN).
+    pub subject: SubjectMatch,
+    /// A verified transparency log entry is required.
+    pub require_transparency_log: bool,
+}
+
+/// How a keyless subject is matched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectMatch {
+    /// Exactly.
+    Exact(String),
+    /// A regular expression matching the whole subject.
+    Pattern(String),
 }
 
 /// Where a public key's PEM is.
@@ -514,6 +537,7 @@ mod tests {
                 .map(|n| KeyAuthority {
                     name: (*n).into(),
                     key: KeySource::Pem(String::new()),
+                    keyless: None,
                 })
                 .collect(),
             attestations: Vec::new(),

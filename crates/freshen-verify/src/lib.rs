@@ -12,6 +12,7 @@
 //! dependencies it would not use.
 
 pub mod key;
+pub mod keyless;
 pub mod predicate;
 
 use base64::Engine as _;
@@ -101,6 +102,8 @@ struct Bundle {
 #[serde(rename_all = "camelCase")]
 struct Material {
     public_key: Option<Hint>,
+    #[serde(flatten)]
+    keyless: keyless::Material,
 }
 
 #[derive(Deserialize)]
@@ -206,6 +209,19 @@ pub fn verify_bundle(
 /// Opens a sigstore bundle `bytes` about `digest` under `authorities`: the
 /// statement it signs once a trusted key verifies it, else the verdict.
 pub fn open_bundle(bytes: &[u8], digest: &str, authorities: &[Authority]) -> Opened {
+    open_bundle_keyless(bytes, digest, authorities, &[], 0)
+}
+
+/// [`open_bundle`], also trying the `keyless` authorities on a bundle
+/// signed with a certificate, at `now` (seconds since the epoch) when no
+/// transparency log entry says when it signed.
+pub fn open_bundle_keyless(
+    bytes: &[u8],
+    digest: &str,
+    authorities: &[Authority],
+    keyless: &[keyless::Keyless],
+    now: i64,
+) -> Opened {
     let failed = |verdict| Opened {
         claimed_type: None,
         outcome: Err(verdict),
@@ -230,18 +246,34 @@ pub fn open_bundle(bytes: &[u8], digest: &str, authorities: &[Authority]) -> Ope
             "the bundle has no DSSE envelope (an image is signed in one)".into(),
         ));
     };
-    let hint = bundle
-        .verification_material
-        .and_then(|m| m.public_key)
-        .and_then(|k| k.hint);
-    open_envelope(&envelope, hint.as_deref(), digest, authorities)
+    let material = bundle.verification_material.unwrap_or(Material {
+        public_key: None,
+        keyless: keyless::Material::default(),
+    });
+    let signers = Signers {
+        keys: authorities,
+        keyless,
+        material: &material.keyless,
+        now,
+    };
+    let hint = material.public_key.and_then(|k| k.hint);
+    open_envelope(&envelope, hint.as_deref(), digest, &signers)
+}
+
+/// Whom a signature may come from: keys, and keyless authorities with the
+/// bundle's certificate material.
+struct Signers<'a> {
+    keys: &'a [Authority],
+    keyless: &'a [keyless::Keyless],
+    material: &'a keyless::Material,
+    now: i64,
 }
 
 fn open_envelope(
     envelope: &Envelope,
     hint: Option<&str>,
     digest: &str,
-    authorities: &[Authority],
+    signers: &Signers,
 ) -> Opened {
     let Ok(payload) = STANDARD.decode(&envelope.payload) else {
         return Opened {
@@ -255,7 +287,7 @@ fn open_envelope(
         .map(|t| t.chars().take(256).collect());
     Opened {
         claimed_type,
-        outcome: verify_envelope(envelope, &payload, hint, digest, authorities),
+        outcome: verify_envelope(envelope, &payload, hint, digest, signers),
     }
 }
 
@@ -264,8 +296,9 @@ fn verify_envelope(
     payload: &[u8],
     hint: Option<&str>,
     digest: &str,
-    authorities: &[Authority],
+    signers: &Signers,
 ) -> Result<Attested, Verdict> {
+    let authorities = signers.keys;
     if envelope.payload_type != IN_TOTO {
         return Err(Verdict::Invalid(format!(
             "DSSE payload type {:?}; expected {IN_TOTO}",
@@ -279,15 +312,24 @@ fn verify_envelope(
         )));
     }
     let message = pae(&envelope.payload_type, payload);
-    let signatures: Vec<Vec<u8>> = envelope
+    let signatures: Vec<(String, Vec<u8>)> = envelope
         .signatures
         .iter()
-        .map(|s| STANDARD.decode(&s.sig))
+        .map(|s| STANDARD.decode(&s.sig).map(|raw| (s.sig.clone(), raw)))
         .collect::<Result<_, _>>()
         .map_err(|_| Verdict::Invalid("a DSSE signature is not base64".into()))?;
     let signer = authorities
         .iter()
-        .find(|a| signatures.iter().any(|sig| a.key.verifies(&message, sig)));
+        .find(|a| {
+            signatures
+                .iter()
+                .any(|(_, sig)| a.key.verifies(&message, sig))
+        })
+        .map(|a| a.name.clone());
+    let signer = match signer {
+        Some(name) => Some(name),
+        None => keyless_signer(signers, (&message, payload), &signatures)?,
+    };
     let Some(signer) = signer else {
         // Nothing verifies. A hint naming a trusted key means its signature
         // was altered; otherwise another key signed.
@@ -298,15 +340,55 @@ fn verify_envelope(
             )));
         }
         return Err(Verdict::Untrusted {
-            tried: authorities.iter().map(|a| a.name.clone()).collect(),
+            tried: authorities
+                .iter()
+                .map(|a| a.name.clone())
+                .chain(signers.keyless.iter().map(|k| k.name.clone()))
+                .collect(),
         });
     };
     // Only a verified payload is read further.
     let statement = statement_about(payload, digest).map_err(Verdict::Invalid)?;
     Ok(Attested {
-        authority: signer.name.clone(),
+        authority: signer,
         predicate_type: statement.predicate_type.unwrap_or_default(),
         predicate: statement.predicate,
+    })
+}
+
+/// The keyless authority a certificate-signed envelope verifies under:
+/// none (untrusted, with why in the error when every authority refused
+/// the certificate), or an error when the certificate is trusted but the
+/// signature does not verify with it.
+fn keyless_signer(
+    signers: &Signers,
+    (message, payload): (&[u8], &[u8]),
+    signatures: &[(String, Vec<u8>)],
+) -> Result<Option<String>, Verdict> {
+    if signers.keyless.is_empty() {
+        return Ok(None);
+    }
+    let Some(leaf) = signers.material.leaf().map_err(Verdict::Invalid)? else {
+        return Ok(None);
+    };
+    let mut refused = Vec::new();
+    for authority in signers.keyless {
+        match keyless::check(
+            authority,
+            &leaf,
+            signers.material,
+            (message, payload),
+            signatures,
+            signers.now,
+        ) {
+            keyless::Outcome::Verified => return Ok(Some(authority.name.clone())),
+            keyless::Outcome::Invalid(why) => return Err(Verdict::Invalid(why)),
+            keyless::Outcome::Untrusted(why) => refused.push(format!("{} ({why})", authority.name)),
+        }
+    }
+    let keys = signers.keys.iter().map(|a| a.name.clone());
+    Err(Verdict::Untrusted {
+        tried: keys.chain(refused).collect(),
     })
 }
 

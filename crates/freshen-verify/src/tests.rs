@@ -106,8 +106,21 @@ fn another_key_is_untrusted_and_a_tampered_signature_invalid() {
 fn hostile_bundles_get_a_clear_verdict() {
     let trusted = [authority("platform", 1)];
     let huge = vec![b' '; MAX_BUNDLE + 1];
+    // A chain of 10,000 certificates (each a few hundred bytes of DER) is
+    // refused by its size before anything parses it.
+    let cert = STANDARD.encode([0x30_u8; 400]);
+    let chain: Vec<_> = (0..10_000)
+        .map(|_| serde_json::json!({"rawBytes": cert}))
+        .collect();
+    let long_chain = serde_json::to_vec(&serde_json::json!({
+        "mediaType": BUNDLE_V03,
+        "verificationMaterial": {"x509CertificateChain": {"certificates": chain}},
+        "dsseEnvelope": {"payload": "", "payloadType": IN_TOTO, "signatures": [{"sig": ""}]}
+    }))
+    .unwrap_or_default();
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (huge, "at most"),
+        (long_chain, "at most"),
         (b"{".to_vec(), "not a sigstore bundle"),
         (
             br#"{"mediaType":"text/plain","dsseEnvelope":null}"#.to_vec(),
@@ -142,6 +155,11 @@ fn hostile_bundles_get_a_clear_verdict() {
             other => panic!("{want}: {other:?}"),
         }
     }
+    // A signed payload that is no statement.
+    assert!(matches!(
+        verify_bundle(&bundle(b"[1, 2", 1, None), DIGEST, None, &trusted),
+        Verdict::Invalid(why) if why.contains("not an in-toto statement")
+    ));
     // A signed statement with too many subjects.
     let many: Vec<_> = (0..MAX_SUBJECTS + 1)
         .map(|_| serde_json::json!({"digest": {"sha256": "00"}}))

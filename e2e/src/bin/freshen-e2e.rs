@@ -44,6 +44,10 @@ enum Command {
         /// The operator's poll interval, e.g. 10s.
         #[arg(long, default_value = "10s")]
         poll_interval: String,
+        /// Sign every image with cosign and verify the running digests
+        /// (a RefreshPolicy with `spec.verify`).
+        #[arg(long)]
+        verify: bool,
     },
     /// Time digest pushed -> Refresh created and crash-looping canary ->
     /// rollback started over N runs (`make bench-refresh`).
@@ -144,12 +148,14 @@ async fn main() -> anyhow::Result<()> {
             images,
             intervals,
             poll_interval,
+            verify,
         } => {
             let config = freshen_e2e::bench::BenchConfig {
                 workloads,
                 images,
                 intervals,
                 poll_interval: freshen_core::parse_duration(&poll_interval)?,
+                verify,
             };
             let report = freshen_e2e::bench::run(&harness, config).await?;
             println!("{report}");
