@@ -97,16 +97,35 @@ pub fn attest(
     kind: &str,
     predicate: &serde_json::Value,
 ) -> anyhow::Result<()> {
+    attest_as(harness, dir, key, image, (kind, predicate), false)
+}
+
+/// [`attest`], or with `legacy` the older way: a bare DSSE envelope at
+/// the tag `sha256-<hex>.att`.
+pub fn attest_as(
+    harness: &Harness,
+    dir: &Path,
+    key: &KeyPair,
+    image: &str,
+    (kind, predicate): (&str, &serde_json::Value),
+    legacy: bool,
+) -> anyhow::Result<()> {
     let config = dir.join("signing-config.json");
     std::fs::write(&config, NO_SERVICES)?;
     let file = dir.join(format!("predicate-{:08x}.json", crate::rand_suffix()));
     std::fs::write(&file, serde_json::to_vec(predicate)?)?;
     let mut command = cosign(harness, dir);
+    command.args(["attest", "--yes", "--key"]).arg(&key.private);
+    if legacy {
+        command.args([
+            "--new-bundle-format=false",
+            "--use-signing-config=false",
+            "--tlog-upload=false",
+        ]);
+    } else {
+        command.arg("--signing-config").arg(&config);
+    }
     command
-        .args(["attest", "--yes", "--key"])
-        .arg(&key.private)
-        .arg("--signing-config")
-        .arg(&config)
         .args(["--type", kind, "--predicate"])
         .arg(&file)
         .args(["--allow-insecure-registry", "--allow-http-registry", image]);

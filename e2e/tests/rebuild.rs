@@ -36,6 +36,8 @@ struct Scene {
     harness: Harness,
     client: Client,
     ns: TestNamespace,
+    /// The policy's `spec.verify`, if any.
+    verify: Option<freshen_api::refresh::VerifySpec>,
 }
 
 impl Scene {
@@ -48,6 +50,7 @@ impl Scene {
             harness,
             client,
             ns,
+            verify: None,
         })
     }
 
@@ -117,6 +120,7 @@ impl Scene {
                             ..AnalysisSpec::default()
                         }),
                     }),
+                    verify: self.verify.clone(),
                     ..PolicyRefresh::default()
                 },
                 pipelines: PolicyPipelines {
@@ -415,6 +419,69 @@ async fn a_moved_base_rebuilds_the_image_once_and_every_dependant_moves_through_
             1.0,
         )
         .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rebuilt_digest_goes_through_the_verification_gate() -> anyhow::Result<()> {
+    use freshen_api::refresh::{KeyAuthoritySpec, KeySpec, VerifySpec};
+    let mut s = Scene::new("rebuild-verify").await?;
+    let dir = freshen_e2e::repo_root()
+        .join("target/e2e-cosign")
+        .join(format!("{:08x}", freshen_e2e::rand_suffix()));
+    std::fs::create_dir_all(&dir)?;
+    let platform = freshen_e2e::cosign::generate_key_pair(&s.harness, &dir, "platform")?;
+    s.verify = Some(VerifySpec {
+        authorities: vec![KeyAuthoritySpec::with_key(
+            "platform",
+            KeySpec::inline(platform.public_pem.clone()),
+        )],
+        ..VerifySpec::default()
+    });
+    let base_v1 = s
+        .push(
+            "base",
+            "12",
+            &ImageSpec::built_at(Utc::now() - TimeDelta::days(30)),
+        )
+        .await?;
+    let mut app = ImageSpec::built_at(Utc::now() - TimeDelta::days(20));
+    app.base = Some((base_v1.tagged.clone(), base_v1.digest.clone()));
+    let app_v1 = s.push("app", "1", &app).await?;
+    s.policy(
+        RebuildOn::BaseMoved,
+        PolicyLimits::default(),
+        "1m",
+        json!({}),
+    )
+    .await?;
+    s.deploy("cart", &app_v1.pinned()).await?;
+    let _operator = s.operator().await?;
+    let base_v2 = s
+        .push("base", "12", &ImageSpec::built_at(Utc::now()))
+        .await?;
+    // The pipeline runs and its build system pushes the rebuilt image,
+    // unsigned: the rebuild succeeded, its digest is held like any other.
+    s.await_rebuild("running its Job", |r| r.progress().attempts == 1)
+        .await?;
+    let rebuilt = s.push_rebuilt(&base_v2).await?;
+    let note = freshen_e2e::await_warning(
+        &s.client,
+        &s.ns.name,
+        "Deployment",
+        "cart",
+        "SignatureMissing",
+    )
+    .await?;
+    assert!(note.contains("not signed"), "{note}");
+    let refreshes = Api::<Refresh>::namespaced(s.client.clone(), &s.ns.name)
+        .list(&ListParams::default())
+        .await?
+        .items;
+    assert!(
+        refreshes.iter().all(|r| r.spec.digest != rebuilt.digest),
+        "no Refresh to the unsigned rebuilt digest"
+    );
     Ok(())
 }
 

@@ -44,6 +44,8 @@ async fn verdict(
         Artifact::SimpleSigning { payload, signature } => {
             verify_simple_signing(payload, signature, digest.as_str(), trusted)
         }
+        // An attestation is no signature of the image.
+        Artifact::Envelope(_) => Verdict::Missing,
     })))
 }
 
@@ -93,10 +95,10 @@ async fn signatures_cosign_wrote_are_found_and_judged() -> anyhow::Result<()> {
     };
     assert_eq!(verdict(&client, &bundle, &trusted).await?, verified);
     // A registry without the referrers API: its 404, the fallback tag,
-    // the bundle's manifest and blob, the absent `.sig` tag.
+    // the bundle's manifest and blob, the absent `.sig` and `.att` tags.
     let per_digest = signature_requests();
     eprintln!("registry requests to find a v3 bundle: {per_digest}");
-    assert_eq!(per_digest, 5);
+    assert_eq!(per_digest, 6);
     assert_eq!(verdict(&client, &legacy, &trusted).await?, verified);
     assert_eq!(
         verdict(&client, &foreign, &trusted).await?,

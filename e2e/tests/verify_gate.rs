@@ -509,7 +509,12 @@ async fn provenance_from_another_builder_or_none_is_held() -> anyhow::Result<()>
     }]);
     gate(&client, &ns.name, spec, None).await?;
     let repo = |w: &str| format!("e2e/{}/{w}", ns.name);
-    for w in ["built-right", "wrong-builder", "no-provenance"] {
+    for w in [
+        "built-right",
+        "wrong-builder",
+        "no-provenance",
+        "legacy-att",
+    ] {
         deploy_old(&harness, &client, &ns.name, w, &repo(w)).await?;
     }
     let _operator = Operator::start(
@@ -541,6 +546,35 @@ async fn provenance_from_another_builder_or_none_is_held() -> anyhow::Result<()>
     )
     .await?;
     release(&harness, &dir, &repo("no-provenance"), Some(&platform)).await?;
+    // Attested the older way (a DSSE envelope at `sha256-<hex>.att`).
+    let mut spec_old = ImageSpec::built_at(Utc::now() - TimeDelta::hours(1));
+    spec_old.content = "legacy-att new".into();
+    let legacy = push(
+        &harness.registry,
+        &repo("legacy-att"),
+        "candidate",
+        &spec_old,
+    )
+    .await?;
+    let pinned = format!(
+        "{}/{}@{}",
+        harness.registry,
+        repo("legacy-att"),
+        legacy.digest
+    );
+    cosign::sign(&harness, &dir, &platform, &pinned, true)?;
+    cosign::attest_as(
+        &harness,
+        &dir,
+        &platform,
+        &pinned,
+        (
+            "slsaprovenance1",
+            &provenance("https://ci.example/trusted/v2"),
+        ),
+        true,
+    )?;
+    push(&harness.registry, &repo("legacy-att"), "stable", &spec_old).await?;
 
     let refresh = await_refresh(&client, &ns.name, "built-right").await?;
     assert_eq!(

@@ -365,6 +365,11 @@ fn judge_set(
                 &keyless,
                 now,
             )),
+            Artifact::Envelope(bytes) => Some(freshen_verify::open_envelope_json(
+                bytes,
+                digest.as_str(),
+                &authorities,
+            )),
             Artifact::SimpleSigning { .. } => None,
         })
         .collect();
@@ -380,7 +385,7 @@ fn judge_set(
                         &authorities,
                     ))
                 }
-                Artifact::Bundle(_) => None,
+                Artifact::Bundle(_) | Artifact::Envelope(_) => None,
             })
             .chain(
                 opened

@@ -6,7 +6,9 @@
 //! - where the registry lacks that API, the same index at the fallback tag
 //!   `sha256-<hex>` (what cosign v3 writes to such a registry);
 //! - cosign's older tag `sha256-<hex>.sig`: a manifest whose
-//!   simple-signing layers carry their signature in an annotation.
+//!   simple-signing layers carry their signature in an annotation;
+//! - and its older `sha256-<hex>.att`: attestations as bare DSSE
+//!   envelopes, one a layer.
 //!
 //! Only bytes come back; judging them is `freshen-verify`'s. Every answer is
 //! tenant- or registry-supplied: indexes and manifests are read within
@@ -28,6 +30,8 @@ use crate::{MAX_MANIFEST_BYTES, RegistryClient, RegistryError, metrics};
 
 /// A sigstore bundle, as cosign v3 writes it.
 pub const BUNDLE_MEDIA_TYPE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
+/// A DSSE envelope, as cosign's older `.att` tag holds attestations.
+pub const DSSE_ENVELOPE_MEDIA_TYPE: &str = "application/vnd.dsse.envelope.v1+json";
 /// A cosign simple-signing payload.
 pub const SIMPLE_SIGNING_MEDIA_TYPE: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// The annotation holding a simple-signing payload's signature.
@@ -47,6 +51,8 @@ const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub enum Artifact {
     /// A sigstore bundle (JSON).
     Bundle(Vec<u8>),
+    /// A bare DSSE envelope (JSON), from the `.att` tag.
+    Envelope(Vec<u8>),
     /// A simple-signing payload and the base64 signature over it.
     SimpleSigning {
         /// The payload's bytes.
@@ -146,6 +152,19 @@ impl RegistryClient {
                 }
                 let payload = self.layer(transport, call, &layer, &name).await?;
                 found.push(Artifact::SimpleSigning { payload, signature });
+            }
+        }
+        // cosign's older `.att` tag: attestations as bare DSSE envelopes.
+        if let Some(body) = self
+            .optional(transport, call, "manifests", &format!("{tag}.att"), &name)
+            .await?
+        {
+            for layer in layers(&body, &name)? {
+                if layer.media_type == DSSE_ENVELOPE_MEDIA_TYPE {
+                    found.push(Artifact::Envelope(
+                        self.layer(transport, call, &layer, &name).await?,
+                    ));
+                }
             }
         }
         Ok(found)

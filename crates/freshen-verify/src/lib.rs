@@ -260,6 +260,34 @@ pub fn open_bundle_keyless(
     open_envelope(&envelope, hint.as_deref(), digest, &signers)
 }
 
+/// Opens a bare DSSE envelope `bytes` about `digest` under `authorities`:
+/// what cosign's older `sha256-<hex>.att` tag holds (an attestation
+/// without a bundle around it).
+pub fn open_envelope_json(bytes: &[u8], digest: &str, authorities: &[Authority]) -> Opened {
+    let failed = |verdict| Opened {
+        claimed_type: None,
+        outcome: Err(verdict),
+    };
+    if bytes.len() > MAX_BUNDLE {
+        return failed(Verdict::Invalid(format!(
+            "an envelope of {} bytes; at most {MAX_BUNDLE} are read",
+            bytes.len()
+        )));
+    }
+    let envelope: Envelope = match serde_json::from_slice(bytes) {
+        Ok(e) => e,
+        Err(e) => return failed(Verdict::Invalid(format!("not a DSSE envelope: {e}"))),
+    };
+    let material = keyless::Material::default();
+    let signers = Signers {
+        keys: authorities,
+        keyless: &[],
+        material: &material,
+        now: 0,
+    };
+    open_envelope(&envelope, None, digest, &signers)
+}
+
 /// Whom a signature may come from: keys, and keyless authorities with the
 /// bundle's certificate material.
 struct Signers<'a> {

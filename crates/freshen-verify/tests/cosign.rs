@@ -131,3 +131,20 @@ fn a_cosign_provenance_attestation_opens_to_its_builder_and_source() {
         Verdict::Invalid(why) if why.contains("provenance")
     ));
 }
+
+#[test]
+fn a_cosign_legacy_attestation_envelope_opens_the_same_way() {
+    let ci = authority("ci", "cosign-v3.1.3-attest.pub");
+    let envelope = fixture("cosign-v3.1.3-legacy-provenance-envelope.json");
+    let opened = freshen_verify::open_envelope_json(&envelope, SCRATCH, &[ci]);
+    let attested = opened.outcome.unwrap_or_else(|v| panic!("{v:?}"));
+    assert_eq!(attested.predicate_type, "https://slsa.dev/provenance/v1");
+    assert!(matches!(
+        freshen_verify::open_envelope_json(&envelope, SCRATCH, &platform()).outcome,
+        Err(Verdict::Untrusted { .. })
+    ));
+    assert!(matches!(
+        freshen_verify::open_envelope_json(b"{", SCRATCH, &platform()).outcome,
+        Err(Verdict::Invalid(why)) if why.starts_with("not a DSSE envelope")
+    ));
+}
