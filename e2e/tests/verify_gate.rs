@@ -460,6 +460,16 @@ async fn gate(
                 follow_tag: Some(true),
                 min_digest_age: soak.map(str::to_owned),
                 verify: Some(verify),
+                rollout: Some(freshen_api::refresh::RolloutSpec {
+                    strategy: None,
+                    canary_weight: Some(50),
+                    analysis: Some(freshen_api::refresh::AnalysisSpec {
+                        interval: Some("1s".into()),
+                        iterations: Some(2),
+                        readiness_timeout: Some("30s".into()),
+                        ..Default::default()
+                    }),
+                }),
                 ..PolicyRefresh::default()
             },
             pipelines: Default::default(),

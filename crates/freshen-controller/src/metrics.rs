@@ -130,7 +130,7 @@ const LABELLED: [Labelled; 2] = [
         series: |c| {
             c.verification
                 .as_ref()
-                .map(|j| vec![(crate::verification::result_label(&j.trust), 1.0)])
+                .map(|j| vec![(j.trust.label(), 1.0)])
                 .unwrap_or_default()
         },
     },

@@ -40,15 +40,40 @@ const IMAGE_SIGNATURE: &str = "https://sigstore.dev/cosign/sign/v1";
 /// How long a key read from a Secret or ConfigMap is used before it is
 /// read again (a rotated key takes effect within it).
 pub const KEY_RECHECK: Duration = Duration::from_secs(60);
-/// Keys kept from Secrets and ConfigMaps, at most.
+/// Keys kept from Secrets and ConfigMaps, at most, and their bytes at
+/// most (a tenant's ConfigMap may hold up to 1 MiB).
 const MAX_KEYS: usize = 4096;
+const MAX_KEY_BYTES: usize = 32 * 1024 * 1024;
 
-/// The PEM of each key a requirement names in a Secret or ConfigMap, or
-/// why it could not be read.
-pub type Keys = HashMap<KeySource, Result<String, String>>;
+/// The PEM (or trusted root) of each key a requirement names in a Secret
+/// or ConfigMap, or why it could not be read.
+pub type Keys = HashMap<KeySource, Arc<KeyText>>;
+
+/// A key object's text, or why it could not be read, with its SHA-256
+/// (what verdicts are kept under, so a rotation is a new verdict).
+#[derive(Debug)]
+pub struct KeyText {
+    /// The text, or why there is none.
+    pub value: Result<String, String>,
+    fingerprint: [u8; 32],
+}
+
+impl KeyText {
+    fn new(value: Result<String, String>) -> Self {
+        let fingerprint = match &value {
+            Ok(text) => sha2::Sha256::digest(text.as_bytes()).into(),
+            Err(why) => sha2::Sha256::digest(why.as_bytes()).into(),
+        };
+        Self { value, fingerprint }
+    }
+
+    fn len(&self) -> usize {
+        self.value.as_ref().map_or_else(String::len, String::len)
+    }
+}
 
 /// A key read, and when.
-type KeptKey = (Result<String, String>, std::time::Instant);
+type KeptKey = (Arc<KeyText>, std::time::Instant);
 
 /// Verdicts already reached, and the keys read for them.
 pub struct Verdicts {
@@ -92,44 +117,46 @@ impl Verdicts {
                 continue;
             }
             let kept = self.keys.lock().ok().and_then(|k| k.get(source).cloned());
-            let value = match kept {
-                Some((value, at)) if now.duration_since(at) < KEY_RECHECK => value,
-                _ => {
-                    let value = self.read_key(source).await;
-                    if let Ok(mut keys) = self.keys.lock() {
-                        if keys.len() >= MAX_KEYS {
-                            keys.clear();
-                        }
-                        keys.insert(source.clone(), (value.clone(), now));
-                    }
-                    value
-                }
+            let text = match kept {
+                Some((text, at)) if now.duration_since(at) < KEY_RECHECK => text,
+                _ => self.keep_key(source, self.read_key(source).await),
             };
-            out.insert(source.clone(), value);
+            out.insert(source.clone(), text);
         }
         out
+    }
+
+    /// Keeps what was read for `source`, within [`MAX_KEYS`] and
+    /// [`MAX_KEY_BYTES`] (past either, everything kept is dropped).
+    fn keep_key(&self, source: &KeySource, value: Result<String, String>) -> Arc<KeyText> {
+        let text = Arc::new(KeyText::new(value));
+        if let Ok(mut keys) = self.keys.lock() {
+            let bytes: usize = keys.values().map(|(t, _)| t.len()).sum();
+            if keys.len() >= MAX_KEYS || bytes.saturating_add(text.len()) > MAX_KEY_BYTES {
+                keys.clear();
+            }
+            keys.insert(
+                source.clone(),
+                (Arc::clone(&text), std::time::Instant::now()),
+            );
+        }
+        text
     }
 
     /// Whether the key at `source` can be read and is a public key (a
     /// trusted root, for a `keyless` authority); why not (no object
     /// content in it).
     pub async fn usable(&self, source: &KeySource, keyless: bool) -> Result<(), String> {
-        let pem = match source {
+        let text = match source {
             KeySource::Pem(pem) => pem.clone(),
             other => {
-                let value = self.read_key(other).await;
-                if let Ok(mut keys) = self.keys.lock() {
-                    if keys.len() >= MAX_KEYS {
-                        keys.clear();
-                    }
-                    keys.insert(other.clone(), (value.clone(), std::time::Instant::now()));
-                }
-                value?
+                let text = self.keep_key(other, self.read_key(other).await);
+                text.value.clone()?
             }
         };
         match keyless {
-            true => freshen_verify::keyless::TrustedRoot::from_json(pem.as_bytes()).map(|_| ()),
-            false => PublicKey::from_pem(&pem).map(|_| ()),
+            true => freshen_verify::keyless::TrustedRoot::from_json(text.as_bytes()).map(|_| ()),
+            false => PublicKey::from_pem(&text).map(|_| ()),
         }
         .map_err(|e| e.to_string())
     }
@@ -193,7 +220,9 @@ impl Verdicts {
         recheck: Duration,
     ) -> Judged {
         let keys = self.keys(requirement).await;
-        let hash = sha2::Sha256::digest(format!("{requirement:?}{keys:?}").as_bytes());
+        let mut fingerprints: Vec<[u8; 32]> = keys.values().map(|k| k.fingerprint).collect();
+        fingerprints.sort_unstable();
+        let hash = sha2::Sha256::digest(format!("{requirement:?}{fingerprints:?}").as_bytes());
         let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
         let key = format!("{}@{}#{hex}", image.name(), digest);
         let fresh = |now: std::time::Instant| {
@@ -445,7 +474,7 @@ fn authorities(
         };
         let text = match &a.key {
             KeySource::Pem(pem) => pem.clone(),
-            other => match keys.get(other) {
+            other => match keys.get(other).map(|k| &k.value) {
                 Some(Ok(text)) => text.clone(),
                 Some(Err(why)) => return Err(unusable(why.clone())),
                 None => return Err(unusable("not read".into())),
@@ -554,21 +583,5 @@ fn verdict_text(v: &Verdict) -> String {
         Verdict::Untrusted { tried } => {
             format!("signed by none of the authorities ({})", tried.join(", "))
         }
-    }
-}
-
-/// The `result` label of a verdict: `verified`, `missing`, `invalid`,
-/// `untrusted`, `attestation_failed` or `unknown`.
-pub fn result_label(trust: &Trust) -> &'static str {
-    match trust {
-        Trust::Verified(_) => "verified",
-        Trust::Failed { verdict, .. } => match verdict {
-            SetVerdict::Verified(_) => "verified",
-            SetVerdict::Missing => "missing",
-            SetVerdict::Invalid(_) => "invalid",
-            SetVerdict::Untrusted(_) => "untrusted",
-            SetVerdict::Attestation { .. } => "attestation_failed",
-            SetVerdict::Unknown(_) => "unknown",
-        },
     }
 }

@@ -495,6 +495,22 @@ impl Trust {
     pub fn verified(&self) -> bool {
         matches!(self, Trust::Verified(_))
     }
+
+    /// Its metric label: `verified`, `missing`, `invalid`, `untrusted`,
+    /// `attestation_failed` or `unknown` (six values, bounded).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Trust::Verified(_) => "verified",
+            Trust::Failed { verdict, .. } => match verdict {
+                SetVerdict::Verified(_) => "verified",
+                SetVerdict::Missing => "missing",
+                SetVerdict::Invalid(_) => "invalid",
+                SetVerdict::Untrusted(_) => "untrusted",
+                SetVerdict::Attestation { .. } => "attestation_failed",
+                SetVerdict::Unknown(_) => "unknown",
+            },
+        }
+    }
 }
 
 impl fmt::Display for Trust {
