@@ -481,6 +481,28 @@ async fn gate(
     Ok(())
 }
 
+/// Waits until the operator exports `freshen_image_verified` for
+/// `workload` with `result`.
+async fn await_verdict(operator: &Operator, workload: &str, result: &str) -> anyhow::Result<()> {
+    wait_for(
+        &format!("{workload}'s running digest reported {result}"),
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || async {
+            let text = operator.scrape().await?;
+            match text.lines().any(|l| {
+                l.starts_with("freshen_image_verified{")
+                    && l.contains(&format!("workload=\"{workload}\""))
+                    && l.contains(&format!("result=\"{result}\""))
+            }) {
+                true => Ok(Some(())),
+                false => anyhow::bail!("not yet"),
+            }
+        },
+    )
+    .await
+}
+
 /// The Refresh of `workload`, once there is one.
 async fn await_refresh(client: &Client, ns: &str, workload: &str) -> anyhow::Result<Refresh> {
     wait_for(
@@ -765,23 +787,7 @@ async fn audit_mode_rolls_out_and_reports_what_is_unverified() -> anyhow::Result
         recorded.starts_with("unverified, rolled out in Audit mode: not signed"),
         "{recorded}"
     );
-    wait_for(
-        "the running digest reported unverified",
-        Duration::from_secs(30),
-        Duration::from_millis(250),
-        || async {
-            let text = operator.scrape().await?;
-            match text.lines().any(|l| {
-                l.starts_with("freshen_image_verified{")
-                    && l.contains("workload=\"audited\"")
-                    && l.contains("result=\"missing\"")
-            }) {
-                true => Ok(Some(())),
-                false => anyhow::bail!("no freshen_image_verified result=missing yet"),
-            }
-        },
-    )
-    .await?;
+    await_verdict(&operator, "audited", "missing").await?;
     let out = freshen_e2e::operator::report(&harness, &["--namespace", &ns.name])?;
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -951,23 +957,7 @@ async fn a_signature_on_the_platform_manifest_that_runs_counts_for_its_index() -
     )
     .await?;
     for (name, result) in [("runs-signed", "verified"), ("other-signed", "missing")] {
-        wait_for(
-            &format!("{name} reported {result}"),
-            Duration::from_secs(30),
-            Duration::from_millis(250),
-            || async {
-                let text = operator.scrape().await?;
-                match text.lines().any(|l| {
-                    l.starts_with("freshen_image_verified{")
-                        && l.contains(&format!("workload=\"{name}\""))
-                        && l.contains(&format!("result=\"{result}\""))
-                }) {
-                    true => Ok(Some(())),
-                    false => anyhow::bail!("not yet"),
-                }
-            },
-        )
-        .await?;
+        await_verdict(&operator, name, result).await?;
     }
     Ok(())
 }

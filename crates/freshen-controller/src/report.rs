@@ -600,11 +600,7 @@ fn rows_of(
                 .map(|since| freshen_core::age::elapsed(since, now).as_secs()),
             update_available: c.update_available,
             signed: c.verification.as_ref().map(|j| signed_cell(&j.trust)),
-            verification: c
-                .verification
-                .as_ref()
-                .filter(|j| !j.trust.verified())
-                .map(|j| j.trust.to_string()),
+            verification: c.verification.as_ref().and_then(unverified),
             violations: violations.iter().map(ToString::to_string).collect(),
             problems: problems_of(&c.container),
             ..blank(&c.container)
@@ -619,6 +615,11 @@ fn rows_of(
             ..blank(container)
         });
     measured.chain(unmeasured).collect()
+}
+
+/// Why the running digest is not verified, when it is not.
+fn unverified(judged: &freshen_core::verify::Judged) -> Option<String> {
+    (!judged.trust.verified()).then(|| judged.trust.to_string())
 }
 
 /// The SIGNED cell of a verdict.

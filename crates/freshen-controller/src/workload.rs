@@ -88,13 +88,9 @@ pub async fn reconcile(deploy: Arc<CachedDeployment>, ctx: Arc<Context>) -> Resu
         previous.as_ref(),
     )
     .await;
-    crate::verification::judge_running(
-        &ctx.verdicts,
-        &lookup,
-        config.verify.as_ref(),
-        &mut measurement.containers,
-    )
-    .await;
+    let verify = config.verify.as_ref();
+    crate::verification::judge_running(&ctx.verdicts, &lookup, verify, &mut measurement.containers)
+        .await;
     let registry_error = report_problems(&ctx, &deploy, &measurement).await;
     let judgement = judge(&ctx, &config, &measurement, now);
     let rebuilds = rebuild::request(&ctx, &deploy, &config, (&measurement, &judgement)).await;
