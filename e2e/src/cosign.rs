@@ -177,36 +177,8 @@ pub async fn attach_bundle(
     const BUNDLE: &str = "application/vnd.dev.sigstore.bundle.v0.3+json";
     let http = reqwest::Client::new();
     let base = format!("http://{}/v2/{repository}", harness.registry);
-    let upload = |blob: Vec<u8>| {
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            let digest = crate::image::sha256(&blob);
-            let started = http
-                .post(format!("{base}/blobs/uploads/"))
-                .send()
-                .await?
-                .error_for_status()?;
-            let location = started
-                .headers()
-                .get("location")
-                .and_then(|l| l.to_str().ok())
-                .unwrap_or_default()
-                .to_owned();
-            let location = match location.starts_with("http") {
-                true => location,
-                false => format!("http://{}{location}", harness.registry),
-            };
-            let separator = if location.contains('?') { '&' } else { '?' };
-            http.put(format!("{location}{separator}digest={digest}"))
-                .body(blob.clone())
-                .send()
-                .await?
-                .error_for_status()?;
-            anyhow::Ok((digest, blob.len()))
-        }
-    };
-    let (config, config_size) = upload(b"{}".to_vec()).await?;
-    let (layer, layer_size) = upload(bundle.to_vec()).await?;
+    let (config, config_size) = upload_blob(harness, repository, b"{}".to_vec()).await?;
+    let (layer, layer_size) = upload_blob(harness, repository, bundle.to_vec()).await?;
     let subject = http
         .head(format!("{base}/manifests/{digest}"))
         .header("accept", crate::image::OCI_MANIFEST)
@@ -246,4 +218,40 @@ pub async fn attach_bundle(
         .await?
         .error_for_status()?;
     Ok(())
+}
+
+/// Uploads `blob` to the harness registry's `repository` (a monolithic
+/// upload: POST, then PUT with its digest); its digest and size.
+pub async fn upload_blob(
+    harness: &Harness,
+    repository: &str,
+    blob: Vec<u8>,
+) -> anyhow::Result<(String, usize)> {
+    let http = reqwest::Client::new();
+    let digest = crate::image::sha256(&blob);
+    let started = http
+        .post(format!(
+            "http://{}/v2/{repository}/blobs/uploads/",
+            harness.registry
+        ))
+        .send()
+        .await?
+        .error_for_status()?;
+    let location = started
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let location = match location.starts_with("http") {
+        true => location,
+        false => format!("http://{}{location}", harness.registry),
+    };
+    let separator = if location.contains('?') { '&' } else { '?' };
+    http.put(format!("{location}{separator}digest={digest}"))
+        .body(blob.clone())
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok((digest, blob.len()))
 }

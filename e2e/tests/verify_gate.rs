@@ -172,30 +172,9 @@ async fn tamper(harness: &Harness, repo: &str, digest: &str) -> anyhow::Result<(
     statement["predicate"] = serde_json::json!({"note": "changed after signing"});
     bundle["dsseEnvelope"]["payload"] = STANDARD.encode(serde_json::to_vec(&statement)?).into();
     let blob = serde_json::to_vec(&bundle)?;
-    let blob_digest = freshen_e2e::image::sha256(&blob);
-    let upload = http
-        .post(format!("{base}/blobs/uploads/"))
-        .send()
-        .await?
-        .error_for_status()?;
-    let location = upload
-        .headers()
-        .get("location")
-        .and_then(|l| l.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    let location = match location.starts_with("http") {
-        true => location,
-        false => format!("http://{}{location}", harness.registry),
-    };
-    let separator = if location.contains('?') { '&' } else { '?' };
-    http.put(format!("{location}{separator}digest={blob_digest}"))
-        .body(blob.clone())
-        .send()
-        .await?
-        .error_for_status()?;
+    let (blob_digest, blob_size) = cosign::upload_blob(harness, repo, blob).await?;
     manifest["layers"][0]["digest"] = blob_digest.into();
-    manifest["layers"][0]["size"] = blob.len().into();
+    manifest["layers"][0]["size"] = blob_size.into();
     let manifest_bytes = serde_json::to_vec(&manifest)?;
     let new_manifest = freshen_e2e::image::sha256(&manifest_bytes);
     http.put(format!("{base}/manifests/{new_manifest}"))

@@ -419,8 +419,19 @@ pub(crate) fn check(
         unix(validity.not_after.to_unix_duration()),
     );
     if at < from || at > to || !ca.valid.contains(at) {
+        let time = |t: i64| {
+            chrono::DateTime::from_timestamp(t, 0).map_or_else(|| t.to_string(), |d| d.to_rfc3339())
+        };
         return Outcome::Untrusted(format!(
-            "its certificate was not valid when it signed (at {at}, valid {from} to {to})"
+            "its certificate was not valid when it signed: signed at {} ({}), the certificate \
+             valid from {} to {}",
+            time(at),
+            match logged {
+                Some(_) => "the transparency log's time",
+                None => "no log entry, so the time of the check",
+            },
+            time(from),
+            time(to)
         ));
     }
     let Ok(key) = leaf

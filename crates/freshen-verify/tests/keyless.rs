@@ -143,6 +143,13 @@ fn without_a_log_entry_the_certificate_must_be_valid_now_unless_the_log_is_requi
     ));
     let v = verdict(&bundle, ci(false), made + 3 * 86_400);
     assert!(untrusted_because(&v, "not valid when it signed"), "{v:?}");
+    assert!(
+        untrusted_because(
+            &v,
+            "(no log entry, so the time of the check), the certificate valid from 20"
+        ),
+        "times read as RFC 3339: {v:?}"
+    );
     let v = verdict(&bundle, ci(true), made + 60);
     assert!(untrusted_because(&v, "requireTransparencyLog"), "{v:?}");
 }
