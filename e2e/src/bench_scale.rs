@@ -5,6 +5,14 @@
 //!
 //! The workloads grow in place (1,000, then 2,500, ...): each size starts a
 //! fresh operator, so every figure is a first assessment from nothing.
+//!
+//! With `--mixed` the opted-in workloads are a mixed fleet instead, in a
+//! namespace of their own ([`MIXED`]): of every 20, 12 Deployments, 3
+//! StatefulSets, 2 DaemonSets (each held to one node by a nodeSelector, so
+//! the pods stay one per workload), 1 CronJob (no Job runs) and 2 bare
+//! pods; a workload counts as assessed once it has a record
+//! (`freshen_workload_config_errors`), since a CronJob has no running
+//! container to age.
 
 use std::time::{Duration, Instant};
 
@@ -24,6 +32,8 @@ use crate::{Harness, deployment};
 pub const GOVERNED: &str = "scale-governed";
 /// The namespace of the Deployments that did not opt in.
 pub const IGNORED: &str = "scale-ignored";
+/// The namespace of the mixed fleet (`--mixed`).
+pub const MIXED: &str = "scale-mixed";
 
 /// Benchmark settings.
 #[derive(Debug, Clone)]
@@ -39,6 +49,8 @@ pub struct ScaleConfig {
     /// Another build to measure at each size too (e.g. the previous
     /// commit's), as the baseline.
     pub baseline: Option<std::path::PathBuf>,
+    /// Opted-in workloads of every kind instead of Deployments only.
+    pub mixed: bool,
 }
 
 /// What one size measured.
@@ -133,7 +145,11 @@ pub async fn run(harness: &Harness, config: &ScaleConfig) -> anyhow::Result<Vec<
     ensure_workloads(harness, IGNORED, config.ignored, &images, false).await?;
     let mut rows = Vec::new();
     for &n in &config.sizes {
-        ensure_workloads(harness, GOVERNED, n, &images, true).await?;
+        if config.mixed {
+            ensure_mixed(harness, n, &images).await?;
+        } else {
+            ensure_workloads(harness, GOVERNED, n, &images, true).await?;
+        }
         let mut builds = vec![("freshen", crate::operator::binary())];
         builds.extend(config.baseline.iter().map(|b| ("baseline", b.clone())));
         for (build, binary) in builds {
@@ -148,7 +164,7 @@ pub async fn run(harness: &Harness, config: &ScaleConfig) -> anyhow::Result<Vec<
 /// (`scale/img<i>:v1`); returns them.
 pub async fn prepare(harness: &Harness, count: usize) -> anyhow::Result<Vec<Pushed>> {
     let client = harness.client().await?;
-    for ns in [GOVERNED, IGNORED] {
+    for ns in [GOVERNED, IGNORED, MIXED] {
         let namespace: Namespace = serde_json::from_value(serde_json::json!({
             "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns},
         }))?;
@@ -235,6 +251,154 @@ pub async fn ensure_workloads(
     Ok(())
 }
 
+/// The kind of mixed-fleet workload `i` (12 of every 20 Deployments, 3
+/// StatefulSets, 2 DaemonSets, 1 CronJob, 2 bare pods).
+fn mixed_kind(i: usize) -> &'static str {
+    match i % 20 {
+        0..12 => "Deployment",
+        12..15 => "StatefulSet",
+        15..17 => "DaemonSet",
+        17 => "CronJob",
+        _ => "Pod",
+    }
+}
+
+/// Creates the mixed fleet `w00000`.. up to `count` in [`MIXED`] (server-
+/// side apply, 32 at a time; re-applying those already there changes
+/// nothing) and waits for the pods of every kind but the CronJobs.
+pub async fn ensure_mixed(
+    harness: &Harness,
+    count: usize,
+    images: &[Pushed],
+) -> anyhow::Result<()> {
+    let client = harness.client().await?;
+    let nodes: Vec<String> = Api::<k8s_openapi::api::core::v1::Node>::all(client.clone())
+        .list_metadata(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|n| n.metadata.name)
+        .collect();
+    anyhow::ensure!(!nodes.is_empty(), "the harness has no nodes");
+    let existing = Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), MIXED)
+        .get_opt("fleet")
+        .await?
+        .and_then(|cm| cm.data?.get("count")?.parse::<usize>().ok())
+        .unwrap_or(0);
+    if existing < count {
+        eprintln!("creating mixed workloads {existing}..{count} in {MIXED} ...");
+        let started = Instant::now();
+        let apply = PatchParams::apply("freshen-bench").force();
+        futures::stream::iter(existing..count)
+            .map(|i| {
+                let (client, apply) = (client.clone(), apply.clone());
+                let object = mixed_object(i, &images[i % images.len()].pinned(), &nodes);
+                async move {
+                    let kind = mixed_kind(i);
+                    let resource = kube::discovery::ApiResource::from_gvk(&match kind {
+                        "CronJob" => kube::api::GroupVersionKind::gvk("batch", "v1", kind),
+                        "Pod" => kube::api::GroupVersionKind::gvk("", "v1", kind),
+                        _ => kube::api::GroupVersionKind::gvk("apps", "v1", kind),
+                    });
+                    let api: Api<kube::api::DynamicObject> =
+                        Api::namespaced_with(client, MIXED, &resource);
+                    let object: kube::api::DynamicObject = serde_json::from_value(object)?;
+                    api.patch(
+                        &object.metadata.name.clone().unwrap_or_default(),
+                        &apply,
+                        &Patch::Apply(&object),
+                    )
+                    .await?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(32)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let marker = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "fleet", "namespace": MIXED},
+            "data": {"count": count.to_string()},
+        });
+        Api::<k8s_openapi::api::core::v1::ConfigMap>::namespaced(client.clone(), MIXED)
+            .patch("fleet", &apply, &Patch::Apply(&marker))
+            .await?;
+        eprintln!("  created in {:.1}s", started.elapsed().as_secs_f64());
+    }
+    let pods: Api<Pod> = Api::namespaced(client, MIXED);
+    let with_pods = (0..count).filter(|i| mixed_kind(*i) != "CronJob").count();
+    let started = Instant::now();
+    crate::await_ready_pods(
+        &pods,
+        with_pods,
+        Duration::from_secs(1800),
+        Duration::from_secs(3),
+    )
+    .await?;
+    eprintln!(
+        "  {with_pods} pods Ready in {MIXED} after {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Mixed-fleet workload `i`, opted in, running `image`.
+fn mixed_object(i: usize, image: &str, nodes: &[String]) -> serde_json::Value {
+    let name = format!("w{i:05}");
+    let kind = mixed_kind(i);
+    let opted_in = serde_json::json!({"freshen.dev/refresh": "enabled"});
+    let pod_spec = serde_json::json!({"containers": [{"name": "app", "image": image}]});
+    let template = |spec: serde_json::Value| serde_json::json!({"metadata": {"labels": {"app": name}}, "spec": spec});
+    let selector = serde_json::json!({"matchLabels": {"app": name}});
+    let (api_version, spec) = match kind {
+        "Deployment" => (
+            "apps/v1",
+            serde_json::json!({
+                "replicas": 1, "selector": selector, "template": template(pod_spec),
+            }),
+        ),
+        "StatefulSet" => (
+            "apps/v1",
+            serde_json::json!({
+                "replicas": 1, "serviceName": name, "selector": selector, "template": template(pod_spec),
+            }),
+        ),
+        "DaemonSet" => {
+            let mut spec = pod_spec;
+            spec["nodeSelector"] =
+                serde_json::json!({"kubernetes.io/hostname": nodes[i % nodes.len()]});
+            (
+                "apps/v1",
+                serde_json::json!({"selector": selector, "template": template(spec)}),
+            )
+        }
+        "CronJob" => {
+            let mut spec = pod_spec;
+            spec["restartPolicy"] = serde_json::json!("Never");
+            (
+                "batch/v1",
+                serde_json::json!({
+                    "schedule": "0 0 1 1 *",
+                    "jobTemplate": {"spec": {"template": template(spec)}},
+                }),
+            )
+        }
+        _ => {
+            return serde_json::json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": MIXED, "labels": {"app": name},
+                             "annotations": opted_in},
+                "spec": pod_spec,
+            });
+        }
+    };
+    serde_json::json!({
+        "apiVersion": api_version, "kind": kind,
+        "metadata": {"name": name, "namespace": MIXED, "annotations": opted_in},
+        "spec": spec,
+    })
+}
+
 /// CPU time (user + system) of process `pid`, from `/proc/<pid>/stat`.
 pub fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -261,14 +425,26 @@ async fn measure(
     let started = Instant::now();
     // Cluster-wide, as production runs it.
     let operator = Operator::start_with(harness, binary, &["--poll-interval", &poll]).await?;
-    operator
-        .await_assessed(
-            GOVERNED,
-            n,
-            Duration::from_secs(1200),
-            Duration::from_secs(1),
-        )
-        .await?;
+    let namespace = if config.mixed { MIXED } else { GOVERNED };
+    if config.mixed {
+        operator
+            .await_series(
+                "freshen_workload_config_errors{",
+                namespace,
+                n,
+                Duration::from_secs(1200),
+            )
+            .await?;
+    } else {
+        operator
+            .await_assessed(
+                namespace,
+                n,
+                Duration::from_secs(1200),
+                Duration::from_secs(1),
+            )
+            .await?;
+    }
     let first_assessment = started.elapsed();
     let rss_assessed = operator.rss_bytes()? as f64 / 1_048_576.0;
     let api_first = ApiCounts::of(&operator.scrape().await?);
@@ -283,7 +459,7 @@ async fn measure(
     let api_idle = ApiCounts::of(&text).since(api_first);
     drop(operator);
     let started = Instant::now();
-    let out = crate::operator::report(harness, &["-n", GOVERNED, "-o", "json"])?;
+    let out = crate::operator::report(harness, &["-n", namespace, "-o", "json"])?;
     let report = started.elapsed();
     anyhow::ensure!(
         out.status.success(),
@@ -332,9 +508,15 @@ pub fn write_results(
     let dir = crate::repo_root().join("bench/results");
     std::fs::create_dir_all(&dir)?;
     let date = Utc::now().format("%Y-%m-%d");
+    let fleet = if config.mixed {
+        "opted-in workloads a mixed fleet (of every 20: 12 Deployments, 3 StatefulSets, \
+         2 DaemonSets, 1 CronJob, 2 bare pods)"
+    } else {
+        "opted-in workloads Deployments"
+    };
     let mut md = format!(
-        "# Scale, {date}\n\n`make bench-scale` (release build, cluster-wide operator, {} ignored \
-         Deployments beside the opted-in ones, {} images, poll interval {}; 2 cores).\n\n{HEADER}\n",
+        "# Scale, {date}\n\n`make bench-scale` (release build, cluster-wide operator, {fleet}, {} \
+         ignored Deployments beside them, {} images, poll interval {}; 2 cores).\n\n{HEADER}\n",
         config.ignored,
         config.images,
         freshen_core::HumanDuration(config.poll_interval)
@@ -365,9 +547,10 @@ pub fn write_results(
             r.api_idle.write,
         ));
     }
-    let path = dir.join(format!("scale-{date}.md"));
+    let suffix = if config.mixed { "-mixed" } else { "" };
+    let path = dir.join(format!("scale-{date}{suffix}.md"));
     std::fs::write(&path, md)?;
-    std::fs::write(dir.join(format!("scale-{date}.csv")), csv)?;
+    std::fs::write(dir.join(format!("scale-{date}{suffix}.csv")), csv)?;
     Ok(path)
 }
 

@@ -229,6 +229,44 @@ impl Operator {
         }
     }
 
+    /// Waits until at least `n` series of `family` (e.g.
+    /// `freshen_workload_config_errors{`: one per recorded workload) are in
+    /// `namespace`; fails at once, with its log, if the operator exits.
+    pub async fn await_series(
+        &self,
+        family: &str,
+        namespace: &str,
+        n: usize,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let namespace = format!(r#"namespace="{namespace}""#);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            anyhow::ensure!(
+                !self.exited(),
+                "the operator exited before {n} series of {family}; log: {}",
+                self.log.display()
+            );
+            let found = self
+                .scrape()
+                .await
+                .map(|text| {
+                    text.lines()
+                        .filter(|l| l.starts_with(family) && l.contains(&namespace))
+                        .count()
+                })
+                .unwrap_or(0);
+            if found >= n {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?}: {found} of {n} series of {family}"
+            );
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
     /// The operator's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()

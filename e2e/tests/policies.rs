@@ -278,7 +278,7 @@ async fn a_refresh_policy_makes_an_old_image_violate() -> anyhow::Result<()> {
     drop(operator);
     let operator = Operator::start(&harness, &["--poll-interval", "1h"]).await?;
     let series = format!(
-        r#"freshen_policy_max_image_age_seconds{{container="app",image="{}/e2e/{}/old",namespace="{}",workload="old"}} 432000"#,
+        r#"freshen_policy_max_image_age_seconds{{container="app",image="{}/e2e/{}/old",kind="Deployment",namespace="{}",workload="old"}} 432000"#,
         harness.registry, ns.name, ns.name
     );
     wait_for(

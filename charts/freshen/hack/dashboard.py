@@ -16,7 +16,7 @@ DS = {"type": "prometheus", "uid": "${datasource}"}
 # (title, type, [(expr, legend)], unit, width, height, description)
 PANELS = [
     ("Workloads measured", "stat",
-     [(f'count(count by (namespace, workload) (freshen_container_age_seconds{{{NS}}}))', "workloads")],
+     [(f'count(count by (namespace, kind, workload) (freshen_container_age_seconds{{{NS}}}))', "workloads")],
      "short", 4, 4, "Deployments freshen measures (opted in)."),
     ("Images past their limit", "stat",
      [(f'count(freshen_image_age_seconds{{{NS}}} > on (namespace, workload, container, image) freshen_policy_max_image_age_seconds) or vector(0)', "containers")],

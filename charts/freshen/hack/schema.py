@@ -57,6 +57,14 @@ SCHEMA = {
             "read": {"type": "string", "enum": ["all", "namespaces", "none"]},
             "namespaces": {"type": "array", "items": NS},
         }),
+        "workloadKinds": {
+            "type": "array", "minItems": 1, "uniqueItems": True,
+            "contains": {"const": "Deployment"},
+            "items": {"type": "string", "enum": [
+                "Deployment", "StatefulSet", "DaemonSet", "CronJob", "Job",
+                "ReplicaSet", "Rollout", "Pod"]},
+            "description": "Kinds of workload watched and measured; Deployment is required",
+        },
         "pipelines": obj({
             "job": obj({"enabled": BOOL}),
             "tekton": obj({"enabled": BOOL}),

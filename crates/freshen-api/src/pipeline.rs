@@ -679,6 +679,11 @@ pub struct RebuildSpec {
     /// (its pull secrets read the tag).
     #[schemars(length(min = 1, max = 512))]
     pub requested_by: String,
+    /// The kind of that workload, as the API spells it (`StatefulSet`);
+    /// a Deployment when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32))]
+    pub requested_by_kind: Option<String>,
     /// How long a run may take, in seconds (from the policy, frozen here).
     #[schemars(range(min = 1, max = 31_536_000))]
     pub timeout_seconds: u64,

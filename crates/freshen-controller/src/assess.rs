@@ -28,7 +28,7 @@ use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::cached::CachedDeployment;
+use crate::cached::CachedWorkload;
 use crate::records::{ContainerRecord, PolicyBinding, WorkloadRecord};
 use crate::tags::{Origin, TagClock};
 
@@ -122,7 +122,7 @@ impl Configuration {
 /// `namespace_labels`) and which limits are in force. Policies whose spec is
 /// invalid match nothing (their status says why).
 pub fn configure(
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     namespace_labels: &BTreeMap<String, String>,
     policies: &[Arc<RefreshPolicy>],
     cluster_policies: &[Arc<ClusterRefreshPolicy>],
@@ -357,7 +357,7 @@ impl Valid<'_> {
 /// anonymous.
 pub async fn pull_credentials(
     client: &Client,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     accounts: Accounts<'_>,
 ) -> (Keychain, Vec<String>) {
     let mut keychain = Keychain::default();
@@ -513,7 +513,7 @@ pub struct Measurement {
 }
 
 /// The template's containers of a Deployment.
-pub fn template_containers(deploy: &CachedDeployment) -> Vec<ContainerSpec> {
+pub fn template_containers(deploy: &CachedWorkload) -> Vec<ContainerSpec> {
     deploy
         .containers()
         .iter()
@@ -575,7 +575,7 @@ impl Lookup<'_> {
 /// forward.
 pub async fn measure(
     lookup: &Lookup<'_>,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     pods: &[PodFacts],
     track_base: bool,
     previous: Option<&WorkloadRecord>,
@@ -814,8 +814,8 @@ mod tests {
             .collect()
     }
 
-    fn deploy(annotations: &[(&str, &str)]) -> CachedDeployment {
-        let mut d = CachedDeployment::default();
+    fn deploy(annotations: &[(&str, &str)]) -> CachedWorkload {
+        let mut d = CachedWorkload::empty(freshen_core::kind::Kind::Deployment);
         d.metadata.name = Some("web".into());
         d.metadata.namespace = Some("shop".into());
         d.metadata.labels = Some(labels(&[("tier", "web")]));

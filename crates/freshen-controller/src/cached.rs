@@ -7,7 +7,7 @@
 //! map node of 544 bytes for each of its template's labels, annotations
 //! and selector).
 //!
-//! [`CachedPod`] and [`CachedDeployment`] are [`kube::Resource`]s of kind
+//! [`CachedPod`] and [`CachedWorkload`] are [`kube::Resource`]s of kind
 //! Pod and Deployment (through k8s-openapi's `Resource` and `Metadata`),
 //! so watches, lists and reflector stores work on them as on `Pod` and
 //! `Deployment`. They are read-only: freshen never writes a pod, and
@@ -17,6 +17,11 @@
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::PodTemplateSpec;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use std::borrow::Cow;
+
+use kube::runtime::reflector::ObjectRef;
+
+use freshen_core::kind::{Kind, is_sidecar};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A pod: metadata, containers' names and images, node, and status.
@@ -40,9 +45,40 @@ pub struct CachedPodSpec {
     /// The (regular) containers, by name and image.
     #[serde(default)]
     pub containers: Vec<CachedContainer>,
+    /// The init containers (the cache keeps only native sidecars:
+    /// the pod watch trims the others away).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub init_containers: Vec<CachedContainer>,
     /// The node it is scheduled on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_name: Option<String>,
+    /// The pull secrets it names (read for pods no workload controls).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub image_pull_secrets: Vec<SecretName>,
+    /// Its ServiceAccount (read for pods no workload controls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+}
+
+impl CachedPodSpec {
+    /// Its long-running containers: the regular ones, then the native
+    /// sidecars (`true`).
+    pub fn long_running(&self) -> impl Iterator<Item = (&CachedContainer, bool)> {
+        self.containers.iter().map(|c| (c, false)).chain(
+            self.init_containers
+                .iter()
+                .filter(|c| is_sidecar(c.restart_policy.as_deref()))
+                .map(|c| (c, true)),
+        )
+    }
+}
+
+/// A reference to a Secret by name.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+pub struct SecretName {
+    /// The Secret's name.
+    #[serde(default)]
+    pub name: String,
 }
 
 /// A container: its name and image.
@@ -54,6 +90,13 @@ pub struct CachedContainer {
     /// The image reference it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// An init container's `restartPolicy` (`Always`: a native sidecar).
+    #[serde(
+        default,
+        rename = "restartPolicy",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub restart_policy: Option<String>,
 }
 
 /// A pod's status: conditions and containers' statuses.
@@ -157,37 +200,75 @@ impl k8s_openapi::Metadata for CachedPod {
     }
 }
 
-/// A Deployment: metadata, replicas, rollout status, and of its pod
-/// template what freshen reads ([`CachedPodTemplate`]).
-#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
-pub struct CachedDeployment {
+/// A workload of any [`Kind`] that carries a pod template: metadata,
+/// replicas, the owner's own controls (paused, suspended), rollout status,
+/// and of its pod template what freshen reads ([`CachedPodTemplate`]).
+/// Pods without such a workload become one through [`CachedWorkload::of_pod`].
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct CachedWorkload {
+    /// Which kind it is. The API omits it from the items of a list, so
+    /// the watch that read the object stamps it ([`CachedWorkload::stamp`]).
+    #[serde(skip, default = "unstamped")]
+    pub kind: Kind,
     /// Name, namespace, labels, annotations, owners, generation.
     #[serde(default)]
     pub metadata: ObjectMeta,
     /// Replicas and the pod template.
     #[serde(default)]
-    pub spec: Option<CachedDeploymentSpec>,
+    pub spec: Option<CachedWorkloadSpec>,
     /// How far its rollout is.
     #[serde(default)]
-    pub status: Option<CachedDeploymentStatus>,
+    pub status: Option<CachedWorkloadStatus>,
 }
 
-/// A Deployment's spec: its replicas and pod template.
+/// The kind a workload has until its watch stamps it.
+fn unstamped() -> Kind {
+    Kind::Pod
+}
+
+/// A workload's spec: replicas, its owner's controls and the pod template
+/// (a CronJob's from its Job template).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CachedDeploymentSpec {
+pub struct CachedWorkloadSpec {
     /// Desired pods (`None`: the API's default, 1).
     #[serde(default)]
     pub replicas: Option<i32>,
+    /// A Deployment's or Rollout's `paused`: its owner stopped rollouts.
+    #[serde(default)]
+    pub paused: bool,
+    /// A CronJob's `suspend`: no Job starts.
+    #[serde(default)]
+    pub suspend: bool,
+    /// What freshen reads of the pod template.
+    #[serde(default)]
+    pub template: CachedPodTemplate,
+    /// A CronJob's Job template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_template: Option<CachedJobTemplate>,
+}
+
+/// A CronJob's Job template: of it, the pod template.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct CachedJobTemplate {
+    /// The Job's spec.
+    #[serde(default)]
+    pub spec: CachedJobSpec,
+}
+
+/// A Job template's spec: its pod template.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct CachedJobSpec {
     /// What freshen reads of the pod template.
     #[serde(default)]
     pub template: CachedPodTemplate,
 }
 
-/// A Deployment's rollout status.
+/// A workload's rollout status (the Deployment's fields; other kinds
+/// leave what they lack unset).
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CachedDeploymentStatus {
+pub struct CachedWorkloadStatus {
     /// The generation the Deployment controller last acted on.
     #[serde(default)]
     pub observed_generation: Option<i64>,
@@ -202,14 +283,15 @@ pub struct CachedDeploymentStatus {
     pub available_replicas: Option<i32>,
 }
 
-/// Of a pod template: its regular containers (with each one's
-/// fingerprint), the pull secrets and service account, and freshen's
-/// restart stamp. It is read from the whole template (a k8s-openapi
+/// Of a pod template: its long-running containers (regular ones, then
+/// native sidecars; each with its fingerprint), the pull secrets and
+/// service account, and freshen's restart stamp. It is read from the whole template (a k8s-openapi
 /// `PodTemplateSpec`, dropped once read), because a fingerprint covers
 /// all of it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct CachedPodTemplate {
-    /// The regular containers, in order.
+    /// The regular containers, in order, then the native sidecars (init
+    /// containers with `restartPolicy: Always`).
     pub containers: Vec<TemplateContainer>,
     /// The names of the Secrets in `imagePullSecrets`.
     pub image_pull_secrets: Vec<String>,
@@ -219,11 +301,14 @@ pub struct CachedPodTemplate {
     pub restarted_by: Option<String>,
 }
 
-/// A regular container of a pod template.
+/// A long-running container of a pod template.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TemplateContainer {
     /// Its name.
     pub name: String,
+    /// A native sidecar (an init container with `restartPolicy: Always`),
+    /// not a regular container.
+    pub sidecar: bool,
     /// Its image reference, as written.
     pub image: Option<String>,
     /// The whole template's fingerprint apart from what a refresh of this
@@ -235,13 +320,20 @@ impl CachedPodTemplate {
     /// What freshen keeps of `template`.
     pub fn of(template: &PodTemplateSpec) -> Self {
         let spec = template.spec.as_ref();
+        let regular = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+        let sidecars = spec
+            .and_then(|s| s.init_containers.as_deref())
+            .unwrap_or_default()
+            .iter()
+            .filter(|c| is_sidecar(c.restart_policy.as_deref()));
         Self {
-            containers: spec
-                .map(|s| s.containers.as_slice())
-                .unwrap_or_default()
+            containers: regular
                 .iter()
-                .map(|c| TemplateContainer {
+                .map(|c| (c, false))
+                .chain(sidecars.map(|c| (c, true)))
+                .map(|(c, sidecar)| TemplateContainer {
                     name: c.name.clone(),
+                    sidecar,
                     image: c.image.clone(),
                     fingerprint: fingerprint_of(template, &c.name),
                 })
@@ -269,13 +361,15 @@ pub fn fingerprint_of(template: &PodTemplateSpec, container: &str) -> String {
     // Serializing k8s-openapi's types cannot fail (every map key is a
     // string); `Null` would still fingerprint, the same each time.
     let mut template = serde_json::to_value(template).unwrap_or_default();
-    if let Some(containers) = template
-        .pointer_mut("/spec/containers")
-        .and_then(serde_json::Value::as_array_mut)
-    {
-        for c in containers.iter_mut().filter(|c| c["name"] == container) {
-            if let Some(c) = c.as_object_mut() {
-                c.remove("image");
+    for list in ["/spec/containers", "/spec/initContainers"] {
+        if let Some(containers) = template
+            .pointer_mut(list)
+            .and_then(serde_json::Value::as_array_mut)
+        {
+            for c in containers.iter_mut().filter(|c| c["name"] == container) {
+                if let Some(c) = c.as_object_mut() {
+                    c.remove("image");
+                }
             }
         }
     }
@@ -309,10 +403,78 @@ impl<'de> Deserialize<'de> for CachedPodTemplate {
     }
 }
 
-impl CachedDeployment {
-    /// What freshen reads of the pod template; `None` without a spec.
+impl CachedWorkload {
+    /// A workload of `kind` with nothing set yet.
+    pub fn empty(kind: Kind) -> Self {
+        Self {
+            kind,
+            metadata: ObjectMeta::default(),
+            spec: None,
+            status: None,
+        }
+    }
+
+    /// A reference to it, of its kind.
+    pub fn reference(&self) -> ObjectRef<Self> {
+        ObjectRef::from_obj_with(self, self.kind)
+    }
+
+    /// Marks the workload as of `kind`, as the watch of that kind does.
+    pub fn stamp(&mut self, kind: Kind) {
+        self.kind = kind;
+    }
+
+    /// What freshen reads of the pod template (a CronJob's Job's); `None`
+    /// without a spec.
     pub fn template(&self) -> Option<&CachedPodTemplate> {
-        self.spec.as_ref().map(|s| &s.template)
+        self.spec.as_ref().map(|s| match &s.job_template {
+            Some(job) => &job.spec.template,
+            None => &s.template,
+        })
+    }
+
+    /// Whether its owner stopped it: a paused Deployment or Rollout (no
+    /// rollout proceeds), a suspended CronJob (no Job starts).
+    pub fn paused(&self) -> bool {
+        self.spec.as_ref().is_some_and(|s| s.paused || s.suspend)
+    }
+
+    /// A pod no workload freshen knows controls, as a workload of kind
+    /// [`Kind::Pod`]: its metadata and its containers as a template.
+    /// Nothing refreshes it, so no fingerprint is computed.
+    pub fn of_pod(pod: &CachedPod) -> Self {
+        let spec = pod.spec.as_ref();
+        let template = CachedPodTemplate {
+            containers: spec
+                .into_iter()
+                .flat_map(CachedPodSpec::long_running)
+                .map(|(c, sidecar)| TemplateContainer {
+                    name: c.name.clone(),
+                    sidecar,
+                    image: c.image.clone(),
+                    fingerprint: String::new(),
+                })
+                .collect(),
+            image_pull_secrets: spec
+                .map(|s| {
+                    s.image_pull_secrets
+                        .iter()
+                        .map(|r| r.name.clone())
+                        .collect()
+                })
+                .unwrap_or_default(),
+            service_account_name: spec.and_then(|s| s.service_account_name.clone()),
+            restarted_by: None,
+        };
+        Self {
+            kind: Kind::Pod,
+            metadata: pod.metadata.clone(),
+            spec: Some(CachedWorkloadSpec {
+                template,
+                ..CachedWorkloadSpec::default()
+            }),
+            status: None,
+        }
     }
 
     /// The template's regular containers (none without a spec).
@@ -328,23 +490,26 @@ impl CachedDeployment {
     }
 }
 
-impl From<&Deployment> for CachedDeployment {
+impl From<&Deployment> for CachedWorkload {
     /// What the cache would keep of `whole` (a fresh read), metadata
     /// untrimmed.
     fn from(whole: &Deployment) -> Self {
         Self {
+            kind: Kind::Deployment,
             metadata: whole.metadata.clone(),
             spec: whole
                 .spec
                 .as_ref()
-                .map(|spec: &DeploymentSpec| CachedDeploymentSpec {
+                .map(|spec: &DeploymentSpec| CachedWorkloadSpec {
                     replicas: spec.replicas,
+                    paused: spec.paused.unwrap_or_default(),
                     template: CachedPodTemplate::of(&spec.template),
+                    ..CachedWorkloadSpec::default()
                 }),
             status: whole
                 .status
                 .as_ref()
-                .map(|status: &DeploymentStatus| CachedDeploymentStatus {
+                .map(|status: &DeploymentStatus| CachedWorkloadStatus {
                     observed_generation: status.observed_generation,
                     replicas: status.replicas,
                     updated_replicas: status.updated_replicas,
@@ -354,23 +519,36 @@ impl From<&Deployment> for CachedDeployment {
     }
 }
 
-impl k8s_openapi::Resource for CachedDeployment {
-    const API_VERSION: &'static str = "apps/v1";
-    const GROUP: &'static str = "apps";
-    const KIND: &'static str = "Deployment";
-    const VERSION: &'static str = "v1";
-    const URL_PATH_SEGMENT: &'static str = "deployments";
-    type Scope = k8s_openapi::NamespaceResourceScope;
-}
+/// A workload is a resource whose kind is known only at run time: the
+/// [`Kind`] is its dynamic type, so one reflector store, `Api` and
+/// `ObjectRef` type serve every kind, each watch with its own.
+impl kube::Resource for CachedWorkload {
+    type DynamicType = Kind;
+    // Namespaced, but the scope of a resource whose kind is known only at
+    // run time is dynamic to kube (`Api::namespaced_with` asks for it).
+    type Scope = kube::core::DynamicResourceScope;
 
-impl k8s_openapi::Metadata for CachedDeployment {
-    type Ty = ObjectMeta;
+    fn kind(kind: &Kind) -> Cow<'_, str> {
+        Cow::Borrowed(kind.as_str())
+    }
 
-    fn metadata(&self) -> &ObjectMeta {
+    fn group(kind: &Kind) -> Cow<'_, str> {
+        Cow::Borrowed(kind.group())
+    }
+
+    fn version(kind: &Kind) -> Cow<'_, str> {
+        Cow::Borrowed(kind.version())
+    }
+
+    fn plural(kind: &Kind) -> Cow<'_, str> {
+        Cow::Borrowed(kind.plural())
+    }
+
+    fn meta(&self) -> &ObjectMeta {
         &self.metadata
     }
 
-    fn metadata_mut(&mut self) -> &mut ObjectMeta {
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
         &mut self.metadata
     }
 }
@@ -418,7 +596,8 @@ mod tests {
             spec.map(|s| s.containers.clone()),
             Some(vec![CachedContainer {
                 name: "app".into(),
-                image: Some("reg/app:1".into())
+                image: Some("reg/app:1".into()),
+                restart_policy: None,
             }])
         );
         let status = pod
@@ -440,6 +619,87 @@ mod tests {
         );
         let kept = serde_json::to_value(&pod)?;
         assert!(kept["spec"]["volumes"].is_null() && kept["status"]["podIP"].is_null());
+        Ok(())
+    }
+
+    #[test]
+    fn every_kind_reads_its_template_with_native_sidecars() -> Result<(), serde_json::Error> {
+        let template = json!({
+            "metadata": {"labels": {"app": "x"}},
+            "spec": {
+                "initContainers": [
+                    {"name": "migrate", "image": "reg/migrate:1"},
+                    {"name": "proxy", "image": "reg/proxy:1", "restartPolicy": "Always"},
+                ],
+                "containers": [{"name": "app", "image": "reg/app:1"}],
+            },
+        });
+        let names = |w: &CachedWorkload| -> Vec<(String, bool)> {
+            w.template()
+                .map(|t| {
+                    t.containers
+                        .iter()
+                        .map(|c| (c.name.clone(), c.sidecar))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let expected = vec![("app".to_owned(), false), ("proxy".to_owned(), true)];
+        let stateful: CachedWorkload = serde_json::from_value(json!({
+            "metadata": {"name": "db"},
+            "spec": {"replicas": 3, "template": template.clone()},
+        }))?;
+        assert_eq!(names(&stateful), expected);
+        let cron: CachedWorkload = serde_json::from_value(json!({
+            "metadata": {"name": "backup"},
+            "spec": {"suspend": true, "jobTemplate": {"spec": {"template": template}}},
+        }))?;
+        assert_eq!(names(&cron), expected);
+        assert!(cron.paused());
+        assert!(!stateful.paused());
+        // The sidecar's own image is left out of its fingerprint.
+        let fingerprint =
+            |w: &CachedWorkload| w.template().map(|t| t.containers[1].fingerprint.clone());
+        let moved: CachedWorkload = serde_json::from_value(json!({
+            "metadata": {"name": "db"},
+            "spec": {"template": {"metadata": {"labels": {"app": "x"}}, "spec": {
+                "initContainers": [
+                    {"name": "migrate", "image": "reg/migrate:1"},
+                    {"name": "proxy", "image": "reg/proxy:2", "restartPolicy": "Always"},
+                ],
+                "containers": [{"name": "app", "image": "reg/app:1"}],
+            }}},
+        }))?;
+        assert_eq!(fingerprint(&moved), fingerprint(&stateful));
+        Ok(())
+    }
+
+    #[test]
+    fn a_pod_no_workload_controls_is_a_workload_of_its_own() -> Result<(), serde_json::Error> {
+        let pod: CachedPod = serde_json::from_value(json!({
+            "metadata": {"name": "debug", "namespace": "shop", "labels": {"team": "a"}},
+            "spec": {
+                "serviceAccountName": "robot",
+                "imagePullSecrets": [{"name": "regcred"}],
+                "initContainers": [
+                    {"name": "setup", "image": "reg/setup:1"},
+                    {"name": "log", "image": "reg/log:1", "restartPolicy": "Always"},
+                ],
+                "containers": [{"name": "app", "image": "reg/app:1"}],
+            },
+        }))?;
+        let workload = CachedWorkload::of_pod(&pod);
+        assert_eq!(workload.kind, Kind::Pod);
+        assert_eq!(workload.metadata.labels, pod.metadata.labels);
+        let template = workload.template().cloned().unwrap_or_default();
+        let containers: Vec<(&str, bool)> = template
+            .containers
+            .iter()
+            .map(|c| (c.name.as_str(), c.sidecar))
+            .collect();
+        assert_eq!(containers, [("app", false), ("log", true)]);
+        assert_eq!(template.image_pull_secrets, ["regcred"]);
+        assert_eq!(template.service_account_name.as_deref(), Some("robot"));
         Ok(())
     }
 

@@ -24,9 +24,39 @@ use tracing::{error, warn};
 use crate::context::Context;
 use crate::error::Error;
 
-/// The `controller` label of `K`'s controller, e.g. `deployment`.
-fn controller<K: Resource<DynamicType = ()>>() -> String {
-    K::kind(&()).to_ascii_lowercase()
+/// An object a controller reconciles, which knows its own dynamic type
+/// (a workload its kind; every other type `()`).
+pub trait Reconciled: Resource + Send + Sync + 'static {
+    /// The object's dynamic type.
+    fn dynamic_type(&self) -> Self::DynamicType;
+}
+
+macro_rules! reconciled_static {
+    ($($t:ty),*) => {$(
+        impl Reconciled for $t {
+            fn dynamic_type(&self) {}
+        }
+    )*};
+}
+
+reconciled_static!(
+    freshen_api::Refresh,
+    freshen_api::Rebuild,
+    freshen_api::RefreshPolicy,
+    freshen_api::ClusterRefreshPolicy,
+    crate::cached::CachedPod
+);
+
+impl Reconciled for crate::cached::CachedWorkload {
+    fn dynamic_type(&self) -> freshen_core::kind::Kind {
+        self.kind
+    }
+}
+
+/// The `controller` label of `object`'s controller, e.g. `deployment`
+/// (bounded: one per kind).
+fn controller<K: Reconciled>(object: &K) -> String {
+    K::kind(&object.dynamic_type()).to_ascii_lowercase()
 }
 
 /// Wraps a reconcile function: timed by controller, a panic contained to
@@ -35,7 +65,7 @@ pub fn contained<K, F, Fut>(
     reconcile: F,
 ) -> impl Fn(Arc<K>, Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
 where
-    K: Resource<DynamicType = ()> + Send + Sync + 'static,
+    K: Reconciled,
     F: Fn(Arc<K>, Arc<Context>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Action, Error>> + Send + 'static,
 {
@@ -43,17 +73,18 @@ where
     move |object: Arc<K>, ctx: Arc<Context>| {
         let reconcile = Arc::clone(&reconcile);
         async move {
-            let target = object.object_ref(&());
+            let dynamic_type = object.dynamic_type();
+            let target = object.object_ref(&dynamic_type);
             let key = format!(
                 "{}/{}/{}",
-                K::kind(&()),
+                K::kind(&dynamic_type),
                 object.namespace().unwrap_or_default(),
                 object.name_any()
             );
             let timer = ctx
                 .metrics
                 .reconcile_duration
-                .with_label_values(&[&controller::<K>()])
+                .with_label_values(&[&controller(object.as_ref())])
                 .start_timer();
             let run = AssertUnwindSafe(reconcile(object, Arc::clone(&ctx))).catch_unwind();
             let result = match run.await {
@@ -91,16 +122,12 @@ where
 /// What to do after a failed reconcile of any controller: count it by
 /// controller and category, then retry later (every action is safe to
 /// repeat), or wait for the object to change when retrying cannot help.
-pub fn error_policy<K: Resource<DynamicType = ()>>(
-    _object: Arc<K>,
-    error: &Error,
-    ctx: Arc<Context>,
-) -> Action {
+pub fn error_policy<K: Reconciled>(object: Arc<K>, error: &Error, ctx: Arc<Context>) -> Action {
     ctx.metrics
         .reconcile_errors
-        .with_label_values(&[&controller::<K>(), error.category()])
+        .with_label_values(&[&controller(object.as_ref()), error.category()])
         .inc();
-    warn!(error = %error.chain(), controller = %controller::<K>(), "reconcile failed");
+    warn!(error = %error.chain(), controller = %controller(object.as_ref()), "reconcile failed");
     if error.heals() {
         Action::requeue(ctx.config.error_requeue)
     } else {

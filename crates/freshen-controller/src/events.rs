@@ -9,7 +9,7 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 use tracing::warn;
 
-use crate::cached::CachedDeployment;
+use crate::cached::CachedWorkload;
 use crate::context::Context;
 use crate::error::Error;
 
@@ -83,8 +83,8 @@ impl Context {
     }
 
     /// Publishes a Warning Event on a workload.
-    pub(crate) async fn warn(&self, deploy: &CachedDeployment, reason: EventReason, note: String) {
-        let target = deploy.object_ref(&());
+    pub(crate) async fn warn(&self, deploy: &CachedWorkload, reason: EventReason, note: String) {
+        let target = deploy.object_ref(&deploy.kind);
         self.publish(EventType::Warning, reason, "Measure", note, &[target])
             .await;
     }

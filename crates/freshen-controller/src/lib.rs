@@ -1,8 +1,10 @@
 //! freshen's controllers, metrics and HTTP endpoints.
 //!
-//! [`run`] wires them: watches of Deployments, Pods, Namespaces and both
-//! policy kinds (each cached in a reflector store), the workload controller,
-//! the two policy status controllers, and the HTTP server.
+//! [`run`] wires them: a watch of every workload kind ([`workloads`]),
+//! Pods, Namespaces, Nodes, ServiceAccounts, both policy kinds, Refreshes,
+//! Rebuilds and TagRecords (each cached in a reflector store); a workload
+//! controller per kind (one reconcile, [`workload::reconcile`]), the
+//! policy status, Refresh and Rebuild controllers, and the HTTP server.
 
 pub mod api_requests;
 pub mod assess;
@@ -32,17 +34,19 @@ pub mod trim;
 pub mod verification;
 pub mod webhook;
 pub mod workload;
+pub mod workloads;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cached::{CachedDeployment, CachedPod};
+use crate::cached::CachedPod;
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy, TagRecord};
+use freshen_core::kind::Kind;
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::channel::mpsc;
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
@@ -57,10 +61,7 @@ pub use error::Error;
 use metrics::Metrics;
 use policy_status::Policy;
 use promql::PrometheusClient;
-use records::{PolicyNotifier, WorkloadKey, WorkloadRecords};
-
-/// Workload reconciles in flight at once.
-const WORKLOAD_CONCURRENCY: u16 = 32;
+use records::{PolicyNotifier, WorkloadRecords};
 
 /// Everything `freshen run` is configured with.
 #[derive(Debug, Clone)]
@@ -98,6 +99,18 @@ pub enum Watch {
     Pods,
     /// Deployments.
     Deployments,
+    /// StatefulSets.
+    StatefulSets,
+    /// DaemonSets.
+    DaemonSets,
+    /// CronJobs.
+    CronJobs,
+    /// Jobs, as workloads (all of them).
+    WorkloadJobs,
+    /// ReplicaSets.
+    ReplicaSets,
+    /// Argo Rollouts.
+    Rollouts,
     /// Namespaces (their labels).
     Namespaces,
     /// Nodes (their platform).
@@ -276,14 +289,14 @@ fn policy_watch<P: Policy>(
     api: Api<P>,
     writer: reflector::store::Writer<P>,
     synced: Synced,
-    deployments: Store<CachedDeployment>,
-    workload_trigger: mpsc::UnboundedSender<ObjectRef<CachedDeployment>>,
+    (workloads, pods): (context::Workloads, Store<CachedPod>),
+    workload_trigger: context::WorkloadTriggers,
 ) -> impl Stream<Item = Result<P, watcher::Error>> + Send + 'static {
     reflected(api, watcher::Config::default(), writer, synced)
         .inspect_ok(move |event| {
             if let watcher::Event::Delete(policy) = event {
-                for workload in policy.scope(&deployments) {
-                    let _ = workload_trigger.unbounded_send(workload);
+                for workload in policy.scope(&workloads, &pods) {
+                    workload_trigger.send(workload);
                 }
             }
         })
@@ -314,6 +327,9 @@ pub enum RunError {
     /// The cluster could not be asked whether the CRDs are installed.
     #[error("checking for the freshen CRDs failed: {0}")]
     CrdCheck(#[source] kube::Error),
+    /// `--workload-kinds` leaves out Deployments, which refreshes need.
+    #[error("--workload-kinds must include Deployment")]
+    DeploymentsNotWatched,
     /// Another replica leads now, or the Lease could not be renewed: stop,
     /// to be restarted as a standby.
     #[error("leadership lost: {0}")]
@@ -369,7 +385,6 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     .await?;
     let (policy_tx, policy_rx) = mpsc::unbounded();
     let (cluster_policy_tx, cluster_policy_rx) = mpsc::unbounded();
-    let (workload_tx, workload_rx) = mpsc::unbounded();
     let (refresh_tx, refresh_rx) = mpsc::unbounded();
     let (rebuild_tx, rebuild_rx) = mpsc::unbounded();
     let prometheus = config
@@ -425,11 +440,8 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     }
 
     let namespace = config.namespace.as_deref();
-    let (deployments, pods, policies): (Api<CachedDeployment>, Api<CachedPod>, Api<RefreshPolicy>) = (
-        scoped(&client, namespace),
-        scoped(&client, namespace),
-        scoped(&client, namespace),
-    );
+    let (pods, policies): (Api<CachedPod>, Api<RefreshPolicy>) =
+        (scoped(&client, namespace), scoped(&client, namespace));
     let namespace_watch = match &config.namespace {
         Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
         None => watcher::Config::default(),
@@ -512,12 +524,55 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         config.controller.tags,
     );
 
-    // One watch of all pods serves both as reconcile trigger and as the cache
-    // reconciles read from; a pod of a canary or of a workload under refresh
-    // also wakes its Refresh.
+    // One watch per workload kind, each with its own controller; the
+    // pods, namespaces and policies wake them through one router.
+    let mut triggers = context::WorkloadTriggers::default();
+    let mut workload_stores = context::Workloads::default();
+    let mut kind_watches = Vec::new();
+    let job_index = pod_index::JobIndex::default();
+    for &kind in &config.controller.workload_kinds {
+        if kind == Kind::Pod || !workloads::served(&client, kind).await {
+            continue;
+        }
+        let mut watch = workloads::watch(
+            &client,
+            namespace,
+            kind,
+            Arc::clone(&records),
+            readiness.watch(workloads::watch_of(kind)),
+            job_index.clone(),
+        );
+        if kind == Kind::Deployment {
+            // A Deployment's change (its canary's too) wakes its Refresh.
+            watch.changed = watch
+                .changed
+                .inspect_ok(wake_refresh(
+                    &refresh_store,
+                    &refresh_tx,
+                    refresh::of_deployment,
+                ))
+                .boxed();
+        }
+        let (tx, rx) = mpsc::unbounded();
+        triggers.insert(kind, tx);
+        workload_stores.insert(kind, watch.store.clone());
+        kind_watches.push((watch, rx));
+    }
+    let deploy_store = workload_stores
+        .store(Kind::Deployment)
+        .cloned()
+        .ok_or(RunError::DeploymentsNotWatched)?;
+    let (pod_tx, pod_rx) = mpsc::unbounded();
+    if config.controller.workload_kinds.contains(&Kind::Pod) {
+        triggers.pods(pod_tx);
+    }
+
+    // One watch of all pods serves as the cache reconciles read from and
+    // wakes the workload each pod belongs to; a pod of a canary or of a
+    // workload under refresh also wakes its Refresh.
     let (pod_store, pod_writer) = reflector::store();
     let pod_index = pod_index::PodIndex::default();
-    let pod_trigger = reflected_trimmed(
+    let pod_watch = reflected_trimmed(
         pods,
         watcher::Config::default(),
         pod_writer,
@@ -528,42 +583,17 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         let index = pod_index.clone();
         move |event| index.apply(event)
     })
+    .inspect_ok(workloads::sweep_bare_pods(
+        Arc::clone(&records),
+        pod_store.clone(),
+    ))
     .touched_objects()
-    .inspect_ok(wake_refresh(&refresh_store, &refresh_tx, refresh::of_pod));
-
-    // A deleted Deployment is never reconciled, so its series are dropped
-    // here: on its Delete event, and after a re-list for any deletion a
-    // broken watch missed.
-    let (deploy_store, deploy_writer) = reflector::store();
-    let sweep_store = deploy_store.clone();
-    let sweep_records = Arc::clone(&records);
-    let deployments_synced = readiness.watch(Watch::Deployments);
-    let deploy_trigger = watcher(deployments, watcher::Config::default())
-        .default_backoff()
-        .modify(trim::deployment)
-        .reflect(deploy_writer)
-        .inspect_ok(move |event| match event {
-            watcher::Event::Delete(d) => {
-                if let (Some(namespace), Some(name)) = (d.namespace(), d.meta().name.clone()) {
-                    sweep_records.remove(&WorkloadKey { namespace, name });
-                }
-            }
-            watcher::Event::InitDone => {
-                sweep_records.retain(|k| {
-                    sweep_store
-                        .get(&ObjectRef::new(&k.name).within(&k.namespace))
-                        .is_some()
-                });
-                deployments_synced.done();
-            }
-            _ => {}
-        })
-        .applied_objects()
-        .inspect_ok(wake_refresh(
-            &refresh_store,
-            &refresh_tx,
-            refresh::of_deployment,
-        ));
+    .inspect_ok(wake_refresh(&refresh_store, &refresh_tx, refresh::of_pod))
+    .inspect_ok(workloads::wake_owner(
+        triggers.clone(),
+        workload_stores.store(Kind::Job).cloned(),
+    ));
+    tokio::spawn(workloads::drive(pod_watch));
 
     // Namespace labels decide which ClusterRefreshPolicies apply; a change
     // re-measures the namespace's workloads.
@@ -575,19 +605,17 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         readiness.watch(Watch::Namespaces),
         trim::namespace,
     )
-    .applied_objects();
-    let in_namespace = {
-        let deployments = deploy_store.clone();
-        move |ns: Namespace| {
-            let name = ns.name_any();
-            deployments
-                .state()
-                .iter()
-                .filter(|d| d.namespace().as_deref() == Some(name.as_str()))
-                .map(|d| ObjectRef::from_obj(d.as_ref()))
-                .collect::<Vec<_>>()
+    .applied_objects()
+    .inspect_ok({
+        let (workloads, pods, triggers) =
+            (workload_stores.clone(), pod_store.clone(), triggers.clone());
+        move |ns| {
+            for workload in workloads.refs(&pods, Some(&ns.name_any())) {
+                triggers.send(workload);
+            }
         }
-    };
+    });
+    tokio::spawn(workloads::drive(namespace_trigger));
 
     // Nodes, for the platform a workload runs on. Only nodeInfo and labels
     // are read: image lists (the bulk of a Node) are dropped before caching.
@@ -625,16 +653,16 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         policies,
         policy_writer,
         readiness.watch(Watch::RefreshPolicies),
-        deploy_store.clone(),
-        workload_tx.clone(),
+        (workload_stores.clone(), pod_store.clone()),
+        triggers.clone(),
     );
     let (cluster_policy_store, cluster_policy_writer) = reflector::store();
     let cluster_policy_trigger = policy_watch(
         Api::<ClusterRefreshPolicy>::all(client.clone()),
         cluster_policy_writer,
         readiness.watch(Watch::ClusterRefreshPolicies),
-        deploy_store.clone(),
-        workload_tx.clone(),
+        (workload_stores.clone(), pod_store.clone()),
+        triggers.clone(),
     );
 
     // Webhook receivers are reached like registries: the same CAs, the
@@ -663,9 +691,11 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         registry: RegistryClient::new(config.registry, registry_metrics),
         metrics: Arc::clone(&metrics),
         records,
-        deployments: deploy_store.clone(),
-        pods: pod_store,
+        deployments: deploy_store,
+        workloads: workload_stores,
+        pods: pod_store.clone(),
         pod_index,
+        job_index,
         service_accounts: account_store,
         nodes: node_store,
         namespaces: namespace_store,
@@ -676,28 +706,22 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         jobs: job_store,
         prometheus,
         readiness: readiness.clone(),
-        workload_trigger: workload_tx,
+        workload_trigger: triggers,
         rebuild_trigger: rebuild_tx,
         planning: tokio::sync::Mutex::new(ledger::Ledger::default()),
         failures: failures::Failures::default(),
         config: config.controller,
     });
 
-    // Reconciles in flight at once are bounded: each takes a few
-    // milliseconds, and thousands at once (the first assessment) only
+    // Reconciles in flight at once are bounded (per kind): each takes a
+    // few milliseconds, and thousands at once (the first assessment) only
     // raise the peak memory the allocator then keeps.
-    let workloads = Controller::for_stream(deploy_trigger, deploy_store)
-        .with_config(kube::runtime::controller::Config::default().concurrency(WORKLOAD_CONCURRENCY))
-        .watches_stream(pod_trigger, |pod| deployment::owning_deployment(&pod))
-        .watches_stream(namespace_trigger, in_namespace)
-        .reconcile_on(workload_rx)
-        .shutdown_on_signal()
-        .run(
-            contain::contained(workload::reconcile),
-            contain::error_policy,
-            Arc::clone(&ctx),
-        )
-        .for_each(log_failure);
+    let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = kind_watches
+        .into_iter()
+        .map(|(watch, rx)| workloads::run_kind(watch, rx, Arc::clone(&ctx)).boxed())
+        .collect();
+    controllers.push(workloads::run_pods(pod_store, pod_rx, Arc::clone(&ctx)).boxed());
+    let workloads = futures::future::join_all(controllers);
     // A workload judged before the policies are listed would look ungoverned
     // and be dropped until its next change; so workloads start once the
     // caches a judgement reads have listed. Namespaces and pods are the

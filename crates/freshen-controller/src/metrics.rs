@@ -44,8 +44,8 @@ fn flag(b: Option<bool>) -> Option<f64> {
     b.map(|b| f64::from(u8::from(b)))
 }
 
-/// The per-container families, labelled `namespace`, `workload`,
-/// `container` and `image`.
+/// The per-container families, labelled `namespace`, `workload`, `kind`
+/// (one of eight: `freshen_core::kind::Kind`), `container` and `image`.
 const FAMILIES: [Family; 9] = [
     Family {
         name: "freshen_image_age_seconds",
@@ -152,7 +152,7 @@ const LABELLED: [Labelled; 2] = [
     },
 ];
 
-/// The per-workload family, labelled `namespace` and `workload`.
+/// The per-workload family, labelled `namespace`, `workload` and `kind`.
 const CONFIG_ERRORS: (&str, &str) = (
     "freshen_workload_config_errors",
     "Invalid freshen.dev/* annotations (and unknown policy names) on the workload; \
@@ -234,10 +234,11 @@ impl Iterator for AgeChunks {
                             // In name order, as the prometheus crate writes them.
                             let _ = writeln!(
                                 out,
-                                "{}{{container=\"{}\",image=\"{}\",namespace=\"{}\",workload=\"{}\"}} {value}",
+                                "{}{{container=\"{}\",image=\"{}\",kind=\"{}\",namespace=\"{}\",workload=\"{}\"}} {value}",
                                 family.name,
                                 escape(&c.container),
                                 escape(&c.image),
+                                key.kind,
                                 escape(&key.namespace),
                                 escape(&key.name),
                             );
@@ -251,10 +252,11 @@ impl Iterator for AgeChunks {
                             // `namespace` and `workload`.
                             let _ = writeln!(
                                 out,
-                                "{}{{container=\"{}\",image=\"{}\",namespace=\"{}\",{}=\"{label}\",workload=\"{}\"}} {value}",
+                                "{}{{container=\"{}\",image=\"{}\",kind=\"{}\",namespace=\"{}\",{}=\"{label}\",workload=\"{}\"}} {value}",
                                 l.name,
                                 escape(&c.container),
                                 escape(&c.image),
+                                key.kind,
                                 escape(&key.namespace),
                                 l.label,
                                 escape(&key.name),
@@ -265,8 +267,9 @@ impl Iterator for AgeChunks {
                 (None, None) => {
                     let _ = writeln!(
                         out,
-                        "{}{{namespace=\"{}\",workload=\"{}\"}} {}",
+                        "{}{{kind=\"{}\",namespace=\"{}\",workload=\"{}\"}} {}",
                         CONFIG_ERRORS.0,
+                        key.kind,
                         escape(&key.namespace),
                         escape(&key.name),
                         workload.config_errors.len()
@@ -635,6 +638,7 @@ mod tests {
         WorkloadKey {
             namespace: "shop".into(),
             name: name.into(),
+            kind: freshen_core::kind::Kind::Deployment,
         }
     }
 
@@ -717,8 +721,8 @@ mod tests {
         assert_eq!(
             lines("freshen_image_verified{"),
             vec![
-                "freshen_image_verified{container=\"signed\",image=\"reg.io/shop/signed\",namespace=\"shop\",result=\"verified\",workload=\"web\"} 1",
-                "freshen_image_verified{container=\"unsigned\",image=\"reg.io/shop/unsigned\",namespace=\"shop\",result=\"missing\",workload=\"web\"} 1",
+                "freshen_image_verified{container=\"signed\",image=\"reg.io/shop/signed\",kind=\"Deployment\",namespace=\"shop\",result=\"verified\",workload=\"web\"} 1",
+                "freshen_image_verified{container=\"unsigned\",image=\"reg.io/shop/unsigned\",kind=\"Deployment\",namespace=\"shop\",result=\"missing\",workload=\"web\"} 1",
             ]
         );
         let vulns = lines("freshen_image_vulnerabilities{");
@@ -828,7 +832,7 @@ mod tests {
         assert!(
             text.lines()
                 .any(|l| l
-                    == "freshen_workload_config_errors{namespace=\"shop\",workload=\"web\"} 2"),
+                    == "freshen_workload_config_errors{kind=\"Deployment\",namespace=\"shop\",workload=\"web\"} 2"),
             "{text}"
         );
     }
@@ -908,7 +912,7 @@ mod tests {
         let text = metrics.render().unwrap_or_default();
         assert!(text.contains("workload=\"web\""));
         assert!(
-            text.contains("freshen_workload_config_errors{namespace=\"shop\",workload=\"web\"} 0")
+            text.contains("freshen_workload_config_errors{kind=\"Deployment\",namespace=\"shop\",workload=\"web\"} 0")
         );
         records.remove(&key("web"));
         assert!(

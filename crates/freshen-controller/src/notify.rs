@@ -25,6 +25,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use freshen_core::ImageReference;
+use freshen_core::kind::Kind;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use prometheus::IntCounterVec;
@@ -656,7 +657,7 @@ impl Endpoint {
 /// What a push concerns: the Deployments whose template names the tag or
 /// whose recorded base is it, and the Rebuilds waiting for it.
 struct Dependants {
-    deployments: Vec<ObjectRef<crate::cached::CachedDeployment>>,
+    deployments: Vec<ObjectRef<crate::cached::CachedWorkload>>,
     rebuilds: Vec<ObjectRef<freshen_api::Rebuild>>,
 }
 
@@ -670,24 +671,23 @@ fn dependants(ctx: &Context, push: &Push) -> Dependants {
     let names_it = |image: &str| {
         ImageReference::parse(image).is_ok_and(|i| i.without_digest().to_string() == push.image)
     };
-    let bases: BTreeSet<(String, String)> = ctx
+    let bases: BTreeSet<(String, String, Kind)> = ctx
         .records
         .based_on(&push.image)
         .into_iter()
-        .map(|k| (k.namespace, k.name))
+        .map(|k| (k.namespace, k.name, k.kind))
         .collect();
     let deployments = ctx
-        .deployments
-        .state()
-        .iter()
+        .workloads
+        .all()
         .filter(|d| {
-            let key = (d.namespace().unwrap_or_default(), d.name_any());
+            let key = (d.namespace().unwrap_or_default(), d.name_any(), d.kind);
             bases.contains(&key)
-                || crate::assess::template_containers(d)
+                || crate::assess::template_containers(d.as_ref())
                     .iter()
                     .any(|c| names_it(&c.image))
         })
-        .map(|d| ObjectRef::from_obj(d.as_ref()))
+        .map(|d| d.reference())
         .collect();
     let rebuilds = ctx
         .rebuilds
@@ -723,7 +723,7 @@ async fn debounce(mut rx: mpsc::UnboundedReceiver<Push>, window: Duration, ctx: 
                 "push notified; measuring its dependants now"
             );
             for d in found.deployments {
-                let _ = ctx.workload_trigger.unbounded_send(d);
+                ctx.workload_trigger.send(d);
             }
             for r in found.rebuilds {
                 let _ = ctx.rebuild_trigger.unbounded_send(r);

@@ -23,7 +23,7 @@ use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info};
 
 use crate::assess::{Configuration, Lookup, template_containers};
-use crate::cached::CachedDeployment;
+use crate::cached::CachedWorkload;
 use crate::context::Context;
 use crate::deployment::{FIELD_MANAGER, owned_by, template_fingerprint};
 use crate::error::Error;
@@ -48,7 +48,7 @@ pub enum Outcome {
 /// a name no other workload holds -> create.
 pub async fn consider(
     ctx: &Context,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     config: &Configuration,
     containers: &[ContainerRecord],
     lookup: &Lookup<'_>,
@@ -111,7 +111,7 @@ pub async fn consider(
             proposal.digest.short(),
             fixed.join(", ")
         );
-        let target = deploy.object_ref(&());
+        let target = deploy.object_ref(&deploy.kind);
         ctx.publish(
             kube::runtime::events::EventType::Normal,
             freshen_core::event::EventReason::UrgentRefresh,
@@ -127,7 +127,7 @@ pub async fn consider(
 /// What the workload's settings ask for, and the digests rejected for it.
 fn wants(
     ctx: &Context,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     config: &Configuration,
     rebuilt: Vec<(String, Digest, Reason)>,
 ) -> Wants {
@@ -193,7 +193,7 @@ async fn verification(
 /// Each measured container as the planner sees it; the build time of a new
 /// digest is read only when a soak time needs it.
 async fn views(
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     containers: &[ContainerRecord],
     wants: &Wants,
     lookup: &Lookup<'_>,
@@ -204,6 +204,14 @@ async fn views(
         let Some(template) = templates.iter().find(|t| t.name == record.container) else {
             continue;
         };
+        if deploy
+            .container(&record.container)
+            .is_some_and(|c| c.sidecar)
+        {
+            // A native sidecar is measured, not yet refreshed: a refresh
+            // patches the regular containers only.
+            continue;
+        }
         let Ok(image) = ImageReference::parse(&template.image) else {
             continue;
         };
@@ -233,7 +241,7 @@ async fn views(
 
 /// The policy governing the workload, as the [`GOVERNED_BY`] record names
 /// it (`RefreshPolicy/<namespace>/<name>` or `ClusterRefreshPolicy/<name>`).
-fn governed_by(deploy: &CachedDeployment, config: &Configuration) -> Option<String> {
+fn governed_by(deploy: &CachedWorkload, config: &Configuration) -> Option<String> {
     let namespace = deploy.namespace().unwrap_or_default();
     let resolution = &config.resolution;
     resolution
@@ -252,7 +260,7 @@ fn governed_by(deploy: &CachedDeployment, config: &Configuration) -> Option<Stri
 /// limits, counted over every Refresh under way (the ledger's too).
 fn gates(
     ctx: &Context,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     config: &Configuration,
     governed_by: Option<&String>,
     ledger: &mut Ledger,
@@ -265,6 +273,8 @@ fn gates(
         u.namespace == namespace && u.workload == name && u.owner == deploy.metadata.uid
     };
     Gates {
+        unrefreshed: Some(deploy.kind).filter(|k| !k.refreshed()),
+        paused: deploy.paused(),
         gitops: gitops_manager(deploy.labels(), deploy.annotations())
             .filter(|_| prefs.gitops_patch != Some(true)),
         suspended: prefs.suspend == Some(true),
@@ -304,7 +314,7 @@ fn gates(
 /// already this target's (see [`plan::name_for`]).
 fn name_for(
     ctx: &Context,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     proposal: &plan::Proposal,
     view: Option<&ContainerView>,
 ) -> Named {
@@ -326,7 +336,7 @@ fn name_for(
 /// The Refresh for a proposal: owned by the workload, the rollout settings
 /// (within `max_analysis_time`) frozen into its spec.
 fn build(
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     config: &Configuration,
     proposal: &plan::Proposal,
     name: String,
@@ -345,7 +355,7 @@ fn build(
                 workload.clone(),
             )])),
             annotations: governed_by.map(|g| BTreeMap::from([(GOVERNED_BY.to_owned(), g)])),
-            owner_references: deploy.controller_owner_ref(&()).map(|o| vec![o]),
+            owner_references: deploy.controller_owner_ref(&deploy.kind).map(|o| vec![o]),
             ..ObjectMeta::default()
         },
         spec: RefreshSpec {
@@ -397,7 +407,7 @@ async fn create(
 
 /// What a Refresh found under a candidate name is to this workload: its
 /// own (same workload and container, owned by it by uid) or another's.
-fn slot_of(refresh: &Refresh, deploy: &CachedDeployment, container: &str) -> Slot {
+fn slot_of(refresh: &Refresh, deploy: &CachedWorkload, container: &str) -> Slot {
     if refresh.spec.workload == deploy.name_any()
         && refresh.spec.container == container
         && owned_by(refresh, deploy)
@@ -414,7 +424,7 @@ fn slot_of(refresh: &Refresh, deploy: &CachedDeployment, container: &str) -> Slo
 
 /// The digests rejected for `deploy`: its annotation, and the targets of its
 /// rolled-back Refreshes (either survives the loss of the other).
-pub fn rejected(ctx: &Context, deploy: &CachedDeployment) -> Vec<(String, freshen_core::Digest)> {
+pub fn rejected(ctx: &Context, deploy: &CachedWorkload) -> Vec<(String, freshen_core::Digest)> {
     let mut list = plan::parse_rejected(
         deploy
             .annotations()

@@ -1,7 +1,9 @@
-//! Pods by the Deployment that owns them (through its ReplicaSet), kept
-//! up to date from the one pod watch, so that a reconcile finds its
-//! workload's pods in O(its pods) instead of scanning every pod in the
-//! cluster (which made the first assessment of N workloads O(N x pods)).
+//! Pods by the workload that owns them (a Deployment through its
+//! ReplicaSet, a StatefulSet, ...; see [`owning_workload`]), kept up to
+//! date from the one pod watch, so that a reconcile finds its workload's
+//! pods in O(its pods) instead of scanning every pod in the cluster (which
+//! made the first assessment of N workloads O(N x pods)). The same index,
+//! fed by the Job watch, finds a CronJob's Jobs.
 //!
 //! A re-list (the watch's `Init` .. `InitDone`) builds a new index beside
 //! the old one and swaps it in at `InitDone`, as the reflector swaps its
@@ -14,23 +16,51 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
-use crate::cached::{CachedDeployment, CachedPod};
-use crate::deployment::owning_deployment;
+use crate::cached::{CachedPod, CachedWorkload};
+use crate::deployment::{owning_workload, workload_ref};
+use freshen_core::kind::Kind;
 
-/// The names of the pods of each Deployment. A pod's owner never changes
-/// (its ReplicaSet's name carries the Deployment's), so every event reads
-/// it from the pod itself: no reverse map. Names, not `ObjectRef`s: a
-/// pod's reference with its uid and resourceVersion costs four strings,
-/// and this index holds one per pod in the cluster.
+/// An object the index files under its owner.
+pub trait Owned: kube::Resource {
+    /// The workload that owns it, when it has one.
+    fn owner(&self) -> Option<ObjectRef<CachedWorkload>>;
+}
+
+impl Owned for CachedPod {
+    fn owner(&self) -> Option<ObjectRef<CachedWorkload>> {
+        owning_workload(self)
+    }
+}
+
+impl Owned for CachedWorkload {
+    /// A Job's CronJob; nothing else is indexed by owner.
+    fn owner(&self) -> Option<ObjectRef<CachedWorkload>> {
+        let cron_job = self
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "CronJob")?;
+        Some(workload_ref(
+            Kind::CronJob,
+            &cron_job.name,
+            self.metadata.namespace.as_deref()?,
+        ))
+    }
+}
+
+/// The names of the objects of each owner. An object's owner never
+/// changes (a ReplicaSet's name carries the Deployment's), so every event
+/// reads it from the object itself: no reverse map. Names, not
+/// `ObjectRef`s: a pod's reference with its uid and resourceVersion costs
+/// four strings, and this index holds one per pod in the cluster.
 #[derive(Debug, Default)]
 struct Index {
-    by_owner: HashMap<ObjectRef<CachedDeployment>, Vec<String>>,
+    by_owner: HashMap<ObjectRef<CachedWorkload>, Vec<String>>,
 }
 
 impl Index {
-    fn insert(&mut self, pod: &CachedPod) {
-        // One without a Deployment is not indexed.
-        let (Some(owner), Some(name)) = (owning_deployment(pod), pod.metadata.name.as_ref()) else {
+    fn insert<T: Owned>(&mut self, object: &T) {
+        // One without an owner is not indexed.
+        let (Some(owner), Some(name)) = (object.owner(), object.meta().name.as_ref()) else {
             return;
         };
         // Most Deployments have a pod or a few: a linear look is cheaper
@@ -44,11 +74,11 @@ impl Index {
         }
     }
 
-    fn remove(&mut self, pod: &CachedPod) {
-        let Some(owner) = owning_deployment(pod) else {
+    fn remove<T: Owned>(&mut self, object: &T) {
+        let Some(owner) = object.owner() else {
             return;
         };
-        let name = pod.name_any();
+        let name = object.meta().name.clone().unwrap_or_default();
         if let Some(pods) = self.by_owner.get_mut(&owner) {
             pods.retain(|p| *p != name);
             if pods.is_empty() {
@@ -58,17 +88,44 @@ impl Index {
     }
 }
 
-/// The index, shared between the pod watch (writer) and reconciles.
-#[derive(Debug, Clone, Default)]
-pub struct PodIndex {
+/// The index of pods by workload.
+pub type PodIndex = OwnerIndex<CachedPod>;
+
+/// The index of a CronJob's Jobs.
+pub type JobIndex = OwnerIndex<CachedWorkload>;
+
+/// The index, shared between a watch (writer) and reconciles.
+#[derive(Debug)]
+pub struct OwnerIndex<T> {
     live: Arc<RwLock<Index>>,
     /// The index a re-list is building.
     next: Arc<RwLock<Option<Index>>>,
+    objects: std::marker::PhantomData<fn(&T)>,
 }
 
-impl PodIndex {
-    /// Applies one event of the pod watch.
-    pub fn apply(&self, event: &watcher::Event<CachedPod>) {
+impl<T> Default for OwnerIndex<T> {
+    fn default() -> Self {
+        Self {
+            live: Arc::default(),
+            next: Arc::default(),
+            objects: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for OwnerIndex<T> {
+    fn clone(&self) -> Self {
+        Self {
+            live: Arc::clone(&self.live),
+            next: Arc::clone(&self.next),
+            objects: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<T: Owned> OwnerIndex<T> {
+    /// Applies one event of the watch.
+    pub fn apply(&self, event: &watcher::Event<T>) {
         match event {
             watcher::Event::Apply(pod) => {
                 if let Ok(mut live) = self.live.write() {
@@ -101,8 +158,19 @@ impl PodIndex {
         }
     }
 
-    /// The pods of Deployment `owner`, as references into the pod store.
-    pub fn pods_of(&self, owner: &ObjectRef<CachedDeployment>) -> Vec<ObjectRef<CachedPod>> {
+    /// The names of the objects `owner` owns, in its namespace.
+    pub fn names_of(&self, owner: &ObjectRef<CachedWorkload>) -> Vec<String> {
+        self.live
+            .read()
+            .ok()
+            .and_then(|live| live.by_owner.get(owner).cloned())
+            .unwrap_or_default()
+    }
+}
+
+impl OwnerIndex<CachedPod> {
+    /// The pods of workload `owner`, as references into the pod store.
+    pub fn pods_of(&self, owner: &ObjectRef<CachedWorkload>) -> Vec<ObjectRef<CachedPod>> {
         self.live
             .read()
             .ok()
@@ -145,7 +213,7 @@ mod tests {
 
     fn names(index: &PodIndex, deployment: &str) -> Vec<String> {
         let mut out: Vec<String> = index
-            .pods_of(&ObjectRef::new(deployment).within("shop"))
+            .pods_of(&workload_ref(Kind::Deployment, deployment, "shop"))
             .into_iter()
             .map(|r| r.name)
             .collect();

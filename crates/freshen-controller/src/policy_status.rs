@@ -25,8 +25,8 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, instrument};
 
-use crate::cached::CachedDeployment;
-use crate::context::Context;
+use crate::cached::{CachedPod, CachedWorkload};
+use crate::context::{Context, Workloads};
 use crate::error::Error;
 use crate::records::{PolicyStats, WorkloadRecords};
 
@@ -43,7 +43,11 @@ pub trait Policy:
     /// The API to write its status through.
     fn api(&self, client: kube::Client) -> Api<Self>;
     /// The Deployments it could match: re-measured when it changes.
-    fn scope(&self, deployments: &Store<CachedDeployment>) -> Vec<ObjectRef<CachedDeployment>>;
+    fn scope(
+        &self,
+        workloads: &Workloads,
+        pods: &Store<CachedPod>,
+    ) -> Vec<ObjectRef<CachedWorkload>>;
     /// Its pipelines.
     fn pipelines(&self) -> &PolicyPipelines;
     /// Its `spec.verify`, if any.
@@ -75,14 +79,12 @@ impl Policy for RefreshPolicy {
     fn secret_namespace(&self, _freshen: &str) -> String {
         self.namespace().unwrap_or_default()
     }
-    fn scope(&self, deployments: &Store<CachedDeployment>) -> Vec<ObjectRef<CachedDeployment>> {
-        let namespace = self.namespace();
-        deployments
-            .state()
-            .iter()
-            .filter(|d| d.namespace() == namespace)
-            .map(|d| ObjectRef::from_obj(d.as_ref()))
-            .collect()
+    fn scope(
+        &self,
+        workloads: &Workloads,
+        pods: &Store<CachedPod>,
+    ) -> Vec<ObjectRef<CachedWorkload>> {
+        workloads.refs(pods, self.namespace().as_deref())
     }
 }
 
@@ -108,12 +110,12 @@ impl Policy for ClusterRefreshPolicy {
     fn secret_namespace(&self, freshen: &str) -> String {
         freshen.to_owned()
     }
-    fn scope(&self, deployments: &Store<CachedDeployment>) -> Vec<ObjectRef<CachedDeployment>> {
-        deployments
-            .state()
-            .iter()
-            .map(|d| ObjectRef::from_obj(d.as_ref()))
-            .collect()
+    fn scope(
+        &self,
+        workloads: &Workloads,
+        pods: &Store<CachedPod>,
+    ) -> Vec<ObjectRef<CachedWorkload>> {
+        workloads.refs(pods, None)
     }
 }
 
@@ -186,8 +188,8 @@ pub async fn reconcile<P: Policy>(policy: Arc<P>, ctx: Arc<Context>) -> Result<A
     if old.observed_generation != generation {
         // New or edited: every workload it could govern is measured again,
         // and their records bring the counts back here.
-        for workload in policy.scope(&ctx.deployments) {
-            let _ = ctx.workload_trigger.unbounded_send(workload);
+        for workload in policy.scope(&ctx.workloads, &ctx.pods) {
+            ctx.workload_trigger.send(workload);
         }
     }
     // A missing Secret is looked for again each poll interval: Secrets

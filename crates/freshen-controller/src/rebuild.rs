@@ -38,11 +38,12 @@ use tokio::time::Instant;
 use tracing::{info, instrument, warn};
 
 use crate::assess::{Accounts, Configuration, Measurement, pull_credentials};
-use crate::cached::CachedDeployment;
+use crate::cached::CachedWorkload;
 use crate::context::Context;
-use crate::deployment::FIELD_MANAGER;
+use crate::deployment::{FIELD_MANAGER, workload_ref};
 use crate::error::Error;
 use crate::webhook::{Delivery, Undelivered, signing_key};
+use freshen_core::kind::Kind;
 
 mod tekton;
 
@@ -60,7 +61,7 @@ const MAX_ANNOUNCED_DEPENDANTS: usize = 20;
 /// the plan rebuilds on that), for containers running one known digest of
 /// a tagged image.
 pub fn needs(
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     config: &Configuration,
     measurement: &Measurement,
     judgement: &Judgement,
@@ -110,7 +111,7 @@ pub fn needs(
 
 /// The tagged image a container's template names (a digest-only image has
 /// no tag a rebuild could move).
-fn template_image(deploy: &CachedDeployment, container: &str) -> Option<ImageReference> {
+fn template_image(deploy: &CachedWorkload, container: &str) -> Option<ImageReference> {
     let template = crate::assess::template_containers(deploy);
     let image = template.iter().find(|c| c.name == container)?;
     let parsed = ImageReference::parse(&image.image).ok()?;
@@ -151,7 +152,7 @@ impl Requested {
 /// none yet.
 pub async fn request(
     ctx: &Context,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     config: &Configuration,
     (measurement, judgement): (&Measurement, &Judgement),
 ) -> Requested {
@@ -180,7 +181,7 @@ pub async fn request(
 /// Rebuild of each (existing, or just created).
 async fn record(
     ctx: &Context,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     config: &Configuration,
     needs: &[(String, Need)],
 ) -> Result<Vec<(String, Arc<Rebuild>)>, Error> {
@@ -213,6 +214,8 @@ async fn record(
                     deploy.namespace().unwrap_or_default(),
                     deploy.name_any()
                 ),
+                requested_by_kind: (deploy.kind != Kind::Deployment)
+                    .then(|| deploy.kind.to_string()),
                 timeout_seconds: plan.settings.timeout.as_secs().max(1),
                 backoff_seconds: plan.settings.backoff.as_secs().clamp(1, 86_400),
             },
@@ -781,7 +784,13 @@ async fn tag_now(ctx: &Context, rebuild: &Rebuild) -> TagNow {
     let Some((namespace, name)) = rebuild.spec.requested_by.split_once('/') else {
         return TagNow::default();
     };
-    let keychain = match ctx.deployments.get(&ObjectRef::new(name).within(namespace)) {
+    let kind = rebuild
+        .spec
+        .requested_by_kind
+        .as_deref()
+        .map_or(Some(Kind::Deployment), Kind::parse);
+    let asker = kind.and_then(|kind| ctx.workload(&workload_ref(kind, name, namespace)));
+    let keychain = match asker {
         Some(deploy) => {
             pull_credentials(
                 &ctx.client,
@@ -963,7 +972,7 @@ async fn announce(ctx: &Context, rebuild: &Rebuild, step: &rebuild::RebuildStep)
             dependants
                 .iter()
                 .take(MAX_ANNOUNCED_DEPENDANTS)
-                .map(|d| d.object_ref(&())),
+                .map(|d| d.object_ref(&d.kind)),
         );
     }
     ctx.publish(type_, reason, "Rebuild", note, &targets).await;
@@ -977,9 +986,7 @@ async fn announce(ctx: &Context, rebuild: &Rebuild, step: &rebuild::RebuildStep)
     }
     if reason == EventReason::RebuildSucceeded {
         for d in &dependants {
-            let _ = ctx
-                .workload_trigger
-                .unbounded_send(ObjectRef::from_obj(d.as_ref()));
+            ctx.workload_trigger.send(d.reference());
         }
     }
 }
@@ -1030,11 +1037,11 @@ async fn prune(ctx: &Context, rebuild: &Rebuild) {
     }
 }
 
-/// The Deployments whose template names `image` (repository and tag).
-fn dependants(ctx: &Context, image: &str) -> Vec<Arc<CachedDeployment>> {
-    ctx.deployments
-        .state()
-        .into_iter()
+/// The workloads (of every kind watched) whose template names `image`
+/// (repository and tag).
+fn dependants(ctx: &Context, image: &str) -> Vec<Arc<CachedWorkload>> {
+    ctx.workloads
+        .all()
         .filter(|d| {
             crate::assess::template_containers(d).iter().any(|c| {
                 ImageReference::parse(&c.image)

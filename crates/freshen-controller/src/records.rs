@@ -20,13 +20,15 @@ use freshen_core::rebuild::BaseMove;
 use futures::channel::mpsc::UnboundedSender;
 use kube::runtime::reflector::ObjectRef;
 
-/// Identifies a workload: namespace and name.
+/// Identifies a workload: namespace, name and kind.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct WorkloadKey {
     /// Namespace.
     pub namespace: String,
-    /// Deployment name.
+    /// The workload's name.
     pub name: String,
+    /// Its kind.
+    pub kind: freshen_core::kind::Kind,
 }
 
 impl std::fmt::Display for WorkloadKey {
@@ -381,6 +383,7 @@ mod tests {
         WorkloadKey {
             namespace: "shop".into(),
             name: name.into(),
+            kind: freshen_core::kind::Kind::Deployment,
         }
     }
 

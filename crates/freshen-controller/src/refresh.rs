@@ -36,10 +36,13 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::Watch;
-use crate::cached::{CachedDeployment, CachedPod};
+use crate::cached::{CachedPod, CachedWorkload};
 use crate::context::Context;
-use crate::deployment::{FIELD_MANAGER, owned_by, owning_deployment, template_fingerprint};
+use crate::deployment::{
+    FIELD_MANAGER, deployment_ref, owned_by, owning_workload, template_fingerprint,
+};
 use crate::error::Error;
+use freshen_core::kind::Kind;
 
 /// Reconciles one Refresh: publish leftovers -> observe -> (deleted?) ->
 /// step (pure) -> store the intent -> act -> announce -> requeue.
@@ -56,7 +59,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     let api: Api<Refresh> = Api::namespaced(ctx.client.clone(), &namespace);
     let workload = ctx
         .deployments
-        .get(&ObjectRef::new(&refresh.spec.workload).within(&namespace));
+        .get(&deployment_ref(&refresh.spec.workload, &namespace));
     let Some(refresh) = publish_leftovers(&ctx, &api, refresh, workload.as_deref()).await? else {
         return Ok(Action::requeue(CONFLICT_RETRY));
     };
@@ -82,10 +85,10 @@ struct Scene {
     /// The stored progress.
     progress: rollout::Progress,
     /// The workload, when it exists.
-    workload: Option<Arc<CachedDeployment>>,
+    workload: Option<Arc<CachedWorkload>>,
     /// The canary's name, and the Deployment holding it, if any.
     canary_name: String,
-    canary: Option<Arc<CachedDeployment>>,
+    canary: Option<Arc<CachedWorkload>>,
     /// Who holds the canary's name.
     holder: CanaryHolder,
     /// The facts `step` decides on.
@@ -99,7 +102,7 @@ async fn publish_leftovers(
     ctx: &Context,
     api: &Api<Refresh>,
     refresh: Arc<Refresh>,
-    workload: Option<&CachedDeployment>,
+    workload: Option<&CachedWorkload>,
 ) -> Result<Option<Arc<Refresh>>, Error> {
     if refresh.progress().pending_events.is_empty() {
         return Ok(Some(refresh));
@@ -115,7 +118,7 @@ async fn publish_leftovers(
 async fn observe(
     ctx: &Context,
     refresh: &Refresh,
-    workload: Option<Arc<CachedDeployment>>,
+    workload: Option<Arc<CachedWorkload>>,
     now: chrono::DateTime<Utc>,
 ) -> Result<Scene, Error> {
     let namespace = refresh.namespace().unwrap_or_default();
@@ -132,20 +135,20 @@ async fn observe(
     let canary_name = canary_name(&refresh.spec.workload);
     let canary = ctx
         .deployments
-        .get(&ObjectRef::new(&canary_name).within(&namespace));
+        .get(&deployment_ref(&canary_name, &namespace));
     let holder = canary
         .as_deref()
         .map_or(CanaryHolder::Nobody, |c| canary_holder(c, refresh));
     let live = |p: &&Arc<CachedPod>| p.metadata.deletion_timestamp.is_none();
     let canary_pods = ctx
-        .pods_of(&namespace, &canary_name)
+        .pods_of(&deployment_ref(&canary_name, &namespace))
         .iter()
         .filter(live)
         .filter(|p| p.labels().get(REFRESH_LABEL) == Some(&name))
         .map(|p| pod_health(p))
         .collect();
     let new_pods = ctx
-        .pods_of(&namespace, &refresh.spec.workload)
+        .pods_of(&deployment_ref(&refresh.spec.workload, &namespace))
         .iter()
         .filter(live)
         .filter(|p| runs_target(p, &target))
@@ -427,7 +430,7 @@ async fn publish_pending(
     ctx: &Context,
     api: &Api<Refresh>,
     refresh: &Refresh,
-    workload: Option<&CachedDeployment>,
+    workload: Option<&CachedWorkload>,
 ) -> Result<Option<Refresh>, Error> {
     let mut status = refresh.status.clone().unwrap_or_default();
     let pending = std::mem::take(&mut status.progress.pending_events);
@@ -454,7 +457,7 @@ async fn publish_pending(
     if pending.iter().any(|e| e.phase.is_terminal()) {
         // The workload may want its next refresh now; older records go.
         if let Some(w) = workload {
-            let _ = ctx.workload_trigger.unbounded_send(ObjectRef::from_obj(w));
+            ctx.workload_trigger.send(w.reference());
         }
         let namespace = refresh.namespace().unwrap_or_default();
         prune_history(ctx, &namespace, &refresh.spec.workload).await;
@@ -463,7 +466,7 @@ async fn publish_pending(
 }
 
 /// The state machine's view of a Deployment's `container`.
-pub fn workload_state(deploy: &CachedDeployment, container: &str) -> Option<WorkloadState> {
+pub fn workload_state(deploy: &CachedWorkload, container: &str) -> Option<WorkloadState> {
     let spec = deploy.spec.as_ref()?;
     let image = deploy
         .container(container)
@@ -505,14 +508,14 @@ pub fn of_pod(pod: &CachedPod, refreshes: &Store<Refresh>) -> Option<ObjectRef<R
     if let Some(name) = pod.labels().get(REFRESH_LABEL) {
         return Some(ObjectRef::new(name).within(&namespace));
     }
-    let workload = owning_deployment(pod)?;
+    let workload = owning_workload(pod).filter(|w| w.dyntype == Kind::Deployment)?;
     active_for(refreshes, &namespace, &workload.name).map(|r| ObjectRef::from_obj(r.as_ref()))
 }
 
 /// The Refresh a Deployment's change concerns: its canary's, or the active
 /// one of the workload.
 pub fn of_deployment(
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     refreshes: &Store<Refresh>,
 ) -> Option<ObjectRef<Refresh>> {
     let namespace = deploy.namespace()?;
@@ -628,7 +631,7 @@ pub fn canary_deployment(
 async fn create_canary(
     ctx: &Context,
     refresh: &Refresh,
-    cached: &CachedDeployment,
+    cached: &CachedWorkload,
     name: &str,
     replicas: u32,
 ) -> Result<(), Error> {
@@ -639,7 +642,7 @@ async fn create_canary(
         .await
         .map_err(Error::ReadWorkload)?;
     let container = &refresh.spec.container;
-    let fresh = CachedDeployment::from(&workload);
+    let fresh = CachedWorkload::from(&workload);
     let same = workload.metadata.uid == cached.metadata.uid
         && template_fingerprint(&fresh, container) == template_fingerprint(cached, container)
         && workload_state(&fresh, container).map(|s| s.image)
@@ -688,7 +691,7 @@ impl CanaryHolder {
 
 /// Who holds the canary's name: judged by freshen's label and a
 /// controller owner reference to a Refresh (by uid), never by name alone.
-pub fn canary_holder(canary: &CachedDeployment, refresh: &Refresh) -> CanaryHolder {
+pub fn canary_holder(canary: &CachedWorkload, refresh: &Refresh) -> CanaryHolder {
     let owner = canary.owner_references().iter().find(|o| {
         o.controller == Some(true)
             && o.kind == Refresh::kind(&())
@@ -705,7 +708,7 @@ pub fn canary_holder(canary: &CachedDeployment, refresh: &Refresh) -> CanaryHold
 }
 
 /// What the executor checks the Refresh against before acting.
-fn provenance(refresh: &Refresh, workload: &CachedDeployment) -> rollout::Provenance {
+fn provenance(refresh: &Refresh, workload: &CachedWorkload) -> rollout::Provenance {
     rollout::Provenance {
         owned_by_workload: owned_by(refresh, workload),
         digest: refresh.spec.digest.clone(),
@@ -717,7 +720,7 @@ fn provenance(refresh: &Refresh, workload: &CachedDeployment) -> rollout::Proven
 
 /// Deletes a canary freshen created, by uid: if the name now belongs to
 /// another object, the API server refuses (409) and nothing is deleted.
-async fn delete_canary(ctx: &Context, canary: &CachedDeployment) -> Result<(), Error> {
+async fn delete_canary(ctx: &Context, canary: &CachedWorkload) -> Result<(), Error> {
     let namespace = canary.namespace().unwrap_or_default();
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
     let params = DeleteParams {
@@ -740,7 +743,7 @@ async fn delete_canary(ctx: &Context, canary: &CachedDeployment) -> Result<(), E
 /// fails and the next step sees their change.
 async fn set_image(
     ctx: &Context,
-    workload: &CachedDeployment,
+    workload: &CachedWorkload,
     container: &str,
     image: &str,
     stamp: Option<&str>,
@@ -776,15 +779,16 @@ async fn set_image(
 /// Adds the Refresh's digest to the workload's rejected digests.
 async fn reject_digest(
     ctx: &Context,
-    workload: &CachedDeployment,
+    workload: &CachedWorkload,
     refresh: &Refresh,
 ) -> Result<(), Error> {
     let Ok(digest) = refresh.spec.digest.parse() else {
         return Err(Error::MissingField("spec.digest"));
     };
-    let api: Api<CachedDeployment> = Api::namespaced(
+    let api: Api<CachedWorkload> = Api::namespaced_with(
         ctx.client.clone(),
         &workload.namespace().unwrap_or_default(),
+        &workload.kind,
     );
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
@@ -888,7 +892,7 @@ impl Context {
     async fn refresh_event(
         &self,
         refresh: &Refresh,
-        workload: Option<&CachedDeployment>,
+        workload: Option<&CachedWorkload>,
         kind: EventKind,
         reason: EventReason,
         note: String,
@@ -898,7 +902,7 @@ impl Context {
             EventKind::Warning => EventType::Warning,
         };
         let mut targets = vec![refresh.object_ref(&())];
-        targets.extend(workload.map(|w| w.object_ref(&())));
+        targets.extend(workload.map(|w| w.object_ref(&w.kind)));
         let note = format!("Refresh {}: {note}", refresh.name_any());
         self.publish(type_, reason, "Refresh", note, &targets).await;
     }
@@ -933,8 +937,8 @@ mod tests {
     }
 
     /// [`deploy`] as the cache holds it.
-    fn cached() -> CachedDeployment {
-        CachedDeployment::from(&deploy())
+    fn cached() -> CachedWorkload {
+        CachedWorkload::from(&deploy())
     }
 
     fn refresh() -> Refresh {
@@ -997,7 +1001,7 @@ mod tests {
             if let Some(s) = d.spec.as_mut() {
                 edit(&mut s.template);
             }
-            template_fingerprint(&CachedDeployment::from(&d), "app")
+            template_fingerprint(&CachedWorkload::from(&d), "app")
         };
         let container = |t: &mut k8s_openapi::api::core::v1::PodTemplateSpec, i: usize| {
             t.spec

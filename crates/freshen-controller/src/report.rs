@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cached::{CachedDeployment, CachedPod};
+use crate::cached::{CachedPod, CachedWorkload};
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, is_canary};
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshMode, RefreshPolicy};
@@ -28,10 +28,13 @@ use serde::Serialize;
 use crate::assess::{
     Accounts, Lookup, Problem, configure, measure, node_platform, platform_of, pull_credentials,
 };
-use crate::deployment::owning_deployment;
+use crate::deployment::{owning_workload, workload_ref};
+use crate::pod_index::Owned;
+use crate::records::WorkloadKey;
 use crate::scoped;
 use crate::tags::TagClock;
 use crate::workload::pod_facts;
+use freshen_core::kind::{Kind, measured_by_owner};
 
 /// What to scan.
 #[derive(Debug, Clone, Default)]
@@ -66,7 +69,10 @@ pub struct ReportLimit {
 pub struct Row {
     /// Namespace.
     pub namespace: String,
-    /// Deployment.
+    /// The workload's kind: `Deployment`, `StatefulSet`, ... or `Pod` for
+    /// a pod no workload controls.
+    pub kind: String,
+    /// The workload's name.
     pub workload: String,
     /// Container.
     pub container: String,
@@ -214,8 +220,8 @@ pub async fn build(
     options: &ReportOptions,
 ) -> Result<Report, ReportError> {
     let now = Utc::now();
-    let (deployments, pods) = list_workloads(&client, options).await?;
     let mut warnings = Vec::new();
+    let (deployments, pods) = list_workloads(&client, options, &mut warnings).await?;
     let cluster = Cluster::read(&client, options.namespace.as_deref(), &mut warnings).await;
     let scan = Scan {
         client: &client,
@@ -258,12 +264,16 @@ pub async fn build(
     })
 }
 
-/// The Deployments in scope (by namespace and selector) and the pods that
-/// may be theirs; without either there is no report.
+/// The workloads of every kind in scope (by namespace and selector), the
+/// pods no workload controls among them, and every pod that may be
+/// theirs. Without Deployments or pods there is no report; another kind
+/// that cannot be listed is left out with a warning (a cluster without
+/// Argo Rollouts has no Rollouts to list).
 async fn list_workloads(
     client: &Client,
     options: &ReportOptions,
-) -> Result<(Vec<CachedDeployment>, Vec<CachedPod>), ReportError> {
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<CachedWorkload>, Vec<CachedPod>), ReportError> {
     let namespace = options.namespace.as_deref();
     let scope = namespace
         .map(|n| format!(" in namespace {n}"))
@@ -280,17 +290,48 @@ async fn list_workloads(
     if let Some(selector) = &options.selector {
         params = params.labels(selector);
     }
-    let deployments = scoped::<CachedDeployment>(client, namespace)
-        .list(&params)
-        .await
-        .map_err(failed("deployments"))?
-        .items;
+    let mut workloads = Vec::new();
+    for kind in Kind::ALL.into_iter().filter(|k| *k != Kind::Pod) {
+        let api: Api<CachedWorkload> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &kind),
+            None => Api::all_with(client.clone(), &kind),
+        };
+        match api.list(&params).await {
+            Ok(list) => workloads.extend(list.items.into_iter().map(|mut w| {
+                w.stamp(kind);
+                w
+            })),
+            Err(e) if kind == Kind::Deployment => return Err(failed("deployments")(e)),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(e) => warnings.push(format!(
+                "{} not read ({}); they are not shown",
+                kind.plural(),
+                list_hint(&e, kind.plural())
+            )),
+        }
+    }
     let pods = scoped::<CachedPod>(client, namespace)
         .list(&ListParams::default())
         .await
         .map_err(failed("pods"))?
         .items;
-    Ok((deployments, pods))
+    let selected = match &options.selector {
+        None => pods.clone(),
+        Some(_) => {
+            scoped::<CachedPod>(client, namespace)
+                .list(&params)
+                .await
+                .map_err(failed("pods"))?
+                .items
+        }
+    };
+    workloads.extend(
+        selected
+            .iter()
+            .filter(|p| owning_workload(p).is_some_and(|o| o.dyntype == Kind::Pod))
+            .map(CachedWorkload::of_pod),
+    );
+    Ok((workloads, pods))
 }
 
 /// Every ServiceAccount in scope, by namespace and name: one request for
@@ -398,16 +439,40 @@ impl Scan<'_> {
     /// The rows of every Deployment in scope. Workloads are measured
     /// concurrently; the registry client bounds requests per registry and
     /// coalesces identical look-ups.
-    async fn measure_all(&self, deployments: &[CachedDeployment], pods: &[CachedPod]) -> Vec<Row> {
-        let mut pods_of: BTreeMap<(String, String), Vec<PodFacts>> = BTreeMap::new();
+    async fn measure_all(&self, deployments: &[CachedWorkload], pods: &[CachedPod]) -> Vec<Row> {
+        // A CronJob's Jobs' pods are the CronJob's.
+        let cron_jobs: BTreeMap<(String, String), String> = deployments
+            .iter()
+            .filter(|w| w.kind == Kind::Job)
+            .filter_map(|job| {
+                let owner = job.owner()?;
+                Some(((owner.namespace?, job.name_any()), owner.name))
+            })
+            .collect();
+        let mut pods_of: BTreeMap<WorkloadKey, Vec<PodFacts>> = BTreeMap::new();
         for pod in pods {
-            if let Some(owner) = owning_deployment(pod) {
-                let key = (owner.namespace.unwrap_or_default(), owner.name);
-                pods_of.entry(key).or_default().push(pod_facts(pod));
+            let Some(mut owner) = owning_workload(pod) else {
+                continue;
+            };
+            let namespace = owner.namespace.clone().unwrap_or_default();
+            if owner.dyntype == Kind::Job
+                && let Some(cron_job) = cron_jobs.get(&(namespace.clone(), owner.name.clone()))
+            {
+                owner = workload_ref(Kind::CronJob, cron_job, &namespace);
             }
+            let key = WorkloadKey {
+                namespace,
+                name: owner.name,
+                kind: owner.dyntype,
+            };
+            pods_of.entry(key).or_default().push(pod_facts(pod));
         }
         let jobs = deployments.iter().map(|deploy| {
-            let key = (deploy.namespace().unwrap_or_default(), deploy.name_any());
+            let key = WorkloadKey {
+                namespace: deploy.namespace().unwrap_or_default(),
+                name: deploy.name_any(),
+                kind: deploy.kind,
+            };
             let pods = pods_of.get(&key).map(Vec::as_slice).unwrap_or_default();
             self.measure_one(deploy, pods)
         });
@@ -419,7 +484,7 @@ impl Scan<'_> {
     }
 
     /// The rows of one Deployment; none when it opted out or is a canary.
-    async fn measure_one(&self, deploy: &CachedDeployment, pods: &[PodFacts]) -> Vec<Row> {
+    async fn measure_one(&self, deploy: &CachedWorkload, pods: &[PodFacts]) -> Vec<Row> {
         let empty = BTreeMap::new();
         let namespace = deploy.namespace().unwrap_or_default();
         let cluster = self.cluster;
@@ -430,7 +495,16 @@ impl Scan<'_> {
             &cluster.cluster_policies,
             self.defaults,
         );
-        if config.settings.refresh == Some(RefreshMode::Disabled) || is_canary(deploy.labels()) {
+        let owner_kind = deploy
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.kind.as_str());
+        if config.settings.refresh == Some(RefreshMode::Disabled)
+            || is_canary(deploy.labels())
+            || deploy.labels().contains_key(crate::rebuild::REBUILD_LABEL)
+            || measured_by_owner(deploy.kind, owner_kind)
+        {
             return Vec::new();
         }
         let platform = platform_of(pods, |node| cluster.nodes.get(node).cloned());
@@ -465,16 +539,25 @@ impl Scan<'_> {
 
 /// Each row's active Refresh and the digests rejected for its container
 /// (the workload's annotation and rolled-back Refreshes).
-fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[CachedDeployment]) {
-    let by_name: BTreeMap<(String, String), &CachedDeployment> = deployments
+fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[CachedWorkload]) {
+    let by_name: BTreeMap<(String, String, String), &CachedWorkload> = deployments
         .iter()
-        .map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), d))
+        .map(|d| {
+            let key = (
+                d.namespace().unwrap_or_default(),
+                d.kind.to_string(),
+                d.name_any(),
+            );
+            (key, d)
+        })
         .collect();
     for row in rows {
         let mine: Vec<&Arc<Refresh>> = refreshes
             .iter()
             .filter(|r| {
-                r.namespace().as_deref() == Some(row.namespace.as_str())
+                // Refreshes are of Deployments.
+                row.kind == Kind::Deployment.as_str()
+                    && r.namespace().as_deref() == Some(row.namespace.as_str())
                     && r.spec.workload == row.workload
                     && r.spec.container == row.container
             })
@@ -484,7 +567,11 @@ fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[Ca
             .find(|r| !r.progress().phase.is_terminal())
             .map(|r| format!("{} ({})", r.name_any(), r.progress().phase));
         let annotated = by_name
-            .get(&(row.namespace.clone(), row.workload.clone()))
+            .get(&(
+                row.namespace.clone(),
+                row.kind.clone(),
+                row.workload.clone(),
+            ))
             .and_then(|d| d.annotations().get(REJECTED_DIGESTS).cloned())
             .unwrap_or_default();
         let mut rejected: Vec<String> = parse_rejected(&annotated)
@@ -504,14 +591,25 @@ fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[Ca
 }
 
 /// Each row's newest Rebuild of its image (a superseded one is not shown).
-fn add_rebuilds(rows: &mut [Row], rebuilds: &[Arc<Rebuild>], deployments: &[CachedDeployment]) {
-    let by_name: BTreeMap<(String, String), &CachedDeployment> = deployments
+fn add_rebuilds(rows: &mut [Row], rebuilds: &[Arc<Rebuild>], deployments: &[CachedWorkload]) {
+    let by_name: BTreeMap<(String, String, String), &CachedWorkload> = deployments
         .iter()
-        .map(|d| ((d.namespace().unwrap_or_default(), d.name_any()), d))
+        .map(|d| {
+            let key = (
+                d.namespace().unwrap_or_default(),
+                d.kind.to_string(),
+                d.name_any(),
+            );
+            (key, d)
+        })
         .collect();
     for row in rows {
         let Some(image) = by_name
-            .get(&(row.namespace.clone(), row.workload.clone()))
+            .get(&(
+                row.namespace.clone(),
+                row.kind.clone(),
+                row.workload.clone(),
+            ))
             .and_then(|d| d.container(&row.container))
             .and_then(|c| freshen_core::ImageReference::parse(c.image.as_deref()?).ok())
             .map(|i| i.without_digest().to_string())
@@ -536,7 +634,7 @@ fn add_rebuilds(rows: &mut [Row], rebuilds: &[Arc<Rebuild>], deployments: &[Cach
 /// The rows of one measured Deployment: one per measured container, and one
 /// per container that could not be measured at all.
 fn rows_of(
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     config: &crate::assess::Configuration,
     measurement: crate::assess::Measurement,
     secret_problems: &[String],
@@ -554,6 +652,7 @@ fn rows_of(
     );
     let blank = |container: &str| Row {
         namespace: deploy.namespace().unwrap_or_default(),
+        kind: deploy.kind.to_string(),
         workload: deploy.name_any(),
         container: container.to_owned(),
         image: String::new(),
@@ -695,8 +794,9 @@ fn short_source(source: &str) -> String {
 }
 
 /// The table's columns.
-const HEADER: [&str; 13] = [
+const HEADER: [&str; 14] = [
     "NAMESPACE",
+    "KIND",
     "WORKLOAD",
     "CONTAINER",
     "IMAGE",
@@ -714,10 +814,10 @@ const HEADER: [&str; 13] = [
 /// The report as an aligned table, then the details of every row that is
 /// not simply fine, the warnings and a count.
 pub fn render_table(report: &Report) -> String {
-    let cells: Vec<[String; 13]> = report.rows.iter().map(cells_of).collect();
+    let cells: Vec<[String; 14]> = report.rows.iter().map(cells_of).collect();
     let mut out = aligned(&cells);
     if report.rows.is_empty() {
-        out.push_str("(no Deployments in scope)\n");
+        out.push_str("(no workloads in scope)\n");
     }
     let details = details(report);
     if !details.is_empty() {
@@ -737,7 +837,7 @@ pub fn render_table(report: &Report) -> String {
 }
 
 /// One row's table cells, in [`HEADER`] order.
-fn cells_of(r: &Row) -> [String; 13] {
+fn cells_of(r: &Row) -> [String; 14] {
     let age =
         |s: Option<u64>| s.map_or("unknown".to_owned(), |s| short_age(Duration::from_secs(s)));
     let limit = |l: &Option<ReportLimit>| {
@@ -767,6 +867,7 @@ fn cells_of(r: &Row) -> [String; 13] {
     };
     [
         r.namespace.clone(),
+        r.kind.clone(),
         r.workload.clone(),
         r.container.clone(),
         if r.image.is_empty() {
@@ -788,7 +889,7 @@ fn cells_of(r: &Row) -> [String; 13] {
 }
 
 /// The header and `rows`, each column as wide as its widest cell.
-fn aligned(rows: &[[String; 13]]) -> String {
+fn aligned(rows: &[[String; 14]]) -> String {
     let mut widths = HEADER.map(str::len);
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -820,7 +921,14 @@ fn aligned(rows: &[[String; 13]]) -> String {
 fn details(report: &Report) -> String {
     let mut details = String::new();
     for r in &report.rows {
-        let subject = format!("{}/{} {}", r.namespace, r.workload, r.container);
+        // As kubectl names it: `shop/statefulset/db app`.
+        let subject = format!(
+            "{}/{}/{} {}",
+            r.namespace,
+            r.kind.to_ascii_lowercase(),
+            r.workload,
+            r.container
+        );
         for v in &r.violations {
             let snoozed = if r.snoozed { " (snoozed)" } else { "" };
             let _ = writeln!(details, "  {subject}: {v}{snoozed}");
@@ -838,8 +946,9 @@ fn details(report: &Report) -> String {
     let mut seen = std::collections::BTreeSet::new();
     for r in &report.rows {
         for e in &r.config_errors {
-            if seen.insert((&r.namespace, &r.workload, e)) {
-                let _ = writeln!(details, "  {}/{}: {e}", r.namespace, r.workload);
+            if seen.insert((&r.namespace, &r.kind, &r.workload, e)) {
+                let kind = r.kind.to_ascii_lowercase();
+                let _ = writeln!(details, "  {}/{kind}/{}: {e}", r.namespace, r.workload);
             }
         }
     }
@@ -863,6 +972,7 @@ mod tests {
         };
         Row {
             namespace: "shop".into(),
+            kind: "Deployment".into(),
             workload: workload.into(),
             container: "app".into(),
             image: "reg.io/shop/app".into(),
@@ -916,7 +1026,9 @@ mod tests {
             "{header}"
         );
         assert!(
-            table.contains("shop/unsigned app: unverified: the running digest is not signed"),
+            table.contains(
+                "shop/deployment/unsigned app: unverified: the running digest is not signed"
+            ),
             "{table}"
         );
     }
@@ -965,7 +1077,7 @@ mod tests {
         let table = render_table(&report);
         let lines: Vec<&str> = table.lines().collect();
         assert!(
-            lines[0].starts_with("NAMESPACE   WORKLOAD   CONTAINER"),
+            lines[0].starts_with("NAMESPACE   KIND         WORKLOAD   CONTAINER"),
             "{table}"
         );
         assert!(lines[1].contains("10d"), "{table}");
@@ -980,7 +1092,7 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("shop/web app: image age 10d exceeds 5d"),
+            table.contains("shop/deployment/web app: image age 10d exceeds 5d"),
             "{table}"
         );
         assert!(
@@ -988,7 +1100,7 @@ mod tests {
             "{table}"
         );
         assert!(
-            table.contains("shop/broken: annotation freshen.dev/max-image-age"),
+            table.contains("shop/deployment/broken: annotation freshen.dev/max-image-age"),
             "{table}"
         );
         assert!(

@@ -8,7 +8,7 @@
 //! ([`crate::cached`]), which has only the fields freshen reads; [`pod`]
 //! drops the metadata and conditions it does not.
 //!
-//! Deployments arrive already small too: read into `CachedDeployment`,
+//! Workloads arrive already small too: read into `CachedWorkload`,
 //! which keeps of the pod template the containers (names, images and each
 //! one's fingerprint of the whole template), the pull secrets, the service
 //! account and freshen's restart stamp. A canary, which copies the whole
@@ -18,7 +18,8 @@
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeStatus, NodeSystemInfo, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::cached::{CachedDeployment, CachedPod};
+use crate::cached::{CachedPod, CachedWorkload};
+use freshen_core::kind::Kind;
 
 /// Annotations of other tools freshen reads: Argo CD's tracking id (which
 /// marks a workload a GitOps reconciler manages).
@@ -40,16 +41,22 @@ fn metadata(meta: &mut ObjectMeta) {
     }
 }
 
-/// A Deployment (already only what [`CachedDeployment`] reads): its
-/// metadata as [`metadata`] keeps it.
-pub fn deployment(deploy: &mut CachedDeployment) {
-    metadata(&mut deploy.metadata);
+/// A workload (already only what [`CachedWorkload`] reads), stamped with
+/// the kind its watch reads: its metadata as [`metadata`] keeps it.
+pub fn workload(workload: &mut CachedWorkload, kind: Kind) {
+    workload.stamp(kind);
+    metadata(&mut workload.metadata);
 }
 
 /// A pod (already only what [`CachedPod`] reads): its metadata as
-/// [`metadata`] keeps it, and of its conditions only Ready.
+/// [`metadata`] keeps it, of its init containers only native sidecars,
+/// and of its conditions only Ready.
 pub fn pod(pod: &mut CachedPod) {
     metadata(&mut pod.metadata);
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.init_containers
+            .retain(|c| freshen_core::kind::is_sidecar(c.restart_policy.as_deref()));
+    }
     if let Some(conditions) = pod.status.as_mut().and_then(|s| s.conditions.as_mut()) {
         conditions.retain(|c| c.type_ == "Ready");
     }
@@ -115,7 +122,7 @@ mod tests {
         }))?;
         let before_facts = crate::workload::pod_facts(&p);
         let before_health = crate::refresh::pod_health(&p);
-        let before_owner = crate::deployment::owning_deployment(&p);
+        let before_owner = crate::deployment::owning_workload(&p);
         pod(&mut p);
         assert_eq!(
             format!("{:?}", crate::workload::pod_facts(&p)),
@@ -125,7 +132,7 @@ mod tests {
             format!("{:?}", crate::refresh::pod_health(&p)),
             format!("{before_health:?}")
         );
-        assert_eq!(crate::deployment::owning_deployment(&p), before_owner);
+        assert_eq!(crate::deployment::owning_workload(&p), before_owner);
         let value = serde_json::to_value(&p)?;
         assert_eq!(
             value["metadata"]["annotations"],
@@ -182,11 +189,11 @@ mod tests {
         })
     }
 
-    /// What the watch caches of `whole`: read as `CachedDeployment`, then
+    /// What the watch caches of `whole`: read as `CachedWorkload`, then
     /// trimmed.
-    fn cached(whole: &serde_json::Value) -> Result<CachedDeployment, serde_json::Error> {
-        let mut d: CachedDeployment = serde_json::from_value(whole.clone())?;
-        deployment(&mut d);
+    fn cached(whole: &serde_json::Value) -> Result<CachedWorkload, serde_json::Error> {
+        let mut d: CachedWorkload = serde_json::from_value(whole.clone())?;
+        workload(&mut d, Kind::Deployment);
         Ok(d)
     }
 
@@ -226,8 +233,8 @@ mod tests {
         // A fresh read, converted, is what the cache holds (bar the
         // metadata the cache trims): the two are compared before a canary
         // is made.
-        let mut converted = CachedDeployment::from(&typed);
-        deployment(&mut converted);
+        let mut converted = CachedWorkload::from(&typed);
+        workload(&mut converted, Kind::Deployment);
         assert_eq!(converted, d);
         Ok(())
     }

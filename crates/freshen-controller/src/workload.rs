@@ -1,4 +1,5 @@
-//! The workload controller: measures every Deployment freshen governs.
+//! The workload controller: measures every workload freshen governs, of
+//! every kind (one controller per kind, each running this reconcile).
 //!
 //! One reconcile reads top to bottom:
 //! configure (annotations and matching policies -> limits in force, pure) ->
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use freshen_api::refresh::is_canary;
+use freshen_core::kind::measured_by_owner;
 
 use crate::tags::Origin;
 use chrono::{DateTime, Utc};
@@ -30,8 +32,9 @@ use crate::assess::{
     Accounts, Configuration, Lookup, Measurement, Problem, configure, measure, node_platform,
     platform_of, pull_credentials,
 };
-use crate::cached::{CachedDeployment, CachedPod};
+use crate::cached::{CachedPod, CachedWorkload};
 use crate::context::Context;
+use crate::deployment::workload_ref;
 use crate::error::Error;
 use crate::planner::{self, Outcome};
 use crate::rebuild;
@@ -42,14 +45,23 @@ use freshen_registry::{Keychain, Platform};
 /// listing looks again.
 const LISTING_RETRY: Duration = Duration::from_millis(500);
 
-/// Reconciles one Deployment: configure -> gather -> measure -> judge ->
+/// Reconciles one workload: configure -> gather -> measure -> judge ->
 /// plan -> announce -> record -> requeue.
 #[instrument(skip_all, fields(workload = %deploy.namespace().unwrap_or_default() + "/" + &deploy.name_any()))]
-pub async fn reconcile(deploy: Arc<CachedDeployment>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(deploy: Arc<CachedWorkload>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = workload_key(&deploy)?;
     let now = Utc::now();
-    if is_canary(deploy.labels()) {
-        // freshen's own canary: never measured or refreshed itself.
+    let owner_kind = deploy
+        .owner_references()
+        .iter()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.kind.as_str());
+    let own = is_canary(deploy.labels()) || deploy.labels().contains_key(rebuild::REBUILD_LABEL);
+    if own || measured_by_owner(key.kind, owner_kind) {
+        // freshen's own canaries and rebuild runs are never measured or
+        // refreshed themselves; a Deployment's ReplicaSet or a CronJob's
+        // Job is measured as part of its owner.
+        ctx.records.remove(&key);
         return Ok(Action::await_change());
     }
     if !ctx
@@ -143,7 +155,7 @@ pub async fn reconcile(deploy: Arc<CachedDeployment>, ctx: Arc<Context>) -> Resu
 /// `None` when freshen does not measure it.
 async fn configure_workload(
     ctx: &Context,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     key: &WorkloadKey,
 ) -> Option<Configuration> {
     let namespace_labels = ctx
@@ -182,9 +194,9 @@ struct Gathered {
 
 /// The workload's pods (shared store), its pull credentials (one Warning
 /// for unusable secrets) and the platform most of its pods' nodes run.
-async fn gather(ctx: &Context, deploy: &CachedDeployment, key: &WorkloadKey) -> Gathered {
+async fn gather(ctx: &Context, deploy: &CachedWorkload, key: &WorkloadKey) -> Gathered {
     let pods: Vec<PodFacts> = ctx
-        .pods_of(&key.namespace, &key.name)
+        .pods_of(&workload_ref(key.kind, &key.name, &key.namespace))
         .iter()
         .map(|p| pod_facts(p))
         .collect();
@@ -212,7 +224,7 @@ async fn gather(ctx: &Context, deploy: &CachedDeployment, key: &WorkloadKey) -> 
 /// first registry failure, which fails the reconcile after recording.
 async fn report_problems(
     ctx: &Context,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     measurement: &Measurement,
 ) -> Option<Error> {
     let mut registry_error = None;
@@ -265,7 +277,7 @@ fn judge(
 /// exceeded, what only a rebuild can fix, a hold someone must act on.
 async fn announce(
     ctx: &Context,
-    deploy: &CachedDeployment,
+    deploy: &CachedWorkload,
     (measurement, judgement): (&Measurement, &policy::Judgement),
     hold: Option<(&Hold, Option<DateTime<Utc>>)>,
     (requested, refused): (&[String], &[String]),
@@ -302,8 +314,9 @@ fn requeue(judged: Duration, hold_ends: Option<DateTime<Utc>>, now: DateTime<Utc
     }
 }
 
-fn workload_key(deploy: &CachedDeployment) -> Result<WorkloadKey, Error> {
+fn workload_key(deploy: &CachedWorkload) -> Result<WorkloadKey, Error> {
     Ok(WorkloadKey {
+        kind: deploy.kind,
         namespace: deploy
             .namespace()
             .ok_or(Error::MissingField("metadata.namespace"))?,
@@ -317,19 +330,19 @@ fn workload_key(deploy: &CachedDeployment) -> Result<WorkloadKey, Error> {
 
 /// Copies the fields freshen reads out of a pod.
 pub fn pod_facts(pod: &CachedPod) -> PodFacts {
-    let spec_images = pod
-        .spec
-        .as_ref()
-        .map(|s| s.containers.as_slice())
-        .unwrap_or_default();
-    let statuses = pod
-        .status
-        .as_ref()
+    let status = pod.status.as_ref();
+    let regular = status
         .and_then(|s| s.container_statuses.as_deref())
         .unwrap_or_default();
-    let containers = spec_images
+    let init = status
+        .and_then(|s| s.init_container_statuses.as_deref())
+        .unwrap_or_default();
+    let containers = pod
+        .spec
         .iter()
-        .map(|c| {
+        .flat_map(|s| s.long_running())
+        .map(|(c, sidecar)| {
+            let statuses = if sidecar { init } else { regular };
             let status = statuses.iter().find(|s| s.name == c.name);
             ContainerFacts {
                 name: c.name.clone(),
@@ -356,7 +369,8 @@ pub fn pod_facts(pod: &CachedPod) -> PodFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deployment::{POD_TEMPLATE_HASH, owning_deployment};
+    use crate::deployment::{POD_TEMPLATE_HASH, owning_workload};
+    use freshen_core::kind::Kind;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;
 
@@ -382,17 +396,29 @@ mod tests {
     }
 
     #[test]
-    fn pods_map_to_their_deployment_through_the_replicaset_name() {
-        let d = owning_deployment(&pod("ReplicaSet", "web-api-7d9f8c6b5", Some("7d9f8c6b5")));
+    fn pods_map_to_their_workload_through_their_owner() {
+        let owner = |kind, name, hash| {
+            owning_workload(&pod(kind, name, hash)).map(|r| (r.dyntype, r.name, r.namespace))
+        };
+        let shop = Some("shop".to_owned());
         assert_eq!(
-            d.map(|d| (d.name, d.namespace)),
-            Some(("web-api".into(), Some("shop".into())))
+            owner("ReplicaSet", "web-api-7d9f8c6b5", Some("7d9f8c6b5")),
+            Some((Kind::Deployment, "web-api".into(), shop.clone()))
         );
-        // A bare ReplicaSet (no hash label), a mismatched hash, or a Job owner
-        // are not a Deployment's pods.
-        assert!(owning_deployment(&pod("ReplicaSet", "web-api", None)).is_none());
-        assert!(owning_deployment(&pod("ReplicaSet", "web-api-abc", Some("xyz"))).is_none());
-        assert!(owning_deployment(&pod("Job", "web-api-7d9f8c6b5", Some("7d9f8c6b5"))).is_none());
-        assert!(owning_deployment(&pod("ReplicaSet", "-7d9f8c6b5", Some("7d9f8c6b5"))).is_none());
+        // A bare ReplicaSet (no hash label) is its own workload; a Job's pod
+        // is its Job's.
+        assert_eq!(
+            owner("ReplicaSet", "web-api", None),
+            Some((Kind::ReplicaSet, "web-api".into(), shop.clone()))
+        );
+        assert_eq!(
+            owner("Job", "web-api-7d9f8c6b5", Some("7d9f8c6b5")),
+            Some((Kind::Job, "web-api-7d9f8c6b5".into(), shop.clone()))
+        );
+        // A pod a Node controls (a static pod) is its own workload.
+        assert_eq!(
+            owner("Node", "n1", None),
+            Some((Kind::Pod, "p".into(), shop))
+        );
     }
 }

@@ -49,6 +49,9 @@ pub enum EventReason {
     RebuildRequired,
     /// A wanted refresh is held because a GitOps tool manages the workload.
     GitOpsManaged,
+    /// A wanted refresh is held because the workload is paused; it starts
+    /// once the workload is resumed.
+    WorkloadPaused,
     /// A wanted refresh is held because the Refresh for that target ended
     /// without success; deleting it asks for another try.
     RefreshNotRetried,

@@ -11,6 +11,7 @@ pub mod duration;
 pub mod event;
 pub mod findings;
 pub mod image;
+pub mod kind;
 pub mod lease;
 pub mod observe;
 pub mod plan;

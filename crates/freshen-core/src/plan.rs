@@ -96,6 +96,10 @@ pub fn gitops_manager(
 /// What may stop a wanted refresh.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Gates {
+    /// The workload is of a kind freshen measures but does not refresh.
+    pub unrefreshed: Option<crate::kind::Kind>,
+    /// The workload is paused (`spec.paused`): its owner stopped rollouts.
+    pub paused: bool,
     /// A GitOps reconciler manages the workload and the policy does not
     /// allow patching it.
     pub gitops: Option<GitOps>,
@@ -282,6 +286,10 @@ pub struct Proposal {
 /// Why a wanted refresh waits.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Hold {
+    /// freshen does not refresh workloads of this kind.
+    NotRefreshed(crate::kind::Kind),
+    /// The workload is paused; freshen does not patch it until resumed.
+    Paused,
     /// Managed by a GitOps reconciler.
     GitOps(GitOps),
     /// The policy is suspended.
@@ -345,6 +353,7 @@ impl Hold {
     pub fn warning_reason(&self) -> Option<EventReason> {
         match self {
             Self::GitOps(_) => Some(EventReason::GitOpsManaged),
+            Self::Paused => Some(EventReason::WorkloadPaused),
             Self::Ended { .. } => Some(EventReason::RefreshNotRetried),
             Self::NameTaken(_) => Some(EventReason::RefreshNameTaken),
             Self::VulnerabilityRegression { .. } => Some(EventReason::VulnerabilityRegression),
@@ -368,6 +377,15 @@ impl Hold {
 impl fmt::Display for Hold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Self::NotRefreshed(kind) => write!(
+                f,
+                "freshen measures but does not refresh a {kind}: whoever created it must replace \
+                 its pods"
+            ),
+            Self::Paused => f.write_str(
+                "the workload is paused (spec.paused); freshen does not change it until it is \
+                 resumed",
+            ),
             Self::GitOps(g) => write!(
                 f,
                 "the workload is managed by {g}; freshen does not change it, so as not to fight \
@@ -633,7 +651,11 @@ pub fn decide(
         .verify
         .as_ref()
         .is_some_and(|v| v.urgent(&proposal).is_some());
-    let hold = if let Some(g) = gates.gitops {
+    let hold = if let Some(kind) = gates.unrefreshed {
+        Some(Hold::NotRefreshed(kind))
+    } else if gates.paused {
+        Some(Hold::Paused)
+    } else if let Some(g) = gates.gitops {
         Some(Hold::GitOps(g))
     } else if gates.suspended {
         Some(Hold::Suspended)
@@ -1365,6 +1387,8 @@ mod tests {
         };
         let closed: Window = "Mon 00:00-00:01".parse().unwrap_or_else(|e| panic!("{e}"));
         let all = Gates {
+            unrefreshed: Some(crate::kind::Kind::Pod),
+            paused: true,
             gitops: Some(GitOps::ArgoCd),
             suspended: true,
             snooze_until: hours_ago(-1),
@@ -1376,11 +1400,20 @@ mod tests {
             other_namespaces: 1,
             verify: None,
         };
-        assert_eq!(hold(all.clone()), Some(Hold::GitOps(GitOps::ArgoCd)));
+        // An unrefreshed kind first, then a paused workload: nothing else
+        // matters while either holds.
+        assert_eq!(
+            hold(all.clone()),
+            Some(Hold::NotRefreshed(crate::kind::Kind::Pod))
+        );
         let g = Gates {
-            gitops: None,
+            unrefreshed: None,
             ..all
         };
+        assert_eq!(hold(g.clone()), Some(Hold::Paused));
+        let g = Gates { paused: false, ..g };
+        assert_eq!(hold(g.clone()), Some(Hold::GitOps(GitOps::ArgoCd)));
+        let g = Gates { gitops: None, ..g };
         assert_eq!(hold(g.clone()), Some(Hold::Suspended));
         let g = Gates {
             suspended: false,

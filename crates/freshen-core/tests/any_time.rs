@@ -229,6 +229,8 @@ proptest! {
         for follow_tag in [true, false] {
             let wants = Wants { follow_tag, min_digest_age, max_container_age, rejected: vec![], rebuilt: vec![] };
             let gates = Gates {
+                unrefreshed: None,
+                paused: false,
                 gitops: None,
                 suspended: false,
                 snooze_until: snooze,

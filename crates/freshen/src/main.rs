@@ -141,6 +141,19 @@ struct RunArgs {
         value_parser = parse_pipeline_kind
     )]
     pipeline_kinds: Vec<KindArg>,
+    /// Kinds of workload to watch and measure, comma-separated: Deployment
+    /// (required), StatefulSet, DaemonSet, CronJob, Job, ReplicaSet,
+    /// Rollout (when Argo Rollouts is installed) and Pod (pods no other
+    /// workload controls). Each kind left out is one watch fewer, and its
+    /// containers go unmeasured.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "Deployment,StatefulSet,DaemonSet,CronJob,Job,ReplicaSet,Rollout,Pod",
+        env = "FRESHEN_WORKLOAD_KINDS",
+        value_parser = parse_workload_kind
+    )]
+    workload_kinds: Vec<freshen_core::kind::Kind>,
     /// Prometheus server for canary metric checks, e.g. http://prometheus:9090.
     #[arg(long)]
     prometheus_url: Option<String>,
@@ -512,6 +525,19 @@ fn error_chain(error: &anyhow::Error) -> String {
     line
 }
 
+/// A `--workload-kinds` entry, as the API spells the kind.
+fn parse_workload_kind(text: &str) -> Result<freshen_core::kind::Kind, String> {
+    use freshen_core::kind::Kind;
+    let text = text.trim();
+    Kind::parse(text).ok_or_else(|| {
+        let kinds: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+        format!(
+            "unknown workload kind {text:?}; expected one of {}",
+            kinds.join(", ")
+        )
+    })
+}
+
 /// A `--pipeline-kinds` entry: a kind, or `none`.
 #[derive(Debug, Clone, Copy)]
 struct KindArg(Option<freshen_api::pipeline::PipelineKind>);
@@ -571,6 +597,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             rebuild_history: args.rebuild_history,
             rebuild_namespace,
             pipeline_kinds: args.pipeline_kinds.iter().filter_map(|k| k.0).collect(),
+            workload_kinds: args.workload_kinds,
         },
         registry: args.registry.config(args.poll_interval)?,
         prometheus_url: args.prometheus_url,

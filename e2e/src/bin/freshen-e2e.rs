@@ -97,6 +97,9 @@ enum Command {
         /// Another freshen binary to measure at each size too (a baseline).
         #[arg(long)]
         baseline: Option<std::path::PathBuf>,
+        /// A mixed fleet of every kind instead of Deployments only.
+        #[arg(long)]
+        mixed: bool,
     },
     /// freshen beside the tools a user would run instead: image age
     /// (crane script), container age (descheduler PodLifeTime), rollback
@@ -187,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
             images,
             poll_interval,
             baseline,
+            mixed,
         } => {
             let config = freshen_e2e::bench_scale::ScaleConfig {
                 sizes,
@@ -194,6 +198,7 @@ async fn main() -> anyhow::Result<()> {
                 images,
                 poll_interval: freshen_core::parse_duration(&poll_interval)?,
                 baseline,
+                mixed,
             };
             let rows = freshen_e2e::bench_scale::run(&harness, &config).await?;
             println!("{}", freshen_e2e::bench_scale::HEADER);

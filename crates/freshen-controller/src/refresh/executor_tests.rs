@@ -15,7 +15,8 @@ use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::Deployment;
 
-use crate::cached::CachedDeployment;
+use crate::cached::CachedWorkload;
+use freshen_core::kind::Kind;
 use kube::Client;
 use kube::client::Body;
 use kube::runtime::events::{Recorder, Reporter};
@@ -145,8 +146,8 @@ fn workload() -> Deployment {
 }
 
 /// The workload as the cache holds it.
-fn cached() -> CachedDeployment {
-    CachedDeployment::from(&workload())
+fn cached() -> CachedWorkload {
+    CachedWorkload::from(&workload())
 }
 
 const DIGEST: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
@@ -180,14 +181,15 @@ fn refresh(progress: Progress) -> Refresh {
 /// hold `deployments`.
 fn context(
     status_writes: StatusWrites,
-    deployments: Vec<CachedDeployment>,
+    deployments: Vec<CachedWorkload>,
 ) -> (Arc<Context>, Arc<Mutex<Vec<Call>>>) {
     // The registry client builds an HTTPS client (never used here).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let calls = serve(handle, status_writes);
     let client = Client::new(service, "default");
-    let (deploy_store, mut writer) = reflector::store::<CachedDeployment>();
+    let mut writer = reflector::store::Writer::<CachedWorkload>::new(Kind::Deployment);
+    let deploy_store = writer.as_reader();
     for d in deployments {
         writer.apply_watcher_event(&watcher::Event::Apply(d));
     }
@@ -196,7 +198,6 @@ fn context(
     let metrics = Arc::new(
         Metrics::new(Arc::clone(&records), &registry_metrics).unwrap_or_else(|e| panic!("{e}")),
     );
-    let (workload_trigger, _) = futures::channel::mpsc::unbounded();
     let (rebuild_trigger, _) = futures::channel::mpsc::unbounded();
     let verdicts_client = client.clone();
     let ctx = Context {
@@ -214,9 +215,15 @@ fn context(
         ),
         metrics,
         records,
+        workloads: {
+            let mut workloads = crate::context::Workloads::default();
+            workloads.insert(Kind::Deployment, deploy_store.clone());
+            workloads
+        },
         deployments: deploy_store,
         pods: reflector::store().0,
         pod_index: crate::pod_index::PodIndex::default(),
+        job_index: crate::pod_index::JobIndex::default(),
         service_accounts: reflector::store().0,
         nodes: reflector::store().0,
         namespaces: reflector::store().0,
@@ -231,7 +238,7 @@ fn context(
             .unwrap_or_else(|e| panic!("{e}")),
         readiness: crate::Readiness::default(),
         prometheus: None,
-        workload_trigger,
+        workload_trigger: crate::context::WorkloadTriggers::default(),
         rebuild_trigger,
         failures: crate::failures::Failures::default(),
         planning: tokio::sync::Mutex::new(crate::ledger::Ledger::default()),
@@ -243,6 +250,7 @@ fn context(
             max_concurrent_refreshes_per_namespace: 3,
             max_analysis_time: std::time::Duration::from_secs(6 * 3600),
             tags: crate::tags::TagSettings::default(),
+            workload_kinds: Kind::ALL.to_vec(),
             refresh_history: 5,
             rebuild_history: 5,
             rebuild_namespace: "freshen-system".into(),
