@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use freshen_api::refresh::is_canary;
-use freshen_core::kind::measured_by_owner;
+use freshen_core::kind::{Kind, measured_by_owner};
 
 use crate::tags::Origin;
 use chrono::{DateTime, Utc};
@@ -64,9 +64,15 @@ pub async fn reconcile(deploy: Arc<CachedWorkload>, ctx: Arc<Context>) -> Result
         ctx.records.remove(&key);
         return Ok(Action::await_change());
     }
+    // A CronJob's pods are found through its Jobs (when Jobs are watched).
+    let jobs = if key.kind == Kind::CronJob {
+        crate::Watch::WorkloadJobs
+    } else {
+        crate::Watch::Pods
+    };
     if !ctx
         .readiness
-        .listed(&[crate::Watch::Pods, crate::Watch::Namespaces])
+        .listed(&[crate::Watch::Pods, crate::Watch::Namespaces, jobs])
     {
         // Their watches trigger workloads while they list, but a reflector
         // holds a list back until it is complete: measured now, the
