@@ -480,7 +480,7 @@ async fn measure(
 }
 
 /// The table's header.
-pub const HEADER: &str = "| build | opted-in Deployments (+ ignored) | first complete assessment | operator RSS assessed / idle | idle CPU (one core) | mean reconcile | `freshen report`, cold | API requests to the first assessment | API requests while idle (20 s) |\n|---|---|---|---|---|---|---|---|---|";
+pub const HEADER: &str = "| build | opted-in workloads (+ ignored Deployments) | first complete assessment | operator RSS assessed / idle | idle CPU (one core) | mean reconcile | `freshen report`, cold | API requests to the first assessment | API requests while idle (20 s) |\n|---|---|---|---|---|---|---|---|---|";
 
 /// One row of the table.
 pub fn row_line(r: &ScaleRow) -> String {

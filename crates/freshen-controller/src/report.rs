@@ -34,7 +34,7 @@ use crate::records::WorkloadKey;
 use crate::scoped;
 use crate::tags::TagClock;
 use crate::workload::pod_facts;
-use freshen_core::kind::{Kind, measured_by_owner};
+use freshen_core::kind::{Kind, OWN_REPLICASETS, measured_by_owner};
 
 /// What to scan.
 #[derive(Debug, Clone, Default)]
@@ -295,6 +295,13 @@ async fn list_workloads(
         let api: Api<CachedWorkload> = match namespace {
             Some(ns) => Api::namespaced_with(client.clone(), ns, &kind),
             None => Api::all_with(client.clone(), &kind),
+        };
+        let params = match (kind, &options.selector) {
+            (Kind::ReplicaSet, Some(selector)) => {
+                ListParams::default().labels(&format!("{selector},{OWN_REPLICASETS}"))
+            }
+            (Kind::ReplicaSet, None) => ListParams::default().labels(OWN_REPLICASETS),
+            _ => params.clone(),
         };
         match api.list(&params).await {
             Ok(list) => workloads.extend(list.items.into_iter().map(|mut w| {

@@ -42,10 +42,26 @@ fn metadata(meta: &mut ObjectMeta) {
 }
 
 /// A workload (already only what [`CachedWorkload`] reads), stamped with
-/// the kind its watch reads: its metadata as [`metadata`] keeps it.
+/// the kind its watch reads: its metadata as [`metadata`] keeps it. One
+/// measured as part of its owner (a Deployment's ReplicaSet, a CronJob's
+/// Job) keeps only its metadata: its owner reference is all freshen reads
+/// of it, and a cluster holds one such ReplicaSet or more per Deployment.
 pub fn workload(workload: &mut CachedWorkload, kind: Kind) {
     workload.stamp(kind);
     metadata(&mut workload.metadata);
+    let owner = workload
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.kind.as_str());
+    if freshen_core::kind::measured_by_owner(kind, owner) {
+        workload.spec = None;
+        workload.status = None;
+        workload.metadata.labels = None;
+        workload.metadata.annotations = None;
+    }
 }
 
 /// A pod (already only what [`CachedPod`] reads): its metadata as
@@ -187,6 +203,25 @@ mod tests {
                 "conditions": [{"type": "Available", "status": "True"}],
             },
         })
+    }
+
+    #[test]
+    fn a_replicaset_a_deployment_owns_keeps_only_its_identity() -> Result<(), serde_json::Error> {
+        let mut whole = whole_deployment();
+        whole["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u",
+                    "controller": true}]);
+        let mut rs: CachedWorkload = serde_json::from_value(whole.clone())?;
+        workload(&mut rs, Kind::ReplicaSet);
+        assert_eq!(rs.kind, Kind::ReplicaSet);
+        assert!(rs.spec.is_none() && rs.status.is_none());
+        assert_eq!(rs.metadata.name.as_deref(), Some("web"));
+        assert_eq!(rs.owner_references().len(), 1);
+        // A ReplicaSet of its own keeps what it is measured by.
+        whole["metadata"]["ownerReferences"] = json!([]);
+        let mut own: CachedWorkload = serde_json::from_value(whole)?;
+        workload(&mut own, Kind::ReplicaSet);
+        assert!(own.template().is_some_and(|t| t.containers.len() == 2));
+        Ok(())
     }
 
     /// What the watch caches of `whole`: read as `CachedWorkload`, then

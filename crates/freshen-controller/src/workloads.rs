@@ -24,7 +24,7 @@ use crate::deployment::{owning_workload, workload_ref};
 use crate::pod_index::{JobIndex, Owned};
 use crate::records::{WorkloadKey, WorkloadRecords};
 use crate::{Synced, Watch, contain, trim};
-use freshen_core::kind::Kind;
+use freshen_core::kind::{Kind, OWN_REPLICASETS};
 
 /// Workload reconciles in flight at once, per kind.
 pub const CONCURRENCY: u16 = 32;
@@ -88,7 +88,12 @@ pub fn watch(
     let writer = reflector::store::Writer::new(kind);
     let store = writer.as_reader();
     let sweep_store = store.clone();
-    let changed = watcher(api, watcher::Config::default())
+    // A Deployment's or Rollout's ReplicaSets are never listed at all.
+    let config = match kind {
+        Kind::ReplicaSet => watcher::Config::default().labels(OWN_REPLICASETS),
+        _ => watcher::Config::default(),
+    };
+    let changed = watcher(api, config)
         .default_backoff()
         .modify(move |w| trim::workload(w, kind))
         .reflect(writer)

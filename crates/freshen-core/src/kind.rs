@@ -118,6 +118,12 @@ pub const POD_TEMPLATE_HASH: &str = "pod-template-hash";
 /// The label Argo Rollouts puts on its ReplicaSets' pods.
 pub const ROLLOUTS_POD_TEMPLATE_HASH: &str = "rollouts-pod-template-hash";
 
+/// The label selector of the ReplicaSets measured as workloads of their
+/// own: the Deployment and Argo Rollouts controllers label theirs with a
+/// template hash, so the API server leaves those out of the watch (a
+/// cluster holds one or more per Deployment).
+pub const OWN_REPLICASETS: &str = "!pod-template-hash,!rollouts-pod-template-hash";
+
 /// What a pod says of who controls it: its controller owner's kind and
 /// name, and its template-hash labels.
 #[derive(Debug, Clone, Copy, Default)]
