@@ -3,7 +3,8 @@
 # at pinned versions, into a cache outside the clone keyed by version:
 #   ${FRESHEN_E2E_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/freshen-e2e}/bin/<tool>-<version>
 # A tool already in the cache is not rebuilt, so a warm run takes no time.
-# Usage: build-tools.sh [tool ...]   (default: all of them)
+# Usage: build-tools.sh [tool ...]   (default: every tool the tests run; the
+# benchmarks name theirs: crane descheduler flagger)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -147,7 +148,7 @@ build_argo_rollouts() {
 }
 
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(etcd kwok kubernetes helm cosign)
+[ ${#targets[@]} -gt 0 ] || targets=(etcd kwok kubernetes helm cosign argo_rollouts)
 start=$(date +%s)
 for t in "${targets[@]}"; do "build_$t"; done
 log "tools ready in $bin ($(($(date +%s) - start))s)"

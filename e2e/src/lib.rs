@@ -16,6 +16,7 @@ pub mod demo;
 pub mod faults;
 pub mod image;
 pub mod operator;
+pub mod peers;
 pub mod prometheus;
 pub mod ship;
 

@@ -2,8 +2,9 @@
 //! with a Deployment (with a native sidecar and a plain init container), a
 //! StatefulSet, a DaemonSet, a CronJob with a running Job, a Job of its
 //! own, a ReplicaSet of its own, a bare pod and a pod a Node controls (as
-//! a static pod's mirror is). The real StatefulSet, DaemonSet, Job and
-//! ReplicaSet controllers make their pods; kwok runs them. `/metrics` and
+//! a static pod's mirror is), and an Argo Rollout. The real StatefulSet,
+//! DaemonSet, Job and ReplicaSet controllers and the real Argo Rollouts
+//! controller make their pods; kwok runs them. `/metrics` and
 //! `freshen report` must list every long-running container once, with
 //! its kind, and one RefreshPolicy's selector must match every kind.
 
@@ -213,6 +214,18 @@ async fn every_kind_is_measured_once_with_its_kind() -> anyhow::Result<()> {
         "name": node.name_any(), "uid": node.uid(), "controller": true}]);
     mirror["spec"]["nodeName"] = json!(node.name_any());
     create::<Pod>(&client, n, mirror).await?;
+    // An Argo Rollout: the real controller makes its ReplicaSet (named
+    // `checkout-<hash>`, its pods labelled rollouts-pod-template-hash).
+    let _argo = freshen_e2e::peers::argo_rollouts(&harness, n, 18093)?;
+    let rollout = json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+        "metadata": {"name": "checkout", "labels": fleet},
+        "spec": {"replicas": 1, "selector": selector("checkout"),
+                 "template": template("checkout", &image),
+                 "strategy": {"canary": {"steps": [{"setWeight": 50}, {"pause": {}}]}}},
+    });
+    freshen_e2e::peers::apply_yaml(&harness, n, &rollout.to_string())?;
+    freshen_e2e::wait_ready_pods(&client, n, "checkout", 1, Duration::from_secs(90)).await?;
 
     let operator = Operator::start(&harness, &["--poll-interval", "3s"]).await?;
 
@@ -226,6 +239,7 @@ async fn every_kind_is_measured_once_with_its_kind() -> anyhow::Result<()> {
         ("ReplicaSet", "rs", "app"),
         ("Pod", "debug", "app"),
         ("Pod", "etcd-mirror", "app"),
+        ("Rollout", "checkout", "app"),
     ]
     .into_iter()
     .map(|(k, w, c)| (k.to_owned(), w.to_owned(), c.to_owned()))
@@ -263,7 +277,7 @@ async fn every_kind_is_measured_once_with_its_kind() -> anyhow::Result<()> {
             async move {
                 let status = policies.get("fleet").await?.status.unwrap_or_default();
                 anyhow::ensure!(
-                    status.matched_workloads == 8 && status.violating_workloads == 8,
+                    status.matched_workloads == 9 && status.violating_workloads == 9,
                     "{status:?}"
                 );
                 Ok(Some(()))

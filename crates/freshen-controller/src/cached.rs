@@ -248,6 +248,16 @@ pub struct CachedWorkloadSpec {
     pub job_template: Option<CachedJobTemplate>,
 }
 
+/// A generation as a number, or a numeric string; anything else is
+/// unknown (`None`), never an error that would fail the whole list.
+fn lenient_generation<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    Ok(match serde_json::Value::deserialize(deserializer)? {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.parse().ok(),
+        _ => None,
+    })
+}
+
 /// A CronJob's Job template: of it, the pod template.
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct CachedJobTemplate {
@@ -269,8 +279,9 @@ pub struct CachedJobSpec {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedWorkloadStatus {
-    /// The generation the Deployment controller last acted on.
-    #[serde(default)]
+    /// The generation the Deployment controller last acted on (Argo
+    /// Rollouts writes a string here: read as unknown unless a number).
+    #[serde(default, deserialize_with = "lenient_generation")]
     pub observed_generation: Option<i64>,
     /// Pods of every ReplicaSet.
     #[serde(default)]
@@ -671,6 +682,27 @@ mod tests {
             }}},
         }))?;
         assert_eq!(fingerprint(&moved), fingerprint(&stateful));
+        Ok(())
+    }
+
+    #[test]
+    fn an_argo_rollout_reads_with_its_string_generation() -> Result<(), serde_json::Error> {
+        // Argo Rollouts writes status.observedGeneration as a string.
+        let rollout: CachedWorkload = serde_json::from_value(json!({
+            "metadata": {"name": "checkout"},
+            "spec": {"replicas": 1, "paused": true, "template": {
+                "spec": {"containers": [{"name": "app", "image": "reg/app:1"}]}}},
+            "status": {"observedGeneration": "5d7f8c", "replicas": 1, "phase": "Healthy"},
+        }))?;
+        assert!(rollout.paused());
+        assert_eq!(
+            rollout.status.as_ref().and_then(|s| s.observed_generation),
+            None
+        );
+        assert_eq!(rollout.status.as_ref().and_then(|s| s.replicas), Some(1));
+        let numeric: CachedWorkloadStatus =
+            serde_json::from_value(json!({"observedGeneration": 3}))?;
+        assert_eq!(numeric.observed_generation, Some(3));
         Ok(())
     }
 
