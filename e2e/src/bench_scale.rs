@@ -433,6 +433,7 @@ async fn measure(
                 namespace,
                 n,
                 Duration::from_secs(1200),
+                Duration::from_secs(1),
             )
             .await?;
     } else {

@@ -201,43 +201,20 @@ impl Operator {
         every: Duration,
     ) -> anyhow::Result<()> {
         let series = r#"freshen_image_age_seconds{container="app","#;
-        let namespace = format!(r#"namespace="{namespace}""#);
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            anyhow::ensure!(
-                !self.exited(),
-                "the operator exited before {n} workloads were assessed; log: {}",
-                self.log.display()
-            );
-            let measured = self
-                .scrape()
-                .await
-                .map(|text| {
-                    text.lines()
-                        .filter(|l| l.starts_with(series) && l.contains(&namespace))
-                        .count()
-                })
-                .unwrap_or(0);
-            if measured >= n {
-                return Ok(());
-            }
-            anyhow::ensure!(
-                tokio::time::Instant::now() < deadline,
-                "timed out after {limit:?}: {measured} of {n} workloads assessed"
-            );
-            tokio::time::sleep(every).await;
-        }
+        self.await_series(series, namespace, n, limit, every).await
     }
 
-    /// Waits until at least `n` series of `family` (e.g.
+    /// Waits until at least `n` series starting `family` (e.g.
     /// `freshen_workload_config_errors{`: one per recorded workload) are in
-    /// `namespace`; fails at once, with its log, if the operator exits.
+    /// `namespace`, scraping every `every`; fails at once, with its log, if
+    /// the operator exits.
     pub async fn await_series(
         &self,
         family: &str,
         namespace: &str,
         n: usize,
         limit: Duration,
+        every: Duration,
     ) -> anyhow::Result<()> {
         let namespace = format!(r#"namespace="{namespace}""#);
         let deadline = tokio::time::Instant::now() + limit;
@@ -263,7 +240,7 @@ impl Operator {
                 tokio::time::Instant::now() < deadline,
                 "timed out after {limit:?}: {found} of {n} series of {family}"
             );
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::time::sleep(every).await;
         }
     }
 

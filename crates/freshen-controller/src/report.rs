@@ -547,17 +547,7 @@ impl Scan<'_> {
 /// Each row's active Refresh and the digests rejected for its container
 /// (the workload's annotation and rolled-back Refreshes).
 fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[CachedWorkload]) {
-    let by_name: BTreeMap<(String, String, String), &CachedWorkload> = deployments
-        .iter()
-        .map(|d| {
-            let key = (
-                d.namespace().unwrap_or_default(),
-                d.kind.to_string(),
-                d.name_any(),
-            );
-            (key, d)
-        })
-        .collect();
+    let by_name = by_key(deployments);
     for row in rows {
         let mine: Vec<&Arc<Refresh>> = refreshes
             .iter()
@@ -597,19 +587,24 @@ fn add_refreshes(rows: &mut [Row], refreshes: &[Arc<Refresh>], deployments: &[Ca
     }
 }
 
+/// The workloads by `(namespace, kind, name)`, as rows name them.
+fn by_key(workloads: &[CachedWorkload]) -> BTreeMap<(String, String, String), &CachedWorkload> {
+    workloads
+        .iter()
+        .map(|w| {
+            let key = (
+                w.namespace().unwrap_or_default(),
+                w.kind.to_string(),
+                w.name_any(),
+            );
+            (key, w)
+        })
+        .collect()
+}
+
 /// Each row's newest Rebuild of its image (a superseded one is not shown).
 fn add_rebuilds(rows: &mut [Row], rebuilds: &[Arc<Rebuild>], deployments: &[CachedWorkload]) {
-    let by_name: BTreeMap<(String, String, String), &CachedWorkload> = deployments
-        .iter()
-        .map(|d| {
-            let key = (
-                d.namespace().unwrap_or_default(),
-                d.kind.to_string(),
-                d.name_any(),
-            );
-            (key, d)
-        })
-        .collect();
+    let by_name = by_key(deployments);
     for row in rows {
         let Some(image) = by_name
             .get(&(
