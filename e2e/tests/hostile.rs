@@ -136,6 +136,7 @@ fn refresh_for(workload: &Deployment, from: &str, to_image: &str, settings: Sett
         &format!("{}-app-handmade", workload.name_any()),
         RefreshSpec {
             workload: workload.name_any(),
+            workload_kind: None,
             container: "app".into(),
             reason: Reason::NewDigest,
             from_image: from.into(),

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::validation::{DURATION_MESSAGE, DURATION_RULE, SpecError, spec_duration};
 
-/// Label on a Refresh: the Deployment it changes.
+/// Label on a Refresh: the workload it changes.
 pub const WORKLOAD_LABEL: &str = "freshen.dev/workload";
 /// Label on canary Deployments and their pods: the Refresh they belong to.
 pub const REFRESH_LABEL: &str = "freshen.dev/refresh";
@@ -35,23 +35,29 @@ pub fn is_canary(labels: &std::collections::BTreeMap<String, String>) -> bool {
 /// policies of one name never share a limit.
 pub const GOVERNED_BY: &str = "freshen.dev/governed-by";
 
+/// StatefulSet annotation while a canary runs inside it: the Refresh that
+/// holds its partition, and the partition and restart stamp to restore
+/// (JSON), written in the same patch that sets the canary's partition.
+pub const CANARY_HOLD: &str = "freshen.dev/canary-hold";
+
 /// Pod-template annotation a restart sets: the Refresh's name.
 pub const RESTARTED_BY: &str = "freshen.dev/restarted-by";
 /// Workload annotation: digests rejected by rollbacks, `container@digest`,
 /// comma separated, newest last.
 pub const REJECTED_DIGESTS: &str = "freshen.dev/rejected-digests";
 
-/// One attempt to change one container of a Deployment.
+/// One attempt to change one container of a workload.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "freshen.dev",
     version = "v1alpha1",
     kind = "Refresh",
-    doc = "One attempt by freshen to roll a new (or the same, restarted) digest out to a Deployment.",
+    doc = "One attempt by freshen to roll a new (or the same, restarted) digest out to a workload.",
     namespaced,
     status = "RefreshStatus",
     shortname = "rf",
     category = "freshen",
+    printcolumn = r#"{"name":"Kind","type":"string","priority":1,"jsonPath":".spec.workloadKind"}"#,
     printcolumn = r#"{"name":"Workload","type":"string","jsonPath":".spec.workload"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".spec.reason"}"#,
     printcolumn = r#"{"name":"From","type":"string","jsonPath":".spec.fromDigest"}"#,
@@ -65,9 +71,13 @@ pub const REJECTED_DIGESTS: &str = "freshen.dev/rejected-digests";
 ))]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshSpec {
-    /// The Deployment (same namespace).
+    /// The workload (same namespace).
     #[schemars(length(min = 1, max = 253))]
     pub workload: String,
+    /// Its kind: Deployment (the default, and every Refresh made before
+    /// other kinds were refreshed) or StatefulSet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_kind: Option<freshen_core::kind::Kind>,
     /// Its container to change.
     #[schemars(length(min = 1, max = 63))]
     pub container: String,
@@ -127,6 +137,13 @@ pub struct RefreshStatus {
 }
 
 impl Refresh {
+    /// The kind of the workload it changes.
+    pub fn workload_kind(&self) -> freshen_core::kind::Kind {
+        self.spec
+            .workload_kind
+            .unwrap_or(freshen_core::kind::Kind::Deployment)
+    }
+
     /// The state machine's view of the spec.
     pub fn target(&self, name: &str) -> Target {
         Target {

@@ -246,6 +246,30 @@ pub struct CachedWorkloadSpec {
     /// A CronJob's Job template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_template: Option<CachedJobTemplate>,
+    /// A StatefulSet's or DaemonSet's `updateStrategy`.
+    #[serde(default)]
+    pub update_strategy: Option<UpdateStrategy>,
+}
+
+/// A StatefulSet's or DaemonSet's `updateStrategy`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UpdateStrategy {
+    /// `RollingUpdate` (the default) or `OnDelete`.
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// Its rolling update's settings.
+    #[serde(default)]
+    pub rolling_update: Option<RollingUpdate>,
+}
+
+/// Of a rolling update's settings, the one freshen reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RollingUpdate {
+    /// A StatefulSet's partition: pods with a lower ordinal keep the old
+    /// revision.
+    #[serde(default)]
+    pub partition: Option<i32>,
 }
 
 /// A generation as a number, or a numeric string; anything else is
@@ -292,6 +316,30 @@ pub struct CachedWorkloadStatus {
     /// Pods available (ready for `minReadySeconds`).
     #[serde(default)]
     pub available_replicas: Option<i32>,
+    /// Pods Ready (a StatefulSet's).
+    #[serde(default)]
+    pub ready_replicas: Option<i32>,
+    /// A StatefulSet's revision of its current pods.
+    #[serde(default)]
+    pub current_revision: Option<String>,
+    /// A StatefulSet's revision its template makes now.
+    #[serde(default)]
+    pub update_revision: Option<String>,
+    /// An Argo Rollout's phase: Healthy, Progressing, Paused, Degraded.
+    #[serde(default)]
+    pub phase: Option<String>,
+    /// An Argo Rollout's `abort`: its rollout was aborted.
+    #[serde(default)]
+    pub abort: bool,
+    /// An Argo Rollout's status message.
+    #[serde(default)]
+    pub message: Option<String>,
+    /// An Argo Rollout's pod-template hash of its current template.
+    #[serde(default)]
+    pub current_pod_hash: Option<String>,
+    /// An Argo Rollout's stable ReplicaSet's pod-template hash.
+    #[serde(default, rename = "stableRS")]
+    pub stable_rs: Option<String>,
 }
 
 /// Of a pod template: its long-running containers (regular ones, then
@@ -444,10 +492,40 @@ impl CachedWorkload {
         })
     }
 
-    /// Whether its owner stopped it: a paused Deployment or Rollout (no
-    /// rollout proceeds), a suspended CronJob (no Job starts).
-    pub fn paused(&self) -> bool {
-        self.spec.as_ref().is_some_and(|s| s.paused || s.suspend)
+    /// Which of its own controls stops its rollouts, if one does: a paused
+    /// Deployment or Rollout (no rollout proceeds), a suspended CronJob (no
+    /// Job starts), an `OnDelete` update strategy (pods change only when
+    /// someone deletes them).
+    pub fn paused(&self) -> Option<&'static str> {
+        let spec = self.spec.as_ref()?;
+        if spec.paused {
+            Some("spec.paused")
+        } else if spec.suspend {
+            Some("spec.suspend")
+        } else if self.on_delete() {
+            Some("updateStrategy OnDelete")
+        } else {
+            None
+        }
+    }
+
+    /// Whether its update strategy is `OnDelete`.
+    pub fn on_delete(&self) -> bool {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.update_strategy.as_ref())
+            .and_then(|u| u.type_.as_deref())
+            == Some("OnDelete")
+    }
+
+    /// A StatefulSet's own partition (0 when none is set).
+    pub fn partition(&self) -> i32 {
+        self.spec
+            .as_ref()
+            .and_then(|s| s.update_strategy.as_ref())
+            .and_then(|u| u.rolling_update.as_ref())
+            .and_then(|r| r.partition)
+            .unwrap_or(0)
     }
 
     /// A pod no workload freshen knows controls, as a workload of kind
@@ -525,6 +603,7 @@ impl From<&Deployment> for CachedWorkload {
                     replicas: status.replicas,
                     updated_replicas: status.updated_replicas,
                     available_replicas: status.available_replicas,
+                    ..CachedWorkloadStatus::default()
                 }),
         }
     }
@@ -666,8 +745,8 @@ mod tests {
             "spec": {"suspend": true, "jobTemplate": {"spec": {"template": template}}},
         }))?;
         assert_eq!(names(&cron), expected);
-        assert!(cron.paused());
-        assert!(!stateful.paused());
+        assert_eq!(cron.paused(), Some("spec.suspend"));
+        assert_eq!(stateful.paused(), None);
         // The sidecar's own image is left out of its fingerprint.
         let fingerprint =
             |w: &CachedWorkload| w.template().map(|t| t.containers[1].fingerprint.clone());
@@ -694,7 +773,7 @@ mod tests {
                 "spec": {"containers": [{"name": "app", "image": "reg/app:1"}]}}},
             "status": {"observedGeneration": "5d7f8c", "replicas": 1, "phase": "Healthy"},
         }))?;
-        assert!(rollout.paused());
+        assert_eq!(rollout.paused(), Some("spec.paused"));
         assert_eq!(
             rollout.status.as_ref().and_then(|s| s.observed_generation),
             None

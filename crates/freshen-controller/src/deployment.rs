@@ -52,7 +52,7 @@ pub fn owned_by(refresh: &Refresh, workload: &CachedWorkload) -> bool {
     refresh
         .owner_references()
         .iter()
-        .any(|o| o.controller == Some(true) && o.kind == "Deployment" && o.uid == uid)
+        .any(|o| o.controller == Some(true) && o.kind == workload.kind.as_str() && o.uid == uid)
 }
 
 /// The fingerprint of `deploy`'s pod template apart from what a refresh

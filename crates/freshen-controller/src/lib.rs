@@ -542,14 +542,15 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             readiness.watch(workloads::watch_of(kind)),
             job_index.clone(),
         );
-        if kind == Kind::Deployment {
-            // A Deployment's change (its canary's too) wakes its Refresh.
+        if kind.refreshed() {
+            // A workload's change (a canary Deployment's too) wakes its
+            // Refresh.
             watch.changed = watch
                 .changed
                 .inspect_ok(wake_refresh(
                     &refresh_store,
                     &refresh_tx,
-                    refresh::of_deployment,
+                    refresh::of_workload,
                 ))
                 .boxed();
         }

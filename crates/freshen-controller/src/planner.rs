@@ -30,6 +30,7 @@ use crate::error::Error;
 use crate::ledger::{Ledger, Underway};
 use crate::records::ContainerRecord;
 use freshen_api::refresh::GOVERNED_BY;
+use freshen_core::kind::Kind;
 
 /// What the planner did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,6 +361,7 @@ fn build(
         },
         spec: RefreshSpec {
             workload,
+            workload_kind: Some(deploy.kind),
             container: proposal.container.clone(),
             reason: proposal.reason,
             from_image: proposal.from_image.clone(),
@@ -367,15 +369,32 @@ fn build(
             from_digest: running.map_or_else(|| "unknown".to_owned(), short),
             to_digest: short(&proposal.digest),
             digest: proposal.digest.to_string(),
-            rollout: config
-                .refresh
-                .settings_for(proposal.reason)
-                .capped(max_analysis_time),
+            rollout: settings_for(deploy.kind, config, proposal, max_analysis_time),
             template_fingerprint: template_fingerprint(deploy, &proposal.container),
             verification: None,
         },
         status: None,
     }
+}
+
+/// The rollout settings a Refresh freezes: the policy's, within
+/// `max_analysis_time`. An Argo Rollout runs the canary its own strategy
+/// describes, so freshen's is Rolling: it sets the image and follows the
+/// Rollout.
+fn settings_for(
+    kind: Kind,
+    config: &Configuration,
+    proposal: &plan::Proposal,
+    max_analysis_time: std::time::Duration,
+) -> freshen_core::rollout::Settings {
+    let mut settings = config
+        .refresh
+        .settings_for(proposal.reason)
+        .capped(max_analysis_time);
+    if kind == Kind::Rollout {
+        settings.strategy = freshen_core::rollout::Strategy::Rolling;
+    }
+    settings
 }
 
 /// Creates the Refresh (a name already taken by the same target counts as

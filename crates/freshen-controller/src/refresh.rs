@@ -9,25 +9,21 @@
 //! look again) -> act (every action idempotent) -> publish the Events and
 //! clear them -> requeue when the state machine asks.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::Utc;
 use freshen_api::Refresh;
 use freshen_api::policy::{READY, condition, set_condition};
 use freshen_api::refresh::RefreshStatus;
-use freshen_api::refresh::{
-    CANARY_LABEL, REFRESH_LABEL, REJECTED_DIGESTS, RESTARTED_BY, WORKLOAD_LABEL,
-};
+use freshen_api::refresh::{REFRESH_LABEL, REJECTED_DIGESTS, RESTARTED_BY};
 use freshen_core::condition::ConditionStatus;
+use freshen_core::kind::Kind;
 use freshen_core::plan::{add_rejected, canary_name, to_prune};
 use freshen_core::rollout::{
-    self, Change, EventKind, EventReason, MetricReading, Observed, Phase, PodHealth, RolloutCounts,
-    WorkloadState,
+    self, Change, EventKind, EventReason, MetricReading, Observed, Phase, PodHealth,
 };
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use futures::future::BoxFuture;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -38,11 +34,67 @@ use tracing::{info, instrument, warn};
 use crate::Watch;
 use crate::cached::{CachedPod, CachedWorkload};
 use crate::context::Context;
-use crate::deployment::{
-    FIELD_MANAGER, deployment_ref, owned_by, owning_workload, template_fingerprint,
-};
+use crate::deployment::{FIELD_MANAGER, owned_by, owning_workload, workload_ref};
 use crate::error::Error;
-use freshen_core::kind::Kind;
+
+mod argo_rollout;
+mod deployment;
+mod statefulset;
+
+pub use deployment::{CanaryHolder, canary_deployment, canary_holder, workload_state};
+
+/// How one kind of workload is refreshed: what the state machine sees of
+/// the workload, its canary and their pods, and how each [`Change`] is
+/// made on it. The state machine (`freshen_core::rollout::step`) is the
+/// same for every kind. Adding a kind is one implementation, in a file of
+/// its own beside this one, and its line in [`mechanics`].
+pub trait Mechanics: Sync {
+    /// Whether the canary runs inside the workload (its template carries
+    /// the new image while a hold keeps it to the canary's pods): then the
+    /// workload is being changed from the canary on, and a Refresh deleted
+    /// meanwhile is finished first.
+    fn in_place(&self) -> bool;
+
+    /// What the state machine sees of the workload, its canary and their
+    /// pods, from the shared stores; `phase` is the stored one.
+    fn observe(&self, ctx: &Context, refresh: &Refresh, phase: Phase, sight: &mut Sight);
+
+    /// Makes one change; each is idempotent, and guarded so that someone
+    /// else's change since `sight` was read is never overwritten.
+    fn act<'a>(
+        &'a self,
+        ctx: &'a Context,
+        refresh: &'a Refresh,
+        sight: &'a Sight,
+        change: &'a Change,
+    ) -> BoxFuture<'a, Result<(), Error>>;
+}
+
+/// The mechanics of `kind`, if freshen refreshes it.
+pub fn mechanics(kind: Kind) -> Option<&'static dyn Mechanics> {
+    match kind {
+        Kind::Deployment => Some(&deployment::Deployments),
+        Kind::StatefulSet => Some(&statefulset::StatefulSets),
+        Kind::Rollout => Some(&argo_rollout::Rollouts),
+        _ => None,
+    }
+}
+
+/// What one reconcile sees of a Refresh's workload and canary.
+#[derive(Default)]
+pub struct Sight {
+    /// The canary's name (a Deployment's canary Deployment).
+    pub canary_name: String,
+    /// The workload, when it exists.
+    pub workload: Option<Arc<CachedWorkload>>,
+    /// A canary object of its own, when the kind makes one.
+    pub canary: Option<Arc<CachedWorkload>>,
+    /// Who holds the canary's name.
+    pub holder: Option<CanaryHolder>,
+    /// The facts `step` decides on (the executor adds the metric and the
+    /// provenance check).
+    pub observed: Observed,
+}
 
 /// Reconciles one Refresh: publish leftovers -> observe -> (deleted?) ->
 /// step (pure) -> store the intent -> act -> announce -> requeue.
@@ -51,15 +103,14 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     let namespace = refresh
         .namespace()
         .ok_or(Error::MissingField("metadata.namespace"))?;
+    let kind = refresh.workload_kind();
     let pending = ctx.readiness.pending();
-    if pending.contains(&Watch::Deployments) || pending.contains(&Watch::Pods) {
+    if pending.contains(&crate::workloads::watch_of(kind)) || pending.contains(&Watch::Pods) {
         // Not listed yet: the workload would look deleted.
         return Ok(Action::requeue(std::time::Duration::from_millis(500)));
     }
     let api: Api<Refresh> = Api::namespaced(ctx.client.clone(), &namespace);
-    let workload = ctx
-        .deployments
-        .get(&deployment_ref(&refresh.spec.workload, &namespace));
+    let workload = ctx.workload(&workload_ref(kind, &refresh.spec.workload, &namespace));
     let Some(refresh) = publish_leftovers(&ctx, &api, refresh, workload.as_deref()).await? else {
         return Ok(Action::requeue(CONFLICT_RETRY));
     };
@@ -68,7 +119,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     if let Some(done) = finish_deletion(&ctx, &api, &refresh, &scene).await? {
         return Ok(done);
     }
-    let step = rollout::step(&scene.target, &scene.progress, &scene.observed, now);
+    let step = rollout::step(&scene.target, &scene.progress, &scene.sight.observed, now);
     let Some((refresh, stored)) = store_intent(&api, refresh, &scene, &step, now).await? else {
         return Ok(Action::requeue(CONFLICT_RETRY));
     };
@@ -78,21 +129,23 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
 
 /// Everything one reconcile observed, and what it is for.
 struct Scene {
-    /// The Refresh's name.
-    name: String,
     /// The state machine's view of the spec.
     target: rollout::Target,
     /// The stored progress.
     progress: rollout::Progress,
-    /// The workload, when it exists.
-    workload: Option<Arc<CachedWorkload>>,
-    /// The canary's name, and the Deployment holding it, if any.
-    canary_name: String,
-    canary: Option<Arc<CachedWorkload>>,
-    /// Who holds the canary's name.
-    holder: CanaryHolder,
-    /// The facts `step` decides on.
-    observed: Observed,
+    /// How its kind is refreshed (`None`: a kind freshen does not refresh).
+    mechanics: Option<&'static dyn Mechanics>,
+    /// The workload, its canary and what `step` decides on.
+    sight: Sight,
+}
+
+impl Scene {
+    /// Whether the workload is being changed in `phase`: promoting and
+    /// rolling back, and for a canary inside the workload the canary too.
+    fn changes_workload(&self, phase: Phase) -> bool {
+        phase.changes_workload()
+            || (phase == Phase::Canary && self.mechanics.is_some_and(|m| m.in_place()))
+    }
 }
 
 /// Events a previous run stored and did not publish (it died, or an action
@@ -112,9 +165,9 @@ async fn publish_leftovers(
         .map(Arc::new))
 }
 
-/// The workload, the canary, their pods (from the shared stores), the
-/// metric when a check is due, and whether the Refresh matches its
-/// workload.
+/// The workload, the canary, their pods (from the shared stores, through
+/// the kind's mechanics), the metric when a check is due, and whether the
+/// Refresh matches its workload.
 async fn observe(
     ctx: &Context,
     refresh: &Refresh,
@@ -132,58 +185,36 @@ async fn observe(
     let mut target = refresh.target(&name);
     target.settings = target.settings.capped(ctx.config.max_analysis_time);
     let progress = refresh.progress();
-    let canary_name = canary_name(&refresh.spec.workload);
-    let canary = ctx
-        .deployments
-        .get(&deployment_ref(&canary_name, &namespace));
-    let holder = canary
-        .as_deref()
-        .map_or(CanaryHolder::Nobody, |c| canary_holder(c, refresh));
-    let live = |p: &&Arc<CachedPod>| p.metadata.deletion_timestamp.is_none();
-    let canary_pods = ctx
-        .pods_of(&deployment_ref(&canary_name, &namespace))
-        .iter()
-        .filter(live)
-        .filter(|p| p.labels().get(REFRESH_LABEL) == Some(&name))
-        .map(|p| pod_health(p))
-        .collect();
-    let new_pods = ctx
-        .pods_of(&deployment_ref(&refresh.spec.workload, &namespace))
-        .iter()
-        .filter(live)
-        .filter(|p| runs_target(p, &target))
-        .map(|p| pod_health(p))
-        .collect();
-    let metric = match (&target.settings.metric, progress.phase) {
+    let kind = refresh.workload_kind();
+    let mechanics = mechanics(kind);
+    let mut sight = Sight {
+        canary_name: canary_name(&refresh.spec.workload),
+        workload,
+        ..Sight::default()
+    };
+    match mechanics {
+        Some(m) => m.observe(ctx, refresh, progress.phase, &mut sight),
+        None => {
+            sight.observed.untrusted = Some(format!("freshen does not refresh a {kind}"));
+        }
+    }
+    sight.observed.metric = match (&target.settings.metric, progress.phase) {
         (Some(check), Phase::Canary) if rollout::check_due(&target, &progress, now) => {
             Some(query_confined(ctx, &namespace, &check.query).await)
         }
         _ => None,
     };
-    let untrusted = workload
-        .as_deref()
-        .and_then(|w| rollout::verify(&target, &provenance(refresh, w)).err());
-    let observed = Observed {
-        workload: workload
+    if sight.observed.untrusted.is_none() {
+        sight.observed.untrusted = sight
+            .workload
             .as_deref()
-            .and_then(|w| workload_state(w, &target.container)),
-        canary_exists: holder == CanaryHolder::This,
-        foreign_canary: holder == CanaryHolder::Leftover,
-        canary_name_taken: (holder == CanaryHolder::Someone).then(|| canary_name.clone()),
-        untrusted,
-        canary_pods,
-        new_pods,
-        metric,
-    };
+            .and_then(|w| rollout::verify(&target, &provenance(refresh, w)).err());
+    }
     Ok(Scene {
-        name,
         target,
         progress,
-        workload,
-        canary_name,
-        canary,
-        holder,
-        observed,
+        mechanics,
+        sight,
     })
 }
 
@@ -197,15 +228,12 @@ async fn finish_deletion(
     refresh: &Refresh,
     scene: &Scene,
 ) -> Result<Option<Action>, Error> {
-    if refresh.metadata.deletion_timestamp.is_none() || scene.progress.phase.changes_workload() {
+    if refresh.metadata.deletion_timestamp.is_none() || scene.changes_workload(scene.progress.phase)
+    {
         return Ok(None);
     }
-    if let Some(c) = scene
-        .canary
-        .as_deref()
-        .filter(|_| scene.holder == CanaryHolder::This)
-    {
-        delete_canary(ctx, c).await?;
+    if scene.sight.observed.canary_exists {
+        act(ctx, refresh, scene, &[Change::DeleteCanary]).await?;
     }
     release(api, refresh).await?;
     Ok(Some(Action::await_change()))
@@ -223,7 +251,7 @@ async fn store_intent(
     step: &rollout::Step,
     now: chrono::DateTime<Utc>,
 ) -> Result<Option<(Arc<Refresh>, Option<Refresh>)>, Error> {
-    let refresh = if step.progress.phase.changes_workload() && !holds_finalizer(&refresh) {
+    let refresh = if scene.changes_workload(step.progress.phase) && !holds_finalizer(&refresh) {
         match hold(api, &refresh).await? {
             Some(updated) => Arc::new(updated),
             None => return Ok(None),
@@ -258,8 +286,8 @@ fn next_status(
     let mut status = refresh.status.clone().unwrap_or_default();
     status.progress = step.progress.clone();
     status.observed_generation = refresh.metadata.generation;
-    if step.progress.canary_started_at.is_some() {
-        status.canary = Some(scene.canary_name.clone());
+    if step.progress.canary_started_at.is_some() && !scene.sight.canary_name.is_empty() {
+        status.canary = Some(scene.sight.canary_name.clone());
     }
     let (ready, reason) = step.progress.phase.ready();
     let ready_condition = condition(
@@ -274,7 +302,8 @@ fn next_status(
     status
 }
 
-/// Carries out a step's changes, each idempotent.
+/// Carries out a step's changes, each idempotent: the digest's rejection
+/// here, the rest by the kind's mechanics.
 async fn act(
     ctx: &Context,
     refresh: &Refresh,
@@ -282,27 +311,15 @@ async fn act(
     changes: &[Change],
 ) -> Result<(), Error> {
     for change in changes {
-        match change {
-            Change::CreateCanary { replicas } => {
-                let Some(w) = &scene.workload else { continue };
-                create_canary(ctx, refresh, w, &scene.canary_name, *replicas).await?;
-            }
-            Change::DeleteCanary => {
-                // Only a Deployment freshen made for a Refresh, and only the
-                // very object judged (uid precondition).
-                if let Some(c) = scene.canary.as_deref().filter(|_| scene.holder.freshens()) {
-                    delete_canary(ctx, c).await?;
-                }
-            }
-            Change::SetImage { image, stamp } => {
-                let Some(w) = &scene.workload else { continue };
-                let stamp = stamp.then_some(scene.name.as_str());
-                set_image(ctx, w, &scene.target.container, image, stamp).await?;
-            }
-            Change::RejectDigest => {
-                let Some(w) = &scene.workload else { continue };
+        match (change, scene.mechanics) {
+            (Change::RejectDigest, _) => {
+                let Some(w) = &scene.sight.workload else {
+                    continue;
+                };
                 reject_digest(ctx, w, refresh).await?;
             }
+            (_, Some(m)) => m.act(ctx, refresh, &scene.sight, change).await?,
+            (_, None) => {}
         }
     }
     Ok(())
@@ -319,7 +336,7 @@ async fn announce(
     step: &rollout::Step,
 ) -> Result<Action, Error> {
     if let Some(stored) = stored.filter(|r| !r.progress().pending_events.is_empty())
-        && publish_pending(ctx, api, &stored, scene.workload.as_deref())
+        && publish_pending(ctx, api, &stored, scene.sight.workload.as_deref())
             .await?
             .is_none()
     {
@@ -465,39 +482,16 @@ async fn publish_pending(
     Ok(Some(stored))
 }
 
-/// The state machine's view of a Deployment's `container`.
-pub fn workload_state(deploy: &CachedWorkload, container: &str) -> Option<WorkloadState> {
-    let spec = deploy.spec.as_ref()?;
-    let image = deploy
-        .container(container)
-        .and_then(|c| c.image.clone())
-        .unwrap_or_default();
-    let replicas = u32::try_from(spec.replicas.unwrap_or(1)).unwrap_or(0);
-    let status = deploy.status.clone().unwrap_or_default();
-    let rolled_out = RolloutCounts {
-        generation: deploy.metadata.generation,
-        observed_generation: status.observed_generation,
-        desired: replicas,
-        total: status.replicas.unwrap_or(0),
-        updated: status.updated_replicas.unwrap_or(0),
-        available: status.available_replicas.unwrap_or(0),
-    }
-    .rolled_out();
-    Some(WorkloadState {
-        image,
-        template: template_fingerprint(deploy, container).unwrap_or_default(),
-        restart_token: spec.template.restarted_by.clone(),
-        replicas,
-        rolled_out,
-    })
-}
-
-/// The active Refresh of the workload `name` in `namespace`, if any.
-pub fn active_for(refreshes: &Store<Refresh>, namespace: &str, name: &str) -> Option<Arc<Refresh>> {
-    refreshes.state().into_iter().find(|r| {
-        r.namespace().as_deref() == Some(namespace)
-            && r.spec.workload == name
-            && !r.progress().phase.is_terminal()
+/// The active Refresh of the workload `r`, if any.
+pub fn active_for(
+    refreshes: &Store<Refresh>,
+    r: &ObjectRef<CachedWorkload>,
+) -> Option<Arc<Refresh>> {
+    refreshes.state().into_iter().find(|refresh| {
+        refresh.namespace() == r.namespace
+            && refresh.spec.workload == r.name
+            && refresh.workload_kind() == r.dyntype
+            && !refresh.progress().phase.is_terminal()
     })
 }
 
@@ -508,25 +502,25 @@ pub fn of_pod(pod: &CachedPod, refreshes: &Store<Refresh>) -> Option<ObjectRef<R
     if let Some(name) = pod.labels().get(REFRESH_LABEL) {
         return Some(ObjectRef::new(name).within(&namespace));
     }
-    let workload = owning_workload(pod).filter(|w| w.dyntype == Kind::Deployment)?;
-    active_for(refreshes, &namespace, &workload.name).map(|r| ObjectRef::from_obj(r.as_ref()))
+    let workload = owning_workload(pod).filter(|w| w.dyntype.refreshed())?;
+    active_for(refreshes, &workload).map(|r| ObjectRef::from_obj(r.as_ref()))
 }
 
-/// The Refresh a Deployment's change concerns: its canary's, or the active
+/// The Refresh a workload's change concerns: its canary's, or the active
 /// one of the workload.
-pub fn of_deployment(
-    deploy: &CachedWorkload,
+pub fn of_workload(
+    workload: &CachedWorkload,
     refreshes: &Store<Refresh>,
 ) -> Option<ObjectRef<Refresh>> {
-    let namespace = deploy.namespace()?;
-    if let Some(name) = deploy.labels().get(REFRESH_LABEL) {
+    let namespace = workload.namespace()?;
+    if let Some(name) = workload.labels().get(REFRESH_LABEL) {
         return Some(ObjectRef::new(name).within(&namespace));
     }
-    active_for(refreshes, &namespace, &deploy.name_any()).map(|r| ObjectRef::from_obj(r.as_ref()))
+    active_for(refreshes, &workload.reference()).map(|r| ObjectRef::from_obj(r.as_ref()))
 }
 
 /// Whether a workload pod runs the refresh's change.
-fn runs_target(pod: &CachedPod, target: &rollout::Target) -> bool {
+pub fn runs_target(pod: &CachedPod, target: &rollout::Target) -> bool {
     let image = pod
         .spec
         .as_ref()
@@ -574,139 +568,6 @@ pub fn pod_health(pod: &CachedPod) -> PodHealth {
     }
 }
 
-/// The canary Deployment: the workload's pod template with the new image,
-/// the workload's pod labels plus the canary's, its own selector, owned by
-/// the Refresh (so it cannot outlive it).
-pub fn canary_deployment(
-    refresh: &Refresh,
-    workload: &Deployment,
-    name: &str,
-    replicas: u32,
-) -> Option<Deployment> {
-    let refresh_name = refresh.metadata.name.clone()?;
-    let mut template = workload.spec.as_ref()?.template.clone();
-    let own = BTreeMap::from([
-        (CANARY_LABEL.to_owned(), "true".to_owned()),
-        (REFRESH_LABEL.to_owned(), refresh_name.clone()),
-    ]);
-    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
-    meta.labels
-        .get_or_insert_with(BTreeMap::new)
-        .extend(own.clone());
-    let spec = template.spec.as_mut()?;
-    let container = spec
-        .containers
-        .iter_mut()
-        .find(|c| c.name == refresh.spec.container)?;
-    container.image = Some(refresh.spec.to_image.clone());
-    let mut labels = own.clone();
-    labels.insert(WORKLOAD_LABEL.to_owned(), refresh.spec.workload.clone());
-    Some(Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.to_owned()),
-            namespace: workload.namespace(),
-            labels: Some(labels),
-            // The Refresh controls its canary: deleting it deletes the
-            // canary, and freshen recognises the canary by it.
-            owner_references: Some(vec![refresh.controller_owner_ref(&())?]),
-            ..ObjectMeta::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(i32::try_from(replicas).unwrap_or(i32::MAX)),
-            selector: LabelSelector {
-                match_labels: Some(own),
-                match_expressions: None,
-            },
-            template,
-            ..DeploymentSpec::default()
-        }),
-        status: None,
-    })
-}
-
-/// Creates the canary from the whole workload, read afresh (the cache
-/// keeps only part of the template): only if it is still the one the decision saw
-/// (same uid, same template fingerprint and image), else the next step sees
-/// the change.
-async fn create_canary(
-    ctx: &Context,
-    refresh: &Refresh,
-    cached: &CachedWorkload,
-    name: &str,
-    replicas: u32,
-) -> Result<(), Error> {
-    let api: Api<Deployment> =
-        Api::namespaced(ctx.client.clone(), &cached.namespace().unwrap_or_default());
-    let workload = api
-        .get(&cached.name_any())
-        .await
-        .map_err(Error::ReadWorkload)?;
-    let container = &refresh.spec.container;
-    let fresh = CachedWorkload::from(&workload);
-    let same = workload.metadata.uid == cached.metadata.uid
-        && template_fingerprint(&fresh, container) == template_fingerprint(cached, container)
-        && workload_state(&fresh, container).map(|s| s.image)
-            == workload_state(cached, container).map(|s| s.image);
-    if !same {
-        return Err(Error::Stale("the workload changed since it was read"));
-    }
-    let Some(canary) = canary_deployment(refresh, &workload, name, replicas) else {
-        return Err(Error::MissingField(
-            "the Refresh's container in the workload's pod template",
-        ));
-    };
-    let params = PostParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PostParams::default()
-    };
-    match api.create(&params, &canary).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(Error::CreateCanary(e)),
-    }
-}
-
-/// Who holds the canary's name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CanaryHolder {
-    /// No Deployment has it.
-    Nobody,
-    /// This Refresh's canary: freshen's label and a controller owner
-    /// reference to this Refresh, matched by uid.
-    This,
-    /// Another Refresh's canary (label and owner reference to a Refresh):
-    /// a leftover to delete before this one's is created.
-    Leftover,
-    /// A Deployment freshen did not create: never touched.
-    Someone,
-}
-
-impl CanaryHolder {
-    /// Whether the holder is a Deployment freshen created (and so may
-    /// delete).
-    fn freshens(self) -> bool {
-        matches!(self, Self::This | Self::Leftover)
-    }
-}
-
-/// Who holds the canary's name: judged by freshen's label and a
-/// controller owner reference to a Refresh (by uid), never by name alone.
-pub fn canary_holder(canary: &CachedWorkload, refresh: &Refresh) -> CanaryHolder {
-    let owner = canary.owner_references().iter().find(|o| {
-        o.controller == Some(true)
-            && o.kind == Refresh::kind(&())
-            && o.api_version.split('/').next() == Some(Refresh::group(&()).as_ref())
-    });
-    let labelled = canary.labels().contains_key(REFRESH_LABEL);
-    match owner {
-        Some(o) if labelled && refresh.metadata.uid.as_deref() == Some(o.uid.as_str()) => {
-            CanaryHolder::This
-        }
-        Some(_) if labelled => CanaryHolder::Leftover,
-        _ => CanaryHolder::Someone,
-    }
-}
-
 /// What the executor checks the Refresh against before acting.
 fn provenance(refresh: &Refresh, workload: &CachedWorkload) -> rollout::Provenance {
     rollout::Provenance {
@@ -715,64 +576,6 @@ fn provenance(refresh: &Refresh, workload: &CachedWorkload) -> rollout::Provenan
         container_image: workload
             .container(&refresh.spec.container)
             .map(|c| c.image.clone().unwrap_or_default()),
-    }
-}
-
-/// Deletes a canary freshen created, by uid: if the name now belongs to
-/// another object, the API server refuses (409) and nothing is deleted.
-async fn delete_canary(ctx: &Context, canary: &CachedWorkload) -> Result<(), Error> {
-    let namespace = canary.namespace().unwrap_or_default();
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: canary.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match api.delete(&canary.name_any(), &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(Error::DeleteCanary(e)),
-    }
-}
-
-/// Sets one container's image (and the restart stamp) with a strategic merge
-/// patch that names nothing else, guarded by the resourceVersion the
-/// decision was made on: if someone changed the workload since, the patch
-/// fails and the next step sees their change.
-async fn set_image(
-    ctx: &Context,
-    workload: &CachedWorkload,
-    container: &str,
-    image: &str,
-    stamp: Option<&str>,
-) -> Result<(), Error> {
-    let api: Api<Deployment> = Api::namespaced(
-        ctx.client.clone(),
-        &workload.namespace().unwrap_or_default(),
-    );
-    let mut template = json!({"spec": {"containers": [{"name": container, "image": image}]}});
-    if let Some(stamp) = stamp {
-        template["metadata"] = json!({"annotations": {RESTARTED_BY: stamp}});
-    }
-    let patch = json!({
-        "metadata": {"resourceVersion": workload.resource_version()},
-        "spec": {"template": template},
-    });
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    match api
-        .patch(&workload.name_any(), &params, &Patch::Strategic(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            Err(Error::Stale("the workload changed since it was read"))
-        }
-        Err(e) => Err(Error::PatchImage(e)),
     }
 }
 
@@ -914,206 +717,7 @@ mod executor_tests;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use freshen_api::RefreshSpec;
-    use freshen_core::rollout::{Reason, Settings};
-
-    fn deploy() -> Deployment {
-        serde_json::from_value(json!({
-            "metadata": {"name": "web", "namespace": "shop", "generation": 3, "uid": "d-uid"},
-            "spec": {
-                "replicas": 4,
-                "selector": {"matchLabels": {"app": "web"}},
-                "template": {
-                    "metadata": {"labels": {"app": "web"}, "annotations": {RESTARTED_BY: "old"}},
-                    "spec": {"containers": [
-                        {"name": "app", "image": "reg/web:1"},
-                        {"name": "sidecar", "image": "reg/proxy:2"}
-                    ]}
-                }
-            },
-            "status": {"observedGeneration": 3, "replicas": 4, "updatedReplicas": 4, "availableReplicas": 4}
-        }))
-        .unwrap_or_default()
-    }
-
-    /// [`deploy`] as the cache holds it.
-    fn cached() -> CachedWorkload {
-        CachedWorkload::from(&deploy())
-    }
-
-    fn refresh() -> Refresh {
-        let mut r = Refresh::new(
-            "web-app-222222222222",
-            RefreshSpec {
-                workload: "web".into(),
-                container: "app".into(),
-                reason: Reason::NewDigest,
-                from_image: "reg/web:1".into(),
-                to_image: "reg/web:1@sha256:22".into(),
-                from_digest: "unknown".into(),
-                to_digest: "222222222222".into(),
-                digest: "sha256:22".into(),
-                rollout: Settings::default(),
-                template_fingerprint: None,
-                verification: None,
-            },
-        );
-        r.metadata.uid = Some("r-uid".into());
-        r
-    }
-
-    #[test]
-    fn the_workload_state_reads_the_container_and_the_rollout() {
-        let d = cached();
-        let w = workload_state(&d, "app");
-        assert_eq!(
-            w,
-            Some(WorkloadState {
-                image: "reg/web:1".into(),
-                restart_token: Some("old".into()),
-                template: template_fingerprint(&d, "app").unwrap_or_default(),
-                replicas: 4,
-                rolled_out: true,
-            })
-        );
-        let mut behind = d.clone();
-        if let Some(s) = behind.status.as_mut() {
-            s.observed_generation = Some(2);
-        }
-        assert_eq!(
-            workload_state(&behind, "app").map(|w| w.rolled_out),
-            Some(false)
-        );
-        let mut old_pods_left = d;
-        if let Some(s) = old_pods_left.status.as_mut() {
-            s.replicas = Some(5);
-        }
-        assert_eq!(
-            workload_state(&old_pods_left, "app").map(|w| w.rolled_out),
-            Some(false)
-        );
-    }
-
-    #[test]
-    fn the_template_fingerprint_ignores_only_what_a_refresh_changes() {
-        let edited = |edit: &dyn Fn(&mut k8s_openapi::api::core::v1::PodTemplateSpec)| {
-            let mut d = deploy();
-            if let Some(s) = d.spec.as_mut() {
-                edit(&mut s.template);
-            }
-            template_fingerprint(&CachedWorkload::from(&d), "app")
-        };
-        let container = |t: &mut k8s_openapi::api::core::v1::PodTemplateSpec, i: usize| {
-            t.spec
-                .as_mut()
-                .map(|s| s.containers[i].clone())
-                .unwrap_or_default()
-        };
-        let set = |t: &mut k8s_openapi::api::core::v1::PodTemplateSpec,
-                   i: usize,
-                   c: k8s_openapi::api::core::v1::Container| {
-            if let Some(s) = t.spec.as_mut() {
-                s.containers[i] = c;
-            }
-        };
-        let annotations = |t: &mut k8s_openapi::api::core::v1::PodTemplateSpec,
-                           a: Option<BTreeMap<String, String>>| {
-            if let Some(m) = t.metadata.as_mut() {
-                m.annotations = a;
-            }
-        };
-        let one = |k: &str, v: &str| Some(BTreeMap::from([(k.to_owned(), v.to_owned())]));
-        let before = edited(&|_| {});
-        assert!(before.as_ref().is_some_and(|f| f.len() == 16));
-
-        // What a refresh changes: the container's image, the stamp.
-        let pinned = edited(&|t| {
-            let mut c = container(t, 0);
-            c.image = Some("reg/web@sha256:1".into());
-            set(t, 0, c);
-        });
-        assert_eq!(pinned, before);
-        let restamped = edited(&|t| annotations(t, one(RESTARTED_BY, "web-app-restart-1")));
-        assert_eq!(restamped, before);
-
-        // Someone else's edits.
-        let sidecar = edited(&|t| {
-            let mut c = container(t, 1);
-            c.image = Some("reg/proxy:3".into());
-            set(t, 1, c);
-        });
-        assert_ne!(sidecar, before);
-        let env = edited(&|t| {
-            let mut c = container(t, 0);
-            c.env = Some(vec![k8s_openapi::api::core::v1::EnvVar {
-                name: "A".into(),
-                value: Some("1".into()),
-                ..Default::default()
-            }]);
-            set(t, 0, c);
-        });
-        assert_ne!(env, before);
-        let kubectl_restart = edited(&|t| {
-            annotations(
-                t,
-                one("kubectl.kubernetes.io/restartedAt", "2026-11-22T10:00:00Z"),
-            );
-        });
-        assert_ne!(kubectl_restart, before);
-
-        // The stamp as the template's only annotation (or its only
-        // metadata): adding it is no change either.
-        assert_eq!(
-            edited(&|t| annotations(t, one(RESTARTED_BY, "r"))),
-            edited(&|t| annotations(t, None))
-        );
-        let bare = |stamped: bool| {
-            edited(&move |t| {
-                t.metadata = stamped.then(|| ObjectMeta {
-                    annotations: one(RESTARTED_BY, "r"),
-                    ..ObjectMeta::default()
-                });
-            })
-        };
-        assert_eq!(bare(true), bare(false));
-    }
-
-    #[test]
-    fn the_canary_copies_the_template_with_the_new_image_and_its_own_selector() {
-        let canary = canary_deployment(&refresh(), &deploy(), "web-canary", 1);
-        let canary = canary.unwrap_or_default();
-        let spec = canary.spec.unwrap_or_default();
-        assert_eq!(spec.replicas, Some(1));
-        let selector = spec.selector.match_labels.unwrap_or_default();
-        assert_eq!(selector.get(CANARY_LABEL).map(String::as_str), Some("true"));
-        assert!(
-            !selector.contains_key("app"),
-            "the workload's selector must not match"
-        );
-        let labels = spec
-            .template
-            .metadata
-            .and_then(|m| m.labels)
-            .unwrap_or_default();
-        assert_eq!(labels.get("app").map(String::as_str), Some("web"));
-        assert_eq!(
-            labels.get(REFRESH_LABEL).map(String::as_str),
-            Some("web-app-222222222222")
-        );
-        let containers = spec.template.spec.map(|s| s.containers).unwrap_or_default();
-        let images: Vec<_> = containers
-            .iter()
-            .map(|c| c.image.clone().unwrap_or_default())
-            .collect();
-        assert_eq!(images, ["reg/web:1@sha256:22", "reg/proxy:2"]);
-        let owner = canary.metadata.owner_references.unwrap_or_default();
-        assert_eq!(
-            owner
-                .first()
-                .map(|o| (o.kind.as_str(), o.uid.as_str(), o.controller)),
-            Some(("Refresh", "r-uid", Some(true)))
-        );
-    }
+    use serde_json::json;
 
     #[test]
     fn pod_health_collects_restarts_and_reasons_of_now_and_before() {

@@ -9,7 +9,10 @@
 use std::fmt;
 
 /// A kind of workload: the bounded `kind` label of every workload series.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Kind {
     /// `apps/v1` Deployment.
     Deployment,
@@ -102,7 +105,7 @@ impl Kind {
     /// then a promotion or a rollback). The others are measured, judged
     /// and reported; whoever made them must replace their pods.
     pub const fn refreshed(self) -> bool {
-        matches!(self, Self::Deployment)
+        matches!(self, Self::Deployment | Self::StatefulSet | Self::Rollout)
     }
 }
 

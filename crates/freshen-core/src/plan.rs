@@ -98,8 +98,10 @@ pub fn gitops_manager(
 pub struct Gates {
     /// The workload is of a kind freshen measures but does not refresh.
     pub unrefreshed: Option<crate::kind::Kind>,
-    /// The workload is paused (`spec.paused`): its owner stopped rollouts.
-    pub paused: bool,
+    /// The workload's own control that stops its rollouts, if one does:
+    /// `spec.paused`, `spec.suspend`, or an `OnDelete` update strategy
+    /// (its pods change only when someone deletes them).
+    pub paused: Option<&'static str>,
     /// A GitOps reconciler manages the workload and the policy does not
     /// allow patching it.
     pub gitops: Option<GitOps>,
@@ -288,8 +290,9 @@ pub struct Proposal {
 pub enum Hold {
     /// freshen does not refresh workloads of this kind.
     NotRefreshed(crate::kind::Kind),
-    /// The workload is paused; freshen does not patch it until resumed.
-    Paused,
+    /// The workload's own control (named) stops its rollouts; freshen
+    /// does not patch it until that changes.
+    Paused(&'static str),
     /// Managed by a GitOps reconciler.
     GitOps(GitOps),
     /// The policy is suspended.
@@ -353,7 +356,7 @@ impl Hold {
     pub fn warning_reason(&self) -> Option<EventReason> {
         match self {
             Self::GitOps(_) => Some(EventReason::GitOpsManaged),
-            Self::Paused => Some(EventReason::WorkloadPaused),
+            Self::Paused(_) => Some(EventReason::WorkloadPaused),
             Self::Ended { .. } => Some(EventReason::RefreshNotRetried),
             Self::NameTaken(_) => Some(EventReason::RefreshNameTaken),
             Self::VulnerabilityRegression { .. } => Some(EventReason::VulnerabilityRegression),
@@ -382,9 +385,10 @@ impl fmt::Display for Hold {
                 "freshen measures but does not refresh a {kind}: whoever created it must replace \
                  its pods"
             ),
-            Self::Paused => f.write_str(
-                "the workload is paused (spec.paused); freshen does not change it until it is \
-                 resumed",
+            Self::Paused(control) => write!(
+                f,
+                "the workload's {control} stops its rollouts; freshen does not change it until \
+                 that changes"
             ),
             Self::GitOps(g) => write!(
                 f,
@@ -653,8 +657,8 @@ pub fn decide(
         .is_some_and(|v| v.urgent(&proposal).is_some());
     let hold = if let Some(kind) = gates.unrefreshed {
         Some(Hold::NotRefreshed(kind))
-    } else if gates.paused {
-        Some(Hold::Paused)
+    } else if let Some(control) = gates.paused {
+        Some(Hold::Paused(control))
     } else if let Some(g) = gates.gitops {
         Some(Hold::GitOps(g))
     } else if gates.suspended {
@@ -1388,7 +1392,7 @@ mod tests {
         let closed: Window = "Mon 00:00-00:01".parse().unwrap_or_else(|e| panic!("{e}"));
         let all = Gates {
             unrefreshed: Some(crate::kind::Kind::Pod),
-            paused: true,
+            paused: Some("spec.paused"),
             gitops: Some(GitOps::ArgoCd),
             suspended: true,
             snooze_until: hours_ago(-1),
@@ -1410,8 +1414,8 @@ mod tests {
             unrefreshed: None,
             ..all
         };
-        assert_eq!(hold(g.clone()), Some(Hold::Paused));
-        let g = Gates { paused: false, ..g };
+        assert_eq!(hold(g.clone()), Some(Hold::Paused("spec.paused")));
+        let g = Gates { paused: None, ..g };
         assert_eq!(hold(g.clone()), Some(Hold::GitOps(GitOps::ArgoCd)));
         let g = Gates { gitops: None, ..g };
         assert_eq!(hold(g.clone()), Some(Hold::Suspended));

@@ -581,6 +581,10 @@ pub enum Failure {
     /// changed.
     #[serde(alias = "untrusted")]
     Untrusted,
+    /// The workload's own controller gave the rollout up (an Argo
+    /// Rollout aborted by its analysis, or Degraded).
+    #[serde(alias = "aborted")]
+    Aborted,
 }
 
 impl Failure {
@@ -634,9 +638,17 @@ pub struct WorkloadState {
     pub template: String,
     /// `spec.replicas`.
     pub replicas: u32,
-    /// Whether the Deployment controller has seen the latest spec and every
+    /// Whether the workload's controller has seen the latest spec and every
     /// replica is updated, available, and no old one is left.
     pub rolled_out: bool,
+    /// Whether the canary runs inside the workload: its template already
+    /// carries the new image, and a hold freshen set keeps it to the
+    /// canary's pods (a StatefulSet's partition). Promoting releases the
+    /// hold; a canary outside the workload (a Deployment's) never sets it.
+    pub held: bool,
+    /// Why the workload's own controller gave its rollout up, when it did
+    /// (an Argo Rollout aborted or Degraded): promotion fails at once.
+    pub gave_up: Option<String>,
 }
 
 /// A Deployment's rollout counters, as its status reports them.
@@ -1090,7 +1102,8 @@ fn canary(
     now: DateTime<Utc>,
 ) {
     let settings = &target.settings;
-    if target.template_changed(workload) || !target.original(workload) {
+    let in_place = workload.held && target.applied(workload);
+    if target.template_changed(workload) || !(target.original(workload) || in_place) {
         let note = format!(
             "{}; canary removed, workload left as it is",
             changed(target, workload, "during the canary"),
@@ -1236,13 +1249,15 @@ fn promoting(
         fail(next, actions, observed, Failure::Conflict, note, now);
         return;
     }
-    if target.applied(workload) {
+    if target.applied(workload) && !workload.held {
         if next.patched_at.is_none() {
             next.patched_at = Some(now);
         }
-    } else if target.original(workload) && next.patched_at.is_none() {
-        // Intent stored, patch not seen yet (lost to a crash, or failed):
-        // patch (again).
+    } else if (target.original(workload) || (workload.held && target.applied(workload)))
+        && next.patched_at.is_none()
+    {
+        // Intent stored, patch not seen yet (lost to a crash, or failed),
+        // or an in-place canary's hold not released yet: patch (again).
         actions.push(Change::SetImage {
             image: target.to_image.clone(),
             stamp: target.restarts(),
@@ -1261,6 +1276,13 @@ fn promoting(
     let started = next.promoted_at.unwrap_or(now);
     let outcome = match fatal {
         Err((failure, why)) => Err((failure, format!("workload {why}"))),
+        Ok(_) if workload.gave_up.is_some() => Err((
+            Failure::Aborted,
+            format!(
+                "the workload's own rollout was given up: {}",
+                workload.gave_up.as_deref().unwrap_or_default()
+            ),
+        )),
         Ok(_) if workload.rolled_out => Ok(()),
         Ok((ready, _)) if elapsed(started, now) >= settings.readiness_timeout() => Err((
             Failure::Timeout,
@@ -1425,6 +1447,8 @@ mod tests {
             template: TEMPLATE.into(),
             replicas: 4,
             rolled_out: true,
+            held: false,
+            gave_up: None,
         }
     }
 
@@ -2209,6 +2233,87 @@ mod tests {
         let never = run(&t, &slow, &[0, 60, 120, 180, 240, 300]);
         assert_eq!(never.progress.phase, Phase::RollingBack);
         assert_eq!(never.progress.failure, Some(Failure::Timeout));
+    }
+
+    /// A workload whose own controller runs the canary (an Argo Rollout)
+    /// and gives it up: promotion rolls back at once, with the reason.
+    #[test]
+    fn a_rollout_its_own_controller_gave_up_is_rolled_back() {
+        let t = target(Strategy::Rolling);
+        let aborted = Observed {
+            workload: Some(WorkloadState {
+                rolled_out: false,
+                gave_up: Some("analysis failed".into()),
+                ..workload(TO)
+            }),
+            new_pods: vec![pod(true, 0, &[])],
+            ..Observed::default()
+        };
+        let s = step(&t, &promoting(true), &aborted, secs(160));
+        assert_eq!(s.progress.phase, Phase::RollingBack);
+        assert_eq!(s.progress.failure, Some(Failure::Aborted));
+        assert!(
+            s.progress.message.contains("analysis failed"),
+            "{}",
+            s.progress.message
+        );
+        assert!(mutations(&s).contains(&set(FROM)));
+        assert!(mutations(&s).contains(&Change::RejectDigest));
+    }
+
+    /// A canary inside the workload (a StatefulSet's partition): the
+    /// template carries the new image while freshen's hold is set. That is
+    /// no conflict in the canary, promotion releases the hold (the same
+    /// change again) before the rollout counts, and someone else's image
+    /// under the hold is theirs: freshen stops and does not set its own.
+    #[test]
+    fn a_canary_inside_the_workload_is_held_then_released() {
+        let t = target(Strategy::Canary);
+        let held = |image: &str, held| Observed {
+            workload: Some(WorkloadState {
+                held,
+                rolled_out: false,
+                ..workload(image)
+            }),
+            canary_exists: held,
+            canary_pods: vec![pod(true, 0, &[])],
+            new_pods: vec![pod(true, 0, &[])],
+            ..Observed::default()
+        };
+        let canary = run(&t, &held(TO, true), &[0, 30, 60, 90, 120]);
+        assert_eq!(canary.progress.phase, Phase::Canary, "{canary:?}");
+        assert_eq!(canary.progress.passes, 4);
+        let promoted = step(&t, &canary.progress, &held(TO, true), secs(150));
+        assert_eq!(promoted.progress.phase, Phase::Promoting);
+        assert_eq!(mutations(&promoted), vec![set(TO)]);
+        // Still held (the release was lost): released again, not counted
+        // as patched.
+        let again = step(&t, &promoted.progress, &held(TO, true), secs(151));
+        assert_eq!(mutations(&again), vec![set(TO)]);
+        assert_eq!(again.progress.patched_at, None);
+        // Released, rolled out: done.
+        let released = Observed {
+            workload: Some(WorkloadState {
+                rolled_out: true,
+                ..workload(TO)
+            }),
+            new_pods: vec![pod(true, 0, &[])],
+            ..Observed::default()
+        };
+        let done = step(&t, &again.progress, &released, secs(160));
+        assert_eq!(done.progress.phase, Phase::Succeeded);
+        // Someone else's image under freshen's hold: a conflict in the
+        // canary, and in promotion never overwritten with freshen's.
+        let theirs = "reg.example/shop/api:9";
+        let stopped = step(&t, &in_canary(), &held(theirs, true), secs(10));
+        assert_eq!(stopped.progress.failure, Some(Failure::Conflict));
+        let stopped = step(&t, &promoted.progress, &held(theirs, true), secs(151));
+        assert_eq!(stopped.progress.failure, Some(Failure::Conflict));
+        assert!(!mutations(&stopped).contains(&set(TO)));
+        // The new image without freshen's hold during the canary is
+        // someone else's doing too.
+        let unheld = step(&t, &in_canary(), &held(TO, false), secs(10));
+        assert_eq!(unheld.progress.failure, Some(Failure::Conflict));
     }
 
     #[test]

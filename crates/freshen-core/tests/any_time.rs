@@ -184,6 +184,8 @@ proptest! {
                 template: String::new(),
                 replicas,
                 rolled_out: ready,
+                held: false,
+                gave_up: None,
             }),
             canary_exists: true,
             canary_pods: pods.clone(),
@@ -230,7 +232,7 @@ proptest! {
             let wants = Wants { follow_tag, min_digest_age, max_container_age, rejected: vec![], rebuilt: vec![] };
             let gates = Gates {
                 unrefreshed: None,
-                paused: false,
+                paused: None,
                 gitops: None,
                 suspended: false,
                 snooze_until: snooze,
