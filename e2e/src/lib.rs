@@ -18,6 +18,7 @@ pub mod image;
 pub mod operator;
 pub mod peers;
 pub mod prometheus;
+pub mod scene;
 pub mod ship;
 
 use std::collections::BTreeMap;

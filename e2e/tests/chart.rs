@@ -69,7 +69,8 @@ const MATRIX: &[(&str, &str, &[&str])] = &[
     (
         "restricted-secrets",
         "secrets: {read: namespaces, namespaces: [freshen-chart-a, freshen-chart-b]}\n\
-         pipelines: {job: {enabled: true}, tekton: {enabled: true}, namespaces: [freshen-chart-b]}\n",
+         pipelines: {job: {enabled: true}, tekton: {enabled: true}, namespaces: [freshen-chart-b]}\n\
+         workloadKinds: [Deployment, StatefulSet, DaemonSet, Job, ReplicaSet, Rollout, Pod]\n",
         &[],
     ),
     (
@@ -182,9 +183,10 @@ fn each_values_set_renders_what_it_says() -> anyhow::Result<()> {
             "defaults render no {absent}"
         );
     }
-    // Secrets readable cluster-wide by default; Jobs only read (they are
-    // measured), never created, and no PipelineRun right, unless a
-    // pipeline kind asks for it.
+    // Secrets readable cluster-wide by default; Jobs created for CronJob
+    // canaries (CronJobs are refreshed by default), and no PipelineRun
+    // right unless a pipeline kind asks for it. Without CronJobs in
+    // workloadKinds, Jobs are only read (restricted-secrets below).
     let cluster_role = |rendered: &str| -> anyhow::Result<String> {
         rendered
             .split("\n---\n")
@@ -195,7 +197,7 @@ fn each_values_set_renders_what_it_says() -> anyhow::Result<()> {
     let rules = cluster_role(&defaults)?;
     ensure!(rules.contains("resources: [\"secrets\"]"));
     ensure!(
-        rules.contains("\"jobs\"") && !creates_jobs(&rules),
+        rules.contains("\"cronjobs\"") && creates_jobs(&rules),
         "{rules}"
     );
     ensure!(!rules.contains("pipelineruns"));

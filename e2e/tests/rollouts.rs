@@ -8,87 +8,43 @@
 
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
-use freshen_api::refresh::{AnalysisSpec, REJECTED_DIGESTS, RolloutSpec};
-use freshen_api::{PolicyRefresh, Refresh, RefreshPolicy, RefreshPolicySpec};
+use freshen_api::Refresh;
+use freshen_api::refresh::REJECTED_DIGESTS;
 use freshen_core::rollout::{Failure, Phase, Strategy};
-use freshen_e2e::image::{ImageSpec, Pushed, push};
-use freshen_e2e::operator::Operator;
 use freshen_e2e::peers::{Peer, argo_rollouts, custom};
-use freshen_e2e::{Harness, TestNamespace, await_event, await_warning, init_tls, wait_for};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::api::{DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use freshen_e2e::scene::{Scene, image};
+use freshen_e2e::{await_event, await_warning, wait_for};
+use kube::api::{DynamicObject, Patch, PatchParams, PostParams};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 /// Argo Rollouts' metrics port in these tests (health on the next).
 const ARGO_PORT: u16 = 18095;
 
-struct Scene {
-    harness: Harness,
-    client: Client,
-    ns: TestNamespace,
-    repo: String,
-    _argo: Peer,
+/// The shared scene, with Argo Rollouts' controller watching its
+/// namespace.
+struct Argo {
+    scene: Scene,
+    _controller: Peer,
 }
 
-impl Scene {
+impl std::ops::Deref for Argo {
+    type Target = Scene;
+    fn deref(&self) -> &Scene {
+        &self.scene
+    }
+}
+
+impl Argo {
     /// A namespace with the Argo Rollouts controller watching it (its CRDs
     /// installed before freshen starts, so freshen watches Rollouts).
     async fn new(prefix: &str) -> anyhow::Result<Self> {
-        init_tls();
-        let harness = Harness::load()?;
-        let client = harness.client().await?;
-        let ns = TestNamespace::create(&harness, &client, prefix).await?;
-        let repo = format!("e2e/{}", ns.name);
-        let argo = argo_rollouts(&harness, &ns.name, ARGO_PORT)?;
+        let scene = Scene::new(prefix).await?;
+        let controller = argo_rollouts(&scene.harness, &scene.ns.name, ARGO_PORT)?;
         Ok(Self {
-            harness,
-            client,
-            ns,
-            repo,
-            _argo: argo,
+            scene,
+            _controller: controller,
         })
-    }
-
-    async fn push(&self, tag: &str, spec: &ImageSpec) -> anyhow::Result<Pushed> {
-        push(&self.harness.registry, &self.repo, tag, spec).await
-    }
-
-    /// Follow the tag; the policy asks for a canary, which for a Rollout
-    /// is Argo's own.
-    async fn policy(&self, app: &str) -> anyhow::Result<()> {
-        let selector = LabelSelector {
-            match_labels: Some([("app".to_owned(), app.to_owned())].into()),
-            ..LabelSelector::default()
-        };
-        let refresh = PolicyRefresh {
-            follow_tag: Some(true),
-            rollout: Some(RolloutSpec {
-                strategy: None,
-                canary_weight: Some(50),
-                analysis: Some(AnalysisSpec {
-                    interval: Some("1s".into()),
-                    iterations: Some(2),
-                    readiness_timeout: Some("60s".into()),
-                    ..AnalysisSpec::default()
-                }),
-            }),
-            ..PolicyRefresh::default()
-        };
-        let policy = RefreshPolicy::new(
-            app,
-            RefreshPolicySpec {
-                pipelines: Default::default(),
-                selector,
-                limits: Default::default(),
-                refresh,
-            },
-        );
-        Api::<RefreshPolicy>::namespaced(self.client.clone(), &self.ns.name)
-            .create(&PostParams::default(), &policy)
-            .await?;
-        Ok(())
     }
 
     fn rollouts(&self) -> Api<DynamicObject> {
@@ -176,48 +132,6 @@ impl Scene {
         )
         .await
     }
-
-    async fn operator(&self) -> anyhow::Result<Operator> {
-        Operator::start(
-            &self.harness,
-            &["--poll-interval", "2s", "--namespace", &self.ns.name],
-        )
-        .await
-    }
-
-    async fn refreshes_of(&self, workload: &str) -> anyhow::Result<Vec<Refresh>> {
-        let api: Api<Refresh> = Api::namespaced(self.client.clone(), &self.ns.name);
-        let list = api
-            .list(&ListParams::default().labels(&format!("freshen.dev/workload={workload}")))
-            .await?;
-        Ok(list.items)
-    }
-
-    async fn await_refresh(
-        &self,
-        workload: &str,
-        what: &str,
-        done: impl Fn(&Refresh) -> bool,
-    ) -> anyhow::Result<Refresh> {
-        let done = &done;
-        wait_for(
-            &format!("a Refresh of {workload}: {what}"),
-            Duration::from_secs(90),
-            Duration::from_millis(100),
-            || async move {
-                let all = self.refreshes_of(workload).await?;
-                let phases: Vec<String> = all
-                    .iter()
-                    .map(|r| format!("{:?} {}", r.progress().phase, r.progress().message))
-                    .collect();
-                match all.into_iter().find(done) {
-                    Some(r) => Ok(Some(r)),
-                    None => anyhow::bail!("refreshes: {phases:?}"),
-                }
-            },
-        )
-        .await
-    }
 }
 
 /// What the test reads of a Rollout.
@@ -230,27 +144,20 @@ struct Seen {
     rejected: String,
 }
 
-fn spec(content: &str, hours_ago: i64) -> ImageSpec {
-    ImageSpec {
-        content: content.into(),
-        ..ImageSpec::built_at(Utc::now() - TimeDelta::hours(hours_ago))
-    }
-}
-
 fn phase(r: &Refresh) -> Phase {
     r.progress().phase
 }
 
 #[tokio::test]
 async fn a_good_digest_is_rolled_out_by_argo_and_followed_to_success() -> anyhow::Result<()> {
-    let s = Scene::new("ro-promote").await?;
-    let v1 = s.push("stable", &spec("v1", 48)).await?;
-    s.policy("checkout").await?;
+    let s = Argo::new("ro-promote").await?;
+    let v1 = s.push("stable", &image("v1", 48)).await?;
+    s.policy("checkout", 50, 2, "60s").await?;
     let steps = json!([{"setWeight": 50}, {"pause": {"duration": "2s"}}]);
     s.rollout("checkout", &v1.pinned(), steps, json!({}))
         .await?;
     let _operator = s.operator().await?;
-    let v2 = s.push("stable", &spec("v2", 1)).await?;
+    let v2 = s.push("stable", &image("v2", 1)).await?;
 
     let done = s
         .await_refresh("checkout", "Succeeded", |r| phase(r) == Phase::Succeeded)
@@ -275,11 +182,11 @@ async fn a_good_digest_is_rolled_out_by_argo_and_followed_to_success() -> anyhow
 #[tokio::test]
 async fn a_crash_looping_digest_is_rolled_back_to_argos_stable_and_rejected() -> anyhow::Result<()>
 {
-    let s = Scene::new("ro-crash").await?;
-    let v1 = s.push("stable", &spec("v1", 48)).await?;
-    let bad_spec = spec("bad", 1);
+    let s = Argo::new("ro-crash").await?;
+    let v1 = s.push("stable", &image("v1", 48)).await?;
+    let bad_spec = image("bad", 1);
     let bad = s.push("candidate", &bad_spec).await?;
-    s.policy("pay").await?;
+    s.policy("pay", 50, 2, "60s").await?;
     let steps = json!([{"setWeight": 50}, {"pause": {}}]);
     s.rollout(
         "pay",
@@ -310,30 +217,22 @@ async fn a_crash_looping_digest_is_rolled_back_to_argos_stable_and_rejected() ->
     await_warning(&s.client, &s.ns.name, "Rollout", "pay", "RolledBack").await?;
 
     // Never proposed again.
-    let reconciles = r#"freshen_reconcile_duration_seconds_count{controller="rollout"}"#;
-    let start = operator.metric(reconciles).await?;
-    wait_for(
-        "4 more reconciles of the Rollout",
-        Duration::from_secs(60),
-        Duration::from_millis(250),
-        || async { Ok((operator.metric(reconciles).await? >= start + 4.0).then_some(())) },
-    )
-    .await?;
+    s.await_reconciles(&operator, "rollout", 4).await?;
     assert_eq!(s.refreshes_of("pay").await?.len(), 1);
     Ok(())
 }
 
 #[tokio::test]
 async fn a_rollout_argo_aborts_is_rolled_back_with_argos_reason() -> anyhow::Result<()> {
-    let s = Scene::new("ro-abort").await?;
-    let v1 = s.push("stable", &spec("v1", 48)).await?;
-    s.policy("search").await?;
+    let s = Argo::new("ro-abort").await?;
+    let v1 = s.push("stable", &image("v1", 48)).await?;
+    s.policy("search", 50, 2, "60s").await?;
     // An indefinite pause: the canary waits for someone to promote or
     // abort it.
     let steps = json!([{"setWeight": 50}, {"pause": {}}]);
     s.rollout("search", &v1.pinned(), steps, json!({})).await?;
     let _operator = s.operator().await?;
-    let v2 = s.push("stable", &spec("v2", 1)).await?;
+    let v2 = s.push("stable", &image("v2", 1)).await?;
     s.await_rollout("search", "Paused in its canary", |r| {
         r.image == v2.pinned() && r.phase == "Paused"
     })
@@ -361,9 +260,9 @@ async fn a_rollout_argo_aborts_is_rolled_back_with_argos_reason() -> anyhow::Res
 
 #[tokio::test]
 async fn a_paused_rollout_is_held_until_resumed() -> anyhow::Result<()> {
-    let s = Scene::new("ro-paused").await?;
-    let v1 = s.push("stable", &spec("v1", 48)).await?;
-    s.policy("cart").await?;
+    let s = Argo::new("ro-paused").await?;
+    let v1 = s.push("stable", &image("v1", 48)).await?;
+    s.policy("cart", 50, 2, "60s").await?;
     let steps = json!([{"setWeight": 50}, {"pause": {"duration": "1s"}}]);
     s.rollout("cart", &v1.pinned(), steps, json!({})).await?;
     let pause = |paused: bool| json!({"spec": {"paused": paused}});
@@ -371,7 +270,7 @@ async fn a_paused_rollout_is_held_until_resumed() -> anyhow::Result<()> {
         .patch("cart", &PatchParams::default(), &Patch::Merge(pause(true)))
         .await?;
     let _operator = s.operator().await?;
-    let v2 = s.push("stable", &spec("v2", 1)).await?;
+    let v2 = s.push("stable", &image("v2", 1)).await?;
     let note = await_warning(&s.client, &s.ns.name, "Rollout", "cart", "WorkloadPaused").await?;
     assert!(note.contains("spec.paused"), "{note}");
     assert!(s.refreshes_of("cart").await?.is_empty());

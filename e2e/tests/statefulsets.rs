@@ -9,80 +9,30 @@
 
 use std::time::Duration;
 
-use chrono::{TimeDelta, Utc};
-use freshen_api::refresh::{AnalysisSpec, CANARY_HOLD, REJECTED_DIGESTS, RolloutSpec};
-use freshen_api::{PolicyRefresh, Refresh, RefreshPolicy, RefreshPolicySpec};
+use freshen_api::Refresh;
+use freshen_api::refresh::{CANARY_HOLD, REJECTED_DIGESTS};
 use freshen_core::rollout::{Failure, Phase};
-use freshen_e2e::image::{ImageSpec, Pushed, push};
-use freshen_e2e::operator::Operator;
-use freshen_e2e::{Harness, TestNamespace, await_event, await_warning, init_tls, wait_for};
+use freshen_e2e::scene::{Scene, image};
+use freshen_e2e::{await_event, await_warning, wait_for};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
-/// One test's namespace, repository and StatefulSet.
-struct Scene {
-    harness: Harness,
-    client: Client,
-    ns: TestNamespace,
-    repo: String,
+/// The shared scene, and the StatefulSets it makes and reads.
+struct Sets(Scene);
+
+impl std::ops::Deref for Sets {
+    type Target = Scene;
+    fn deref(&self) -> &Scene {
+        &self.0
+    }
 }
 
-impl Scene {
+impl Sets {
     async fn new(prefix: &str) -> anyhow::Result<Self> {
-        init_tls();
-        let harness = Harness::load()?;
-        let client = harness.client().await?;
-        let ns = TestNamespace::create(&harness, &client, prefix).await?;
-        let repo = format!("e2e/{}", ns.name);
-        Ok(Self {
-            harness,
-            client,
-            ns,
-            repo,
-        })
-    }
-
-    async fn push(&self, tag: &str, spec: &ImageSpec) -> anyhow::Result<Pushed> {
-        push(&self.harness.registry, &self.repo, tag, spec).await
-    }
-
-    /// Follow the tag, a canary of a third, `iterations` checks 1s apart.
-    async fn policy(&self, app: &str, iterations: u32) -> anyhow::Result<()> {
-        let selector = LabelSelector {
-            match_labels: Some([("app".to_owned(), app.to_owned())].into()),
-            ..LabelSelector::default()
-        };
-        let refresh = PolicyRefresh {
-            follow_tag: Some(true),
-            rollout: Some(RolloutSpec {
-                strategy: None,
-                canary_weight: Some(33),
-                analysis: Some(AnalysisSpec {
-                    interval: Some("1s".into()),
-                    iterations: Some(iterations),
-                    readiness_timeout: Some("30s".into()),
-                    ..AnalysisSpec::default()
-                }),
-            }),
-            ..PolicyRefresh::default()
-        };
-        let policy = RefreshPolicy::new(
-            app,
-            RefreshPolicySpec {
-                pipelines: Default::default(),
-                selector,
-                limits: Default::default(),
-                refresh,
-            },
-        );
-        Api::<RefreshPolicy>::namespaced(self.client.clone(), &self.ns.name)
-            .create(&PostParams::default(), &policy)
-            .await?;
-        Ok(())
+        Ok(Self(Scene::new(prefix).await?))
     }
 
     /// StatefulSet `name` of 3 replicas running `image`, with `strategy`
@@ -119,60 +69,6 @@ impl Scene {
 
     fn stateful_sets(&self) -> Api<StatefulSet> {
         Api::namespaced(self.client.clone(), &self.ns.name)
-    }
-
-    fn refreshes(&self) -> Api<Refresh> {
-        Api::namespaced(self.client.clone(), &self.ns.name)
-    }
-
-    async fn operator(&self) -> anyhow::Result<Operator> {
-        Operator::start(
-            &self.harness,
-            &[
-                "--poll-interval",
-                "2s",
-                "--namespace",
-                &self.ns.name,
-                "--leader-elect-lease-duration",
-                "3s",
-            ],
-        )
-        .await
-    }
-
-    async fn refreshes_of(&self, workload: &str) -> anyhow::Result<Vec<Refresh>> {
-        let list = self
-            .refreshes()
-            .list(&ListParams::default().labels(&format!("freshen.dev/workload={workload}")))
-            .await?;
-        Ok(list.items)
-    }
-
-    /// Waits until a Refresh of `workload` satisfies `done`.
-    async fn await_refresh(
-        &self,
-        workload: &str,
-        what: &str,
-        done: impl Fn(&Refresh) -> bool,
-    ) -> anyhow::Result<Refresh> {
-        let done = &done;
-        wait_for(
-            &format!("a Refresh of {workload}: {what}"),
-            Duration::from_secs(90),
-            Duration::from_millis(100),
-            || async move {
-                let all = self.refreshes_of(workload).await?;
-                let phases: Vec<String> = all
-                    .iter()
-                    .map(|r| format!("{:?} {}", r.progress().phase, r.progress().message))
-                    .collect();
-                match all.into_iter().find(done) {
-                    Some(r) => Ok(Some(r)),
-                    None => anyhow::bail!("refreshes: {phases:?}"),
-                }
-            },
-        )
-        .await
     }
 
     /// What the test reads of StatefulSet `name`.
@@ -292,14 +188,6 @@ struct Member {
     ready: bool,
 }
 
-/// A distinct image built `hours_ago`.
-fn spec(content: &str, hours_ago: i64) -> ImageSpec {
-    ImageSpec {
-        content: content.into(),
-        ..ImageSpec::built_at(Utc::now() - TimeDelta::hours(hours_ago))
-    }
-}
-
 fn phase(r: &Refresh) -> Phase {
     r.progress().phase
 }
@@ -314,14 +202,14 @@ fn rolling(partition: Option<i32>) -> Value {
 #[tokio::test]
 async fn a_good_digest_canaries_on_the_highest_ordinal_and_keeps_the_users_partition()
 -> anyhow::Result<()> {
-    let s = Scene::new("sts-promote").await?;
-    let v1 = s.push("stable", &spec("v1", 48)).await?;
-    s.policy("db", 4).await?;
+    let s = Sets::new("sts-promote").await?;
+    let v1 = s.push("stable", &image("v1", 48)).await?;
+    s.policy("db", 33, 4, "30s").await?;
     // The user holds ordinal 0 back with a partition of their own.
     s.stateful_set("db", &v1.pinned(), rolling(Some(1)), json!({}))
         .await?;
     let operator = s.operator().await?;
-    let v2 = s.push("stable", &spec("v2", 1)).await?;
+    let v2 = s.push("stable", &image("v2", 1)).await?;
 
     // The canary: the new image in the template, the partition raised to
     // the highest ordinal only, the hold recording the user's partition.
@@ -383,11 +271,11 @@ async fn a_good_digest_canaries_on_the_highest_ordinal_and_keeps_the_users_parti
 #[tokio::test]
 async fn a_crash_looping_digest_is_rolled_back_its_pod_replaced_and_rejected() -> anyhow::Result<()>
 {
-    let s = Scene::new("sts-rollback").await?;
-    let v1 = s.push("stable", &spec("v1", 48)).await?;
-    let bad_spec = spec("bad", 1);
+    let s = Sets::new("sts-rollback").await?;
+    let v1 = s.push("stable", &image("v1", 48)).await?;
+    let bad_spec = image("bad", 1);
     let bad = s.push("candidate", &bad_spec).await?;
-    s.policy("queue", 3).await?;
+    s.policy("queue", 33, 3, "30s").await?;
     // OrderedReady (the default): the controller waits on the broken pod
     // before anything else, so the rollback must delete it.
     s.stateful_set(
@@ -434,28 +322,20 @@ async fn a_crash_looping_digest_is_rolled_back_its_pod_replaced_and_rejected() -
     operator
         .await_metric(r#"freshen_rollbacks_total{reason="PodFailure"}"#, 1.0)
         .await?;
-    let reconciles = r#"freshen_reconcile_duration_seconds_count{controller="statefulset"}"#;
-    let start = operator.metric(reconciles).await?;
-    wait_for(
-        "4 more reconciles of the StatefulSet",
-        Duration::from_secs(60),
-        Duration::from_millis(250),
-        || async { Ok((operator.metric(reconciles).await? >= start + 4.0).then_some(())) },
-    )
-    .await?;
+    s.await_reconciles(&operator, "statefulset", 4).await?;
     assert_eq!(s.refreshes_of("queue").await?.len(), 1);
     Ok(())
 }
 
 #[tokio::test]
 async fn someone_elses_edit_mid_canary_stops_freshen_and_is_kept() -> anyhow::Result<()> {
-    let s = Scene::new("sts-conflict").await?;
-    let v1 = s.push("stable", &spec("v1", 48)).await?;
-    s.policy("cache", 30).await?;
+    let s = Sets::new("sts-conflict").await?;
+    let v1 = s.push("stable", &image("v1", 48)).await?;
+    s.policy("cache", 33, 30, "30s").await?;
     s.stateful_set("cache", &v1.pinned(), rolling(None), json!({}))
         .await?;
     let _operator = s.operator().await?;
-    let v2 = s.push("stable", &spec("v2", 1)).await?;
+    let v2 = s.push("stable", &image("v2", 1)).await?;
     s.await_set("cache", "canary partition", |x| {
         x.image == v2.pinned() && x.partition == Some(2)
     })
@@ -491,9 +371,9 @@ async fn someone_elses_edit_mid_canary_stops_freshen_and_is_kept() -> anyhow::Re
 
 #[tokio::test]
 async fn an_on_delete_stateful_set_is_left_to_its_owner() -> anyhow::Result<()> {
-    let s = Scene::new("sts-ondelete").await?;
-    let v1 = s.push("stable", &spec("v1", 48)).await?;
-    s.policy("ledger", 1).await?;
+    let s = Sets::new("sts-ondelete").await?;
+    let v1 = s.push("stable", &image("v1", 48)).await?;
+    s.policy("ledger", 33, 1, "30s").await?;
     s.stateful_set(
         "ledger",
         &v1.pinned(),
@@ -502,7 +382,7 @@ async fn an_on_delete_stateful_set_is_left_to_its_owner() -> anyhow::Result<()> 
     )
     .await?;
     let _operator = s.operator().await?;
-    s.push("stable", &spec("v2", 1)).await?;
+    s.push("stable", &image("v2", 1)).await?;
     let note = await_warning(
         &s.client,
         &s.ns.name,

@@ -583,6 +583,11 @@ pub async fn measure(
     let mut out = Measurement::default();
     let annotations = deploy.metadata.annotations.as_ref();
     for observation in observe(&template_containers(deploy), pods) {
+        // A CronJob's next Job runs its template.
+        let observation = match deploy.kind {
+            freshen_core::kind::Kind::CronJob => observation.or_next_run(),
+            _ => observation,
+        };
         let name = observation.name.clone();
         let image = match &observation.image {
             Ok(image) => image.clone(),

@@ -103,6 +103,9 @@ pub struct CachedContainer {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct CachedPodStatus {
+    /// `Pending`, `Running`, `Succeeded` or `Failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
     /// The pod's conditions (the cache keeps only `Ready`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conditions: Option<Vec<CachedCondition>>,

@@ -38,6 +38,7 @@ use crate::deployment::{FIELD_MANAGER, owned_by, owning_workload, workload_ref};
 use crate::error::Error;
 
 mod argo_rollout;
+mod cronjob;
 mod deployment;
 mod statefulset;
 
@@ -75,6 +76,7 @@ pub fn mechanics(kind: Kind) -> Option<&'static dyn Mechanics> {
     match kind {
         Kind::Deployment => Some(&deployment::Deployments),
         Kind::StatefulSet => Some(&statefulset::StatefulSets),
+        Kind::CronJob => Some(&cronjob::CronJobs),
         Kind::Rollout => Some(&argo_rollout::Rollouts),
         _ => None,
     }

@@ -105,7 +105,10 @@ impl Kind {
     /// then a promotion or a rollback). The others are measured, judged
     /// and reported; whoever made them must replace their pods.
     pub const fn refreshed(self) -> bool {
-        matches!(self, Self::Deployment | Self::StatefulSet | Self::Rollout)
+        matches!(
+            self,
+            Self::Deployment | Self::StatefulSet | Self::CronJob | Self::Rollout
+        )
     }
 }
 

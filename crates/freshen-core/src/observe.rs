@@ -73,6 +73,19 @@ pub struct ContainerObservation {
 }
 
 impl ContainerObservation {
+    /// For a workload whose pods run only now and then (a CronJob between
+    /// runs): with no live pod, what runs next is the digest the template
+    /// pins, if it pins one. Live pods, when there are any, say what runs.
+    pub fn or_next_run(mut self) -> Self {
+        if self.running.is_empty()
+            && self.pods_without_digest == 0
+            && let Some(digest) = self.image.as_ref().ok().and_then(|i| i.digest.clone())
+        {
+            self.running.insert((digest, DigestSource::PinnedInSpec));
+        }
+        self
+    }
+
     /// The distinct running digests, without their sources.
     pub fn digests(&self) -> BTreeSet<&Digest> {
         self.running.iter().map(|(d, _)| d).collect()
@@ -152,6 +165,30 @@ pub fn most_common<T: Ord>(items: impl IntoIterator<Item = T>) -> Option<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn between_runs_the_template_pin_is_what_runs_next() {
+        let pinned = "reg.example/backup:1@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let spec = ContainerSpec {
+            name: "app".into(),
+            image: pinned.into(),
+        };
+        let idle = observe(std::slice::from_ref(&spec), &[])
+            .remove(0)
+            .or_next_run();
+        assert_eq!(idle.digests().len(), 1);
+        assert!(
+            idle.running
+                .iter()
+                .all(|(_, s)| *s == DigestSource::PinnedInSpec)
+        );
+        let tag_only = ContainerSpec {
+            name: "app".into(),
+            image: "reg.example/backup:1".into(),
+        };
+        let unknown = observe(&[tag_only], &[]).remove(0).or_next_run();
+        assert!(unknown.running.is_empty(), "a tag alone says nothing");
+    }
 
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";

@@ -709,6 +709,9 @@ pub struct Observed {
     pub untrusted: Option<String>,
     /// The canary's pods (not terminating).
     pub canary_pods: Vec<PodHealth>,
+    /// Why the canary failed as a whole, when its kind judges it so (a
+    /// CronJob's canary Job whose pod failed): it rolls back at once.
+    pub canary_failed: Option<String>,
     /// The workload's pods that run the new template (not terminating).
     pub new_pods: Vec<PodHealth>,
     /// The metric, when a query is configured and a check is due.
@@ -1118,7 +1121,11 @@ fn canary(
         actions.push(Change::CreateCanary { replicas: desired });
     }
     let started = next.canary_started_at.unwrap_or(now);
-    let (ready, restarts) = match health(&observed.canary_pods, settings.max_restarts) {
+    let judged = match &observed.canary_failed {
+        Some(why) => Err((Failure::PodFailure, why.clone())),
+        None => health(&observed.canary_pods, settings.max_restarts),
+    };
+    let (ready, restarts) = match judged {
         Ok(h) => h,
         Err((failure, why)) => {
             record(
@@ -2233,6 +2240,30 @@ mod tests {
         let never = run(&t, &slow, &[0, 60, 120, 180, 240, 300]);
         assert_eq!(never.progress.phase, Phase::RollingBack);
         assert_eq!(never.progress.failure, Some(Failure::Timeout));
+    }
+
+    /// A canary its kind judges as a whole (a CronJob's Job that failed)
+    /// rolls back at once, whatever its pods' readiness says.
+    #[test]
+    fn a_canary_failed_as_a_whole_rolls_back() {
+        let t = target(Strategy::Canary);
+        let failed = Observed {
+            canary_exists: true,
+            canary_failed: Some("pod backup-canary-x failed (Error)".into()),
+            ..observed(FROM)
+        };
+        let s = step(&t, &in_canary(), &failed, secs(5));
+        assert_eq!(s.progress.phase, Phase::RollingBack);
+        assert_eq!(s.progress.failure, Some(Failure::PodFailure));
+        assert!(
+            s.progress.message.contains("backup-canary-x failed"),
+            "{}",
+            s.progress.message
+        );
+        assert_eq!(
+            mutations(&s),
+            vec![Change::DeleteCanary, Change::RejectDigest]
+        );
     }
 
     /// A workload whose own controller runs the canary (an Argo Rollout)
