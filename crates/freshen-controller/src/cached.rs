@@ -328,6 +328,15 @@ pub struct CachedWorkloadStatus {
     /// A StatefulSet's revision its template makes now.
     #[serde(default)]
     pub update_revision: Option<String>,
+    /// A DaemonSet's nodes that should run its pod.
+    #[serde(default)]
+    pub desired_number_scheduled: Option<i32>,
+    /// A DaemonSet's nodes running its current template's pod.
+    #[serde(default)]
+    pub updated_number_scheduled: Option<i32>,
+    /// A DaemonSet's nodes whose pod is available.
+    #[serde(default)]
+    pub number_available: Option<i32>,
     /// An Argo Rollout's phase: Healthy, Progressing, Paused, Degraded.
     #[serde(default)]
     pub phase: Option<String>,
@@ -498,14 +507,22 @@ impl CachedWorkload {
     /// Which of its own controls stops its rollouts, if one does: a paused
     /// Deployment or Rollout (no rollout proceeds), a suspended CronJob (no
     /// Job starts), an `OnDelete` update strategy (pods change only when
-    /// someone deletes them).
+    /// someone deletes them) the owner set, not freshen's canary.
     pub fn paused(&self) -> Option<&'static str> {
         let spec = self.spec.as_ref()?;
         if spec.paused {
             Some("spec.paused")
         } else if spec.suspend {
             Some("spec.suspend")
-        } else if self.on_delete() {
+        } else if self.on_delete()
+            && !self
+                .metadata
+                .annotations
+                .as_ref()
+                .is_some_and(|a| a.contains_key(freshen_api::refresh::CANARY_HOLD))
+        {
+            // OnDelete set by freshen's own canary (a DaemonSet's) is not
+            // the owner's word.
             Some("updateStrategy OnDelete")
         } else {
             None

@@ -39,7 +39,9 @@ use crate::error::Error;
 
 mod argo_rollout;
 mod cronjob;
+mod daemonset;
 mod deployment;
+mod in_place;
 mod statefulset;
 
 pub use deployment::{CanaryHolder, canary_deployment, canary_holder, workload_state};
@@ -76,6 +78,7 @@ pub fn mechanics(kind: Kind) -> Option<&'static dyn Mechanics> {
     match kind {
         Kind::Deployment => Some(&deployment::Deployments),
         Kind::StatefulSet => Some(&statefulset::StatefulSets),
+        Kind::DaemonSet => Some(&daemonset::DaemonSets),
         Kind::CronJob => Some(&cronjob::CronJobs),
         Kind::Rollout => Some(&argo_rollout::Rollouts),
         _ => None,

@@ -107,7 +107,7 @@ impl Kind {
     pub const fn refreshed(self) -> bool {
         matches!(
             self,
-            Self::Deployment | Self::StatefulSet | Self::CronJob | Self::Rollout
+            Self::Deployment | Self::StatefulSet | Self::DaemonSet | Self::CronJob | Self::Rollout
         )
     }
 }

@@ -18,56 +18,17 @@ use freshen_api::refresh::{CANARY_HOLD, RESTARTED_BY};
 use freshen_core::rollout::{Change, Phase, Target, WorkloadState};
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
-use kube::{Api, ResourceExt};
-use serde::{Deserialize, Serialize};
+use kube::ResourceExt;
 use serde_json::{Value, json};
 
+use super::in_place::{CanaryHold, delete_broken_pods, hold_of, patch_guarded, template_applied};
 use super::{Mechanics, Sight, pod_health, runs_target};
 use crate::cached::{CachedPod, CachedWorkload};
 use crate::context::Context;
-use crate::deployment::FIELD_MANAGER;
 use crate::error::Error;
 
 /// The mechanics of StatefulSets.
 pub struct StatefulSets;
-
-/// What [`CANARY_HOLD`] records: who holds the partition, and what to put
-/// back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CanaryHold {
-    /// The Refresh whose canary runs.
-    pub refresh: String,
-    /// The user's partition (`None`: none was set).
-    #[serde(default)]
-    pub partition: Option<i32>,
-    /// The template's restart stamp before the canary (`None`: none).
-    #[serde(default)]
-    pub restarted_by: Option<String>,
-}
-
-/// The hold `refresh` has on `workload`, if any. A malformed annotation
-/// is no hold.
-pub fn hold_of(workload: &CachedWorkload, refresh: &str) -> Option<CanaryHold> {
-    let raw = workload.annotations().get(CANARY_HOLD)?;
-    serde_json::from_str::<CanaryHold>(raw)
-        .ok()
-        .filter(|h| h.refresh == refresh)
-}
-
-/// Whether the template carries the refresh's change (its image, and its
-/// stamp when it restarts).
-fn template_applied(workload: &CachedWorkload, target: &Target) -> bool {
-    let image = workload
-        .container(&target.container)
-        .and_then(|c| c.image.as_deref());
-    image == Some(target.to_image.as_str())
-        && (!target.restarts()
-            || workload.template().and_then(|t| t.restarted_by.as_deref())
-                == Some(target.name.as_str()))
-}
 
 /// The state machine's view of a StatefulSet's `container`: the pods it
 /// may update are those at or above the user's own partition, and it is
@@ -212,6 +173,7 @@ pub fn canary_patch(workload: &CachedWorkload, target: &Target, canary: u32) -> 
         refresh: target.name.clone(),
         partition: own,
         restarted_by: workload.template().and_then(|t| t.restarted_by.clone()),
+        ..CanaryHold::default()
     };
     let partition = canary_partition(desired, own.unwrap_or(0), canary);
     let mut template = json!({"spec": {"containers": [
@@ -274,69 +236,6 @@ pub fn undo_patch(workload: &CachedWorkload, target: &Target, hold: &CanaryHold)
         patch["spec"]["template"] = template;
     }
     patch
-}
-
-/// Applies a strategic merge patch guarded by the resourceVersion the
-/// decision was made on: if someone changed the StatefulSet since, it
-/// fails and the next step sees their change.
-async fn patch_guarded(
-    ctx: &Context,
-    workload: &CachedWorkload,
-    mut patch: Value,
-    failed: fn(kube::Error) -> Error,
-) -> Result<(), Error> {
-    patch["metadata"]["resourceVersion"] = json!(workload.resource_version());
-    let api: Api<CachedWorkload> = Api::namespaced_with(
-        ctx.client.clone(),
-        &workload.namespace().unwrap_or_default(),
-        &workload.kind,
-    );
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    match api
-        .patch(&workload.name_any(), &params, &Patch::Strategic(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            Err(Error::Stale("the workload changed since it was read"))
-        }
-        Err(e) => Err(failed(e)),
-    }
-}
-
-/// Deletes the StatefulSet's pods that run the rolled-back change and are
-/// not Ready, each by uid: the controller recreates them from the restored
-/// template. Ready ones it replaces itself, in order.
-async fn delete_broken_pods(
-    ctx: &Context,
-    workload: &CachedWorkload,
-    target: &Target,
-) -> Result<(), Error> {
-    let namespace = workload.namespace().unwrap_or_default();
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
-    let broken = ctx
-        .pods_of(&workload.reference())
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| runs_target(p, target) && !pod_health(p).ready);
-    for pod in broken {
-        let params = DeleteParams {
-            preconditions: Some(Preconditions {
-                uid: pod.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match api.delete(&pod.name_any(), &params).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(Error::DeleteCanary(e)),
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -504,6 +403,7 @@ mod tests {
             refresh: t.name.clone(),
             partition: None,
             restarted_by: Some("before".into()),
+            ..CanaryHold::default()
         };
         let undo = undo_patch(&stamped, &t, &hold);
         assert_eq!(
@@ -524,6 +424,7 @@ mod tests {
             refresh: t.name.clone(),
             partition: Some(2),
             restarted_by: None,
+            ..CanaryHold::default()
         };
         let held = stateful(TO, Some(4), json!({}));
         let s = workload_state(&held, &t, Some(&hold)).unwrap_or_default();
