@@ -1,47 +1,37 @@
 //! freshen's controllers, metrics and HTTP endpoints.
 //!
-//! [`run`] wires them: a watch of every workload kind ([`workloads`]),
-//! Pods, Namespaces, Nodes, ServiceAccounts, both policy kinds, Refreshes,
-//! Rebuilds and TagRecords (each cached in a reflector store); a workload
-//! controller per kind (one reconcile, [`workload::reconcile`]), the
-//! policy status, Refresh and Rebuild controllers, and the HTTP server.
+//! - [`workload`]: one controller per workload kind, one reconcile
+//!   ([`workload::reconcile`]: gather, assess, plan, announce), and what it
+//!   uses: the watch of each kind ([`workload::watch`]), the assessment,
+//!   the planner, tag records and the verification gate.
+//! - [`refresh`]: the Refresh controller, the one executor of rollout
+//!   actions, with one [`refresh::Mechanics`] per refreshed kind.
+//! - [`rebuild`]: the Rebuild controller and its pipeline backends (Job,
+//!   Tekton, webhook).
+//! - [`policy`]: the policies' status.
+//! - [`notify`]: the registry notification endpoint.
+//! - [`runtime`]: what they share: caches, the context, metrics, Events,
+//!   leader election, the HTTP server.
+//!
+//! [`run`] wires them: a watch of every workload kind, Pods, Namespaces,
+//! Nodes, ServiceAccounts, both policy kinds, Refreshes, Rebuilds and
+//! TagRecords (each cached in a reflector store), then the controllers.
 
-pub mod api_requests;
-pub mod assess;
-pub mod cached;
-pub mod contain;
-pub mod context;
-pub mod deployment;
 pub mod error;
-pub mod events;
-pub mod failures;
-pub mod leader;
-pub mod ledger;
-pub mod metrics;
-pub mod metrics_auth;
 pub mod notify;
-pub mod planner;
-pub mod pod_index;
-pub mod policy_status;
-pub mod promql;
+pub mod policy;
 pub mod rebuild;
-pub mod records;
 pub mod refresh;
 pub mod report;
-pub mod server;
-pub mod tags;
-pub mod trim;
-pub mod verification;
-pub mod webhook;
+pub mod runtime;
 pub mod workload;
-pub mod workloads;
 
 use std::fmt::Debug;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::cached::CachedPod;
+use crate::runtime::cached::CachedPod;
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy, TagRecord};
 use freshen_core::kind::Kind;
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
@@ -56,10 +46,17 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::info;
 
+use rebuild::webhook;
+use runtime::{
+    api_requests, contain, context, failures, leader, ledger, metrics, metrics_auth, pod_index,
+    promql, records, server, trim,
+};
+use workload::{tags, verification, watch as workloads};
+
 pub use context::{Context, ControllerConfig};
 pub use error::Error;
 use metrics::Metrics;
-use policy_status::Policy;
+use policy::Policy;
 use promql::PrometheusClient;
 use records::{PolicyNotifier, WorkloadRecords};
 
@@ -749,7 +746,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .reconcile_on(policy_rx)
         .shutdown_on_signal()
         .run(
-            contain::contained(policy_status::reconcile::<RefreshPolicy>),
+            contain::contained(policy::reconcile::<RefreshPolicy>),
             contain::error_policy,
             Arc::clone(&ctx),
         )
@@ -791,7 +788,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         .reconcile_on(cluster_policy_rx)
         .shutdown_on_signal()
         .run(
-            contain::contained(policy_status::reconcile::<ClusterRefreshPolicy>),
+            contain::contained(policy::reconcile::<ClusterRefreshPolicy>),
             contain::error_policy,
             ctx,
         )

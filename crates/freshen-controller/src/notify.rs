@@ -34,8 +34,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use crate::context::Context;
-use crate::webhook::signature;
+use crate::rebuild::webhook::signature;
+use crate::runtime::context::Context;
 
 /// How the endpoint is set up.
 #[derive(Debug, Clone)]
@@ -657,7 +657,7 @@ impl Endpoint {
 /// What a push concerns: the Deployments whose template names the tag or
 /// whose recorded base is it, and the Rebuilds waiting for it.
 struct Dependants {
-    deployments: Vec<ObjectRef<crate::cached::CachedWorkload>>,
+    deployments: Vec<ObjectRef<crate::runtime::cached::CachedWorkload>>,
     rebuilds: Vec<ObjectRef<freshen_api::Rebuild>>,
 }
 
@@ -683,7 +683,7 @@ fn dependants(ctx: &Context, push: &Push) -> Dependants {
         .filter(|d| {
             let key = (d.namespace().unwrap_or_default(), d.name_any(), d.kind);
             bases.contains(&key)
-                || crate::assess::template_containers(d.as_ref())
+                || crate::workload::assess::template_containers(d.as_ref())
                     .iter()
                     .any(|c| names_it(&c.image))
         })

@@ -37,15 +37,16 @@ use serde_json::json;
 use tokio::time::Instant;
 use tracing::{info, instrument, warn};
 
-use crate::assess::{Accounts, Configuration, Measurement, pull_credentials};
-use crate::cached::CachedWorkload;
-use crate::context::Context;
-use crate::deployment::{FIELD_MANAGER, workload_ref};
 use crate::error::Error;
-use crate::webhook::{Delivery, Undelivered, signing_key};
+use crate::rebuild::webhook::{Delivery, Undelivered, signing_key};
+use crate::runtime::cached::CachedWorkload;
+use crate::runtime::context::Context;
+use crate::runtime::objects::{FIELD_MANAGER, workload_ref};
+use crate::workload::assess::{Accounts, Configuration, Measurement, pull_credentials};
 use freshen_core::kind::Kind;
 
 mod tekton;
+pub mod webhook;
 
 /// The label on a rebuild's runs (and their pods): the Rebuild's name.
 pub const REBUILD_LABEL: &str = "freshen.dev/rebuild";
@@ -112,7 +113,7 @@ pub fn needs(
 /// The tagged image a container's template names (a digest-only image has
 /// no tag a rebuild could move).
 fn template_image(deploy: &CachedWorkload, container: &str) -> Option<ImageReference> {
-    let template = crate::assess::template_containers(deploy);
+    let template = crate::workload::assess::template_containers(deploy);
     let image = template.iter().find(|c| c.name == container)?;
     let parsed = ImageReference::parse(&image.image).ok()?;
     parsed.tag.as_ref()?;
@@ -1043,10 +1044,12 @@ fn dependants(ctx: &Context, image: &str) -> Vec<Arc<CachedWorkload>> {
     ctx.workloads
         .all()
         .filter(|d| {
-            crate::assess::template_containers(d).iter().any(|c| {
-                ImageReference::parse(&c.image)
-                    .is_ok_and(|i| i.without_digest().to_string() == image)
-            })
+            crate::workload::assess::template_containers(d)
+                .iter()
+                .any(|c| {
+                    ImageReference::parse(&c.image)
+                        .is_ok_and(|i| i.without_digest().to_string() == image)
+                })
         })
         .collect()
 }

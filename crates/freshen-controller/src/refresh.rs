@@ -32,10 +32,10 @@ use serde_json::json;
 use tracing::{info, instrument, warn};
 
 use crate::Watch;
-use crate::cached::{CachedPod, CachedWorkload};
-use crate::context::Context;
-use crate::deployment::{FIELD_MANAGER, owned_by, owning_workload, workload_ref};
 use crate::error::Error;
+use crate::runtime::cached::{CachedPod, CachedWorkload};
+use crate::runtime::context::Context;
+use crate::runtime::objects::{FIELD_MANAGER, owned_by, owning_workload, workload_ref};
 
 mod argo_rollout;
 mod cronjob;
@@ -110,7 +110,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let kind = refresh.workload_kind();
     let pending = ctx.readiness.pending();
-    if pending.contains(&crate::workloads::watch_of(kind)) || pending.contains(&Watch::Pods) {
+    if pending.contains(&crate::workload::watch::watch_of(kind)) || pending.contains(&Watch::Pods) {
         // Not listed yet: the workload would look deleted.
         return Ok(Action::requeue(std::time::Duration::from_millis(500)));
     }

@@ -1,5 +1,5 @@
 //! `freshen report`: a one-shot scan of a cluster's Deployments with the
-//! operator's own judgement ([`crate::assess`]), for anyone with a
+//! operator's own judgement ([`crate::workload::assess`]), for anyone with a
 //! kubeconfig. Nothing is installed and no CRD is required: without the
 //! policy CRDs, only annotations and the given defaults apply.
 
@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cached::{CachedPod, CachedWorkload};
+use crate::runtime::cached::{CachedPod, CachedWorkload};
 use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, is_canary};
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshMode, RefreshPolicy};
@@ -25,15 +25,15 @@ use kube::api::ListParams;
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::Serialize;
 
-use crate::assess::{
+use crate::runtime::objects::{owning_workload, workload_ref};
+use crate::runtime::pod_index::Owned;
+use crate::runtime::records::WorkloadKey;
+use crate::scoped;
+use crate::workload::assess::{
     Accounts, Lookup, Problem, configure, measure, node_platform, platform_of, pull_credentials,
 };
-use crate::deployment::{owning_workload, workload_ref};
-use crate::pod_index::Owned;
-use crate::records::WorkloadKey;
-use crate::scoped;
-use crate::tags::TagClock;
 use crate::workload::pod_facts;
+use crate::workload::tags::TagClock;
 use freshen_core::kind::{Kind, OWN_REPLICASETS, measured_by_owner};
 
 /// What to scan.
@@ -231,7 +231,7 @@ pub async fn build(
         now,
         tags: TagClock::in_memory(),
         accounts: list_accounts(&client, options.namespace.as_deref()).await,
-        verdicts: crate::verification::Verdicts::new(
+        verdicts: crate::workload::verification::Verdicts::new(
             client.clone(),
             match options.freshen_namespace.as_str() {
                 "" => "freshen-system".to_owned(),
@@ -439,7 +439,7 @@ struct Scan<'a> {
     /// The ServiceAccounts in scope, when they could be listed.
     accounts: Option<BTreeMap<(String, String), Arc<ServiceAccount>>>,
     /// Verification verdicts, shared by the workloads running a digest.
-    verdicts: crate::verification::Verdicts,
+    verdicts: crate::workload::verification::Verdicts,
 }
 
 impl Scan<'_> {
@@ -526,14 +526,14 @@ impl Scan<'_> {
             platform: platform.as_ref(),
             now: self.now,
             tags: &self.tags,
-            origin: crate::tags::Origin {
+            origin: crate::workload::tags::Origin {
                 namespace: &namespace,
                 workload: &deploy.name_any(),
             },
         };
         let track_base = config.resolution.limits.track_base_image.value;
         let mut measurement = measure(&lookup, deploy, pods, track_base, None).await;
-        crate::verification::judge_running(
+        crate::workload::verification::judge_running(
             &self.verdicts,
             &lookup,
             config.verify.as_ref(),
@@ -637,8 +637,8 @@ fn add_rebuilds(rows: &mut [Row], rebuilds: &[Arc<Rebuild>], deployments: &[Cach
 /// per container that could not be measured at all.
 fn rows_of(
     deploy: &CachedWorkload,
-    config: &crate::assess::Configuration,
-    measurement: crate::assess::Measurement,
+    config: &crate::workload::assess::Configuration,
+    measurement: crate::workload::assess::Measurement,
     secret_problems: &[String],
     now: DateTime<Utc>,
 ) -> Vec<Row> {

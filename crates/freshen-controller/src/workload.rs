@@ -9,13 +9,19 @@
 //! finds news) -> record (for metrics and policy status) -> requeue at the
 //! next moment a limit will be crossed or a hold ends, or the poll interval.
 
+pub mod assess;
+pub mod planner;
+pub mod tags;
+pub mod verification;
+pub mod watch;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use freshen_api::refresh::is_canary;
 use freshen_core::kind::{Kind, measured_by_owner};
 
-use crate::tags::Origin;
+use crate::workload::tags::Origin;
 use chrono::{DateTime, Utc};
 use freshen_core::event::EventReason;
 use freshen_core::findings::{self, Findings};
@@ -28,18 +34,18 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::ObjectRef;
 use tracing::{instrument, warn};
 
-use crate::assess::{
+use crate::error::Error;
+use crate::rebuild;
+use crate::runtime::cached::{CachedPod, CachedWorkload};
+use crate::runtime::context::Context;
+use crate::runtime::objects::workload_ref;
+use crate::runtime::records::{WorkloadKey, WorkloadRecord};
+use crate::workload::assess::{
     Accounts, Configuration, Lookup, Measurement, Problem, configure, measure, node_platform,
     platform_of, pull_credentials,
 };
-use crate::cached::{CachedPod, CachedWorkload};
-use crate::context::Context;
-use crate::deployment::workload_ref;
-use crate::error::Error;
-use crate::planner::{self, Outcome};
-use crate::rebuild;
-use crate::records::{WorkloadKey, WorkloadRecord};
 use freshen_registry::{Keychain, Platform};
+use planner::Outcome;
 
 /// How soon a workload reconciled while pods or namespaces are still
 /// listing looks again.
@@ -107,8 +113,13 @@ pub async fn reconcile(deploy: Arc<CachedWorkload>, ctx: Arc<Context>) -> Result
     )
     .await;
     let verify = config.verify.as_ref();
-    crate::verification::judge_running(&ctx.verdicts, &lookup, verify, &mut measurement.containers)
-        .await;
+    crate::workload::verification::judge_running(
+        &ctx.verdicts,
+        &lookup,
+        verify,
+        &mut measurement.containers,
+    )
+    .await;
     let registry_error = report_problems(&ctx, &deploy, &measurement).await;
     let judgement = judge(&ctx, &config, &measurement, now);
     let rebuilds = rebuild::request(&ctx, &deploy, &config, (&measurement, &judgement)).await;
@@ -375,7 +386,7 @@ pub fn pod_facts(pod: &CachedPod) -> PodFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::deployment::{POD_TEMPLATE_HASH, owning_workload};
+    use crate::runtime::objects::{POD_TEMPLATE_HASH, owning_workload};
     use freshen_core::kind::Kind;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
     use std::collections::BTreeMap;

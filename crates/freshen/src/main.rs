@@ -206,7 +206,7 @@ impl NotifyArgs {
             .as_deref()
             .map(read)
             .transpose()?
-            .map(|s| freshen_controller::webhook::signing_key(&s));
+            .map(|s| freshen_controller::rebuild::webhook::signing_key(&s));
         if token.is_none() && signing_key.is_none() {
             anyhow::bail!(
                 "--notify-addr needs --notify-token-file or --notify-signing-secret-file: \
@@ -244,7 +244,10 @@ struct LeaderArgs {
 }
 
 impl LeaderArgs {
-    fn config(&self, namespace: Option<&str>) -> Option<freshen_controller::leader::LeaderConfig> {
+    fn config(
+        &self,
+        namespace: Option<&str>,
+    ) -> Option<freshen_controller::runtime::leader::LeaderConfig> {
         if !self.leader_elect {
             return None;
         }
@@ -269,7 +272,7 @@ impl LeaderArgs {
             format!("{host}-{}-{nanos:08x}", std::process::id())
         });
         Some(
-            freshen_controller::leader::LeaderConfig::with_lease_duration(
+            freshen_controller::runtime::leader::LeaderConfig::with_lease_duration(
                 lease_namespace,
                 self.leader_elect_lease_name.clone(),
                 identity,
@@ -561,7 +564,7 @@ async fn client() -> anyhow::Result<kube::Client> {
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Every request the operator sends is counted (freshen_api_requests_total).
-    let api_requests = freshen_controller::api_requests::ApiRequests::new()?;
+    let api_requests = freshen_controller::runtime::api_requests::ApiRequests::new()?;
     let counted = api_requests
         .client(kube::Config::infer().await.context(NO_CLUSTER)?)
         .context("a Kubernetes client")?;
@@ -584,7 +587,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             max_concurrent_refreshes: args.max_concurrent_refreshes,
             max_concurrent_refreshes_per_namespace: args.max_concurrent_refreshes_per_namespace,
             max_analysis_time: args.max_analysis_time,
-            tags: freshen_controller::tags::TagSettings {
+            tags: freshen_controller::workload::tags::TagSettings {
                 limits: freshen_core::tag_budget::TagLimits {
                     total: args.max_tag_records,
                     per_namespace: args.max_tag_records_per_namespace,

@@ -14,9 +14,9 @@ use serde_json::{Value, json};
 use tracing::info;
 
 use super::{REBUILD_LABEL, Runner};
-use crate::context::Context;
-use crate::deployment::FIELD_MANAGER;
 use crate::error::Error;
+use crate::runtime::context::Context;
+use crate::runtime::objects::FIELD_MANAGER;
 
 /// How often a running PipelineRun is read.
 pub const POLL: Duration = Duration::from_secs(10);

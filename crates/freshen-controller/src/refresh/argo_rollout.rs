@@ -21,10 +21,10 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use super::{Mechanics, Sight, pod_health, runs_target};
-use crate::cached::CachedWorkload;
-use crate::context::Context;
-use crate::deployment::FIELD_MANAGER;
 use crate::error::Error;
+use crate::runtime::cached::CachedWorkload;
+use crate::runtime::context::Context;
+use crate::runtime::objects::FIELD_MANAGER;
 
 /// The mechanics of Argo Rollouts.
 pub struct Rollouts;

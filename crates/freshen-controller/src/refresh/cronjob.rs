@@ -22,10 +22,10 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{CanaryHolder, Mechanics, Sight, canary_holder, runs_target};
-use crate::cached::{CachedPod, CachedWorkload};
-use crate::context::Context;
-use crate::deployment::{FIELD_MANAGER, template_fingerprint, workload_ref};
 use crate::error::Error;
+use crate::runtime::cached::{CachedPod, CachedWorkload};
+use crate::runtime::context::Context;
+use crate::runtime::objects::{FIELD_MANAGER, template_fingerprint, workload_ref};
 
 /// The mechanics of CronJobs.
 pub struct CronJobs;

@@ -26,9 +26,9 @@ use serde_json::{Value, json};
 
 use super::in_place::{CanaryHold, delete_broken_pods, hold_of, patch_guarded, template_applied};
 use super::{Mechanics, Sight, pod_health, runs_target};
-use crate::cached::{CachedPod, CachedWorkload};
-use crate::context::Context;
 use crate::error::Error;
+use crate::runtime::cached::{CachedPod, CachedWorkload};
+use crate::runtime::context::Context;
 
 /// The mechanics of DaemonSets.
 pub struct DaemonSets;

@@ -20,10 +20,10 @@ use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
 use super::{Mechanics, Sight, pod_health, runs_target};
-use crate::cached::{CachedPod, CachedWorkload};
-use crate::context::Context;
-use crate::deployment::{FIELD_MANAGER, deployment_ref, template_fingerprint};
 use crate::error::Error;
+use crate::runtime::cached::{CachedPod, CachedWorkload};
+use crate::runtime::context::Context;
+use crate::runtime::objects::{FIELD_MANAGER, deployment_ref, template_fingerprint};
 
 /// The mechanics of Deployments.
 pub struct Deployments;

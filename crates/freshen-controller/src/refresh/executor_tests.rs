@@ -15,7 +15,7 @@ use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use http::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::Deployment;
 
-use crate::cached::CachedWorkload;
+use crate::runtime::cached::CachedWorkload;
 use freshen_core::kind::Kind;
 use kube::Client;
 use kube::client::Body;
@@ -25,9 +25,9 @@ use kube::runtime::watcher;
 use serde_json::{Value, json};
 
 use super::reconcile;
-use crate::context::{Context, ControllerConfig};
-use crate::metrics::Metrics;
-use crate::records::WorkloadRecords;
+use crate::runtime::context::{Context, ControllerConfig};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::records::WorkloadRecords;
 
 /// One request the API server received.
 #[derive(Debug, Clone)]
@@ -154,7 +154,7 @@ const DIGEST: &str = "sha256:222222222222222222222222222222222222222222222222222
 
 /// A Refresh of `web`'s `app` owned by the workload, in `progress`.
 fn refresh(progress: Progress) -> Refresh {
-    let fingerprint = crate::deployment::template_fingerprint(&cached(), "app");
+    let fingerprint = crate::runtime::objects::template_fingerprint(&cached(), "app");
     serde_json::from_value(json!({
         "apiVersion": "freshen.dev/v1alpha1",
         "kind": "Refresh",
@@ -216,14 +216,14 @@ fn context(
         metrics,
         records,
         workloads: {
-            let mut workloads = crate::context::Workloads::default();
+            let mut workloads = crate::runtime::context::Workloads::default();
             workloads.insert(Kind::Deployment, deploy_store.clone());
             workloads
         },
         deployments: deploy_store,
         pods: reflector::store().0,
-        pod_index: crate::pod_index::PodIndex::default(),
-        job_index: crate::pod_index::JobIndex::default(),
+        pod_index: crate::runtime::pod_index::PodIndex::default(),
+        job_index: crate::runtime::pod_index::JobIndex::default(),
         service_accounts: reflector::store().0,
         nodes: reflector::store().0,
         namespaces: reflector::store().0,
@@ -232,16 +232,19 @@ fn context(
         refreshes: reflector::store().0,
         rebuilds: reflector::store().0,
         jobs: reflector::store().0,
-        tags: Arc::new(crate::tags::TagClock::in_memory()),
-        verdicts: crate::verification::Verdicts::new(verdicts_client, "freshen-system".into()),
-        webhooks: crate::webhook::WebhookClient::new(&[], Default::default(), Vec::new())
+        tags: Arc::new(crate::workload::tags::TagClock::in_memory()),
+        verdicts: crate::workload::verification::Verdicts::new(
+            verdicts_client,
+            "freshen-system".into(),
+        ),
+        webhooks: crate::rebuild::webhook::WebhookClient::new(&[], Default::default(), Vec::new())
             .unwrap_or_else(|e| panic!("{e}")),
         readiness: crate::Readiness::default(),
         prometheus: None,
-        workload_trigger: crate::context::WorkloadTriggers::default(),
+        workload_trigger: crate::runtime::context::WorkloadTriggers::default(),
         rebuild_trigger,
-        failures: crate::failures::Failures::default(),
-        planning: tokio::sync::Mutex::new(crate::ledger::Ledger::default()),
+        failures: crate::runtime::failures::Failures::default(),
+        planning: tokio::sync::Mutex::new(crate::runtime::ledger::Ledger::default()),
         config: ControllerConfig {
             poll_interval: Duration::from_secs(60),
             error_requeue: Duration::from_secs(30),
@@ -249,7 +252,7 @@ fn context(
             max_concurrent_refreshes: 10,
             max_concurrent_refreshes_per_namespace: 3,
             max_analysis_time: std::time::Duration::from_secs(6 * 3600),
-            tags: crate::tags::TagSettings::default(),
+            tags: crate::workload::tags::TagSettings::default(),
             workload_kinds: Kind::ALL.to_vec(),
             refresh_history: 5,
             rebuild_history: 5,

@@ -13,10 +13,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::{pod_health, runs_target};
-use crate::cached::CachedWorkload;
-use crate::context::Context;
-use crate::deployment::FIELD_MANAGER;
 use crate::error::Error;
+use crate::runtime::cached::CachedWorkload;
+use crate::runtime::context::Context;
+use crate::runtime::objects::FIELD_MANAGER;
 
 /// What [`CANARY_HOLD`] records: whose canary runs, and what to put back
 /// when it ends.

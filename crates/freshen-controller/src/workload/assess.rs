@@ -28,9 +28,9 @@ use kube::{Api, Client, ResourceExt};
 use tokio::time::Instant;
 use tracing::debug;
 
-use crate::cached::CachedWorkload;
-use crate::records::{ContainerRecord, PolicyBinding, WorkloadRecord};
-use crate::tags::{Origin, TagClock};
+use crate::runtime::cached::CachedWorkload;
+use crate::runtime::records::{ContainerRecord, PolicyBinding, WorkloadRecord};
+use crate::workload::tags::{Origin, TagClock};
 
 const PINNED_POLICY_FORM: &str = "the name of an existing, valid RefreshPolicy in the \
                                   workload's namespace, or of a ClusterRefreshPolicy whose \

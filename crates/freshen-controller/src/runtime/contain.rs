@@ -21,8 +21,8 @@ use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 use tracing::{error, warn};
 
-use crate::context::Context;
 use crate::error::Error;
+use crate::runtime::context::Context;
 
 /// An object a controller reconciles, which knows its own dynamic type
 /// (a workload its kind; every other type `()`).
@@ -44,10 +44,10 @@ reconciled_static!(
     freshen_api::Rebuild,
     freshen_api::RefreshPolicy,
     freshen_api::ClusterRefreshPolicy,
-    crate::cached::CachedPod
+    crate::runtime::cached::CachedPod
 );
 
-impl Reconciled for crate::cached::CachedWorkload {
+impl Reconciled for crate::runtime::cached::CachedWorkload {
     fn dynamic_type(&self) -> freshen_core::kind::Kind {
         self.kind
     }

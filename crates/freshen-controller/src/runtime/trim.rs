@@ -5,7 +5,7 @@
 //! arrives (`WatchStreamExt::modify`), before it reaches the store.
 //!
 //! Pods arrive already small: they are read into `CachedPod`
-//! ([`crate::cached`]), which has only the fields freshen reads; [`pod`]
+//! ([`crate::runtime::cached`]), which has only the fields freshen reads; [`pod`]
 //! drops the metadata and conditions it does not.
 //!
 //! Workloads arrive already small too: read into `CachedWorkload`,
@@ -18,7 +18,7 @@
 use k8s_openapi::api::core::v1::{Namespace, Node, NodeStatus, NodeSystemInfo, ServiceAccount};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::cached::{CachedPod, CachedWorkload};
+use crate::runtime::cached::{CachedPod, CachedWorkload};
 use freshen_core::kind::Kind;
 
 /// Annotations of other tools freshen reads: Argo CD's tracking id (which
@@ -138,7 +138,7 @@ mod tests {
         }))?;
         let before_facts = crate::workload::pod_facts(&p);
         let before_health = crate::refresh::pod_health(&p);
-        let before_owner = crate::deployment::owning_workload(&p);
+        let before_owner = crate::runtime::objects::owning_workload(&p);
         pod(&mut p);
         assert_eq!(
             format!("{:?}", crate::workload::pod_facts(&p)),
@@ -148,7 +148,7 @@ mod tests {
             format!("{:?}", crate::refresh::pod_health(&p)),
             format!("{before_health:?}")
         );
-        assert_eq!(crate::deployment::owning_workload(&p), before_owner);
+        assert_eq!(crate::runtime::objects::owning_workload(&p), before_owner);
         let value = serde_json::to_value(&p)?;
         assert_eq!(
             value["metadata"]["annotations"],
@@ -250,7 +250,7 @@ mod tests {
         for c in d.containers() {
             assert_eq!(
                 Some(c.fingerprint.clone()),
-                template.map(|t| crate::cached::fingerprint_of(t, &c.name))
+                template.map(|t| crate::runtime::cached::fingerprint_of(t, &c.name))
             );
         }
         let kept = d.template().cloned().unwrap_or_default();
@@ -278,7 +278,10 @@ mod tests {
     fn any_edit_of_the_whole_template_changes_the_cached_fingerprint()
     -> Result<(), serde_json::Error> {
         let fingerprint = |d: &serde_json::Value| -> Result<Option<String>, serde_json::Error> {
-            Ok(crate::deployment::template_fingerprint(&cached(d)?, "app"))
+            Ok(crate::runtime::objects::template_fingerprint(
+                &cached(d)?,
+                "app",
+            ))
         };
         let whole = whole_deployment();
         let before = fingerprint(&whole)?;
@@ -320,9 +323,9 @@ mod tests {
                 "images": [{"names": ["reg/app:1"], "sizeBytes": 1}],
             },
         }))?;
-        let before = crate::assess::node_platform(&n);
+        let before = crate::workload::assess::node_platform(&n);
         node(&mut n);
-        assert_eq!(crate::assess::node_platform(&n), before);
+        assert_eq!(crate::workload::assess::node_platform(&n), before);
         assert!(serde_json::to_value(&n)?["status"]["images"].is_null());
         Ok(())
     }

@@ -16,8 +16,8 @@ use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 
-use crate::cached::{CachedPod, CachedWorkload};
-use crate::deployment::{owning_workload, workload_ref};
+use crate::runtime::cached::{CachedPod, CachedWorkload};
+use crate::runtime::objects::{owning_workload, workload_ref};
 use freshen_core::kind::Kind;
 
 /// An object the index files under its owner.

@@ -23,7 +23,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
 use sha2::Digest as _;
 
-use crate::assess::Lookup;
+use crate::workload::assess::Lookup;
 
 /// Verdicts kept at most; past it they are all dropped.
 pub const MAX_VERDICTS: usize = 65_536;
@@ -324,7 +324,7 @@ pub async fn judge_running(
     verdicts: &Verdicts,
     lookup: &Lookup<'_>,
     requirement: Option<&Requirement>,
-    containers: &mut [crate::records::ContainerRecord],
+    containers: &mut [crate::runtime::records::ContainerRecord],
 ) {
     let Some(requirement) = requirement else {
         return;

@@ -22,13 +22,13 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info};
 
-use crate::assess::{Configuration, Lookup, template_containers};
-use crate::cached::CachedWorkload;
-use crate::context::Context;
-use crate::deployment::{FIELD_MANAGER, owned_by, template_fingerprint};
 use crate::error::Error;
-use crate::ledger::{Ledger, Underway};
-use crate::records::ContainerRecord;
+use crate::runtime::cached::CachedWorkload;
+use crate::runtime::context::Context;
+use crate::runtime::ledger::{Ledger, Underway};
+use crate::runtime::objects::{FIELD_MANAGER, owned_by, template_fingerprint};
+use crate::runtime::records::ContainerRecord;
+use crate::workload::assess::{Configuration, Lookup, template_containers};
 use freshen_api::refresh::GOVERNED_BY;
 use freshen_core::kind::Kind;
 
@@ -171,7 +171,7 @@ async fn verification(
                 &view.image,
                 &digest,
                 requirement,
-                crate::verification::RECHECK,
+                crate::workload::verification::RECHECK,
             )
             .await;
         verdicts.push((container, digest, judged));

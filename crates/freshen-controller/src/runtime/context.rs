@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cached::{CachedPod, CachedWorkload};
-use crate::deployment::{owning_workload, workload_ref};
+use crate::runtime::cached::{CachedPod, CachedWorkload};
+use crate::runtime::objects::{owning_workload, workload_ref};
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy};
 use freshen_core::kind::Kind;
 use freshen_core::policy::Limits;
@@ -17,8 +17,8 @@ use kube::Client;
 use kube::runtime::events::Recorder;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use crate::metrics::Metrics;
-use crate::records::WorkloadRecords;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::records::WorkloadRecords;
 
 /// Settings of the controllers.
 #[derive(Debug, Clone)]
@@ -39,7 +39,7 @@ pub struct ControllerConfig {
     /// (`--max-analysis-time`).
     pub max_analysis_time: Duration,
     /// How TagRecords are bounded and kept.
-    pub tags: crate::tags::TagSettings,
+    pub tags: crate::workload::tags::TagSettings,
     /// Finished Refreshes kept per workload.
     pub refresh_history: usize,
     /// Ended Rebuilds kept per image and pipeline (at least one).
@@ -74,9 +74,9 @@ pub struct Context {
     /// Every pod, from one shared watch.
     pub pods: Store<CachedPod>,
     /// The pods of each workload, from the same watch.
-    pub pod_index: crate::pod_index::PodIndex,
+    pub pod_index: crate::runtime::pod_index::PodIndex,
     /// The Jobs of each CronJob, from the Job workload watch.
-    pub job_index: crate::pod_index::JobIndex,
+    pub job_index: crate::runtime::pod_index::JobIndex,
     /// Every ServiceAccount, for the imagePullSecrets they add.
     pub service_accounts: Store<ServiceAccount>,
     /// Every node, for the platform a workload's pods run on.
@@ -94,15 +94,15 @@ pub struct Context {
     /// The Jobs of rebuild pipelines (labelled `freshen.dev/rebuild`).
     pub jobs: Store<Job>,
     /// Since when each tag has named its digest (TagRecords).
-    pub tags: Arc<crate::tags::TagClock>,
+    pub tags: Arc<crate::workload::tags::TagClock>,
     /// Signature verdicts already reached (`spec.verify`).
-    pub verdicts: crate::verification::Verdicts,
+    pub verdicts: crate::workload::verification::Verdicts,
     /// Delivers the webhooks of webhook pipelines.
-    pub webhooks: crate::webhook::WebhookClient,
+    pub webhooks: crate::rebuild::webhook::WebhookClient,
     /// Which watches have listed everything.
     pub readiness: crate::Readiness,
     /// Where canary metric queries go, when configured.
-    pub prometheus: Option<crate::promql::PrometheusClient>,
+    pub prometheus: Option<crate::runtime::promql::PrometheusClient>,
     /// Asks the workload controller of its kind to measure a workload
     /// again.
     pub workload_trigger: WorkloadTriggers,
@@ -111,10 +111,10 @@ pub struct Context {
     /// Publishes Kubernetes Events.
     pub recorder: Recorder,
     /// The last failure announced per object (one Event per failure).
-    pub failures: crate::failures::Failures,
+    pub failures: crate::runtime::failures::Failures,
     /// Serializes the planners' decide-and-create, with the Refreshes
     /// created but not yet in the cache, so limits hold under concurrency.
-    pub planning: tokio::sync::Mutex<crate::ledger::Ledger>,
+    pub planning: tokio::sync::Mutex<crate::runtime::ledger::Ledger>,
     /// Settings.
     pub config: ControllerConfig,
 }

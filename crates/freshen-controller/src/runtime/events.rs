@@ -9,9 +9,9 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 use tracing::warn;
 
-use crate::cached::CachedWorkload;
-use crate::context::Context;
 use crate::error::Error;
+use crate::runtime::cached::CachedWorkload;
+use crate::runtime::context::Context;
 
 /// An Event note the API server accepts: at most 1 KiB.
 pub(crate) fn truncate_note(mut note: String) -> String {

@@ -5,7 +5,7 @@
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
-use crate::cached::{CachedPod, CachedWorkload};
+use crate::runtime::cached::{CachedPod, CachedWorkload};
 use freshen_core::kind::{Kind, PodOwner, ROLLOUTS_POD_TEMPLATE_HASH, owner_of};
 
 use freshen_api::Refresh;
@@ -56,7 +56,7 @@ pub fn owned_by(refresh: &Refresh, workload: &CachedWorkload) -> bool {
 }
 
 /// The fingerprint of `deploy`'s pod template apart from what a refresh
-/// of `container` itself changes (see [`crate::cached::fingerprint_of`]), read when the
+/// of `container` itself changes (see [`crate::runtime::cached::fingerprint_of`]), read when the
 /// Deployment was; `None` when the template has no such container.
 pub fn template_fingerprint(deploy: &CachedWorkload, container: &str) -> Option<String> {
     deploy.container(container).map(|c| c.fingerprint.clone())

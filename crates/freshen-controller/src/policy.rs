@@ -25,10 +25,10 @@ use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, instrument};
 
-use crate::cached::{CachedPod, CachedWorkload};
-use crate::context::{Context, Workloads};
 use crate::error::Error;
-use crate::records::{PolicyStats, WorkloadRecords};
+use crate::runtime::cached::{CachedPod, CachedWorkload};
+use crate::runtime::context::{Context, Workloads};
+use crate::runtime::records::{PolicyStats, WorkloadRecords};
 
 /// What the policy controllers need of either kind of policy.
 pub trait Policy:

@@ -1,7 +1,7 @@
 //! The workload watches and controllers, one per kind: every kind runs the
 //! same reconcile ([`crate::workload::reconcile`]); what differs is the API
 //! it is read from (the [`Kind`] is the cached type's dynamic type) and
-//! how its pods are found ([`crate::context::Context::pods_of`]).
+//! how its pods are found ([`crate::runtime::context::Context::pods_of`]).
 //!
 //! Pods trigger the workload they belong to through one router
 //! ([`WorkloadTriggers`]): the one pod watch wakes a Deployment, a
@@ -18,12 +18,12 @@ use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, ResourceExt};
 use tracing::info;
 
-use crate::cached::{CachedPod, CachedWorkload};
-use crate::context::{Context, WorkloadTriggers};
-use crate::deployment::{owning_workload, workload_ref};
-use crate::pod_index::{JobIndex, Owned};
-use crate::records::{WorkloadKey, WorkloadRecords};
-use crate::{Synced, Watch, contain, trim};
+use crate::runtime::cached::{CachedPod, CachedWorkload};
+use crate::runtime::context::{Context, WorkloadTriggers};
+use crate::runtime::objects::{owning_workload, workload_ref};
+use crate::runtime::pod_index::{JobIndex, Owned};
+use crate::runtime::records::{WorkloadKey, WorkloadRecords};
+use crate::{Synced, Watch, runtime::contain, runtime::trim};
 use freshen_core::kind::{Kind, OWN_REPLICASETS};
 
 /// Workload reconciles in flight at once, per kind.
@@ -311,7 +311,7 @@ mod tests {
             name: name.into(),
             kind: Kind::Pod,
         };
-        let record = crate::records::WorkloadRecord {
+        let record = crate::runtime::records::WorkloadRecord {
             containers: Vec::new(),
             limits: freshen_core::policy::EffectiveLimits {
                 unknown_build_as_first_seen: false,
@@ -322,7 +322,7 @@ mod tests {
                     source: freshen_core::policy::Source::Default,
                 },
             },
-            binding: crate::records::PolicyBinding::default(),
+            binding: crate::runtime::records::PolicyBinding::default(),
             config_errors: Vec::new(),
             snoozed: false,
             findings: freshen_core::findings::Findings::default(),

@@ -20,7 +20,7 @@ use prometheus::{
 
 use freshen_core::rollout::{Phase, Progress};
 
-use crate::records::{ContainerRecord, WorkloadKey, WorkloadRecord, WorkloadRecords};
+use crate::runtime::records::{ContainerRecord, WorkloadKey, WorkloadRecord, WorkloadRecords};
 
 /// One per-container family: name, help, and how its value is read.
 struct Family {
@@ -533,7 +533,7 @@ impl Metrics {
     /// Exports the count of the API client's requests.
     pub fn register_api_requests(
         &self,
-        api_requests: &crate::api_requests::ApiRequests,
+        api_requests: &crate::runtime::api_requests::ApiRequests,
     ) -> prometheus::Result<()> {
         api_requests.register(&self.registry)
     }
@@ -625,7 +625,7 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{ContainerRecord, PolicyBinding, WorkloadKey, WorkloadRecord};
+    use crate::runtime::records::{ContainerRecord, PolicyBinding, WorkloadKey, WorkloadRecord};
     use chrono::{DateTime, TimeDelta};
     use freshen_core::policy::{EffectiveLimits, Source, Sourced};
     use std::time::Duration;

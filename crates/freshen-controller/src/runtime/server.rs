@@ -11,8 +11,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::Readiness;
-use crate::metrics::Metrics;
-use crate::metrics_auth::{MetricsAuth, Verdict};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::metrics_auth::{MetricsAuth, Verdict};
 
 /// State the endpoints read.
 #[derive(Clone)]

@@ -23,8 +23,8 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::deployment::FIELD_MANAGER;
-use crate::metrics::Metrics;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::objects::FIELD_MANAGER;
 
 /// Tags answered from memory (written but not yet seen by the watch, or
 /// refused a record), at most: past it they are forgotten and start anew.
