@@ -31,32 +31,28 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::runtime::cached::CachedPod;
 use freshen_api::{ClusterRefreshPolicy, Rebuild, Refresh, RefreshPolicy, TagRecord};
 use freshen_core::kind::Kind;
 use freshen_registry::{RegistryClient, RegistryConfig, RegistryMetrics};
 use futures::channel::mpsc;
-use futures::{FutureExt, Stream, StreamExt, TryStreamExt};
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Namespace, Node, ServiceAccount};
+use futures::{Stream, StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{Node, ServiceAccount};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
-use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::info;
 
-use rebuild::webhook;
 use runtime::{
-    api_requests, contain, context, failures, leader, ledger, metrics, metrics_auth, pod_index,
-    promql, records, server, trim,
+    api_requests, context, failures, leader, ledger, metrics, metrics_auth, promql, records,
+    server, trim,
 };
-use workload::{tags, verification, watch as workloads};
+use workload::{tags, verification};
 
 pub use context::{Context, ControllerConfig};
 pub use error::Error;
 use metrics::Metrics;
-use policy::Policy;
 use promql::PrometheusClient;
 use records::{PolicyNotifier, WorkloadRecords};
 
@@ -124,6 +120,22 @@ pub enum Watch {
     Jobs,
     /// The TagRecords in freshen's namespace.
     TagRecords,
+}
+
+impl Watch {
+    /// The readiness name of `kind`'s watch.
+    pub fn of_kind(kind: Kind) -> Self {
+        match kind {
+            Kind::Deployment => Self::Deployments,
+            Kind::StatefulSet => Self::StatefulSets,
+            Kind::DaemonSet => Self::DaemonSets,
+            Kind::CronJob => Self::CronJobs,
+            Kind::Job => Self::WorkloadJobs,
+            Kind::ReplicaSet => Self::ReplicaSets,
+            Kind::Rollout => Self::Rollouts,
+            Kind::Pod => Self::Pods,
+        }
+    }
 }
 
 /// A watch and whether it has completed its first list.
@@ -219,7 +231,7 @@ where
 
 /// A watch of `api` cached into `writer`, with managed fields dropped to
 /// save memory, that sets `synced` after its first complete list.
-fn reflected<K>(
+pub(crate) fn reflected<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
@@ -235,7 +247,7 @@ where
 
 /// [`reflected`], keeping of each object only what `trim` leaves
 /// ([`trim`]): the store holds no more than freshen reads.
-fn reflected_trimmed<K>(
+pub(crate) fn reflected_trimmed<K>(
     api: Api<K>,
     config: watcher::Config,
     writer: reflector::store::Writer<K>,
@@ -277,27 +289,24 @@ async fn probe_api(client: Client, health: leader::ApiHealth) {
 
 /// Drops a controller's results: failures are logged, counted and
 /// announced by [`contain`].
-async fn log_failure<T, E>(_result: Result<T, E>) {}
+pub(crate) async fn log_failure<T, E>(_result: Result<T, E>) {}
 
-/// A policy watch: reflected, and on deletion the workloads the policy
-/// could have governed are measured again (a deleted object is never
-/// reconciled, so nobody else would tell them).
-fn policy_watch<P: Policy>(
-    api: Api<P>,
-    writer: reflector::store::Writer<P>,
-    synced: Synced,
-    (workloads, pods): (context::Workloads, Store<CachedPod>),
-    workload_trigger: context::WorkloadTriggers,
-) -> impl Stream<Item = Result<P, watcher::Error>> + Send + 'static {
-    reflected(api, watcher::Config::default(), writer, synced)
-        .inspect_ok(move |event| {
-            if let watcher::Event::Delete(policy) = event {
-                for workload in policy.scope(&workloads, &pods) {
-                    workload_trigger.send(workload);
-                }
-            }
-        })
-        .applied_objects()
+/// A controller whose watches are registered, started once the shared
+/// [`Context`] exists.
+pub type Start = Box<dyn FnOnce(Arc<Context>) -> futures::future::BoxFuture<'static, ()> + Send>;
+
+/// What a controller registers its watches with: the client, the
+/// namespace watched (all when `None`), the readiness flags its watches
+/// set, and the metrics.
+pub struct Wiring<'a> {
+    /// The Kubernetes client.
+    pub client: &'a Client,
+    /// `--namespace`.
+    pub namespace: Option<&'a str>,
+    /// Which watches have listed everything.
+    pub readiness: &'a Readiness,
+    /// The operator's metrics.
+    pub metrics: &'a Arc<Metrics>,
 }
 
 /// Why the operator stopped.
@@ -382,8 +391,6 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     .await?;
     let (policy_tx, policy_rx) = mpsc::unbounded();
     let (cluster_policy_tx, cluster_policy_rx) = mpsc::unbounded();
-    let (refresh_tx, refresh_rx) = mpsc::unbounded();
-    let (rebuild_tx, rebuild_rx) = mpsc::unbounded();
     let prometheus = config
         .prometheus_url
         .as_deref()
@@ -437,235 +444,56 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     }
 
     let namespace = config.namespace.as_deref();
-    let (pods, policies): (Api<CachedPod>, Api<RefreshPolicy>) =
-        (scoped(&client, namespace), scoped(&client, namespace));
-    let namespace_watch = match &config.namespace {
-        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
-        None => watcher::Config::default(),
+    let wiring = Wiring {
+        client: &client,
+        namespace,
+        readiness: &readiness,
+        metrics: &metrics,
     };
-
-    // Refreshes: reconciled by the Refresh controller, read by the workload
-    // controller (active ones hold further refreshes of a workload).
-    let (refresh_store, refresh_writer) = reflector::store();
-    let refresh_trigger = {
-        let store = refresh_store.clone();
-        let metrics = Arc::clone(&metrics);
-        reflected(
-            scoped::<Refresh>(&client, namespace),
-            watcher::Config::default(),
-            refresh_writer,
-            readiness.watch(Watch::Refreshes),
-        )
-        .inspect_ok(move |_| metrics.count_active(store.state().iter().map(|r| r.progress().phase)))
-        .applied_objects()
-    };
-
-    // Rebuilds: run by the rebuild controller, read by the workload
-    // controller (one per image and cause). Their Jobs wake them.
-    let (rebuild_store, rebuild_writer) = reflector::store();
-    let rebuild_trigger = {
-        let store = rebuild_store.clone();
-        let metrics = Arc::clone(&metrics);
-        reflected(
-            scoped::<Rebuild>(&client, namespace),
-            watcher::Config::default(),
-            rebuild_writer,
-            readiness.watch(Watch::Rebuilds),
-        )
-        .inspect_ok(move |_| {
-            metrics.rebuilds.count_active(
-                store
-                    .state()
-                    .iter()
-                    .map(|r| (r.spec.kind, r.progress().phase)),
-            )
-        })
-        .applied_objects()
-    };
-    // Jobs are watched only where Job pipelines run: without them the
-    // installation may lack the right to.
-    let (job_store, job_writer) = reflector::store();
-    let job_trigger = if config
-        .controller
-        .pipeline_kinds
-        .contains(&freshen_api::pipeline::PipelineKind::Job)
-    {
-        reflected(
-            scoped::<Job>(&client, namespace),
-            watcher::Config::default().labels(rebuild::REBUILD_LABEL),
-            job_writer,
-            readiness.watch(Watch::Jobs),
-        )
-        .touched_objects()
-        .left_stream()
-    } else {
-        futures::stream::pending().right_stream()
-    };
-
-    // Since when each tag has named its digest: freshen's own records, in
-    // its own namespace, whatever namespace it watches.
-    let (tag_store, tag_writer) = reflector::store();
-    let tag_watch = reflected(
-        Api::<TagRecord>::namespaced(client.clone(), &config.controller.rebuild_namespace),
-        watcher::Config::default(),
-        tag_writer,
-        readiness.watch(Watch::TagRecords),
+    // Every controller registers the watches that trigger it and the
+    // caches it shares; the workload watches wake Refreshes, the policy
+    // watches wake workloads.
+    let refreshes = refresh::register(&wiring);
+    let rebuilds = rebuild::register(&wiring, &config.controller.pipeline_kinds);
+    let workloads = workload::watch::register(
+        &wiring,
+        &config.controller.workload_kinds,
+        &records,
+        (&refreshes.store, &refreshes.wake),
     )
-    .for_each(|_| futures::future::ready(()));
-    tokio::spawn(tag_watch);
+    .await?;
+    let scope = (workloads.stores.clone(), workloads.pods.clone());
+    let policies = policy::register(
+        scoped::<RefreshPolicy>(&client, namespace),
+        &wiring,
+        scope.clone(),
+        workloads.triggers.clone(),
+        policy_rx,
+    );
+    let cluster_policies = policy::register(
+        Api::<ClusterRefreshPolicy>::all(client.clone()),
+        &wiring,
+        scope,
+        workloads.triggers.clone(),
+        cluster_policy_rx,
+    );
+    let caches = SharedCaches::watch(&wiring, &config.controller.rebuild_namespace);
     let tags = tags::TagClock::recorded(
-        tag_store,
+        caches.tags,
         config.controller.rebuild_namespace.clone(),
         client.clone(),
         Arc::clone(&metrics),
         config.controller.tags,
     );
-
-    // One watch per workload kind, each with its own controller; the
-    // pods, namespaces and policies wake them through one router.
-    let mut triggers = context::WorkloadTriggers::default();
-    let mut workload_stores = context::Workloads::default();
-    let mut kind_watches = Vec::new();
-    let job_index = pod_index::JobIndex::default();
-    for &kind in &config.controller.workload_kinds {
-        if kind == Kind::Pod || !workloads::served(&client, kind).await {
-            continue;
-        }
-        let mut watch = workloads::watch(
-            &client,
-            namespace,
-            kind,
-            Arc::clone(&records),
-            readiness.watch(workloads::watch_of(kind)),
-            job_index.clone(),
-        );
-        if kind.refreshed() {
-            // A workload's change (a canary Deployment's too) wakes its
-            // Refresh.
-            watch.changed = watch
-                .changed
-                .inspect_ok(wake_refresh(
-                    &refresh_store,
-                    &refresh_tx,
-                    refresh::of_workload,
-                ))
-                .boxed();
-        }
-        let (tx, rx) = mpsc::unbounded();
-        triggers.insert(kind, tx);
-        workload_stores.insert(kind, watch.store.clone());
-        kind_watches.push((watch, rx));
-    }
-    let deploy_store = workload_stores
+    let deploy_store = workloads
+        .stores
         .store(Kind::Deployment)
         .cloned()
         .ok_or(RunError::DeploymentsNotWatched)?;
-    let (pod_tx, pod_rx) = mpsc::unbounded();
-    if config.controller.workload_kinds.contains(&Kind::Pod) {
-        triggers.pods(pod_tx);
-    }
-
-    // One watch of all pods serves as the cache reconciles read from and
-    // wakes the workload each pod belongs to; a pod of a canary or of a
-    // workload under refresh also wakes its Refresh.
-    let (pod_store, pod_writer) = reflector::store();
-    let pod_index = pod_index::PodIndex::default();
-    let pod_watch = reflected_trimmed(
-        pods,
-        watcher::Config::default(),
-        pod_writer,
-        readiness.watch(Watch::Pods),
-        trim::pod,
-    )
-    .inspect_ok({
-        let index = pod_index.clone();
-        move |event| index.apply(event)
-    })
-    .inspect_ok(workloads::sweep_bare_pods(
-        Arc::clone(&records),
-        pod_store.clone(),
-    ))
-    .touched_objects()
-    .inspect_ok(wake_refresh(&refresh_store, &refresh_tx, refresh::of_pod))
-    .inspect_ok(workloads::wake_owner(
-        triggers.clone(),
-        workload_stores.store(Kind::Job).cloned(),
-    ));
-    tokio::spawn(workloads::drive(pod_watch));
-
-    // Namespace labels decide which ClusterRefreshPolicies apply; a change
-    // re-measures the namespace's workloads.
-    let (namespace_store, namespace_writer) = reflector::store();
-    let namespace_trigger = reflected_trimmed(
-        Api::<Namespace>::all(client.clone()),
-        namespace_watch,
-        namespace_writer,
-        readiness.watch(Watch::Namespaces),
-        trim::namespace,
-    )
-    .applied_objects()
-    .inspect_ok({
-        let (workloads, pods, triggers) =
-            (workload_stores.clone(), pod_store.clone(), triggers.clone());
-        move |ns| {
-            for workload in workloads.refs(&pods, Some(&ns.name_any())) {
-                triggers.send(workload);
-            }
-        }
-    });
-    tokio::spawn(workloads::drive(namespace_trigger));
-
-    // Nodes, for the platform a workload runs on. Only nodeInfo and labels
-    // are read: image lists (the bulk of a Node) are dropped before caching.
-    // The watch triggers nothing; a spawned task drives it.
-    let (node_store, node_writer) = reflector::store();
-    let nodes_synced = readiness.watch(Watch::Nodes);
-    let node_watch = watcher(Api::<Node>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .modify(trim::node)
-        .reflect(node_writer)
-        .for_each(move |event| {
-            if matches!(event, Ok(watcher::Event::InitDone)) {
-                nodes_synced.done();
-            }
-            futures::future::ready(())
-        });
-    tokio::spawn(node_watch);
-
-    // ServiceAccounts, for the imagePullSecrets they add to their pods;
-    // cached so that a reconcile costs no request for them.
-    let (account_store, account_writer) = reflector::store();
-    let accounts_api: Api<ServiceAccount> = scoped(&client, config.namespace.as_deref());
-    let account_watch = reflected_trimmed(
-        accounts_api,
-        watcher::Config::default(),
-        account_writer,
-        readiness.watch(Watch::ServiceAccounts),
-        trim::service_account,
-    )
-    .for_each(|_| futures::future::ready(()));
-    tokio::spawn(account_watch);
-
-    let (policy_store, policy_writer) = reflector::store();
-    let policy_trigger = policy_watch(
-        policies,
-        policy_writer,
-        readiness.watch(Watch::RefreshPolicies),
-        (workload_stores.clone(), pod_store.clone()),
-        triggers.clone(),
-    );
-    let (cluster_policy_store, cluster_policy_writer) = reflector::store();
-    let cluster_policy_trigger = policy_watch(
-        Api::<ClusterRefreshPolicy>::all(client.clone()),
-        cluster_policy_writer,
-        readiness.watch(Watch::ClusterRefreshPolicies),
-        (workload_stores.clone(), pod_store.clone()),
-        triggers.clone(),
-    );
 
     // Webhook receivers are reached like registries: the same CAs, the
     // same allow and deny lists, plain HTTP only to the hosts listed.
-    let webhooks = webhook::WebhookClient::new(
+    let webhooks = rebuild::webhook::WebhookClient::new(
         &config.registry.extra_root_certificates,
         config.registry.reach.clone(),
         config.registry.plain_http.clone(),
@@ -685,94 +513,40 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
                 instance: std::env::var("POD_NAME").ok(),
             },
         ),
-        client,
+        client: client.clone(),
         registry: RegistryClient::new(config.registry, registry_metrics),
         metrics: Arc::clone(&metrics),
         records,
         deployments: deploy_store,
-        workloads: workload_stores,
-        pods: pod_store.clone(),
-        pod_index,
-        job_index,
-        service_accounts: account_store,
-        nodes: node_store,
-        namespaces: namespace_store,
-        policies: policy_store.clone(),
-        cluster_policies: cluster_policy_store.clone(),
-        refreshes: refresh_store.clone(),
-        rebuilds: rebuild_store.clone(),
-        jobs: job_store,
+        workloads: workloads.stores,
+        pods: workloads.pods,
+        pod_index: workloads.pod_index,
+        job_index: workloads.job_index,
+        service_accounts: caches.service_accounts,
+        nodes: caches.nodes,
+        namespaces: workloads.namespaces,
+        policies: policies.store,
+        cluster_policies: cluster_policies.store,
+        refreshes: refreshes.store,
+        rebuilds: rebuilds.store,
+        jobs: rebuilds.jobs,
         prometheus,
         readiness: readiness.clone(),
-        workload_trigger: triggers,
-        rebuild_trigger: rebuild_tx,
+        workload_trigger: workloads.triggers,
+        rebuild_trigger: rebuilds.wake,
         planning: tokio::sync::Mutex::new(ledger::Ledger::default()),
         failures: failures::Failures::default(),
         config: config.controller,
     });
-
-    // Reconciles in flight at once are bounded (per kind): each takes a
-    // few milliseconds, and thousands at once (the first assessment) only
-    // raise the peak memory the allocator then keeps.
-    let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = kind_watches
-        .into_iter()
-        .map(|(watch, rx)| workloads::run_kind(watch, rx, Arc::clone(&ctx)).boxed())
-        .collect();
-    controllers.push(workloads::run_pods(pod_store, pod_rx, Arc::clone(&ctx)).boxed());
-    let workloads = futures::future::join_all(controllers);
-    // A workload judged before the policies are listed would look ungoverned
-    // and be dropped until its next change; so workloads start once the
-    // caches a judgement reads have listed. Namespaces and pods are the
-    // workload controller's own triggers, so it cannot wait for them here;
-    // its reconcile waits for them instead (`workload::reconcile`).
-    let workloads = {
-        let readiness = readiness.clone();
-        async move {
-            readiness
-                .wait_for(&[
-                    Watch::RefreshPolicies,
-                    Watch::ClusterRefreshPolicies,
-                    Watch::ServiceAccounts,
-                    Watch::Nodes,
-                    Watch::Refreshes,
-                    Watch::Rebuilds,
-                    Watch::TagRecords,
-                ])
-                .await;
-            workloads.await;
-        }
-    };
-    let policies = Controller::for_stream(policy_trigger, policy_store)
-        .reconcile_on(policy_rx)
-        .shutdown_on_signal()
-        .run(
-            contain::contained(policy::reconcile::<RefreshPolicy>),
-            contain::error_policy,
-            Arc::clone(&ctx),
-        )
-        .for_each(log_failure);
-    // A Refresh stepped before the Deployments and pods are listed would
-    // see its workload as deleted: its reconcile waits for them (the
-    // controller itself must run, to drive the Refresh watch).
-    let refreshes = Controller::for_stream(refresh_trigger, refresh_store)
-        .reconcile_on(refresh_rx)
-        .shutdown_on_signal()
-        .run(
-            contain::contained(refresh::reconcile),
-            contain::error_policy,
-            Arc::clone(&ctx),
-        )
-        .for_each(log_failure);
-    let rebuilds = Controller::for_stream(rebuild_trigger, rebuild_store)
-        .watches_stream(job_trigger, |job| rebuild::of_job(&job))
-        .reconcile_on(rebuild_rx)
-        .shutdown_on_signal()
-        .run(
-            contain::contained(rebuild::reconcile),
-            contain::error_policy,
-            Arc::clone(&ctx),
-        )
-        .for_each(log_failure);
+    let controllers: [Start; 5] = [
+        workloads.start,
+        policies.start,
+        cluster_policies.start,
+        refreshes.start,
+        rebuilds.start,
+    ];
+    let running =
+        futures::future::join_all(controllers.into_iter().map(|start| start(Arc::clone(&ctx))));
     // Served by the leader only: a standby's port is closed, so a registry
     // retries and reaches whichever replica leads.
     let notifications = {
@@ -784,15 +558,6 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
             }
         }
     };
-    let cluster_policies = Controller::for_stream(cluster_policy_trigger, cluster_policy_store)
-        .reconcile_on(cluster_policy_rx)
-        .shutdown_on_signal()
-        .run(
-            contain::contained(policy::reconcile::<ClusterRefreshPolicy>),
-            contain::error_policy,
-            ctx,
-        )
-        .for_each(log_failure);
 
     info!("freshen controllers started");
     // Set after every watch is registered with `readiness`: once this reads
@@ -805,7 +570,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         }
     };
     tokio::select! {
-        _ = futures::future::join5(workloads, policies, cluster_policies, refreshes, rebuilds) => {
+        _ = running => {
             info!("controllers stopped");
         }
         served = &mut server => served?,
@@ -818,9 +583,71 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The caches no controller is triggered by: tag records, nodes,
+/// ServiceAccounts. Each watch is driven by a task of its own.
+struct SharedCaches {
+    /// Since when each tag has named its digest: freshen's own records, in
+    /// its own namespace, whatever namespace it watches.
+    tags: Store<TagRecord>,
+    /// Nodes, for the platform a workload runs on. Only nodeInfo and
+    /// labels are kept: image lists (the bulk of a Node) are dropped.
+    nodes: Store<Node>,
+    /// ServiceAccounts, for the imagePullSecrets they add to their pods:
+    /// cached so that a reconcile costs no request for them.
+    service_accounts: Store<ServiceAccount>,
+}
+
+impl SharedCaches {
+    fn watch(w: &Wiring<'_>, own_namespace: &str) -> Self {
+        let (tags, tag_writer) = reflector::store();
+        tokio::spawn(
+            reflected(
+                Api::<TagRecord>::namespaced(w.client.clone(), own_namespace),
+                watcher::Config::default(),
+                tag_writer,
+                w.readiness.watch(Watch::TagRecords),
+            )
+            .for_each(|_| futures::future::ready(())),
+        );
+        let (nodes, node_writer) = reflector::store();
+        let nodes_synced = w.readiness.watch(Watch::Nodes);
+        tokio::spawn(
+            watcher(
+                Api::<Node>::all(w.client.clone()),
+                watcher::Config::default(),
+            )
+            .default_backoff()
+            .modify(trim::node)
+            .reflect(node_writer)
+            .for_each(move |event| {
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    nodes_synced.done();
+                }
+                futures::future::ready(())
+            }),
+        );
+        let (service_accounts, account_writer) = reflector::store();
+        tokio::spawn(
+            reflected_trimmed(
+                scoped::<ServiceAccount>(w.client, w.namespace),
+                watcher::Config::default(),
+                account_writer,
+                w.readiness.watch(Watch::ServiceAccounts),
+                trim::service_account,
+            )
+            .for_each(|_| futures::future::ready(())),
+        );
+        Self {
+            tags,
+            nodes,
+            service_accounts,
+        }
+    }
+}
+
 /// A watch callback that wakes the Refresh an object's change concerns
 /// (`find`: its canary's, or the active one of its workload).
-fn wake_refresh<K>(
+pub(crate) fn wake_refresh<K>(
     refreshes: &Store<Refresh>,
     tx: &mpsc::UnboundedSender<ObjectRef<Refresh>>,
     find: fn(&K, &Store<Refresh>) -> Option<ObjectRef<Refresh>>,

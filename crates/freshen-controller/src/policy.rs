@@ -179,6 +179,65 @@ async fn keys_usable<P: Policy>(ctx: &Context, policy: &P) -> Result<(), SpecErr
     Ok(())
 }
 
+/// A policy controller with its watch registered: the store of every
+/// policy of its kind, and its start.
+pub struct Registered<P: Policy> {
+    /// Every policy of the kind.
+    pub store: Store<P>,
+    /// Runs the controller.
+    pub start: crate::Start,
+}
+
+/// Registers the watch of one policy kind and its status controller,
+/// woken also by `woken` (the records' notifier: a workload's verdict
+/// changed). On a policy's deletion the workloads it could have governed
+/// are measured again: a deleted object is never reconciled, so nobody
+/// else would tell them.
+pub fn register<P: Policy + crate::runtime::contain::Reconciled>(
+    api: Api<P>,
+    w: &crate::Wiring<'_>,
+    (workloads, pods): (Workloads, Store<CachedPod>),
+    workload_trigger: crate::runtime::context::WorkloadTriggers,
+    woken: futures::channel::mpsc::UnboundedReceiver<ObjectRef<P>>,
+) -> Registered<P> {
+    use futures::{FutureExt, StreamExt, TryStreamExt};
+    use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let watch = if P::kind(&()) == "ClusterRefreshPolicy" {
+        crate::Watch::ClusterRefreshPolicies
+    } else {
+        crate::Watch::RefreshPolicies
+    };
+    let trigger = crate::reflected(
+        api,
+        watcher::Config::default(),
+        writer,
+        w.readiness.watch(watch),
+    )
+    .inspect_ok(move |event| {
+        if let watcher::Event::Delete(policy) = event {
+            for workload in policy.scope(&workloads, &pods) {
+                workload_trigger.send(workload);
+            }
+        }
+    })
+    .applied_objects();
+    let reader = store.clone();
+    let start: crate::Start = Box::new(move |ctx| {
+        Controller::for_stream(trigger, reader)
+            .reconcile_on(woken)
+            .shutdown_on_signal()
+            .run(
+                crate::runtime::contain::contained(reconcile::<P>),
+                crate::runtime::contain::error_policy,
+                ctx,
+            )
+            .for_each(crate::log_failure)
+            .boxed()
+    });
+    Registered { store, start }
+}
+
 /// Reconciles one policy: re-measures its scope after a spec change, then
 /// writes its status if it changed.
 #[instrument(skip_all, fields(policy = %policy.name_any()))]

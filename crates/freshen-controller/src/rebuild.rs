@@ -606,6 +606,82 @@ pub fn job_state(job: &Job) -> RunState {
     RunState::Running
 }
 
+/// The Rebuild controller with its watches registered: the store of
+/// every Rebuild, of the pipeline Jobs, the channel that wakes a Rebuild,
+/// and its start.
+pub struct Registered {
+    /// Every Rebuild.
+    pub store: kube::runtime::reflector::Store<freshen_api::Rebuild>,
+    /// The Jobs of rebuild pipelines (labelled [`REBUILD_LABEL`]).
+    pub jobs: kube::runtime::reflector::Store<Job>,
+    /// Wakes a Rebuild.
+    pub wake: futures::channel::mpsc::UnboundedSender<ObjectRef<freshen_api::Rebuild>>,
+    /// Runs the controller.
+    pub start: crate::Start,
+}
+
+/// Registers the Rebuild watch (it also keeps the count of active
+/// Rebuilds), the watch of pipeline Jobs when Job pipelines run (without
+/// them the installation may lack the right to), and the controller both
+/// trigger.
+pub fn register(w: &crate::Wiring<'_>, kinds: &[PipelineKind]) -> Registered {
+    use futures::{FutureExt, StreamExt, TryStreamExt};
+    use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let trigger = {
+        let (store, metrics) = (store.clone(), Arc::clone(w.metrics));
+        crate::reflected(
+            crate::scoped::<freshen_api::Rebuild>(w.client, w.namespace),
+            watcher::Config::default(),
+            writer,
+            w.readiness.watch(crate::Watch::Rebuilds),
+        )
+        .inspect_ok(move |_| {
+            metrics.rebuilds.count_active(
+                store
+                    .state()
+                    .iter()
+                    .map(|r| (r.spec.kind, r.progress().phase)),
+            )
+        })
+        .applied_objects()
+    };
+    let (jobs, job_writer) = reflector::store();
+    let job_trigger = if kinds.contains(&PipelineKind::Job) {
+        crate::reflected(
+            crate::scoped::<Job>(w.client, w.namespace),
+            watcher::Config::default().labels(REBUILD_LABEL),
+            job_writer,
+            w.readiness.watch(crate::Watch::Jobs),
+        )
+        .touched_objects()
+        .left_stream()
+    } else {
+        futures::stream::pending().right_stream()
+    };
+    let reader = store.clone();
+    let start: crate::Start = Box::new(move |ctx| {
+        Controller::for_stream(trigger, reader)
+            .watches_stream(job_trigger, |job| of_job(&job))
+            .reconcile_on(woken)
+            .shutdown_on_signal()
+            .run(
+                crate::runtime::contain::contained(reconcile),
+                crate::runtime::contain::error_policy,
+                ctx,
+            )
+            .for_each(crate::log_failure)
+            .boxed()
+    });
+    Registered {
+        store,
+        jobs,
+        wake,
+        start,
+    }
+}
+
 /// Reconciles one Rebuild: find its pipeline -> observe the run (and the
 /// tag, once the run finished) -> step (pure) -> store -> act -> announce.
 #[instrument(skip_all, fields(rebuild = %rebuild.namespace().unwrap_or_default() + "/" + &rebuild.name_any()))]

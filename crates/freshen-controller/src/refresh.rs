@@ -101,6 +101,55 @@ pub struct Sight {
     pub observed: Observed,
 }
 
+/// The Refresh controller with its watch registered: the store of every
+/// Refresh and the channel that wakes one (the workload and pod watches
+/// wake the Refresh a change concerns), and its start.
+pub struct Registered {
+    /// Every Refresh.
+    pub store: Store<Refresh>,
+    /// Wakes a Refresh.
+    pub wake: futures::channel::mpsc::UnboundedSender<ObjectRef<Refresh>>,
+    /// Runs the controller.
+    pub start: crate::Start,
+}
+
+/// Registers the Refresh watch (it also keeps the count of active
+/// Refreshes) and the controller it triggers.
+pub fn register(w: &crate::Wiring<'_>) -> Registered {
+    use futures::{FutureExt, StreamExt, TryStreamExt};
+    use kube::runtime::{Controller, WatchStreamExt, reflector, watcher};
+    let (store, writer) = reflector::store();
+    let (wake, woken) = futures::channel::mpsc::unbounded();
+    let trigger = {
+        let (store, metrics) = (store.clone(), Arc::clone(w.metrics));
+        crate::reflected(
+            crate::scoped::<Refresh>(w.client, w.namespace),
+            watcher::Config::default(),
+            writer,
+            w.readiness.watch(Watch::Refreshes),
+        )
+        .inspect_ok(move |_| metrics.count_active(store.state().iter().map(|r| r.progress().phase)))
+        .applied_objects()
+    };
+    let reader = store.clone();
+    // A Refresh stepped before the workloads and pods are listed would
+    // see its workload as deleted: its reconcile waits for them (the
+    // controller itself must run, to drive the Refresh watch).
+    let start: crate::Start = Box::new(move |ctx| {
+        Controller::for_stream(trigger, reader)
+            .reconcile_on(woken)
+            .shutdown_on_signal()
+            .run(
+                crate::runtime::contain::contained(reconcile),
+                crate::runtime::contain::error_policy,
+                ctx,
+            )
+            .for_each(crate::log_failure)
+            .boxed()
+    });
+    Registered { store, wake, start }
+}
+
 /// Reconciles one Refresh: publish leftovers -> observe -> (deleted?) ->
 /// step (pure) -> store the intent -> act -> announce -> requeue.
 #[instrument(skip_all, fields(refresh = %refresh.namespace().unwrap_or_default() + "/" + &refresh.name_any()))]
@@ -110,7 +159,7 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
         .ok_or(Error::MissingField("metadata.namespace"))?;
     let kind = refresh.workload_kind();
     let pending = ctx.readiness.pending();
-    if pending.contains(&crate::workload::watch::watch_of(kind)) || pending.contains(&Watch::Pods) {
+    if pending.contains(&Watch::of_kind(kind)) || pending.contains(&Watch::Pods) {
         // Not listed yet: the workload would look deleted.
         return Ok(Action::requeue(std::time::Duration::from_millis(500)));
     }

@@ -40,20 +40,6 @@ pub struct KindWatch {
     pub changed: BoxStream<'static, Result<CachedWorkload, watcher::Error>>,
 }
 
-/// The readiness name of `kind`'s watch.
-pub fn watch_of(kind: Kind) -> Watch {
-    match kind {
-        Kind::Deployment => Watch::Deployments,
-        Kind::StatefulSet => Watch::StatefulSets,
-        Kind::DaemonSet => Watch::DaemonSets,
-        Kind::CronJob => Watch::CronJobs,
-        Kind::Job => Watch::WorkloadJobs,
-        Kind::ReplicaSet => Watch::ReplicaSets,
-        Kind::Rollout => Watch::Rollouts,
-        Kind::Pod => Watch::Pods,
-    }
-}
-
 /// Whether the cluster serves `kind` (Argo Rollouts' CRD may be absent):
 /// a kind it does not serve is not watched, with a log line saying so.
 pub async fn served(client: &Client, kind: Kind) -> bool {
@@ -181,6 +167,174 @@ pub fn sweep_bare_pods(
         }),
         _ => {}
     }
+}
+
+/// The workload controllers with their watches registered: a watch and
+/// a store per kind the cluster serves, the one pod watch (and the pod
+/// index), the namespaces, the router that wakes a workload's controller,
+/// and their start.
+pub struct Registered {
+    /// Every workload, per kind.
+    pub stores: crate::runtime::context::Workloads,
+    /// Wakes the controller of a workload's kind.
+    pub triggers: WorkloadTriggers,
+    /// Every pod.
+    pub pods: Store<CachedPod>,
+    /// The pods of each workload.
+    pub pod_index: crate::runtime::pod_index::PodIndex,
+    /// The Jobs of each CronJob.
+    pub job_index: JobIndex,
+    /// Every namespace watched (labels, for ClusterRefreshPolicies).
+    pub namespaces: Store<k8s_openapi::api::core::v1::Namespace>,
+    /// Runs every kind's controller and the pod controller.
+    pub start: crate::Start,
+}
+
+/// Registers a watch and controller per kind in `kinds` that the cluster
+/// serves, the pod watch (it wakes the workload each pod belongs to, and
+/// the Refresh a pod's change concerns), and the namespace watch (a label
+/// change re-measures the namespace's workloads).
+pub async fn register(
+    w: &crate::Wiring<'_>,
+    kinds: &[Kind],
+    records: &Arc<WorkloadRecords>,
+    (refreshes, wake): (
+        &Store<freshen_api::Refresh>,
+        &mpsc::UnboundedSender<ObjectRef<freshen_api::Refresh>>,
+    ),
+) -> Result<Registered, crate::RunError> {
+    use futures::FutureExt;
+    let mut triggers = WorkloadTriggers::default();
+    let mut stores = crate::runtime::context::Workloads::default();
+    let mut kind_watches = Vec::new();
+    let job_index = JobIndex::default();
+    for &kind in kinds {
+        if kind == Kind::Pod || !served(w.client, kind).await {
+            continue;
+        }
+        let mut kind_watch = watch(
+            w.client,
+            w.namespace,
+            kind,
+            Arc::clone(records),
+            w.readiness.watch(Watch::of_kind(kind)),
+            job_index.clone(),
+        );
+        if kind.refreshed() {
+            // A workload's change (a canary Deployment's too) wakes its
+            // Refresh.
+            kind_watch.changed = kind_watch
+                .changed
+                .inspect_ok(crate::wake_refresh(
+                    refreshes,
+                    wake,
+                    crate::refresh::of_workload,
+                ))
+                .boxed();
+        }
+        let (tx, rx) = mpsc::unbounded();
+        triggers.insert(kind, tx);
+        stores.insert(kind, kind_watch.store.clone());
+        kind_watches.push((kind_watch, rx));
+    }
+    if stores.store(Kind::Deployment).is_none() {
+        return Err(crate::RunError::DeploymentsNotWatched);
+    }
+    let (pod_tx, pod_rx) = mpsc::unbounded();
+    if kinds.contains(&Kind::Pod) {
+        triggers.pods(pod_tx);
+    }
+
+    // One watch of all pods serves as the cache reconciles read from and
+    // wakes the workload each pod belongs to; a pod of a canary or of a
+    // workload under refresh also wakes its Refresh.
+    let (pods, pod_writer) = reflector::store();
+    let pod_index = crate::runtime::pod_index::PodIndex::default();
+    let pod_watch = crate::reflected_trimmed(
+        crate::scoped::<CachedPod>(w.client, w.namespace),
+        watcher::Config::default(),
+        pod_writer,
+        w.readiness.watch(Watch::Pods),
+        trim::pod,
+    )
+    .inspect_ok({
+        let index = pod_index.clone();
+        move |event| index.apply(event)
+    })
+    .inspect_ok(sweep_bare_pods(Arc::clone(records), pods.clone()))
+    .touched_objects()
+    .inspect_ok(crate::wake_refresh(refreshes, wake, crate::refresh::of_pod))
+    .inspect_ok(wake_owner(
+        triggers.clone(),
+        stores.store(Kind::Job).cloned(),
+    ));
+    tokio::spawn(drive(pod_watch));
+
+    // Namespace labels decide which ClusterRefreshPolicies apply; a change
+    // re-measures the namespace's workloads.
+    let (namespaces, namespace_writer) = reflector::store();
+    let namespace_watch = match w.namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let namespace_trigger = crate::reflected_trimmed(
+        Api::<k8s_openapi::api::core::v1::Namespace>::all(w.client.clone()),
+        namespace_watch,
+        namespace_writer,
+        w.readiness.watch(Watch::Namespaces),
+        trim::namespace,
+    )
+    .applied_objects()
+    .inspect_ok({
+        let (stores, pods, triggers) = (stores.clone(), pods.clone(), triggers.clone());
+        move |ns| {
+            for workload in stores.refs(&pods, Some(&ns.name_any())) {
+                triggers.send(workload);
+            }
+        }
+    });
+    tokio::spawn(drive(namespace_trigger));
+
+    // A workload judged before the policies are listed would look
+    // ungoverned and be dropped until its next change; so workloads start
+    // once the caches a judgement reads have listed. Namespaces and pods
+    // are the workload controllers' own triggers, so they cannot wait for
+    // them here; their reconcile waits for them instead
+    // (`workload::reconcile`). Reconciles in flight at once are bounded per
+    // kind: each takes a few milliseconds, and thousands at once (the
+    // first assessment) only raise the peak memory the allocator keeps.
+    let (readiness, pod_store) = (w.readiness.clone(), pods.clone());
+    let start: crate::Start = Box::new(move |ctx| {
+        async move {
+            readiness
+                .wait_for(&[
+                    Watch::RefreshPolicies,
+                    Watch::ClusterRefreshPolicies,
+                    Watch::ServiceAccounts,
+                    Watch::Nodes,
+                    Watch::Refreshes,
+                    Watch::Rebuilds,
+                    Watch::TagRecords,
+                ])
+                .await;
+            let mut controllers: Vec<futures::future::BoxFuture<'static, ()>> = kind_watches
+                .into_iter()
+                .map(|(watch, rx)| run_kind(watch, rx, Arc::clone(&ctx)).boxed())
+                .collect();
+            controllers.push(run_pods(pod_store, pod_rx, ctx).boxed());
+            futures::future::join_all(controllers).await;
+        }
+        .boxed()
+    });
+    Ok(Registered {
+        stores,
+        triggers,
+        pods,
+        pod_index,
+        job_index,
+        namespaces,
+        start,
+    })
 }
 
 /// Runs the controller of one kind's workloads until shutdown.
