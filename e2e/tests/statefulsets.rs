@@ -11,11 +11,12 @@ use std::time::Duration;
 
 use freshen_api::Refresh;
 use freshen_api::refresh::{CANARY_HOLD, REJECTED_DIGESTS};
-use freshen_core::rollout::{Failure, Phase};
+use freshen_core::rollout::{Failure, Phase, Reason};
 use freshen_e2e::scene::{Scene, image};
 use freshen_e2e::{await_event, await_warning, wait_for};
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -394,5 +395,79 @@ async fn an_on_delete_stateful_set_is_left_to_its_owner() -> anyhow::Result<()> 
     assert!(note.contains("updateStrategy OnDelete"), "{note}");
     assert_eq!(s.refreshes_of("ledger").await?.len(), 0);
     assert_eq!(s.read("ledger").await?.image, v1.pinned());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_restart_waits_for_the_disruption_budget_then_rolls_in_order() -> anyhow::Result<()> {
+    let s = Sets::new("sts-budget").await?;
+    let v1 = s.push("stable", &image("v1", 48)).await?;
+    // Opted in by annotation: restart containers older than 3s.
+    let object: StatefulSet = serde_json::from_value(json!({
+        "metadata": {"name": "kv", "labels": {"app": "kv"}, "annotations": {
+            "freshen.dev/refresh": "enabled",
+            "freshen.dev/max-container-age": "3s",
+        }},
+        "spec": {
+            "replicas": 3,
+            "serviceName": "kv",
+            "selector": {"matchLabels": {"app": "kv"}},
+            "template": {
+                "metadata": {"labels": {"app": "kv"}},
+                "spec": {"containers": [{"name": "app", "image": v1.pinned()}]},
+            },
+        },
+    }))?;
+    s.stateful_sets()
+        .create(&PostParams::default(), &object)
+        .await?;
+    // A budget that allows no disruption at all.
+    let budgets: Api<PodDisruptionBudget> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let budget: PodDisruptionBudget = serde_json::from_value(json!({
+        "metadata": {"name": "kv"},
+        "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {"app": "kv"}}},
+    }))?;
+    budgets.create(&PostParams::default(), &budget).await?;
+    s.await_pods("kv", "3 pods Ready", |p| {
+        p.len() == 3 && p.iter().all(|m| m.ready)
+    })
+    .await?;
+    let operator = s.operator().await?;
+
+    let note = await_warning(
+        &s.client,
+        &s.ns.name,
+        "StatefulSet",
+        "kv",
+        "DisruptionBudgetExhausted",
+    )
+    .await?;
+    assert!(note.contains("PodDisruptionBudget kv"), "{note}");
+    s.await_reconciles(&operator, "statefulset", 3).await?;
+    assert!(s.refreshes_of("kv").await?.is_empty(), "held, not started");
+
+    // The budget allows one: the restart starts and rolls in order.
+    budgets
+        .patch(
+            "kv",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maxUnavailable": 1}})),
+        )
+        .await?;
+    let done = s
+        .await_refresh("kv", "a restart Succeeded", |r| {
+            r.spec.reason == Reason::ContainerTooOld && phase(r) == Phase::Succeeded
+        })
+        .await?;
+    assert_eq!(done.spec.to_image, v1.pinned(), "the same digest");
+    let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let restarted = pods
+        .list(&ListParams::default().labels("app=kv"))
+        .await?
+        .items
+        .iter()
+        .filter(|p| p.annotations().get("freshen.dev/restarted-by") == Some(&done.name_any()))
+        .count();
+    assert_eq!(restarted, 3, "every pod restarted by the Refresh");
     Ok(())
 }

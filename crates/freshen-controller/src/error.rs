@@ -56,6 +56,9 @@ pub enum Error {
     /// Creating a Refresh failed; retried.
     #[error("creating the Refresh failed: {0}")]
     CreateRefresh(#[source] kube::Error),
+    /// Reading the PodDisruptionBudgets before a restart failed; retried.
+    #[error("reading the PodDisruptionBudgets failed: {0}")]
+    ReadBudgets(#[source] kube::Error),
     /// Recording a Rebuild failed; retried.
     #[error("recording the Rebuild failed: {0}")]
     CreateRebuild(#[source] kube::Error),
@@ -100,6 +103,7 @@ impl Error {
             Self::PatchImage(_) => "refresh_patch_image",
             Self::RecordRejected(_) => "refresh_record_rejected",
             Self::CreateRefresh(_) => "refresh_create",
+            Self::ReadBudgets(_) => "refresh_read_budgets",
             Self::CreateRebuild(_) => "rebuild_create",
             Self::StoreRebuild(_) => "rebuild_store_progress",
             Self::TriggerRun(_) => "rebuild_trigger",

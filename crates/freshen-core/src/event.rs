@@ -52,6 +52,10 @@ pub enum EventReason {
     /// A wanted refresh is held because the workload is paused; it starts
     /// once the workload is resumed.
     WorkloadPaused,
+    /// A wanted restart is held because a PodDisruptionBudget that selects
+    /// the workload's pods allows no disruption now; it starts once the
+    /// budget allows one.
+    DisruptionBudgetExhausted,
     /// A wanted refresh is held because the Refresh for that target ended
     /// without success; deleting it asks for another try.
     RefreshNotRetried,

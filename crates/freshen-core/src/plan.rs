@@ -293,6 +293,9 @@ pub enum Hold {
     /// The workload's own control (named) stops its rollouts; freshen
     /// does not patch it until that changes.
     Paused(&'static str),
+    /// A restart waits: this PodDisruptionBudget, which selects the
+    /// workload's pods, allows no disruption now.
+    DisruptionBudget(String),
     /// Managed by a GitOps reconciler.
     GitOps(GitOps),
     /// The policy is suspended.
@@ -357,6 +360,7 @@ impl Hold {
         match self {
             Self::GitOps(_) => Some(EventReason::GitOpsManaged),
             Self::Paused(_) => Some(EventReason::WorkloadPaused),
+            Self::DisruptionBudget(_) => Some(EventReason::DisruptionBudgetExhausted),
             Self::Ended { .. } => Some(EventReason::RefreshNotRetried),
             Self::NameTaken(_) => Some(EventReason::RefreshNameTaken),
             Self::VulnerabilityRegression { .. } => Some(EventReason::VulnerabilityRegression),
@@ -389,6 +393,11 @@ impl fmt::Display for Hold {
                 f,
                 "the workload's {control} stops its rollouts; freshen does not change it until \
                  that changes"
+            ),
+            Self::DisruptionBudget(name) => write!(
+                f,
+                "PodDisruptionBudget {name} selects the workload's pods and allows no disruption \
+                 now; the restart starts once it allows one"
             ),
             Self::GitOps(g) => write!(
                 f,
@@ -715,6 +724,31 @@ pub fn retry_at(hold: &Hold) -> Option<DateTime<Utc>> {
         Hold::Snoozed(t) | Hold::Soaking(t) | Hold::OutsideWindow(Some(t)) => Some(*t),
         _ => None,
     }
+}
+
+/// A PodDisruptionBudget that selects a workload's pods, as the planner
+/// weighs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Budget {
+    /// Its name.
+    pub name: String,
+    /// `status.disruptionsAllowed`.
+    pub disruptions_allowed: i32,
+}
+
+/// Whether a restart (a refresh that only replaces pods on the same
+/// digest) must wait for the disruption budgets that select the workload's
+/// pods: the first that allows no disruption now holds it. A new digest
+/// is not held: it replaces pods the workload's own rollout would replace
+/// anyway, and a bad one is what a budget protects against least.
+pub fn budget_hold(reason: crate::rollout::Reason, budgets: &[Budget]) -> Option<Hold> {
+    if reason != crate::rollout::Reason::ContainerTooOld {
+        return None;
+    }
+    budgets
+        .iter()
+        .find(|b| b.disruptions_allowed <= 0)
+        .map(|b| Hold::DisruptionBudget(b.name.clone()))
 }
 
 /// Refresh settings one level (annotations, RefreshPolicy,
@@ -1380,6 +1414,33 @@ mod tests {
         };
         assert_eq!((p.reason, p.digest), (Reason::ContainerTooOld, digest('a')));
         assert!(p.to_image.ends_with(&digest('a').to_string()));
+    }
+
+    #[test]
+    fn a_restart_waits_for_an_exhausted_disruption_budget_only() {
+        use crate::rollout::Reason;
+        let budgets = [
+            Budget {
+                name: "roomy".into(),
+                disruptions_allowed: 1,
+            },
+            Budget {
+                name: "db".into(),
+                disruptions_allowed: 0,
+            },
+        ];
+        assert_eq!(
+            budget_hold(Reason::ContainerTooOld, &budgets),
+            Some(Hold::DisruptionBudget("db".into()))
+        );
+        assert_eq!(budget_hold(Reason::ContainerTooOld, &budgets[..1]), None);
+        assert_eq!(budget_hold(Reason::NewDigest, &budgets), None);
+        let hold = Hold::DisruptionBudget("db".into());
+        assert_eq!(
+            hold.warning_reason(),
+            Some(EventReason::DisruptionBudgetExhausted)
+        );
+        assert!(hold.to_string().contains("PodDisruptionBudget db"));
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub async fn consider(
         }
         Decision::Start(p) => p,
     };
+    if let Some(hold) = plan::budget_hold(proposal.reason, &budgets(ctx, deploy).await?) {
+        return Ok(Outcome::Held(hold, None));
+    }
     let view = views.iter().find(|v| v.container == proposal.container);
     let refresh_name = match name_for(ctx, deploy, &proposal, view) {
         Named::Create(name) => name,
@@ -123,6 +126,42 @@ pub async fn consider(
         .await;
     }
     Ok(outcome)
+}
+
+/// The PodDisruptionBudgets of the workload's namespace that select any
+/// of its pods, read when a restart is about to start (rarely: no cache is
+/// kept for them). A budget with an invalid selector selects nothing, as
+/// the disruption controller treats it.
+async fn budgets(ctx: &Context, deploy: &CachedWorkload) -> Result<Vec<plan::Budget>, Error> {
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use kube::core::{Selector, SelectorExt};
+    let namespace = deploy.namespace().unwrap_or_default();
+    let api: Api<PodDisruptionBudget> = Api::namespaced(ctx.client.clone(), &namespace);
+    let list = api
+        .list(&kube::api::ListParams::default())
+        .await
+        .map_err(Error::ReadBudgets)?;
+    let pods = ctx.pods_of(&deploy.reference());
+    Ok(list
+        .items
+        .iter()
+        .filter(|pdb| {
+            let selector = pdb
+                .spec
+                .as_ref()
+                .and_then(|s| s.selector.clone())
+                .and_then(|s| Selector::try_from(s).ok());
+            selector.is_some_and(|s| pods.iter().any(|p| s.matches(p.labels())))
+        })
+        .map(|pdb| plan::Budget {
+            name: pdb.name_any(),
+            disruptions_allowed: pdb
+                .status
+                .as_ref()
+                .and_then(|s| s.disruptions_allowed)
+                .unwrap_or(0),
+        })
+        .collect())
 }
 
 /// What the workload's settings ask for, and the digests rejected for it.
