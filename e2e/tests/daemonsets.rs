@@ -2,7 +2,8 @@
 //! the real control plane (the real DaemonSet controller over kwok's
 //! simulated nodes): the canary's node gets the new image while the
 //! DaemonSet is held at `OnDelete`; promotion puts the user's own strategy
-//! back, exactly, and the controller rolls the other nodes; a crash-looping
+//! back, exactly, and the controller rolls the other nodes (an operator
+//! killed mid-canary resumes from the hold); a crash-looping
 //! digest is rolled back and rejected; an `OnDelete` DaemonSet is held.
 
 use std::time::Duration;
@@ -127,12 +128,12 @@ async fn a_good_digest_canaries_on_one_node_then_rolls_with_the_users_strategy()
 -> anyhow::Result<()> {
     let s = Scene::new("ds-promote").await?;
     let v1 = s.push("stable", &image("v1", 48)).await?;
-    s.policy("agent", 1, 3, "30s").await?;
+    s.policy("agent", 1, 8, "30s").await?;
     let strategy = json!({"type": "RollingUpdate",
                           "rollingUpdate": {"maxUnavailable": "50%", "maxSurge": 0}});
     let nodes = daemon_set(&s, "agent", &v1.pinned(), strategy.clone(), json!({})).await?;
     assert!(nodes >= 2, "the harness has {nodes} node(s)");
-    let _operator = s.operator().await?;
+    let mut operator = s.operator().await?;
     let v2 = s.push("stable", &image("v2", 1)).await?;
 
     // The canary: OnDelete while it runs, and one node's pod replaced.
@@ -159,6 +160,11 @@ async fn a_good_digest_canaries_on_one_node_then_rolls_with_the_users_strategy()
         nodes - 1,
         "every other node keeps the old pod: {during:?}"
     );
+
+    // Killed mid-canary, a new operator carries it on from the hold.
+    operator.kill()?;
+    drop(operator);
+    let _operator = s.operator().await?;
 
     let done = s
         .await_refresh("agent", "Succeeded", |r| phase(r) == Phase::Succeeded)
