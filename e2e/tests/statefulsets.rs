@@ -4,7 +4,8 @@
 //! highest ordinals through the partition; promotion puts the user's own
 //! partition back; a crash-looping digest is rolled back, its broken pod
 //! replaced and the digest rejected; someone else's edit mid-canary stops
-//! freshen without overwriting it; an operator killed mid-canary resumes;
+//! freshen without overwriting it; an operator killed mid-canary and
+//! mid-promotion resumes;
 //! an `OnDelete` StatefulSet is left to its owner.
 
 use std::time::Duration;
@@ -209,6 +210,15 @@ async fn a_good_digest_canaries_on_the_highest_ordinal_and_keeps_the_users_parti
     // The user holds ordinal 0 back with a partition of their own.
     s.stateful_set("db", &v1.pinned(), rolling(Some(1)), json!({}))
         .await?;
+    // A pod counts as available 3s after it is Ready: the promotion takes
+    // long enough to be killed in.
+    s.stateful_sets()
+        .patch(
+            "db",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"minReadySeconds": 3}})),
+        )
+        .await?;
     let operator = s.operator().await?;
     let v2 = s.push("stable", &image("v2", 1)).await?;
 
@@ -234,8 +244,16 @@ async fn a_good_digest_canaries_on_the_highest_ordinal_and_keeps_the_users_parti
     assert_eq!(pods[0].image, v1.pinned());
     assert_eq!(pods[1].image, v1.pinned(), "only the canary's ordinal");
 
-    // Killed mid-canary, a new operator carries the Refresh on.
+    // Killed mid-canary, and again mid-promotion: each new operator
+    // carries the Refresh on.
     let mut operator = operator;
+    operator.kill()?;
+    drop(operator);
+    let mut operator = s.operator().await?;
+    s.await_refresh("db", "Promoting, the hold released", |r| {
+        phase(r) == Phase::Promoting && r.progress().patched_at.is_some()
+    })
+    .await?;
     operator.kill()?;
     drop(operator);
     let _operator = s.operator().await?;

@@ -32,8 +32,9 @@ pub struct StatefulSets;
 
 /// The state machine's view of a StatefulSet's `container`: the pods it
 /// may update are those at or above the user's own partition, and it is
-/// rolled out when the controller saw the latest spec, every pod is Ready
-/// and those pods run the update revision.
+/// rolled out when the controller saw the latest spec, every pod is
+/// available (Ready for the StatefulSet's `minReadySeconds`) and those
+/// pods run the update revision.
 pub fn workload_state(
     workload: &CachedWorkload,
     target: &Target,
@@ -51,7 +52,7 @@ pub fn workload_state(
     let rolled_out = hold.is_none()
         && status.observed_generation >= workload.metadata.generation
         && status.replicas == Some(desired)
-        && status.ready_replicas.unwrap_or(0) == desired
+        && status.available_replicas.unwrap_or(0) == desired
         && status.updated_replicas.unwrap_or(0) >= updatable
         && (own_partition > 0 || status.current_revision == status.update_revision);
     Some(WorkloadState {
@@ -262,7 +263,7 @@ mod tests {
                 },
             },
             "status": {
-                "observedGeneration": 2, "replicas": 5, "readyReplicas": 5,
+                "observedGeneration": 2, "replicas": 5, "readyReplicas": 5, "availableReplicas": 5,
                 "updatedReplicas": 5, "currentRevision": "db-1", "updateRevision": "db-1",
             },
         }))

@@ -319,9 +319,6 @@ pub struct CachedWorkloadStatus {
     /// Pods available (ready for `minReadySeconds`).
     #[serde(default)]
     pub available_replicas: Option<i32>,
-    /// Pods Ready (a StatefulSet's).
-    #[serde(default)]
-    pub ready_replicas: Option<i32>,
     /// A StatefulSet's revision of its current pods.
     #[serde(default)]
     pub current_revision: Option<String>,
