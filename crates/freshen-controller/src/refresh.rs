@@ -573,6 +573,21 @@ pub fn of_workload(
     active_for(refreshes, &workload.reference()).map(|r| ObjectRef::from_obj(r.as_ref()))
 }
 
+/// The pod-template part of a strategic merge patch that sets one
+/// container's image and names nothing else; with `stamp`, the template's
+/// restart stamp too (`Value::Null` removes it).
+pub fn template_patch(
+    container: &str,
+    image: &str,
+    stamp: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let mut template = json!({"spec": {"containers": [{"name": container, "image": image}]}});
+    if let Some(stamp) = stamp {
+        template["metadata"] = json!({"annotations": {RESTARTED_BY: stamp}});
+    }
+    template
+}
+
 /// Whether a workload pod runs the refresh's change.
 pub fn runs_target(pod: &CachedPod, target: &rollout::Target) -> bool {
     let image = pod

@@ -193,8 +193,7 @@ async fn set_image(
             "the Refresh's container in the Rollout's pod template",
         ));
     };
-    let patch: json_patch::Patch =
-        serde_json::from_value(ops).map_err(|_| Error::MissingField("a JSON patch"))?;
+    let patch: json_patch::Patch = serde_json::from_value(ops).map_err(Error::Serialize)?;
     let params = PatchParams {
         field_manager: Some(FIELD_MANAGER.into()),
         ..PatchParams::default()

@@ -270,10 +270,7 @@ async fn set_image(
 ) -> Result<(), Error> {
     let crons: Api<CronJob> =
         Api::namespaced(ctx.client.clone(), &cron.namespace().unwrap_or_default());
-    let mut template = json!({"spec": {"containers": [{"name": container, "image": image}]}});
-    if let Some(stamp) = stamp {
-        template["metadata"] = json!({"annotations": {RESTARTED_BY: stamp}});
-    }
+    let template = super::template_patch(container, image, stamp.map(serde_json::Value::from));
     let patch = json!({
         "metadata": {"resourceVersion": cron.resource_version()},
         "spec": {"jobTemplate": {"spec": {"template": template}}},

@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use freshen_api::Refresh;
-use freshen_api::refresh::{CANARY_HOLD, RESTARTED_BY};
+use freshen_api::refresh::CANARY_HOLD;
 use freshen_core::rollout::{Change, Phase, Target, WorkloadState};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -25,7 +25,7 @@ use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
 use super::in_place::{CanaryHold, delete_broken_pods, hold_of, patch_guarded, template_applied};
-use super::{Mechanics, Sight, pod_health, runs_target};
+use super::{Mechanics, Sight, pod_health, runs_target, template_patch};
 use crate::error::Error;
 use crate::runtime::cached::{CachedPod, CachedWorkload};
 use crate::runtime::context::Context;
@@ -212,12 +212,11 @@ async fn start_canary(
 
 /// Starts the canary: the new image (and stamp), `OnDelete`, the hold.
 pub fn canary_patch(target: &Target, hold: &CanaryHold) -> Value {
-    let mut template = json!({"spec": {"containers": [
-        {"name": target.container, "image": target.to_image}
-    ]}});
-    if target.restarts() {
-        template["metadata"] = json!({"annotations": {RESTARTED_BY: target.name}});
-    }
+    let template = template_patch(
+        &target.container,
+        &target.to_image,
+        target.restarts().then(|| json!(target.name)),
+    );
     json!({
         "metadata": {"annotations": {CANARY_HOLD: serde_json::to_string(hold).unwrap_or_default()}},
         "spec": {
@@ -243,12 +242,7 @@ fn strategy_back(hold: &CanaryHold) -> Value {
 /// Sets the image (and stamp); with freshen's hold, also puts the user's
 /// strategy back and drops the hold: the controller rolls the rest.
 pub fn image_patch(target: &Target, image: &str, stamp: bool, hold: Option<&CanaryHold>) -> Value {
-    let mut template = json!({"spec": {"containers": [
-        {"name": target.container, "image": image}
-    ]}});
-    if stamp {
-        template["metadata"] = json!({"annotations": {RESTARTED_BY: target.name}});
-    }
+    let template = template_patch(&target.container, image, stamp.then(|| json!(target.name)));
     let mut patch = json!({"spec": {"template": template}});
     if let Some(h) = hold {
         patch["metadata"] = json!({"annotations": {CANARY_HOLD: null}});
@@ -265,13 +259,11 @@ pub fn undo_patch(workload: &CachedWorkload, target: &Target, hold: &CanaryHold)
         "spec": {"updateStrategy": strategy_back(hold)},
     });
     if template_applied(workload, target) {
-        let mut template = json!({"spec": {"containers": [
-            {"name": target.container, "image": target.from_image}
-        ]}});
-        if target.restarts() {
-            template["metadata"] = json!({"annotations": {RESTARTED_BY: hold.restarted_by}});
-        }
-        patch["spec"]["template"] = template;
+        patch["spec"]["template"] = template_patch(
+            &target.container,
+            &target.from_image,
+            target.restarts().then(|| json!(hold.restarted_by)),
+        );
     }
     patch
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use freshen_api::Refresh;
-use freshen_api::refresh::{CANARY_LABEL, REFRESH_LABEL, RESTARTED_BY, WORKLOAD_LABEL};
+use freshen_api::refresh::{CANARY_LABEL, REFRESH_LABEL, WORKLOAD_LABEL};
 use freshen_core::rollout::{Change, Phase, RolloutCounts, WorkloadState};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -304,10 +304,7 @@ async fn set_image(
         ctx.client.clone(),
         &workload.namespace().unwrap_or_default(),
     );
-    let mut template = json!({"spec": {"containers": [{"name": container, "image": image}]}});
-    if let Some(stamp) = stamp {
-        template["metadata"] = json!({"annotations": {RESTARTED_BY: stamp}});
-    }
+    let template = super::template_patch(container, image, stamp.map(serde_json::Value::from));
     let patch = json!({
         "metadata": {"resourceVersion": workload.resource_version()},
         "spec": {"template": template},
@@ -332,6 +329,7 @@ async fn set_image(
 mod tests {
     use super::*;
     use freshen_api::RefreshSpec;
+    use freshen_api::refresh::RESTARTED_BY;
     use freshen_core::rollout::{Reason, Settings};
 
     fn deploy() -> Deployment {

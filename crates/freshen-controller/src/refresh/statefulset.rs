@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use freshen_api::Refresh;
-use freshen_api::refresh::{CANARY_HOLD, RESTARTED_BY};
+use freshen_api::refresh::CANARY_HOLD;
 use freshen_core::rollout::{Change, Phase, Target, WorkloadState};
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -22,7 +22,7 @@ use kube::ResourceExt;
 use serde_json::{Value, json};
 
 use super::in_place::{CanaryHold, delete_broken_pods, hold_of, patch_guarded, template_applied};
-use super::{Mechanics, Sight, pod_health, runs_target};
+use super::{Mechanics, Sight, pod_health, runs_target, template_patch};
 use crate::error::Error;
 use crate::runtime::cached::{CachedPod, CachedWorkload};
 use crate::runtime::context::Context;
@@ -177,12 +177,11 @@ pub fn canary_patch(workload: &CachedWorkload, target: &Target, canary: u32) -> 
         ..CanaryHold::default()
     };
     let partition = canary_partition(desired, own.unwrap_or(0), canary);
-    let mut template = json!({"spec": {"containers": [
-        {"name": target.container, "image": target.to_image}
-    ]}});
-    if target.restarts() {
-        template["metadata"] = json!({"annotations": {RESTARTED_BY: target.name}});
-    }
+    let template = template_patch(
+        &target.container,
+        &target.to_image,
+        target.restarts().then(|| json!(target.name)),
+    );
     json!({
         "metadata": {"annotations": {CANARY_HOLD: serde_json::to_string(&hold).unwrap_or_default()}},
         "spec": {
@@ -201,12 +200,7 @@ pub fn image_patch(
     stamp: bool,
     hold: Option<&CanaryHold>,
 ) -> Value {
-    let mut template = json!({"spec": {"containers": [
-        {"name": target.container, "image": image}
-    ]}});
-    if stamp {
-        template["metadata"] = json!({"annotations": {RESTARTED_BY: target.name}});
-    }
+    let template = template_patch(&target.container, image, stamp.then(|| json!(target.name)));
     let mut patch = json!({"spec": {"template": template}});
     if let Some(h) = hold {
         patch["metadata"] = json!({"annotations": {CANARY_HOLD: null}});
@@ -228,13 +222,11 @@ pub fn undo_patch(workload: &CachedWorkload, target: &Target, hold: &CanaryHold)
         "spec": {"updateStrategy": {"rollingUpdate": {"partition": partition_value(hold.partition)}}},
     });
     if ours {
-        let mut template = json!({"spec": {"containers": [
-            {"name": target.container, "image": target.from_image}
-        ]}});
-        if target.restarts() {
-            template["metadata"] = json!({"annotations": {RESTARTED_BY: hold.restarted_by}});
-        }
-        patch["spec"]["template"] = template;
+        patch["spec"]["template"] = template_patch(
+            &target.container,
+            &target.from_image,
+            target.restarts().then(|| json!(hold.restarted_by)),
+        );
     }
     patch
 }
@@ -242,6 +234,7 @@ pub fn undo_patch(workload: &CachedWorkload, target: &Target, hold: &CanaryHold)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use freshen_api::refresh::RESTARTED_BY;
     use freshen_core::rollout::{Reason, Settings};
 
     const FROM: &str = "reg/db:1";
