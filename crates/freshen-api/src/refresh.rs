@@ -2,7 +2,7 @@
 //! refresh settings policies carry.
 //!
 //! A Refresh is created by freshen (never by hand) with a deterministic name,
-//! owned by its Deployment; its spec is the frozen target and rollout
+//! owned by its workload; its spec is the frozen target and rollout
 //! settings, its status the [`Progress`] of the state machine in
 //! `freshen_core::rollout`. `kubectl get refreshes -A` is the audit trail.
 
@@ -75,7 +75,8 @@ pub struct RefreshSpec {
     #[schemars(length(min = 1, max = 253))]
     pub workload: String,
     /// Its kind: Deployment (the default, and every Refresh made before
-    /// other kinds were refreshed) or StatefulSet.
+    /// other kinds were refreshed), StatefulSet, DaemonSet, CronJob or
+    /// Rollout. A Refresh naming another kind fails as Untrusted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_kind: Option<freshen_core::kind::Kind>,
     /// Its container to change.
@@ -123,7 +124,10 @@ pub struct RefreshStatus {
     /// Phase, step timestamps, analysis history, message.
     #[serde(flatten)]
     pub progress: Progress,
-    /// The canary Deployment's name, once one was created.
+    /// The canary's name once one was created: a Deployment's canary
+    /// Deployment or a CronJob's canary Job. Absent for a StatefulSet or
+    /// DaemonSet (the canary runs inside the workload) and a Rollout (Argo
+    /// runs it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<String>,
     /// The generation of the spec this status describes.
