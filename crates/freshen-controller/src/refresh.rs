@@ -573,6 +573,64 @@ pub fn of_workload(
     active_for(refreshes, &workload.reference()).map(|r| ObjectRef::from_obj(r.as_ref()))
 }
 
+/// Applies a strategic merge patch guarded by the resourceVersion the
+/// decision was made on: if someone changed the workload since, it fails
+/// and the next step sees their change.
+pub async fn patch_guarded(
+    ctx: &Context,
+    workload: &CachedWorkload,
+    mut patch: serde_json::Value,
+    failed: fn(kube::Error) -> Error,
+) -> Result<(), Error> {
+    patch["metadata"]["resourceVersion"] = json!(workload.resource_version());
+    let api: Api<CachedWorkload> = Api::namespaced_with(
+        ctx.client.clone(),
+        &workload.namespace().unwrap_or_default(),
+        &workload.kind,
+    );
+    let params = kube::api::PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    match api
+        .patch(
+            &workload.name_any(),
+            &params,
+            &kube::api::Patch::Strategic(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            Err(Error::Stale("the workload changed since it was read"))
+        }
+        Err(e) => Err(failed(e)),
+    }
+}
+
+/// Deletes a canary object freshen created (a canary Deployment or Job),
+/// with its pods, by uid: if the name now belongs to another object, the
+/// API server refuses (409) and nothing is deleted.
+pub async fn delete_owned(ctx: &Context, object: &CachedWorkload) -> Result<(), Error> {
+    let api: Api<CachedWorkload> = Api::namespaced_with(
+        ctx.client.clone(),
+        &object.namespace().unwrap_or_default(),
+        &object.kind,
+    );
+    let params = DeleteParams {
+        preconditions: Some(kube::api::Preconditions {
+            uid: object.metadata.uid.clone(),
+            resource_version: None,
+        }),
+        ..DeleteParams::background()
+    };
+    match api.delete(&object.name_any(), &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(Error::DeleteCanary(e)),
+    }
+}
+
 /// The pod-template part of a strategic merge patch that sets one
 /// container's image and names nothing else; with `stamp`, the template's
 /// restart stamp too (`Value::Null` removes it).

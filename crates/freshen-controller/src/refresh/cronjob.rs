@@ -17,7 +17,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::PostParams;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -130,7 +130,7 @@ impl Mechanics for CronJobs {
                     create_canary(ctx, refresh, cron, &sight.canary_name).await
                 }
                 Change::DeleteCanary => match (&sight.canary, sight.holder) {
-                    (Some(job), Some(h)) if h.freshens() => delete_canary(ctx, job).await,
+                    (Some(job), Some(h)) if h.freshens() => super::delete_owned(ctx, job).await,
                     _ => Ok(()),
                 },
                 Change::SetImage { image, stamp } => {
@@ -241,23 +241,6 @@ async fn create_canary(
     }
 }
 
-/// Deletes a canary Job freshen created, by uid, with its pods.
-async fn delete_canary(ctx: &Context, job: &CachedWorkload) -> Result<(), Error> {
-    let jobs: Api<Job> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: job.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match jobs.delete(&job.name_any(), &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(Error::DeleteCanary(e)),
-    }
-}
-
 /// Sets the image (and stamp) in the CronJob's Job template with a
 /// strategic merge patch naming nothing else, guarded by the
 /// resourceVersion the decision was made on.
@@ -268,27 +251,9 @@ async fn set_image(
     image: &str,
     stamp: Option<&str>,
 ) -> Result<(), Error> {
-    let crons: Api<CronJob> =
-        Api::namespaced(ctx.client.clone(), &cron.namespace().unwrap_or_default());
     let template = super::template_patch(container, image, stamp.map(serde_json::Value::from));
-    let patch = json!({
-        "metadata": {"resourceVersion": cron.resource_version()},
-        "spec": {"jobTemplate": {"spec": {"template": template}}},
-    });
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    match crons
-        .patch(&cron.name_any(), &params, &Patch::Strategic(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            Err(Error::Stale("the workload changed since it was read"))
-        }
-        Err(e) => Err(Error::PatchImage(e)),
-    }
+    let patch = json!({"spec": {"jobTemplate": {"spec": {"template": template}}}});
+    super::patch_guarded(ctx, cron, patch, Error::PatchImage).await
 }
 
 #[cfg(test)]

@@ -24,8 +24,8 @@ use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
 
-use super::in_place::{CanaryHold, delete_broken_pods, hold_of, patch_guarded, template_applied};
-use super::{Mechanics, Sight, pod_health, runs_target, template_patch};
+use super::in_place::{CanaryHold, delete_broken_pods, hold_of, template_applied};
+use super::{Mechanics, Sight, patch_guarded, pod_health, runs_target, template_patch};
 use crate::error::Error;
 use crate::runtime::cached::{CachedPod, CachedWorkload};
 use crate::runtime::context::Context;

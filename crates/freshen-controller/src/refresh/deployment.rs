@@ -15,7 +15,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::PostParams;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 
@@ -89,7 +89,7 @@ impl Mechanics for Deployments {
                     // Only a Deployment freshen made for a Refresh, and only
                     // the very object judged (uid precondition).
                     match (&sight.canary, sight.holder) {
-                        (Some(c), Some(h)) if h.freshens() => delete_canary(ctx, c).await,
+                        (Some(c), Some(h)) if h.freshens() => super::delete_owned(ctx, c).await,
                         _ => Ok(()),
                     }
                 }
@@ -270,25 +270,6 @@ pub fn canary_holder(canary: &CachedWorkload, refresh: &Refresh) -> CanaryHolder
     }
 }
 
-/// Deletes a canary freshen created, by uid: if the name now belongs to
-/// another object, the API server refuses (409) and nothing is deleted.
-async fn delete_canary(ctx: &Context, canary: &CachedWorkload) -> Result<(), Error> {
-    let namespace = canary.namespace().unwrap_or_default();
-    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &namespace);
-    let params = DeleteParams {
-        preconditions: Some(Preconditions {
-            uid: canary.metadata.uid.clone(),
-            resource_version: None,
-        }),
-        ..DeleteParams::background()
-    };
-    match api.delete(&canary.name_any(), &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
-        Err(e) => Err(Error::DeleteCanary(e)),
-    }
-}
-
 /// Sets one container's image (and the restart stamp) with a strategic merge
 /// patch that names nothing else, guarded by the resourceVersion the
 /// decision was made on: if someone changed the workload since, the patch
@@ -300,29 +281,9 @@ async fn set_image(
     image: &str,
     stamp: Option<&str>,
 ) -> Result<(), Error> {
-    let api: Api<Deployment> = Api::namespaced(
-        ctx.client.clone(),
-        &workload.namespace().unwrap_or_default(),
-    );
     let template = super::template_patch(container, image, stamp.map(serde_json::Value::from));
-    let patch = json!({
-        "metadata": {"resourceVersion": workload.resource_version()},
-        "spec": {"template": template},
-    });
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    match api
-        .patch(&workload.name_any(), &params, &Patch::Strategic(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            Err(Error::Stale("the workload changed since it was read"))
-        }
-        Err(e) => Err(Error::PatchImage(e)),
-    }
+    let patch = json!({"spec": {"template": template}});
+    super::patch_guarded(ctx, workload, patch, Error::PatchImage).await
 }
 
 #[cfg(test)]

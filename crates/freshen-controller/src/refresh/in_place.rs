@@ -7,16 +7,15 @@
 use freshen_api::refresh::CANARY_HOLD;
 use freshen_core::rollout::Target;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Preconditions};
 use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{pod_health, runs_target};
 use crate::error::Error;
 use crate::runtime::cached::CachedWorkload;
 use crate::runtime::context::Context;
-use crate::runtime::objects::FIELD_MANAGER;
 
 /// What [`CANARY_HOLD`] records: whose canary runs, and what to put back
 /// when it ends.
@@ -58,37 +57,6 @@ pub fn template_applied(workload: &CachedWorkload, target: &Target) -> bool {
         && (!target.restarts()
             || workload.template().and_then(|t| t.restarted_by.as_deref())
                 == Some(target.name.as_str()))
-}
-
-/// Applies a strategic merge patch guarded by the resourceVersion the
-/// decision was made on: if someone changed the workload since, it fails
-/// and the next step sees their change.
-pub async fn patch_guarded(
-    ctx: &Context,
-    workload: &CachedWorkload,
-    mut patch: Value,
-    failed: fn(kube::Error) -> Error,
-) -> Result<(), Error> {
-    patch["metadata"]["resourceVersion"] = json!(workload.resource_version());
-    let api: Api<CachedWorkload> = Api::namespaced_with(
-        ctx.client.clone(),
-        &workload.namespace().unwrap_or_default(),
-        &workload.kind,
-    );
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.into()),
-        ..PatchParams::default()
-    };
-    match api
-        .patch(&workload.name_any(), &params, &Patch::Strategic(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            Err(Error::Stale("the workload changed since it was read"))
-        }
-        Err(e) => Err(failed(e)),
-    }
 }
 
 /// Deletes the workload's pods that run the rolled-back change and are not
