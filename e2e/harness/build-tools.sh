@@ -147,8 +147,53 @@ build_argo_rollouts() {
     github.com/argoproj/argo-rollouts/cmd/rollouts-controller go1.27.3
 }
 
+# Flux's source-controller and kustomize-controller (the GitOps tests). Their
+# go.mod replaces modules with directories of their own repository (`./api`,
+# a module of its own that the module's zip leaves out) and pins a few patch
+# releases the Go module proxy here does not serve; the wrapper drops the
+# first (the required release of `api` comes from the proxy) and swaps the
+# second for the nearest served release (FLUX_GO_REPLACES in versions.env).
+go_flux() {
+  local tool=$1 module=$2 version=$3
+  have "$tool" "$version" && return 0
+  log "building $tool $version"
+  local work="$cache/src/$tool-$version"
+  mkdir -p "$work"
+  local gomod
+  gomod=$(cd "$work" && go mod download -json "$module@$version" | sed -n 's/.*"GoMod": "\(.*\)".*/\1/p')
+  {
+    echo "module freshen.dev/e2e/$tool"
+    echo
+    sed -n 's/^go \(.*\)/go \1/p' "$gomod" | head -n1
+    echo
+    echo "require $module $version"
+    echo
+    { sed -n '/^replace (/,/^)/p' "$gomod" | sed '1d;$d'; sed -n 's/^replace \([^(].*\)/\1/p' "$gomod"; } |
+      grep -v '=> \./' | sed 's/^/replace /'
+    for r in $FLUX_GO_REPLACES; do echo "replace ${r%@*} => ${r%@*} ${r#*@}"; done
+  } >"$work/go.mod"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$module" >"$work/tools.go"
+  (cd "$work" && go mod tidy >/dev/null 2>&1 || true)
+  (cd "$work" && go build -trimpath -ldflags "-s -w" -o "$bin/$tool-$version.tmp" "$module")
+  mv "$bin/$tool-$version.tmp" "$bin/$tool-$version"
+}
+build_flux() {
+  go_flux source-controller github.com/fluxcd/source-controller "$FLUX_SOURCE_VERSION"
+  go_flux kustomize-controller github.com/fluxcd/kustomize-controller "$FLUX_KUSTOMIZE_VERSION"
+  # Their CRDs, from the same module releases, kept beside the binaries.
+  local crds="$bin/flux-crds-$FLUX_SOURCE_VERSION-$FLUX_KUSTOMIZE_VERSION.yaml"
+  [ -s "$crds" ] && return 0
+  local src kus
+  src=$(go mod download -json "github.com/fluxcd/source-controller@$FLUX_SOURCE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  kus=$(go mod download -json "github.com/fluxcd/kustomize-controller@$FLUX_KUSTOMIZE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  for f in "$src"/config/crd/bases/*.yaml "$kus"/config/crd/bases/*.yaml; do
+    cat "$f"; echo "---"
+  done >"$crds.tmp"
+  mv "$crds.tmp" "$crds"
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(etcd kwok kubernetes helm cosign argo_rollouts)
+[ ${#targets[@]} -gt 0 ] || targets=(etcd kwok kubernetes helm cosign argo_rollouts flux)
 start=$(date +%s)
 for t in "${targets[@]}"; do "build_$t"; done
 log "tools ready in $bin ($(($(date +%s) - start))s)"

@@ -31,6 +31,10 @@ E2E_NOTIFY_ADDR=${FRESHEN_E2E_NOTIFY_ADDR:-127.0.0.1:18081}
 E2E_PROMETHEUS_ADDR=${FRESHEN_E2E_PROMETHEUS_ADDR:-127.0.0.1:19090}
 # Where the operator under test serves /metrics; Prometheus scrapes it.
 E2E_OPERATOR_METRICS_ADDR=${FRESHEN_E2E_OPERATOR_METRICS_ADDR:-127.0.0.1:18080}
+# The git server (git http-backend) the GitOps tests push to, and Flux's
+# source-controller artifact server (kustomize-controller fetches from it).
+E2E_GIT_ADDR=${FRESHEN_E2E_GIT_ADDR:-127.0.0.1:15080}
+E2E_FLUX_STORAGE_ADDR=${FRESHEN_E2E_FLUX_STORAGE_ADDR:-127.0.0.1:19700}
 # Seconds between Prometheus scrapes of the operator.
 E2E_SCRAPE_INTERVAL=${FRESHEN_E2E_SCRAPE_INTERVAL:-2s}
 

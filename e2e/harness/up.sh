@@ -8,7 +8,7 @@ source "$(dirname "$0")/common.sh"
 
 start=$SECONDS
 "$harness_dir/install-deps.sh"
-"$harness_dir/build-tools.sh" etcd kwok kubernetes helm cosign
+"$harness_dir/build-tools.sh" etcd kwok kubernetes helm cosign flux
 mkdir -p "$E2E_STATE"
 
 # Up means: our kubeconfig exists and the API server it names answers. Another
@@ -237,6 +237,40 @@ apply_standin_crds() {
     -f "$harness_dir/monitoring-crds.yaml" >/dev/null
 }
 
+# The git server the GitOps tests push to: Debian's git http-backend behind
+# git-server.py. Tests create their own bare repositories under its root.
+start_git_server() {
+  local dir="$E2E_STATE/git-server"
+  service_up git-server "http://$E2E_GIT_ADDR/healthz" && return
+  mkdir -p "$dir/repos"
+  launch git-server "http://$E2E_GIT_ADDR/healthz" \
+    python3 "$harness_dir/git-server.py" "$E2E_GIT_ADDR" "$dir/repos"
+}
+
+# Flux's source-controller and kustomize-controller, built from their Go
+# modules, against the harness API server: the reconcilers a gitops: Commit
+# promotion goes through. Their CRDs come from the same releases.
+start_flux() {
+  kubectl apply --server-side --force-conflicts \
+    -f "$E2E_BIN/flux-crds-$FLUX_SOURCE_VERSION-$FLUX_KUSTOMIZE_VERSION.yaml" >/dev/null
+  kubectl create namespace flux-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+  local storage="$E2E_STATE/source-controller/storage"
+  mkdir -p "$storage" "$E2E_STATE/kustomize-controller"
+  if ! service_up source-controller "http://127.0.0.1:19702/healthz"; then
+    RUNTIME_NAMESPACE=flux-system KUBECONFIG="$E2E_STATE/kubeconfig" launch source-controller \
+      "http://127.0.0.1:19702/healthz" "$E2E_BIN/source-controller-$FLUX_SOURCE_VERSION" \
+      --storage-path="$storage" --storage-addr="$E2E_FLUX_STORAGE_ADDR" \
+      --storage-adv-addr="$E2E_FLUX_STORAGE_ADDR" --metrics-addr=127.0.0.1:19701 \
+      --health-addr=127.0.0.1:19702 --enable-leader-election=false --log-level=info
+  fi
+  if ! service_up kustomize-controller "http://127.0.0.1:19704/healthz"; then
+    RUNTIME_NAMESPACE=flux-system KUBECONFIG="$E2E_STATE/kubeconfig" launch kustomize-controller \
+      "http://127.0.0.1:19704/healthz" "$E2E_BIN/kustomize-controller-$FLUX_KUSTOMIZE_VERSION" \
+      --metrics-addr=127.0.0.1:19703 --health-addr=127.0.0.1:19704 \
+      --enable-leader-election=false --log-level=info
+  fi
+}
+
 # freshen's chart, installed (or upgraded) the way a platform team would:
 # `helm upgrade --install` against the real API server. It brings the CRDs,
 # the operator's ServiceAccount and RBAC, and the admission policies. The
@@ -274,6 +308,8 @@ start_registry
 start_private_registry
 start_notify_registry
 start_prometheus
+start_git_server
+start_flux
 
 cat >"$E2E_ENV_FILE" <<ENV
 # Written by e2e/harness/up.sh; read by the e2e tests and the demo.
@@ -293,5 +329,7 @@ FRESHEN_E2E_NOTIFY_TOKEN_FILE=$E2E_STATE/notify-registry/token
 FRESHEN_E2E_PROMETHEUS_URL=http://$E2E_PROMETHEUS_ADDR
 FRESHEN_E2E_OPERATOR_METRICS_ADDR=$E2E_OPERATOR_METRICS_ADDR
 FRESHEN_E2E_SCRAPE_INTERVAL=$E2E_SCRAPE_INTERVAL
+FRESHEN_E2E_GIT_URL=http://$E2E_GIT_ADDR
+FRESHEN_E2E_GIT_ROOT=$E2E_STATE/git-server/repos
 ENV
 log "harness up in $((SECONDS - start))s; env file: $E2E_ENV_FILE"

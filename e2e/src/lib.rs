@@ -14,6 +14,7 @@ pub mod control_plane;
 pub mod cosign;
 pub mod demo;
 pub mod faults;
+pub mod fleet;
 pub mod image;
 pub mod operator;
 pub mod peers;
@@ -71,6 +72,11 @@ pub struct Harness {
     pub scrape_interval: Duration,
     /// The registry that notifies the operator of pushes.
     pub notify: NotifyingRegistry,
+    /// Base URL of the git server (`http://host:port`; repositories at
+    /// `/<name>.git`).
+    pub git_url: String,
+    /// Its repositories' directory (bare repositories).
+    pub git_root: PathBuf,
 }
 
 /// A registry that POSTs every manifest push to the operator under test.
@@ -131,6 +137,8 @@ impl Harness {
                 endpoint: get("FRESHEN_E2E_NOTIFY_ADDR")?,
                 token_file: get("FRESHEN_E2E_NOTIFY_TOKEN_FILE")?.into(),
             },
+            git_url: get("FRESHEN_E2E_GIT_URL")?,
+            git_root: get("FRESHEN_E2E_GIT_ROOT")?.into(),
         })
     }
 

@@ -56,6 +56,18 @@ pub const WINDOW: &str = "freshen.dev/window";
 /// Which of the governing policy's pipelines rebuilds the workload's images
 /// (default: the policy's `spec.rebuild.pipeline`).
 pub const PIPELINE: &str = "freshen.dev/pipeline";
+/// The repository and branch a GitOps-managed workload is written in, when
+/// its reconciler's objects do not say (`gitops: Commit`):
+/// `<url>[#<branch>]`.
+pub const GIT_SOURCE: &str = "freshen.dev/git-source";
+/// The file (and for Helm values the path in it) that writes the
+/// workload's image: `<file>[#<dotted.values.path>]`, relative to the
+/// repository's root.
+pub const IMAGE_PATH: &str = "freshen.dev/image-path";
+const GIT_SOURCE_FORM: &str = "<url>[#<branch>], an https://, http:// or ssh:// repository URL \
+                               without credentials, e.g. https://git.example.com/team/fleet.git#main";
+const IMAGE_PATH_FORM: &str = "<file>[#<dotted.values.path>] relative to the repository's root, \
+                               without .., e.g. apps/web/values.yaml#image";
 /// Keys freshen writes itself; accepted so that they are never reported as
 /// typos.
 const RESERVED: [&str; 1] = [crate::refresh::REJECTED_DIGESTS];
@@ -69,7 +81,7 @@ const WINDOWS_FORM: &str = "one or more windows separated by ';', each `<days> <
 const SNOOZE_FORM: &str = "an RFC 3339 time, e.g. 2026-12-01T00:00:00Z";
 const KNOWN_FORM: &str = "one of freshen.dev/refresh, max-image-age, max-container-age, \
                           base-image, base-image.<container>, policy, snooze-until, \
-                          follow-tag, strategy, window, pipeline";
+                          follow-tag, strategy, window, pipeline, git-source, image-path";
 
 /// Whether freshen manages a workload, from `freshen.dev/refresh`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -118,6 +130,10 @@ pub struct WorkloadSettings {
     pub refresh_prefs: Preferences,
     /// `freshen.dev/pipeline`.
     pub pipeline: Option<String>,
+    /// `freshen.dev/git-source`, checked.
+    pub git_source: Option<String>,
+    /// `freshen.dev/image-path`, checked.
+    pub image_path: Option<String>,
 }
 
 impl WorkloadSettings {
@@ -171,6 +187,12 @@ impl WorkloadSettings {
             MAX_IMAGE_AGE => duration().map(|d| self.limits.max_image_age = d),
             MAX_CONTAINER_AGE => duration().map(|d| self.limits.max_container_age = d),
             PIPELINE => name(is_dns_label, PIPELINE_FORM).map(|p| self.pipeline = Some(p)),
+            GIT_SOURCE => freshen_core::gitops::source::parse_git_source(value, "main")
+                .map(|_| self.git_source = Some(value.trim().to_owned()))
+                .map_err(|_| invalid(GIT_SOURCE_FORM)),
+            IMAGE_PATH => freshen_core::gitops::source::parse_image_path(value)
+                .map(|_| self.image_path = Some(value.trim().to_owned()))
+                .map_err(|_| invalid(IMAGE_PATH_FORM)),
             POLICY => name(is_object_name, POLICY_FORM).map(|p| self.policy = Some(p)),
             FOLLOW_TAG => match value {
                 "true" => Ok(true),

@@ -17,5 +17,8 @@ pub use policy::{
     ClusterRefreshPolicy, ClusterRefreshPolicySpec, PolicyLimits, PolicyStatus, RefreshPolicy,
     RefreshPolicySpec, SpecError,
 };
-pub use refresh::{PolicyRefresh, Refresh, RefreshSpec, RefreshStatus};
+pub use refresh::{
+    GitAuthor, GitSpec, GitStatus, LocalSecretRef, PolicyRefresh, Refresh, RefreshSpec,
+    RefreshStatus,
+};
 pub use tag::{TagRecord, TagRecordSpec};

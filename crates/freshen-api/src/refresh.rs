@@ -138,6 +138,35 @@ pub struct RefreshStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
+    /// The commits pushed, when the refresh promotes through git.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitStatus>,
+}
+
+/// Where a refresh that promotes through git wrote, and what.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitStatus {
+    /// The URL of the repository freshen pushed to.
+    pub repository: String,
+    /// The branch freshen pushed to (the one the reconciler follows).
+    pub branch: String,
+    /// The file whose image freshen edited, from the repository's root.
+    pub file: String,
+    /// The commit that set the new image (or the branch's head, when it
+    /// already had it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// When the commit was pushed (the canary's success).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The commit that put the old image back, after a failure past
+    /// promotion.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_commit: Option<String>,
+    /// Pushes rejected (the branch had moved) before ours went through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
 }
 
 impl Refresh {
@@ -170,7 +199,8 @@ impl Refresh {
     }
 }
 
-/// Whether freshen may patch a workload a GitOps reconciler manages.
+/// What freshen does with a workload a GitOps reconciler (Argo CD, Flux)
+/// manages.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GitOpsMode {
     /// Leave it (default): an Event says why and what to configure.
@@ -179,6 +209,120 @@ pub enum GitOpsMode {
     /// Patch it anyway (the reconciler may revert the change).
     #[serde(alias = "patch")]
     Patch,
+    /// Canary in the cluster, then commit the proven image to the
+    /// workload's git source (`spec.refresh.git`); the reconciler applies
+    /// it. A failure after promotion is reverted in git.
+    #[serde(alias = "commit")]
+    Commit,
+}
+
+impl From<GitOpsMode> for freshen_core::plan::GitOpsAction {
+    fn from(m: GitOpsMode) -> Self {
+        match m {
+            GitOpsMode::Ignore => Self::Ignore,
+            GitOpsMode::Patch => Self::Patch,
+            GitOpsMode::Commit => Self::Commit,
+        }
+    }
+}
+
+/// `spec.git`: the repositories freshen may push proven images to, and how.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitSpec {
+    /// URL prefixes of the repositories freshen may push to, e.g.
+    /// `https://git.example.com/team-a/`; `{namespace}` in an entry stands
+    /// for the workload's namespace. A source found elsewhere is held,
+    /// and the Secret's credentials are sent to no other URL. 1 to 32
+    /// entries of at most 512 characters.
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 512)))]
+    pub repositories: Vec<String>,
+    /// A Secret with `username` and `password` (HTTPS; a token as the
+    /// password), or `identity` (an SSH private key) and `known_hosts`. A
+    /// RefreshPolicy's is read from its namespace, a ClusterRefreshPolicy's
+    /// from freshen's. Absent: push without credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<LocalSecretRef>,
+    /// The commits' author (default `freshen <freshen@users.noreply.freshen.dev>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub author: Option<GitAuthor>,
+    /// The branch for a `freshen.dev/git-source` that names none (default
+    /// `main`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub branch: Option<String>,
+    /// The commit message's first line; `{workload}`, `{namespace}`,
+    /// `{container}`, `{image}` and `{refresh}` are replaced (default
+    /// `freshen: {namespace}/{workload} {container} -> {image}`). A commit
+    /// for several workloads lists each below it. At most 256 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub message: Option<String>,
+}
+
+/// A Secret by name, in the namespace its policy reads from.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct LocalSecretRef {
+    /// The name of the Secret, in the namespace the policy reads Secrets
+    /// from.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// A commit author.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+pub struct GitAuthor {
+    /// The author's name, at most 128 characters.
+    #[schemars(length(min = 1, max = 128))]
+    pub name: String,
+    /// The author's e-mail address, at most 254 characters.
+    #[schemars(length(min = 3, max = 254))]
+    pub email: String,
+}
+
+impl GitSpec {
+    /// The first field that cannot be used, and why.
+    pub fn check(&self) -> Result<(), SpecError> {
+        let bad = |field: String, message: String| SpecError::Git { field, message };
+        if self.repositories.is_empty() || self.repositories.len() > 32 {
+            return Err(bad(
+                "spec.git.repositories".into(),
+                "expected 1 to 32 URL prefixes".into(),
+            ));
+        }
+        for (i, r) in self.repositories.iter().enumerate() {
+            freshen_core::gitops::source::check_prefix(&r.replace("{namespace}", "ns")).map_err(
+                |e| {
+                    bad(
+                        format!("spec.git.repositories[{i}]"),
+                        format!("{e}; expected a URL prefix such as https://git.example.com/team/"),
+                    )
+                },
+            )?;
+        }
+        if let Some(b) = &self.branch {
+            freshen_core::gitops::source::check_branch(b)
+                .map_err(|e| bad("spec.git.branch".into(), e.to_string()))?;
+        }
+        if let Some(a) = &self.author
+            && (a.name.chars().any(|c| c.is_control() || "<>".contains(c))
+                || !a.email.contains('@')
+                || a.email
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace() || "<>".contains(c)))
+        {
+            return Err(bad(
+                "spec.git.author".into(),
+                "expected a name and an e-mail address without <, > or control characters".into(),
+            ));
+        }
+        if let Some(m) = &self.message
+            && m.chars().any(char::is_control)
+        {
+            return Err(bad("spec.git.message".into(), "expected one line".into()));
+        }
+        Ok(())
+    }
 }
 
 /// The Prometheus check of a canary.
@@ -274,9 +418,17 @@ pub struct PolicyRefresh {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10_000))]
     pub max_concurrent: Option<u32>,
-    /// Workloads Argo CD or Flux manage: ignore (default) or patch.
+    /// Workloads Argo CD or Flux manage: Ignore (default), Patch, or
+    /// Commit (canary in the cluster, then commit the proven image to git;
+    /// needs `git`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gitops: Option<GitOpsMode>,
+    /// Where and how freshen commits for `gitops: Commit`: the
+    /// repositories it may push to and the credentials it pushes with. Taken
+    /// whole from the governing RefreshPolicy, else the governing
+    /// ClusterRefreshPolicy (fields are not mixed across the two).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitSpec>,
     /// How new digests are rolled out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutSpec>,
@@ -688,13 +840,16 @@ impl PolicyRefresh {
             .map_err(|e| SpecError::Window(e.to_string()))?;
         let rollout = self.rollout.clone().unwrap_or_default();
         let analysis = rollout.analysis.unwrap_or_default();
+        if let Some(git) = &self.git {
+            git.check()?;
+        }
         Ok(Preferences {
             follow_tag: self.follow_tag,
             min_digest_age: spec_duration("minDigestAge", self.min_digest_age.as_deref())?,
             suspend: self.suspend,
             windows,
             max_concurrent: self.max_concurrent,
-            gitops_patch: self.gitops.map(|g| g == GitOpsMode::Patch),
+            gitops: self.gitops.map(Into::into),
             strategy: rollout.strategy,
             canary_weight_percent: rollout.canary_weight,
             interval: spec_duration("rollout.analysis.interval", analysis.interval.as_deref())?,

@@ -58,6 +58,14 @@ pub enum SpecError {
         /// Why, and what is expected.
         message: String,
     },
+    /// `spec.git` cannot be used.
+    #[error("{field}: {message}")]
+    Git {
+        /// The field, e.g. `spec.git.repositories[0]`.
+        field: String,
+        /// Why, and what is expected.
+        message: String,
+    },
     /// A `spec.verify` authority cannot be used. The policy still governs
     /// (its gate fails closed: digests are held as `SignatureUnchecked`).
     #[error("{field}: {message}; every new digest is held (SignatureUnchecked) until fixed")]

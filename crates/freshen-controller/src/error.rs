@@ -75,6 +75,10 @@ pub enum Error {
     /// validation should have refused it); waits for a change.
     #[error("the pipeline cannot be run: {0}")]
     Pipeline(String),
+    /// Finding the workload's git source, or pushing to it, failed
+    /// (`gitops: Commit`); retried. The message says what is missing.
+    #[error("promoting through git: {0}")]
+    Git(String),
     /// A guarded write lost to a concurrent change; the next step sees it.
     #[error("{0}")]
     Stale(&'static str),
@@ -109,6 +113,7 @@ impl Error {
             Self::TriggerRun(_) => "rebuild_trigger",
             Self::CancelRun(_) => "rebuild_cancel",
             Self::Pipeline(_) => "rebuild_pipeline",
+            Self::Git(_) => "refresh_git",
             Self::Stale(_) => "conflict",
             Self::Panicked(_) => "panic",
             Self::Serialize(_) => "serialize",

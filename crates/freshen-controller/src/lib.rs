@@ -18,6 +18,7 @@
 //! TagRecords (each cached in a reflector store), then the controllers.
 
 pub mod error;
+pub mod gitops;
 pub mod notify;
 pub mod policy;
 pub mod rebuild;
@@ -59,6 +60,8 @@ use records::{PolicyNotifier, WorkloadRecords};
 /// Everything `freshen run` is configured with.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// Where and how freshen writes to git (`gitops: Commit`).
+    pub git: GitConfig,
     /// Address of `/metrics`, `/healthz`, `/readyz`.
     pub metrics_addr: SocketAddr,
     /// `/metrics` only for identities the API server lets `get` it
@@ -80,6 +83,16 @@ pub struct Config {
     /// The count of the client's requests (see [`api_requests`]), exported
     /// with the other metrics; `None` when the client does not count.
     pub api_requests: Option<api_requests::ApiRequests>,
+}
+
+/// Where freshen keeps its git clones and how long it gathers edits to one
+/// repository before committing them together.
+#[derive(Debug, Clone)]
+pub struct GitConfig {
+    /// The clones' directory (`--git-dir`).
+    pub dir: std::path::PathBuf,
+    /// Edits asked within this window share a commit (`--git-batch-window`).
+    pub batch_window: std::time::Duration,
 }
 
 /// A watch the operator keeps, named as `/readyz` reports it.
@@ -536,6 +549,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         rebuild_trigger: rebuilds.wake,
         planning: tokio::sync::Mutex::new(ledger::Ledger::default()),
         failures: failures::Failures::default(),
+        git: gitops::writer::Writer::new(config.git.dir.clone(), config.git.batch_window),
         config: config.controller,
     });
     let controllers: [Start; 5] = [

@@ -258,6 +258,12 @@ async fn observe(
         }
         _ => None,
     };
+    if let Some(git) = refresh.status.as_ref().and_then(|s| s.git.as_ref()) {
+        sight.observed.git = rollout::GitWrites {
+            promoted: git.commit.clone(),
+            reverted: git.revert_commit.clone(),
+        };
+    }
     if sight.observed.untrusted.is_none() {
         sight.observed.untrusted = sight
             .workload
@@ -366,6 +372,14 @@ async fn act(
 ) -> Result<(), Error> {
     for change in changes {
         match (change, scene.mechanics) {
+            (Change::SetImage { image, .. }, _) if scene.target.settings.through_git => {
+                let Some(w) = &scene.sight.workload else {
+                    continue;
+                };
+                let revert = *image != scene.target.to_image;
+                let git = crate::gitops::write(ctx, refresh, w, image, revert).await?;
+                record_git(ctx, refresh, git).await?;
+            }
             (Change::RejectDigest, _) => {
                 let Some(w) = &scene.sight.workload else {
                     continue;
@@ -376,6 +390,26 @@ async fn act(
             (_, None) => {}
         }
     }
+    Ok(())
+}
+
+/// Records a pushed commit in the Refresh's status, so that it is awaited
+/// and never pushed again.
+async fn record_git(
+    ctx: &Context,
+    refresh: &Refresh,
+    git: freshen_api::GitStatus,
+) -> Result<(), Error> {
+    let api: Api<Refresh> =
+        Api::namespaced(ctx.client.clone(), &refresh.namespace().unwrap_or_default());
+    let patch = json!({"status": {"git": git}});
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..PatchParams::default()
+    };
+    api.patch_status(&refresh.name_any(), &params, &Patch::Merge(patch))
+        .await
+        .map_err(Error::StoreProgress)?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ pub mod condition;
 pub mod duration;
 pub mod event;
 pub mod findings;
+pub mod gitops;
 pub mod image;
 pub mod kind;
 pub mod lease;

@@ -402,8 +402,8 @@ impl fmt::Display for Hold {
             Self::GitOps(g) => write!(
                 f,
                 "the workload is managed by {g}; freshen does not change it, so as not to fight \
-                 {g}'s reconciliation. Update the image in Git, or set `gitops: Patch` in its \
-                 RefreshPolicy to let freshen patch it anyway"
+                 {g}'s reconciliation. Set `gitops: Commit` in its RefreshPolicy to have freshen \
+                 commit proven images to its git source, or `gitops: Patch` to patch it anyway"
             ),
             Self::Suspended => f.write_str("its policy is suspended"),
             Self::Snoozed(t) => write!(f, "snoozed until {}", t.to_rfc3339()),
@@ -765,8 +765,9 @@ pub struct Preferences {
     pub windows: Option<Vec<Window>>,
     /// Active refreshes of the workloads one policy governs, at most.
     pub max_concurrent: Option<u32>,
-    /// Patch workloads a GitOps reconciler manages (default: leave them).
-    pub gitops_patch: Option<bool>,
+    /// What to do with workloads a GitOps reconciler manages (default:
+    /// leave them).
+    pub gitops: Option<GitOpsAction>,
     /// canary or rolling.
     pub strategy: Option<Strategy>,
     /// Canary size in percent of the replicas.
@@ -792,7 +793,7 @@ impl Preferences {
             suspend: self.suspend.or(lower.suspend),
             windows: self.windows.or(lower.windows),
             max_concurrent: self.max_concurrent.or(lower.max_concurrent),
-            gitops_patch: self.gitops_patch.or(lower.gitops_patch),
+            gitops: self.gitops.or(lower.gitops),
             strategy: self.strategy.or(lower.strategy),
             canary_weight_percent: self.canary_weight_percent.or(lower.canary_weight_percent),
             interval: self.interval.or(lower.interval),
@@ -836,8 +837,21 @@ impl Preferences {
                 .readiness_timeout
                 .map_or(d.readiness_timeout_seconds, |t| t.as_secs()),
             metric: self.metric.clone(),
+            through_git: false,
         }
     }
+}
+
+/// What freshen does with a workload a GitOps reconciler manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GitOpsAction {
+    /// Leave it: a `GitOpsManaged` hold says why.
+    Ignore,
+    /// Patch the cluster anyway (the reconciler may revert it).
+    Patch,
+    /// Canary in the cluster, then commit the proven image to the
+    /// workload's git source; the reconciler applies it.
+    Commit,
 }
 
 /// The containers only a rebuild can freshen, and why: the image is past

@@ -146,6 +146,13 @@ pub struct Settings {
     /// A Prometheus query the canary must pass, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<MetricCheck>,
+    /// Promote through git (a policy's `gitops: Commit` for a workload a
+    /// GitOps reconciler manages): the proven image is committed to the
+    /// workload's source and the reconciler applies it; a rollback after
+    /// promotion is a commit that puts the old image back. freshen never
+    /// patches the workload's image itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub through_git: bool,
 }
 
 impl Default for Settings {
@@ -158,6 +165,7 @@ impl Default for Settings {
             max_restarts: 0,
             readiness_timeout_seconds: 300,
             metric: None,
+            through_git: false,
         }
     }
 }
@@ -716,6 +724,18 @@ pub struct Observed {
     pub new_pods: Vec<PodHealth>,
     /// The metric, when a query is configured and a check is due.
     pub metric: Option<MetricReading>,
+    /// The commits pushed for a refresh that promotes through git.
+    pub git: GitWrites,
+}
+
+/// The commits freshen pushed for one Refresh, as its status records them:
+/// a pushed commit is never pushed again, the reconciler is awaited.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GitWrites {
+    /// The commit that set the new image.
+    pub promoted: Option<String>,
+    /// The commit that put the old image back.
+    pub reverted: Option<String>,
 }
 
 /// A change to make to the cluster; each is safe to repeat.
@@ -932,6 +952,11 @@ fn changed(target: &Target, workload: &WorkloadState, when: &str) -> String {
     } else {
         format!("someone else changed the workload's pod template {when}")
     }
+}
+
+/// A commit id as git prints it short.
+fn short_commit(commit: &str) -> &str {
+    commit.get(..7).unwrap_or(commit)
 }
 
 fn done(progress: Progress, actions: Vec<Change>) -> Step {
@@ -1263,6 +1288,37 @@ fn promoting(
     } else if (target.original(workload) || (workload.held && target.applied(workload)))
         && next.patched_at.is_none()
     {
+        if let Some(commit) = observed
+            .git
+            .promoted
+            .as_ref()
+            .filter(|_| target.settings.through_git)
+        {
+            // Pushed: the reconciler applies it, within the rollout's
+            // deadline like any rollout.
+            let started = next.promoted_at.unwrap_or(now);
+            if elapsed(started, now) >= settings.readiness_timeout() {
+                let why = format!(
+                    "the reconciler did not apply commit {} within {}s",
+                    short_commit(commit),
+                    settings.readiness_timeout_seconds
+                );
+                roll_back(target, next, Failure::Timeout, why, now);
+                actions.push(Change::DeleteCanary);
+                actions.push(Change::SetImage {
+                    image: target.from_image.clone(),
+                    stamp: false,
+                });
+                actions.push(Change::RejectDigest);
+            } else {
+                next.message = format!(
+                    "committed {} as {}; waiting for the reconciler to apply it",
+                    target.to_image,
+                    short_commit(commit)
+                );
+            }
+            return;
+        }
         // Intent stored, patch not seen yet (lost to a crash, or failed),
         // or an in-place canary's hold not released yet: patch (again).
         actions.push(Change::SetImage {
@@ -1357,10 +1413,25 @@ fn rolling_back(
     let restored = workload.image == target.from_image;
     if !restored {
         if workload.image == target.to_image {
-            actions.push(Change::SetImage {
-                image: target.from_image.clone(),
-                stamp: false,
-            });
+            match observed
+                .git
+                .reverted
+                .as_ref()
+                .filter(|_| target.settings.through_git)
+            {
+                Some(commit) => {
+                    next.message = format!(
+                        "rolling back {}: committed {} as {}; waiting for the reconciler to apply it",
+                        target.to_image,
+                        target.from_image,
+                        short_commit(commit)
+                    );
+                }
+                None => actions.push(Change::SetImage {
+                    image: target.from_image.clone(),
+                    stamp: false,
+                }),
+            }
             return;
         }
         let note = format!(
@@ -1515,6 +1586,114 @@ mod tests {
 
     fn mutations(step: &Step) -> Vec<Change> {
         step.actions.clone()
+    }
+
+    fn through_git() -> Target {
+        let mut t = target(Strategy::Canary);
+        t.settings.through_git = true;
+        t
+    }
+
+    fn pushed(observed: Observed, promoted: Option<&str>, reverted: Option<&str>) -> Observed {
+        Observed {
+            git: GitWrites {
+                promoted: promoted.map(str::to_owned),
+                reverted: reverted.map(str::to_owned),
+            },
+            ..observed
+        }
+    }
+
+    #[test]
+    fn through_git_a_promotion_is_pushed_once_then_awaited() {
+        let t = through_git();
+        // Not pushed yet: push (the executor commits instead of patching).
+        let first = step(&t, &promoting(false), &observed(FROM), secs(152));
+        assert_eq!(mutations(&first), [set(TO)]);
+        // Pushed, the reconciler has not applied it: wait, push nothing.
+        let waiting = step(
+            &t,
+            &promoting(false),
+            &pushed(observed(FROM), Some("0123456789abcdef"), None),
+            secs(160),
+        );
+        assert_eq!(waiting.progress.phase, Phase::Promoting);
+        assert!(mutations(&waiting).is_empty());
+        assert!(
+            waiting.progress.message.contains("as 0123456;"),
+            "{}",
+            waiting.progress.message
+        );
+        // Applied and rolled out: Succeeded.
+        let done = step(
+            &t,
+            &promoting(false),
+            &pushed(observed(TO), Some("0123456789abcdef"), None),
+            secs(170),
+        );
+        assert_eq!(done.progress.phase, Phase::Succeeded);
+        // Never applied within the deadline: the commit is reverted and the
+        // digest rejected.
+        let late = step(
+            &t,
+            &promoting(false),
+            &pushed(observed(FROM), Some("0123456789abcdef"), None),
+            secs(150 + 301),
+        );
+        assert_eq!(late.progress.phase, Phase::RollingBack);
+        assert_eq!(late.progress.failure, Some(Failure::Timeout));
+        assert_eq!(
+            mutations(&late),
+            [Change::DeleteCanary, set(FROM), Change::RejectDigest]
+        );
+    }
+
+    #[test]
+    fn through_git_a_rollback_is_one_revert_commit_then_awaited() {
+        let t = through_git();
+        let back = Progress {
+            phase: Phase::RollingBack,
+            failure: Some(Failure::PodFailure),
+            ..promoting(true)
+        };
+        let first = step(&t, &back, &observed(TO), secs(200));
+        assert_eq!(mutations(&first), [Change::RejectDigest, set(FROM)]);
+        let waiting = step(
+            &t,
+            &back,
+            &pushed(observed(TO), Some("a"), Some("bcdef0123")),
+            secs(210),
+        );
+        assert_eq!(mutations(&waiting), [Change::RejectDigest]);
+        assert!(
+            waiting.progress.message.contains("bcdef01"),
+            "{}",
+            waiting.progress.message
+        );
+        let done = step(
+            &t,
+            &back,
+            &pushed(observed(FROM), Some("a"), Some("bcdef0123")),
+            secs(220),
+        );
+        assert_eq!(done.progress.phase, Phase::RolledBack);
+    }
+
+    #[test]
+    fn through_git_a_failed_canary_writes_nothing() {
+        let t = through_git();
+        let crashing = Observed {
+            canary_exists: true,
+            canary_pods: vec![pod(false, 3, &["CrashLoopBackOff"])],
+            ..observed(FROM)
+        };
+        let s = step(&t, &in_canary(), &crashing, secs(40));
+        assert_eq!(s.progress.phase, Phase::RollingBack);
+        assert!(
+            !mutations(&s)
+                .iter()
+                .any(|c| matches!(c, Change::SetImage { .. }))
+        );
     }
 
     /// The Events the step stored to be published.

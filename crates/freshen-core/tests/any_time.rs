@@ -65,21 +65,25 @@ fn settings() -> impl Strategy<Value = Settings> {
         count(),
         seconds(),
         proptest::option::of(any::<f64>()),
+        any::<bool>(),
     )
         .prop_map(
-            |(strategy, weight, interval, iterations, restarts, timeout, max)| Settings {
-                strategy,
-                canary_weight_percent: weight,
-                interval_seconds: interval,
-                iterations,
-                max_restarts: restarts,
-                readiness_timeout_seconds: timeout,
-                metric: max.map(|max| MetricCheck {
-                    query: "up".into(),
-                    max,
-                    on_no_data: OnNoData::default(),
-                    max_consecutive_errors: 2,
-                }),
+            |(strategy, weight, interval, iterations, restarts, timeout, max, through_git)| {
+                Settings {
+                    strategy,
+                    canary_weight_percent: weight,
+                    interval_seconds: interval,
+                    iterations,
+                    max_restarts: restarts,
+                    readiness_timeout_seconds: timeout,
+                    metric: max.map(|max| MetricCheck {
+                        query: "up".into(),
+                        max,
+                        on_no_data: OnNoData::default(),
+                        max_consecutive_errors: 2,
+                    }),
+                    through_git,
+                }
             },
         )
 }

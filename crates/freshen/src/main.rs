@@ -108,6 +108,14 @@ struct RunArgs {
     /// a share of --max-concurrent-refreshes for longer, e.g. 6h, 30m.
     #[arg(long, default_value = "6h", value_parser = duration_arg)]
     max_analysis_time: Duration,
+    /// Where the bare git clones of `gitops: Commit` repositories are kept
+    /// between pushes (shallow; an emptyDir in the chart).
+    #[arg(long, env = "FRESHEN_GIT_DIR", default_value = "/tmp/freshen-git")]
+    git_dir: std::path::PathBuf,
+    /// Edits to one repository and branch asked for within this window are
+    /// pushed as one commit (forty images a base move rebuilt: one commit).
+    #[arg(long, default_value = "2s", value_parser = duration_arg)]
+    git_batch_window: Duration,
     /// TagRecords (since when a tag has named its digest) kept at most;
     /// past it, a new tag is answered from memory only.
     #[arg(long, default_value_t = 20_000)]
@@ -576,6 +584,10 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .or_else(|| args.namespace.clone())
         .unwrap_or_else(|| "freshen-system".to_owned());
     let config = Config {
+        git: freshen_controller::GitConfig {
+            dir: args.git_dir.clone(),
+            batch_window: args.git_batch_window,
+        },
         metrics_addr: args.metrics_addr,
         metrics_auth: matches!(args.metrics_auth, MetricsAuthMode::Kubernetes),
         leader: args.leader.config(args.namespace.as_deref()),

@@ -244,6 +244,10 @@ fn context(
         workload_trigger: crate::runtime::context::WorkloadTriggers::default(),
         rebuild_trigger,
         failures: crate::runtime::failures::Failures::default(),
+        git: crate::gitops::writer::Writer::new(
+            std::env::temp_dir().join("freshen-git-test"),
+            std::time::Duration::ZERO,
+        ),
         planning: tokio::sync::Mutex::new(crate::runtime::ledger::Ledger::default()),
         config: ControllerConfig {
             poll_interval: Duration::from_secs(60),

@@ -115,6 +115,8 @@ pub struct Context {
     /// Serializes the planners' decide-and-create, with the Refreshes
     /// created but not yet in the cache, so limits hold under concurrency.
     pub planning: tokio::sync::Mutex<crate::runtime::ledger::Ledger>,
+    /// The one writer of each git repository and branch.
+    pub git: std::sync::Arc<crate::gitops::writer::Writer>,
     /// Settings.
     pub config: ControllerConfig,
 }

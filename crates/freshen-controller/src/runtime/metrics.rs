@@ -330,6 +330,12 @@ pub struct Metrics {
     /// record (`workload_rate`, `namespace_cap`, `total_cap`), or records
     /// deleted (`deleted`).
     pub tag_records: IntCounterVec,
+    /// `freshen_git_commits_total{host,change,result}`: pushes for
+    /// `gitops: Commit`.
+    pub git_commits: IntCounterVec,
+    /// `freshen_git_promotion_seconds{host}`: from the canary's success
+    /// (the push) to the reconciler applying the commit.
+    pub git_promotion: HistogramVec,
     /// The per-container series, written at scrape time.
     ages: AgeCollector,
 }
@@ -523,6 +529,21 @@ impl Metrics {
                  looked at it for --tag-record-retention).",
                 &["outcome"],
             )?,
+            git_commits: r.counter(
+                "freshen_git_commits_total",
+                "Git writes for gitops: Commit, by repository host, change (promote, revert) and \
+                 result (pushed, unchanged: the branch already had it, failed).",
+                &["host", "change", "result"],
+            )?,
+            git_promotion: r.histogram(
+                "freshen_git_promotion_seconds",
+                "Seconds from a canary's success (the commit pushed) to the reconciler applying \
+                 it to the workload, by repository host.",
+                &[
+                    1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+                ],
+                &["host"],
+            )?,
             registry: registry.clone(),
             ages: AgeCollector { records },
         };
@@ -587,6 +608,35 @@ impl Metrics {
             let why = progress.failure.map_or("unknown", |f| f.as_str());
             self.rollbacks.with_label_values(&[why]).inc();
         }
+        if let (Phase::Succeeded, Some(git), Some(pushed), Some(applied)) = (
+            progress.phase,
+            refresh.status.as_ref().and_then(|s| s.git.as_ref()),
+            progress.promoted_at,
+            progress.patched_at,
+        ) {
+            let host = freshen_core::gitops::source::host(&git.repository);
+            self.git_promotion
+                .with_label_values(&[host])
+                .observe(freshen_core::age::elapsed(pushed, applied).as_secs_f64());
+        }
+    }
+
+    /// Counts one git write: `Ok(true)` pushed, `Ok(false)` unchanged.
+    pub fn git_write(
+        &self,
+        host: &str,
+        revert: bool,
+        result: Result<bool, &crate::gitops::writer::WriteError>,
+    ) {
+        let change = if revert { "revert" } else { "promote" };
+        let result = match result {
+            Ok(true) => "pushed",
+            Ok(false) => "unchanged",
+            Err(_) => "failed",
+        };
+        self.git_commits
+            .with_label_values(&[host, change, result])
+            .inc();
     }
 
     /// Sets `freshen_refreshes_active` from every Refresh's phase.

@@ -56,6 +56,20 @@ pub struct Configuration {
     pub rebuild: Option<RebuildPlan>,
     /// The signatures its new digests need, when a policy says.
     pub verify: Option<freshen_core::verify::Requirement>,
+    /// Where its proven images are committed (`gitops: Commit`).
+    pub git: Option<GitPlan>,
+}
+
+/// A policy's `spec.git`, whole, and where its Secret is read: the
+/// RefreshPolicy's namespace, or freshen's own for a ClusterRefreshPolicy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GitPlan {
+    /// `RefreshPolicy/<namespace>/<name>` or `ClusterRefreshPolicy/<name>`.
+    pub policy: String,
+    /// The spec.
+    pub spec: freshen_api::GitSpec,
+    /// The Secret's namespace; `None`: freshen's own.
+    pub secret_namespace: Option<String>,
 }
 
 /// The pipeline that rebuilds a workload's images and its settings: from
@@ -173,6 +187,7 @@ pub fn configure(
             None
         });
     let verify = valid.verify(&resolution, &namespace);
+    let git = valid.git(&resolution, &namespace);
     let binding = PolicyBinding {
         policies: matched.into_iter().map(|c| c.name).collect(),
         policy: resolution.policy.clone(),
@@ -187,6 +202,7 @@ pub fn configure(
         refresh,
         rebuild,
         verify,
+        git,
     }
 }
 
@@ -331,6 +347,29 @@ impl Valid<'_> {
             Some(spec.authority_set(format!("RefreshPolicy/{namespace}/{name}"), Some(namespace)))
         });
         freshen_core::verify::requirement(cluster.into_iter().chain(policy))
+    }
+
+    /// The governing RefreshPolicy's `spec.git`, else the governing
+    /// ClusterRefreshPolicy's: whole, so one policy's repositories never
+    /// meet another's credentials.
+    fn git(&self, resolution: &Resolution, namespace: &str) -> Option<GitPlan> {
+        let policy = resolution.policy.as_deref().and_then(|name| {
+            let (p, _) = self.policies.iter().find(|(p, _)| p.name_any() == name)?;
+            Some(GitPlan {
+                policy: format!("RefreshPolicy/{namespace}/{name}"),
+                spec: p.spec.refresh.git.clone()?,
+                secret_namespace: Some(namespace.to_owned()),
+            })
+        });
+        policy.or_else(|| {
+            let name = resolution.cluster_policy.as_deref()?;
+            let (p, _) = self.cluster.iter().find(|(p, _)| p.name_any() == name)?;
+            Some(GitPlan {
+                policy: format!("ClusterRefreshPolicy/{name}"),
+                spec: p.spec.refresh.git.clone()?,
+                secret_namespace: None,
+            })
+        })
     }
 
     fn preferences(&self, settings: &WorkloadSettings, resolution: &Resolution) -> Preferences {

@@ -11,7 +11,8 @@ use chrono::{DateTime, Utc};
 use freshen_api::refresh::{REJECTED_DIGESTS, WORKLOAD_LABEL};
 use freshen_api::{Refresh, RefreshSpec};
 use freshen_core::plan::{
-    self, ContainerView, Decision, Existing, Gates, Hold, Named, Slot, Wants, gitops_manager,
+    self, ContainerView, Decision, Existing, Gates, GitOpsAction, Hold, Named, Slot, Wants,
+    gitops_manager,
 };
 use freshen_core::rollout::Phase;
 use freshen_core::rollout::Reason;
@@ -316,7 +317,7 @@ fn gates(
         unrefreshed: Some(deploy.kind).filter(|k| !k.refreshed()),
         paused: deploy.paused(),
         gitops: gitops_manager(deploy.labels(), deploy.annotations())
-            .filter(|_| prefs.gitops_patch != Some(true)),
+            .filter(|_| matches!(prefs.gitops, None | Some(GitOpsAction::Ignore))),
         suspended: prefs.suspend == Some(true),
         snooze_until: config.settings.snooze_until,
         active: underway.iter().find(owned).map(|u| u.name.clone()),
@@ -408,7 +409,13 @@ fn build(
             from_digest: running.map_or_else(|| "unknown".to_owned(), short),
             to_digest: short(&proposal.digest),
             digest: proposal.digest.to_string(),
-            rollout: settings_for(deploy.kind, config, proposal, max_analysis_time),
+            rollout: settings_for(
+                deploy.kind,
+                gitops_manager(deploy.labels(), deploy.annotations()).is_some(),
+                config,
+                proposal,
+                max_analysis_time,
+            ),
             template_fingerprint: template_fingerprint(deploy, &proposal.container),
             verification: None,
         },
@@ -422,6 +429,7 @@ fn build(
 /// Rollout.
 fn settings_for(
     kind: Kind,
+    managed: bool,
     config: &Configuration,
     proposal: &plan::Proposal,
     max_analysis_time: std::time::Duration,
@@ -433,6 +441,11 @@ fn settings_for(
     if kind == Kind::Rollout {
         settings.strategy = freshen_core::rollout::Strategy::Rolling;
     }
+    // A restart changes nothing git holds (the image is the same): it is
+    // stamped on the workload like with `gitops: Patch`.
+    settings.through_git = config.refresh.gitops == Some(GitOpsAction::Commit)
+        && managed
+        && proposal.reason != freshen_core::rollout::Reason::ContainerTooOld;
     settings
 }
 

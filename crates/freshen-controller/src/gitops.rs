@@ -1,0 +1,335 @@
+//! Promotion through git (`gitops: Commit`): after the canary, the proven
+//! image is committed to the workload's source and the reconciler (Flux,
+//! Argo CD) applies it; a failure after promotion is a commit that puts the
+//! old image back.
+//!
+//! Everything a tenant can write is input here. The source comes from the
+//! reconciler's own objects (a Flux Kustomization whose inventory lists the
+//! workload, so a label alone points nowhere) or from the workload's
+//! annotations; either way the URL must be one the governing policy's
+//! `spec.git.repositories` allows for the workload's namespace, and the
+//! policy's Secret is sent to no other. The edit changes only the image of
+//! the workload's own container ([`freshen_core::gitops`]).
+
+pub mod writer;
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use freshen_api::{GitStatus, Refresh};
+use freshen_core::gitops::source::{self, FluxFacts, Source};
+use freshen_core::image::ImageReference;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
+use kube::runtime::reflector::ObjectRef;
+
+use crate::error::Error;
+use crate::runtime::cached::CachedWorkload;
+use crate::runtime::context::Context;
+use crate::workload::assess::{Configuration, GitPlan, configure};
+use writer::{Commit, Credentials, Edit, Target};
+
+/// Flux's labels on what a Kustomization applied.
+const FLUX_NAME: &str = "kustomize.toolkit.fluxcd.io/name";
+const FLUX_NAMESPACE: &str = "kustomize.toolkit.fluxcd.io/namespace";
+/// The default first line of a commit.
+const DEFAULT_MESSAGE: &str = "freshen: {namespace}/{workload} {container} -> {image}";
+/// The default author.
+const DEFAULT_AUTHOR: (&str, &str) = ("freshen", "freshen@users.noreply.freshen.dev");
+
+/// Commits `image` for the Refresh's container to the workload's git
+/// source (a revert when `revert`), and returns what the status records.
+pub async fn write(
+    ctx: &Context,
+    refresh: &Refresh,
+    workload: &CachedWorkload,
+    image: &str,
+    revert: bool,
+) -> Result<GitStatus, Error> {
+    let namespace = workload.namespace().unwrap_or_default();
+    let config = configuration(ctx, workload);
+    let Some(plan) = config.git.as_ref() else {
+        return Err(Error::Git(
+            "the governing policy has no spec.git (which repositories freshen may push to)".into(),
+        ));
+    };
+    let found = find_source(ctx, workload, &config, plan)
+        .await
+        .map_err(|e| Error::Git(e.to_string()))?;
+    if !source::allowed(&found.url, &namespace, &plan.spec.repositories) {
+        return Err(Error::Git(format!(
+            "{} ({}) is not among {}'s spec.git.repositories for namespace {namespace}",
+            found.url, found.origin, plan.policy
+        )));
+    }
+    let (credentials, identity) = credentials(ctx, plan).await?;
+    let running = ImageReference::parse(&refresh.spec.from_image)
+        .map_err(|e| Error::Git(format!("spec.fromImage: {e}")))?;
+    let title = plan
+        .spec
+        .message
+        .as_deref()
+        .unwrap_or(DEFAULT_MESSAGE)
+        .replace("{namespace}", &namespace)
+        .replace("{workload}", &workload.name_any())
+        .replace("{container}", &refresh.spec.container)
+        .replace("{image}", image)
+        .replace("{refresh}", &refresh.name_any());
+    let line = if revert {
+        format!(
+            "freshen: revert {namespace}/{} {} to {image} ({} failed after promotion)",
+            workload.name_any(),
+            refresh.spec.container,
+            refresh.spec.to_image
+        )
+    } else {
+        title
+    };
+    let (name, email) = plan.spec.author.as_ref().map_or(
+        (DEFAULT_AUTHOR.0.to_owned(), DEFAULT_AUTHOR.1.to_owned()),
+        |a| (a.name.clone(), a.email.clone()),
+    );
+    let target = Target {
+        url: found.url.clone(),
+        branch: found.branch.clone(),
+        identity,
+    };
+    let edit = Edit {
+        path: found.path.clone(),
+        field: found.field.clone(),
+        kind: workload.kind.as_str().to_owned(),
+        name: workload.name_any(),
+        namespace: namespace.clone(),
+        container: refresh.spec.container.clone(),
+        running,
+        image: image.to_owned(),
+        line,
+    };
+    let host = source::host(&found.url).to_owned();
+    let result = ctx
+        .git
+        .write(target, credentials, Commit { name, email }, edit)
+        .await;
+    ctx.metrics
+        .git_write(&host, revert, result.as_ref().map(|p| p.written));
+    let pushed = result.map_err(|e| Error::Git(e.to_string()))?;
+    let mut status = refresh
+        .status
+        .as_ref()
+        .and_then(|s| s.git.clone())
+        .unwrap_or_default();
+    status.repository = found.url;
+    status.branch = found.branch;
+    status.file = pushed.file;
+    if revert {
+        status.revert_commit = Some(pushed.commit);
+    } else {
+        status.commit = Some(pushed.commit);
+        status.pushed_at = Some(Utc::now());
+        status.retries = Some(pushed.retries);
+    }
+    Ok(status)
+}
+
+/// The workload's configuration, as its planner sees it.
+fn configuration(ctx: &Context, workload: &CachedWorkload) -> Configuration {
+    let namespace = workload.namespace().unwrap_or_default();
+    let labels = ctx
+        .namespaces
+        .get(&ObjectRef::new(&namespace))
+        .map(|ns| ns.labels().clone())
+        .unwrap_or_default();
+    configure(
+        workload,
+        &labels,
+        &ctx.policies.state(),
+        &ctx.cluster_policies.state(),
+        &ctx.config.defaults,
+    )
+}
+
+/// Where the workload is written: its annotations first (a file named
+/// there narrows any source), else its Flux Kustomization.
+pub async fn find_source(
+    ctx: &Context,
+    workload: &CachedWorkload,
+    config: &Configuration,
+    plan: &GitPlan,
+) -> Result<Source, source::SourceError> {
+    let settings = &config.settings;
+    let default_branch = plan.spec.branch.as_deref().unwrap_or("main");
+    let mut found = match settings.git_source.as_deref() {
+        Some(annotated) => {
+            let (url, branch) = source::parse_git_source(annotated, default_branch)?;
+            Source {
+                url,
+                branch,
+                path: String::new(),
+                field: None,
+                origin: "annotation freshen.dev/git-source".into(),
+            }
+        }
+        None => flux_source(ctx, workload).await?,
+    };
+    if let Some(path) = settings.image_path.as_deref() {
+        let (file, field) = source::parse_image_path(path)?;
+        found.path = file;
+        found.field = Some(field);
+    }
+    Ok(found)
+}
+
+/// The source of the Flux Kustomization that applied the workload.
+async fn flux_source(
+    ctx: &Context,
+    workload: &CachedWorkload,
+) -> Result<Source, source::SourceError> {
+    let labels = workload.labels();
+    let (Some(name), Some(namespace)) = (labels.get(FLUX_NAME), labels.get(FLUX_NAMESPACE)) else {
+        return Err(source::SourceError(
+            "no Flux Kustomization labels and no freshen.dev/git-source annotation say where the \
+             workload is written (Argo CD Applications are not read yet)"
+                .into(),
+        ));
+    };
+    let kustomization = get(
+        ctx,
+        "kustomize.toolkit.fluxcd.io",
+        "Kustomization",
+        namespace,
+        name,
+    )
+    .await?
+    .ok_or_else(|| {
+        source::SourceError(format!("Kustomization {namespace}/{name} was not found"))
+    })?;
+    let spec = &kustomization.data["spec"];
+    let source_ref = &spec["sourceRef"];
+    let source_kind = source_ref["kind"].as_str().unwrap_or_default().to_owned();
+    let source_name = source_ref["name"].as_str().unwrap_or_default();
+    let source_namespace = source_ref["namespace"].as_str().unwrap_or(namespace);
+    let (group, kind) = (workload.kind.group(), workload.kind.as_str());
+    let id = source::flux_inventory_id(
+        &workload.namespace().unwrap_or_default(),
+        &workload.name_any(),
+        group,
+        kind,
+    );
+    let lists_workload = kustomization.data["status"]["inventory"]["entries"]
+        .as_array()
+        .is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e["id"].as_str() == Some(id.as_str()))
+        });
+    let mut facts = FluxFacts {
+        kustomization: format!("{namespace}/{name}"),
+        path: spec["path"].as_str().map(str::to_owned),
+        source_kind: source_kind.clone(),
+        lists_workload,
+        ..FluxFacts::default()
+    };
+    if source_kind == "GitRepository"
+        && !source_name.is_empty()
+        && let Some(repo) = get(
+            ctx,
+            "source.toolkit.fluxcd.io",
+            "GitRepository",
+            source_namespace,
+            source_name,
+        )
+        .await?
+    {
+        let spec = &repo.data["spec"];
+        facts.url = spec["url"].as_str().map(str::to_owned);
+        let reference = &spec["ref"];
+        facts.branch = reference["branch"].as_str().map(str::to_owned);
+        facts.pinned = ["tag", "semver", "name", "commit"]
+            .iter()
+            .find_map(|k| reference[*k].as_str().map(|v| format!("{k} {v}")));
+    }
+    source::from_flux(&facts)
+}
+
+/// A Flux object, `None` when it is absent (or its CRD is).
+async fn get(
+    ctx: &Context,
+    group: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<DynamicObject>, source::SourceError> {
+    let gvk = GroupVersionKind::gvk(group, "v1", kind);
+    let resource = ApiResource::from_gvk(&gvk);
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
+    match api.get_opt(name).await {
+        Ok(o) => Ok(o),
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(None),
+        Err(e) => Err(source::SourceError(format!(
+            "reading {kind} {namespace}/{name}: {e}"
+        ))),
+    }
+}
+
+/// The credentials in the policy's Secret, and which Secret (the batch
+/// key: edits pushed with different credentials never share a commit).
+async fn credentials(ctx: &Context, plan: &GitPlan) -> Result<(Credentials, String), Error> {
+    let Some(secret_ref) = &plan.spec.secret_ref else {
+        return Ok((Credentials::Anonymous, String::new()));
+    };
+    let namespace = plan
+        .secret_namespace
+        .clone()
+        .unwrap_or_else(|| ctx.config.rebuild_namespace.clone());
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
+    let secret = api
+        .get_opt(&secret_ref.name)
+        .await
+        .map_err(|e| {
+            Error::Git(format!(
+                "reading Secret {namespace}/{}: {e}",
+                secret_ref.name
+            ))
+        })?
+        .ok_or_else(|| {
+            Error::Git(format!(
+                "Secret {namespace}/{} ({}'s spec.git.secretRef) was not found",
+                secret_ref.name, plan.policy
+            ))
+        })?;
+    let data: BTreeMap<String, String> = secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
+        .collect();
+    let identity = format!("{namespace}/{}", secret_ref.name);
+    let credentials = match (
+        data.get("username"),
+        data.get("password"),
+        data.get("identity"),
+        data.get("known_hosts"),
+    ) {
+        (Some(u), Some(p), _, _) => Credentials::Basic {
+            username: u.clone(),
+            password: p.clone(),
+        },
+        (_, _, Some(key), Some(hosts)) => Credentials::Ssh {
+            identity: key.clone(),
+            known_hosts: hosts.clone(),
+        },
+        _ => {
+            return Err(Error::Git(format!(
+                "Secret {identity} has neither username and password (HTTPS) nor identity and \
+                 known_hosts (SSH)"
+            )));
+        }
+    };
+    Ok((credentials, identity))
+}
+
+/// Whether `refresh` promotes through git.
+pub fn through_git(refresh: &Refresh) -> bool {
+    refresh.spec.rollout.through_git
+}

@@ -1,0 +1,342 @@
+//! Promotion through git, end to end: a Deployment applied by the real Flux
+//! (source-controller and kustomize-controller v1.9, built from the Go
+//! module proxy) from a repository on the harness's git server
+//! (`git http-backend`). freshen canaries the new digest in the cluster,
+//! commits it to the repository, and waits for Flux to apply it; a digest
+//! that fails after promotion is reverted in git, and Flux applies the
+//! revert.
+
+use std::time::Duration;
+
+use freshen_api::refresh::{AnalysisSpec, GitOpsMode, RolloutSpec};
+use freshen_api::{GitAuthor, GitSpec, PolicyRefresh, Refresh, RefreshPolicy, RefreshPolicySpec};
+use freshen_core::rollout::{Failure, Phase};
+use freshen_e2e::fleet::{Fleet, git};
+use freshen_e2e::scene::{Scene, image};
+use freshen_e2e::{wait_for, wait_ready_pods};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::api::PostParams;
+use kube::{Api, ResourceExt};
+
+/// The fleet's Deployment `web`, as a person writes it: comments, quotes,
+/// a blank line. `template_annotations` are kwok's crash markers.
+fn manifest(image: &str, template_annotations: &str) -> String {
+    format!(
+        r#"# The web tier. Its image is bumped by freshen after a canary.
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+spec:
+  replicas: 2
+
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+      annotations: {{{template_annotations}}}
+    spec:
+      containers:
+        - name: app
+          image: "{image}"   # pinned by freshen
+          ports:
+            - containerPort: 8080
+"#
+    )
+}
+
+/// A policy for `app=web`: follow the tag, a 50 % canary of 2 checks 1s
+/// apart, and `gitops: Commit` to the harness's git server.
+async fn policy(s: &Scene) -> anyhow::Result<()> {
+    let refresh = PolicyRefresh {
+        follow_tag: Some(true),
+        gitops: Some(GitOpsMode::Commit),
+        git: Some(GitSpec {
+            repositories: vec![format!("{}/", s.harness.git_url)],
+            author: Some(GitAuthor {
+                name: "freshen-e2e".into(),
+                email: "freshen@e2e.example".into(),
+            }),
+            ..GitSpec::default()
+        }),
+        rollout: Some(RolloutSpec {
+            strategy: None,
+            canary_weight: Some(50),
+            analysis: Some(AnalysisSpec {
+                interval: Some("1s".into()),
+                iterations: Some(2),
+                readiness_timeout: Some("60s".into()),
+                ..AnalysisSpec::default()
+            }),
+        }),
+        ..PolicyRefresh::default()
+    };
+    let policy = RefreshPolicy::new(
+        "web",
+        RefreshPolicySpec {
+            pipelines: Default::default(),
+            selector: LabelSelector {
+                match_labels: Some([("app".to_owned(), "web".to_owned())].into()),
+                ..LabelSelector::default()
+            },
+            limits: Default::default(),
+            refresh,
+        },
+    );
+    Api::<RefreshPolicy>::namespaced(s.client.clone(), &s.ns.name)
+        .create(&PostParams::default(), &policy)
+        .await?;
+    Ok(())
+}
+
+/// The fleet with `web` on `image`, applied by Flux, its pods Ready.
+async fn fleet(s: &Scene, image: &str, annotations: &str) -> anyhow::Result<Fleet> {
+    let fleet = Fleet::new(
+        &s.harness,
+        &s.client,
+        &s.ns.name,
+        &[("web.yaml", manifest(image, annotations))],
+    )
+    .await?;
+    fleet.await_applied("the fleet").await?;
+    wait_ready_pods(&s.client, &s.ns.name, "web", 2, Duration::from_secs(60)).await?;
+    Ok(fleet)
+}
+
+async fn template_image(s: &Scene) -> anyhow::Result<String> {
+    let d = Api::<Deployment>::namespaced(s.client.clone(), &s.ns.name)
+        .get("web")
+        .await?;
+    Ok(d.spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers.into_iter().next())
+        .and_then(|c| c.image)
+        .unwrap_or_default())
+}
+
+fn git_status(r: &Refresh) -> freshen_api::GitStatus {
+    r.status
+        .as_ref()
+        .and_then(|s| s.git.clone())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_proven_digest_is_committed_and_flux_applies_it() -> anyhow::Result<()> {
+    let s = Scene::new("gitops-commit").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let fleet = fleet(&s, &from, "").await?;
+    let seeded = fleet.head()?;
+    policy(&s).await?;
+    let op = s.operator().await?;
+    let new = s.push("v1", &image("two", 1)).await?;
+    let to = format!("{}/{}:v1@{}", s.harness.registry, s.repo, new.digest);
+
+    let done = s
+        .await_refresh("web", "Succeeded", |r| {
+            r.progress().phase == Phase::Succeeded
+        })
+        .await?;
+    assert!(
+        done.spec.rollout.through_git,
+        "the Refresh promotes through git"
+    );
+    let status = git_status(&done);
+    let head = fleet.head()?;
+    assert_eq!(status.commit.as_deref(), Some(head.as_str()));
+    assert_eq!(status.file, format!("{}/web.yaml", fleet.path));
+    assert_eq!(status.branch, "main");
+    // The diff is the value, nothing else: the comment, the quotes, the
+    // indentation and the blank line are as the human wrote them.
+    assert_eq!(
+        fleet.changed_lines(&head)?,
+        [
+            format!("-          image: \"{from}\"   # pinned by freshen"),
+            format!("+          image: \"{to}\"   # pinned by freshen"),
+        ]
+    );
+    assert_eq!(fleet.show(&status.file)?, manifest(&to, ""));
+    assert_eq!(
+        fleet.log("%an %P")?,
+        [format!("freshen-e2e {seeded}"), "A Human ".to_owned()]
+    );
+    // Flux applied it (freshen never patched the image itself).
+    fleet.await_applied("freshen's commit").await?;
+    assert_eq!(template_image(&s).await?, to);
+    let promoted = done.progress().promoted_at.unwrap_or_default();
+    let applied = done.progress().patched_at.unwrap_or_default();
+    eprintln!(
+        "canary success -> commit pushed {:?} after the promotion; commit -> applied by Flux {:.1}s",
+        status.pushed_at.map(|p| p - promoted),
+        (applied - promoted).as_seconds_f64()
+    );
+    op.await_metric(
+        r#"freshen_git_commits_total{change="promote",host="127.0.0.1",result="pushed"}"#,
+        1.0,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_digest_failing_in_the_canary_writes_nothing_to_git() -> anyhow::Result<()> {
+    let s = Scene::new("gitops-canary-fails").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let bad_spec = image("bad", 1);
+    // The same image pushed first elsewhere: its digest, for kwok's marker.
+    let bad = s.push("staging", &bad_spec).await?;
+    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let fleet = fleet(
+        &s,
+        &from,
+        &format!(r#""e2e.freshen.dev/crash-on": "{}""#, bad.digest),
+    )
+    .await?;
+    let seeded = fleet.head()?;
+    policy(&s).await?;
+    let _op = s.operator().await?;
+    s.push("v1", &bad_spec).await?;
+
+    let done = s
+        .await_refresh("web", "RolledBack", |r| {
+            r.progress().phase == Phase::RolledBack
+        })
+        .await?;
+    assert_eq!(done.progress().failure, Some(Failure::PodFailure));
+    assert_eq!(git_status(&done).commit, None);
+    assert_eq!(fleet.head()?, seeded, "nothing was committed");
+    assert_eq!(template_image(&s).await?, from);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_digest_failing_after_promotion_is_reverted_in_git_and_not_proposed_again()
+-> anyhow::Result<()> {
+    let s = Scene::new("gitops-revert").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let bad_spec = image("bad-in-rollout", 1);
+    let bad = s.push("staging", &bad_spec).await?;
+    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    // The canary's pods run; the workload's own new pods crash.
+    let annotations = format!(r#""e2e.freshen.dev/crash-on-rollout": "{}""#, bad.digest);
+    let fleet = fleet(&s, &from, &annotations).await?;
+    let seeded_text = fleet.show(&format!("{}/web.yaml", fleet.path))?;
+    policy(&s).await?;
+    let op = s.operator().await?;
+    s.push("v1", &bad_spec).await?;
+
+    let done = s
+        .await_refresh("web", "RolledBack", |r| {
+            r.progress().phase == Phase::RolledBack
+        })
+        .await?;
+    assert_eq!(done.progress().failure, Some(Failure::PodFailure));
+    let status = git_status(&done);
+    let (Some(promoted), Some(reverted)) = (status.commit.clone(), status.revert_commit.clone())
+    else {
+        panic!("a promotion and a revert commit: {status:?}");
+    };
+    let log = fleet.log("%H %s")?;
+    assert_eq!(log.len(), 3, "{log:?}");
+    assert!(
+        log[0].starts_with(&reverted) && log[0].contains("revert"),
+        "{log:?}"
+    );
+    assert!(log[1].starts_with(&promoted), "{log:?}");
+    // The revert puts the file back byte for byte.
+    assert_eq!(fleet.show(&status.file)?, seeded_text);
+    fleet.await_applied("the revert").await?;
+    assert_eq!(template_image(&s).await?, from);
+
+    // Flux reconciles every 2s: after several more of its applies and of
+    // freshen's looks, the digest is still rejected and not proposed again.
+    for _ in 0..3 {
+        fleet.await_applied("the branch again").await?;
+        s.await_reconciles(&op, "deployment", 2).await?;
+    }
+    let refreshes = s.refreshes_of("web").await?;
+    assert_eq!(refreshes.len(), 1, "never proposed again");
+    assert_eq!(fleet.log("%H")?.len(), 3);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_human_commit_that_lands_first_is_kept_and_freshens_is_rebased_on_it()
+-> anyhow::Result<()> {
+    let s = Scene::new("gitops-race").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let fleet = fleet(&s, &from, "").await?;
+    // A human's commit (a ConfigMap beside the app) waits on a side branch;
+    // a pre-receive hook moves main to it while freshen's push is in
+    // flight, once: the race a busy fleet repository has, made certain.
+    std::fs::write(
+        fleet.work.join(&fleet.path).join("config.yaml"),
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: web-config\ndata:\n  color: blue\n",
+    )?;
+    git(&fleet.work, &["add", "."])?;
+    git(&fleet.work, &["commit", "-q", "-m", "a human's config"])?;
+    git(&fleet.work, &["push", "-q", "origin", "main:human"])?;
+    let human = git(&fleet.work, &["rev-parse", "HEAD"])?.trim().to_owned();
+    let hook = fleet.bare.join("hooks/pre-receive");
+    std::fs::write(
+        &hook,
+        "#!/bin/sh\n# Once: main moves to the human's commit while a push is in flight.\n\
+         unset GIT_QUARANTINE_PATH GIT_OBJECT_DIRECTORY GIT_ALTERNATE_OBJECT_DIRECTORIES\n\
+         cat >/dev/null\n\
+         if [ -f race ]; then rm -f race; git update-ref refs/heads/main refs/heads/human; fi\n\
+         exit 0\n",
+    )?;
+    std::fs::set_permissions(&hook, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::write(fleet.bare.join("race"), "")?;
+    policy(&s).await?;
+    let _op = s.operator().await?;
+    let new = s.push("v1", &image("two", 1)).await?;
+
+    let done = s
+        .await_refresh("web", "Succeeded", |r| {
+            r.progress().phase == Phase::Succeeded
+        })
+        .await?;
+    let status = git_status(&done);
+    assert_eq!(
+        status.retries,
+        Some(1),
+        "one push was refused, the next went through"
+    );
+    let log = fleet.log("%H %P %an")?;
+    assert_eq!(log.len(), 3, "{log:?}");
+    let commit = status.commit.unwrap_or_default();
+    assert_eq!(
+        log[0],
+        format!("{commit} {human} freshen-e2e"),
+        "freshen's commit is on the human's"
+    );
+    assert!(
+        fleet
+            .show(&format!("{}/config.yaml", fleet.path))?
+            .contains("color: blue")
+    );
+    assert!(fleet.show(&status.file)?.contains(&new.digest));
+    // Flux applied both.
+    fleet.await_applied("both commits").await?;
+    wait_for(
+        "the human's ConfigMap applied",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async {
+            let cms: Api<k8s_openapi::api::core::v1::ConfigMap> =
+                Api::namespaced(s.client.clone(), &s.ns.name);
+            Ok(cms.get_opt("web-config").await?.map(|c| c.name_any()))
+        },
+    )
+    .await?;
+    Ok(())
+}
