@@ -230,11 +230,13 @@ YAML
 }
 
 # Stand-ins for CRDs of other projects: Tekton's PipelineRun (its module is
-# not served here) and the Prometheus Operator's ServiceMonitor and
-# PrometheusRule (the chart renders them). freshen's CRDs come with the chart.
+# not served here), the Prometheus Operator's ServiceMonitor and
+# PrometheusRule (the chart renders them) and Argo CD's Application (Argo
+# CD cannot run here). freshen's CRDs come with the chart.
 apply_standin_crds() {
   kubectl apply --server-side --force-conflicts -f "$harness_dir/tekton-pipelinerun-crd.yaml" \
-    -f "$harness_dir/monitoring-crds.yaml" >/dev/null
+    -f "$harness_dir/monitoring-crds.yaml" -f "$harness_dir/argocd-application-crd.yaml" >/dev/null
+  kubectl create namespace argocd --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 }
 
 # The git server the GitOps tests push to: Debian's git http-backend behind

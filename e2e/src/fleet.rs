@@ -55,10 +55,22 @@ pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
 }
 
 impl Fleet {
-    /// A repository named after `namespace` whose `apps/<namespace>` holds
-    /// `files` (name, text) on branch `main`, and a Flux GitRepository and
-    /// Kustomization (every 2s) applying that directory to `namespace`.
+    /// [`Fleet::repository`], and a Flux GitRepository and Kustomization
+    /// (every 2s) applying its directory to `namespace`.
     pub async fn new(
+        harness: &crate::Harness,
+        client: &Client,
+        namespace: &str,
+        files: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let fleet = Self::repository(harness, client, namespace, files)?;
+        fleet.apply_flux().await?;
+        Ok(fleet)
+    }
+
+    /// A repository named after `namespace` whose `apps/<namespace>` holds
+    /// `files` (name, text) on branch `main`; nothing applies it.
+    pub fn repository(
         harness: &crate::Harness,
         client: &Client,
         namespace: &str,
@@ -82,16 +94,14 @@ impl Fleet {
         let url = format!("{}/{namespace}.git", harness.git_url);
         git(&work, &["remote", "add", "origin", &url])?;
         git(&work, &["push", "-q", "origin", "main"])?;
-        let fleet = Self {
+        Ok(Self {
             url,
             bare,
             work,
             path,
             namespace: namespace.to_owned(),
             client: client.clone(),
-        };
-        fleet.apply_flux().await?;
-        Ok(fleet)
+        })
     }
 
     fn api(&self, group: &str, kind: &str) -> Api<DynamicObject> {

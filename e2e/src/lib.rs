@@ -324,8 +324,22 @@ impl Harness {
     /// Deletes object `name` of `kind` (e.g. `node`, `namespace`) when the
     /// returned guard is dropped.
     pub fn delete_on_drop(&self, kind: &str, name: &str) -> DeleteOnDrop {
+        self.delete_on_drop_in(None, kind, name)
+    }
+
+    /// [`Harness::delete_on_drop`] of an object in `namespace`.
+    pub fn delete_on_drop_in(
+        &self,
+        namespace: Option<&str>,
+        kind: &str,
+        name: &str,
+    ) -> DeleteOnDrop {
+        let mut args = vec![kind.to_owned(), name.to_owned()];
+        if let Some(ns) = namespace {
+            args.push(format!("--namespace={ns}"));
+        }
         DeleteOnDrop {
-            args: vec![kind.to_owned(), name.to_owned()],
+            args,
             kubectl: self.kubectl.clone(),
             kubeconfig: self.kubeconfig.clone(),
         }

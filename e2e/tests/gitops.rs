@@ -340,3 +340,197 @@ async fn a_human_commit_that_lands_first_is_kept_and_freshens_is_rebased_on_it()
     .await?;
     Ok(())
 }
+
+/// An Argo CD Application (the stand-in CRD) in Argo CD's namespace with
+/// `spec`, whose `status.resources` lists Deployment `web` of `namespace`,
+/// as Argo CD's controller writes it.
+async fn application(
+    s: &Scene,
+    spec: serde_json::Value,
+) -> anyhow::Result<freshen_e2e::DeleteOnDrop> {
+    use kube::api::{Patch, PatchParams};
+    let apps = freshen_e2e::peers::custom(
+        &s.client,
+        "argocd",
+        "argoproj.io",
+        "v1alpha1",
+        "Application",
+    );
+    let name = s.ns.name.clone();
+    let app: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Application",
+        "metadata": {"name": name, "namespace": "argocd"},
+        "spec": spec,
+    }))?;
+    apps.create(&PostParams::default(), &app).await?;
+    let status = serde_json::json!({"status": {"resources": [
+        {"group": "apps", "version": "v1", "kind": "Deployment", "namespace": s.ns.name, "name": "web", "status": "Synced"}
+    ]}});
+    apps.patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+        .await?;
+    Ok(s.harness
+        .delete_on_drop_in(Some("argocd"), "applications.argoproj.io", &name))
+}
+
+/// Deployment `web` as Argo CD applied it: tracked by Application
+/// `<namespace>` (in Argo CD's namespace), running `image`.
+async fn argo_deployment(
+    s: &Scene,
+    image: &str,
+    annotations: &[(&str, &str)],
+) -> anyhow::Result<()> {
+    let tracking = format!("{}:apps/Deployment:{}/web", s.ns.name, s.ns.name);
+    let mut all = vec![("argocd.argoproj.io/tracking-id", tracking.as_str())];
+    all.extend_from_slice(annotations);
+    s.ns.deploy_ready(&s.client, "web", image, 2, &all).await
+}
+
+/// What Argo CD's sync would do with the commit: apply the workload's
+/// new image.
+async fn sync_image(s: &Scene, image: &str) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let patch = serde_json::json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+    Api::<Deployment>::namespaced(s.client.clone(), &s.ns.name)
+        .patch(
+            "web",
+            &PatchParams::apply("argocd-controller").force(),
+            &Patch::Apply(serde_json::json!({
+                "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+                "spec": patch["spec"],
+            })),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_argo_cd_application_single_source_is_found_and_committed_to() -> anyhow::Result<()> {
+    let s = Scene::new("gitops-argo").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let fleet = Fleet::repository(
+        &s.harness,
+        &s.client,
+        &s.ns.name,
+        &[("web.yaml", manifest(&from, ""))],
+    )?;
+    argo_deployment(&s, &from, &[]).await?;
+    let _app = application(
+        &s,
+        serde_json::json!({"project": "default", "destination": {"namespace": s.ns.name},
+            "source": {"repoURL": fleet.url, "targetRevision": "HEAD", "path": fleet.path}}),
+    )
+    .await?;
+    policy(&s).await?;
+    let _op = s.operator().await?;
+    let new = s.push("v1", &image("two", 1)).await?;
+    let to = format!("{}/{}:v1@{}", s.harness.registry, s.repo, new.digest);
+
+    let pushed = s
+        .await_refresh("web", "committed, awaiting Argo CD", |r| {
+            git_status(r).commit.is_some()
+        })
+        .await?;
+    assert_eq!(pushed.progress().phase, Phase::Promoting);
+    let status = git_status(&pushed);
+    assert_eq!(status.file, format!("{}/web.yaml", fleet.path));
+    assert_eq!(
+        fleet.changed_lines(&fleet.head()?)?,
+        [
+            format!("-          image: \"{from}\"   # pinned by freshen"),
+            format!("+          image: \"{to}\"   # pinned by freshen"),
+        ]
+    );
+    // freshen never patched the workload: it waits for the reconciler.
+    assert_eq!(template_image(&s).await?, from);
+    sync_image(&s, &to).await?;
+    s.await_refresh("web", "Succeeded", |r| {
+        r.progress().phase == Phase::Succeeded
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_argo_cd_multi_source_application_gets_its_helm_values_committed() -> anyhow::Result<()>
+{
+    let s = Scene::new("gitops-argo-multi").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let repository = format!("{}/{}", s.harness.registry, s.repo);
+    let from = format!("{repository}:v1@{}", v1.digest);
+    let values = format!(
+        "# values for the web chart\nreplicaCount: 2\n\nimage:\n  repository: {repository}\n  tag: \"v1@{}\"   # the chart renders repository:tag\n  pullPolicy: IfNotPresent\n",
+        v1.digest
+    );
+    let fleet = Fleet::repository(
+        &s.harness,
+        &s.client,
+        &s.ns.name,
+        &[("values.yaml", values.clone())],
+    )?;
+    argo_deployment(&s, &from, &[]).await?;
+    let _app = application(
+        &s,
+        serde_json::json!({"project": "default", "destination": {"namespace": s.ns.name},
+        "sources": [
+            {"repoURL": "https://charts.example.com", "chart": "web", "targetRevision": "1.2.3",
+             "helm": {"valueFiles": [format!("$values/{}/values.yaml", fleet.path)]}},
+            {"repoURL": fleet.url, "targetRevision": "main", "ref": "values"},
+        ]}),
+    )
+    .await?;
+    policy(&s).await?;
+    let _op = s.operator().await?;
+    let new = s.push("v1", &image("two", 1)).await?;
+
+    // The values file is found, but not where in it the image is: held,
+    // and the Event says what to set.
+    let note = freshen_e2e::await_warning(
+        &s.client,
+        &s.ns.name,
+        "Deployment",
+        "web",
+        "GitSourceNotFound",
+    )
+    .await?;
+    let file = format!("{}/values.yaml", fleet.path);
+    assert!(
+        note.contains(&format!("set freshen.dev/image-path to {file}#")),
+        "{note}"
+    );
+    assert!(s.refreshes_of("web").await?.is_empty());
+
+    let api = Api::<Deployment>::namespaced(s.client.clone(), &s.ns.name);
+    let annotate = serde_json::json!({"metadata": {"annotations": {"freshen.dev/image-path": format!("{file}#image")}}});
+    api.patch(
+        "web",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(annotate),
+    )
+    .await?;
+    let pushed = s
+        .await_refresh("web", "committed, awaiting Argo CD", |r| {
+            git_status(r).commit.is_some()
+        })
+        .await?;
+    assert_eq!(git_status(&pushed).file, file);
+    assert_eq!(
+        fleet.changed_lines(&fleet.head()?)?,
+        [
+            format!(
+                "-  tag: \"v1@{}\"   # the chart renders repository:tag",
+                v1.digest
+            ),
+            format!(
+                "+  tag: \"v1@{}\"   # the chart renders repository:tag",
+                new.digest
+            ),
+        ]
+    );
+    sync_image(&s, &format!("{repository}:v1@{}", new.digest)).await?;
+    s.await_refresh("web", "Succeeded", |r| {
+        r.progress().phase == Phase::Succeeded
+    })
+    .await?;
+    Ok(())
+}

@@ -19,6 +19,7 @@ use chrono::Utc;
 use freshen_api::{GitStatus, Refresh};
 use freshen_core::gitops::source::{self, FluxFacts, Source};
 use freshen_core::image::ImageReference;
+use freshen_core::plan::{GitOps, gitops_manager};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
@@ -33,6 +34,9 @@ use writer::{Commit, Credentials, Edit, Target};
 /// Flux's labels on what a Kustomization applied.
 const FLUX_NAME: &str = "kustomize.toolkit.fluxcd.io/name";
 const FLUX_NAMESPACE: &str = "kustomize.toolkit.fluxcd.io/namespace";
+/// Argo CD's tracking annotation and instance label.
+const ARGO_TRACKING: &str = "argocd.argoproj.io/tracking-id";
+const ARGO_INSTANCE: &str = "argocd.argoproj.io/instance";
 /// The default first line of a commit.
 const DEFAULT_MESSAGE: &str = "freshen: {namespace}/{workload} {container} -> {image}";
 /// The default author.
@@ -49,20 +53,7 @@ pub async fn write(
 ) -> Result<GitStatus, Error> {
     let namespace = workload.namespace().unwrap_or_default();
     let config = configuration(ctx, workload);
-    let Some(plan) = config.git.as_ref() else {
-        return Err(Error::Git(
-            "the governing policy has no spec.git (which repositories freshen may push to)".into(),
-        ));
-    };
-    let found = find_source(ctx, workload, &config, plan)
-        .await
-        .map_err(|e| Error::Git(e.to_string()))?;
-    if !source::allowed(&found.url, &namespace, &plan.spec.repositories) {
-        return Err(Error::Git(format!(
-            "{} ({}) is not among {}'s spec.git.repositories for namespace {namespace}",
-            found.url, found.origin, plan.policy
-        )));
-    }
+    let (found, plan) = resolve(ctx, workload, &config).await.map_err(Error::Git)?;
     let (credentials, identity) = credentials(ctx, plan).await?;
     let running = ImageReference::parse(&refresh.spec.from_image)
         .map_err(|e| Error::Git(format!("spec.fromImage: {e}")))?;
@@ -132,6 +123,40 @@ pub async fn write(
     Ok(status)
 }
 
+/// Why a refresh of `workload` could not be promoted through git now, if
+/// so: no `spec.git` in its policy, no source found, or a source the policy
+/// does not allow. The planner holds the refresh with that reason.
+pub async fn check_source(
+    ctx: &Context,
+    workload: &CachedWorkload,
+    config: &Configuration,
+) -> Result<(), String> {
+    resolve(ctx, workload, config).await.map(|_| ())
+}
+
+/// Where `workload` is written, and the policy's `spec.git` that allows
+/// freshen to write there; why not, when it cannot.
+async fn resolve<'a>(
+    ctx: &Context,
+    workload: &CachedWorkload,
+    config: &'a Configuration,
+) -> Result<(Source, &'a GitPlan), String> {
+    let Some(plan) = config.git.as_ref() else {
+        return Err("its policy has no spec.git (the repositories freshen may push to)".into());
+    };
+    let found = find_source(ctx, workload, config, plan)
+        .await
+        .map_err(|e| e.to_string())?;
+    let namespace = workload.namespace().unwrap_or_default();
+    if !source::allowed(&found.url, &namespace, &plan.spec.repositories) {
+        return Err(format!(
+            "{} ({}) is not among {}'s spec.git.repositories for namespace {namespace}",
+            found.url, found.origin, plan.policy
+        ));
+    }
+    Ok((found, plan))
+}
+
 /// The workload's configuration, as its planner sees it.
 fn configuration(ctx: &Context, workload: &CachedWorkload) -> Configuration {
     let namespace = workload.namespace().unwrap_or_default();
@@ -170,7 +195,12 @@ pub async fn find_source(
                 origin: "annotation freshen.dev/git-source".into(),
             }
         }
-        None => flux_source(ctx, workload).await?,
+        None => match gitops_manager(workload.labels(), workload.annotations()) {
+            Some(GitOps::ArgoCd) => {
+                argo_source(ctx, workload, default_branch, settings.image_path.is_some()).await?
+            }
+            _ => flux_source(ctx, workload).await?,
+        },
     };
     if let Some(path) = settings.image_path.as_deref() {
         let (file, field) = source::parse_image_path(path)?;
@@ -178,6 +208,87 @@ pub async fn find_source(
         found.field = Some(field);
     }
     Ok(found)
+}
+
+/// The source of the Argo CD Application that applied the workload (its
+/// tracking annotation, else its instance label, names it).
+async fn argo_source(
+    ctx: &Context,
+    workload: &CachedWorkload,
+    default_branch: &str,
+    has_image_path: bool,
+) -> Result<Source, source::SourceError> {
+    let tracking = workload
+        .annotations()
+        .get(ARGO_TRACKING)
+        .or_else(|| workload.labels().get(ARGO_INSTANCE))
+        .and_then(|t| source::argo_application(t))
+        .ok_or_else(|| {
+            source::SourceError("its Argo CD tracking annotation names no Application".into())
+        })?;
+    let namespace = tracking
+        .0
+        .unwrap_or(&ctx.config.argocd_namespace)
+        .to_owned();
+    let name = tracking.1;
+    let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Application");
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &namespace, &ApiResource::from_gvk(&gvk));
+    let app = match api.get_opt(name).await {
+        Ok(Some(a)) => a,
+        Ok(None) | Err(kube::Error::Api(_)) => {
+            return Err(source::SourceError(format!(
+                "Application {namespace}/{name} was not found"
+            )));
+        }
+        Err(e) => {
+            return Err(source::SourceError(format!(
+                "reading Application {namespace}/{name}: {e}"
+            )));
+        }
+    };
+    let spec = &app.data["spec"];
+    let read = |s: &serde_json::Value| source::ArgoSource {
+        repo_url: s["repoURL"].as_str().unwrap_or_default().to_owned(),
+        target_revision: s["targetRevision"].as_str().unwrap_or_default().to_owned(),
+        path: s["path"].as_str().map(str::to_owned),
+        chart: s["chart"].as_str().map(str::to_owned),
+        ref_name: s["ref"].as_str().map(str::to_owned),
+        value_files: s["helm"]["valueFiles"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .filter_map(|f| f.as_str().map(str::to_owned))
+                    .take(32)
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let sources = match spec["sources"].as_array() {
+        Some(list) => list.iter().take(32).map(read).collect(),
+        None => vec![read(&spec["source"])],
+    };
+    let (group, kind) = (workload.kind.group(), workload.kind.as_str());
+    let (wl_namespace, wl_name) = (
+        workload.namespace().unwrap_or_default(),
+        workload.name_any(),
+    );
+    let lists_workload = app.data["status"]["resources"]
+        .as_array()
+        .is_some_and(|rs| {
+            rs.iter().any(|r| {
+                r["group"].as_str().unwrap_or_default() == group
+                    && r["kind"].as_str() == Some(kind)
+                    && r["namespace"].as_str() == Some(wl_namespace.as_str())
+                    && r["name"].as_str() == Some(wl_name.as_str())
+            })
+        });
+    let facts = source::ArgoFacts {
+        application: format!("{namespace}/{name}"),
+        sources,
+        lists_workload,
+    };
+    source::from_argo(&facts, default_branch, has_image_path)
 }
 
 /// The source of the Flux Kustomization that applied the workload.
@@ -188,8 +299,8 @@ async fn flux_source(
     let labels = workload.labels();
     let (Some(name), Some(namespace)) = (labels.get(FLUX_NAME), labels.get(FLUX_NAMESPACE)) else {
         return Err(source::SourceError(
-            "no Flux Kustomization labels and no freshen.dev/git-source annotation say where the \
-             workload is written (Argo CD Applications are not read yet)"
+            "no Flux Kustomization labels, no Argo CD tracking annotation and no \
+             freshen.dev/git-source annotation say where the workload is written"
                 .into(),
         ));
     };

@@ -49,6 +49,10 @@ pub enum EventReason {
     RebuildRequired,
     /// A wanted refresh is held because a GitOps tool manages the workload.
     GitOpsManaged,
+    /// A wanted refresh is held because the policy says `gitops: Commit`
+    /// and the workload's git source cannot be found or is not allowed;
+    /// the note says what is missing.
+    GitSourceNotFound,
     /// A wanted refresh is held because the workload is paused; it starts
     /// once the workload is resumed.
     WorkloadPaused,

@@ -298,6 +298,9 @@ pub enum Hold {
     DisruptionBudget(String),
     /// Managed by a GitOps reconciler.
     GitOps(GitOps),
+    /// `gitops: Commit`, and freshen cannot tell (or may not write) where
+    /// the workload's image is written in git: why.
+    GitSource(String),
     /// The policy is suspended.
     Suspended,
     /// Snoozed until then.
@@ -359,6 +362,7 @@ impl Hold {
     pub fn warning_reason(&self) -> Option<EventReason> {
         match self {
             Self::GitOps(_) => Some(EventReason::GitOpsManaged),
+            Self::GitSource(_) => Some(EventReason::GitSourceNotFound),
             Self::Paused(_) => Some(EventReason::WorkloadPaused),
             Self::DisruptionBudget(_) => Some(EventReason::DisruptionBudgetExhausted),
             Self::Ended { .. } => Some(EventReason::RefreshNotRetried),
@@ -404,6 +408,10 @@ impl fmt::Display for Hold {
                 "the workload is managed by {g}; freshen does not change it, so as not to fight \
                  {g}'s reconciliation. Set `gitops: Commit` in its RefreshPolicy to have freshen \
                  commit proven images to its git source, or `gitops: Patch` to patch it anyway"
+            ),
+            Self::GitSource(why) => write!(
+                f,
+                "its policy says gitops: Commit, but freshen cannot promote it through git: {why}"
             ),
             Self::Suspended => f.write_str("its policy is suspended"),
             Self::Snoozed(t) => write!(f, "snoozed until {}", t.to_rfc3339()),

@@ -112,6 +112,10 @@ struct RunArgs {
     /// between pushes (shallow; an emptyDir in the chart).
     #[arg(long, env = "FRESHEN_GIT_DIR", default_value = "/tmp/freshen-git")]
     git_dir: std::path::PathBuf,
+    /// Argo CD's namespace: where an Application named by a workload's
+    /// tracking annotation without a namespace is read (gitops: Commit).
+    #[arg(long, default_value = "argocd")]
+    argocd_namespace: String,
     /// Edits to one repository and branch asked for within this window are
     /// pushed as one commit (forty images a base move rebuilt: one commit).
     #[arg(long, default_value = "2s", value_parser = duration_arg)]
@@ -613,6 +617,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             rebuild_namespace,
             pipeline_kinds: args.pipeline_kinds.iter().filter_map(|k| k.0).collect(),
             workload_kinds: args.workload_kinds,
+            argocd_namespace: args.argocd_namespace,
         },
         registry: args.registry.config(args.poll_interval)?,
         prometheus_url: args.prometheus_url,

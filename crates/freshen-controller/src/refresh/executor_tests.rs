@@ -258,6 +258,7 @@ fn context(
             max_analysis_time: std::time::Duration::from_secs(6 * 3600),
             tags: crate::workload::tags::TagSettings::default(),
             workload_kinds: Kind::ALL.to_vec(),
+            argocd_namespace: "argocd".into(),
             refresh_history: 5,
             rebuild_history: 5,
             rebuild_namespace: "freshen-system".into(),

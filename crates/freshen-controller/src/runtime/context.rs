@@ -55,6 +55,9 @@ pub struct ControllerConfig {
     /// The kinds of workload watched and measured (`--workload-kinds`;
     /// Deployment always among them).
     pub workload_kinds: Vec<Kind>,
+    /// Argo CD's own namespace, where the Applications its tracking
+    /// annotations name without a namespace live (`--argocd-namespace`).
+    pub argocd_namespace: String,
 }
 
 /// Shared by every reconcile.

@@ -83,6 +83,11 @@ pub async fn consider(
     if let Some(hold) = plan::budget_hold(proposal.reason, &budgets(ctx, deploy).await?) {
         return Ok(Outcome::Held(hold, None));
     }
+    if through_git(deploy, config, proposal.reason)
+        && let Err(why) = crate::gitops::check_source(ctx, deploy, config).await
+    {
+        return Ok(Outcome::Held(Hold::GitSource(why), None));
+    }
     let view = views.iter().find(|v| v.container == proposal.container);
     let refresh_name = match name_for(ctx, deploy, &proposal, view) {
         Named::Create(name) => name,
@@ -441,12 +446,21 @@ fn settings_for(
     if kind == Kind::Rollout {
         settings.strategy = freshen_core::rollout::Strategy::Rolling;
     }
-    // A restart changes nothing git holds (the image is the same): it is
-    // stamped on the workload like with `gitops: Patch`.
-    settings.through_git = config.refresh.gitops == Some(GitOpsAction::Commit)
-        && managed
-        && proposal.reason != freshen_core::rollout::Reason::ContainerTooOld;
+    settings.through_git = managed && commits(config, proposal.reason);
     settings
+}
+
+/// Whether a refresh for `reason` of a GitOps-managed workload is promoted
+/// through git: with `gitops: Commit`, except a restart, which changes
+/// nothing git holds (the image is the same) and is stamped on the
+/// workload like with `gitops: Patch`.
+fn commits(config: &Configuration, reason: Reason) -> bool {
+    config.refresh.gitops == Some(GitOpsAction::Commit) && reason != Reason::ContainerTooOld
+}
+
+/// Whether `deploy`'s refresh for `reason` is promoted through git.
+fn through_git(deploy: &CachedWorkload, config: &Configuration, reason: Reason) -> bool {
+    gitops_manager(deploy.labels(), deploy.annotations()).is_some() && commits(config, reason)
 }
 
 /// Creates the Refresh (a name already taken by the same target counts as

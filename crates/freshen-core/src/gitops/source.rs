@@ -244,6 +244,146 @@ pub fn from_flux(f: &FluxFacts) -> Result<Source, SourceError> {
     })
 }
 
+/// One source of an Argo CD Application (`spec.source`, or an entry of
+/// `spec.sources`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArgoSource {
+    /// `repoURL`.
+    pub repo_url: String,
+    /// `targetRevision` (empty: the repository's default branch).
+    pub target_revision: String,
+    /// `path`, for a source in git.
+    pub path: Option<String>,
+    /// `chart`, for a source in a Helm repository.
+    pub chart: Option<String>,
+    /// `ref`, the name `$<ref>/...` value files use.
+    pub ref_name: Option<String>,
+    /// `helm.valueFiles`.
+    pub value_files: Vec<String>,
+}
+
+/// What an Argo CD Application says, read from its spec and status.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArgoFacts {
+    /// `namespace/name` of the Application, for messages.
+    pub application: String,
+    /// Its sources.
+    pub sources: Vec<ArgoSource>,
+    /// Whether its `status.resources` lists the workload: only then did
+    /// Argo CD apply it (a tracking annotation alone can be written by
+    /// anyone who can write the workload).
+    pub lists_workload: bool,
+}
+
+/// The Application a tracking annotation
+/// (`<app>:<group>/<kind>:<namespace>/<name>`) or instance label (`<app>`)
+/// names: `(namespace, name)`, the namespace when the app is written
+/// `<namespace>_<name>` (Applications outside Argo CD's own namespace).
+pub fn argo_application(tracking: &str) -> Option<(Option<&str>, &str)> {
+    let app = tracking.split(':').next()?.trim();
+    if app.is_empty() || app.len() > 253 {
+        return None;
+    }
+    Some(match app.split_once('_') {
+        Some((ns, name)) => (Some(ns), name),
+        None => (None, app),
+    })
+}
+
+/// Whether a `targetRevision` names a branch freshen can push to: not a
+/// commit, not what reads as a version tag (`v1.2.3`, `1.2`), not a range.
+fn argo_branch(revision: &str, default_branch: &str) -> Result<String, SourceError> {
+    let r = revision.trim();
+    if r.is_empty() || r == "HEAD" {
+        return Ok(default_branch.to_owned());
+    }
+    let commit = r.len() >= 7 && r.len() <= 40 && r.chars().all(|c| c.is_ascii_hexdigit());
+    let version = r.trim_start_matches('v').split('.').count() >= 2
+        && r.trim_start_matches('v')
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_digit());
+    let range = r.contains(['*', '^', '~', '>', '<', ' ']);
+    if commit || version || range {
+        return err(format!(
+            "targetRevision {r} is a commit, a version tag or a range, not a branch: a commit would not be applied"
+        ));
+    }
+    check_branch(r)?;
+    Ok(r.to_owned())
+}
+
+/// The source an Argo CD Application gives: the git file its Helm value
+/// files name (a `$<ref>/<file>` of another source, or a file beside a
+/// chart in git), which needs `freshen.dev/image-path` for the values'
+/// path (`has_image_path`); else the first git source's `path`, searched.
+pub fn from_argo(
+    a: &ArgoFacts,
+    default_branch: &str,
+    has_image_path: bool,
+) -> Result<Source, SourceError> {
+    let app = &a.application;
+    if !a.lists_workload {
+        return err(format!(
+            "Application {app}'s status.resources does not list this workload; its tracking annotation alone does not say where it comes from"
+        ));
+    }
+    let origin = format!("Application {app}");
+    for s in &a.sources {
+        for file in &s.value_files {
+            let (repo, path) = match file.strip_prefix('$').and_then(|f| f.split_once('/')) {
+                Some((name, rest)) => {
+                    let Some(r) = a
+                        .sources
+                        .iter()
+                        .find(|r| r.ref_name.as_deref() == Some(name))
+                    else {
+                        return err(format!(
+                            "Application {app}: value file {file} names no source with ref {name}"
+                        ));
+                    };
+                    (r, clean_path(rest)?)
+                }
+                None if s.chart.is_none() => (
+                    s,
+                    clean_path(&format!("{}/{file}", s.path.as_deref().unwrap_or("")))?,
+                ),
+                None => continue,
+            };
+            if !has_image_path {
+                return err(format!(
+                    "Application {app} renders Helm values from {path}; set freshen.dev/image-path to {path}#<values.path> (e.g. #image)"
+                ));
+            }
+            check_url(&repo.repo_url)?;
+            return Ok(Source {
+                url: repo.repo_url.clone(),
+                branch: argo_branch(&repo.target_revision, default_branch)?,
+                path,
+                field: None,
+                origin,
+            });
+        }
+    }
+    let Some(s) = a
+        .sources
+        .iter()
+        .find(|s| s.chart.is_none() && s.path.is_some())
+    else {
+        return err(format!(
+            "Application {app} has no source in git with a path"
+        ));
+    };
+    check_url(&s.repo_url)?;
+    Ok(Source {
+        url: s.repo_url.clone(),
+        branch: argo_branch(&s.target_revision, default_branch)?,
+        path: clean_path(s.path.as_deref().unwrap_or(""))?,
+        field: None,
+        origin,
+    })
+}
+
 /// The entry id Flux's inventory gives an object:
 /// `<namespace>_<name>_<group>_<kind>`.
 pub fn flux_inventory_id(namespace: &str, name: &str, group: &str, kind: &str) -> String {
@@ -382,6 +522,116 @@ mod tests {
             flux_inventory_id("apps", "web", "apps", "Deployment"),
             "apps_web_apps_Deployment"
         );
+    }
+
+    fn git_source(url: &str, rev: &str, path: Option<&str>) -> ArgoSource {
+        ArgoSource {
+            repo_url: url.into(),
+            target_revision: rev.into(),
+            path: path.map(str::to_owned),
+            ..ArgoSource::default()
+        }
+    }
+
+    #[test]
+    fn argo_gives_the_git_path_of_a_single_source() {
+        let app = ArgoFacts {
+            application: "argocd/web".into(),
+            sources: vec![git_source(
+                "https://git.example.com/fleet.git",
+                "HEAD",
+                Some("apps/web"),
+            )],
+            lists_workload: true,
+        };
+        let s = from_argo(&app, "main", false).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (s.url.as_str(), s.branch.as_str(), s.path.as_str()),
+            ("https://git.example.com/fleet.git", "main", "apps/web")
+        );
+        assert_eq!(s.origin, "Application argocd/web");
+        let unlisted = ArgoFacts {
+            lists_workload: false,
+            ..app.clone()
+        };
+        assert!(
+            from_argo(&unlisted, "main", false).is_err_and(|e| e.0.contains("status.resources"))
+        );
+        for pinned in [
+            "v1.2.3",
+            "1.4",
+            "0123456789abcdef0123456789abcdef01234567",
+            ">=1.0",
+        ] {
+            let mut a = app.clone();
+            a.sources[0].target_revision = pinned.into();
+            assert!(
+                from_argo(&a, "main", false).is_err_and(|e| e.0.contains("not a branch")),
+                "{pinned}"
+            );
+        }
+        let mut release = app;
+        release.sources[0].target_revision = "release".into();
+        assert_eq!(
+            from_argo(&release, "main", false).ok().map(|s| s.branch),
+            Some("release".into())
+        );
+    }
+
+    #[test]
+    fn argo_multi_source_values_come_from_the_ref_source() {
+        let app = ArgoFacts {
+            application: "argocd/web".into(),
+            sources: vec![
+                ArgoSource {
+                    repo_url: "https://charts.example.com".into(),
+                    chart: Some("web".into()),
+                    value_files: vec!["$values/apps/web/values.yaml".into()],
+                    ..ArgoSource::default()
+                },
+                ArgoSource {
+                    ref_name: Some("values".into()),
+                    ..git_source("https://git.example.com/values.git", "prod", None)
+                },
+            ],
+            lists_workload: true,
+        };
+        let e = from_argo(&app, "main", false)
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        assert!(
+            e.contains("set freshen.dev/image-path to apps/web/values.yaml#"),
+            "{e}"
+        );
+        let s = from_argo(&app, "main", true).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (s.url.as_str(), s.branch.as_str(), s.path.as_str()),
+            (
+                "https://git.example.com/values.git",
+                "prod",
+                "apps/web/values.yaml"
+            )
+        );
+        let mut broken = app;
+        broken.sources[0].value_files = vec!["$nope/values.yaml".into()];
+        assert!(
+            from_argo(&broken, "main", true)
+                .is_err_and(|e| e.0.contains("no source with ref nope"))
+        );
+    }
+
+    #[test]
+    fn argo_tracking_names_the_application() {
+        assert_eq!(
+            argo_application("web:apps/Deployment:shop/web"),
+            Some((None, "web"))
+        );
+        assert_eq!(
+            argo_application("team-a_web:apps/Deployment:shop/web"),
+            Some((Some("team-a"), "web"))
+        );
+        assert_eq!(argo_application(""), None);
     }
 
     #[test]
