@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build crds fmt fmt-check clippy unit e2e test-chaos fuzz e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-peers bench-registry bench-refresh bench-velocity test clean
+.PHONY: all build crds fmt fmt-check clippy unit e2e soak-gitops test-chaos fuzz e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-peers bench-registry bench-refresh bench-velocity test clean
 
 all: build
 
@@ -60,6 +60,13 @@ image: e2e-up static
 e2e: e2e-up static
 	$(CARGO) build -p freshen
 	$(CARGO) test -p freshen-e2e --tests -- --test-threads=1
+
+# GitOps promotion left alone with Flux reconciling every 10s for ten
+# minutes (not in `make test`, which runs the same test for one minute).
+SOAK ?= 10m
+soak-gitops: e2e-up
+	$(CARGO) build -p freshen
+	FRESHEN_GITOPS_SOAK=$(SOAK) $(CARGO) test -p freshen-e2e --test gitops freshen_and_flux_do_not_fight -- --nocapture
 
 # The chaos test at length: 50 SIGKILLs at seeded random moments (the
 # short run of 5 is part of `make e2e`). FRESHEN_CHAOS_SEED=<n> replays one.

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the e2e harness needs from Debian's packages, when missing:
 # the OCI registry (docker-registry), Prometheus (with promtool), htpasswd and
-# openssl for registry auth/TLS tests, curl; jq and time for make bench-peers.
+# openssl for registry auth/TLS tests, curl; git and libssl-dev for the
+# GitOps promotion; jq and time for make bench-peers.
 set -euo pipefail
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
@@ -12,6 +13,12 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v curl >/dev/null || need+=(curl)
 # e2e/harness/keyless.py (keyless signatures) and the chart schema check.
 command -v python3 >/dev/null || need+=(python3)
+# The GitOps tests' git server (git http-backend) and their own clones.
+command -v git >/dev/null || need+=(git)
+# freshen's git client (libgit2 through the git2 crate) links OpenSSL for
+# HTTPS, found with pkg-config, statically in the release binary.
+dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
 # make bench-peers: its image-age script, and peak memory of one-shot tools.
 command -v jq >/dev/null || need+=(jq)
 [ -x /usr/bin/time ] || need+=(time)

@@ -258,6 +258,18 @@ start_flux() {
   kubectl create namespace flux-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   local storage="$E2E_STATE/source-controller/storage"
   mkdir -p "$storage" "$E2E_STATE/kustomize-controller"
+  # Controllers started against a cluster since recreated hold its old
+  # credentials: stop them, to be started against this one.
+  local cluster
+  cluster=$(kubectl get namespace kube-system -o jsonpath='{.metadata.uid}')
+  for c in source-controller kustomize-controller; do
+    if alive "$E2E_STATE/$c/pid" && [ "$(cat "$E2E_STATE/$c/cluster" 2>/dev/null)" != "$cluster" ]; then
+      log "restarting $c for the recreated cluster"
+      kill "$(cat "$E2E_STATE/$c/pid")" 2>/dev/null || true
+      wait_until "$c to stop" 20 bash -c "! kill -0 $(cat "$E2E_STATE/$c/pid") 2>/dev/null"
+    fi
+    echo "$cluster" >"$E2E_STATE/$c/cluster"
+  done
   if ! service_up source-controller "http://127.0.0.1:19702/healthz"; then
     RUNTIME_NAMESPACE=flux-system KUBECONFIG="$E2E_STATE/kubeconfig" launch source-controller \
       "http://127.0.0.1:19702/healthz" "$E2E_BIN/source-controller-$FLUX_SOURCE_VERSION" \

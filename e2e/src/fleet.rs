@@ -63,8 +63,19 @@ impl Fleet {
         namespace: &str,
         files: &[(&str, String)],
     ) -> anyhow::Result<Self> {
+        Self::reconciled_every(harness, client, namespace, files, "2s").await
+    }
+
+    /// [`Fleet::new`] with Flux reconciling every `interval` (e.g. `10s`).
+    pub async fn reconciled_every(
+        harness: &crate::Harness,
+        client: &Client,
+        namespace: &str,
+        files: &[(&str, String)],
+        interval: &str,
+    ) -> anyhow::Result<Self> {
         let fleet = Self::repository(harness, client, namespace, files)?;
-        fleet.apply_flux().await?;
+        fleet.apply_flux(interval).await?;
         Ok(fleet)
     }
 
@@ -108,11 +119,11 @@ impl Fleet {
         custom(&self.client, &self.namespace, group, "v1", kind)
     }
 
-    async fn apply_flux(&self) -> anyhow::Result<()> {
+    async fn apply_flux(&self, interval: &str) -> anyhow::Result<()> {
         let repo: DynamicObject = serde_json::from_value(json!({
             "apiVersion": "source.toolkit.fluxcd.io/v1", "kind": "GitRepository",
             "metadata": {"name": "fleet"},
-            "spec": {"url": self.url, "interval": "2s", "ref": {"branch": "main"}},
+            "spec": {"url": self.url, "interval": interval, "ref": {"branch": "main"}},
         }))?;
         self.api("source.toolkit.fluxcd.io", "GitRepository")
             .create(&PostParams::default(), &repo)
@@ -121,7 +132,7 @@ impl Fleet {
             "apiVersion": "kustomize.toolkit.fluxcd.io/v1", "kind": "Kustomization",
             "metadata": {"name": "apps"},
             "spec": {
-                "interval": "2s", "retryInterval": "2s", "prune": true,
+                "interval": interval, "retryInterval": interval, "prune": true,
                 "path": format!("./{}", self.path),
                 "targetNamespace": self.namespace,
                 "sourceRef": {"kind": "GitRepository", "name": "fleet"},

@@ -22,24 +22,30 @@ use kube::{Api, ResourceExt};
 /// The fleet's Deployment `web`, as a person writes it: comments, quotes,
 /// a blank line. `template_annotations` are kwok's crash markers.
 fn manifest(image: &str, template_annotations: &str) -> String {
+    named("web", 2, image, template_annotations)
+}
+
+/// [`manifest`] for Deployment `name` of `replicas`.
+fn named(name: &str, replicas: u32, image: &str, template_annotations: &str) -> String {
     format!(
         r#"# The web tier. Its image is bumped by freshen after a canary.
 apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: web
+  name: {name}
   labels:
-    app: web
+    app: {name}
+    tier: web
 spec:
-  replicas: 2
+  replicas: {replicas}
 
   selector:
     matchLabels:
-      app: web
+      app: {name}
   template:
     metadata:
       labels:
-        app: web
+        app: {name}
       annotations: {{{template_annotations}}}
     spec:
       containers:
@@ -51,7 +57,7 @@ spec:
     )
 }
 
-/// A policy for `app=web`: follow the tag, a 50 % canary of 2 checks 1s
+/// A policy for `tier=web`: follow the tag, a 50 % canary of 2 checks 1s
 /// apart, and `gitops: Commit` to the harness's git server.
 async fn policy(s: &Scene) -> anyhow::Result<()> {
     let refresh = PolicyRefresh {
@@ -82,7 +88,7 @@ async fn policy(s: &Scene) -> anyhow::Result<()> {
         RefreshPolicySpec {
             pipelines: Default::default(),
             selector: LabelSelector {
-                match_labels: Some([("app".to_owned(), "web".to_owned())].into()),
+                match_labels: Some([("tier".to_owned(), "web".to_owned())].into()),
                 ..LabelSelector::default()
             },
             limits: Default::default(),
@@ -374,15 +380,22 @@ async fn application(
 
 /// Deployment `web` as Argo CD applied it: tracked by Application
 /// `<namespace>` (in Argo CD's namespace), running `image`.
-async fn argo_deployment(
-    s: &Scene,
-    image: &str,
-    annotations: &[(&str, &str)],
-) -> anyhow::Result<()> {
+async fn argo_deployment(s: &Scene, image: &str) -> anyhow::Result<()> {
     let tracking = format!("{}:apps/Deployment:{}/web", s.ns.name, s.ns.name);
-    let mut all = vec![("argocd.argoproj.io/tracking-id", tracking.as_str())];
-    all.extend_from_slice(annotations);
-    s.ns.deploy_ready(&s.client, "web", image, 2, &all).await
+    let deployment = freshen_e2e::deployment_with(
+        "web",
+        image,
+        2,
+        serde_json::json!({"metadata": {
+            "labels": {"tier": "web"},
+            "annotations": {"argocd.argoproj.io/tracking-id": tracking},
+        }}),
+    )?;
+    Api::<Deployment>::namespaced(s.client.clone(), &s.ns.name)
+        .create(&PostParams::default(), &deployment)
+        .await?;
+    wait_ready_pods(&s.client, &s.ns.name, "web", 2, Duration::from_secs(60)).await?;
+    Ok(())
 }
 
 /// What Argo CD's sync would do with the commit: apply the workload's
@@ -414,7 +427,7 @@ async fn an_argo_cd_application_single_source_is_found_and_committed_to() -> any
         &s.ns.name,
         &[("web.yaml", manifest(&from, ""))],
     )?;
-    argo_deployment(&s, &from, &[]).await?;
+    argo_deployment(&s, &from).await?;
     let _app = application(
         &s,
         serde_json::json!({"project": "default", "destination": {"namespace": s.ns.name},
@@ -468,7 +481,7 @@ async fn an_argo_cd_multi_source_application_gets_its_helm_values_committed() ->
         &s.ns.name,
         &[("values.yaml", values.clone())],
     )?;
-    argo_deployment(&s, &from, &[]).await?;
+    argo_deployment(&s, &from).await?;
     let _app = application(
         &s,
         serde_json::json!({"project": "default", "destination": {"namespace": s.ns.name},
@@ -532,5 +545,171 @@ async fn an_argo_cd_multi_source_application_gets_its_helm_values_committed() ->
         r.progress().phase == Phase::Succeeded
     })
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn forty_workloads_moving_at_once_share_a_few_commits() -> anyhow::Result<()> {
+    const N: usize = 40;
+    let s = Scene::new("gitops-forty").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let names: Vec<String> = (0..N).map(|i| format!("web-{i:02}")).collect();
+    let files: Vec<(String, String)> = names
+        .iter()
+        .map(|n| (format!("{n}.yaml"), named(n, 1, &from, "")))
+        .collect();
+    let files: Vec<(&str, String)> = files.iter().map(|(f, t)| (f.as_str(), t.clone())).collect();
+    let fleet = Fleet::new(&s.harness, &s.client, &s.ns.name, &files).await?;
+    fleet.await_applied("the fleet").await?;
+    freshen_e2e::await_ready_pods(
+        &Api::namespaced(s.client.clone(), &s.ns.name),
+        N,
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+    )
+    .await?;
+    let seeded = fleet.log("%H")?.len();
+    policy(&s).await?;
+    let _op = freshen_e2e::operator::Operator::start(
+        &s.harness,
+        &[
+            "--poll-interval",
+            "2s",
+            "--namespace",
+            &s.ns.name,
+            "--max-concurrent-refreshes",
+            "100",
+            "--max-concurrent-refreshes-per-namespace",
+            "100",
+        ],
+    )
+    .await?;
+    let base_moved = s.push("v1", &image("two", 1)).await?;
+
+    let done: Vec<Refresh> = wait_for(
+        "every workload's Refresh Succeeded",
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        || async {
+            let api: Api<Refresh> = Api::namespaced(s.client.clone(), &s.ns.name);
+            let all = api.list(&Default::default()).await?.items;
+            let ok = all
+                .iter()
+                .filter(|r| r.progress().phase == Phase::Succeeded)
+                .count();
+            if ok == N {
+                Ok(Some(all))
+            } else {
+                anyhow::bail!("{ok} of {N} Succeeded")
+            }
+        },
+    )
+    .await?;
+    let commits = fleet.log("%an")?;
+    let ours = commits.len() - seeded;
+    assert!(
+        commits[..ours].iter().all(|a| a == "freshen-e2e"),
+        "{commits:?}"
+    );
+    assert!(
+        ours < N / 4,
+        "{ours} commits for {N} workloads: the window batches them"
+    );
+    for n in &names {
+        assert!(
+            fleet
+                .show(&format!("{}/{n}.yaml", fleet.path))?
+                .contains(&base_moved.digest)
+        );
+    }
+    let mut push: Vec<f64> = Vec::new();
+    let mut apply: Vec<f64> = Vec::new();
+    for r in &done {
+        let (p, g) = (r.progress(), git_status(r));
+        let (Some(promoted), Some(pushed), Some(applied)) =
+            (p.promoted_at, g.pushed_at, p.patched_at)
+        else {
+            panic!("timestamps of {}: {:?} {:?}", r.name_any(), p, g);
+        };
+        push.push((pushed - promoted).as_seconds_f64());
+        apply.push((applied - pushed).as_seconds_f64());
+    }
+    let stats = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2], v[v.len() - 1])
+    };
+    eprintln!(
+        "{N} workloads: {ours} commit(s); canary success -> pushed min/median/max {:?} s; pushed -> applied {:?} s",
+        stats(&mut push),
+        stats(&mut apply)
+    );
+    Ok(())
+}
+
+/// Flux reconciling every 10s and freshen polling every 2s, for
+/// `FRESHEN_GITOPS_SOAK` (default 60s; `make soak-gitops` runs 10 minutes)
+/// after a promotion: neither undoes the other. The Deployment's generation
+/// does not move, no Refresh starts, nothing more is committed.
+#[tokio::test]
+async fn freshen_and_flux_do_not_fight_after_a_promotion() -> anyhow::Result<()> {
+    let soak = std::env::var("FRESHEN_GITOPS_SOAK")
+        .ok()
+        .and_then(|d| freshen_core::parse_duration(&d).ok())
+        .unwrap_or(Duration::from_secs(60));
+    let s = Scene::new("gitops-soak").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let fleet = Fleet::reconciled_every(
+        &s.harness,
+        &s.client,
+        &s.ns.name,
+        &[("web.yaml", manifest(&from, ""))],
+        "10s",
+    )
+    .await?;
+    fleet.await_applied("the fleet").await?;
+    wait_ready_pods(&s.client, &s.ns.name, "web", 2, Duration::from_secs(60)).await?;
+    policy(&s).await?;
+    let op = s.operator().await?;
+    s.push("v1", &image("two", 1)).await?;
+    s.await_refresh("web", "Succeeded", |r| {
+        r.progress().phase == Phase::Succeeded
+    })
+    .await?;
+    let api = Api::<Deployment>::namespaced(s.client.clone(), &s.ns.name);
+    let generation = api.get("web").await?.metadata.generation;
+    let commits = fleet.log("%H")?;
+    let looks = op
+        .metric(r#"freshen_reconcile_duration_seconds_count{controller="deployment"}"#)
+        .await?;
+    let start = std::time::Instant::now();
+    let mut samples = 0;
+    while start.elapsed() < soak {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let now = api.get("web").await?.metadata.generation;
+        assert_eq!(
+            now,
+            generation,
+            "the Deployment changed after {:?}",
+            start.elapsed()
+        );
+        samples += 1;
+    }
+    fleet.await_applied("the branch, again").await?;
+    assert_eq!(fleet.log("%H")?, commits, "nothing more was committed");
+    assert_eq!(s.refreshes_of("web").await?.len(), 1, "no Refresh started");
+    let more = op
+        .metric(r#"freshen_reconcile_duration_seconds_count{controller="deployment"}"#)
+        .await?
+        - looks;
+    assert!(
+        more >= (soak.as_secs_f64() / 4.0),
+        "freshen kept looking: {more} reconciles"
+    );
+    eprintln!(
+        "{:?} after the promotion: generation {generation:?} held over {samples} samples, {more} freshen reconciles, Flux every 10s",
+        soak
+    );
     Ok(())
 }

@@ -146,6 +146,7 @@ SCHEMA = {
         "affinity": ANY_OBJ,
         "topologySpreadConstraints": OBJS,
         "terminationGracePeriodSeconds": INT,
+        "gitops": obj({"flux": BOOL, "argocd": BOOL, "argocdNamespace": NS, "batchWindow": DURATION}),
     }),
 }
 

@@ -451,6 +451,28 @@ mod tests {
     }
 
     #[test]
+    fn git_annotations_are_checked_and_say_their_form() {
+        let (s, errors) = settings(&[
+            (GIT_SOURCE, "https://git.example.com/team/fleet.git#prod"),
+            (IMAGE_PATH, "apps/web/values.yaml#image"),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            s.git_source.as_deref(),
+            Some("https://git.example.com/team/fleet.git#prod")
+        );
+        assert_eq!(s.image_path.as_deref(), Some("apps/web/values.yaml#image"));
+        let (s, errors) = settings(&[
+            (GIT_SOURCE, "https://token:x@git.example.com/team/fleet.git"),
+            (IMAGE_PATH, "../../etc/passwd"),
+        ]);
+        assert_eq!((s.git_source, s.image_path), (None, None));
+        let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(messages[0].contains("<url>[#<branch>]"), "{messages:?}");
+        assert!(messages[1].contains("without .."), "{messages:?}");
+    }
+
+    #[test]
     fn a_policy_opts_in_unless_the_workload_opts_out() {
         let (unset, _) = settings(&[]);
         assert!(!unset.measured(false));

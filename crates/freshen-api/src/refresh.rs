@@ -874,6 +874,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_git_spec_names_the_field_it_cannot_use() {
+        let ok = GitSpec {
+            repositories: vec!["https://git.example.com/{namespace}/".into()],
+            ..GitSpec::default()
+        };
+        assert_eq!(ok.check(), Ok(()));
+        let field = |spec: GitSpec| match spec.check() {
+            Err(SpecError::Git { field, .. }) => field,
+            other => format!("{other:?}"),
+        };
+        assert_eq!(
+            field(GitSpec {
+                repositories: vec![],
+                ..ok.clone()
+            }),
+            "spec.git.repositories"
+        );
+        assert_eq!(
+            field(GitSpec {
+                repositories: vec!["git.example.com/x".into()],
+                ..ok.clone()
+            }),
+            "spec.git.repositories[0]"
+        );
+        assert_eq!(
+            field(GitSpec {
+                branch: Some("a..b".into()),
+                ..ok.clone()
+            }),
+            "spec.git.branch"
+        );
+        let author = GitAuthor {
+            name: "x".into(),
+            email: "no-at".into(),
+        };
+        assert_eq!(
+            field(GitSpec {
+                author: Some(author),
+                ..ok.clone()
+            }),
+            "spec.git.author"
+        );
+        assert_eq!(
+            field(GitSpec {
+                message: Some("a\nb".into()),
+                ..ok
+            }),
+            "spec.git.message"
+        );
+    }
+
+    #[test]
     fn verify_authorities_must_be_usable_keys_named_once() {
         let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEl3tXSqQKivA3qWOXfIt6dWxsbw4f\nGOCXr9H6v0gt6k/Oly99frnLrPfhhPF4s+ceW7cjlNMbqagIBxAllTK4NQ==\n-----END PUBLIC KEY-----\n";
         let authority =

@@ -117,7 +117,8 @@ struct RunArgs {
     #[arg(long, default_value = "argocd")]
     argocd_namespace: String,
     /// Edits to one repository and branch asked for within this window are
-    /// pushed as one commit (forty images a base move rebuilt: one commit).
+    /// pushed as one commit (a base move that rebuilt forty images: a few
+    /// commits, not forty).
     #[arg(long, default_value = "2s", value_parser = duration_arg)]
     git_batch_window: Duration,
     /// TagRecords (since when a tag has named its digest) kept at most;
