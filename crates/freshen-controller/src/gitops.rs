@@ -19,6 +19,7 @@ use chrono::Utc;
 use freshen_api::{GitStatus, Refresh};
 use freshen_core::gitops::source::{self, FluxFacts, Source};
 use freshen_core::image::ImageReference;
+use freshen_core::kind::Kind;
 use freshen_core::plan::{GitOps, gitops_manager};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -53,6 +54,9 @@ pub async fn write(
 ) -> Result<GitStatus, Error> {
     let namespace = workload.namespace().unwrap_or_default();
     let config = configuration(ctx, workload);
+    if !revert {
+        admit(refresh, &config).map_err(Error::Git)?;
+    }
     let (found, plan) = resolve(ctx, workload, &config).await.map_err(Error::Git)?;
     let (credentials, identity) = credentials(ctx, plan).await?;
     let running = ImageReference::parse(&refresh.spec.from_image)
@@ -123,6 +127,17 @@ pub async fn write(
     Ok(status)
 }
 
+/// [`freshen_core::gitops::admit`] for `refresh` under the policy as it is
+/// now.
+fn admit(refresh: &Refresh, config: &Configuration) -> Result<(), String> {
+    freshen_core::gitops::admit(
+        config.refresh.gitops,
+        config.refresh.settings_for(refresh.spec.reason).strategy,
+        refresh.spec.rollout.strategy,
+        refresh.progress().canary_started_at.is_some(),
+    )
+}
+
 /// Why a refresh of `workload` could not be promoted through git now, if
 /// so: no `spec.git` in its policy, no source found, or a source the policy
 /// does not allow. The planner holds the refresh with that reason.
@@ -141,6 +156,14 @@ async fn resolve<'a>(
     workload: &CachedWorkload,
     config: &'a Configuration,
 ) -> Result<(Source, &'a GitPlan), String> {
+    let kind = workload.kind;
+    if !matches!(kind, Kind::Deployment | Kind::CronJob) {
+        return Err(format!(
+            "a {kind}'s canary runs inside it (an Argo Rollout's after the change), where the \
+             reconciler would undo it or an unproven digest would reach git; gitops: Commit \
+             promotes Deployments and CronJobs (use gitops: Patch for this one)"
+        ));
+    }
     let Some(plan) = config.git.as_ref() else {
         return Err("its policy has no spec.git (the repositories freshen may push to)".into());
     };

@@ -416,7 +416,7 @@ fn build(
             digest: proposal.digest.to_string(),
             rollout: settings_for(
                 deploy.kind,
-                gitops_manager(deploy.labels(), deploy.annotations()).is_some(),
+                through_git(deploy, config, proposal.reason),
                 config,
                 proposal,
                 max_analysis_time,
@@ -434,7 +434,7 @@ fn build(
 /// Rollout.
 fn settings_for(
     kind: Kind,
-    managed: bool,
+    through_git: bool,
     config: &Configuration,
     proposal: &plan::Proposal,
     max_analysis_time: std::time::Duration,
@@ -446,21 +446,18 @@ fn settings_for(
     if kind == Kind::Rollout {
         settings.strategy = freshen_core::rollout::Strategy::Rolling;
     }
-    settings.through_git = managed && commits(config, proposal.reason);
+    settings.through_git = through_git;
     settings
 }
 
-/// Whether a refresh for `reason` of a GitOps-managed workload is promoted
-/// through git: with `gitops: Commit`, except a restart, which changes
-/// nothing git holds (the image is the same) and is stamped on the
-/// workload like with `gitops: Patch`.
-fn commits(config: &Configuration, reason: Reason) -> bool {
-    config.refresh.gitops == Some(GitOpsAction::Commit) && reason != Reason::ContainerTooOld
-}
-
-/// Whether `deploy`'s refresh for `reason` is promoted through git.
+/// Whether `deploy`'s refresh for `reason` is promoted through git: a
+/// GitOps-managed workload whose policy says `gitops: Commit`, except for a
+/// restart, which changes nothing git holds (the image is the same) and is
+/// stamped on the workload as with `gitops: Patch`.
 fn through_git(deploy: &CachedWorkload, config: &Configuration, reason: Reason) -> bool {
-    gitops_manager(deploy.labels(), deploy.annotations()).is_some() && commits(config, reason)
+    gitops_manager(deploy.labels(), deploy.annotations()).is_some()
+        && config.refresh.gitops == Some(GitOpsAction::Commit)
+        && reason != Reason::ContainerTooOld
 }
 
 /// Creates the Refresh (a name already taken by the same target counts as

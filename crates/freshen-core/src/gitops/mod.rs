@@ -99,6 +99,31 @@ impl From<YamlError> for EditError {
     }
 }
 
+/// Whether freshen may commit what a Refresh proved, under its policy as it
+/// is now (`policy`, the canary strategy it asks for `asked`) and as the
+/// Refresh ran (`ran`, whether a canary started). A Refresh is input:
+/// whoever may write one for their workload could otherwise have freshen
+/// push, with the policy's credentials, an image no canary ran. A revert
+/// needs no such check: it puts back what was there.
+pub fn admit(
+    policy: Option<crate::plan::GitOpsAction>,
+    asked: crate::rollout::Strategy,
+    ran: crate::rollout::Strategy,
+    canary_ran: bool,
+) -> Result<(), String> {
+    use crate::rollout::Strategy;
+    if policy != Some(crate::plan::GitOpsAction::Commit) {
+        return Err("its policy no longer says gitops: Commit; nothing is committed".into());
+    }
+    if asked == Strategy::Canary && (ran != Strategy::Canary || !canary_ran) {
+        return Err(format!(
+            "its policy asks for a canary and this Refresh ({ran:?}) ran none; freshen commits \
+             only what a canary proved"
+        ));
+    }
+    Ok(())
+}
+
 /// The result of an edit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edited {

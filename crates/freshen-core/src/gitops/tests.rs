@@ -212,3 +212,18 @@ fn values_that_cannot_be_rewritten_in_place_are_refused_with_the_reason() {
     ));
     assert!(set_image("a: 1\n", &Field::Manifest, &s, "not an image!").is_err());
 }
+
+#[test]
+fn only_what_the_policys_canary_proved_is_committed() {
+    use crate::plan::GitOpsAction::{Commit, Patch};
+    use crate::rollout::Strategy::{Canary, Rolling};
+    assert_eq!(admit(Some(Commit), Canary, Canary, true), Ok(()));
+    assert_eq!(admit(Some(Commit), Rolling, Rolling, false), Ok(()));
+    // A Refresh written to skip the canary its policy asks for.
+    assert!(admit(Some(Commit), Canary, Rolling, false).is_err_and(|e| e.contains("ran none")));
+    assert!(admit(Some(Commit), Canary, Canary, false).is_err());
+    // The policy changed since.
+    for policy in [None, Some(Patch)] {
+        assert!(admit(policy, Canary, Canary, true).is_err_and(|e| e.contains("no longer")));
+    }
+}
