@@ -713,3 +713,124 @@ async fn freshen_and_flux_do_not_fight_after_a_promotion() -> anyhow::Result<()>
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_refresh_written_to_skip_the_canary_is_not_committed() -> anyhow::Result<()> {
+    use freshen_core::rollout::{Reason, Settings, Strategy};
+    let s = Scene::new("gitops-hostile").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let fleet = fleet(&s, &from, "").await?;
+    let seeded = fleet.head()?;
+    policy(&s).await?;
+    let op = s.operator().await?;
+    // A digest of the same repository no canary ever ran, pushed under
+    // another tag (the followed tag does not move: freshen wants nothing).
+    let unproven = s.push("staging", &image("unproven", 1)).await?;
+    let deployment = Api::<Deployment>::namespaced(s.client.clone(), &s.ns.name)
+        .get("web")
+        .await?;
+    // A Refresh as whoever may write one for this workload could write it:
+    // owned by the workload, pinned, but Rolling (no canary) and marked to
+    // promote through git.
+    let refresh = Refresh {
+        metadata: kube::api::ObjectMeta {
+            name: Some("web-by-hand".into()),
+            labels: Some([("freshen.dev/workload".to_owned(), "web".to_owned())].into()),
+            owner_references: Some(vec![
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                    api_version: "apps/v1".into(),
+                    kind: "Deployment".into(),
+                    name: "web".into(),
+                    uid: deployment.uid().unwrap_or_default(),
+                    controller: Some(true),
+                    ..Default::default()
+                },
+            ]),
+            ..Default::default()
+        },
+        spec: freshen_api::RefreshSpec {
+            workload: "web".into(),
+            workload_kind: None,
+            container: "app".into(),
+            reason: Reason::NewDigest,
+            from_image: from.clone(),
+            to_image: format!("{}/{}:v1@{}", s.harness.registry, s.repo, unproven.digest),
+            from_digest: "unknown".into(),
+            to_digest: "unproven".into(),
+            digest: unproven.digest.clone(),
+            rollout: Settings {
+                strategy: Strategy::Rolling,
+                through_git: true,
+                ..Settings::default()
+            },
+            template_fingerprint: None,
+            verification: None,
+        },
+        status: None,
+    };
+    Api::<Refresh>::namespaced(s.client.clone(), &s.ns.name)
+        .create(&PostParams::default(), &refresh)
+        .await?;
+    let note = freshen_e2e::await_warning(
+        &s.client,
+        &s.ns.name,
+        "Refresh",
+        "web-by-hand",
+        "RefreshGit",
+    )
+    .await?;
+    assert!(note.contains("ran none"), "{note}");
+    assert_eq!(fleet.head()?, seeded, "nothing was committed");
+    assert_eq!(template_image(&s).await?, from);
+    // It never finishes (nothing may be committed): with the operator
+    // stopped, let the namespace go.
+    drop(op);
+    let release = serde_json::json!({"metadata": {"finalizers": null}});
+    Api::<Refresh>::namespaced(s.client.clone(), &s.ns.name)
+        .patch(
+            "web-by-hand",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(release),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_statefulset_under_commit_is_held_with_the_reason() -> anyhow::Result<()> {
+    let s = Scene::new("gitops-sts").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    // A StatefulSet Flux's labels mark as managed (its canary would run
+    // inside it, where self-heal undoes it).
+    let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": "db", "labels": {"app": "db", "tier": "web",
+            "kustomize.toolkit.fluxcd.io/name": "apps", "kustomize.toolkit.fluxcd.io/namespace": s.ns.name}},
+        "spec": {"replicas": 1, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+            "template": {"metadata": {"labels": {"app": "db"}},
+                "spec": {"containers": [{"name": "app", "image": from}]}}},
+    }))?;
+    Api::<k8s_openapi::api::apps::v1::StatefulSet>::namespaced(s.client.clone(), &s.ns.name)
+        .create(&PostParams::default(), &sts)
+        .await?;
+    wait_ready_pods(&s.client, &s.ns.name, "db", 1, Duration::from_secs(60)).await?;
+    policy(&s).await?;
+    let _op = s.operator().await?;
+    s.push("v1", &image("two", 1)).await?;
+    let note = freshen_e2e::await_warning(
+        &s.client,
+        &s.ns.name,
+        "StatefulSet",
+        "db",
+        "GitSourceNotFound",
+    )
+    .await?;
+    assert!(
+        note.contains("a StatefulSet's canary runs inside it"),
+        "{note}"
+    );
+    assert!(s.refreshes_of("db").await?.is_empty());
+    Ok(())
+}
