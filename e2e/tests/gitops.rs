@@ -126,6 +126,11 @@ async fn template_image(s: &Scene) -> anyhow::Result<String> {
         .unwrap_or_default())
 }
 
+/// The test's image at tag `v1`, pinned to `digest`.
+fn pinned(s: &Scene, digest: &str) -> String {
+    format!("{}/{}:v1@{digest}", s.harness.registry, s.repo)
+}
+
 fn git_status(r: &Refresh) -> freshen_api::GitStatus {
     r.status
         .as_ref()
@@ -137,13 +142,13 @@ fn git_status(r: &Refresh) -> freshen_api::GitStatus {
 async fn a_proven_digest_is_committed_and_flux_applies_it() -> anyhow::Result<()> {
     let s = Scene::new("gitops-commit").await?;
     let v1 = s.push("v1", &image("one", 3)).await?;
-    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let from = pinned(&s, &v1.digest);
     let fleet = fleet(&s, &from, "").await?;
     let seeded = fleet.head()?;
     policy(&s).await?;
     let op = s.operator().await?;
     let new = s.push("v1", &image("two", 1)).await?;
-    let to = format!("{}/{}:v1@{}", s.harness.registry, s.repo, new.digest);
+    let to = pinned(&s, &new.digest);
 
     let done = s
         .await_refresh("web", "Succeeded", |r| {
@@ -198,7 +203,7 @@ async fn a_digest_failing_in_the_canary_writes_nothing_to_git() -> anyhow::Resul
     let bad_spec = image("bad", 1);
     // The same image pushed first elsewhere: its digest, for kwok's marker.
     let bad = s.push("staging", &bad_spec).await?;
-    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let from = pinned(&s, &v1.digest);
     let fleet = fleet(
         &s,
         &from,
@@ -229,7 +234,7 @@ async fn a_digest_failing_after_promotion_is_reverted_in_git_and_not_proposed_ag
     let v1 = s.push("v1", &image("one", 3)).await?;
     let bad_spec = image("bad-in-rollout", 1);
     let bad = s.push("staging", &bad_spec).await?;
-    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let from = pinned(&s, &v1.digest);
     // The canary's pods run; the workload's own new pods crash.
     let annotations = format!(r#""e2e.freshen.dev/crash-on-rollout": "{}""#, bad.digest);
     let fleet = fleet(&s, &from, &annotations).await?;
@@ -278,7 +283,7 @@ async fn a_human_commit_that_lands_first_is_kept_and_freshens_is_rebased_on_it()
 -> anyhow::Result<()> {
     let s = Scene::new("gitops-race").await?;
     let v1 = s.push("v1", &image("one", 3)).await?;
-    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let from = pinned(&s, &v1.digest);
     let fleet = fleet(&s, &from, "").await?;
     // A human's commit (a ConfigMap beside the app) waits on a side branch;
     // a pre-receive hook moves main to it while freshen's push is in
@@ -420,7 +425,7 @@ async fn sync_image(s: &Scene, image: &str) -> anyhow::Result<()> {
 async fn an_argo_cd_application_single_source_is_found_and_committed_to() -> anyhow::Result<()> {
     let s = Scene::new("gitops-argo").await?;
     let v1 = s.push("v1", &image("one", 3)).await?;
-    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let from = pinned(&s, &v1.digest);
     let fleet = Fleet::repository(
         &s.harness,
         &s.client,
@@ -437,7 +442,7 @@ async fn an_argo_cd_application_single_source_is_found_and_committed_to() -> any
     policy(&s).await?;
     let _op = s.operator().await?;
     let new = s.push("v1", &image("two", 1)).await?;
-    let to = format!("{}/{}:v1@{}", s.harness.registry, s.repo, new.digest);
+    let to = pinned(&s, &new.digest);
 
     let pushed = s
         .await_refresh("web", "committed, awaiting Argo CD", |r| {
@@ -553,7 +558,7 @@ async fn forty_workloads_moving_at_once_share_a_few_commits() -> anyhow::Result<
     const N: usize = 40;
     let s = Scene::new("gitops-forty").await?;
     let v1 = s.push("v1", &image("one", 3)).await?;
-    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let from = pinned(&s, &v1.digest);
     let names: Vec<String> = (0..N).map(|i| format!("web-{i:02}")).collect();
     let files: Vec<(String, String)> = names
         .iter()
@@ -659,7 +664,7 @@ async fn freshen_and_flux_do_not_fight_after_a_promotion() -> anyhow::Result<()>
         .unwrap_or(Duration::from_secs(60));
     let s = Scene::new("gitops-soak").await?;
     let v1 = s.push("v1", &image("one", 3)).await?;
-    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let from = pinned(&s, &v1.digest);
     let fleet = Fleet::reconciled_every(
         &s.harness,
         &s.client,
@@ -719,7 +724,7 @@ async fn a_refresh_written_to_skip_the_canary_is_not_committed() -> anyhow::Resu
     use freshen_core::rollout::{Reason, Settings, Strategy};
     let s = Scene::new("gitops-hostile").await?;
     let v1 = s.push("v1", &image("one", 3)).await?;
-    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let from = pinned(&s, &v1.digest);
     let fleet = fleet(&s, &from, "").await?;
     let seeded = fleet.head()?;
     policy(&s).await?;
@@ -755,7 +760,7 @@ async fn a_refresh_written_to_skip_the_canary_is_not_committed() -> anyhow::Resu
             container: "app".into(),
             reason: Reason::NewDigest,
             from_image: from.clone(),
-            to_image: format!("{}/{}:v1@{}", s.harness.registry, s.repo, unproven.digest),
+            to_image: pinned(&s, &unproven.digest),
             from_digest: "unknown".into(),
             to_digest: "unproven".into(),
             digest: unproven.digest.clone(),
@@ -801,7 +806,7 @@ async fn a_refresh_written_to_skip_the_canary_is_not_committed() -> anyhow::Resu
 async fn a_statefulset_under_commit_is_held_with_the_reason() -> anyhow::Result<()> {
     let s = Scene::new("gitops-sts").await?;
     let v1 = s.push("v1", &image("one", 3)).await?;
-    let from = format!("{}/{}:v1@{}", s.harness.registry, s.repo, v1.digest);
+    let from = pinned(&s, &v1.digest);
     // A StatefulSet Flux's labels mark as managed (its canary would run
     // inside it, where self-heal undoes it).
     let sts: k8s_openapi::api::apps::v1::StatefulSet = serde_json::from_value(serde_json::json!({
