@@ -19,7 +19,6 @@ use chrono::Utc;
 use freshen_api::{GitStatus, Refresh};
 use freshen_core::gitops::source::{self, FluxFacts, Source};
 use freshen_core::image::ImageReference;
-use freshen_core::kind::Kind;
 use freshen_core::plan::{GitOps, gitops_manager};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -156,14 +155,7 @@ async fn resolve<'a>(
     workload: &CachedWorkload,
     config: &'a Configuration,
 ) -> Result<(Source, &'a GitPlan), String> {
-    let kind = workload.kind;
-    if !matches!(kind, Kind::Deployment | Kind::CronJob) {
-        return Err(format!(
-            "a {kind}'s canary runs inside it (an Argo Rollout's after the change), where the \
-             reconciler would undo it or an unproven digest would reach git; gitops: Commit \
-             promotes Deployments and CronJobs (use gitops: Patch for this one)"
-        ));
-    }
+    freshen_core::gitops::promotable(workload.kind)?;
     let Some(plan) = config.git.as_ref() else {
         return Err("its policy has no spec.git (the repositories freshen may push to)".into());
     };

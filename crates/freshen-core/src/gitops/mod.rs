@@ -99,6 +99,23 @@ impl From<YamlError> for EditError {
     }
 }
 
+/// Whether a workload of `kind` can be promoted through git: only where its
+/// canary runs beside it (a Deployment's, a CronJob's Job). A StatefulSet's
+/// or DaemonSet's canary runs inside the workload, where the reconciler's
+/// self-heal would undo it; an Argo Rollout canaries only after the change,
+/// so an unproven digest would reach git.
+pub fn promotable(kind: crate::kind::Kind) -> Result<(), String> {
+    use crate::kind::Kind;
+    if matches!(kind, Kind::Deployment | Kind::CronJob) {
+        return Ok(());
+    }
+    Err(format!(
+        "a {kind}'s canary runs inside it (an Argo Rollout's after the change), where the \
+         reconciler would undo it or an unproven digest would reach git; gitops: Commit \
+         promotes Deployments and CronJobs (use gitops: Patch for this one)"
+    ))
+}
+
 /// Whether freshen may commit what a Refresh proved, under its policy as it
 /// is now (`policy`, the canary strategy it asks for `asked`) and as the
 /// Refresh ran (`ran`, whether a canary started). A Refresh is input:

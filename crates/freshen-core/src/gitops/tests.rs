@@ -227,3 +227,20 @@ fn only_what_the_policys_canary_proved_is_committed() {
         assert!(admit(policy, Canary, Canary, true).is_err_and(|e| e.contains("no longer")));
     }
 }
+
+#[test]
+fn only_kinds_whose_canary_runs_beside_them_are_promoted_through_git() {
+    use crate::kind::Kind;
+    for kind in Kind::ALL {
+        let ok = promotable(kind).is_ok();
+        assert_eq!(
+            ok,
+            matches!(kind, Kind::Deployment | Kind::CronJob),
+            "{kind}"
+        );
+    }
+    assert!(
+        promotable(Kind::StatefulSet)
+            .is_err_and(|e| e.contains("StatefulSet's canary runs inside it"))
+    );
+}
