@@ -130,7 +130,8 @@ go_wrapped() {
   } >"$work/go.mod"
   printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$pkg" >"$work/tools.go"
   (cd "$work" && GOTOOLCHAIN=$toolchain go mod tidy >/dev/null 2>&1 || true)
-  (cd "$work" && GOTOOLCHAIN=$toolchain go build -trimpath -ldflags "-s -w" -o "$bin/$tool-$version.tmp" "$pkg")
+  (cd "$work" && GOTOOLCHAIN=$toolchain go build -trimpath ${GO_BUILD_TAGS:+-tags "$GO_BUILD_TAGS"} \
+    -ldflags "-s -w" -o "$bin/$tool-$version.tmp" "$pkg")
   mv "$bin/$tool-$version.tmp" "$bin/$tool-$version"
 }
 
@@ -192,8 +193,27 @@ build_flux() {
   mv "$crds.tmp" "$crds"
 }
 
+# Gitea, the forge of the pull-request tests (gitops: PullRequest): its API
+# opens, labels, merges and closes pull requests as GitHub's and GitLab's do.
+# SQLite needs cgo (about 5 minutes cold). Built without its bindata tag (the
+# module does not carry the generated assets), it reads its locales and
+# templates from a copy of the module's options/ and templates/ kept beside
+# the binary.
+build_gitea() {
+  CGO_ENABLED=1 GO_BUILD_TAGS="sqlite sqlite_unlock_notify" \
+    go_wrapped gitea code.gitea.io/gitea "$GITEA_VERSION" code.gitea.io/gitea
+  local static="$bin/gitea-$GITEA_VERSION-static"
+  [ -d "$static/options" ] && return 0
+  local dir
+  dir=$(go mod download -json "code.gitea.io/gitea@$GITEA_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  rm -rf "$static.tmp" && mkdir -p "$static.tmp"
+  cp -r "$dir/options" "$dir/templates" "$static.tmp/"
+  chmod -R u+w "$static.tmp"
+  mv "$static.tmp" "$static"
+}
+
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(etcd kwok kubernetes helm cosign argo_rollouts flux)
+[ ${#targets[@]} -gt 0 ] || targets=(etcd kwok kubernetes helm cosign argo_rollouts flux gitea)
 start=$(date +%s)
 for t in "${targets[@]}"; do "build_$t"; done
 log "tools ready in $bin ($(($(date +%s) - start))s)"

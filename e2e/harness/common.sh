@@ -34,6 +34,8 @@ E2E_OPERATOR_METRICS_ADDR=${FRESHEN_E2E_OPERATOR_METRICS_ADDR:-127.0.0.1:18080}
 # The git server (git http-backend) the GitOps tests push to, and Flux's
 # source-controller artifact server (kustomize-controller fetches from it).
 E2E_GIT_ADDR=${FRESHEN_E2E_GIT_ADDR:-127.0.0.1:15080}
+E2E_GITEA_ADDR=${FRESHEN_E2E_GITEA_ADDR:-127.0.0.1:15300}
+E2E_GITEA_USER=freshen
 E2E_FLUX_STORAGE_ADDR=${FRESHEN_E2E_FLUX_STORAGE_ADDR:-127.0.0.1:19700}
 # Seconds between Prometheus scrapes of the operator.
 E2E_SCRAPE_INTERVAL=${FRESHEN_E2E_SCRAPE_INTERVAL:-2s}

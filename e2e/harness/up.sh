@@ -8,7 +8,7 @@ source "$(dirname "$0")/common.sh"
 
 start=$SECONDS
 "$harness_dir/install-deps.sh"
-"$harness_dir/build-tools.sh" etcd kwok kubernetes helm cosign flux
+"$harness_dir/build-tools.sh" etcd kwok kubernetes helm cosign flux gitea
 mkdir -p "$E2E_STATE"
 
 # Up means: our kubeconfig exists and the API server it names answers. Another
@@ -249,6 +249,61 @@ start_git_server() {
     python3 "$harness_dir/git-server.py" "$E2E_GIT_ADDR" "$dir/repos"
 }
 
+# Gitea, the forge of the pull-request tests: an admin user whose API token
+# (its file named in the env file) opens, merges and closes pull requests.
+# Tests create their own repositories through its API. Its secrets are
+# generated into app.ini on the first start, so app.ini is written once.
+start_gitea() {
+  local dir="$E2E_STATE/gitea"
+  service_up gitea "http://$E2E_GITEA_ADDR/api/healthz" && [ -s "$dir/token" ] && return
+  mkdir -p "$dir"
+  [ -f "$dir/app.ini" ] || cat >"$dir/app.ini" <<INI
+APP_NAME = freshen-e2e
+RUN_MODE = prod
+WORK_PATH = $dir
+[server]
+HTTP_ADDR = ${E2E_GITEA_ADDR%:*}
+HTTP_PORT = ${E2E_GITEA_ADDR#*:}
+ROOT_URL = http://$E2E_GITEA_ADDR/
+STATIC_ROOT_PATH = $E2E_BIN/gitea-$GITEA_VERSION-static
+DISABLE_SSH = true
+OFFLINE_MODE = true
+LFS_START_SERVER = false
+[database]
+DB_TYPE = sqlite3
+PATH = $dir/gitea.db
+[security]
+INSTALL_LOCK = true
+[repository]
+ROOT = $dir/repos
+DEFAULT_BRANCH = main
+[log]
+MODE = file
+LEVEL = Warn
+ROOT_PATH = $dir/log
+[service]
+DISABLE_REGISTRATION = true
+[indexer]
+REPO_INDEXER_ENABLED = false
+[cron]
+ENABLED = false
+INI
+  # The harness runs as whoever runs it; CI runs as root, which Gitea
+  # refuses unless told.
+  export GITEA_I_AM_BEING_UNSAFE_RUNNING_AS_ROOT=true
+  local gitea=("$E2E_BIN/gitea-$GITEA_VERSION" --config "$dir/app.ini" --work-path "$dir")
+  if [ ! -s "$dir/token" ]; then
+    "${gitea[@]}" migrate >>"$dir/gitea.log" 2>&1
+    "${gitea[@]}" admin user create --username "$E2E_GITEA_USER" --password "$E2E_GITEA_USER-e2e" \
+      --email "$E2E_GITEA_USER@freshen.invalid" --admin --must-change-password=false \
+      >>"$dir/gitea.log" 2>&1 || true
+    "${gitea[@]}" admin user generate-access-token --username "$E2E_GITEA_USER" \
+      --token-name "e2e-$(date +%s)" --scopes all --raw | tail -n1 >"$dir/token.tmp"
+    mv "$dir/token.tmp" "$dir/token"
+  fi
+  launch gitea "http://$E2E_GITEA_ADDR/api/healthz" "${gitea[@]}" web
+}
+
 # Flux's source-controller and kustomize-controller, built from their Go
 # modules, against the harness API server: the reconcilers a gitops: Commit
 # promotion goes through. Their CRDs come from the same releases.
@@ -323,6 +378,7 @@ start_private_registry
 start_notify_registry
 start_prometheus
 start_git_server
+start_gitea
 start_flux
 
 cat >"$E2E_ENV_FILE" <<ENV
@@ -345,5 +401,8 @@ FRESHEN_E2E_OPERATOR_METRICS_ADDR=$E2E_OPERATOR_METRICS_ADDR
 FRESHEN_E2E_SCRAPE_INTERVAL=$E2E_SCRAPE_INTERVAL
 FRESHEN_E2E_GIT_URL=http://$E2E_GIT_ADDR
 FRESHEN_E2E_GIT_ROOT=$E2E_STATE/git-server/repos
+FRESHEN_E2E_GITEA_URL=http://$E2E_GITEA_ADDR
+FRESHEN_E2E_GITEA_USER=$E2E_GITEA_USER
+FRESHEN_E2E_GITEA_TOKEN_FILE=$E2E_STATE/gitea/token
 ENV
 log "harness up in $((SECONDS - start))s; env file: $E2E_ENV_FILE"

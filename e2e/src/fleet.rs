@@ -115,6 +115,40 @@ impl Fleet {
         })
     }
 
+    /// [`Fleet::new`] on the harness's Gitea: a repository of its user
+    /// named after `namespace`, applied by Flux every 2s.
+    pub async fn on_gitea(
+        harness: &crate::Harness,
+        client: &Client,
+        namespace: &str,
+        files: &[(&str, String)],
+    ) -> anyhow::Result<Self> {
+        let gitea = &harness.gitea;
+        gitea.create_repo(namespace).await?;
+        let work = std::env::temp_dir().join(format!("freshen-e2e-fleet-{namespace}"));
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::create_dir_all(&work)?;
+        git(&work, &["init", "--initial-branch=main"])?;
+        let path = format!("apps/{namespace}");
+        std::fs::create_dir_all(work.join(&path))?;
+        for (name, text) in files {
+            std::fs::write(work.join(&path).join(name), text)?;
+        }
+        git(&work, &["add", "."])?;
+        git(&work, &["commit", "-q", "-m", "the fleet"])?;
+        git(&work, &["push", "-q", &gitea.push_url(namespace)?, "main"])?;
+        let fleet = Self {
+            url: gitea.clone_url(namespace),
+            bare: gitea.bare(namespace),
+            work,
+            path,
+            namespace: namespace.to_owned(),
+            client: client.clone(),
+        };
+        fleet.apply_flux("2s").await?;
+        Ok(fleet)
+    }
+
     fn api(&self, group: &str, kind: &str) -> Api<DynamicObject> {
         custom(&self.client, &self.namespace, group, "v1", kind)
     }

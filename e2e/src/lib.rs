@@ -15,6 +15,7 @@ pub mod cosign;
 pub mod demo;
 pub mod faults;
 pub mod fleet;
+pub mod gitea;
 pub mod image;
 pub mod operator;
 pub mod peers;
@@ -77,6 +78,8 @@ pub struct Harness {
     pub git_url: String,
     /// Its repositories' directory (bare repositories).
     pub git_root: PathBuf,
+    /// The forge of the pull-request tests.
+    pub gitea: gitea::GiteaServer,
 }
 
 /// A registry that POSTs every manifest push to the operator under test.
@@ -139,6 +142,11 @@ impl Harness {
             },
             git_url: get("FRESHEN_E2E_GIT_URL")?,
             git_root: get("FRESHEN_E2E_GIT_ROOT")?.into(),
+            gitea: gitea::GiteaServer {
+                url: get("FRESHEN_E2E_GITEA_URL")?,
+                user: get("FRESHEN_E2E_GITEA_USER")?,
+                token_file: get("FRESHEN_E2E_GITEA_TOKEN_FILE")?.into(),
+            },
         })
     }
 

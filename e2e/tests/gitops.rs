@@ -4,17 +4,26 @@
 //! (`git http-backend`). freshen canaries the new digest in the cluster,
 //! commits it to the repository, and waits for Flux to apply it; a digest
 //! that fails after promotion is reverted in git, and Flux applies the
-//! revert.
+//! revert. Under `gitops: PullRequest` the repository lives on the
+//! harness's Gitea (v1.26, built from the Go module proxy): freshen opens
+//! the pull request through Gitea's API, and the tests merge or close it
+//! there as a reviewer would.
 
 use std::time::Duration;
 
 use freshen_api::refresh::{AnalysisSpec, GitOpsMode, RolloutSpec};
-use freshen_api::{GitAuthor, GitSpec, PolicyRefresh, Refresh, RefreshPolicy, RefreshPolicySpec};
+use freshen_api::{
+    GitAuthor, GitSpec, LocalSecretRef, PolicyRefresh, PullRequestSpec, PullRequestStatus, Refresh,
+    RefreshPolicy, RefreshPolicySpec,
+};
+use freshen_core::gitops::forge::{Provider, PullState};
 use freshen_core::rollout::{Failure, Phase};
 use freshen_e2e::fleet::{Fleet, git};
+use freshen_e2e::operator::Operator;
 use freshen_e2e::scene::{Scene, image};
 use freshen_e2e::{wait_for, wait_ready_pods};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
@@ -60,24 +69,35 @@ spec:
 /// A policy for `tier=web`: follow the tag, a 50 % canary of 2 checks 1s
 /// apart, and `gitops: Commit` to the harness's git server.
 async fn policy(s: &Scene) -> anyhow::Result<()> {
+    let git = GitSpec {
+        repositories: vec![format!("{}/", s.harness.git_url)],
+        author: Some(GitAuthor {
+            name: "freshen-e2e".into(),
+            email: "freshen@e2e.example".into(),
+        }),
+        ..GitSpec::default()
+    };
+    policy_with(s, GitOpsMode::Commit, git, "60s").await
+}
+
+/// [`policy`] with another mode, `spec.git` and readiness timeout.
+async fn policy_with(
+    s: &Scene,
+    mode: GitOpsMode,
+    git: GitSpec,
+    readiness_timeout: &str,
+) -> anyhow::Result<()> {
     let refresh = PolicyRefresh {
         follow_tag: Some(true),
-        gitops: Some(GitOpsMode::Commit),
-        git: Some(GitSpec {
-            repositories: vec![format!("{}/", s.harness.git_url)],
-            author: Some(GitAuthor {
-                name: "freshen-e2e".into(),
-                email: "freshen@e2e.example".into(),
-            }),
-            ..GitSpec::default()
-        }),
+        gitops: Some(mode),
+        git: Some(git),
         rollout: Some(RolloutSpec {
             strategy: None,
             canary_weight: Some(50),
             analysis: Some(AnalysisSpec {
                 interval: Some("1s".into()),
                 iterations: Some(2),
-                readiness_timeout: Some("60s".into()),
+                readiness_timeout: Some(readiness_timeout.into()),
                 ..AnalysisSpec::default()
             }),
         }),
@@ -837,5 +857,307 @@ async fn a_statefulset_under_commit_is_held_with_the_reason() -> anyhow::Result<
         "{note}"
     );
     assert!(s.refreshes_of("db").await?.is_empty());
+    Ok(())
+}
+
+/// The pull-request scene: `web` on `from` in a repository on the harness's
+/// Gitea applied by Flux, a policy saying `gitops: PullRequest` (provider
+/// Gitea, label `freshen`, a 10s readiness timeout) with the Gitea user's
+/// token in a Secret of the test's namespace, and an operator that may
+/// speak plain HTTP to Gitea.
+async fn pull_request_scene(
+    s: &Scene,
+    from: &str,
+    annotations: &str,
+) -> anyhow::Result<(Fleet, freshen_e2e::operator::Operator)> {
+    let fleet = Fleet::on_gitea(
+        &s.harness,
+        &s.client,
+        &s.ns.name,
+        &[("web.yaml", manifest(from, annotations))],
+    )
+    .await?;
+    fleet.await_applied("the fleet").await?;
+    wait_ready_pods(&s.client, &s.ns.name, "web", 2, Duration::from_secs(60)).await?;
+    let gitea = &s.harness.gitea;
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "gitea"},
+        "stringData": {"username": gitea.user, "password": gitea.token()?},
+    }))?;
+    Api::<Secret>::namespaced(s.client.clone(), &s.ns.name)
+        .create(&PostParams::default(), &secret)
+        .await?;
+    let git = GitSpec {
+        repositories: vec![format!("{}/{}/", gitea.url, gitea.user)],
+        secret_ref: Some(LocalSecretRef {
+            name: "gitea".into(),
+        }),
+        pull_request: Some(PullRequestSpec {
+            provider: Provider::Gitea,
+            labels: vec!["freshen".into()],
+        }),
+        ..GitSpec::default()
+    };
+    policy_with(s, GitOpsMode::PullRequest, git, "10s").await?;
+    let gitea_host = gitea.url.trim_start_matches("http://");
+    let op = Operator::start(
+        &s.harness,
+        &[
+            "--poll-interval",
+            "2s",
+            "--namespace",
+            &s.ns.name,
+            "--leader-elect-lease-duration",
+            "3s",
+            "--plain-http-registry",
+            gitea_host,
+        ],
+    )
+    .await?;
+    Ok((fleet, op))
+}
+
+/// The Refresh of `web` once its pull request is open.
+async fn await_pull_request(s: &Scene) -> anyhow::Result<(Refresh, PullRequestStatus)> {
+    let r = s
+        .await_refresh("web", "a pull request opened", |r| {
+            git_status(r).pull_request.is_some()
+        })
+        .await?;
+    let pr = git_status(&r)
+        .pull_request
+        .unwrap_or_else(|| unreachable!());
+    Ok((r, pr))
+}
+
+#[tokio::test]
+async fn a_proven_digest_is_proposed_in_a_pull_request_and_followed_when_merged_late()
+-> anyhow::Result<()> {
+    let s = Scene::new("gitops-pr").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = pinned(&s, &v1.digest);
+    let (fleet, op) = pull_request_scene(&s, &from, "").await?;
+    let seeded = fleet.head()?;
+    let new = s.push("v1", &image("two", 1)).await?;
+    let to = pinned(&s, &new.digest);
+
+    let (refresh, pr) = await_pull_request(&s).await?;
+    assert_eq!(pr.provider, Provider::Gitea);
+    assert_eq!(pr.state, PullState::Open);
+    assert!(pr.branch.starts_with("freshen/"), "{pr:?}");
+    // On Gitea: the pull request, its title, its labels, and the canary's
+    // analysis in its body; the branch Flux follows is untouched.
+    let repo = s.ns.name.as_str();
+    let open = s.harness.gitea.pulls(repo, "open").await?;
+    assert_eq!(open.len(), 1, "{open:?}");
+    let on_gitea = &open[0];
+    assert_eq!(on_gitea["number"].as_u64(), Some(pr.number));
+    assert_eq!(on_gitea["html_url"].as_str(), Some(pr.url.as_str()));
+    assert_eq!(
+        on_gitea["title"].as_str().unwrap_or_default(),
+        format!("freshen: {repo}/web app -> {to}")
+    );
+    assert_eq!(on_gitea["base"]["ref"], "main");
+    assert_eq!(on_gitea["head"]["ref"].as_str(), Some(pr.branch.as_str()));
+    assert_eq!(on_gitea["labels"][0]["name"], "freshen");
+    let body = on_gitea["body"].as_str().unwrap_or_default();
+    assert!(
+        body.starts_with("freshen proved this image in a canary"),
+        "{body}"
+    );
+    assert!(
+        body.contains(&format!("### Deployment {repo}/web `app`")),
+        "{body}"
+    );
+    assert!(body.contains(&format!("- to `{to}`")), "{body}");
+    assert!(
+        body.contains("| 2 |") && body.contains("| Pass |"),
+        "{body}"
+    );
+    assert_eq!(fleet.head()?, seeded, "nothing is pushed to main");
+
+    // Waiting for a reviewer has no deadline: well past the 10s readiness
+    // timeout the Refresh still waits, the workload untouched. (What is
+    // asserted is that nothing happens for a while, so the test waits.)
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    let waiting = s.refreshes_of("web").await?;
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].progress().phase, Phase::Promoting);
+    assert!(
+        waiting[0]
+            .progress()
+            .message
+            .contains("waiting for a reviewer"),
+        "{}",
+        waiting[0].progress().message
+    );
+    assert_eq!(template_image(&s).await?, from);
+
+    // The reviewer merges; Flux applies main; freshen follows it through.
+    let merged_at = chrono::Utc::now();
+    s.harness.gitea.merge(repo, pr.number).await?;
+    let done = s
+        .await_refresh("web", "Succeeded", |r| {
+            r.progress().phase == Phase::Succeeded
+        })
+        .await?;
+    let status = git_status(&done);
+    let merged = status
+        .pull_request
+        .clone()
+        .unwrap_or_else(|| unreachable!());
+    assert_eq!(merged.state, PullState::Merged);
+    assert!(merged.merged_at.is_some());
+    fleet.await_applied("the merge").await?;
+    assert_eq!(template_image(&s).await?, to);
+    // freshen's commit is the value, nothing else.
+    let commit = status.commit.clone().unwrap_or_default();
+    assert_eq!(
+        fleet.changed_lines(&commit)?,
+        [
+            format!("-          image: \"{from}\"   # pinned by freshen"),
+            format!("+          image: \"{to}\"   # pinned by freshen"),
+        ]
+    );
+    assert_eq!(fleet.show(&status.file)?, manifest(&to, ""));
+    let promoted = refresh.progress().promoted_at.unwrap_or_default();
+    let applied = done.progress().patched_at.unwrap_or_default();
+    eprintln!(
+        "canary success -> pull request opened {:.1}s; merge -> applied by Flux {:.1}s",
+        status
+            .pushed_at
+            .map_or(f64::NAN, |p| (p - promoted).as_seconds_f64()),
+        (applied - merged_at).as_seconds_f64()
+    );
+    for event in ["opened", "merged"] {
+        op.await_metric(
+            &format!(
+                r#"freshen_git_pull_requests_total{{change="promote",event="{event}",host="127.0.0.1"}}"#
+            ),
+            1.0,
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pull_request_closed_unmerged_rejects_the_digest_and_changes_nothing()
+-> anyhow::Result<()> {
+    let s = Scene::new("gitops-pr-closed").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = pinned(&s, &v1.digest);
+    let (fleet, op) = pull_request_scene(&s, &from, "").await?;
+    let seeded = fleet.head()?;
+    let new = s.push("v1", &image("two", 1)).await?;
+
+    let (_, pr) = await_pull_request(&s).await?;
+    s.harness.gitea.close(&s.ns.name, pr.number).await?;
+    let done = s
+        .await_refresh("web", "RolledBack", |r| {
+            r.progress().phase == Phase::RolledBack
+        })
+        .await?;
+    assert_eq!(done.progress().failure, Some(Failure::Declined));
+    assert!(
+        done.progress()
+            .message
+            .contains("closed without being merged"),
+        "{}",
+        done.progress().message
+    );
+    assert_eq!(
+        git_status(&done).pull_request.map(|p| p.state),
+        Some(PullState::Closed)
+    );
+    // Nothing reached main or the workload; the digest is rejected, and
+    // after more of freshen's looks it is not proposed again.
+    assert_eq!(fleet.head()?, seeded);
+    assert_eq!(template_image(&s).await?, from);
+    s.await_reconciles(&op, "deployment", 4).await?;
+    assert_eq!(
+        s.refreshes_of("web").await?.len(),
+        1,
+        "never proposed again"
+    );
+    let d = Api::<Deployment>::namespaced(s.client.clone(), &s.ns.name)
+        .get("web")
+        .await?;
+    let rejected = d
+        .annotations()
+        .get(freshen_api::refresh::REJECTED_DIGESTS)
+        .cloned()
+        .unwrap_or_default();
+    assert!(rejected.contains(&new.digest), "{rejected}");
+    assert_eq!(s.harness.gitea.pulls(&s.ns.name, "open").await?.len(), 0);
+    op.await_metric(
+        r#"freshen_git_pull_requests_total{change="promote",event="closed",host="127.0.0.1"}"#,
+        1.0,
+    )
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_merged_digest_failing_in_its_rollout_is_reverted_through_a_pull_request()
+-> anyhow::Result<()> {
+    let s = Scene::new("gitops-pr-revert").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let bad_spec = image("bad-in-rollout", 1);
+    let bad = s.push("staging", &bad_spec).await?;
+    let from = pinned(&s, &v1.digest);
+    // The canary's pods run; the workload's own new pods crash.
+    let annotations = format!(r#""e2e.freshen.dev/crash-on-rollout": "{}""#, bad.digest);
+    let (fleet, _op) = pull_request_scene(&s, &from, &annotations).await?;
+    let file = format!("{}/web.yaml", fleet.path);
+    let seeded_text = fleet.show(&file)?;
+    s.push("v1", &bad_spec).await?;
+
+    let (_, pr) = await_pull_request(&s).await?;
+    s.harness.gitea.merge(&s.ns.name, pr.number).await?;
+    // Flux applies the merge, the new pods crash: freshen proposes the
+    // revert in a pull request of its own, and waits for it.
+    let reverting = s
+        .await_refresh("web", "a revert pull request", |r| {
+            git_status(r).revert_pull_request.is_some()
+        })
+        .await?;
+    assert_eq!(reverting.progress().phase, Phase::RollingBack);
+    assert_eq!(reverting.progress().failure, Some(Failure::PodFailure));
+    let revert = git_status(&reverting)
+        .revert_pull_request
+        .unwrap_or_else(|| unreachable!());
+    assert!(revert.branch.starts_with("freshen/revert-"), "{revert:?}");
+    let open = s.harness.gitea.pulls(&s.ns.name, "open").await?;
+    assert_eq!(open.len(), 1, "{open:?}");
+    let body = open[0]["body"].as_str().unwrap_or_default();
+    assert!(
+        body.starts_with(&format!("#{} (", pr.number)) && body.contains("its rollout failed"),
+        "{body}"
+    );
+    assert!(
+        open[0]["title"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("freshen: revert"),
+        "{}",
+        open[0]
+    );
+
+    s.harness.gitea.merge(&s.ns.name, revert.number).await?;
+    let done = s
+        .await_refresh("web", "RolledBack", |r| {
+            r.progress().phase == Phase::RolledBack
+        })
+        .await?;
+    // main carries the file as it was, Flux applied it, and the digest is
+    // rejected.
+    assert_eq!(fleet.show(&file)?, seeded_text);
+    fleet.await_applied("the revert").await?;
+    assert_eq!(template_image(&s).await?, from);
+    assert_eq!(
+        git_status(&done).revert_pull_request.map(|p| p.state),
+        Some(PullState::Merged)
+    );
     Ok(())
 }

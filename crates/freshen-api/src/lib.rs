@@ -18,7 +18,7 @@ pub use policy::{
     RefreshPolicySpec, SpecError,
 };
 pub use refresh::{
-    GitAuthor, GitSpec, GitStatus, LocalSecretRef, PolicyRefresh, Refresh, RefreshSpec,
-    RefreshStatus,
+    GitAuthor, GitSpec, GitStatus, LocalSecretRef, PolicyRefresh, PullRequestSpec,
+    PullRequestStatus, Refresh, RefreshSpec, RefreshStatus,
 };
 pub use tag::{TagRecord, TagRecordSpec};

@@ -167,6 +167,42 @@ pub struct GitStatus {
     /// Pushes rejected (the branch had moved) before ours went through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<u32>,
+    /// The pull request that carries `commit` (`gitops: PullRequest`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestStatus>,
+    /// The pull request that carries `revertCommit`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revert_pull_request: Option<PullRequestStatus>,
+}
+
+/// A pull request freshen opened, as its forge last answered.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PullRequestStatus {
+    /// The forge that serves it.
+    pub provider: freshen_core::gitops::forge::Provider,
+    /// Its number (GitLab's merge request IID).
+    pub number: u64,
+    /// The pull request's page on the forge.
+    pub url: String,
+    /// The branch freshen pushed its commit to.
+    pub branch: String,
+    /// Open, Merged or Closed, as last read.
+    pub state: freshen_core::gitops::forge::PullState,
+    /// When it was merged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl PullRequestStatus {
+    /// The state machine's view of it.
+    pub fn proposed(&self) -> freshen_core::rollout::Proposed {
+        freshen_core::rollout::Proposed {
+            number: self.number,
+            state: self.state,
+            merged_at: self.merged_at,
+        }
+    }
 }
 
 impl Refresh {
@@ -214,6 +250,10 @@ pub enum GitOpsMode {
     /// it. A failure after promotion is reverted in git.
     #[serde(alias = "commit")]
     Commit,
+    /// As `Commit`, through a pull request (`spec.refresh.git.pullRequest`)
+    /// that a reviewer merges; closing it unmerged rejects the digest.
+    #[serde(alias = "pullRequest", alias = "pull-request")]
+    PullRequest,
 }
 
 impl From<GitOpsMode> for freshen_core::plan::GitOpsAction {
@@ -222,6 +262,7 @@ impl From<GitOpsMode> for freshen_core::plan::GitOpsAction {
             GitOpsMode::Ignore => Self::Ignore,
             GitOpsMode::Patch => Self::Patch,
             GitOpsMode::Commit => Self::Commit,
+            GitOpsMode::PullRequest => Self::PullRequest,
         }
     }
 }
@@ -258,6 +299,26 @@ pub struct GitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub message: Option<String>,
+    /// How pull requests are opened, for `gitops: PullRequest` (required
+    /// there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pull_request: Option<PullRequestSpec>,
+}
+
+/// `spec.git.pullRequest`: the forge whose API opens freshen's pull
+/// requests, and their labels.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PullRequestSpec {
+    /// The forge's API: GitHub (and GitHub Enterprise Server), GitLab, or
+    /// Gitea (and Forgejo). Its address is derived from the repository's
+    /// URL, and the Secret's `token` (else `password`) is sent to it.
+    pub provider: freshen_core::gitops::forge::Provider,
+    /// Labels put on each pull request, at most 10 of 1 to 50 characters
+    /// without commas.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10), inner(length(min = 1, max = 50)))]
+    pub labels: Vec<String>,
 }
 
 /// A Secret by name, in the namespace its policy reads from.
@@ -320,6 +381,10 @@ impl GitSpec {
             && m.chars().any(char::is_control)
         {
             return Err(bad("spec.git.message".into(), "expected one line".into()));
+        }
+        if let Some(pr) = &self.pull_request {
+            freshen_core::gitops::forge::check_labels(&pr.labels)
+                .map_err(|e| bad("spec.git.pullRequest.labels".into(), e))?;
         }
         Ok(())
     }

@@ -1,7 +1,8 @@
-//! Promotion through git (`gitops: Commit`): after the canary, the proven
-//! image is committed to the workload's source and the reconciler (Flux,
-//! Argo CD) applies it; a failure after promotion is a commit that puts the
-//! old image back.
+//! Promotion through git (`gitops: Commit`, `gitops: PullRequest`): after
+//! the canary, the proven image is committed to the workload's source (or
+//! proposed there in a pull request a reviewer merges) and the reconciler
+//! (Flux, Argo CD) applies it; a failure after promotion is a commit (or a
+//! pull request) that puts the old image back.
 //!
 //! Everything a tenant can write is input here. The source comes from the
 //! reconciler's own objects (a Flux Kustomization whose inventory lists the
@@ -11,14 +12,17 @@
 //! policy's Secret is sent to no other. The edit changes only the image of
 //! the workload's own container ([`freshen_core::gitops`]).
 
+pub mod forge;
 pub mod writer;
 
 use std::collections::BTreeMap;
 
 use chrono::Utc;
-use freshen_api::{GitStatus, Refresh};
+use freshen_api::{GitStatus, PullRequestStatus, Refresh};
+use freshen_core::gitops::forge::{self as forge_api, PullState};
 use freshen_core::gitops::source::{self, FluxFacts, Source};
 use freshen_core::image::ImageReference;
+use freshen_core::plan::GitOpsAction;
 use freshen_core::plan::{GitOps, gitops_manager};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -29,7 +33,7 @@ use crate::error::Error;
 use crate::runtime::cached::CachedWorkload;
 use crate::runtime::context::Context;
 use crate::workload::assess::{Configuration, GitPlan, configure};
-use writer::{Commit, Credentials, Edit, Target};
+use writer::{Commit, Credentials, Delivery, Edit, Review, Target};
 
 /// Flux's labels on what a Kustomization applied.
 const FLUX_NAME: &str = "kustomize.toolkit.fluxcd.io/name";
@@ -57,7 +61,36 @@ pub async fn write(
         admit(refresh, &config).map_err(Error::Git)?;
     }
     let (found, plan) = resolve(ctx, workload, &config).await.map_err(Error::Git)?;
-    let (credentials, identity) = credentials(ctx, plan).await?;
+    let (credentials, identity, token) = credentials(ctx, plan).await?;
+    let promoted_by = refresh
+        .status
+        .as_ref()
+        .and_then(|s| s.git.as_ref())
+        .and_then(|g| g.pull_request.as_ref())
+        .map(|p| p.provider);
+    // A revert goes the way its promotion went.
+    let delivery = match (
+        revert,
+        promoted_by,
+        config.refresh.gitops,
+        &plan.spec.pull_request,
+    ) {
+        (true, Some(provider), _, _) => Delivery::PullRequest { provider, revert },
+        (false, _, Some(GitOpsAction::PullRequest), Some(pr)) => Delivery::PullRequest {
+            provider: pr.provider,
+            revert,
+        },
+        _ => Delivery::Push,
+    };
+    let review = Review {
+        token,
+        labels: plan
+            .spec
+            .pull_request
+            .as_ref()
+            .map(|p| p.labels.clone())
+            .unwrap_or_default(),
+    };
     let running = ImageReference::parse(&refresh.spec.from_image)
         .map_err(|e| Error::Git(format!("spec.fromImage: {e}")))?;
     let title = plan
@@ -88,7 +121,48 @@ pub async fn write(
         url: found.url.clone(),
         branch: found.branch.clone(),
         identity,
+        delivery,
     };
+    let progress = refresh.progress();
+    let rows: Vec<forge_api::Row<'_>> = progress
+        .analysis
+        .iter()
+        .filter(|c| c.stage == freshen_core::rollout::Stage::Canary)
+        .map(|c| forge_api::Row {
+            time: c.time,
+            ready: c.ready,
+            desired: c.desired,
+            restarts: c.restarts,
+            metric: c.metric,
+            verdict: c.verdict.as_str(),
+            message: &c.message,
+        })
+        .collect();
+    let section = forge_api::describe(&forge_api::Section {
+        workload: &format!(
+            "{} {namespace}/{}",
+            workload.kind.as_str(),
+            workload.name_any()
+        ),
+        container: &refresh.spec.container,
+        from: &refresh.spec.from_image,
+        to: &refresh.spec.to_image,
+        reason: refresh.spec.reason.as_str(),
+        refresh: &refresh.name_any(),
+        checks: &rows,
+    });
+    let intro = revert.then(|| {
+        let promoted = refresh
+            .status
+            .as_ref()
+            .and_then(|s| s.git.as_ref())
+            .and_then(|g| g.pull_request.as_ref())
+            .map_or_else(
+                || format!("{} (committed by freshen)", refresh.spec.to_image),
+                |p| format!("#{} ({})", p.number, refresh.spec.to_image),
+            );
+        forge_api::revert_intro(&promoted, &progress.cause)
+    });
     let edit = Edit {
         path: found.path.clone(),
         field: found.field.clone(),
@@ -99,15 +173,31 @@ pub async fn write(
         running,
         image: image.to_owned(),
         line,
+        section,
+        intro,
     };
     let host = source::host(&found.url).to_owned();
     let result = ctx
         .git
-        .write(target, credentials, Commit { name, email }, edit)
+        .write(target, credentials, review, Commit { name, email }, edit)
         .await;
     ctx.metrics
         .git_write(&host, revert, result.as_ref().map(|p| p.written));
     let pushed = result.map_err(|e| Error::Git(e.to_string()))?;
+    let proposal = match (&pushed.proposal, delivery) {
+        (Some((pr, branch)), Delivery::PullRequest { provider, .. }) => {
+            ctx.metrics.pull_request(&host, revert, PullState::Open);
+            Some(PullRequestStatus {
+                provider,
+                number: pr.number,
+                url: pr.url.clone(),
+                branch: branch.clone(),
+                state: pr.state,
+                merged_at: pr.merged_at,
+            })
+        }
+        _ => None,
+    };
     let mut status = refresh
         .status
         .as_ref()
@@ -118,12 +208,71 @@ pub async fn write(
     status.file = pushed.file;
     if revert {
         status.revert_commit = Some(pushed.commit);
+        status.revert_pull_request = proposal;
     } else {
         status.commit = Some(pushed.commit);
         status.pushed_at = Some(Utc::now());
         status.retries = Some(pushed.retries);
+        status.pull_request = proposal;
     }
     Ok(status)
+}
+
+/// Asks the forge for the state of the Refresh's open pull requests (the
+/// promotion's and the revert's), and returns the status with what it
+/// answered when that changed; `None` when nothing is open or nothing
+/// changed. The token is the governing policy's, as when it was opened.
+pub async fn follow(
+    ctx: &Context,
+    refresh: &Refresh,
+    workload: &CachedWorkload,
+) -> Result<Option<GitStatus>, Error> {
+    let Some(git) = refresh.status.as_ref().and_then(|s| s.git.clone()) else {
+        return Ok(None);
+    };
+    let open =
+        |p: &Option<PullRequestStatus>| p.as_ref().is_some_and(|p| p.state == PullState::Open);
+    if !open(&git.pull_request) && !open(&git.revert_pull_request) {
+        return Ok(None);
+    }
+    let config = configuration(ctx, workload);
+    let Some(plan) = config.git.as_ref() else {
+        return Err(Error::Git(format!(
+            "its pull request is open, but its policy no longer has spec.git (and the Secret \
+             whose token reads {})",
+            git.repository
+        )));
+    };
+    let (_, _, token) = credentials(ctx, plan).await?;
+    let host = source::host(&git.repository).to_owned();
+    let mut next = git.clone();
+    for (slot, revert) in [
+        (&mut next.pull_request, false),
+        (&mut next.revert_pull_request, true),
+    ] {
+        let Some(pr) = slot.as_mut().filter(|p| p.state == PullState::Open) else {
+            continue;
+        };
+        let repo = forge_api::locate(pr.provider, &git.repository).map_err(|e| Error::Git(e.0))?;
+        let now = ctx
+            .git
+            .forge()
+            .get(&repo, &token, pr.number)
+            .await
+            .map_err(|e| {
+                Error::Git(format!(
+                    "reading {} #{}: {e}",
+                    pr.provider.noun(),
+                    pr.number
+                ))
+            })?;
+        if now.state != pr.state {
+            ctx.metrics.pull_request(&host, revert, now.state);
+            pr.state = now.state;
+            pr.merged_at = now.merged_at;
+        }
+    }
+    Ok((next != git).then_some(next))
 }
 
 /// [`freshen_core::gitops::admit`] for `refresh` under the policy as it is
@@ -159,6 +308,14 @@ async fn resolve<'a>(
     let Some(plan) = config.git.as_ref() else {
         return Err("its policy has no spec.git (the repositories freshen may push to)".into());
     };
+    if config.refresh.gitops == Some(GitOpsAction::PullRequest) && plan.spec.pull_request.is_none()
+    {
+        return Err(format!(
+            "its policy says gitops: PullRequest, and {}'s spec.git has no pullRequest (set \
+             spec.git.pullRequest.provider to GitHub, GitLab or Gitea)",
+            plan.policy
+        ));
+    }
     let found = find_source(ctx, workload, config, plan)
         .await
         .map_err(|e| e.to_string())?;
@@ -398,11 +555,15 @@ async fn get(
     }
 }
 
-/// The credentials in the policy's Secret, and which Secret (the batch
-/// key: edits pushed with different credentials never share a commit).
-async fn credentials(ctx: &Context, plan: &GitPlan) -> Result<(Credentials, String), Error> {
+/// The credentials in the policy's Secret, which Secret (the batch key:
+/// edits pushed with different credentials never share a commit), and the
+/// forge API token (its `token`, else its `password`).
+async fn credentials(
+    ctx: &Context,
+    plan: &GitPlan,
+) -> Result<(Credentials, String, String), Error> {
     let Some(secret_ref) = &plan.spec.secret_ref else {
-        return Ok((Credentials::Anonymous, String::new()));
+        return Ok((Credentials::Anonymous, String::new(), String::new()));
     };
     let namespace = plan
         .secret_namespace
@@ -431,6 +592,11 @@ async fn credentials(ctx: &Context, plan: &GitPlan) -> Result<(Credentials, Stri
         .filter_map(|(k, v)| Some((k, String::from_utf8(v.0).ok()?)))
         .collect();
     let identity = format!("{namespace}/{}", secret_ref.name);
+    let token = data
+        .get("token")
+        .or_else(|| data.get("password"))
+        .cloned()
+        .unwrap_or_default();
     let credentials = match (
         data.get("username"),
         data.get("password"),
@@ -452,7 +618,7 @@ async fn credentials(ctx: &Context, plan: &GitPlan) -> Result<(Credentials, Stri
             )));
         }
     };
-    Ok((credentials, identity))
+    Ok((credentials, identity, token))
 }
 
 /// Whether `refresh` promotes through git.

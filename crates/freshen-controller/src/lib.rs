@@ -343,6 +343,9 @@ pub enum RunError {
     /// The webhook client could not be built (a bad CA file).
     #[error("the webhook client could not be built: {0}")]
     Webhooks(#[source] reqwest::Error),
+    /// The forge API client could not be built (a bad CA file).
+    #[error("the forge API client could not be built: {0}")]
+    Forge(#[source] reqwest::Error),
     /// The cluster could not be asked whether the CRDs are installed.
     #[error("checking for the freshen CRDs failed: {0}")]
     CrdCheck(#[source] kube::Error),
@@ -512,6 +515,13 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         config.registry.plain_http.clone(),
     )
     .map_err(RunError::Webhooks)?;
+    // So are forges' APIs (pull requests for gitops: PullRequest).
+    let forge = gitops::forge::ForgeClient::new(
+        &config.registry.extra_root_certificates,
+        config.registry.reach.clone(),
+        config.registry.plain_http.clone(),
+    )
+    .map_err(RunError::Forge)?;
     let ctx = Arc::new(Context {
         webhooks,
         tags,
@@ -549,7 +559,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
         rebuild_trigger: rebuilds.wake,
         planning: tokio::sync::Mutex::new(ledger::Ledger::default()),
         failures: failures::Failures::default(),
-        git: gitops::writer::Writer::new(config.git.dir.clone(), config.git.batch_window),
+        git: gitops::writer::Writer::new(config.git.dir.clone(), config.git.batch_window, forge),
         config: config.controller,
     });
     let controllers: [Start; 5] = [

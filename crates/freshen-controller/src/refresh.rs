@@ -177,7 +177,15 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     let Some((refresh, stored)) = store_intent(&api, refresh, &scene, &step, now).await? else {
         return Ok(Action::requeue(CONFLICT_RETRY));
     };
-    act(&ctx, &refresh, &scene, &step.actions).await?;
+    // The actions see the progress just stored (a pull request's body
+    // carries the analysis check that decided the promotion).
+    act(
+        &ctx,
+        stored.as_ref().unwrap_or(&refresh),
+        &scene,
+        &step.actions,
+    )
+    .await?;
     announce(&ctx, &api, &refresh, stored, &scene, &step).await
 }
 
@@ -258,10 +266,38 @@ async fn observe(
         }
         _ => None,
     };
-    if let Some(git) = refresh.status.as_ref().and_then(|s| s.git.as_ref()) {
+    let mut git = refresh.status.as_ref().and_then(|s| s.git.clone());
+    if let (Some(recorded), Some(w)) = (&git, sight.workload.as_deref())
+        && !progress.phase.is_terminal()
+    {
+        // A pull request's state lives on its forge: read it, record what
+        // changed. An unreachable forge leaves the state as last read.
+        match crate::gitops::follow(ctx, refresh, w).await {
+            Ok(Some(next)) => {
+                announce_pull_requests(ctx, refresh, w, recorded, &next).await;
+                record_git(ctx, refresh, next.clone()).await?;
+                git = Some(next);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                warn!(refresh = %name, error = %e, "could not read the pull request's state");
+                ctx.publish_failure(&e, e.to_string(), refresh.object_ref(&()))
+                    .await;
+            }
+        }
+    }
+    if let Some(git) = &git {
         sight.observed.git = rollout::GitWrites {
             promoted: git.commit.clone(),
             reverted: git.revert_commit.clone(),
+            proposal: git
+                .pull_request
+                .as_ref()
+                .map(freshen_api::PullRequestStatus::proposed),
+            revert_proposal: git
+                .revert_pull_request
+                .as_ref()
+                .map(freshen_api::PullRequestStatus::proposed),
         };
     }
     if sight.observed.untrusted.is_none() {
@@ -377,7 +413,13 @@ async fn act(
                     continue;
                 };
                 let revert = *image != scene.target.to_image;
+                let before = refresh
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.git.clone())
+                    .unwrap_or_default();
                 let git = crate::gitops::write(ctx, refresh, w, image, revert).await?;
+                announce_pull_requests(ctx, refresh, w, &before, &git).await;
                 record_git(ctx, refresh, git).await?;
             }
             (Change::RejectDigest, _) => {
@@ -391,6 +433,53 @@ async fn act(
         }
     }
     Ok(())
+}
+
+/// Publishes an Event for each of the Refresh's pull requests whose state
+/// changed between `before` and `after` (opened, merged, closed).
+async fn announce_pull_requests(
+    ctx: &Context,
+    refresh: &Refresh,
+    workload: &CachedWorkload,
+    before: &freshen_api::GitStatus,
+    after: &freshen_api::GitStatus,
+) {
+    use freshen_core::gitops::forge::PullState;
+    for (was, now, what) in [
+        (&before.pull_request, &after.pull_request, "promotes"),
+        (
+            &before.revert_pull_request,
+            &after.revert_pull_request,
+            "reverts",
+        ),
+    ] {
+        let Some(now) = now else { continue };
+        if was.as_ref().map(|w| w.state) == Some(now.state) {
+            continue;
+        }
+        let (kind, reason, verb) = match now.state {
+            PullState::Open => (EventKind::Normal, EventReason::PullRequestOpened, "opened"),
+            PullState::Merged => (EventKind::Normal, EventReason::PullRequestMerged, "merged"),
+            PullState::Closed => (
+                EventKind::Warning,
+                EventReason::PullRequestClosed,
+                "closed without being merged",
+            ),
+        };
+        let image = if what == "reverts" {
+            &refresh.spec.from_image
+        } else {
+            &refresh.spec.to_image
+        };
+        let note = format!(
+            "{} #{} ({what} {image}) was {verb}: {}",
+            now.provider.noun(),
+            now.number,
+            now.url
+        );
+        ctx.refresh_event(refresh, Some(workload), kind, reason, note)
+            .await;
+    }
 }
 
 /// Records a pushed commit in the Refresh's status, so that it is awaited

@@ -53,6 +53,13 @@ pub enum EventReason {
     /// and the workload's git source cannot be found or is not allowed;
     /// the note says what is missing.
     GitSourceNotFound,
+    /// freshen opened a pull request with a proven image (or a revert);
+    /// the note links it.
+    PullRequestOpened,
+    /// A reviewer merged freshen's pull request; the reconciler applies it.
+    PullRequestMerged,
+    /// A reviewer closed freshen's pull request without merging it.
+    PullRequestClosed,
     /// A wanted refresh is held because the workload is paused; it starts
     /// once the workload is resumed.
     WorkloadPaused,

@@ -411,7 +411,8 @@ impl fmt::Display for Hold {
             ),
             Self::GitSource(why) => write!(
                 f,
-                "its policy says gitops: Commit, but freshen cannot promote it through git: {why}"
+                "its policy promotes through git (gitops: Commit or PullRequest), but freshen \
+                 cannot promote it through git: {why}"
             ),
             Self::Suspended => f.write_str("its policy is suspended"),
             Self::Snoozed(t) => write!(f, "snoozed until {}", t.to_rfc3339()),
@@ -860,6 +861,16 @@ pub enum GitOpsAction {
     /// Canary in the cluster, then commit the proven image to the
     /// workload's git source; the reconciler applies it.
     Commit,
+    /// As `Commit`, through a pull request a reviewer merges.
+    PullRequest,
+}
+
+impl GitOpsAction {
+    /// Whether proven images are promoted through git (`Commit` or
+    /// `PullRequest`).
+    pub fn through_git(self) -> bool {
+        matches!(self, Self::Commit | Self::PullRequest)
+    }
 }
 
 /// The containers only a rebuild can freshen, and why: the image is past

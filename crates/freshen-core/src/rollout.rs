@@ -462,6 +462,17 @@ pub enum Verdict {
     Fail,
 }
 
+impl Verdict {
+    /// The verdict's name, as the status spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pass => "Pass",
+            Self::Wait => "Wait",
+            Self::Fail => "Fail",
+        }
+    }
+}
+
 /// One analysis check, kept in the Refresh's status.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
@@ -593,6 +604,9 @@ pub enum Failure {
     /// Rollout aborted by its analysis, or Degraded).
     #[serde(alias = "aborted")]
     Aborted,
+    /// A reviewer closed freshen's pull request without merging it: the
+    /// digest is rejected, never proposed again.
+    Declined,
 }
 
 impl Failure {
@@ -736,6 +750,33 @@ pub struct GitWrites {
     pub promoted: Option<String>,
     /// The commit that put the old image back.
     pub reverted: Option<String>,
+    /// The pull request that carries `promoted` (`gitops: PullRequest`),
+    /// as its forge answered now.
+    pub proposal: Option<Proposed>,
+    /// The pull request that carries `reverted`.
+    pub revert_proposal: Option<Proposed>,
+}
+
+/// A pull request freshen opened, as its forge answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Proposed {
+    /// Its number.
+    pub number: u64,
+    /// Open, merged or closed.
+    pub state: crate::gitops::forge::PullState,
+    /// When it was merged (the reconciler's deadline counts from there).
+    pub merged_at: Option<DateTime<Utc>>,
+}
+
+impl GitWrites {
+    /// Whether a pull request of this Refresh waits for a reviewer: the
+    /// forge is asked again after the analysis interval.
+    pub fn awaits_review(&self) -> bool {
+        [self.proposal, self.revert_proposal]
+            .iter()
+            .flatten()
+            .any(|p| p.state == crate::gitops::forge::PullState::Open)
+    }
 }
 
 /// A change to make to the cluster; each is safe to repeat.
@@ -865,7 +906,11 @@ pub fn step(target: &Target, progress: &Progress, observed: &Observed, now: Date
         }
         Phase::Succeeded | Phase::RolledBack | Phase::Failed => {}
     }
-    let requeue = requeue(target, &next, now);
+    let mut requeue = requeue(target, &next, observed, now);
+    if observed.git.awaits_review() && !next.phase.is_terminal() {
+        // Nothing watched says when a reviewer acts: ask the forge again.
+        requeue = Some(settings.interval().clamp(Duration::from_secs(1), MAX_WAIT));
+    }
     Step {
         progress: next,
         actions,
@@ -1294,9 +1339,37 @@ fn promoting(
             .as_ref()
             .filter(|_| target.settings.through_git)
         {
+            use crate::gitops::forge::PullState;
+            let started = promotion_start(next, observed, now);
+            match observed.git.proposal {
+                // A reviewer's decision has no deadline; the canary has
+                // said what it had to say and goes meanwhile.
+                Some(p) if p.state == PullState::Open => {
+                    next.message = format!(
+                        "opened pull request #{} for {}; waiting for a reviewer to merge it",
+                        p.number, target.to_image
+                    );
+                    if observed.canary_exists {
+                        actions.push(Change::DeleteCanary);
+                    }
+                    return;
+                }
+                Some(p) if p.state == PullState::Closed => {
+                    let why = format!(
+                        "pull request #{} was closed without being merged; {} is not proposed again",
+                        p.number, target.to_image
+                    );
+                    roll_back(target, next, Failure::Declined, why, now);
+                    actions.push(Change::DeleteCanary);
+                    actions.push(Change::RejectDigest);
+                    return;
+                }
+                // Merged: the reconciler's deadline counts from the merge
+                // (promotion_start).
+                Some(_) | None => {}
+            }
             // Pushed: the reconciler applies it, within the rollout's
             // deadline like any rollout.
-            let started = next.promoted_at.unwrap_or(now);
             if elapsed(started, now) >= settings.readiness_timeout() {
                 let why = format!(
                     "the reconciler did not apply commit {} within {}s",
@@ -1336,7 +1409,7 @@ fn promoting(
     }
     let desired = workload.replicas;
     let fatal = health(&observed.new_pods, settings.max_restarts);
-    let started = next.promoted_at.unwrap_or(now);
+    let started = promotion_start(next, observed, now);
     let outcome = match fatal {
         Err((failure, why)) => Err((failure, format!("workload {why}"))),
         Ok(_) if workload.gave_up.is_some() => Err((
@@ -1419,14 +1492,35 @@ fn rolling_back(
                 .as_ref()
                 .filter(|_| target.settings.through_git)
             {
-                Some(commit) => {
-                    next.message = format!(
-                        "rolling back {}: committed {} as {}; waiting for the reconciler to apply it",
-                        target.to_image,
-                        target.from_image,
-                        short_commit(commit)
-                    );
-                }
+                Some(commit) => match observed.git.revert_proposal {
+                    Some(p) if p.state == crate::gitops::forge::PullState::Open => {
+                        next.message = format!(
+                            "rolling back {}: opened pull request #{} to put {} back; waiting \
+                             for a reviewer to merge it",
+                            target.to_image, p.number, target.from_image
+                        );
+                    }
+                    Some(p) if p.state == crate::gitops::forge::PullState::Closed => {
+                        let note = format!(
+                            "the revert's pull request #{} was closed without being merged; the \
+                             workload still runs {}, which failed: {}",
+                            p.number, target.to_image, next.cause
+                        );
+                        next.phase = Phase::Failed;
+                        next.finished_at = Some(now);
+                        next.message = note;
+                        announce(next, EventKind::Warning, EventReason::RefreshFailed);
+                    }
+                    _ => {
+                        next.message = format!(
+                            "rolling back {}: committed {} as {}; waiting for the reconciler to \
+                             apply it",
+                            target.to_image,
+                            target.from_image,
+                            short_commit(commit)
+                        );
+                    }
+                },
                 None => actions.push(Change::SetImage {
                     image: target.from_image.clone(),
                     stamp: false,
@@ -1461,7 +1555,23 @@ fn rolling_back(
     announce(next, EventKind::Warning, EventReason::RolledBack);
 }
 
-fn requeue(target: &Target, progress: &Progress, now: DateTime<Utc>) -> Option<Duration> {
+/// When a promotion's deadline starts counting: the promotion, or the
+/// merge of its pull request (a reviewer's time is not the reconciler's).
+fn promotion_start(progress: &Progress, observed: &Observed, now: DateTime<Utc>) -> DateTime<Utc> {
+    let promoted = progress.promoted_at.unwrap_or(now);
+    observed
+        .git
+        .proposal
+        .and_then(|p| p.merged_at)
+        .map_or(promoted, |merged| merged.max(promoted))
+}
+
+fn requeue(
+    target: &Target,
+    progress: &Progress,
+    observed: &Observed,
+    now: DateTime<Utc>,
+) -> Option<Duration> {
     let settings = &target.settings;
     let until = |t: DateTime<Utc>| (t - now).to_std().unwrap_or(Duration::ZERO);
     let wait = match progress.phase {
@@ -1478,7 +1588,10 @@ fn requeue(target: &Target, progress: &Progress, now: DateTime<Utc>) -> Option<D
         }
         Phase::Promoting => progress
             .promoted_at
-            .map(|t| until(crate::age::later(t, settings.readiness_timeout())))
+            .map(|_| {
+                let start = promotion_start(progress, observed, now);
+                until(crate::age::later(start, settings.readiness_timeout()))
+            })
             .unwrap_or(MAX_WAIT),
         _ => Duration::ZERO,
     };
@@ -1599,9 +1712,132 @@ mod tests {
             git: GitWrites {
                 promoted: promoted.map(str::to_owned),
                 reverted: reverted.map(str::to_owned),
+                ..GitWrites::default()
             },
             ..observed
         }
+    }
+
+    fn proposed(
+        observed: Observed,
+        state: crate::gitops::forge::PullState,
+        merged_at: Option<DateTime<Utc>>,
+    ) -> Observed {
+        let mut o = pushed(observed, Some("0123456789abcdef"), None);
+        o.git.proposal = Some(Proposed {
+            number: 7,
+            state,
+            merged_at,
+        });
+        o
+    }
+
+    #[test]
+    fn through_a_pull_request_the_reviewer_has_no_deadline_and_the_merge_starts_one() {
+        use crate::gitops::forge::PullState;
+        let t = through_git();
+        // Open a day later: still waiting, the canary goes, the forge is
+        // asked again after the analysis interval.
+        let open = Observed {
+            canary_exists: true,
+            ..proposed(observed(FROM), PullState::Open, None)
+        };
+        let waiting = step(&t, &promoting(false), &open, secs(150 + 86_400));
+        assert_eq!(waiting.progress.phase, Phase::Promoting);
+        assert_eq!(mutations(&waiting), [Change::DeleteCanary]);
+        assert!(
+            waiting.progress.message.contains("pull request #7"),
+            "{}",
+            waiting.progress.message
+        );
+        assert_eq!(
+            waiting.requeue,
+            Some(Duration::from_secs(t.settings.interval_seconds))
+        );
+        // Merged a day later: the reconciler's deadline counts from the
+        // merge, not from the canary's success.
+        let merged_at = secs(150 + 86_400);
+        let merged = proposed(observed(FROM), PullState::Merged, Some(merged_at));
+        let applying = step(&t, &promoting(false), &merged, secs(150 + 86_400 + 10));
+        assert_eq!(applying.progress.phase, Phase::Promoting);
+        assert!(mutations(&applying).is_empty());
+        let late = step(&t, &promoting(false), &merged, secs(150 + 86_400 + 301));
+        assert_eq!(late.progress.failure, Some(Failure::Timeout));
+        // Applied a day after the canary, its rollout under way: within
+        // the deadline that the merge started.
+        let rolling = Observed {
+            workload: observed(TO).workload.map(|w| WorkloadState {
+                rolled_out: false,
+                ..w
+            }),
+            ..proposed(observed(TO), PullState::Merged, Some(merged_at))
+        };
+        let under_way = step(&t, &promoting(false), &rolling, secs(150 + 86_400 + 12));
+        assert_eq!(under_way.progress.phase, Phase::Promoting);
+        // Not the 200ms of a passed deadline: the longest wait.
+        assert_eq!(under_way.requeue, Some(MAX_WAIT));
+        // Applied: Succeeded.
+        let done = step(
+            &t,
+            &promoting(false),
+            &proposed(observed(TO), PullState::Merged, Some(merged_at)),
+            secs(150 + 86_400 + 20),
+        );
+        assert_eq!(done.progress.phase, Phase::Succeeded);
+    }
+
+    #[test]
+    fn a_pull_request_closed_unmerged_rejects_the_digest_and_changes_nothing() {
+        use crate::gitops::forge::PullState;
+        let t = through_git();
+        let closed = proposed(observed(FROM), PullState::Closed, None);
+        let s = step(&t, &promoting(false), &closed, secs(500));
+        assert_eq!(s.progress.phase, Phase::RollingBack);
+        assert_eq!(s.progress.failure, Some(Failure::Declined));
+        assert_eq!(mutations(&s), [Change::DeleteCanary, Change::RejectDigest]);
+        assert!(s.progress.cause.contains("closed without being merged"));
+        // The workload never changed: rolled back at once, nothing written.
+        let after = step(&t, &s.progress, &closed, secs(501));
+        assert_eq!(after.progress.phase, Phase::RolledBack);
+        assert!(
+            !mutations(&after)
+                .iter()
+                .any(|c| matches!(c, Change::SetImage { .. }))
+        );
+    }
+
+    #[test]
+    fn a_revert_pull_request_is_awaited_and_its_closing_fails_the_refresh() {
+        use crate::gitops::forge::PullState;
+        let t = through_git();
+        let back = Progress {
+            phase: Phase::RollingBack,
+            failure: Some(Failure::PodFailure),
+            cause: "pod x is in CrashLoopBackOff".into(),
+            ..promoting(true)
+        };
+        let mut o = pushed(observed(TO), Some("a"), Some("bcdef0123"));
+        o.git.revert_proposal = Some(Proposed {
+            number: 8,
+            state: PullState::Open,
+            merged_at: None,
+        });
+        let waiting = step(&t, &back, &o, secs(300));
+        assert_eq!(waiting.progress.phase, Phase::RollingBack);
+        assert!(waiting.progress.message.contains("#8"));
+        assert_eq!(mutations(&waiting), [Change::RejectDigest]);
+        o.git.revert_proposal = Some(Proposed {
+            number: 8,
+            state: PullState::Closed,
+            merged_at: None,
+        });
+        let failed = step(&t, &back, &o, secs(310));
+        assert_eq!(failed.progress.phase, Phase::Failed);
+        assert!(
+            failed.progress.message.contains("still runs"),
+            "{}",
+            failed.progress.message
+        );
     }
 
     #[test]

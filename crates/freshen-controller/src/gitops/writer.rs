@@ -8,12 +8,18 @@
 //! libgit2 (the `git2` crate) does the git work, on blocking threads: the
 //! release image has no `git` binary, and a library reports a rejected
 //! push per reference rather than in text to parse.
+//!
+//! For `gitops: PullRequest` a batch is pushed to a branch of its own,
+//! `freshen/<hash of the base branch and the edits>` (the same edits asked
+//! again reach the same branch and its open pull request), and proposed
+//! through the forge's API ([`super::forge`]).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use freshen_core::gitops::forge::{self as forge_api, Provider, PullRequest};
 use freshen_core::gitops::{self, Edited, Field, Subject};
 use freshen_core::image::ImageReference;
 use git2::{
@@ -63,7 +69,7 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
-/// Which repository, branch and identity a batch goes to.
+/// Which repository, branch and identity a batch goes to, and how.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
     /// The repository's URL.
@@ -73,6 +79,40 @@ pub struct Target {
     /// The Secret the credentials came from (`namespace/name`), so that
     /// edits pushed with different credentials never share a commit.
     pub identity: String,
+    /// Pushed to the branch, or proposed to it.
+    pub delivery: Delivery,
+}
+
+/// How a batch reaches its branch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Delivery {
+    /// A commit pushed to the branch (`gitops: Commit`).
+    Push,
+    /// A commit on a branch of its own, proposed as a pull request
+    /// (`gitops: PullRequest`); promotions and reverts never share one.
+    PullRequest {
+        /// The forge's API.
+        provider: Provider,
+        /// Whether the batch puts old images back.
+        revert: bool,
+    },
+}
+
+/// What opening a pull request needs beyond the git credentials.
+#[derive(Clone, Default)]
+pub struct Review {
+    /// The API token (the Secret's `token`, else its `password`).
+    pub token: String,
+    /// Labels for the pull request.
+    pub labels: Vec<String>,
+}
+
+impl std::fmt::Debug for Review {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Review")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One edit asked for.
@@ -96,6 +136,10 @@ pub struct Edit {
     pub image: String,
     /// This edit's line in the commit message.
     pub line: String,
+    /// This edit's section of a pull request's body (Markdown).
+    pub section: String,
+    /// A revert's first paragraph (what failed), for its pull request.
+    pub intro: Option<String>,
 }
 
 /// What a pushed edit became.
@@ -110,6 +154,8 @@ pub struct Pushed {
     pub written: bool,
     /// Pushes rejected before this one went through.
     pub retries: u32,
+    /// The pull request that proposes `commit`, and its branch.
+    pub proposal: Option<(PullRequest, String)>,
 }
 
 /// Why an edit was not pushed.
@@ -137,6 +183,7 @@ struct Request {
 struct Queue {
     pending: Vec<Request>,
     credentials: Credentials,
+    review: Review,
     author: (String, String),
     scheduled: bool,
 }
@@ -145,6 +192,7 @@ struct Queue {
 pub struct Writer {
     dir: PathBuf,
     window: Duration,
+    forge: super::forge::ForgeClient,
     queues: Mutex<HashMap<Target, Queue>>,
     locks: Mutex<HashMap<Target, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -160,21 +208,29 @@ pub struct Commit {
 
 impl Writer {
     /// A writer keeping clones under `dir`, batching edits asked within
-    /// `window`.
-    pub fn new(dir: PathBuf, window: Duration) -> Arc<Self> {
+    /// `window`, opening pull requests with `forge`.
+    pub fn new(dir: PathBuf, window: Duration, forge: super::forge::ForgeClient) -> Arc<Self> {
         Arc::new(Self {
             dir,
             window,
+            forge,
             queues: Mutex::default(),
             locks: Mutex::default(),
         })
     }
 
-    /// Commits `edit` to `target` with the next flush, and waits for it.
+    /// The client that opens pull requests (and reads them back).
+    pub fn forge(&self) -> &super::forge::ForgeClient {
+        &self.forge
+    }
+
+    /// Commits `edit` to `target` with the next flush (proposing it with
+    /// `review` when the target says so), and waits for it.
     pub async fn write(
         self: &Arc<Self>,
         target: Target,
         credentials: Credentials,
+        review: Review,
         commit: Commit,
         edit: Edit,
     ) -> Result<Pushed, WriteError> {
@@ -184,10 +240,12 @@ impl Writer {
             let queue = queues.entry(target.clone()).or_insert_with(|| Queue {
                 pending: Vec::new(),
                 credentials: credentials.clone(),
+                review: review.clone(),
                 author: (commit.name.clone(), commit.email.clone()),
                 scheduled: false,
             });
             queue.credentials = credentials;
+            queue.review = review;
             queue.pending.push(Request { edit, reply });
             !std::mem::replace(&mut queue.scheduled, true)
         };
@@ -221,11 +279,26 @@ impl Writer {
         let author = queue.author.clone();
         let credentials = queue.credentials.clone();
         let t = target.clone();
-        let results = tokio::task::spawn_blocking(move || {
+        let edits = requests.clone();
+        let pushed = tokio::task::spawn_blocking(move || {
             commit_and_push(&dir, &t, &credentials, &author, &requests)
         })
         .await
         .unwrap_or_else(|e| Err(WriteError::Git(format!("the git task failed: {e}"))));
+        let results = match (pushed, target.delivery) {
+            (Ok((each, Some(branch))), Delivery::PullRequest { provider, revert }) => Ok(self
+                .propose(
+                    &target,
+                    provider,
+                    revert,
+                    &queue.review,
+                    &branch,
+                    &edits,
+                    each,
+                )
+                .await),
+            (outcome, _) => outcome.map(|(each, _)| each),
+        };
         match results {
             Ok(each) => {
                 for (reply, result) in replies.into_iter().zip(each) {
@@ -240,6 +313,109 @@ impl Writer {
             }
         }
     }
+}
+
+impl Writer {
+    /// Opens the pull request for a pushed batch; each written edit's
+    /// result carries it, or fails with why it could not be opened.
+    #[allow(clippy::too_many_arguments)]
+    async fn propose(
+        &self,
+        target: &Target,
+        provider: Provider,
+        revert: bool,
+        review: &Review,
+        branch: &str,
+        edits: &[Edit],
+        each: Vec<Result<Pushed, WriteError>>,
+    ) -> Vec<Result<Pushed, WriteError>> {
+        let written: Vec<&Edit> = edits
+            .iter()
+            .zip(&each)
+            .filter(|(_, r)| r.as_ref().is_ok_and(|p| p.written))
+            .map(|(e, _)| e)
+            .collect();
+        let intro = if revert {
+            written
+                .iter()
+                .filter_map(|e| e.intro.clone())
+                .collect::<Vec<_>>()
+                .join("\n\n")
+        } else {
+            forge_api::promotion_intro(written.len())
+        };
+        let title = match written.as_slice() {
+            [one] => one.line.clone(),
+            many => format!(
+                "freshen: {} {} {}",
+                if revert { "revert" } else { "promote" },
+                many.len(),
+                if revert {
+                    "failed images"
+                } else {
+                    "images proven in canaries"
+                }
+            ),
+        };
+        let sections: Vec<String> = written.iter().map(|e| e.section.clone()).collect();
+        let proposal = forge_api::Proposal {
+            head: branch.to_owned(),
+            base: target.branch.clone(),
+            title,
+            body: forge_api::body(&intro, &sections),
+            labels: review.labels.clone(),
+        };
+        let opened = match forge_api::locate(provider, &target.url) {
+            Ok(repo) if review.token.is_empty() => Err(format!(
+                "opening a {} on {} needs an API token: set `token` (or `password`) in the \
+                 policy's spec.git.secretRef",
+                provider.noun(),
+                repo.api
+            )),
+            Ok(repo) => self
+                .forge
+                .open(&repo, &review.token, &proposal)
+                .await
+                .map_err(|e| format!("opening a {} for branch {branch}: {e}", provider.noun())),
+            Err(e) => Err(e.0),
+        };
+        match &opened {
+            Ok(pr) => {
+                info!(url = %target.url, number = pr.number, branch, "pull request opened");
+            }
+            Err(e) => warn!(url = %target.url, branch, error = %e, "pull request not opened"),
+        }
+        each.into_iter()
+            .map(|r| match (r, &opened) {
+                (Ok(p), Ok(pr)) if p.written => Ok(Pushed {
+                    proposal: Some((pr.clone(), branch.to_owned())),
+                    ..p
+                }),
+                (Ok(p), Err(e)) if p.written => Err(WriteError::Git(e.clone())),
+                (r, _) => r,
+            })
+            .collect()
+    }
+}
+
+/// The branch a pull request's commit goes to: `freshen/` and a hash of
+/// the base branch and the edits' lines, so the same edits asked again
+/// reach the same branch (and the pull request open from it).
+fn proposal_branch(base: &str, revert: bool, lines: &[String]) -> String {
+    let mut hash = Sha256::new();
+    hash.update(base.as_bytes());
+    hash.update([u8::from(revert)]);
+    for l in lines {
+        hash.update(l.as_bytes());
+        hash.update(b"\n");
+    }
+    let hex: String = hash
+        .finalize()
+        .iter()
+        .take(6)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("freshen/{}{hex}", if revert { "revert-" } else { "" })
 }
 
 /// A directory name for a repository's clone: its URL hashed (no tenant
@@ -345,15 +521,18 @@ fn fetch(repo: &Repository, target: &Target, credentials: &Credentials) -> Resul
     Ok(repo.refname_to_id(&tracking)?)
 }
 
+type Flushed = (Vec<Result<Pushed, WriteError>>, Option<String>);
+
 /// Fetch, edit, commit, push; again on a rejected push. One result per
-/// edit, in order; `Err` when the repository itself failed.
+/// edit, in order, and the branch of a pull request's commit; `Err` when
+/// the repository itself failed.
 fn commit_and_push(
     dir: &Path,
     target: &Target,
     credentials: &Credentials,
     author: &(String, String),
     edits: &[Edit],
-) -> Result<Vec<Result<Pushed, WriteError>>, WriteError> {
+) -> Result<Flushed, WriteError> {
     let repo = match Repository::open_bare(dir) {
         Ok(r) => r,
         Err(_) => {
@@ -367,7 +546,7 @@ fn commit_and_push(
         let parent = repo.find_commit(head)?;
         let (tree, results, lines) = apply(&repo, &parent.tree()?, edits)?;
         if lines.is_empty() {
-            return Ok(finish(results, &head.to_string(), attempt));
+            return Ok((finish(results, &head.to_string(), attempt), None));
         }
         let signature = Signature::now(&author.0, &author.1)?;
         let message = if let [line] = lines.as_slice() {
@@ -381,23 +560,41 @@ fn commit_and_push(
         };
         let tree = repo.find_tree(tree)?;
         let commit = repo.commit(None, &signature, &signature, &message, &tree, &[&parent])?;
+        // A pull request's commit goes to a branch of its own, named by
+        // what it changes: forced, as nobody else writes there.
+        let (destination, proposed) = match target.delivery {
+            Delivery::Push => (format!("refs/heads/{}", target.branch), None),
+            Delivery::PullRequest { revert, .. } => {
+                let branch = proposal_branch(&target.branch, revert, &lines);
+                (format!("+refs/heads/{branch}"), Some(branch))
+            }
+        };
         let local = format!("refs/freshen-push/{}", target.branch);
         repo.reference(&local, commit, true, "freshen push")?;
         let rejected = Mutex::new(Vec::new());
         let mut remote = repo.remote_anonymous(&target.url)?;
         let mut options = PushOptions::new();
         options.remote_callbacks(callbacks(credentials, Some(&rejected)));
-        let pushed = remote.push(
-            &[format!("{local}:refs/heads/{}", target.branch)],
-            Some(&mut options),
-        );
+        let refspec = match destination.strip_prefix('+') {
+            Some(d) => format!("+{local}:{d}"),
+            None => format!("{local}:{destination}"),
+        };
+        let pushed = remote.push(&[refspec], Some(&mut options));
         drop(options);
         drop(remote);
         let refused = rejected.into_inner().unwrap_or_else(|e| e.into_inner());
         match pushed {
             Ok(()) if refused.is_empty() => {
                 info!(url = %target.url, branch = %target.branch, commit = %commit, edits = lines.len(), "pushed");
-                return Ok(finish(results, &commit.to_string(), attempt));
+                return Ok((finish(results, &commit.to_string(), attempt), proposed));
+            }
+            Ok(()) if proposed.is_some() => {
+                return Err(WriteError::Git(format!(
+                    "pushing branch {} to {}: {}",
+                    proposed.unwrap_or_default(),
+                    target.url,
+                    refused.join("; ")
+                )));
             }
             Ok(()) => {
                 info!(url = %target.url, why = %refused.join("; "), attempt, "push rejected; fetching and re-applying")
@@ -450,6 +647,7 @@ fn apply(repo: &Repository, tree: &git2::Tree<'_>, edits: &[Edit]) -> Result<App
                     file,
                     written,
                     retries: 0,
+                    proposal: None,
                 }));
             }
             Err(e) => results.push(Err(e)),
@@ -617,6 +815,19 @@ fn search(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proposal_branches_are_named_by_their_edits() {
+        let one = proposal_branch("main", false, &["a".into()]);
+        assert!(
+            one.starts_with("freshen/") && one.len() == "freshen/".len() + 12,
+            "{one}"
+        );
+        assert_eq!(one, proposal_branch("main", false, &["a".into()]));
+        assert_ne!(one, proposal_branch("main", false, &["b".into()]));
+        assert_ne!(one, proposal_branch("prod", false, &["a".into()]));
+        assert!(proposal_branch("main", true, &["a".into()]).starts_with("freshen/revert-"));
+    }
 
     #[test]
     fn clone_directories_carry_no_url_text() {

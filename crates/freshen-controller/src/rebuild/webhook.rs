@@ -72,7 +72,7 @@ impl Undelivered {
 /// How many tries one delivery gets.
 const TRIES: u32 = 3;
 /// The deadline of one try.
-const TRY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const TRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The wait before the second try; doubled for each later one.
 const RETRY_WAIT: Duration = Duration::from_secs(1);
 
@@ -186,7 +186,7 @@ impl WebhookClient {
 
 /// A reqwest error without the URL (which may carry a query a receiver
 /// considers secret).
-fn without_url(e: &reqwest::Error) -> String {
+pub(crate) fn without_url(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         format!("no answer within {}s", TRY_TIMEOUT.as_secs())
     } else if e.is_connect() {

@@ -247,6 +247,8 @@ fn context(
         git: crate::gitops::writer::Writer::new(
             std::env::temp_dir().join("freshen-git-test"),
             std::time::Duration::ZERO,
+            crate::gitops::forge::ForgeClient::new(&[], Default::default(), Vec::new())
+                .unwrap_or_else(|e| panic!("{e}")),
         ),
         planning: tokio::sync::Mutex::new(crate::runtime::ledger::Ledger::default()),
         config: ControllerConfig {

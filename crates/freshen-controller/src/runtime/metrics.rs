@@ -334,8 +334,12 @@ pub struct Metrics {
     /// `gitops: Commit`.
     pub git_commits: IntCounterVec,
     /// `freshen_git_promotion_seconds{host}`: from the canary's success
-    /// (the push) to the reconciler applying the commit.
+    /// (the push), or a pull request's merge, to the reconciler applying
+    /// the commit.
     pub git_promotion: HistogramVec,
+    /// `freshen_git_pull_requests_total{host,change,event}`: pull requests
+    /// opened, merged and closed unmerged, for `gitops: PullRequest`.
+    pub git_pull_requests: IntCounterVec,
     /// The per-container series, written at scrape time.
     ages: AgeCollector,
 }
@@ -535,10 +539,16 @@ impl Metrics {
                  result (pushed, unchanged: the branch already had it, failed).",
                 &["host", "change", "result"],
             )?,
+            git_pull_requests: r.counter(
+                "freshen_git_pull_requests_total",
+                "Pull requests for gitops: PullRequest, by repository host, change (promote, \
+                 revert) and event (opened, merged, closed: closed without being merged).",
+                &["host", "change", "event"],
+            )?,
             git_promotion: r.histogram(
                 "freshen_git_promotion_seconds",
-                "Seconds from a canary's success (the commit pushed) to the reconciler applying \
-                 it to the workload, by repository host.",
+                "Seconds from a canary's success (the commit pushed), or its pull request's \
+                 merge, to the reconciler applying it to the workload, by repository host.",
                 &[
                     1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
                 ],
@@ -615,10 +625,35 @@ impl Metrics {
             progress.patched_at,
         ) {
             let host = freshen_core::gitops::source::host(&git.repository);
+            // Through a pull request: from its merge, not the review.
+            let pushed = git
+                .pull_request
+                .as_ref()
+                .and_then(|p| p.merged_at)
+                .map_or(pushed, |m| m.max(pushed));
             self.git_promotion
                 .with_label_values(&[host])
                 .observe(freshen_core::age::elapsed(pushed, applied).as_secs_f64());
         }
+    }
+
+    /// Counts a pull request opened, or seen merged or closed.
+    pub fn pull_request(
+        &self,
+        host: &str,
+        revert: bool,
+        state: freshen_core::gitops::forge::PullState,
+    ) {
+        use freshen_core::gitops::forge::PullState;
+        let change = if revert { "revert" } else { "promote" };
+        let event = match state {
+            PullState::Open => "opened",
+            PullState::Merged => "merged",
+            PullState::Closed => "closed",
+        };
+        self.git_pull_requests
+            .with_label_values(&[host, change, event])
+            .inc();
     }
 
     /// Counts one git write: `Ok(true)` pushed, `Ok(false)` unchanged.

@@ -456,7 +456,7 @@ fn settings_for(
 /// stamped on the workload as with `gitops: Patch`.
 fn through_git(deploy: &CachedWorkload, config: &Configuration, reason: Reason) -> bool {
     gitops_manager(deploy.labels(), deploy.annotations()).is_some()
-        && config.refresh.gitops == Some(GitOpsAction::Commit)
+        && config.refresh.gitops.is_some_and(GitOpsAction::through_git)
         && reason != Reason::ContainerTooOld
 }
 

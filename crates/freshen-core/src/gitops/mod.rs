@@ -13,6 +13,7 @@
 //!
 //! The reference written is always `repository:tag@sha256:...`.
 
+pub mod forge;
 pub mod source;
 pub mod yaml;
 
@@ -129,8 +130,10 @@ pub fn admit(
     canary_ran: bool,
 ) -> Result<(), String> {
     use crate::rollout::Strategy;
-    if policy != Some(crate::plan::GitOpsAction::Commit) {
-        return Err("its policy no longer says gitops: Commit; nothing is committed".into());
+    if !policy.is_some_and(crate::plan::GitOpsAction::through_git) {
+        return Err(
+            "its policy no longer says gitops: Commit or PullRequest; nothing is committed".into(),
+        );
     }
     if asked == Strategy::Canary && (ran != Strategy::Canary || !canary_ran) {
         return Err(format!(
