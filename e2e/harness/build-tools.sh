@@ -148,12 +148,14 @@ build_argo_rollouts() {
     github.com/argoproj/argo-rollouts/cmd/rollouts-controller go1.27.3
 }
 
-# Flux's source-controller and kustomize-controller (the GitOps tests). Their
-# go.mod replaces modules with directories of their own repository (`./api`,
-# a module of its own that the module's zip leaves out) and pins a few patch
-# releases the Go module proxy here does not serve; the wrapper drops the
-# first (the required release of `api` comes from the proxy) and swaps the
-# second for the nearest served release (FLUX_GO_REPLACES in versions.env).
+# Flux's source-controller, kustomize-controller and helm-controller (the
+# GitOps tests). Their go.mod replaces modules with directories of their own
+# repository (`./api`, a module of its own that the module's zip leaves out)
+# and pins a few patch releases the Go module proxy here does not serve; the
+# wrapper drops the first (the required release of `api` comes from the
+# proxy) and swaps the second for the nearest served release
+# (FLUX_GO_REPLACES in versions.env). helm-controller took 98 s here with a
+# warm Go cache.
 go_flux() {
   local tool=$1 module=$2 version=$3
   have "$tool" "$version" && return 0
@@ -181,13 +183,15 @@ go_flux() {
 build_flux() {
   go_flux source-controller github.com/fluxcd/source-controller "$FLUX_SOURCE_VERSION"
   go_flux kustomize-controller github.com/fluxcd/kustomize-controller "$FLUX_KUSTOMIZE_VERSION"
+  go_flux helm-controller github.com/fluxcd/helm-controller "$FLUX_HELM_VERSION"
   # Their CRDs, from the same module releases, kept beside the binaries.
-  local crds="$bin/flux-crds-$FLUX_SOURCE_VERSION-$FLUX_KUSTOMIZE_VERSION.yaml"
+  local crds="$bin/flux-crds-$FLUX_SOURCE_VERSION-$FLUX_KUSTOMIZE_VERSION-$FLUX_HELM_VERSION.yaml"
   [ -s "$crds" ] && return 0
-  local src kus
+  local src kus hel
   src=$(go mod download -json "github.com/fluxcd/source-controller@$FLUX_SOURCE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
   kus=$(go mod download -json "github.com/fluxcd/kustomize-controller@$FLUX_KUSTOMIZE_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
-  for f in "$src"/config/crd/bases/*.yaml "$kus"/config/crd/bases/*.yaml; do
+  hel=$(go mod download -json "github.com/fluxcd/helm-controller@$FLUX_HELM_VERSION" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  for f in "$src"/config/crd/bases/*.yaml "$kus"/config/crd/bases/*.yaml "$hel"/config/crd/bases/*.yaml; do
     cat "$f"; echo "---"
   done >"$crds.tmp"
   mv "$crds.tmp" "$crds"

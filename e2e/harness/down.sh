@@ -7,7 +7,7 @@ if [ -d "$E2E_STATE/kwok/clusters/$E2E_CLUSTER" ]; then
   log "deleting control plane"
   kwokctl delete cluster >&2 || true
 fi
-for svc in registry private-registry notify-registry prometheus git-server gitea source-controller kustomize-controller operator; do
+for svc in registry private-registry notify-registry prometheus git-server gitea source-controller kustomize-controller helm-controller operator; do
   pidfile="$E2E_STATE/$svc/pid"
   if alive "$pidfile"; then
     log "stopping $svc"

@@ -304,20 +304,20 @@ INI
   launch gitea "http://$E2E_GITEA_ADDR/api/healthz" "${gitea[@]}" web
 }
 
-# Flux's source-controller and kustomize-controller, built from their Go
-# modules, against the harness API server: the reconcilers a gitops: Commit
-# promotion goes through. Their CRDs come from the same releases.
+# Flux's source-controller, kustomize-controller and helm-controller, built
+# from their Go modules, against the harness API server: the reconcilers a
+# promotion through git goes through. Their CRDs come from the same releases.
 start_flux() {
   kubectl apply --server-side --force-conflicts \
-    -f "$E2E_BIN/flux-crds-$FLUX_SOURCE_VERSION-$FLUX_KUSTOMIZE_VERSION.yaml" >/dev/null
+    -f "$E2E_BIN/flux-crds-$FLUX_SOURCE_VERSION-$FLUX_KUSTOMIZE_VERSION-$FLUX_HELM_VERSION.yaml" >/dev/null
   kubectl create namespace flux-system --dry-run=client -o yaml | kubectl apply -f - >/dev/null
   local storage="$E2E_STATE/source-controller/storage"
-  mkdir -p "$storage" "$E2E_STATE/kustomize-controller"
+  mkdir -p "$storage" "$E2E_STATE/kustomize-controller" "$E2E_STATE/helm-controller"
   # Controllers started against a cluster since recreated hold its old
   # credentials: stop them, to be started against this one.
   local cluster
   cluster=$(kubectl get namespace kube-system -o jsonpath='{.metadata.uid}')
-  for c in source-controller kustomize-controller; do
+  for c in source-controller kustomize-controller helm-controller; do
     if alive "$E2E_STATE/$c/pid" && [ "$(cat "$E2E_STATE/$c/cluster" 2>/dev/null)" != "$cluster" ]; then
       log "restarting $c for the recreated cluster"
       kill "$(cat "$E2E_STATE/$c/pid")" 2>/dev/null || true
@@ -336,6 +336,12 @@ start_flux() {
     RUNTIME_NAMESPACE=flux-system KUBECONFIG="$E2E_STATE/kubeconfig" launch kustomize-controller \
       "http://127.0.0.1:19704/healthz" "$E2E_BIN/kustomize-controller-$FLUX_KUSTOMIZE_VERSION" \
       --metrics-addr=127.0.0.1:19703 --health-addr=127.0.0.1:19704 \
+      --enable-leader-election=false --log-level=info
+  fi
+  if ! service_up helm-controller "http://127.0.0.1:19706/healthz"; then
+    RUNTIME_NAMESPACE=flux-system KUBECONFIG="$E2E_STATE/kubeconfig" launch helm-controller \
+      "http://127.0.0.1:19706/healthz" "$E2E_BIN/helm-controller-$FLUX_HELM_VERSION" \
+      --metrics-addr=127.0.0.1:19705 --health-addr=127.0.0.1:19706 \
       --enable-leader-election=false --log-level=info
   fi
 }

@@ -54,6 +54,20 @@ pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Writes `files` (name relative to `dir`, text), making their
+/// directories; a name may climb out of `dir` (`../../charts/...`).
+fn write_files(dir: &Path, files: &[(&str, String)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in files {
+        let file = dir.join(name);
+        if let Some(parent) = file.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::write(file, text)?;
+    }
+    Ok(())
+}
+
 impl Fleet {
     /// [`Fleet::repository`], and a Flux GitRepository and Kustomization
     /// (every 2s) applying its directory to `namespace`.
@@ -96,10 +110,7 @@ impl Fleet {
         std::fs::create_dir_all(&work)?;
         git(&work, &["init", "--initial-branch=main"])?;
         let path = format!("apps/{namespace}");
-        std::fs::create_dir_all(work.join(&path))?;
-        for (name, text) in files {
-            std::fs::write(work.join(&path).join(name), text)?;
-        }
+        write_files(&work.join(&path), files)?;
         git(&work, &["add", "."])?;
         git(&work, &["commit", "-q", "-m", "the fleet"])?;
         let url = format!("{}/{namespace}.git", harness.git_url);
@@ -130,10 +141,7 @@ impl Fleet {
         std::fs::create_dir_all(&work)?;
         git(&work, &["init", "--initial-branch=main"])?;
         let path = format!("apps/{namespace}");
-        std::fs::create_dir_all(work.join(&path))?;
-        for (name, text) in files {
-            std::fs::write(work.join(&path).join(name), text)?;
-        }
+        write_files(&work.join(&path), files)?;
         git(&work, &["add", "."])?;
         git(&work, &["commit", "-q", "-m", "the fleet"])?;
         git(&work, &["push", "-q", &gitea.push_url(namespace)?, "main"])?;

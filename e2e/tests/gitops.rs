@@ -1161,3 +1161,116 @@ async fn a_merged_digest_failing_in_its_rollout_is_reverted_through_a_pull_reque
     );
     Ok(())
 }
+
+/// A chart in the fleet repository whose Deployment `web` renders
+/// `image.repository:image.tag`, and the HelmRelease that installs it with
+/// inline values, applied by Flux's kustomize-controller.
+fn helm_fleet(s: &Scene, from_tag: &str) -> Vec<(&'static str, String)> {
+    let chart = r#"apiVersion: v2
+name: web
+version: 0.1.0
+"#;
+    let template = r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+    tier: web
+spec:
+  replicas: {{ .Values.replicaCount }}
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+        - name: app
+          image: "{{ .Values.image.repository }}:{{ .Values.image.tag }}"
+"#;
+    let release = format!(
+        r#"# The web tier, installed by Flux's helm-controller from the chart in
+# this repository. freshen bumps the image tag after a canary.
+apiVersion: helm.toolkit.fluxcd.io/v2
+kind: HelmRelease
+metadata:
+  name: web
+spec:
+  interval: 2s
+  chart:
+    spec:
+      chart: ./charts/web
+      reconcileStrategy: Revision
+      sourceRef:
+        kind: GitRepository
+        name: fleet
+  values:
+    replicaCount: 2
+    image:
+      repository: {}/{}
+      tag: "{from_tag}"   # bumped by freshen
+"#,
+        s.harness.registry, s.repo
+    );
+    vec![
+        ("release.yaml", release),
+        ("../../charts/web/Chart.yaml", chart.to_owned()),
+        (
+            "../../charts/web/templates/deployment.yaml",
+            template.to_owned(),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn a_helm_releases_inline_values_are_committed_and_flux_installs_them() -> anyhow::Result<()>
+{
+    let s = Scene::new("gitops-helm").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from_tag = format!("v1@{}", v1.digest);
+    let files = helm_fleet(&s, &from_tag);
+    let fleet = Fleet::new(&s.harness, &s.client, &s.ns.name, &files).await?;
+    fleet.await_applied("the fleet").await?;
+    // helm-controller installs the chart: the Deployment carries its
+    // origin labels and the HelmRelease's inventory lists it.
+    wait_ready_pods(&s.client, &s.ns.name, "web", 2, Duration::from_secs(120)).await?;
+    let d = Api::<Deployment>::namespaced(s.client.clone(), &s.ns.name)
+        .get("web")
+        .await?;
+    assert_eq!(
+        d.labels()
+            .get("helm.toolkit.fluxcd.io/name")
+            .map(String::as_str),
+        Some("web")
+    );
+    policy(&s).await?;
+    let _op = s.operator().await?;
+    let new = s.push("v1", &image("two", 1)).await?;
+    let to_tag = format!("v1@{}", new.digest);
+
+    let done = s
+        .await_refresh("web", "Succeeded", |r| {
+            r.progress().phase == Phase::Succeeded
+        })
+        .await?;
+    let status = git_status(&done);
+    assert_eq!(status.file, format!("{}/release.yaml", fleet.path));
+    let commit = status.commit.clone().unwrap_or_default();
+    // The tag line of the HelmRelease's values, nothing else.
+    assert_eq!(
+        fleet.changed_lines(&commit)?,
+        [
+            format!("-      tag: \"{from_tag}\"   # bumped by freshen"),
+            format!("+      tag: \"{to_tag}\"   # bumped by freshen"),
+        ]
+    );
+    // Flux applied the HelmRelease, helm-controller upgraded the release.
+    assert_eq!(
+        template_image(&s).await?,
+        format!("{}/{}:{to_tag}", s.harness.registry, s.repo)
+    );
+    Ok(())
+}

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use chrono::Utc;
 use freshen_api::{GitStatus, PullRequestStatus, Refresh};
+use freshen_core::gitops::Field;
 use freshen_core::gitops::forge::{self as forge_api, PullState};
 use freshen_core::gitops::source::{self, FluxFacts, Source};
 use freshen_core::image::ImageReference;
@@ -38,6 +39,9 @@ use writer::{Commit, Credentials, Delivery, Edit, Review, Target};
 /// Flux's labels on what a Kustomization applied.
 const FLUX_NAME: &str = "kustomize.toolkit.fluxcd.io/name";
 const FLUX_NAMESPACE: &str = "kustomize.toolkit.fluxcd.io/namespace";
+/// Flux's labels on what a HelmRelease installed.
+const HELM_NAME: &str = "helm.toolkit.fluxcd.io/name";
+const HELM_NAMESPACE: &str = "helm.toolkit.fluxcd.io/namespace";
 /// Argo CD's tracking annotation and instance label.
 const ARGO_TRACKING: &str = "argocd.argoproj.io/tracking-id";
 const ARGO_INSTANCE: &str = "argocd.argoproj.io/instance";
@@ -356,6 +360,11 @@ pub async fn find_source(
 ) -> Result<Source, source::SourceError> {
     let settings = &config.settings;
     let default_branch = plan.spec.branch.as_deref().unwrap_or("main");
+    let image_path = settings
+        .image_path
+        .as_deref()
+        .map(source::parse_image_path)
+        .transpose()?;
     let mut found = match settings.git_source.as_deref() {
         Some(annotated) => {
             let (url, branch) = source::parse_git_source(annotated, default_branch)?;
@@ -371,13 +380,25 @@ pub async fn find_source(
             Some(GitOps::ArgoCd) => {
                 argo_source(ctx, workload, default_branch, settings.image_path.is_some()).await?
             }
-            _ => flux_source(ctx, workload).await?,
+            _ => flux_source(ctx, workload, image_path.as_ref()).await?,
         },
     };
-    if let Some(path) = settings.image_path.as_deref() {
-        let (file, field) = source::parse_image_path(path)?;
-        found.path = file;
-        found.field = Some(field);
+    match (image_path, &found.field) {
+        // A HelmRelease's values path alone: taken by from_helm_release.
+        (Some((file, _)), Some(Field::HelmRelease { .. })) if file.is_empty() => {}
+        (Some((file, _)), _) if file.is_empty() => {
+            return Err(source::SourceError(format!(
+                "freshen.dev/image-path names only a values path, which only a Flux \
+                 HelmRelease's inline values take, and the workload's source is {}; name the \
+                 file too",
+                found.origin
+            )));
+        }
+        (Some((file, field)), _) => {
+            found.path = file;
+            found.field = Some(field);
+        }
+        (None, _) => {}
     }
     Ok(found)
 }
@@ -463,19 +484,81 @@ async fn argo_source(
     source::from_argo(&facts, default_branch, has_image_path)
 }
 
-/// The source of the Flux Kustomization that applied the workload.
+/// The source of the Flux Kustomization that applied the workload, or of
+/// the HelmRelease that installed it (its inline values, in the manifest
+/// the Kustomization that applied the HelmRelease reads).
 async fn flux_source(
     ctx: &Context,
     workload: &CachedWorkload,
+    image_path: Option<&(String, Field)>,
 ) -> Result<Source, source::SourceError> {
     let labels = workload.labels();
+    let (group, kind) = (workload.kind.group(), workload.kind.as_str());
+    let id = source::flux_inventory_id(
+        &workload.namespace().unwrap_or_default(),
+        &workload.name_any(),
+        group,
+        kind,
+    );
+    if let (Some(name), Some(namespace)) = (labels.get(HELM_NAME), labels.get(HELM_NAMESPACE)) {
+        let release = get_version(
+            ctx,
+            "helm.toolkit.fluxcd.io",
+            "v2",
+            "HelmRelease",
+            namespace,
+            name,
+        )
+        .await?
+        .ok_or_else(|| {
+            source::SourceError(format!("HelmRelease {namespace}/{name} was not found"))
+        })?;
+        let release_id =
+            source::flux_inventory_id(namespace, name, "helm.toolkit.fluxcd.io", "HelmRelease");
+        let applied_by = match (
+            release.labels().get(FLUX_NAME),
+            release.labels().get(FLUX_NAMESPACE),
+        ) {
+            (Some(k), Some(k_ns)) => Some(kustomization_facts(ctx, k_ns, k, &release_id).await?),
+            _ => None,
+        };
+        let facts = source::HelmFacts {
+            name: name.clone(),
+            namespace: namespace.clone(),
+            lists_workload: lists(&release, &id),
+            applied_by,
+        };
+        let values_path = match image_path {
+            Some((file, Field::Helm(path))) if file.is_empty() => path.clone(),
+            _ => Vec::new(),
+        };
+        return source::from_helm_release(&facts, &values_path);
+    }
     let (Some(name), Some(namespace)) = (labels.get(FLUX_NAME), labels.get(FLUX_NAMESPACE)) else {
         return Err(source::SourceError(
-            "no Flux Kustomization labels, no Argo CD tracking annotation and no \
+            "no Flux Kustomization or HelmRelease labels, no Argo CD tracking annotation and no \
              freshen.dev/git-source annotation say where the workload is written"
                 .into(),
         ));
     };
+    source::from_flux(&kustomization_facts(ctx, namespace, name, &id).await?)
+}
+
+/// Whether a Flux object's `status.inventory` lists the object `id`.
+fn lists(object: &DynamicObject, id: &str) -> bool {
+    object.data["status"]["inventory"]["entries"]
+        .as_array()
+        .is_some_and(|entries| entries.iter().any(|e| e["id"].as_str() == Some(id)))
+}
+
+/// What the Kustomization `namespace/name` and its GitRepository say, and
+/// whether its inventory lists the object `id`.
+async fn kustomization_facts(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    id: &str,
+) -> Result<FluxFacts, source::SourceError> {
     let kustomization = get(
         ctx,
         "kustomize.toolkit.fluxcd.io",
@@ -492,20 +575,7 @@ async fn flux_source(
     let source_kind = source_ref["kind"].as_str().unwrap_or_default().to_owned();
     let source_name = source_ref["name"].as_str().unwrap_or_default();
     let source_namespace = source_ref["namespace"].as_str().unwrap_or(namespace);
-    let (group, kind) = (workload.kind.group(), workload.kind.as_str());
-    let id = source::flux_inventory_id(
-        &workload.namespace().unwrap_or_default(),
-        &workload.name_any(),
-        group,
-        kind,
-    );
-    let lists_workload = kustomization.data["status"]["inventory"]["entries"]
-        .as_array()
-        .is_some_and(|entries| {
-            entries
-                .iter()
-                .any(|e| e["id"].as_str() == Some(id.as_str()))
-        });
+    let lists_workload = lists(&kustomization, id);
     let mut facts = FluxFacts {
         kustomization: format!("{namespace}/{name}"),
         path: spec["path"].as_str().map(str::to_owned),
@@ -532,10 +602,11 @@ async fn flux_source(
             .iter()
             .find_map(|k| reference[*k].as_str().map(|v| format!("{k} {v}")));
     }
-    source::from_flux(&facts)
+    Ok(facts)
 }
 
-/// A Flux object, `None` when it is absent (or its CRD is).
+/// A Flux object of API version v1, `None` when it is absent (or its CRD
+/// is).
 async fn get(
     ctx: &Context,
     group: &str,
@@ -543,7 +614,19 @@ async fn get(
     namespace: &str,
     name: &str,
 ) -> Result<Option<DynamicObject>, source::SourceError> {
-    let gvk = GroupVersionKind::gvk(group, "v1", kind);
+    get_version(ctx, group, "v1", kind, namespace, name).await
+}
+
+/// [`get`] of another API version.
+async fn get_version(
+    ctx: &Context,
+    group: &str,
+    version: &str,
+    kind: &str,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<DynamicObject>, source::SourceError> {
+    let gvk = GroupVersionKind::gvk(group, version, kind);
     let resource = ApiResource::from_gvk(&gvk);
     let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), namespace, &resource);
     match api.get_opt(name).await {

@@ -695,14 +695,25 @@ fn edit_one(
         container: &edit.container,
         running: &edit.running,
     };
-    let candidates: Vec<(String, Field)> = match &edit.field {
-        Some(field) => vec![(edit.path.clone(), field.clone())],
-        None => search(repo, tree, &edit.path)?,
+    // A file named (with its field), or a directory searched: for the
+    // workload's own manifest, or for a HelmRelease's document.
+    let named = match &edit.field {
+        Some(Field::HelmRelease { .. }) | None => None,
+        Some(field) => Some(field),
+    };
+    let candidates: Vec<(String, Field)> = match (named, &edit.field) {
+        (Some(field), _) => vec![(edit.path.clone(), field.clone())],
+        (None, Some(release)) => search(repo, tree, &edit.path)?
+            .into_iter()
+            .filter(|(_, f)| *f == Field::Manifest)
+            .map(|(file, _)| (file, release.clone()))
+            .collect(),
+        (None, None) => search(repo, tree, &edit.path)?,
     };
     let mut looked = 0;
     for (file, field) in &candidates {
         let Some(text) = read(repo, tree, file, files)? else {
-            if edit.field.is_some() {
+            if named.is_some() {
                 return Err(WriteError::Edit(format!("{file} is not in the repository")));
             }
             continue;
@@ -714,23 +725,27 @@ fn edit_one(
                 return Ok((file.clone(), true));
             }
             Ok(Edited::Unchanged) => return Ok((file.clone(), false)),
-            Err(gitops::EditError::NotHere(why)) if edit.field.is_none() => {
+            Err(gitops::EditError::NotHere(why)) if named.is_none() => {
                 let _ = why;
             }
             Err(e) => return Err(WriteError::Edit(format!("{file}: {e}"))),
         }
     }
+    let wanted = match &edit.field {
+        Some(field @ Field::HelmRelease { .. }) => field.to_string(),
+        _ => format!(
+            "container {}'s image of {} {}",
+            edit.container, edit.kind, edit.name
+        ),
+    };
     Err(WriteError::Edit(format!(
-        "no file under {:?} writes container {}'s image of {} {} ({looked} YAML file(s) read); \
-         set freshen.dev/image-path to <file>[#<values.path>]",
+        "no file under {:?} writes {wanted} ({looked} YAML file(s) read); set \
+         freshen.dev/image-path to <file>[#<values.path>]",
         if edit.path.is_empty() {
             "/"
         } else {
             &edit.path
         },
-        edit.container,
-        edit.kind,
-        edit.name
     )))
 }
 

@@ -9,7 +9,9 @@
 //!   `name`) is the image's: `newTag` and `digest` are written as separate
 //!   fields, as kustomize renders them `name:tag@digest`;
 //! - Helm values at a dotted path: a mapping with `repository` and `tag`
-//!   (and `digest`, when the chart has one), or a single image string.
+//!   (and `digest`, when the chart has one), or a single image string;
+//! - the same values inline in a Flux HelmRelease's `spec.values`, in the
+//!   document whose `kind` is `HelmRelease` and whose name is the release's.
 //!
 //! The reference written is always `repository:tag@sha256:...`.
 
@@ -31,6 +33,16 @@ pub enum Field {
     Kustomize,
     /// Helm values at this path of keys.
     Helm(Vec<String>),
+    /// A Flux HelmRelease's inline values (`spec.values`) at this path of
+    /// keys, in the document of the HelmRelease named so.
+    HelmRelease {
+        /// The HelmRelease's name.
+        name: String,
+        /// Its namespace (a document naming another is not it).
+        namespace: String,
+        /// The path under `spec.values`.
+        path: Vec<String>,
+    },
 }
 
 impl Field {
@@ -54,6 +66,9 @@ impl fmt::Display for Field {
             Self::Manifest => f.write_str("the container's image"),
             Self::Kustomize => f.write_str("the kustomization's images entry"),
             Self::Helm(path) => write!(f, "the Helm values at {}", path.join(".")),
+            Self::HelmRelease { name, path, .. } => {
+                write!(f, "HelmRelease {name}'s spec.values.{}", path.join("."))
+            }
         }
     }
 }
@@ -169,6 +184,11 @@ pub fn set_image(
         Field::Manifest => manifest(&docs, subject, to)?,
         Field::Kustomize => kustomize(&docs, subject, to)?,
         Field::Helm(path) => helm(&docs, path, subject, to)?,
+        Field::HelmRelease {
+            name,
+            namespace,
+            path,
+        } => helm_release(&docs, name, namespace, path, subject, to)?,
     };
     if splices.is_empty() {
         return Ok(Edited::Unchanged);
@@ -180,6 +200,11 @@ pub fn set_image(
         Field::Manifest => manifest(&again, subject, to)?,
         Field::Kustomize => kustomize(&again, subject, to)?,
         Field::Helm(path) => helm(&again, path, subject, to)?,
+        Field::HelmRelease {
+            name,
+            namespace,
+            path,
+        } => helm_release(&again, name, namespace, path, subject, to)?,
     };
     if !rendered.is_empty() {
         return Err(YamlError::Verify(format!("{field} does not read back as {}", to.text)).into());
@@ -357,6 +382,50 @@ fn helm(
         .iter()
         .find_map(|d| d.at(path))
         .ok_or_else(|| EditError::NotHere(format!("no value at {} here", path.join("."))))?;
+    helm_at(at, path, subject, to)
+}
+
+/// The values inline in the HelmRelease `name` (of `namespace`, when the
+/// document names one), at `path` under `spec.values`.
+fn helm_release(
+    docs: &[Node],
+    name: &str,
+    namespace: &str,
+    path: &[String],
+    subject: &Subject<'_>,
+    to: &Image,
+) -> Result<Vec<Splice>, EditError> {
+    let release = docs
+        .iter()
+        .find(|d| {
+            d.get("kind").and_then(Node::as_str) == Some("HelmRelease")
+                && d.at(&["metadata".into(), "name".into()])
+                    .and_then(Node::as_str)
+                    == Some(name)
+                && d.at(&["metadata".into(), "namespace".into()])
+                    .and_then(Node::as_str)
+                    .is_none_or(|n| n == namespace)
+        })
+        .ok_or_else(|| EditError::NotHere(format!("no HelmRelease {name} here")))?;
+    let mut full = vec!["spec".to_owned(), "values".to_owned()];
+    full.extend(path.iter().cloned());
+    let at = release.at(&full).ok_or_else(|| {
+        EditError::NotHere(format!(
+            "HelmRelease {name} has no spec.values.{}",
+            path.join(".")
+        ))
+    })?;
+    helm_at(at, &full, subject, to)
+}
+
+/// The Helm edit of the value `at` (found at `path`): a single image
+/// string, or a mapping with `repository`, `tag` and maybe `digest`.
+fn helm_at(
+    at: &Node,
+    path: &[String],
+    subject: &Subject<'_>,
+    to: &Image,
+) -> Result<Vec<Splice>, EditError> {
     if let Some(written) = at.as_str() {
         if to.is(written) {
             return Ok(Vec::new());

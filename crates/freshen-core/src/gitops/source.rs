@@ -161,14 +161,15 @@ pub fn parse_git_source(
 /// Parses `freshen.dev/image-path`: `<file>[#<dotted.path>]`, the file
 /// relative to the repository's root; a dotted path names Helm values.
 pub fn parse_image_path(value: &str) -> Result<(String, Field), SourceError> {
-    let expected = "expected <file>[#<dotted.values.path>], e.g. apps/web/values.yaml#image";
+    let expected = "expected <file>[#<dotted.values.path>], e.g. apps/web/values.yaml#image \
+                    (or #<dotted.values.path> alone: the path in a HelmRelease's spec.values)";
     let (file, path) = match value.trim().split_once('#') {
         Some((f, p)) => (f, Some(p)),
         None => (value.trim(), None),
     };
     let file = clean_path(file)
         .map_err(|e| SourceError(format!("freshen.dev/image-path: {e}; {expected}")))?;
-    if file.is_empty() {
+    if file.is_empty() && path.is_none() {
         return err(format!("freshen.dev/image-path names no file; {expected}"));
     }
     let field = match path {
@@ -242,6 +243,56 @@ pub fn from_flux(f: &FluxFacts) -> Result<Source, SourceError> {
         field: None,
         origin: format!("Kustomization {k}"),
     })
+}
+
+/// What a Flux HelmRelease that installed the workload says.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelmFacts {
+    /// Its name.
+    pub name: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Whether its `status.inventory` lists the workload (helm-controller
+    /// v1.5 and later record one): only then did it install the workload.
+    pub lists_workload: bool,
+    /// The Kustomization that applied the HelmRelease itself (its labels
+    /// name it), and whether that one's inventory lists the HelmRelease:
+    /// the HelmRelease's manifest, and its inline values, are there.
+    pub applied_by: Option<FluxFacts>,
+}
+
+/// The values path written when `freshen.dev/image-path` names none.
+pub const DEFAULT_VALUES_PATH: &str = "image";
+
+/// The source a Flux HelmRelease gives: its inline values
+/// (`spec.values.image`, or `values_path`) in the manifest the
+/// Kustomization that applied it reads.
+pub fn from_helm_release(h: &HelmFacts, values_path: &[String]) -> Result<Source, SourceError> {
+    let r = format!("{}/{}", h.namespace, h.name);
+    if !h.lists_workload {
+        return err(format!(
+            "HelmRelease {r}'s status.inventory does not list this workload (helm-controller v1.5 \
+             and later record one); its labels alone do not say where it comes from"
+        ));
+    }
+    let Some(k) = &h.applied_by else {
+        return err(format!(
+            "HelmRelease {r} was not applied by a Flux Kustomization, so its values are not in a \
+             repository freshen can find; set freshen.dev/git-source and freshen.dev/image-path"
+        ));
+    };
+    let mut found = from_flux(k)?;
+    found.field = Some(Field::HelmRelease {
+        name: h.name.clone(),
+        namespace: h.namespace.clone(),
+        path: if values_path.is_empty() {
+            vec![DEFAULT_VALUES_PATH.to_owned()]
+        } else {
+            values_path.to_vec()
+        },
+    });
+    found.origin = format!("HelmRelease {r}, applied by {}", found.origin);
+    Ok(found)
 }
 
 /// One source of an Argo CD Application (`spec.source`, or an entry of
@@ -477,6 +528,76 @@ mod tests {
         for bad in ["", "../x.yaml", "x.yaml#a..b", "/x.yaml"] {
             assert!(parse_image_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_helm_release_gives_its_inline_values_in_the_kustomizations_source() {
+        let applied_by = FluxFacts {
+            kustomization: "flux-system/apps".into(),
+            path: Some("./apps".into()),
+            source_kind: "GitRepository".into(),
+            url: Some("http://git.local/fleet.git".into()),
+            branch: Some("main".into()),
+            pinned: None,
+            lists_workload: true,
+        };
+        let facts = HelmFacts {
+            name: "podinfo".into(),
+            namespace: "apps".into(),
+            lists_workload: true,
+            applied_by: Some(applied_by.clone()),
+        };
+        let s = from_helm_release(&facts, &[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            (s.url.as_str(), s.path.as_str()),
+            ("http://git.local/fleet.git", "apps")
+        );
+        assert_eq!(
+            s.field,
+            Some(Field::HelmRelease {
+                name: "podinfo".into(),
+                namespace: "apps".into(),
+                path: vec!["image".into()],
+            })
+        );
+        assert!(
+            s.origin
+                .starts_with("HelmRelease apps/podinfo, applied by Kustomization")
+        );
+        let custom = from_helm_release(&facts, &["app".into(), "image".into()]);
+        assert!(matches!(
+            custom.map(|s| s.field),
+            Ok(Some(Field::HelmRelease { path, .. })) if path == ["app", "image"]
+        ));
+        // The workload must be in the release's inventory, and the release
+        // in the Kustomization's; a release applied by hand has no source.
+        let unlisted = HelmFacts {
+            lists_workload: false,
+            ..facts.clone()
+        };
+        assert!(from_helm_release(&unlisted, &[]).is_err_and(|e| e.0.contains("status.inventory")));
+        let hidden = HelmFacts {
+            applied_by: Some(FluxFacts {
+                lists_workload: false,
+                ..applied_by
+            }),
+            ..facts.clone()
+        };
+        assert!(from_helm_release(&hidden, &[]).is_err_and(|e| e.0.contains("inventory")));
+        let by_hand = HelmFacts {
+            applied_by: None,
+            ..facts
+        };
+        assert!(from_helm_release(&by_hand, &[]).is_err_and(|e| e.0.contains("not applied by")));
+        // A values path alone is a well-formed annotation.
+        assert_eq!(
+            parse_image_path("#app.image").ok(),
+            Some((
+                String::new(),
+                Field::Helm(vec!["app".into(), "image".into()])
+            ))
+        );
+        assert!(parse_image_path("").is_err());
     }
 
     #[test]

@@ -244,3 +244,62 @@ fn only_kinds_whose_canary_runs_beside_them_are_promoted_through_git() {
             .is_err_and(|e| e.contains("StatefulSet's canary runs inside it"))
     );
 }
+
+#[test]
+fn a_helm_releases_inline_values_change_in_its_own_document_only() {
+    let (input, want) = golden("helmrelease");
+    let run = running("ghcr.io/stefanprodan/podinfo:6.5.0");
+    let field = |namespace: &str| Field::HelmRelease {
+        name: "podinfo".into(),
+        namespace: namespace.into(),
+        path: vec!["image".into()],
+    };
+    let to = format!("ghcr.io/stefanprodan/podinfo:6.5.1@{D1}");
+    // The chart renders repository:tag, so the digest rides in the tag;
+    // the staging release of the same name is not touched.
+    let out = changed(set_image(
+        &input,
+        &field("apps"),
+        &subject("podinfo", "podinfod", &run),
+        &to,
+    ));
+    assert_eq!(out, want);
+    assert_eq!(
+        set_image(
+            &out,
+            &field("apps"),
+            &subject("podinfo", "podinfod", &run),
+            &to
+        ),
+        Ok(Edited::Unchanged)
+    );
+    let back = changed(set_image(
+        &out,
+        &field("apps"),
+        &subject("podinfo", "podinfod", &run),
+        "ghcr.io/stefanprodan/podinfo:6.5.0",
+    ));
+    assert_eq!(back, input);
+    // A release that is not in the file, or values without the path, are
+    // not here (the writer looks in the next file).
+    for missing in [
+        Field::HelmRelease {
+            name: "other".into(),
+            namespace: "apps".into(),
+            path: vec!["image".into()],
+        },
+        Field::HelmRelease {
+            name: "podinfo".into(),
+            namespace: "apps".into(),
+            path: vec!["app".into(), "image".into()],
+        },
+    ] {
+        assert!(
+            matches!(
+                set_image(&input, &missing, &subject("podinfo", "podinfod", &run), &to),
+                Err(EditError::NotHere(_))
+            ),
+            "{missing}"
+        );
+    }
+}
