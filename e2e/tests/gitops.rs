@@ -1274,3 +1274,54 @@ async fn a_helm_releases_inline_values_are_committed_and_flux_installs_them() ->
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pull_request_left_behind_by_a_human_change_is_closed_by_freshen() -> anyhow::Result<()> {
+    let s = Scene::new("gitops-pr-moved").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = pinned(&s, &v1.digest);
+    let (fleet, _op) = pull_request_scene(&s, &from, "").await?;
+    let new = s.push("v1", &image("two", 1)).await?;
+    let (_, pr) = await_pull_request(&s).await?;
+    // Meanwhile a human pins another image on main, and Flux applies it:
+    // the workload moved on under the Refresh.
+    let theirs = s.push("hotfix", &image("hotfix", 0)).await?;
+    let hotfix = format!("{}/{}:hotfix@{}", s.harness.registry, s.repo, theirs.digest);
+    std::fs::write(
+        fleet.work.join(&fleet.path).join("web.yaml"),
+        manifest(&hotfix, ""),
+    )?;
+    git(&fleet.work, &["commit", "-q", "-am", "a hotfix"])?;
+    git(
+        &fleet.work,
+        &["push", "-q", &s.harness.gitea.push_url(&s.ns.name)?, "main"],
+    )?;
+    fleet.await_applied("the human's commit").await?;
+
+    let done = s
+        .await_refresh("web", "Failed", |r| r.progress().phase == Phase::Failed)
+        .await?;
+    assert_eq!(done.progress().failure, Some(Failure::Conflict));
+    // freshen closed its pull request: nobody merges what it no longer
+    // follows, and the human's image stays.
+    let closed = wait_for(
+        "freshen to close its pull request",
+        Duration::from_secs(30),
+        Duration::from_millis(500),
+        || async {
+            let all = s.harness.gitea.pulls(&s.ns.name, "closed").await?;
+            Ok(all
+                .into_iter()
+                .find(|p| p["number"].as_u64() == Some(pr.number)))
+        },
+    )
+    .await?;
+    assert_eq!(closed["merged"], false);
+    assert_eq!(template_image(&s).await?, hotfix);
+    assert!(
+        !fleet
+            .show(&format!("{}/web.yaml", fleet.path))?
+            .contains(&new.digest)
+    );
+    Ok(())
+}

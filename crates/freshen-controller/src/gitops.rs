@@ -279,6 +279,54 @@ pub async fn follow(
     Ok((next != git).then_some(next))
 }
 
+/// Closes the Refresh's pull requests that are still open once it ended
+/// without them (the workload changed under it, or it was applied another
+/// way): a reviewer should not merge what freshen no longer follows.
+/// Returns the status with them closed, `None` when none was open.
+pub async fn withdraw(
+    ctx: &Context,
+    refresh: &Refresh,
+    workload: &CachedWorkload,
+) -> Result<Option<GitStatus>, Error> {
+    let Some(git) = refresh.status.as_ref().and_then(|s| s.git.clone()) else {
+        return Ok(None);
+    };
+    let open =
+        |p: &Option<PullRequestStatus>| p.as_ref().is_some_and(|p| p.state == PullState::Open);
+    if !open(&git.pull_request) && !open(&git.revert_pull_request) {
+        return Ok(None);
+    }
+    let config = configuration(ctx, workload);
+    let Some(plan) = config.git.as_ref() else {
+        return Err(Error::Git(
+            "its pull request is open, but its policy no longer has spec.git (whose Secret's \
+             token closes it)"
+                .into(),
+        ));
+    };
+    let (_, _, token) = credentials(ctx, plan).await?;
+    let mut next = git.clone();
+    for slot in [&mut next.pull_request, &mut next.revert_pull_request] {
+        let Some(pr) = slot.as_mut().filter(|p| p.state == PullState::Open) else {
+            continue;
+        };
+        let repo = forge_api::locate(pr.provider, &git.repository).map_err(|e| Error::Git(e.0))?;
+        ctx.git
+            .forge()
+            .close(&repo, &token, pr.number)
+            .await
+            .map_err(|e| {
+                Error::Git(format!(
+                    "closing {} #{}: {e}",
+                    pr.provider.noun(),
+                    pr.number
+                ))
+            })?;
+        pr.state = PullState::Closed;
+    }
+    Ok(Some(next))
+}
+
 /// [`freshen_core::gitops::admit`] for `refresh` under the policy as it is
 /// now.
 fn admit(refresh: &Refresh, config: &Configuration) -> Result<(), String> {

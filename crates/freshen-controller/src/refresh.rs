@@ -179,13 +179,16 @@ pub async fn reconcile(refresh: Arc<Refresh>, ctx: Arc<Context>) -> Result<Actio
     };
     // The actions see the progress just stored (a pull request's body
     // carries the analysis check that decided the promotion).
-    act(
-        &ctx,
-        stored.as_ref().unwrap_or(&refresh),
-        &scene,
-        &step.actions,
-    )
-    .await?;
+    let acting = stored.as_ref().unwrap_or(&refresh);
+    act(&ctx, acting, &scene, &step.actions).await?;
+    if step.progress.phase.is_terminal()
+        && let Err(e) = withdraw(&ctx, acting, &scene).await
+    {
+        // Left open on the forge: said, and never in the way of the end.
+        warn!(refresh = %acting.name_any(), error = %e, "could not close the pull request");
+        ctx.publish_failure(&e, e.to_string(), acting.object_ref(&()))
+            .await;
+    }
     announce(&ctx, &api, &refresh, stored, &scene, &step).await
 }
 
@@ -433,6 +436,50 @@ async fn act(
         }
     }
     Ok(())
+}
+
+/// Closes what is left open of a finished Refresh's pull requests, and
+/// says so.
+async fn withdraw(ctx: &Context, refresh: &Refresh, scene: &Scene) -> Result<(), Error> {
+    use freshen_core::gitops::forge::PullState;
+    let Some(w) = scene.sight.workload.as_deref() else {
+        return Ok(());
+    };
+    let Some(git) = crate::gitops::withdraw(ctx, refresh, w).await? else {
+        return Ok(());
+    };
+    let before = refresh.status.as_ref().and_then(|s| s.git.as_ref());
+    let was_open = |number: u64| {
+        before
+            .into_iter()
+            .flat_map(|g| [&g.pull_request, &g.revert_pull_request])
+            .flatten()
+            .any(|p| p.number == number && p.state == PullState::Open)
+    };
+    let progress = refresh.progress();
+    for pr in [&git.pull_request, &git.revert_pull_request]
+        .into_iter()
+        .flatten()
+        .filter(|p| was_open(p.number))
+    {
+        let note = format!(
+            "freshen closed {} #{} ({}): the Refresh ended {:?} without it: {}",
+            pr.provider.noun(),
+            pr.number,
+            pr.url,
+            progress.phase,
+            progress.message
+        );
+        ctx.refresh_event(
+            refresh,
+            Some(w),
+            EventKind::Normal,
+            EventReason::PullRequestClosed,
+            note,
+        )
+        .await;
+    }
+    record_git(ctx, refresh, git).await
 }
 
 /// Publishes an Event for each of the Refresh's pull requests whose state

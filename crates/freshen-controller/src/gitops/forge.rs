@@ -126,6 +126,13 @@ impl ForgeClient {
         forge::parse(repo.provider, &body).map_err(|e| ForgeError::Answer(e.0))
     }
 
+    /// Closes pull request `number` without merging it.
+    pub async fn close(&self, repo: &Repo, token: &str, number: u64) -> Result<(), ForgeError> {
+        self.send(repo, token, &repo.close(number))
+            .await
+            .map(|_| ())
+    }
+
     /// Sends `call` with `token`; the answer's body when it succeeded.
     async fn send(&self, repo: &Repo, token: &str, call: &Call) -> Result<Vec<u8>, ForgeError> {
         let url = reqwest::Url::parse(&call.url)
