@@ -406,8 +406,9 @@ impl fmt::Display for Hold {
             Self::GitOps(g) => write!(
                 f,
                 "the workload is managed by {g}; freshen does not change it, so as not to fight \
-                 {g}'s reconciliation. Set `gitops: Commit` in its RefreshPolicy to have freshen \
-                 commit proven images to its git source, or `gitops: Patch` to patch it anyway"
+                 {g}'s reconciliation. Set `gitops: Commit` (or `PullRequest`) in its \
+                 RefreshPolicy to have freshen commit proven images to its git source, or \
+                 `gitops: Patch` to patch it anyway"
             ),
             Self::GitSource(why) => write!(
                 f,
