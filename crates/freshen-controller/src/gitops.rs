@@ -197,7 +197,7 @@ pub async fn write(
                 url: pr.url.clone(),
                 branch: branch.clone(),
                 state: pr.state,
-                merged_at: pr.merged_at,
+                merged_at: forge_api::seen_merged_at(pr.merged_at, Utc::now()),
             })
         }
         _ => None,
@@ -273,7 +273,7 @@ pub async fn follow(
         if now.state != pr.state {
             ctx.metrics.pull_request(&host, revert, now.state);
             pr.state = now.state;
-            pr.merged_at = now.merged_at;
+            pr.merged_at = forge_api::seen_merged_at(now.merged_at, Utc::now());
         }
     }
     Ok((next != git).then_some(next))

@@ -1557,6 +1557,8 @@ fn rolling_back(
 
 /// When a promotion's deadline starts counting: the promotion, or the
 /// merge of its pull request (a reviewer's time is not the reconciler's).
+/// Never before the promotion; the forge's merge time was bounded by
+/// when it was read ([`crate::gitops::forge::seen_merged_at`]).
 fn promotion_start(progress: &Progress, observed: &Observed, now: DateTime<Utc>) -> DateTime<Utc> {
     let promoted = progress.promoted_at.unwrap_or(now);
     observed

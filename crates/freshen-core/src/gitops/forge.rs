@@ -337,6 +337,16 @@ pub struct PullRequest {
     pub head: String,
 }
 
+/// The merge time to record for an answer read at `seen`: the forge's,
+/// but never later than when it was read (a merge "in the future" would
+/// hold the reconciler's deadline off).
+pub fn seen_merged_at(
+    reported: Option<DateTime<Utc>>,
+    seen: DateTime<Utc>,
+) -> Option<DateTime<Utc>> {
+    reported.map(|m| m.min(seen))
+}
+
 /// Reads one pull request from `provider`'s answer.
 pub fn parse(provider: Provider, body: &[u8]) -> Result<PullRequest, ForgeError> {
     let value: Value = serde_json::from_slice(body).map_err(|e| {

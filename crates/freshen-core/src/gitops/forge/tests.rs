@@ -260,3 +260,16 @@ fn labels_are_checked() {
     assert!(check_labels(&vec!["l".to_owned(); 11]).is_err());
     assert!(check_labels(&["x".repeat(51)]).is_err());
 }
+
+#[test]
+fn a_merge_time_is_never_later_than_its_reading() {
+    let t = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+    let seen = t("2026-12-04T10:00:00Z");
+    assert_eq!(
+        seen_merged_at(Some(t("2027-12-04T10:00:00Z")), seen),
+        Some(seen)
+    );
+    let past = t("2026-12-04T09:59:00Z");
+    assert_eq!(seen_merged_at(Some(past), seen), Some(past));
+    assert_eq!(seen_merged_at(None, seen), None);
+}
