@@ -250,7 +250,8 @@ start_git_server() {
 }
 
 # Gitea, the forge of the pull-request tests: an admin user whose API token
-# (its file named in the env file) opens, merges and closes pull requests.
+# (its file named in the env file) opens, merges and closes pull requests,
+# and Gitea's own SSH server, which the SSH push test pushes through.
 # Tests create their own repositories through its API. Its secrets are
 # generated into app.ini on the first start, so app.ini is written once.
 start_gitea() {
@@ -266,7 +267,12 @@ HTTP_ADDR = ${E2E_GITEA_ADDR%:*}
 HTTP_PORT = ${E2E_GITEA_ADDR#*:}
 ROOT_URL = http://$E2E_GITEA_ADDR/
 STATIC_ROOT_PATH = $E2E_BIN/gitea-$GITEA_VERSION-static
-DISABLE_SSH = true
+START_SSH_SERVER = true
+SSH_DOMAIN = ${E2E_GITEA_SSH_ADDR%:*}
+SSH_LISTEN_HOST = ${E2E_GITEA_SSH_ADDR%:*}
+SSH_PORT = ${E2E_GITEA_SSH_ADDR#*:}
+SSH_LISTEN_PORT = ${E2E_GITEA_SSH_ADDR#*:}
+BUILTIN_SSH_SERVER_USER = git
 OFFLINE_MODE = true
 LFS_START_SERVER = false
 [database]
@@ -410,5 +416,6 @@ FRESHEN_E2E_GIT_ROOT=$E2E_STATE/git-server/repos
 FRESHEN_E2E_GITEA_URL=http://$E2E_GITEA_ADDR
 FRESHEN_E2E_GITEA_USER=$E2E_GITEA_USER
 FRESHEN_E2E_GITEA_TOKEN_FILE=$E2E_STATE/gitea/token
+FRESHEN_E2E_GITEA_SSH_ADDR=$E2E_GITEA_SSH_ADDR
 ENV
 log "harness up in $((SECONDS - start))s; env file: $E2E_ENV_FILE"

@@ -16,6 +16,8 @@ pub struct GiteaServer {
     pub user: String,
     /// The file holding the user's API token.
     pub token_file: PathBuf,
+    /// Its SSH server's `host:port`.
+    pub ssh_addr: String,
 }
 
 impl GiteaServer {
@@ -41,6 +43,22 @@ impl GiteaServer {
     /// The clone URL of `repo` (anonymous reads).
     pub fn clone_url(&self, repo: &str) -> String {
         format!("{}/{}/{repo}.git", self.url, self.user)
+    }
+
+    /// The SSH URL of `repo`.
+    pub fn ssh_url(&self, repo: &str) -> String {
+        format!("ssh://git@{}/{}/{repo}.git", self.ssh_addr, self.user)
+    }
+
+    /// Registers `public_key` (OpenSSH format) as one of the user's keys.
+    pub async fn add_key(&self, title: &str, public_key: &str) -> anyhow::Result<()> {
+        self.api(
+            "POST",
+            "/user/keys",
+            Some(json!({"title": title, "key": public_key.trim()})),
+        )
+        .await?;
+        Ok(())
     }
 
     /// The clone URL of `repo` with the user's credentials (pushes).

@@ -146,6 +146,7 @@ impl Harness {
                 url: get("FRESHEN_E2E_GITEA_URL")?,
                 user: get("FRESHEN_E2E_GITEA_USER")?,
                 token_file: get("FRESHEN_E2E_GITEA_TOKEN_FILE")?.into(),
+                ssh_addr: get("FRESHEN_E2E_GITEA_SSH_ADDR")?,
             },
         })
     }

@@ -1325,3 +1325,136 @@ async fn a_pull_request_left_behind_by_a_human_change_is_closed_by_freshen() -> 
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_proven_digest_is_pushed_over_ssh_with_the_host_key_checked() -> anyhow::Result<()> {
+    let s = Scene::new("gitops-ssh").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = pinned(&s, &v1.digest);
+    let gitea = &s.harness.gitea;
+    let ssh_url = gitea.ssh_url(&s.ns.name);
+    // Flux reads over HTTP; freshen is told to write over SSH.
+    let annotated = manifest(&from, "").replacen(
+        "  labels:\n    app: web\n    tier: web\n",
+        &format!(
+            "  labels:\n    app: web\n    tier: web\n  annotations:\n    \
+             freshen.dev/git-source: \"{ssh_url}#main\"\n    \
+             freshen.dev/image-path: apps/{}/web.yaml\n",
+            s.ns.name
+        ),
+        1,
+    );
+    let fleet = Fleet::on_gitea(
+        &s.harness,
+        &s.client,
+        &s.ns.name,
+        &[("web.yaml", annotated)],
+    )
+    .await?;
+    fleet.await_applied("the fleet").await?;
+    wait_ready_pods(&s.client, &s.ns.name, "web", 2, Duration::from_secs(60)).await?;
+    // A key of the Gitea user's, and the server's host keys as
+    // ssh-keyscan reads them.
+    let dir = std::env::temp_dir().join(format!("freshen-e2e-ssh-{}", s.ns.name));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let key = dir.join("id_ed25519");
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "freshen-e2e", "-f"])
+        .arg(&key)
+        .status()?;
+    anyhow::ensure!(status.success(), "ssh-keygen failed");
+    gitea
+        .add_key(
+            &s.ns.name,
+            &std::fs::read_to_string(dir.join("id_ed25519.pub"))?,
+        )
+        .await?;
+    let (host, port) = gitea.ssh_addr.split_once(':').unwrap_or_default();
+    let scan = std::process::Command::new("ssh-keyscan")
+        .args(["-p", port, host])
+        .output()?;
+    let known_hosts = String::from_utf8(scan.stdout)?;
+    anyhow::ensure!(
+        !known_hosts.trim().is_empty(),
+        "ssh-keyscan found no host key"
+    );
+    // First the Secret trusts another host key for the server (its own
+    // client key stands in): freshen refuses to push there.
+    let wrong = format!(
+        "[{host}]:{port} {}",
+        std::fs::read_to_string(dir.join("id_ed25519.pub"))?.trim()
+    );
+    let secret = |known: &str| -> anyhow::Result<Secret> {
+        Ok(serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "fleet-ssh"},
+            "stringData": {
+                "identity": std::fs::read_to_string(&key)?,
+                "known_hosts": known,
+            },
+        }))?)
+    };
+    let secrets = Api::<Secret>::namespaced(s.client.clone(), &s.ns.name);
+    secrets
+        .create(&PostParams::default(), &secret(&wrong)?)
+        .await?;
+    let git = GitSpec {
+        repositories: vec![format!("ssh://git@{}/{}/", gitea.ssh_addr, gitea.user)],
+        secret_ref: Some(LocalSecretRef {
+            name: "fleet-ssh".into(),
+        }),
+        ..GitSpec::default()
+    };
+    policy_with(&s, GitOpsMode::Commit, git, "60s").await?;
+    let _op = s.operator().await?;
+    let seeded = fleet.head()?;
+    let new = s.push("v1", &image("two", 1)).await?;
+    let to = pinned(&s, &new.digest);
+    let refresh = s
+        .await_refresh("web", "promoting", |r| {
+            r.progress().phase == Phase::Promoting
+        })
+        .await?;
+    let note = freshen_e2e::await_warning(
+        &s.client,
+        &s.ns.name,
+        "Refresh",
+        &refresh.name_any(),
+        "RefreshGit",
+    )
+    .await?;
+    assert!(
+        note.contains("is not in the Secret's known_hosts"),
+        "{note}"
+    );
+    assert_eq!(fleet.head()?, seeded, "nothing pushed to an unknown host");
+    // The right host keys: the same Refresh goes on.
+    secrets
+        .replace("fleet-ssh", &PostParams::default(), &{
+            let mut s = secret(&known_hosts)?;
+            s.metadata.resource_version = secrets.get("fleet-ssh").await?.resource_version();
+            s
+        })
+        .await?;
+
+    let done = s
+        .await_refresh("web", "Succeeded", |r| {
+            r.progress().phase == Phase::Succeeded
+        })
+        .await?;
+    let status = git_status(&done);
+    assert_eq!(status.repository, ssh_url);
+    let head = fleet.head()?;
+    assert_eq!(status.commit.as_deref(), Some(head.as_str()));
+    assert_eq!(
+        fleet.changed_lines(&head)?,
+        [
+            format!("-          image: \"{from}\"   # pinned by freshen"),
+            format!("+          image: \"{to}\"   # pinned by freshen"),
+        ]
+    );
+    fleet.await_applied("freshen's commit").await?;
+    assert_eq!(template_image(&s).await?, to);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

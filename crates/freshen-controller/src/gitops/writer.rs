@@ -171,7 +171,21 @@ pub enum WriteError {
 
 impl From<git2::Error> for WriteError {
     fn from(e: git2::Error) -> Self {
-        Self::Git(e.message().to_owned())
+        Self::Git(explain(&e))
+    }
+}
+
+/// libgit2's message, with what to do when it is about the server's host
+/// key (libgit2 replaces the certificate callback's own message).
+fn explain(e: &git2::Error) -> String {
+    if e.class() == git2::ErrorClass::Ssh && e.message().contains("hostkey") {
+        format!(
+            "{}: the server's host key is not in the Secret's known_hosts (add the line \
+             `ssh-keyscan -p <port> <host>` prints)",
+            e.message()
+        )
+    } else {
+        e.message().to_owned()
     }
 }
 
@@ -515,7 +529,7 @@ fn fetch(repo: &Repository, target: &Target, credentials: &Credentials) -> Resul
                 "fetching branch {} of {}: {}",
                 target.branch,
                 target.url,
-                e.message()
+                explain(&e)
             ))
         })?;
     Ok(repo.refname_to_id(&tracking)?)
@@ -612,7 +626,7 @@ fn commit_and_push(
                     "pushing to branch {} of {}: {}",
                     target.branch,
                     target.url,
-                    e.message()
+                    explain(&e)
                 )));
             }
         }
