@@ -1458,3 +1458,113 @@ async fn a_proven_digest_is_pushed_over_ssh_with_the_host_key_checked() -> anyho
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_digest_whose_signer_is_no_longer_trusted_at_the_commit_is_not_committed()
+-> anyhow::Result<()> {
+    use freshen_api::refresh::{KeyAuthoritySpec, KeySpec, VerifyMode, VerifySpec};
+    use freshen_e2e::cosign;
+    let s = Scene::new("gitops-verify").await?;
+    let v1 = s.push("v1", &image("one", 3)).await?;
+    let from = pinned(&s, &v1.digest);
+    let fleet = fleet(&s, &from, "").await?;
+    let seeded = fleet.head()?;
+    let dir = freshen_e2e::repo_root()
+        .join("target/e2e-cosign")
+        .join(format!("{:08x}", freshen_e2e::rand_suffix()));
+    std::fs::create_dir_all(&dir)?;
+    let trusted = cosign::generate_key_pair(&s.harness, &dir, "trusted")?;
+    let other = cosign::generate_key_pair(&s.harness, &dir, "other")?;
+    let only = |keys: &cosign::KeyPair| VerifySpec {
+        mode: Some(VerifyMode::Enforce),
+        authorities: vec![KeyAuthoritySpec {
+            name: "release".into(),
+            key: Some(KeySpec::inline(keys.public_pem.clone())),
+            keyless: None,
+        }],
+        ..VerifySpec::default()
+    };
+    // gitops: Commit behind a gate that trusts `trusted`, and a canary of
+    // three checks 3s apart: time for the policy to change under it.
+    let refresh = PolicyRefresh {
+        follow_tag: Some(true),
+        gitops: Some(GitOpsMode::Commit),
+        git: Some(GitSpec {
+            repositories: vec![format!("{}/", s.harness.git_url)],
+            ..GitSpec::default()
+        }),
+        verify: Some(only(&trusted)),
+        rollout: Some(RolloutSpec {
+            strategy: None,
+            canary_weight: Some(50),
+            analysis: Some(AnalysisSpec {
+                interval: Some("3s".into()),
+                iterations: Some(3),
+                readiness_timeout: Some("60s".into()),
+                ..AnalysisSpec::default()
+            }),
+        }),
+        ..PolicyRefresh::default()
+    };
+    let policies = Api::<RefreshPolicy>::namespaced(s.client.clone(), &s.ns.name);
+    policies
+        .create(
+            &PostParams::default(),
+            &RefreshPolicy::new(
+                "web",
+                RefreshPolicySpec {
+                    pipelines: Default::default(),
+                    selector: LabelSelector {
+                        match_labels: Some([("tier".to_owned(), "web".to_owned())].into()),
+                        ..LabelSelector::default()
+                    },
+                    limits: Default::default(),
+                    refresh,
+                },
+            ),
+        )
+        .await?;
+    let new = s.push("v1", &image("two", 1)).await?;
+    let to = pinned(&s, &new.digest);
+    cosign::sign(&s.harness, &dir, &trusted, &to, false)?;
+    let op = s.operator().await?;
+
+    // Signed by the trusted key: the Refresh is made and its canary runs.
+    let running = s
+        .await_refresh("web", "in its canary", |r| {
+            r.progress().phase == Phase::Canary
+        })
+        .await?;
+    // Meanwhile the platform team rotates the key: `trusted` is no more.
+    let mut policy = policies.get("web").await?;
+    policy.spec.refresh.verify = Some(only(&other));
+    policies
+        .replace("web", &PostParams::default(), &policy)
+        .await?;
+    let note = freshen_e2e::await_warning(
+        &s.client,
+        &s.ns.name,
+        "Refresh",
+        &running.name_any(),
+        "RefreshGit",
+    )
+    .await?;
+    assert!(
+        note.contains("the verification gate of its policy refuses"),
+        "{note}"
+    );
+    assert_eq!(fleet.head()?, seeded, "nothing was committed");
+    assert_eq!(template_image(&s).await?, from);
+    // It waits for the gate to admit the digest again: with the operator
+    // stopped, let the namespace go.
+    drop(op);
+    let release = serde_json::json!({"metadata": {"finalizers": null}});
+    Api::<Refresh>::namespaced(s.client.clone(), &s.ns.name)
+        .patch(
+            &running.name_any(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(release),
+        )
+        .await?;
+    Ok(())
+}

@@ -63,6 +63,7 @@ pub async fn write(
     let config = configuration(ctx, workload);
     if !revert {
         admit(refresh, &config).map_err(Error::Git)?;
+        verified(ctx, refresh, workload, &config).await?;
     }
     let (found, plan) = resolve(ctx, workload, &config).await.map_err(Error::Git)?;
     let (credentials, identity, token) = credentials(ctx, plan).await?;
@@ -325,6 +326,84 @@ pub async fn withdraw(
         pr.state = PullState::Closed;
     }
     Ok(Some(next))
+}
+
+/// The verification gate (`spec.verify`) judged again for the digest about
+/// to be committed, under the policy as it is now: a policy or key that
+/// changed while the canary ran is not bypassed by the time it took. An
+/// unverified digest is not committed; the Refresh says why and tries again.
+async fn verified(
+    ctx: &Context,
+    refresh: &Refresh,
+    workload: &CachedWorkload,
+    config: &Configuration,
+) -> Result<(), Error> {
+    let Some(requirement) = config.verify.as_ref() else {
+        return Ok(());
+    };
+    let key = crate::runtime::records::WorkloadKey {
+        namespace: workload.namespace().unwrap_or_default(),
+        name: workload.name_any(),
+        kind: workload.kind,
+    };
+    let unusable = |what: &str, e: String| Error::Git(format!("{what}: {e}"));
+    let image = ImageReference::parse(&refresh.spec.to_image)
+        .map_err(|e| unusable("spec.toImage", e.to_string()))?;
+    let digest: freshen_core::Digest = refresh
+        .spec
+        .digest
+        .parse()
+        .map_err(|e| unusable("spec.digest", format!("{e}")))?;
+    let gathered = crate::workload::gather(ctx, workload, &key).await;
+    let lookup = crate::workload::assess::Lookup {
+        registry: &ctx.registry,
+        keychain: &gathered.keychain,
+        platform: gathered.platform.as_ref(),
+        now: Utc::now(),
+        tags: &ctx.tags,
+        origin: crate::workload::tags::Origin {
+            namespace: &key.namespace,
+            workload: &key.name,
+        },
+    };
+    let judged = ctx
+        .verdicts
+        .judge(
+            &lookup,
+            &image,
+            &digest,
+            requirement,
+            crate::workload::verification::RECHECK,
+        )
+        .await;
+    let running = ctx
+        .records
+        .get(&key)
+        .into_iter()
+        .flat_map(|r| r.containers)
+        .filter(|c| c.container == refresh.spec.container)
+        .filter_map(|c| Some((c.container.clone(), c.verification?.findings?)))
+        .collect();
+    let gate = freshen_core::plan::Verification {
+        mode: requirement.mode,
+        vulnerabilities: requirement.vulnerabilities,
+        verdicts: vec![(refresh.spec.container.clone(), digest.clone(), judged)],
+        running,
+    };
+    let proposal = freshen_core::plan::Proposal {
+        reason: refresh.spec.reason,
+        container: refresh.spec.container.clone(),
+        from_image: refresh.spec.from_image.clone(),
+        to_image: refresh.spec.to_image.clone(),
+        digest,
+    };
+    match gate.refuses(&proposal) {
+        Some(why) => Err(Error::Git(format!(
+            "not committed: the verification gate of its policy refuses {} now ({why})",
+            refresh.spec.to_image
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// [`freshen_core::gitops::admit`] for `refresh` under the policy as it is

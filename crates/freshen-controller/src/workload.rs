@@ -203,15 +203,15 @@ async fn configure_workload(
 
 /// What a measurement needs besides the registry: the pods, the pull
 /// credentials, the platform.
-struct Gathered {
+pub(crate) struct Gathered {
     pods: Vec<PodFacts>,
-    keychain: Keychain,
-    platform: Option<Platform>,
+    pub(crate) keychain: Keychain,
+    pub(crate) platform: Option<Platform>,
 }
 
 /// The workload's pods (shared store), its pull credentials (one Warning
 /// for unusable secrets) and the platform most of its pods' nodes run.
-async fn gather(ctx: &Context, deploy: &CachedWorkload, key: &WorkloadKey) -> Gathered {
+pub(crate) async fn gather(ctx: &Context, deploy: &CachedWorkload, key: &WorkloadKey) -> Gathered {
     let pods: Vec<PodFacts> = ctx
         .pods_of(&workload_ref(key.kind, &key.name, &key.namespace))
         .iter()

@@ -225,6 +225,14 @@ impl Verification {
         }
     }
 
+    /// Why this gate stops `proposal` now, if it does ([`Self::hold`]'s
+    /// reason): the check an executor makes again just before a digest
+    /// leaves the cluster (a commit to git), in case the policy or its
+    /// keys changed while the canary ran.
+    pub fn refuses(&self, proposal: &Proposal) -> Option<String> {
+        self.hold(proposal).map(|h| h.to_string())
+    }
+
     /// The hold for `proposal` under this gate: none when verified (and no
     /// regression, under `noRegression`), in Audit mode, or for a restart
     /// (which changes no digest).
@@ -1149,6 +1157,44 @@ mod tests {
                 assert!(candidates(&c, &wants).contains(&(p.container, p.digest)));
             }
         }
+    }
+
+    #[test]
+    fn a_gate_judged_again_refuses_what_it_would_hold() {
+        use crate::verify::{Judged, Mode, SetVerdict, Trust};
+        let proposal = Proposal {
+            reason: Reason::NewDigest,
+            container: "app".into(),
+            from_image: "r/app:v1".into(),
+            to_image: format!("r/app:v1@{}", digest('b')),
+            digest: digest('b'),
+        };
+        let gate = |mode, trust| Verification {
+            mode,
+            verdicts: vec![(
+                "app".into(),
+                digest('b'),
+                Judged {
+                    trust,
+                    findings: None,
+                },
+            )],
+            ..Verification::default()
+        };
+        let untrusted = Trust::Failed {
+            policy: "RefreshPolicy/shop/web".into(),
+            verdict: SetVerdict::Missing,
+        };
+        let why = gate(Mode::Enforce, untrusted.clone()).refuses(&proposal);
+        assert!(
+            why.as_deref().is_some_and(|w| w.contains("not signed")),
+            "{why:?}"
+        );
+        assert_eq!(gate(Mode::Audit, untrusted).refuses(&proposal), None);
+        assert_eq!(
+            gate(Mode::Enforce, Trust::Verified(vec!["platform".into()])).refuses(&proposal),
+            None
+        );
     }
 
     #[test]
