@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the e2e harness needs from Debian's packages, when missing:
 # the OCI registry (docker-registry), Prometheus (with promtool), htpasswd and
-# openssl for registry auth/TLS tests, curl; git and libssl-dev for the
-# GitOps promotion; jq and time for make bench-peers.
+# openssl for registry auth/TLS tests, curl; git, libssl-dev, openssh-client
+# and gcc for the GitOps promotion; jq and time for make bench-peers.
 set -euo pipefail
 need=()
 command -v docker-registry >/dev/null || need+=(docker-registry)
@@ -19,6 +19,10 @@ command -v git >/dev/null || need+=(git)
 # HTTPS, found with pkg-config, statically in the release binary.
 dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+# The SSH push test: a client key (ssh-keygen) and Gitea's host keys
+# (ssh-keyscan). Gitea is built with cgo, for SQLite.
+command -v ssh-keyscan >/dev/null || need+=(openssh-client)
+command -v gcc >/dev/null || need+=(gcc)
 # make bench-peers: its image-age script, and peak memory of one-shot tools.
 command -v jq >/dev/null || need+=(jq)
 [ -x /usr/bin/time ] || need+=(time)
