@@ -208,7 +208,9 @@ pub struct Writer {
     window: Duration,
     forge: super::forge::ForgeClient,
     queues: Mutex<HashMap<Target, Queue>>,
-    locks: Mutex<HashMap<Target, Arc<tokio::sync::Mutex<()>>>>,
+    /// One lock per clone: every target of a repository (branch, identity,
+    /// delivery) shares its bare clone and its refs.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// The commit settings of one request: who, and the first line.
@@ -272,13 +274,13 @@ impl Writer {
             .map_err(|_| WriteError::Git("the git writer stopped".into()))?
     }
 
-    /// After the window: one flush at a time per target, of everything
-    /// queued by then.
+    /// After the window: one flush at a time per repository, of
+    /// everything queued for the target by then.
     async fn flush(self: Arc<Self>, target: Target) {
         tokio::time::sleep(self.window).await;
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(locks.entry(target.clone()).or_default())
+            Arc::clone(locks.entry(clone_dir(&target.url)).or_default())
         };
         let _one_writer = lock.lock().await;
         let Some(queue) = ({
