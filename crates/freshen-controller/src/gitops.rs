@@ -73,19 +73,15 @@ pub async fn write(
         .and_then(|s| s.git.as_ref())
         .and_then(|g| g.pull_request.as_ref())
         .map(|p| p.provider);
-    // A revert goes the way its promotion went.
-    let delivery = match (
-        revert,
-        promoted_by,
-        config.refresh.gitops,
-        &plan.spec.pull_request,
-    ) {
-        (true, Some(provider), _, _) => Delivery::PullRequest { provider, revert },
-        (false, _, Some(GitOpsAction::PullRequest), Some(pr)) => Delivery::PullRequest {
-            provider: pr.provider,
-            revert,
-        },
-        _ => Delivery::Push,
+    let policy = plan
+        .spec
+        .pull_request
+        .as_ref()
+        .filter(|_| config.refresh.gitops == Some(GitOpsAction::PullRequest))
+        .map(|p| p.provider);
+    let delivery = match forge_api::proposed_through(revert, promoted_by, policy) {
+        Some(provider) => Delivery::PullRequest { provider, revert },
+        None => Delivery::Push,
     };
     let review = Review {
         token,
@@ -232,23 +228,9 @@ pub async fn follow(
     refresh: &Refresh,
     workload: &CachedWorkload,
 ) -> Result<Option<GitStatus>, Error> {
-    let Some(git) = refresh.status.as_ref().and_then(|s| s.git.clone()) else {
+    let Some((git, token)) = open_pull_requests(ctx, refresh, workload).await? else {
         return Ok(None);
     };
-    let open =
-        |p: &Option<PullRequestStatus>| p.as_ref().is_some_and(|p| p.state == PullState::Open);
-    if !open(&git.pull_request) && !open(&git.revert_pull_request) {
-        return Ok(None);
-    }
-    let config = configuration(ctx, workload);
-    let Some(plan) = config.git.as_ref() else {
-        return Err(Error::Git(format!(
-            "its pull request is open, but its policy no longer has spec.git (and the Secret \
-             whose token reads {})",
-            git.repository
-        )));
-    };
-    let (_, _, token) = credentials(ctx, plan).await?;
     let host = source::host(&git.repository).to_owned();
     let mut next = git.clone();
     for (slot, revert) in [
@@ -280,15 +262,13 @@ pub async fn follow(
     Ok((next != git).then_some(next))
 }
 
-/// Closes the Refresh's pull requests that are still open once it ended
-/// without them (the workload changed under it, or it was applied another
-/// way): a reviewer should not merge what freshen no longer follows.
-/// Returns the status with them closed, `None` when none was open.
-pub async fn withdraw(
+/// The Refresh's git status when one of its pull requests is open, and the
+/// API token of the governing policy's Secret (as when it was opened).
+async fn open_pull_requests(
     ctx: &Context,
     refresh: &Refresh,
     workload: &CachedWorkload,
-) -> Result<Option<GitStatus>, Error> {
+) -> Result<Option<(GitStatus, String)>, Error> {
     let Some(git) = refresh.status.as_ref().and_then(|s| s.git.clone()) else {
         return Ok(None);
     };
@@ -299,13 +279,28 @@ pub async fn withdraw(
     }
     let config = configuration(ctx, workload);
     let Some(plan) = config.git.as_ref() else {
-        return Err(Error::Git(
-            "its pull request is open, but its policy no longer has spec.git (whose Secret's \
-             token closes it)"
-                .into(),
-        ));
+        return Err(Error::Git(format!(
+            "its pull request on {} is open, but its policy no longer has spec.git, whose \
+             secretRef's token reads and closes it",
+            git.repository
+        )));
     };
     let (_, _, token) = credentials(ctx, plan).await?;
+    Ok(Some((git, token)))
+}
+
+/// Closes the Refresh's pull requests that are still open once it ended
+/// without them (the workload changed under it, or it was applied another
+/// way): a reviewer should not merge what freshen no longer follows.
+/// Returns the status with them closed, `None` when none was open.
+pub async fn withdraw(
+    ctx: &Context,
+    refresh: &Refresh,
+    workload: &CachedWorkload,
+) -> Result<Option<GitStatus>, Error> {
+    let Some((git, token)) = open_pull_requests(ctx, refresh, workload).await? else {
+        return Ok(None);
+    };
     let mut next = git.clone();
     for slot in [&mut next.pull_request, &mut next.revert_pull_request] {
         let Some(pr) = slot.as_mut().filter(|p| p.state == PullState::Open) else {

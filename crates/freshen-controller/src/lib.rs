@@ -340,12 +340,10 @@ pub enum RunError {
     /// The Prometheus client could not be built.
     #[error("the Prometheus client could not be built: {0}")]
     Prometheus(#[source] reqwest::Error),
-    /// The webhook client could not be built (a bad CA file).
-    #[error("the webhook client could not be built: {0}")]
+    /// The client for webhooks and forges' APIs could not be built (a bad
+    /// CA file).
+    #[error("the client for webhooks and forge APIs could not be built: {0}")]
     Webhooks(#[source] reqwest::Error),
-    /// The forge API client could not be built (a bad CA file).
-    #[error("the forge API client could not be built: {0}")]
-    Forge(#[source] reqwest::Error),
     /// The cluster could not be asked whether the CRDs are installed.
     #[error("checking for the freshen CRDs failed: {0}")]
     CrdCheck(#[source] kube::Error),
@@ -509,19 +507,14 @@ pub async fn run(client: Client, config: Config) -> Result<(), RunError> {
 
     // Webhook receivers are reached like registries: the same CAs, the
     // same allow and deny lists, plain HTTP only to the hosts listed.
-    let webhooks = rebuild::webhook::WebhookClient::new(
+    let egress = rebuild::webhook::Egress::new(
         &config.registry.extra_root_certificates,
         config.registry.reach.clone(),
         config.registry.plain_http.clone(),
     )
     .map_err(RunError::Webhooks)?;
-    // So are forges' APIs (pull requests for gitops: PullRequest).
-    let forge = gitops::forge::ForgeClient::new(
-        &config.registry.extra_root_certificates,
-        config.registry.reach.clone(),
-        config.registry.plain_http.clone(),
-    )
-    .map_err(RunError::Forge)?;
+    let webhooks = rebuild::webhook::WebhookClient::new(egress.clone());
+    let forge = gitops::forge::ForgeClient::new(egress);
     let ctx = Arc::new(Context {
         webhooks,
         tags,

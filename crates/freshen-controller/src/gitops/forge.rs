@@ -4,28 +4,19 @@
 //! [`freshen_core::gitops::forge`]; this sends them.
 //!
 //! The API's host is the repository's (which the policy allowed), reached
-//! under the same rules as registries and webhooks (`--registry-allow`,
-//! `--registry-deny`, plain HTTP only to `--plain-http-registry` hosts),
-//! without redirects, so the token goes nowhere else.
+//! through [`Egress`], as webhooks are: the registries' rules, no
+//! redirects, so the token goes nowhere else.
 
-use std::time::Duration;
-
+use crate::rebuild::webhook::{Egress, Refused, without_url};
 use freshen_core::gitops::forge::{self, Call, Method, Proposal, PullRequest, Repo};
-use freshen_registry::reach::{self, Reach};
 
-use crate::rebuild::webhook::without_url;
-
-/// The longest a forge call may take.
-const TIMEOUT: Duration = crate::rebuild::webhook::TRY_TIMEOUT;
 /// The largest answer read.
 const MAX_ANSWER: usize = 2 << 20;
 
 /// Sends forge API calls.
 #[derive(Clone)]
 pub struct ForgeClient {
-    http: reqwest::Client,
-    reach: Reach,
-    plain_http: Vec<String>,
+    egress: Egress,
 }
 
 /// Why a forge call failed.
@@ -50,30 +41,9 @@ pub enum ForgeError {
 }
 
 impl ForgeClient {
-    /// A client trusting the system's CAs and `extra_roots` (PEM), reaching
-    /// only hosts `reach` admits, over http only to `plain_http` hosts.
-    pub fn new(
-        extra_roots: &[Vec<u8>],
-        reach: Reach,
-        plain_http: Vec<String>,
-    ) -> Result<Self, reqwest::Error> {
-        let certificates = extra_roots
-            .iter()
-            .map(|pem| reqwest::Certificate::from_pem(pem))
-            .collect::<Result<Vec<_>, _>>()?;
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .dns_resolver(reach::Resolver::new(reach.clone()))
-            .user_agent(concat!("freshen/", env!("CARGO_PKG_VERSION")))
-            .tls_certs_merge(certificates)
-            .connect_timeout(TIMEOUT)
-            .timeout(TIMEOUT)
-            .build()?;
-        Ok(Self {
-            http,
-            reach,
-            plain_http,
-        })
+    /// A client over `egress` (the registries' rules).
+    pub fn new(egress: Egress) -> Self {
+        Self { egress }
     }
 
     /// Opens `proposal` on `repo` and labels it; the pull request an
@@ -135,26 +105,11 @@ impl ForgeClient {
 
     /// Sends `call` with `token`; the answer's body when it succeeded.
     async fn send(&self, repo: &Repo, token: &str, call: &Call) -> Result<Vec<u8>, ForgeError> {
-        let url = reqwest::Url::parse(&call.url)
-            .map_err(|e| ForgeError::Unreachable(format!("bad API URL {}: {e}", call.url)))?;
-        let host = url.host_str().unwrap_or_default().to_owned();
-        let authority = match url.port() {
-            Some(port) => format!("{host}:{port}"),
-            None => host.clone(),
-        };
-        match url.scheme() {
-            "https" => {}
-            "http" if self.plain_http.contains(&authority) => {}
-            scheme => {
-                return Err(ForgeError::Unreachable(format!(
-                    "{scheme}:// to {authority} is not allowed: use an https repository URL, or \
-                     list the host with --plain-http-registry"
-                )));
+        let (url, authority) = self.egress.admit(&call.url).await.map_err(|e| match e {
+            Refused::Unusable(why) | Refused::Unreachable(why) => {
+                ForgeError::Unreachable(format!("{}: {why}", call.url))
             }
-        }
-        reach::check(&self.reach, &host)
-            .await
-            .map_err(ForgeError::Unreachable)?;
+        })?;
         let method = match call.method {
             Method::Get => reqwest::Method::GET,
             Method::Post => reqwest::Method::POST,
@@ -163,6 +118,7 @@ impl ForgeClient {
         };
         let (name, value) = forge::auth_header(repo.provider, token);
         let mut request = self
+            .egress
             .http
             .request(method, url)
             .header(name, value)

@@ -76,14 +76,28 @@ pub(crate) const TRY_TIMEOUT: Duration = Duration::from_secs(10);
 /// The wait before the second try; doubled for each later one.
 const RETRY_WAIT: Duration = Duration::from_secs(1);
 
-/// Delivers webhooks.
-pub struct WebhookClient {
-    http: reqwest::Client,
+/// An HTTP client for URLs a tenant names (webhook receivers, forges'
+/// APIs), reached as registries are: the system's CAs and
+/// `--registry-ca-file`, only hosts `--registry-allow`/`--registry-deny`
+/// admit, plain HTTP only to `--plain-http-registry` hosts, no redirects.
+#[derive(Clone)]
+pub struct Egress {
+    /// The client, its resolver judging every address.
+    pub http: reqwest::Client,
     reach: Reach,
     plain_http: Vec<String>,
 }
 
-impl WebhookClient {
+/// Why [`Egress::admit`] refused a URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// Not a URL, or plain HTTP to a host not listed.
+    Unusable(String),
+    /// The host may not be reached.
+    Unreachable(String),
+}
+
+impl Egress {
     /// A client trusting the system's CAs and `extra_roots` (PEM), reaching
     /// only hosts `reach` admits, over http only to `plain_http` hosts.
     pub fn new(
@@ -110,14 +124,11 @@ impl WebhookClient {
         })
     }
 
-    /// Delivers `delivery`: up to [`TRIES`] tries, retrying a connection
-    /// failure, a timeout, a 429 or a 5xx after a growing wait; a 2xx is
-    /// delivered, anything else refused. The error says why, without the
-    /// secret; only [`Undelivered::public`] may be shown to the pipeline's
-    /// author.
-    pub async fn deliver(&self, delivery: &Delivery, now_unix: i64) -> Result<(), Undelivered> {
-        let url = reqwest::Url::parse(&delivery.url)
-            .map_err(|e| Undelivered::Unusable(format!("bad URL: {e}")))?;
+    /// `url` parsed, with its `host[:port]`, when it may be sent to: https,
+    /// or http to a listed host, and a host the reach rules admit.
+    pub async fn admit(&self, url: &str) -> Result<(reqwest::Url, String), Refused> {
+        let url =
+            reqwest::Url::parse(url).map_err(|e| Refused::Unusable(format!("bad URL: {e}")))?;
         let host = url.host_str().unwrap_or_default().to_owned();
         let authority = match url.port() {
             Some(port) => format!("{host}:{port}"),
@@ -127,7 +138,7 @@ impl WebhookClient {
             "https" => {}
             "http" if self.plain_http.contains(&authority) => {}
             scheme => {
-                return Err(Undelivered::Unusable(format!(
+                return Err(Refused::Unusable(format!(
                     "{scheme}:// to {authority} is not allowed: use https, or list the host with \
                      --plain-http-registry"
                 )));
@@ -135,13 +146,43 @@ impl WebhookClient {
         }
         reach::check(&self.reach, &host)
             .await
-            .map_err(Undelivered::Failed)?;
+            .map_err(Refused::Unreachable)?;
+        Ok((url, authority))
+    }
+}
+
+/// Delivers webhooks.
+pub struct WebhookClient {
+    egress: Egress,
+}
+
+impl WebhookClient {
+    /// A client over `egress`.
+    pub fn new(egress: Egress) -> Self {
+        Self { egress }
+    }
+
+    /// Delivers `delivery`: up to [`TRIES`] tries, retrying a connection
+    /// failure, a timeout, a 429 or a 5xx after a growing wait; a 2xx is
+    /// delivered, anything else refused. The error says why, without the
+    /// secret; only [`Undelivered::public`] may be shown to the pipeline's
+    /// author.
+    pub async fn deliver(&self, delivery: &Delivery, now_unix: i64) -> Result<(), Undelivered> {
+        let (url, authority) = self
+            .egress
+            .admit(&delivery.url)
+            .await
+            .map_err(|e| match e {
+                Refused::Unusable(why) => Undelivered::Unusable(why),
+                Refused::Unreachable(why) => Undelivered::Failed(why),
+            })?;
         let timestamp = now_unix.to_string();
         let signature = signature(&delivery.key, &delivery.id, &timestamp, &delivery.body);
         let mut wait = RETRY_WAIT;
         let mut last = String::new();
         for attempt in 1..=TRIES {
             let mut request = self
+                .egress
                 .http
                 .post(url.clone())
                 .header("content-type", "application/json")

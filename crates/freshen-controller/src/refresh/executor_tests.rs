@@ -200,6 +200,8 @@ fn context(
     );
     let (rebuild_trigger, _) = futures::channel::mpsc::unbounded();
     let verdicts_client = client.clone();
+    let egress = crate::rebuild::webhook::Egress::new(&[], Default::default(), Vec::new())
+        .unwrap_or_else(|e| panic!("{e}"));
     let ctx = Context {
         recorder: Recorder::new(
             client.clone(),
@@ -237,8 +239,7 @@ fn context(
             verdicts_client,
             "freshen-system".into(),
         ),
-        webhooks: crate::rebuild::webhook::WebhookClient::new(&[], Default::default(), Vec::new())
-            .unwrap_or_else(|e| panic!("{e}")),
+        webhooks: crate::rebuild::webhook::WebhookClient::new(egress.clone()),
         readiness: crate::Readiness::default(),
         prometheus: None,
         workload_trigger: crate::runtime::context::WorkloadTriggers::default(),
@@ -247,8 +248,7 @@ fn context(
         git: crate::gitops::writer::Writer::new(
             std::env::temp_dir().join("freshen-git-test"),
             std::time::Duration::ZERO,
-            crate::gitops::forge::ForgeClient::new(&[], Default::default(), Vec::new())
-                .unwrap_or_else(|e| panic!("{e}")),
+            crate::gitops::forge::ForgeClient::new(egress),
         ),
         planning: tokio::sync::Mutex::new(crate::runtime::ledger::Ledger::default()),
         config: ControllerConfig {

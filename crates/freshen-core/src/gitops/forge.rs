@@ -59,6 +59,23 @@ impl fmt::Display for Provider {
     }
 }
 
+/// Whether a change goes through a pull request, and on which forge
+/// (`None`: a commit to the branch). A revert goes the way its promotion
+/// went, whatever the policy says now (a reviewer who merged the one sees
+/// the other); a promotion as the policy says (`policy`: its provider when
+/// it says `gitops: PullRequest`).
+pub fn proposed_through(
+    revert: bool,
+    promotion_proposed_on: Option<Provider>,
+    policy: Option<Provider>,
+) -> Option<Provider> {
+    if revert {
+        promotion_proposed_on
+    } else {
+        policy
+    }
+}
+
 /// A repository on a forge: its API root and its path there.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repo {

@@ -273,3 +273,14 @@ fn a_merge_time_is_never_later_than_its_reading() {
     assert_eq!(seen_merged_at(Some(past), seen), Some(past));
     assert_eq!(seen_merged_at(None, seen), None);
 }
+
+#[test]
+fn a_revert_goes_the_way_its_promotion_went() {
+    let gh = Some(Provider::GitHub);
+    // A promotion follows the policy.
+    assert_eq!(proposed_through(false, None, gh), gh);
+    assert_eq!(proposed_through(false, gh, None), None);
+    // A revert follows its promotion, even when the policy changed since.
+    assert_eq!(proposed_through(true, gh, None), gh);
+    assert_eq!(proposed_through(true, None, gh), None);
+}
