@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build crds fmt fmt-check clippy unit e2e soak-gitops test-chaos fuzz e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-peers bench-registry bench-refresh bench-velocity test clean
+.PHONY: all build crds reference fmt fmt-check clippy unit e2e soak-gitops test-chaos fuzz e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-peers bench-registry bench-refresh bench-velocity test clean
 
 all: build
 
@@ -18,6 +18,11 @@ crds:
 	$(CARGO) run -q -p freshen -- crd --output-dir config/crd
 	mkdir -p charts/freshen/templates/crds
 	$(CARGO) run -q -p freshen -- crd --helm --output-dir charts/freshen/templates/crds
+
+# Regenerates the guide's reference pages (flags, metrics, Event reasons,
+# conditions, annotations, CRD fields) from the code (a unit test fails when stale).
+reference:
+	$(CARGO) run -q -p freshen -- reference --output-dir docs/src/reference
 
 fmt:
 	$(CARGO) fmt --all

@@ -83,6 +83,122 @@ const KNOWN_FORM: &str = "one of freshen.dev/refresh, max-image-age, max-contain
                           base-image, base-image.<container>, policy, snooze-until, \
                           follow-tag, strategy, window, pipeline, git-source, image-path";
 
+/// One annotation as the guide documents it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnnotationDoc {
+    /// The key; `<container>` stands for a container's name.
+    pub key: &'static str,
+    /// The form of its value.
+    pub value: &'static str,
+    /// A valid value.
+    pub example: &'static str,
+    /// What it does.
+    pub meaning: &'static str,
+}
+
+/// Every annotation a workload's owner may set (and the one freshen writes
+/// on the workload), in the order the guide lists them. The guide's
+/// reference is generated from this table, and a test parses each example.
+pub const DOCUMENTED: [AnnotationDoc; 14] = [
+    AnnotationDoc {
+        key: REFRESH,
+        value: "`enabled` or `disabled`",
+        example: "enabled",
+        meaning: "Opts the workload in without a policy, or out even when a policy matches.",
+    },
+    AnnotationDoc {
+        key: MAX_IMAGE_AGE,
+        value: DURATION_FORM,
+        example: "30d",
+        meaning: "The longest ago its images may have been built; overrides the policies.",
+    },
+    AnnotationDoc {
+        key: MAX_CONTAINER_AGE,
+        value: DURATION_FORM,
+        example: "7d",
+        meaning: "The longest its containers may run; past it they are restarted on their own \
+                  digest. Overrides the policies.",
+    },
+    AnnotationDoc {
+        key: POLICY,
+        value: POLICY_FORM,
+        example: "storefront",
+        meaning: "This RefreshPolicy (same namespace) or ClusterRefreshPolicy (whose \
+                  namespaceSelector selects the namespace) governs the workload, whatever the \
+                  selectors say.",
+    },
+    AnnotationDoc {
+        key: SNOOZE_UNTIL,
+        value: SNOOZE_FORM,
+        example: "2026-12-01T00:00:00Z",
+        meaning: "Violations are shown as snoozed and fail nothing until then; nothing is \
+                  refreshed.",
+    },
+    AnnotationDoc {
+        key: BASE_IMAGE,
+        value: BASE_IMAGE_FORM,
+        example: "docker.io/library/debian:12",
+        meaning: "The base every container is built on, when the images' \
+                  `org.opencontainers.image.base.name` does not say.",
+    },
+    AnnotationDoc {
+        key: "freshen.dev/base-image.<container>",
+        value: BASE_IMAGE_FORM,
+        example: "docker.io/library/debian:12",
+        meaning: "The base of one container, over `freshen.dev/base-image`.",
+    },
+    AnnotationDoc {
+        key: FOLLOW_TAG,
+        value: "`true` or `false`",
+        example: "true",
+        meaning: "Roll out new digests of the tags the containers name (overrides the policy's \
+                  `followTag`).",
+    },
+    AnnotationDoc {
+        key: STRATEGY,
+        value: "`canary` or `rolling`",
+        example: "canary",
+        meaning: "How a new digest is rolled out: through a canary first, or by the workload's \
+                  own rollout.",
+    },
+    AnnotationDoc {
+        key: WINDOW,
+        value: WINDOWS_FORM,
+        example: "Mon-Fri 09:00-16:00 Europe/Berlin",
+        meaning: "Refreshes start only inside one of these windows (over the policy's \
+                  `windows`).",
+    },
+    AnnotationDoc {
+        key: PIPELINE,
+        value: PIPELINE_FORM,
+        example: "kaniko",
+        meaning: "Which of the governing policy's pipelines rebuilds the workload's images \
+                  (default: the policy's `spec.rebuild.pipeline`).",
+    },
+    AnnotationDoc {
+        key: GIT_SOURCE,
+        value: GIT_SOURCE_FORM,
+        example: "https://git.example.com/team/fleet.git#main",
+        meaning: "The repository and branch that hold a GitOps-managed workload, when its Argo \
+                  CD Application or Flux Kustomization does not say (`gitops: Commit` or \
+                  `PullRequest`). It must be in the policy's `spec.git.repositories`.",
+    },
+    AnnotationDoc {
+        key: IMAGE_PATH,
+        value: IMAGE_PATH_FORM,
+        example: "apps/web/values.yaml#image",
+        meaning: "The file, and for Helm values the path in it, that writes the workload's \
+                  image, when freshen cannot find it itself.",
+    },
+    AnnotationDoc {
+        key: crate::refresh::REJECTED_DIGESTS,
+        value: "written by freshen: `container@digest` entries, comma separated, newest last",
+        example: "app@sha256:0f6673408548a6c5a8b4b1f5a1d0b6a0e5f1c4a9b3c2d1e0f9a8b7c6d5e4f3a2",
+        meaning: "Digests rolled back for this workload (the last 10); they are never proposed \
+                  again. Delete an entry to allow that digest again.",
+    },
+];
+
 /// Whether freshen manages a workload, from `freshen.dev/refresh`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshMode {
@@ -525,6 +641,30 @@ mod tests {
             if settings.policy.is_some() {
                 proptest::prop_assert!(!errors.iter().any(|e| e.key == POLICY));
             }
+        }
+    }
+
+    #[test]
+    fn every_documented_annotation_is_known_and_its_example_parses() {
+        for doc in DOCUMENTED {
+            let key = doc.key.replace("<container>", "app");
+            let annotations = BTreeMap::from([(key.clone(), doc.example.to_owned())]);
+            let (_, errors) = WorkloadSettings::from_annotations(Some(&annotations));
+            assert!(errors.is_empty(), "{key}={}: {errors:?}", doc.example);
+            assert!(doc.meaning.ends_with('.'), "{key}");
+        }
+        // Every key the unknown-key error lists is documented.
+        let known = KNOWN_FORM.trim_start_matches("one of ");
+        for short in known.split(", ") {
+            let key = if short.starts_with(PREFIX) {
+                short.to_owned()
+            } else {
+                format!("{PREFIX}{short}")
+            };
+            assert!(
+                DOCUMENTED.iter().any(|d| d.key == key),
+                "{key} is not in DOCUMENTED"
+            );
         }
     }
 }

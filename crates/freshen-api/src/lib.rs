@@ -2,6 +2,7 @@
 //! their strict, typed parsing, and the policy CRDs.
 
 pub mod annotations;
+pub mod conditions;
 pub mod crd;
 pub mod pipeline;
 pub mod policy;

@@ -74,15 +74,15 @@ impl PolicyLimits {
     }
 }
 
-/// Sets max ages for the Deployments of its namespace that its selector
-/// matches. Workload annotations override it; it overrides
+/// Sets max ages for the workloads (of every kind) of its namespace that
+/// its selector matches. Workload annotations override it; it overrides
 /// ClusterRefreshPolicies.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "freshen.dev",
     version = "v1alpha1",
     kind = "RefreshPolicy",
-    doc = "Max image and container ages for the Deployments of a namespace that its selector matches.",
+    doc = "Max image and container ages, and how to refresh, for the workloads of a namespace that its selector matches.",
     namespaced,
     status = "PolicyStatus",
     shortname = "rp",
@@ -96,7 +96,7 @@ impl PolicyLimits {
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RefreshPolicySpec {
-    /// Which Deployments of this namespace the policy governs, by label.
+    /// Which workloads of this namespace the policy governs, by label.
     /// Must not be empty: a policy for everything is a ClusterRefreshPolicy.
     #[x_kube(validation = Rule::new(SELECTOR_RULE).message(
         "must name at least one matchLabels entry or matchExpressions requirement"
@@ -113,7 +113,7 @@ pub struct RefreshPolicySpec {
     pub pipelines: PolicyPipelines,
 }
 
-/// Sets max ages for Deployments across namespaces: those in namespaces
+/// Sets max ages for workloads across namespaces: those in namespaces
 /// `namespaceSelector` matches whose labels `selector` matches. An absent
 /// selector matches everything on its side, but not both may be absent or
 /// empty.
@@ -122,7 +122,7 @@ pub struct RefreshPolicySpec {
     group = "freshen.dev",
     version = "v1alpha1",
     kind = "ClusterRefreshPolicy",
-    doc = "Max image and container ages for Deployments across the namespaces it selects.",
+    doc = "Max image and container ages, and how to refresh, for workloads across the namespaces it selects.",
     status = "PolicyStatus",
     shortname = "crp",
     category = "freshen",
@@ -143,7 +143,7 @@ pub struct ClusterRefreshPolicySpec {
     /// Which namespaces, by label; absent means every namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_selector: Option<LabelSelector>,
-    /// Which Deployments, by label; absent means every Deployment of the
+    /// Which workloads, by label; absent means every workload of the
     /// selected namespaces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selector: Option<LabelSelector>,
@@ -165,10 +165,10 @@ pub struct PolicyStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Deployments the policy matches (governing them or not).
+    /// Workloads the policy matches (governing them or not).
     #[serde(default)]
     pub matched_workloads: i64,
-    /// Deployments past a limit this policy sets (snoozed ones excluded).
+    /// Workloads past a limit this policy sets (snoozed ones excluded).
     #[serde(default)]
     pub violating_workloads: i64,
     /// `Ready` (the spec is valid and in force) and `Overlapping` (another
@@ -183,6 +183,14 @@ pub const READY: &str = "Ready";
 /// Condition type: another policy of the same level matches some of the same
 /// workloads; the oldest governs.
 pub const OVERLAPPING: &str = "Overlapping";
+/// `Ready=True` reason: the spec is valid and the policy governs.
+pub const ACTIVE: &str = "Active";
+/// `Ready=False` reason: the spec is invalid (the message names the field).
+pub const INVALID_SPEC: &str = "InvalidSpec";
+/// `Overlapping=False` reason.
+pub const NO_OVERLAP: &str = "NoOverlap";
+/// `Overlapping=True` reason: the message names the other policies.
+pub const OVERLAPS: &str = "Overlaps";
 
 fn selector(field: &'static str, s: &LabelSelector) -> Result<Selector, SpecError> {
     Selector::try_from(s.clone()).map_err(|e| SpecError::Selector {

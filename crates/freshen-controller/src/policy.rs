@@ -13,7 +13,9 @@ use std::fmt::Debug;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use freshen_api::policy::{OVERLAPPING, READY, condition, set_condition};
+use freshen_api::policy::{
+    ACTIVE, INVALID_SPEC, NO_OVERLAP, OVERLAPPING, OVERLAPS, READY, condition, set_condition,
+};
 use freshen_api::time::to_time;
 use freshen_api::{ClusterRefreshPolicy, PolicyPipelines, PolicyStatus, RefreshPolicy, SpecError};
 use k8s_openapi::api::core::v1::Secret;
@@ -330,7 +332,7 @@ pub fn status_for(
         Ok(()) => condition(
             READY,
             ConditionStatus::True,
-            "Active",
+            ACTIVE,
             format!(
                 "governs {} of the {} measured workload(s) it matches",
                 stats.governed, stats.matched
@@ -341,7 +343,7 @@ pub fn status_for(
         Err(invalid) => condition(
             READY,
             ConditionStatus::False,
-            "InvalidSpec",
+            INVALID_SPEC,
             match &invalid {
                 // The policy still governs; its message says what happens.
                 SpecError::Key { .. } => invalid.to_string(),
@@ -356,7 +358,7 @@ pub fn status_for(
         condition(
             OVERLAPPING,
             ConditionStatus::False,
-            "NoOverlap",
+            NO_OVERLAP,
             "no other policy of this level matches its workloads".into(),
             generation,
             now,
@@ -366,7 +368,7 @@ pub fn status_for(
         condition(
             OVERLAPPING,
             ConditionStatus::True,
-            "Overlaps",
+            OVERLAPS,
             format!(
                 "{} workload(s) are also matched by {}; the oldest policy governs each \
                  (this one governs {} of its {})",

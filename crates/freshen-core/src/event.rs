@@ -32,6 +32,7 @@ pub enum EventKind {
     strum::Display,
     strum::EnumString,
     strum::VariantArray,
+    strum::EnumMessage,
 )]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum EventReason {
@@ -131,6 +132,18 @@ impl EventReason {
     pub fn as_str(self) -> &'static str {
         self.into()
     }
+
+    /// What the reason means, from its documentation, on one line (the
+    /// guide's reference of Event reasons is generated from it).
+    pub fn meaning(self) -> String {
+        use strum::EnumMessage as _;
+        one_line(self.get_documentation().unwrap_or_default())
+    }
+}
+
+/// `text` with its line breaks and runs of spaces made single spaces.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -155,6 +168,12 @@ mod tests {
                     .chars()
                     .next()
                     .is_some_and(char::is_uppercase)
+            );
+            // The guide's reference is generated from these.
+            assert!(
+                reason.meaning().ends_with('.'),
+                "{reason}: {}",
+                reason.meaning()
             );
         }
     }

@@ -362,7 +362,18 @@ impl Target {
 
 /// Where a refresh is.
 #[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    strum::EnumMessage,
 )]
 #[cfg_attr(feature = "schema", derive(schemars::JsonSchema))]
 pub enum Phase {
@@ -419,6 +430,12 @@ impl Phase {
             Self::RolledBack | Self::Failed => (ConditionStatus::False, self.as_str()),
             _ => (ConditionStatus::Unknown, self.as_str()),
         }
+    }
+
+    /// What the phase means, from its documentation, on one line.
+    pub fn meaning(self) -> String {
+        use strum::EnumMessage as _;
+        crate::event::one_line(self.get_documentation().unwrap_or_default())
     }
 
     /// Every phase, for metrics that report each.

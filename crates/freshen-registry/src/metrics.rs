@@ -2,6 +2,7 @@
 //! registry host, the kind of request, and an HTTP status (or `error` for a
 //! failure without one); never a repository, tag or digest.
 
+use prometheus::core::Collector;
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Kinds of registry request, the `kind` label.
@@ -40,14 +41,15 @@ impl RegistryMetrics {
             requests: IntCounterVec::new(
                 Opts::new(
                     "freshen_registry_requests_total",
-                    "Registry requests by registry, kind and HTTP status.",
+                    "Registry requests by registry host, kind (resolve, manifest, config, \
+                     signature) and code (the HTTP status, or error for a failure without one).",
                 ),
                 &["registry", "kind", "code"],
             )?,
             duration: HistogramVec::new(
                 HistogramOpts::new(
                     "freshen_registry_request_duration_seconds",
-                    "Duration of registry requests.",
+                    "Duration of registry requests, by registry host and kind.",
                 )
                 .buckets(vec![
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -57,18 +59,27 @@ impl RegistryMetrics {
             cache_hits: IntCounterVec::new(
                 Opts::new(
                     "freshen_registry_cache_hits_total",
-                    "Registry look-ups answered from the cache or by joining an in-flight request.",
+                    "Registry look-ups answered from the cache or by joining an in-flight \
+                     request, by kind (resolve: a tag; facts: a digest's manifest and config).",
                 ),
                 &["kind"],
             )?,
         })
     }
 
+    /// Every instrument, to register (they share their state with `self`).
+    pub fn collectors(&self) -> Vec<Box<dyn Collector>> {
+        vec![
+            Box::new(self.requests.clone()),
+            Box::new(self.duration.clone()),
+            Box::new(self.cache_hits.clone()),
+        ]
+    }
+
     /// Registers every instrument in `registry`.
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.requests.clone()))?;
-        registry.register(Box::new(self.duration.clone()))?;
-        registry.register(Box::new(self.cache_hits.clone()))?;
-        Ok(())
+        self.collectors()
+            .into_iter()
+            .try_for_each(|c| registry.register(c))
     }
 }

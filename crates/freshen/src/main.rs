@@ -16,6 +16,8 @@ use freshen_controller::{Config, ControllerConfig};
 use freshen_registry::{Platform, RegistryConfig};
 use tracing_subscriber::EnvFilter;
 
+mod reference;
+
 /// Keeps running containers fresh: measures image and container age and
 /// base staleness, exports them to Prometheus, judges them against max-age
 /// policies, and rolls new digests out through a canary (restarting
@@ -53,6 +55,21 @@ enum Command {
     /// Print the CustomResourceDefinitions (YAML) to apply before `run`, or
     /// write one file per CRD into a directory.
     Crd(CrdArgs),
+    /// Write the guide's generated reference pages (flags, metrics, Event
+    /// reasons, conditions, annotations, CRD fields): `make reference`.
+    #[command(hide = true)]
+    Reference(ReferenceArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ReferenceArgs {
+    /// The directory to write the pages into.
+    #[arg(long, value_name = "DIR", default_value = "docs/src/reference")]
+    output_dir: std::path::PathBuf,
+    /// Write nothing: compare the pages in the directory with the code's
+    /// and fail, naming each line, when one differs.
+    #[arg(long)]
+    check: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -503,7 +520,7 @@ async fn main() -> ExitCode {
     // the client's connection errors) reach stderr.
     let default_filter = match cli.command {
         Command::Run(_) => "info,kube_runtime=warn,kube_client=warn",
-        Command::Report(_) | Command::Crd(_) => "warn,kube_client=off",
+        Command::Report(_) | Command::Crd(_) | Command::Reference(_) => "warn,kube_client=off",
     };
     init_tracing(cli.log_format, default_filter);
     // kube and the registry client share one TLS stack: rustls with ring.
@@ -517,6 +534,7 @@ async fn main() -> ExitCode {
         Command::Run(args) => run(*args).await.map(|()| ExitCode::SUCCESS),
         Command::Report(args) => report(*args).await,
         Command::Crd(args) => crd(&args).map(|()| ExitCode::SUCCESS),
+        Command::Reference(args) => write_reference(&args).map(|()| ExitCode::SUCCESS),
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("error: {}", error_chain(&e));
@@ -675,4 +693,103 @@ fn crd(args: &CrdArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn write_reference(args: &ReferenceArgs) -> anyhow::Result<()> {
+    use clap::CommandFactory as _;
+    let mut stale = Vec::new();
+    for page in reference::pages(&Cli::command())? {
+        let path = args.output_dir.join(&page.file);
+        if args.check {
+            let committed = std::fs::read_to_string(&path).unwrap_or_default();
+            if let Some(diff) = reference::stale(&committed, &page.text) {
+                eprint!(
+                    "{} is stale (+ in the code, - in the page):\n{diff}",
+                    path.display()
+                );
+                stale.push(page.file);
+            }
+            continue;
+        }
+        std::fs::write(&path, page.text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    anyhow::ensure!(
+        stale.is_empty(),
+        "{} stale reference page(s): run `make reference` and commit the result",
+        stale.len()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    /// The committed reference pages.
+    fn committed(file: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../docs/src/reference")
+            .join(file);
+        std::fs::read_to_string(&path).unwrap_or_default()
+    }
+
+    #[test]
+    fn the_guide_s_reference_pages_match_the_code() {
+        let pages = reference::pages(&Cli::command()).unwrap_or_default();
+        assert!(pages.len() >= 10);
+        let mut problems = String::new();
+        for page in pages {
+            if let Some(diff) = reference::stale(&committed(&page.file), &page.text) {
+                problems.push_str(&format!(
+                    "docs/src/reference/{} is stale (+ in the code, - in the page):\n{diff}",
+                    page.file
+                ));
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "{problems}run `make reference` and commit the result"
+        );
+    }
+
+    #[test]
+    fn a_flag_added_without_its_line_in_the_reference_fails() {
+        let committed = committed("flags.md");
+        assert!(committed.contains("| `--poll-interval` |"));
+        // A new `run` flag, as a developer would add it: the page from the
+        // code now has its line, the committed page does not.
+        let with_new_flag = Cli::command().mut_subcommand("run", |run| {
+            run.arg(
+                clap::Arg::new("rebuild-parallelism")
+                    .long("rebuild-parallelism")
+                    .help("Rebuilds run at once."),
+            )
+        });
+        let generated = reference::flags(&with_new_flag);
+        let page = reference::pages(&with_new_flag)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.file == "flags.md")
+            .map(|p| p.text)
+            .unwrap_or_default();
+        assert!(page.ends_with(&generated));
+        let diff = reference::stale(&committed, &page).unwrap_or_default();
+        assert_eq!(
+            diff,
+            "+ | `--rebuild-parallelism` |  |  | Rebuilds run at once. |\n"
+        );
+        // And the other way round: a line for a flag the code no longer has.
+        let with_gone_flag = format!("{committed}| `--gone` |  |  | Removed. |\n");
+        let current = reference::pages(&Cli::command())
+            .unwrap_or_default()
+            .into_iter()
+            .find(|p| p.file == "flags.md")
+            .map(|p| p.text)
+            .unwrap_or_default();
+        assert_eq!(
+            reference::stale(&with_gone_flag, &current).as_deref(),
+            Some("- | `--gone` |  |  | Removed. |\n")
+        );
+    }
 }

@@ -32,9 +32,14 @@ impl ApiRequests {
         Ok(Self { counter })
     }
 
+    /// The counter, to register (it shares its state with `self`).
+    pub fn collector(&self) -> Box<dyn prometheus::core::Collector> {
+        Box::new(self.counter.clone())
+    }
+
     /// Adds the counter to `registry`.
     pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.counter.clone()))
+        registry.register(self.collector())
     }
 
     /// A client for `config` whose every request is counted.

@@ -8,11 +8,13 @@
 
 use freshen_api::pipeline::PipelineKind;
 use freshen_core::rebuild::{RebuildOutcome, RebuildPhase, RebuildProgress};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use std::fmt::Write as _;
 
 use chrono::{DateTime, Utc};
+use prometheus::core::Collector;
+use prometheus::proto::MetricType;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
     TextEncoder,
@@ -342,12 +344,70 @@ pub struct Metrics {
     pub git_pull_requests: IntCounterVec,
     /// The per-container series, written at scrape time.
     ages: AgeCollector,
+    /// What every registered instrument is, for [`Metrics::catalogue`].
+    described: Mutex<Vec<MetricDoc>>,
 }
 
-/// Makes metrics and registers them, in one step each.
-struct Registered<'a>(&'a Registry);
+/// One metric family as the guide's reference documents it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricDoc {
+    /// The family's name.
+    pub name: String,
+    /// `counter`, `gauge` or `histogram`.
+    pub kind: &'static str,
+    /// Its help text.
+    pub help: String,
+    /// Its labels, in order.
+    pub labels: Vec<String>,
+}
+
+/// The families `collector` exports, whether or not it has series yet (an
+/// empty vector's family has its name, help and type, but the registry's
+/// `gather` leaves it out).
+fn describe(collector: &dyn Collector) -> Vec<MetricDoc> {
+    let families = collector.collect();
+    collector
+        .desc()
+        .into_iter()
+        .map(|desc| {
+            let kind = families
+                .iter()
+                .find(|f| f.name() == desc.fq_name)
+                .map_or("gauge", |f| match f.get_field_type() {
+                    MetricType::COUNTER => "counter",
+                    MetricType::HISTOGRAM => "histogram",
+                    MetricType::SUMMARY => "summary",
+                    _ => "gauge",
+                });
+            MetricDoc {
+                name: desc.fq_name.clone(),
+                kind,
+                help: desc.help.clone(),
+                labels: desc.variable_labels.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Makes metrics and registers them, in one step each, noting what each
+/// is for the catalogue.
+struct Registered<'a> {
+    registry: &'a Registry,
+    described: &'a Mutex<Vec<MetricDoc>>,
+}
 
 impl Registered<'_> {
+    /// Registers `collector` and notes its families.
+    fn add(&self, collector: Box<dyn Collector>) -> prometheus::Result<()> {
+        let docs = describe(collector.as_ref());
+        self.registry.register(collector)?;
+        self.described
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend(docs);
+        Ok(())
+    }
+
     fn counter(
         &self,
         name: &str,
@@ -355,13 +415,13 @@ impl Registered<'_> {
         labels: &[&str],
     ) -> prometheus::Result<IntCounterVec> {
         let m = IntCounterVec::new(Opts::new(name, help), labels)?;
-        self.0.register(Box::new(m.clone()))?;
+        self.add(Box::new(m.clone()))?;
         Ok(m)
     }
 
     fn gauge(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
         let m = IntGaugeVec::new(Opts::new(name, help), labels)?;
-        self.0.register(Box::new(m.clone()))?;
+        self.add(Box::new(m.clone()))?;
         Ok(m)
     }
 
@@ -376,7 +436,7 @@ impl Registered<'_> {
             HistogramOpts::new(name, help).buckets(buckets.to_vec()),
             labels,
         )?;
-        self.0.register(Box::new(m.clone()))?;
+        self.add(Box::new(m.clone()))?;
         Ok(m)
     }
 }
@@ -391,7 +451,7 @@ pub struct RebuildMetrics {
 }
 
 impl RebuildMetrics {
-    fn register(registry: &Registry) -> prometheus::Result<Self> {
+    fn register(registry: &Registered<'_>) -> prometheus::Result<Self> {
         let total = IntCounterVec::new(
             Opts::new(
                 "freshen_rebuilds_total",
@@ -418,9 +478,9 @@ impl RebuildMetrics {
             ),
             &["kind"],
         )?;
-        registry.register(Box::new(total.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(active.clone()))?;
+        registry.add(Box::new(total.clone()))?;
+        registry.add(Box::new(duration.clone()))?;
+        registry.add(Box::new(active.clone()))?;
         Ok(Self {
             total,
             duration,
@@ -469,13 +529,35 @@ impl Metrics {
         registry_metrics: &freshen_registry::RegistryMetrics,
     ) -> prometheus::Result<Self> {
         let registry = Registry::new();
-        registry_metrics.register(&registry)?;
-        let r = Registered(&registry);
+        let described = Mutex::new(Vec::new());
+        let r = Registered {
+            registry: &registry,
+            described: &described,
+        };
+        for collector in registry_metrics.collectors() {
+            r.add(collector)?;
+        }
+        // The closed label sets, named in the help texts.
+        use strum::VariantArray as _;
+        let reasons: Vec<&str> = freshen_core::rollout::Reason::VARIANTS
+            .iter()
+            .map(|r| r.as_str())
+            .collect();
+        let failures: Vec<&str> = freshen_core::rollout::Failure::VARIANTS
+            .iter()
+            .map(|f| f.as_str())
+            .collect();
+        let active: Vec<&str> = Phase::ALL
+            .iter()
+            .filter(|p| !p.is_terminal())
+            .map(|p| p.as_str())
+            .collect();
         let metrics = Self {
             reconcile_duration: r.histogram(
                 "freshen_reconcile_duration_seconds",
-                "Duration of one reconcile of one object, by controller (deployment, \
-                 refreshpolicy, clusterrefreshpolicy, refresh, rebuild).",
+                "Duration of one reconcile of one object, by controller (one per workload \
+                 kind: deployment, statefulset, ..., pod; refreshpolicy, clusterrefreshpolicy, \
+                 refresh, rebuild).",
                 &[
                     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                 ],
@@ -483,13 +565,18 @@ impl Metrics {
             )?,
             reconcile_errors: r.counter(
                 "freshen_reconcile_errors_total",
-                "Reconciles that failed, by controller and by the step that failed.",
+                "Reconciles that failed, by controller and by the step that failed (category, \
+                 e.g. registry_unauthorized, registry_backoff, policy_status, \
+                 refresh_patch_image).",
                 &["controller", "category"],
             )?,
             refreshes: r.counter(
                 "freshen_refreshes_total",
-                "Refreshes that finished, by why they started and how they ended \
-                 (Succeeded, RolledBack, Failed).",
+                &format!(
+                    "Refreshes that finished, by why they started (reason: {}) and how they \
+                     ended (outcome: Succeeded, RolledBack, Failed).",
+                    reasons.join(", ")
+                ),
                 &["reason", "outcome"],
             )?,
             refresh_duration: r.histogram(
@@ -502,12 +589,18 @@ impl Metrics {
             )?,
             refreshes_active: r.gauge(
                 "freshen_refreshes_active",
-                "Refreshes not yet finished, by phase.",
+                &format!(
+                    "Refreshes not yet finished, by phase ({}).",
+                    active.join(", ")
+                ),
                 &["phase"],
             )?,
             rollbacks: r.counter(
                 "freshen_rollbacks_total",
-                "Refreshes rolled back, by the failure that caused it.",
+                &format!(
+                    "Refreshes rolled back, by the failure that caused it (reason: {}).",
+                    failures.join(", ")
+                ),
                 &["reason"],
             )?,
             leader: {
@@ -516,10 +609,10 @@ impl Metrics {
                     "1 while this process acts (it holds the leader Lease, or leader election \
                      is off), 0 while it stands by.",
                 )?;
-                registry.register(Box::new(leader.clone()))?;
+                r.add(Box::new(leader.clone()))?;
                 leader
             },
-            rebuilds: RebuildMetrics::register(&registry)?,
+            rebuilds: RebuildMetrics::register(&r)?,
             notifications: r.counter(
                 "freshen_notifications_total",
                 "Registry notifications, by outcome (accepted, ignored, unknown, unauthorized, \
@@ -556,6 +649,7 @@ impl Metrics {
             )?,
             registry: registry.clone(),
             ages: AgeCollector { records },
+            described,
         };
         metrics.start_outcomes_at_zero();
         Ok(metrics)
@@ -566,7 +660,42 @@ impl Metrics {
         &self,
         api_requests: &crate::runtime::api_requests::ApiRequests,
     ) -> prometheus::Result<()> {
-        api_requests.register(&self.registry)
+        Registered {
+            registry: &self.registry,
+            described: &self.described,
+        }
+        .add(api_requests.collector())
+    }
+
+    /// Every family this process exports, by name, series or not: the
+    /// registered instruments and the per-container families. The guide's
+    /// reference of metrics is generated from it.
+    pub fn catalogue(&self) -> Vec<MetricDoc> {
+        let per_container = ["container", "image", "kind", "namespace", "workload"];
+        let doc = |name: &str, help: &str, labels: &[&str]| MetricDoc {
+            name: name.to_owned(),
+            kind: "gauge",
+            help: help.to_owned(),
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+        };
+        let mut all = self
+            .described
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        all.extend(FAMILIES.iter().map(|f| doc(f.name, f.help, &per_container)));
+        all.extend(LABELLED.iter().map(|l| {
+            let mut labels = per_container.to_vec();
+            labels.push(l.label);
+            doc(l.name, l.help, &labels)
+        }));
+        all.push(doc(
+            CONFIG_ERRORS.0,
+            CONFIG_ERRORS.1,
+            &["kind", "namespace", "workload"],
+        ));
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
     }
 
     /// Creates every outcome series at 0 (the label values are closed
@@ -826,6 +955,44 @@ mod tests {
             text.matches("# TYPE freshen_image_verified gauge").count(),
             1
         );
+    }
+
+    #[test]
+    fn the_catalogue_names_every_family_a_scrape_writes_with_its_type() {
+        let records = Arc::new(WorkloadRecords::default());
+        records.set(key("web"), workload(vec![container("app")], 1));
+        let metrics = Metrics::new(Arc::clone(&records), &registry_metrics()).unwrap();
+        let api = crate::runtime::api_requests::ApiRequests::new().unwrap();
+        metrics.register_api_requests(&api).unwrap();
+        let catalogue = metrics.catalogue();
+        let text = metrics.render().unwrap();
+        let typed: Vec<(&str, &str)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .filter_map(|l| l.split_once(' '))
+            .collect();
+        assert!(typed.len() > 10, "{text}");
+        for (name, kind) in typed {
+            assert!(
+                catalogue.iter().any(|d| d.name == name && d.kind == kind),
+                "{name} ({kind}) is not in the catalogue"
+            );
+        }
+        // Families without series yet are there too, once each.
+        for name in [
+            "freshen_api_requests_total",
+            "freshen_rebuild_duration_seconds",
+        ] {
+            assert_eq!(catalogue.iter().filter(|d| d.name == name).count(), 1);
+        }
+        let histogram = catalogue
+            .iter()
+            .find(|d| d.name == "freshen_git_promotion_seconds");
+        assert_eq!(
+            histogram.map(|d| (d.kind, d.labels.clone())),
+            Some(("histogram", vec!["host".to_owned()]))
+        );
+        assert!(catalogue.windows(2).all(|w| w[0].name < w[1].name));
     }
 
     /// The value of `metric` for `container`, from a rendered scrape.
