@@ -6,7 +6,7 @@ HARNESS := e2e/harness
 # Extra arguments for the demo, e.g. `make demo ARGS=--keep-running`.
 ARGS ?=
 
-.PHONY: all build crds reference fmt fmt-check clippy unit e2e soak-gitops test-chaos fuzz e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-peers bench-registry bench-refresh bench-velocity test clean
+.PHONY: all build crds reference docs fmt fmt-check clippy unit e2e soak-gitops test-chaos fuzz e2e-up e2e-down tools static image chart-check demo plots bench-scale bench-peers bench-registry bench-refresh bench-velocity test clean
 
 all: build
 
@@ -23,6 +23,18 @@ crds:
 # conditions, annotations, CRD fields) from the code (a unit test fails when stale).
 reference:
 	$(CARGO) run -q -p freshen -- reference --output-dir docs/src/reference
+
+# The user guide (an mdBook) into target/book. mdbook is installed once
+# outside the clone, keyed by its version. A warning fails the build, and
+# every link between the guide's pages (and README's into it) is checked.
+MDBOOK_VERSION := 0.5.4
+MDBOOK_ROOT := $(HOME)/.cache/freshen-e2e/tools/mdbook-$(MDBOOK_VERSION)
+MDBOOK := $(MDBOOK_ROOT)/bin/mdbook
+$(MDBOOK):
+	$(CARGO) install mdbook --version $(MDBOOK_VERSION) --locked --root $(MDBOOK_ROOT)
+docs: $(MDBOOK)
+	$(CARGO) run -q -p freshen -- reference --check --output-dir docs/src/reference
+	docs/check-book.sh $(MDBOOK)
 
 fmt:
 	$(CARGO) fmt --all
@@ -98,7 +110,7 @@ PLOTS_VENV := target/plots-venv
 plots:
 	[ -x $(PLOTS_VENV)/bin/python ] || python3 -m venv $(PLOTS_VENV)
 	$(PLOTS_VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(PLOTS_VENV)/bin/pip install -q matplotlib==3.11.2
-	$(PLOTS_VENV)/bin/python charts/freshen/hack/plots.py --out docs/plots
+	$(PLOTS_VENV)/bin/python charts/freshen/hack/plots.py --out docs/src/plots
 
 # Registry cost at scale (not a test: it prints figures). BENCH_ARGS, e.g.
 # `--workloads 500 --images 5 --intervals 3 --poll-interval 10s`.
@@ -146,7 +158,7 @@ bench-peers:
 	$(PLOTS_VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(PLOTS_VENV)/bin/pip install -q matplotlib==3.11.2
 	$(PLOTS_VENV)/bin/python bench/plot_peers.py
 
-test: fmt-check clippy unit e2e
+test: fmt-check clippy unit docs e2e
 
 clean: e2e-down
 	$(CARGO) clean

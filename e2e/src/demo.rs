@@ -99,7 +99,7 @@ pub async fn run(harness: &Harness, keep_running: bool) -> anyhow::Result<()> {
         harness.prometheus_url
     );
     println!("The operator's metrics: curl {}/metrics", operator.url);
-    println!("The dashboard's panels as PNG plots: make plots (writes docs/plots/)");
+    println!("The dashboard's panels as PNG plots: make plots (writes docs/src/plots/)");
     println!(
         "Look around: kubectl --kubeconfig .e2e/kubeconfig -n {NAMESPACE} get refreshes,rebuilds,deployments"
     );

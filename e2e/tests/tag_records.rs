@@ -5,7 +5,7 @@
 //! against the real control plane and registry.
 //!
 //! `FRESHEN_E2E_TAG_CHURN` sets the number of annotation changes (default
-//! 1,000; the figures in README are from 10,000).
+//! 1,000; the figures in the guide's Scale page are from 10,000).
 
 use std::time::{Duration, Instant};
 

@@ -4,7 +4,7 @@ plots from the harness' real Prometheus: the same expressions, evaluated
 over the window of the last `make demo` run (target/demo-window), else the
 --minutes before the operator was last scraped. `make plots` runs it.
 
-Grafana is not packaged here; these plots are how README shows what the
+Grafana is not packaged here; these plots are how the guide shows what the
 dashboard shows.
 """
 import argparse
@@ -113,7 +113,7 @@ def last_scrape(url):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="docs/plots")
+    parser.add_argument("--out", default="docs/src/plots")
     parser.add_argument("--minutes", type=int, default=3)
     args = parser.parse_args()
     url = prometheus_url()
