@@ -41,7 +41,7 @@ use freshen_core::kind::{Kind, OWN_REPLICASETS, measured_by_owner};
 pub struct ReportOptions {
     /// One namespace, or all when `None`.
     pub namespace: Option<String>,
-    /// A label selector on Deployments, e.g. `tier=web`.
+    /// A label selector on workloads of every kind, e.g. `tier=web`.
     pub selector: Option<String>,
     /// Limits for workloads no annotation or policy sets one for.
     pub defaults: Limits,

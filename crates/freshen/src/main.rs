@@ -25,7 +25,7 @@ mod reference;
 #[derive(Debug, Parser)]
 #[command(name = "freshen", version, about, propagate_version = true)]
 struct Cli {
-    /// Log format.
+    /// Log format (`RUST_LOG` filters what is logged).
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "FRESHEN_LOG_FORMAT")]
     log_format: LogFormat,
     #[command(subcommand)]
@@ -93,7 +93,8 @@ enum MetricsAuthMode {
 
 #[derive(Debug, clap::Args)]
 struct RunArgs {
-    /// Address to serve /metrics, /healthz and /readyz on.
+    /// Address to serve /metrics, /healthz and /readyz on (/readyz is
+    /// ready once every watch has listed, and names those still listing).
     #[arg(long, default_value = "0.0.0.0:8080", env = "FRESHEN_METRICS_ADDR")]
     metrics_addr: SocketAddr,
     /// Who may read /metrics: `none` (anyone who reaches the port) or
@@ -317,7 +318,7 @@ struct ReportArgs {
     /// Scan only this namespace (default: all namespaces).
     #[arg(long, short = 'n')]
     namespace: Option<String>,
-    /// Scan only Deployments with these labels, e.g. `tier=web,team!=ops`.
+    /// Scan only workloads with these labels, e.g. `tier=web,team!=ops`.
     #[arg(long, short = 'l', value_name = "SELECTOR")]
     selector: Option<String>,
     /// Output format.

@@ -152,6 +152,10 @@ fn table(out: &mut String, args: Vec<&clap::Arg>) {
             .map(ToString::to_string)
             .unwrap_or_default();
         let mut meaning = cell(&help);
+        // clap drops a one-line help's full stop; the page keeps sentences.
+        if !meaning.is_empty() && !meaning.ends_with('.') {
+            meaning.push('.');
+        }
         let values: Vec<String> = arg
             .get_possible_values()
             .iter()
@@ -165,7 +169,7 @@ fn table(out: &mut String, args: Vec<&clap::Arg>) {
         if !values.is_empty() && takes_value && !is_bool(arg) {
             let _ = write!(meaning, " One of: {}.", values.join(", "));
         }
-        if matches!(arg.get_action(), clap::ArgAction::Append) {
+        if matches!(arg.get_action(), clap::ArgAction::Append) && !meaning.contains("Repeat") {
             meaning.push_str(" Repeatable.");
         }
         let _ = writeln!(
