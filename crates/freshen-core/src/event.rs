@@ -59,7 +59,9 @@ pub enum EventReason {
     PullRequestOpened,
     /// A reviewer merged freshen's pull request; the reconciler applies it.
     PullRequestMerged,
-    /// A reviewer closed freshen's pull request without merging it.
+    /// freshen's pull request was closed without being merged: by a
+    /// reviewer (a Warning; the digest is rejected), or by freshen itself
+    /// because its Refresh ended while the pull request was open (Normal).
     PullRequestClosed,
     /// A wanted refresh is held because the workload is paused; it starts
     /// once the workload is resumed.
