@@ -334,4 +334,209 @@ mod cel {
             "{edited:?}"
         );
     }
+
+    /// Every YAML block of README, the guide and the samples, as
+    /// `(where, document)`: a block that does not parse is an error.
+    fn examples() -> Result<Vec<(String, Value)>, String> {
+        use serde::Deserialize as _;
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut markdown = vec![root.join("README.md")];
+        let mut dirs = vec![root.join("docs/src")];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).map_err(|e| format!("{}: {e}", dir.display()))? {
+                let path = entry.map_err(|e| e.to_string())?.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "md") {
+                    markdown.push(path);
+                }
+            }
+        }
+        let mut blocks: Vec<(String, String)> = Vec::new();
+        for file in &markdown {
+            let text = std::fs::read_to_string(file).map_err(|e| e.to_string())?;
+            let name = file
+                .strip_prefix(&root)
+                .unwrap_or(file)
+                .display()
+                .to_string();
+            let mut open: Option<(usize, usize, String)> = None;
+            for (number, line) in text.lines().enumerate() {
+                let indent = line.len() - line.trim_start().len();
+                match &mut open {
+                    None if line.trim_start() == "```yaml" => {
+                        open = Some((number + 1, indent, String::new()));
+                    }
+                    Some((start, _, block)) if line.trim_start() == "```" => {
+                        blocks.push((format!("{name}:{start}"), std::mem::take(block)));
+                        open = None;
+                    }
+                    Some((_, indent, block)) => {
+                        block.push_str(line.get(*indent..).unwrap_or(line.trim_start()));
+                        block.push('\n');
+                    }
+                    None => {}
+                }
+            }
+        }
+        let samples = root.join("config/samples/policies.yaml");
+        blocks.push((
+            "config/samples/policies.yaml".to_owned(),
+            std::fs::read_to_string(&samples).map_err(|e| e.to_string())?,
+        ));
+        let mut documents = Vec::new();
+        for (place, block) in blocks {
+            for document in serde_yaml::Deserializer::from_str(&block) {
+                let value = Value::deserialize(document)
+                    .map_err(|e| format!("{place}: the YAML does not parse: {e}"))?;
+                documents.push((place.clone(), value));
+            }
+        }
+        Ok(documents)
+    }
+
+    /// Where `value` does not fit `schema` as the API server reads it: a
+    /// field the schema does not have (the server would drop it) or a value
+    /// of another type.
+    fn misfits(schema: &Value, value: &Value, path: &str, out: &mut Vec<String>) {
+        if schema["x-kubernetes-preserve-unknown-fields"] == true {
+            return;
+        }
+        let int_or_string = schema["x-kubernetes-int-or-string"] == true;
+        let fits = match schema["type"].as_str() {
+            Some("string") => value.is_string() || (int_or_string && value.is_i64()),
+            Some("integer") => {
+                value.is_i64() || value.is_u64() || (int_or_string && value.is_string())
+            }
+            Some("number") => value.is_number(),
+            Some("boolean") => value.is_boolean(),
+            Some("array") => value.is_array(),
+            Some("object") => value.is_object(),
+            _ => true,
+        };
+        if !fits && !value.is_null() {
+            out.push(format!(
+                "{path}: expected {}, found {value}",
+                schema["type"]
+            ));
+            return;
+        }
+        match value {
+            Value::Object(map) => {
+                for (key, v) in map {
+                    let field = format!("{path}.{key}");
+                    match (
+                        schema["properties"].get(key),
+                        schema.get("additionalProperties"),
+                    ) {
+                        (Some(sub), _) => misfits(sub, v, &field, out),
+                        (None, Some(sub)) if sub.is_object() => misfits(sub, v, &field, out),
+                        (None, _) if schema["properties"].is_object() => {
+                            out.push(format!("{field}: not a field of the schema"));
+                        }
+                        (None, _) => {}
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, v) in items.iter().enumerate() {
+                    misfits(&schema["items"], v, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What is wrong with a policy the guide shows: the CEL rules it
+    /// breaks, a field or type the API server would drop or refuse, a value
+    /// freshen cannot read, or a spec freshen would mark InvalidSpec.
+    fn problems<K>(
+        schema: &Value,
+        object: &Value,
+        check: fn(&K) -> Result<(), String>,
+    ) -> Vec<String>
+    where
+        K: serde::de::DeserializeOwned,
+    {
+        let mut problems = refused(schema, object, None);
+        misfits(
+            &schema["properties"]["spec"],
+            &object["spec"],
+            "spec",
+            &mut problems,
+        );
+        match serde_json::from_value::<K>(object.clone()) {
+            Err(e) => problems.push(format!("does not read as the type: {e}")),
+            Ok(typed) => {
+                if let Err(e) = check(&typed) {
+                    problems.push(format!("invalid spec: {e}"));
+                }
+            }
+        }
+        problems
+    }
+
+    #[test]
+    fn every_policy_the_guide_and_readme_show_is_admitted_and_valid() {
+        let examples = examples().unwrap_or_else(|e| panic!("{e}"));
+        let namespaced = schema("refreshpolicies.yaml");
+        let cluster = schema("clusterrefreshpolicies.yaml");
+        let (mut checked, mut wrong) = (0, Vec::new());
+        for (place, document) in examples {
+            let kind = document["kind"].as_str().unwrap_or_default().to_owned();
+            let ours = document["apiVersion"] == "freshen.dev/v1alpha1";
+            // A `spec:` fragment ("RefreshPolicy or ClusterRefreshPolicy")
+            // is checked as a ClusterRefreshPolicy of its own.
+            let fragment =
+                document.as_object().is_some_and(|o| o.len() == 1) && document["spec"].is_object();
+            let object = if fragment {
+                let mut spec = document["spec"].clone();
+                if spec.get("selector").is_none() && spec.get("namespaceSelector").is_none() {
+                    spec["namespaceSelector"] = json!({"matchLabels": {"env": "prod"}});
+                }
+                json!({"apiVersion": "freshen.dev/v1alpha1", "kind": "ClusterRefreshPolicy",
+                       "metadata": {"name": "fragment"}, "spec": spec})
+            } else if ours && (kind == "RefreshPolicy" || kind == "ClusterRefreshPolicy") {
+                document
+            } else {
+                continue;
+            };
+            let found = if object["kind"] == "RefreshPolicy" {
+                problems::<RefreshPolicy>(&namespaced, &object, |p| {
+                    p.candidate().map(|_| ()).map_err(|e| e.to_string())
+                })
+            } else {
+                problems::<ClusterRefreshPolicy>(&cluster, &object, |p| {
+                    p.candidate().map(|_| ()).map_err(|e| e.to_string())
+                })
+            };
+            checked += 1;
+            wrong.extend(found.into_iter().map(|p| format!("{place}: {p}")));
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        assert!(checked >= 12, "only {checked} policies found in the guide");
+    }
+
+    #[test]
+    fn the_example_check_finds_a_typo_a_wrong_type_and_a_missing_selector() {
+        let cluster = schema("clusterrefreshpolicies.yaml");
+        let object = json!({"apiVersion": "freshen.dev/v1alpha1", "kind": "ClusterRefreshPolicy",
+            "metadata": {"name": "p"},
+            "spec": {"maxImageAg": "30d", "followTag": "yes",
+                     "rollout": {"analysis": {"iterations": 3, "intervall": "1m"}}}});
+        let found = problems::<ClusterRefreshPolicy>(&cluster, &object, |p| {
+            p.candidate().map(|_| ()).map_err(|e| e.to_string())
+        });
+        for expected in [
+            "spec.maxImageAg: not a field of the schema",
+            "spec.rollout.analysis.intervall: not a field of the schema",
+            "spec.followTag: expected \"boolean\", found \"yes\"",
+            "set a non-empty namespaceSelector or selector",
+        ] {
+            assert!(
+                found.iter().any(|p| p.contains(expected)),
+                "{expected:?} not in {found:?}"
+            );
+        }
+    }
 }
