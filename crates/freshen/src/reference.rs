@@ -414,7 +414,15 @@ fn fields(out: &mut String, path: &str, schema: &Value, required: bool, depth: u
     if depth >= MAX_DEPTH {
         return;
     }
-    let required_here: Vec<&str> = schema["required"]
+    children(out, path, schema, depth);
+    if let Some(items) = schema.get("items") {
+        children(out, &format!("{path}[]"), items, depth);
+    }
+}
+
+/// The fields of an object schema, each under `path`.
+fn children(out: &mut String, path: &str, schema: &Value, depth: usize) {
+    let required: Vec<&str> = schema["required"]
         .as_array()
         .map(|r| r.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
@@ -424,28 +432,9 @@ fn fields(out: &mut String, path: &str, schema: &Value, required: bool, depth: u
                 out,
                 &format!("{path}.{name}"),
                 sub,
-                required_here.contains(&name.as_str()),
+                required.contains(&name.as_str()),
                 depth + 1,
             );
-        }
-    }
-    if let Some(items) = schema.get("items")
-        && items["properties"].is_object()
-    {
-        let required_items: Vec<&str> = items["required"]
-            .as_array()
-            .map(|r| r.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
-        if let Some(properties) = items["properties"].as_object() {
-            for (name, sub) in properties {
-                fields(
-                    out,
-                    &format!("{path}[].{name}"),
-                    sub,
-                    required_items.contains(&name.as_str()),
-                    depth + 1,
-                );
-            }
         }
     }
 }

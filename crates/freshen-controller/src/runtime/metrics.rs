@@ -441,6 +441,44 @@ impl Registered<'_> {
     }
 }
 
+/// The closed label sets the help texts name, each comma separated.
+struct LabelSets {
+    /// Why refreshes start.
+    reasons: String,
+    /// Why refreshes are rolled back.
+    failures: String,
+    /// The phases of a refresh under way.
+    active: String,
+}
+
+impl LabelSets {
+    fn new() -> Self {
+        use strum::VariantArray as _;
+        let join = |names: Vec<&str>| names.join(", ");
+        Self {
+            reasons: join(
+                freshen_core::rollout::Reason::VARIANTS
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect(),
+            ),
+            failures: join(
+                freshen_core::rollout::Failure::VARIANTS
+                    .iter()
+                    .map(|f| f.as_str())
+                    .collect(),
+            ),
+            active: join(
+                Phase::ALL
+                    .iter()
+                    .filter(|p| !p.is_terminal())
+                    .map(|p| p.as_str())
+                    .collect(),
+            ),
+        }
+    }
+}
+
 /// `freshen_rebuilds_total{kind,outcome}`,
 /// `freshen_rebuild_duration_seconds{kind,outcome}` and
 /// `freshen_rebuilds_active{kind}`. `kind` is the pipeline kind (`job`).
@@ -537,21 +575,7 @@ impl Metrics {
         for collector in registry_metrics.collectors() {
             r.add(collector)?;
         }
-        // The closed label sets, named in the help texts.
-        use strum::VariantArray as _;
-        let reasons: Vec<&str> = freshen_core::rollout::Reason::VARIANTS
-            .iter()
-            .map(|r| r.as_str())
-            .collect();
-        let failures: Vec<&str> = freshen_core::rollout::Failure::VARIANTS
-            .iter()
-            .map(|f| f.as_str())
-            .collect();
-        let active: Vec<&str> = Phase::ALL
-            .iter()
-            .filter(|p| !p.is_terminal())
-            .map(|p| p.as_str())
-            .collect();
+        let sets = LabelSets::new();
         let metrics = Self {
             reconcile_duration: r.histogram(
                 "freshen_reconcile_duration_seconds",
@@ -575,7 +599,7 @@ impl Metrics {
                 &format!(
                     "Refreshes that finished, by why they started (reason: {}) and how they \
                      ended (outcome: Succeeded, RolledBack, Failed).",
-                    reasons.join(", ")
+                    sets.reasons
                 ),
                 &["reason", "outcome"],
             )?,
@@ -589,17 +613,14 @@ impl Metrics {
             )?,
             refreshes_active: r.gauge(
                 "freshen_refreshes_active",
-                &format!(
-                    "Refreshes not yet finished, by phase ({}).",
-                    active.join(", ")
-                ),
+                &format!("Refreshes not yet finished, by phase ({}).", sets.active),
                 &["phase"],
             )?,
             rollbacks: r.counter(
                 "freshen_rollbacks_total",
                 &format!(
                     "Refreshes rolled back, by the failure that caused it (reason: {}).",
-                    failures.join(", ")
+                    sets.failures
                 ),
                 &["reason"],
             )?,
